@@ -1,0 +1,820 @@
+"""Reading and writing videos, image folders and single images; frame rates; resizing.
+
+Conventions:
+
+- Frames are ``[F, H, W, 3]`` float32 in 0..1 (ComfyUI IMAGE), a single image is ``[1, H, W, 3]``.
+- Sizes are ``(height, width)`` in pixels, like tensor shapes (the CLI spells them ``HEIGHTxWIDTH``).
+- Resize modes, defined once in :func:`resize_plan` / :func:`resize_frames` and used everywhere:
+  ``"stretch"`` scales each axis to the target independently (the aspect ratio changes);
+  ``"crop"`` scales uniformly to cover the target, then crops the centre (nothing distorted, edges lost);
+  ``"pad"`` scales uniformly to fit inside the target and letterboxes with black (nothing distorted or lost).
+  Resampling is bilinear with antialiasing, so downscaling does not alias.
+- ``fps`` of a :class:`VideoClip` is the rate of the frames it holds: the source rate divided by ``stride``.
+- Sources: video files (mp4, mov, mkv, webm, avi, m4v; decoded with PyAV, the video stream only, display
+  rotation applied), animated GIFs (read as a constant-rate video: the commonest frame duration sets the rate
+  and longer frames are repeated), and folders of images (png, jpg, jpeg, webp, bmp; natural order, so
+  ``frame2`` comes before ``frame10``; the caller gives the rate).
+- Memory: frames are resized as they are decoded, kept as uint8 until the end and only then converted to
+  float, so reading 288 frames of 1080x1920 at 896x512 needs about the output's size, not 7 GB.
+- Writing is atomic: data goes to a hidden temporary file in the target folder, which replaces the target
+  only when complete and is removed on any error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import InputError, VideoError
+from .tensors import as_frames
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+GIF_EXTENSIONS = (".gif",)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+WRITE_VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".gif")
+RESIZE_MODES = ("stretch", "crop", "pad")
+ResizeMode = Literal["stretch", "crop", "pad"]
+
+DEFAULT_FOLDER_FPS = 24.0
+# Browsers show GIF frames with a delay of 10 ms or less (or none) for 100 ms; do the same.
+GIF_MIN_DELAY_MS = 20
+GIF_FALLBACK_DELAY_MS = 100
+# Frames resized together: large enough to batch, small enough that full-size decoded frames stay few.
+DECODE_CHUNK = 8
+WRITE_CHUNK = 8
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------- resizing
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How a ``source_size`` image maps onto ``size``: scale to ``scaled_size``, place its top-left at ``offset``.
+
+    Sizes are ``(height, width)``; ``offset`` is ``(top, left)`` in target pixels and is negative for "crop"
+    (the scaled image overhangs the target) and non-negative for "pad" (black bars).
+    """
+
+    source_size: tuple[int, int]
+    size: tuple[int, int]
+    mode: str
+    scaled_size: tuple[int, int]
+    offset: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Scale factors ``(y, x)`` from source pixels to target pixels."""
+        return (self.scaled_size[0] / self.source_size[0], self.scaled_size[1] / self.source_size[1])
+
+    @property
+    def is_identity(self) -> bool:
+        return self.source_size == self.size
+
+    def map_boxes(self, boxes: Tensor) -> Tensor:
+        """Map boxes ``[..., 4]`` ``(x0, y0, x1, y1)`` in source pixels to target pixels."""
+        sy, sx = self.scale
+        top, left = self.offset
+        mul = boxes.new_tensor([sx, sy, sx, sy])
+        add = boxes.new_tensor([left, top, left, top])
+        return boxes * mul + add
+
+    def unmap_boxes(self, boxes: Tensor) -> Tensor:
+        """Inverse of :meth:`map_boxes`: target pixels back to source pixels."""
+        sy, sx = self.scale
+        top, left = self.offset
+        mul = boxes.new_tensor([sx, sy, sx, sy])
+        add = boxes.new_tensor([left, top, left, top])
+        return (boxes - add) / mul
+
+
+def _check_size(size, name: str, error: type[InputError] = InputError) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+        ok = height >= 1 and width >= 1 and (height, width) == tuple(size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise error(f"{name}: expected (height, width) as two positive whole numbers of pixels, got {size!r}.")
+    return height, width
+
+
+def _check_mode(mode, name: str, error: type[InputError] = InputError) -> str:
+    if mode not in RESIZE_MODES:
+        raise error(f"{name}: unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}.")
+    return mode
+
+
+def resize_plan(source_size: tuple[int, int], size: tuple[int, int], mode: ResizeMode = "pad") -> ResizePlan:
+    """Geometry of resizing a ``source_size`` image to ``size`` (both ``(height, width)``) with ``mode``."""
+    h, w = _check_size(source_size, "source_size")
+    th, tw = _check_size(size, "size")
+    _check_mode(mode, "mode")
+    if mode == "stretch" or (h, w) == (th, tw):
+        return ResizePlan((h, w), (th, tw), mode, (th, tw), (0, 0))
+    if mode == "crop":
+        s = max(th / h, tw / w)
+        sh, sw = max(th, round(h * s)), max(tw, round(w * s))
+        return ResizePlan((h, w), (th, tw), mode, (sh, sw), (-((sh - th) // 2), -((sw - tw) // 2)))
+    s = min(th / h, tw / w)
+    sh, sw = min(th, max(1, round(h * s))), min(tw, max(1, round(w * s)))
+    return ResizePlan((h, w), (th, tw), mode, (sh, sw), ((th - sh) // 2, (tw - sw) // 2))
+
+
+def resize_frames(frames: Tensor, size: tuple[int, int], mode: ResizeMode = "pad", *, fill: float = 0.0) -> Tensor:
+    """Resize frames ``[F, H, W, C]`` (or masks ``[F, H, W]``) to ``size`` ``(height, width)``.
+
+    ``mode`` is "stretch", "crop" (cover, centre crop) or "pad" (fit, letterbox with ``fill`` in 0..1); see
+    :func:`resize_plan` for the exact geometry. Float or uint8 input; the result has the input's dtype.
+    """
+    if not isinstance(frames, Tensor):
+        raise InputError(f"frames: expected a torch tensor, got {type(frames).__name__}.")
+    masks = frames.ndim == 3
+    x = frames[..., None] if masks else frames
+    if x.ndim != 4:
+        raise InputError(
+            f"frames: expected [F, H, W, C] frames or [F, H, W] masks, got shape {tuple(frames.shape)}."
+        )
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise InputError(f"frames: expected float (0..1) or uint8 values, got dtype {x.dtype}.")
+    plan = resize_plan((x.shape[1], x.shape[2]), size, mode)
+    if plan.is_identity:
+        return frames
+    y = x.permute(0, 3, 1, 2)  # channels-last memory: the fast path of antialiased interpolate, uint8 included
+    if plan.scaled_size != plan.source_size:
+        y = F.interpolate(y, size=plan.scaled_size, mode="bilinear", antialias=True, align_corners=False)
+    (th, tw), (top, left), (sh, sw) = plan.size, plan.offset, plan.scaled_size
+    if top < 0 or left < 0:
+        y = y[:, :, -top : -top + th, -left : -left + tw]
+    elif (sh, sw) != (th, tw):
+        value = round(fill * 255) if y.dtype == torch.uint8 else fill
+        canvas = y.new_full((y.shape[0], y.shape[1], th, tw), value)
+        canvas[:, :, top : top + sh, left : left + sw] = y
+        y = canvas
+    out = y.permute(0, 2, 3, 1).contiguous()
+    return out[..., 0] if masks else out
+
+
+# ------------------------------------------------------------------------------------------------ clips
+
+
+@dataclass
+class VideoClip:
+    """Frames read from a video file, GIF or image folder, with their rates and the source's geometry."""
+
+    frames: Tensor  # [F, H, W, 3] float32 0..1 (or the dtype asked for)
+    fps: float  # rate of `frames`: source_fps / stride
+    source_fps: float
+    source_size: tuple[int, int]  # (height, width) as displayed, before resizing
+    source_frame_count: int | None  # frames in the source at source_fps, when known
+    resize: ResizePlan | None = None  # how source pixels map onto `frames`, when resized
+    path: Path | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Seconds covered by `frames` at `fps`."""
+        return self.num_frames / self.fps
+
+
+# ------------------------------------------------------------------------------------------ path checks
+
+
+def _natural_key(name: str) -> list:
+    # re.split with a capture group alternates text and digits, so the types line up between keys.
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = [
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _source_kind(path: Path) -> str:
+    """'video', 'gif' or 'folder' for an existing readable source; VideoError otherwise."""
+    if not path.exists():
+        raise VideoError(
+            f"video {path}: no such file or folder. Check the path (relative paths start at {Path.cwd()})."
+        )
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in GIF_EXTENSIONS:
+        return "gif"
+    if suffix in IMAGE_EXTENSIONS:
+        raise VideoError(
+            f"video {path}: is a single image, not a video. Use read_image for a reference image, or put the "
+            "frames of a video in a folder and pass the folder."
+        )
+    raise VideoError(
+        f"video {path}: unsupported extension {path.suffix!r}. Supported: "
+        f"{', '.join(VIDEO_EXTENSIONS + GIF_EXTENSIONS)}, or a folder of {', '.join(IMAGE_EXTENSIONS)} images. "
+        "Convert the file (e.g. ffmpeg -i input output.mp4)."
+    )
+
+
+def _av():
+    import av
+
+    return av
+
+
+def _corrupt(path: Path, exc: BaseException) -> VideoError:
+    return VideoError(
+        f"video {path}: cannot be decoded ({exc}). The file is damaged, truncated or not a video; "
+        "re-export or re-download it, or convert it with ffmpeg."
+    )
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def _pil_to_rgb(img) -> np.ndarray:
+    """A Pillow image as ``[H, W, 3]`` uint8: EXIF orientation applied, alpha composited onto black."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(np.round(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.round(np.asarray(img) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.ascontiguousarray(_pil_to_rgb(img))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise VideoError(
+            f"image {path}: cannot be read ({exc}). The file is damaged or not an image; re-export it as PNG or JPEG."
+        ) from exc
+
+
+def read_image(path: str | os.PathLike, *, size: tuple[int, int] | None = None, resize: ResizeMode = "pad",
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """Read one image as ``[1, H, W, 3]`` in 0..1, optionally resized to ``size`` ``(height, width)``.
+
+    RGBA is composited onto black, greyscale is replicated to RGB, EXIF orientation is applied.
+    """
+    path = Path(path)
+    if size is not None:
+        size = _check_size(size, f"size for {path}", VideoError)
+    _check_mode(resize, f"resize for {path}", VideoError)
+    _check_dtype(dtype, path)
+    if not path.is_file():
+        what = "is a folder, not an image file" if path.is_dir() else "no such file"
+        raise VideoError(f"image {path}: {what}. Pass the path of a {'/'.join(IMAGE_EXTENSIONS)} file.")
+    if path.suffix.lower() not in IMAGE_EXTENSIONS + GIF_EXTENSIONS:
+        raise VideoError(
+            f"image {path}: unsupported extension {path.suffix!r}; use one of {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    frame = torch.from_numpy(_load_image(path))[None]
+    if size is not None:
+        frame = resize_frames(frame, size, resize)
+    return _to_dtype(frame, dtype)
+
+
+def _check_dtype(dtype, path: Path) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise VideoError(f"{path}: dtype {dtype} is not supported; use torch.float32 (0..1) or torch.uint8 (0..255).")
+
+
+def _to_dtype(frames_u8: Tensor, dtype: torch.dtype) -> Tensor:
+    if dtype == torch.uint8:
+        return frames_u8
+    return frames_u8.to(dtype).div_(255.0)
+
+
+# ----------------------------------------------------------------------------------------------- probing
+
+
+def _video_rate(stream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def _gif_delays(path: Path) -> list[int]:
+    """Per-frame delays in ms as browsers show them."""
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    delays = []
+    try:
+        with Image.open(path) as img:
+            for frame in ImageSequence.Iterator(img):
+                delay = int(frame.info.get("duration") or 0)
+                delays.append(delay if delay >= GIF_MIN_DELAY_MS else GIF_FALLBACK_DELAY_MS)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _corrupt(path, exc) from exc
+    return delays
+
+
+def _gif_timing(delays: list[int]) -> tuple[int, list[int]]:
+    """Base delay (the commonest) and how many constant-rate frames each GIF frame stands for."""
+    base = Counter(delays).most_common(1)[0][0]
+    return base, [max(1, round(d / base)) for d in delays]
+
+
+def probe_video(path: str | os.PathLike, *, fps: float | None = None) -> dict:
+    """Describe a video file, GIF or image folder without decoding it all.
+
+    Returns ``{"kind", "path", "fps", "frame_count", "frame_count_exact", "width", "height", "duration"}``
+    (``duration`` in seconds; ``frame_count`` estimated from the duration when the container does not store it).
+    ``fps`` is the rate of an image folder (default 24); for files it replaces the stored rate.
+    """
+    path = Path(path)
+    _check_fps(fps, path)
+    kind = _source_kind(path)
+    if kind == "folder":
+        files = _folder_images(path)
+        if not files:
+            raise _empty_folder(path)
+        height, width = _load_image(files[0]).shape[:2]
+        rate = float(fps or DEFAULT_FOLDER_FPS)
+        return _probe_dict(kind, path, rate, len(files), True, width, height, len(files) / rate)
+    if kind == "gif":
+        delays = _gif_delays(path)
+        base, repeats = _gif_timing(delays)
+        height, width = _load_image(path).shape[:2]  # Pillow opens a GIF at its first frame
+        count = sum(repeats)
+        rate = float(fps) if fps else 1000.0 / base
+        return _probe_dict(kind, path, rate, count, True, width, height, count / rate)
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise _no_frames(path)
+            stream = container.streams.video[0]
+            rate = float(fps) if fps else _video_rate(stream)
+            if not rate:
+                raise VideoError(f"video {path}: stores no frame rate. Pass fps= to say what it is.")
+            rate = float(rate)
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise _no_frames(path)
+            width, height = first.width, first.height
+            if round(first.rotation / 90) % 2:
+                width, height = height, width
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            else:
+                duration = None
+            exact = bool(stream.frames)
+            count = int(stream.frames) if exact else (round(duration * rate) if duration else None)
+            if duration is None and count:
+                duration = count / rate
+            codec = stream.codec_context.name
+    except av.error.FFmpegError as exc:
+        raise _corrupt(path, exc) from exc
+    info = _probe_dict(kind, path, rate, count, exact, width, height, duration)
+    info["codec"] = codec
+    return info
+
+
+def _probe_dict(kind, path, fps, count, exact, width, height, duration) -> dict:
+    return {"kind": kind, "path": str(path), "fps": fps, "frame_count": count, "frame_count_exact": exact,
+            "width": int(width), "height": int(height), "duration": duration}
+
+
+def _empty_folder(path: Path) -> VideoError:
+    return VideoError(
+        f"video {path}: the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}). Put the frames there, "
+        "or pass a video file."
+    )
+
+
+def _no_frames(path: Path) -> VideoError:
+    return VideoError(
+        f"video {path}: contains no video frames (no video stream or an empty one). Pass a video with frames."
+    )
+
+
+def _check_fps(fps, path: Path) -> None:
+    if fps is not None and not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise VideoError(f"{path}: fps must be a positive number of frames per second, got {fps!r}.")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+# A source yields (index, convert) for every frame in order; convert() returns [H, W, 3] uint8 and is only
+# called for frames that are kept, so skipped frames cost a decode at most.
+FrameSource = Iterator[tuple[int, Callable[[], np.ndarray]]]
+
+
+def _av_frames(container, stream) -> FrameSource:
+    def convert(frame) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            rgb = frame.to_ndarray(format="rgb24")
+            quarter_turns = round(frame.rotation / 90) % 4
+            # VideoFrame.rotation is counter-clockwise, as np.rot90 turns an image.
+            return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
+
+        return run
+
+    for index, frame in enumerate(container.decode(stream)):
+        yield index, convert(frame)
+
+
+def _gif_frames(path: Path, repeats: list[int]) -> FrameSource:
+    from PIL import Image, ImageSequence
+
+    index = 0
+    try:
+        with Image.open(path) as img:
+            for gif_index, frame in enumerate(ImageSequence.Iterator(img)):
+                cache: list[np.ndarray] = []
+
+                def run(frame=frame, cache=cache) -> np.ndarray:
+                    if not cache:
+                        cache.append(np.ascontiguousarray(_pil_to_rgb(frame.copy())))
+                    return cache[0]
+
+                for _ in range(repeats[gif_index]):
+                    yield index, run
+                    index += 1
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _corrupt(path, exc) from exc
+
+
+def _folder_frames(files: list[Path]) -> FrameSource:
+    for index, file in enumerate(files):
+        yield index, (lambda file=file: _load_image(file))
+
+
+class _Collector:
+    """Resizes kept frames in small batches as they arrive and stores them as uint8."""
+
+    def __init__(self, path: Path, size: tuple[int, int] | None, mode: str):
+        self.path, self.size, self.mode = path, size, mode
+        self.pending: list[np.ndarray] = []
+        self.done: list[Tensor] = []
+        self.source_size: tuple[int, int] | None = None
+        self.plan: ResizePlan | None = None
+        self.count = 0
+
+    def add(self, rgb: np.ndarray) -> None:
+        frame_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if self.source_size is None:
+            self.source_size = frame_size
+            if self.size is not None:
+                self.plan = resize_plan(frame_size, self.size, self.mode)
+        elif frame_size != self.source_size:
+            if self.size is None:
+                raise VideoError(
+                    f"video {self.path}: frame {self.count} is {frame_size[1]}x{frame_size[0]} px but the first is "
+                    f"{self.source_size[1]}x{self.source_size[0]} px. Pass size=(height, width) to resize all frames."
+                )
+            self.flush()
+            self.source_size = frame_size
+            self.plan = resize_plan(frame_size, self.size, self.mode)
+        self.pending.append(rgb)
+        self.count += 1
+        if len(self.pending) >= DECODE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = torch.from_numpy(np.stack(self.pending))
+        self.pending = []
+        if self.size is not None:
+            batch = resize_frames(batch, self.size, self.mode)
+        self.done.append(batch)
+
+    def result(self, dtype: torch.dtype) -> Tensor:
+        self.flush()
+        height, width = self.done[0].shape[1:3]
+        out = torch.empty((self.count, height, width, 3), dtype=dtype)
+        at = 0
+        while self.done:  # release each uint8 chunk as soon as it is converted
+            chunk = self.done.pop(0)
+            out[at : at + len(chunk)] = chunk if dtype == torch.uint8 else chunk.to(dtype).div_(255.0)
+            at += len(chunk)
+        return out
+
+
+def read_video(
+    path: str | os.PathLike,
+    *,
+    max_frames: int | None = None,
+    stride: int = 1,
+    start: int = 0,
+    size: tuple[int, int] | None = None,
+    resize: ResizeMode = "pad",
+    fps: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> VideoClip:
+    """Read a video file, animated GIF or folder of images as a :class:`VideoClip`.
+
+    Keeps source frames ``start, start + stride, ...``, at most ``max_frames`` of them; ``size`` ``(height, width)``
+    resizes each frame as it is decoded with ``resize`` ("pad" by default: letterbox, so no body part is cut;
+    "crop" or "stretch"). ``fps`` is the rate of an image folder (default 24); for files it replaces the stored
+    rate (frames are not resampled). ``dtype=torch.uint8`` returns 0..255 values in a quarter of the memory.
+    """
+    path = Path(path)
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise VideoError(f"video {path}: max_frames must be a whole number >= 1 (or None for all), got {max_frames!r}.")
+    if not isinstance(stride, int) or stride < 1:
+        raise VideoError(f"video {path}: stride must be a whole number >= 1 (1 keeps every frame), got {stride!r}.")
+    if not isinstance(start, int) or start < 0:
+        raise VideoError(f"video {path}: start must be a frame index >= 0, got {start!r}.")
+    if size is not None:
+        size = _check_size(size, f"size for video {path}", VideoError)
+    _check_mode(resize, f"resize for video {path}", VideoError)
+    _check_fps(fps, path)
+    _check_dtype(dtype, path)
+    kind = _source_kind(path)
+
+    container = None
+    try:
+        if kind == "folder":
+            files = _folder_images(path)
+            if not files:
+                raise _empty_folder(path)
+            source: FrameSource = _folder_frames(files)
+            source_fps, known_count = float(fps or DEFAULT_FOLDER_FPS), len(files)
+        elif kind == "gif":
+            delays = _gif_delays(path)
+            if not delays:
+                raise _no_frames(path)
+            base, repeats = _gif_timing(delays)
+            if any(r > 1 for r in repeats):
+                log.debug("%s: GIF delays %s ms read at a constant %d ms per frame", path, sorted(set(delays)), base)
+            source = _gif_frames(path, repeats)
+            source_fps, known_count = float(fps) if fps else 1000.0 / base, sum(repeats)
+        else:
+            av = _av()
+            try:
+                container = av.open(str(path))
+            except av.error.FFmpegError as exc:
+                raise _corrupt(path, exc) from exc
+            if not container.streams.video:
+                raise _no_frames(path)
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(fps) if fps else _video_rate(stream)
+            if not rate:
+                raise VideoError(f"video {path}: stores no frame rate. Pass fps= to say what it is.")
+            source_fps, known_count = float(rate), (int(stream.frames) or None)
+            source = _av_frames(container, stream)
+        if known_count is not None and start >= known_count:
+            raise _start_error(path, start, known_count)
+
+        collector = _Collector(path, size, resize)
+        seen = 0
+        try:
+            for index, convert in source:
+                seen = index + 1
+                if index < start or (index - start) % stride:
+                    continue
+                collector.add(convert())
+                if max_frames is not None and collector.count >= max_frames:
+                    break
+        except VideoError:
+            raise
+        except Exception as exc:
+            if kind == "video" and isinstance(exc, _av().error.FFmpegError):
+                raise _corrupt(path, exc) from exc
+            raise
+        if collector.count == 0:
+            if seen == 0:
+                raise _no_frames(path)
+            raise _start_error(path, start, seen)
+        reached_end = max_frames is None or collector.count < max_frames
+        if reached_end and kind == "video":
+            # Containers that store a frame count (mp4, mov) reveal truncation: the index outlives the data.
+            # A few frames of difference are normal (edit lists trimming B-frame or priming delays).
+            if known_count is not None and seen < known_count - max(2, known_count // 100):
+                raise VideoError(
+                    f"video {path}: stores {known_count} frames but only {seen} could be decoded; the file is "
+                    f"truncated or damaged. Re-export or re-download it, or pass max_frames <= {seen} "
+                    "(with start and stride) to use the readable part."
+                )
+            known_count = seen
+        frames = collector.result(dtype)
+    finally:
+        if container is not None:
+            container.close()
+
+    clip = VideoClip(
+        frames=frames,
+        fps=source_fps / stride,
+        source_fps=source_fps,
+        source_size=collector.source_size,
+        source_frame_count=known_count,
+        resize=collector.plan,
+        path=path,
+    )
+    log.debug("read %s: %d frames %dx%d at %.4g fps (source %.4g fps, %s frames, %dx%d)", path, clip.num_frames,
+              frames.shape[2], frames.shape[1], clip.fps, source_fps, known_count, clip.source_size[1],
+              clip.source_size[0])
+    return clip
+
+
+def _start_error(path: Path, start: int, count: int) -> VideoError:
+    return VideoError(
+        f"video {path}: start={start} but the video has only {count} frames (0..{count - 1}). Pass a smaller start."
+    )
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _temporary(path: Path) -> Path:
+    # Hidden, unique, in the same folder (so os.replace is atomic), keeping the extension for the writers.
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VideoError(
+            f"{path}: cannot create the folder {path.parent} ({exc}). Choose a writable location."
+        ) from exc
+    tmp = _temporary(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, VideoError) or not isinstance(exc, Exception):
+            raise
+        av = _av()
+        if isinstance(exc, (OSError, av.error.FFmpegError)):
+            raise VideoError(
+                f"{path}: writing failed ({exc}). Check the folder is writable and has free space."
+            ) from exc
+        raise
+    return path
+
+
+def _frames_for_writing(frames, path: Path) -> Tensor:
+    """Validate shape and dtype without copying; values are checked chunk by chunk while writing."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, Tensor):
+        raise VideoError(f"frames for {path}: expected a torch tensor or numpy array, got {type(frames).__name__}.")
+    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4) or frames.shape[0] < 1 or min(frames.shape[1:3]) < 1:
+        raise VideoError(
+            f"frames for {path}: expected [F, H, W, 3] with F >= 1 (channels last), got shape {tuple(frames.shape)}. "
+            "Permute channels-first tensors and pass at least one frame."
+        )
+    if not (frames.is_floating_point() or frames.dtype == torch.uint8):
+        raise VideoError(
+            f"frames for {path}: expected float (0..1) or uint8 (0..255) values, got dtype {frames.dtype}."
+        )
+    return frames
+
+
+def _uint8_chunks(frames: Tensor, path: Path, *, even: bool) -> Iterator[np.ndarray]:
+    """Yield ``[n, H, W, 3]`` uint8 arrays; with ``even`` odd sizes are padded by repeating the last row/column."""
+    height, width = frames.shape[1:3]
+    pad_h, pad_w = (height % 2, width % 2) if even else (0, 0)
+    if pad_h or pad_w:
+        log.info("%s: frames are %dx%d px; padded to %dx%d (the encoder needs even sizes) by repeating the edge",
+                 path, width, height, width + pad_w, height + pad_h)
+    for at in range(0, frames.shape[0], WRITE_CHUNK):
+        chunk = frames[at : at + WRITE_CHUNK]
+        if chunk.dtype != torch.uint8:
+            try:
+                chunk = as_frames(chunk, name=f"frames {at}..{at + len(chunk) - 1} for {path}", check_sizes=False)
+            except InputError as exc:
+                raise VideoError(str(exc)) from exc
+            chunk = (chunk * 255.0).round_().to(torch.uint8)
+        elif chunk.shape[-1] != 3:
+            chunk = (as_frames(chunk, check_sizes=False) * 255.0).round_().to(torch.uint8)
+        arr = chunk.cpu().numpy()
+        if pad_h or pad_w:
+            arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        yield arr
+
+
+def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18) -> Path:
+    """Write frames ``[F, H, W, 3]`` (0..1 float or uint8, tensor or numpy) as .mp4/.mov/.mkv, .webm or .gif.
+
+    Codecs: H.264 (libx264, yuv420p) for mp4/mov/mkv, VP9 for webm, Pillow's adaptive palettes for GIF.
+
+    ``crf`` is the quality (lower is better; 18 is visually lossless for H.264). Odd sizes are padded to even
+    for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to one (10 fps stays exact, 24 becomes
+    25). Atomic: the file appears complete or not at all. Returns ``path``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_VIDEO_EXTENSIONS:
+        raise VideoError(
+            f"{path}: cannot write {path.suffix!r} videos; use one of {', '.join(WRITE_VIDEO_EXTENSIONS)}."
+        )
+    _check_fps(fps, path)
+    if fps is None:
+        raise VideoError(f"{path}: fps is required (frames per second, e.g. 24).")
+    if not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise VideoError(
+            f"{path}: crf must be a whole number from 0 (lossless) to 51 (worst), got {crf!r}; 18 is a good default."
+        )
+    frames = _frames_for_writing(frames, path)
+    if suffix == ".gif":
+        return _atomic_write(path, lambda tmp: _write_gif(tmp, frames, fps, path))
+    return _atomic_write(path, lambda tmp: _write_av(tmp, frames, fps, crf, path))
+
+
+def _write_av(tmp: Path, frames: Tensor, fps: float, crf: int, path: Path) -> None:
+    av = _av()
+    suffix = path.suffix.lower()
+    rate = Fraction(fps).limit_denominator(1001)
+    height, width = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
+    if suffix == ".webm":
+        # b=0 makes crf a constant-quality target; cpu-used 4 keeps encoding fast on small machines.
+        options = {"crf": str(crf), "b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"}
+        fmt, codec = "webm", "libvpx-vp9"
+    else:
+        fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[suffix]
+        codec, options = "libx264", {"crf": str(crf), "preset": "medium"}
+    container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+    with av.open(str(tmp), mode="w", format=fmt, container_options=container_options) as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        index = 0
+        for chunk in _uint8_chunks(frames, path, even=True):
+            for rgb in chunk:
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame.pts = index
+                index += 1
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    log.debug("wrote %s: %d frames %dx%d at %s fps (%s, crf %d)", path, index, width, height, rate, codec, crf)
+
+
+def _write_gif(tmp: Path, frames: Tensor, fps: float, path: Path) -> None:
+    from PIL import Image
+
+    centiseconds = max(GIF_MIN_DELAY_MS // 10, round(100.0 / fps))
+    if abs(100.0 / centiseconds - fps) > 1e-6:
+        log.info("%s: GIF delays are whole centiseconds; writing %.4g fps as %.4g fps", path, fps, 100.0 / centiseconds)
+    images = [Image.fromarray(rgb) for chunk in _uint8_chunks(frames, path, even=False) for rgb in chunk]
+    # Pillow merges identical consecutive frames into one longer frame; read_video expands them again.
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=centiseconds * 10, loop=0)
+
+
+def write_image(path: str | os.PathLike, image) -> Path:
+    """Write one image ``[1, H, W, 3]`` or ``[H, W, 3]`` (0..1 float or uint8) as PNG (or JPEG/WebP/BMP by extension).
+
+    Atomic like :func:`write_video`. Returns ``path``.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise VideoError(f"{path}: cannot write {path.suffix!r} images; use one of {', '.join(IMAGE_EXTENSIONS)}.")
+    frames = _frames_for_writing(image, path)
+    if frames.shape[0] != 1:
+        raise VideoError(
+            f"image for {path}: got {frames.shape[0]} frames; pass one image ([1, H, W, 3] or [H, W, 3]), "
+            "e.g. frames[0], or use write_video."
+        )
+    rgb = next(_uint8_chunks(frames, path, even=False))[0]
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}[suffix]
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    return _atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format=fmt, **options))
