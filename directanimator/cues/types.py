@@ -115,6 +115,9 @@ class CueRecord:
     reference_face_box: Tensor | None  # [4] or None when the reference has no detectable face
     backends: dict = field(default_factory=dict)  # {"segmenter": ..., "face_detector": ...}
     notes: list = field(default_factory=list)  # human-readable adjustments (resizes, fallbacks)
+    # working size and letterbox of each input: {"working_size": [H, W], "driving": {...}, "reference": {...}},
+    # each with "source_size" [h, w], "scale" [sx, sy] and "content" [x0, y0, x1, y1] px at working size
+    geometry: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +127,9 @@ class CueTriplet:
     pose: ``[F, H, W, 3]`` grey low-passed foreground (driving coordinates);
     face: ``[F, H, W, 3]`` centred face crops, black where no face was found (``record.face_valid``);
     body_location, face_location: ``[F, H, W]`` soft masks in reference coordinates;
-    reference: ``[1, H, W, 3]`` the reference at working size; reference_mask: ``[1, H, W]``.
+    reference: ``[1, H, W, 3]`` the reference at working size; reference_mask: ``[1, H, W]`` its person mask;
+    reference_pose, reference_face ``[1, H, W, 3]`` and reference_body_location, reference_face_location
+    ``[1, H, W]``: the reference's own cues, which condition the leading reference latent frame (DESIGN.md 5).
     """
 
     pose: Tensor
@@ -133,13 +138,22 @@ class CueTriplet:
     face_location: Tensor
     reference: Tensor
     reference_mask: Tensor
+    reference_pose: Tensor
+    reference_face: Tensor
+    reference_body_location: Tensor
+    reference_face_location: Tensor
     record: CueRecord
+
+    TENSOR_FIELDS = (
+        "pose", "face", "body_location", "face_location", "reference", "reference_mask",
+        "reference_pose", "reference_face", "reference_body_location", "reference_face_location",
+    )
 
     @property
     def num_frames(self) -> int:
         return int(self.pose.shape[0])
 
     def to(self, device: torch.device | str) -> "CueTriplet":
-        for name in ("pose", "face", "body_location", "face_location", "reference", "reference_mask"):
+        for name in self.TENSOR_FIELDS:
             setattr(self, name, getattr(self, name).to(device))
         return self

@@ -1,0 +1,290 @@
+"""Driving Cue Triplet extraction: reference + driving video -> pose, face and location cues and their record."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import CueError
+from ..tensors import as_frames
+from ..video import ResizePlan, resize_frames, resize_plan
+from .boxes import cue_masks, mask_boxes, median_box, smooth_track, square_boxes
+from .face_cue import face_cue
+from .face_detection import detect_faces
+from .location_cue import fit_similarity, location_cue
+from .pose_cue import pose_cue
+from .segmentation import bad_frames, segment_person
+from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
+
+log = logging.getLogger(__name__)
+
+# Default working size: the driving frames scaled so that the long side is at most this, sides rounded to
+# multiples of SIZE_MULTIPLE (VAE factor 8 times patch size 2).
+MAX_LONG_SIDE = 1024
+SIZE_MULTIPLE = 16
+MIN_SIDE = 64
+# Share of the progress reports given to each stage that runs per frame.
+SEGMENTATION_SHARE = 0.5
+FACE_DETECTION_SHARE = 0.3
+# The reference is analysed by these when the driving inputs came from the caller ("given").
+DEFAULT_SEGMENTER = "mediapipe"
+DEFAULT_FACE_DETECTOR = "auto"
+
+
+def _content(plan: ResizePlan) -> Tensor:
+    """Where the picture lies at working size, ``(x0, y0, x1, y1)`` px (inside the black bars)."""
+    (top, left), (height, width) = plan.offset, plan.scaled_size
+    return torch.tensor([left, top, left + width, top + height], dtype=torch.float32)
+
+
+def _describe(plan: ResizePlan, name: str) -> str:
+    (src_h, src_w), (dst_h, dst_w), (new_h, new_w) = plan.source_size, plan.size, plan.scaled_size
+    if plan.is_identity:
+        return f"{name}: {src_w}x{src_h} px, already at the working size"
+    return (f"{name}: {src_w}x{src_h} px resized to {new_w}x{new_h} and letterboxed into {dst_w}x{dst_h} "
+            f"(black bars {dst_w - new_w} px wide, {dst_h - new_h} px high in total)")
+
+
+def _geometry(plan: ResizePlan) -> dict:
+    return {"source_size": list(plan.source_size), "scale": [plan.scale[1], plan.scale[0]],
+            "content": _content(plan).tolist()}
+
+
+def working_size(driving_size: tuple[int, int], config: CueConfig) -> tuple[tuple[int, int], str]:
+    """The cue working size ``(H, W)`` and a note saying how it was chosen.
+
+    `config.height` and `config.width` when both are set; one of them alone keeps the driving aspect for the
+    other; neither: the driving size scaled down so that its long side is at most 1024 px. Derived sides are
+    rounded to the nearest multiple of 16 (at least 64).
+    """
+    src_h, src_w = driving_size
+
+    def snap(value: float) -> int:
+        return max(MIN_SIDE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    if config.height and config.width:
+        return (config.height, config.width), f"working size {config.width}x{config.height} from the config"
+    if config.height:
+        size = (config.height, snap(config.height * src_w / src_h))
+        return size, f"working size {size[1]}x{size[0]}: height from the config, width from the driving aspect"
+    if config.width:
+        size = (snap(config.width * src_h / src_w), config.width)
+        return size, f"working size {size[1]}x{size[0]}: width from the config, height from the driving aspect"
+    scale = min(1.0, MAX_LONG_SIDE / max(src_h, src_w))
+    size = (snap(src_h * scale), snap(src_w * scale))
+    return size, (f"working size {size[1]}x{size[0]}: driving {src_w}x{src_h} scaled by {scale:.4g} "
+                  f"(long side at most {MAX_LONG_SIDE}), sides rounded to multiples of {SIZE_MULTIPLE}")
+
+
+class _Progress:
+    """Turns stage-wise progress into `on_frame(i)` called exactly once for each frame index, in order."""
+
+    def __init__(self, total: int, on_frame: Callable[[int], None] | None):
+        self.total, self.on_frame, self.done = total, on_frame, 0
+
+    def advance_to(self, fraction: float) -> None:
+        target = min(self.total, int(math.floor(fraction * self.total + 1e-9)))
+        while self.done < target:
+            if self.on_frame is not None:
+                self.on_frame(self.done)
+            self.done += 1
+
+    def stage(self, start: float, end: float) -> Callable[[int], None]:
+        def on_frame(i: int) -> None:
+            self.advance_to(start + (end - start) * (i + 1) / self.total)
+
+        return on_frame
+
+
+def _face_track(boxes, valid, count: int, name: str) -> FaceTrack:
+    if isinstance(boxes, FaceTrack):
+        track = boxes
+    else:
+        boxes = torch.as_tensor(boxes, dtype=torch.float32).cpu()
+        valid = torch.ones(boxes.shape[0], dtype=torch.bool) if valid is None else torch.as_tensor(valid).cpu()
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or valid.reshape(-1).shape[0] != boxes.shape[0]:
+            raise CueError(
+                f"{name}: expected face boxes [F, 4] (x0, y0, x1, y1 px) and flags [F], got "
+                f"{tuple(boxes.shape)} and {tuple(valid.shape)}."
+            )
+        track = FaceTrack(boxes, valid.reshape(-1).to(torch.bool), backend="given")
+    if track.boxes.shape[0] != count:
+        raise CueError(f"{name}: {track.boxes.shape[0]} face boxes for {count} driving frames; give one per frame.")
+    return track
+
+
+def extract_cues(
+    reference: Tensor,
+    driving: Tensor,
+    config: CueConfig | None = None,
+    *,
+    driving_mask: Tensor | None = None,
+    driving_face_boxes: Tensor | FaceTrack | None = None,
+    driving_face_valid: Tensor | None = None,
+    reference_mask: Tensor | None = None,
+    reference_face_box: Tensor | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> CueTriplet:
+    """Build the Driving Cue Triplet of `driving` ``[F, h, w, 3]`` for `reference` ``[1, h', w', 3]`` (any sizes).
+
+    Both are letterboxed (resized, aspect kept, black bars) to the working size of `working_size`; the decision
+    is in ``record.notes`` and ``record.geometry``. Person masks come from `driving_mask` / `reference_mask` when
+    given (at the inputs' own sizes), else from `config.segmenter`; face boxes from `driving_face_boxes` (+
+    `driving_face_valid`) / `reference_face_box` (source pixels), else from `config.face_detector`. Given driving
+    face boxes are gap-filled but not smoothed (ground truth stays exact); detected ones are also smoothed.
+    The reference is analysed with the same backends as the driving video ("given" falls back to mediapipe and
+    auto for the parts of the reference not given).
+
+    No face in any driving frame is not an error: the face cue is black and the face location zero (a note says
+    so). No person in the reference or in every driving frame raises CueError. `on_frame(i)` is called once per
+    driving frame index, in order, as the work advances.
+    """
+    config = (config or CueConfig()).validate()
+    reference = as_frames(reference, name="reference")
+    driving = as_frames(driving, name="driving")
+    if reference.shape[0] != 1:
+        raise CueError(
+            f"reference: expected one image [1, H, W, 3], got {reference.shape[0]} frames. Pick one frame."
+        )
+    device = driving.device
+    reference = reference.to(device)
+    count = driving.shape[0]
+    if config.segmenter == "given" and driving_mask is None:
+        raise CueError("driving_mask: the segmenter is 'given' but no driving mask was passed. Pass one mask per "
+                       "driving frame, or choose the 'mediapipe' or 'sam' segmenter.")
+    if config.face_detector == "given" and driving_face_boxes is None:
+        raise CueError("driving_face_boxes: the face detector is 'given' but no boxes were passed. Pass one box per "
+                       "driving frame, or choose the 'auto', 'mediapipe' or 'opencv' face detector.")
+    d_mask_in = None if driving_mask is None else cue_masks(driving_mask, driving, name="driving_mask")
+    r_mask_in = None if reference_mask is None else cue_masks(reference_mask, reference, name="reference_mask")
+    d_track_in = None if driving_face_boxes is None else _face_track(
+        driving_face_boxes, driving_face_valid, count, "driving_face_boxes")
+    r_face_in = None
+    if reference_face_box is not None:
+        r_face_in = torch.as_tensor(reference_face_box, dtype=torch.float32).cpu().reshape(-1)
+        if r_face_in.shape[0] != 4 or not (r_face_in[2] > r_face_in[0] and r_face_in[3] > r_face_in[1]):
+            raise CueError(f"reference_face_box: expected one box (x0, y0, x1, y1) px with area, got "
+                           f"{r_face_in.tolist()}.")
+
+    notes: list[str] = []
+    size, size_note = working_size(tuple(driving.shape[1:3]), config)
+    notes.append(size_note)
+    d_box = resize_plan(tuple(driving.shape[1:3]), size, "pad")
+    r_box = resize_plan(tuple(reference.shape[1:3]), size, "pad")
+    notes += [_describe(d_box, "driving"), _describe(r_box, "reference")]
+    seg_backend = config.segmenter if config.segmenter != "given" else DEFAULT_SEGMENTER
+    face_backend = config.face_detector if config.face_detector != "given" else DEFAULT_FACE_DETECTOR
+    progress = _Progress(count, on_frame)
+
+    # the reference first: one frame, and a missing person there must fail before the driving work
+    ref = resize_frames(reference, size, "pad")
+    if r_mask_in is not None:
+        ref_mask, ref_seg = resize_frames(r_mask_in, size, "pad").clamp(0.0, 1.0), "given"
+    else:
+        ref_mask = segment_person(ref, backend=seg_backend, sam_checkpoint=config.sam_checkpoint).to(device)
+        ref_seg = seg_backend
+    ref_person, ref_has_person = mask_boxes(ref_mask)
+    if not bool(ref_has_person[0]):
+        raise CueError("no person found in the reference; pass a reference mask or choose an image with a "
+                       "visible person")
+    ref_person = ref_person[0]
+    if r_face_in is not None:
+        ref_face, ref_face_backend = r_box.map_boxes(r_face_in), "given"
+    else:
+        ref_track = detect_faces(ref, backend=face_backend)
+        ref_face = ref_track.boxes[0].float().cpu() if bool(ref_track.valid[0]) else None
+        ref_face_backend = ref_track.backend or face_backend
+        if ref_face is None:
+            notes.append("reference: no face found; the location transform uses the body boxes only and the "
+                         "reference face cue is black")
+
+    drv = resize_frames(driving, size, "pad")
+    segmenting = d_mask_in is None
+    detecting = d_track_in is None
+    seg_end = SEGMENTATION_SHARE if segmenting else 0.0
+    face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
+    if d_mask_in is not None:
+        masks, drv_seg = resize_frames(d_mask_in, size, "pad").clamp(0.0, 1.0), "given"
+    else:
+        masks = segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint,
+                               on_frame=progress.stage(0.0, seg_end)).to(device)
+        drv_seg = seg_backend
+    progress.advance_to(seg_end)
+    person_boxes, person_valid = mask_boxes(masks)
+    if not bool(person_valid.any()):
+        raise CueError(f"driving: no person found in any of the {count} frames. Pass a driving mask, or use a "
+                       "video in which a person is visible (try the other segmenter).")
+    bad = bad_frames(masks, area_jump=config.area_jump).to(device=device, dtype=torch.bool).reshape(-1)
+    if bool(bad.any()):
+        notes.append(f"driving: {int(bad.sum())} of {count} frames have an empty or jumping person mask; "
+                     "their pose cue is blank")
+
+    if d_track_in is not None:
+        raw = FaceTrack(d_box.map_boxes(d_track_in.boxes.float().cpu()), d_track_in.valid.cpu().to(torch.bool),
+                        detected=d_track_in.detected.cpu(), backend=d_track_in.backend or "given")
+        track = smooth_track(raw, window=1, max_gap=config.max_face_gap)
+    else:
+        raw = detect_faces(drv, backend=config.face_detector, on_frame=progress.stage(seg_end, face_end))
+        track = smooth_track(FaceTrack(raw.boxes.float().cpu(), raw.valid.cpu().to(torch.bool),
+                                       detected=raw.detected.cpu(), backend=raw.backend),
+                             window=config.face_smooth, max_gap=config.max_face_gap)
+    progress.advance_to(face_end)
+    face_valid = track.valid.to(device)
+    face_tight = track.boxes.to(device)
+    face_crop = square_boxes(face_tight, scale=config.face_scale)
+    if not bool(face_valid.any()):
+        notes.append("driving: no face found in any frame; the face cue is black and the face location zero")
+    else:
+        filled = int(face_valid.sum()) - int((track.detected.to(torch.bool) & track.valid).sum())
+        if filled:
+            notes.append(f"driving: face boxes filled across short gaps in {filled} frames")
+
+    transform = fit_similarity(
+        person_boxes.cpu(), person_valid.cpu(), ref_person.cpu(),
+        driving_face=median_box(face_tight.cpu(), face_valid.cpu()) if bool(face_valid.any()) else None,
+        reference_face=ref_face,
+        image_size=size, driving_area=_content(d_box), reference_area=_content(r_box), notes=notes,
+    )
+    build = progress.stage(face_end, 1.0)
+    pose = pose_cue(drv, mask=masks, cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order,
+                    bad=bad)
+    build(count // 3 - 1)
+    face = face_cue(drv, face_crop, face_valid)
+    build(2 * count // 3 - 1)
+    body_location, face_location = location_cue(masks, face_tight, face_valid, transform, out_size=size,
+                                                cell=config.grid_cell, blur=config.grid_blur)
+
+    ref_face_t = torch.zeros(1, 4, device=device) if ref_face is None else ref_face.to(device)[None]
+    ref_face_ok = torch.tensor([ref_face is not None], device=device)
+    reference_pose = pose_cue(ref, mask=ref_mask, cutoff=config.cutoff, filter=config.filter,
+                              order=config.butterworth_order)
+    reference_face = face_cue(ref, square_boxes(ref_face_t, scale=config.face_scale), ref_face_ok)
+    ref_body_loc, ref_face_loc = location_cue(ref_mask, ref_face_t, ref_face_ok, Similarity(), out_size=size,
+                                              cell=config.grid_cell, blur=config.grid_blur)
+    progress.advance_to(1.0)
+
+    record = CueRecord(
+        person_boxes=person_boxes.cpu(),
+        person_valid=person_valid.cpu(),
+        face_boxes=torch.where(face_valid[:, None], face_crop, torch.zeros_like(face_crop)).cpu(),
+        face_valid=face_valid.cpu(),
+        bad_frames=bad.cpu(),
+        transform=transform,
+        reference_person_box=ref_person.cpu(),
+        reference_face_box=None if ref_face is None else ref_face.cpu(),
+        backends={"segmenter": drv_seg, "face_detector": track.backend or "given",
+                  "reference_segmenter": ref_seg, "reference_face_detector": ref_face_backend},
+        notes=notes,
+        geometry={"working_size": list(size), "driving": _geometry(d_box), "reference": _geometry(r_box)},
+    )
+    for note in notes:
+        log.debug("cues: %s", note)
+    return CueTriplet(
+        pose=pose, face=face, body_location=body_location, face_location=face_location,
+        reference=ref, reference_mask=ref_mask, reference_pose=reference_pose, reference_face=reference_face,
+        reference_body_location=ref_body_loc, reference_face_location=ref_face_loc, record=record,
+    )

@@ -1,0 +1,256 @@
+"""Location cue: driving body and face masks moved onto the reference person, then coarsened on a grid (DESIGN.md 4)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import CueError
+from .boxes import median_box
+from .types import Similarity
+
+log = logging.getLogger(__name__)
+
+# A box edge within this many pixels (or this fraction of the image side, if larger) of the image border
+# is taken as cut by the border: the person continues outside the picture.
+EDGE_TOLERANCE_PX = 2.0
+EDGE_TOLERANCE_FRACTION = 0.01
+# The face may move the body horizontally by at most this fraction of the reference box width; a larger
+# disagreement means one of the face detections is wrong, and the body box is trusted instead.
+FACE_SHIFT_LIMIT = 0.25
+# Width of the soft edge of a rendered face ellipse, px.
+FACE_EDGE_PX = 1.0
+
+
+def _as_box(box, name: str) -> Tensor:
+    box = torch.as_tensor(box, dtype=torch.float32).reshape(-1)
+    if box.shape[0] != 4 or not bool(torch.isfinite(box).all()):
+        raise CueError(f"{name}: expected one box (x0, y0, x1, y1) in pixels, got {box.tolist()}.")
+    if not (box[2] > box[0] and box[3] > box[1]):
+        raise CueError(f"{name}: box {box.tolist()} has no area; x1 > x0 and y1 > y0 are needed.")
+    return box
+
+
+def _cut_edges(box: Tensor, area: Tensor) -> dict[str, bool]:
+    """Which sides of `box` touch the border of `area` (the picture's content rectangle)."""
+    tol_x = max(EDGE_TOLERANCE_PX, EDGE_TOLERANCE_FRACTION * float(area[2] - area[0]))
+    tol_y = max(EDGE_TOLERANCE_PX, EDGE_TOLERANCE_FRACTION * float(area[3] - area[1]))
+    return {
+        "left": float(box[0] - area[0]) <= tol_x,
+        "top": float(box[1] - area[1]) <= tol_y,
+        "right": float(area[2] - box[2]) <= tol_x,
+        "bottom": float(area[3] - box[3]) <= tol_y,
+    }
+
+
+def _face_size(box: Tensor) -> float:
+    return math.sqrt(float(box[2] - box[0]) * float(box[3] - box[1]))
+
+
+def _anchor_offset(d_lo: float, d_hi: float, r_lo: float, r_hi: float, scale: float,
+                   cut_lo: bool, cut_hi: bool) -> float:
+    """Translation along one axis: align the edge neither picture cuts, or the centres when both or neither are cut."""
+    if cut_hi and not cut_lo:
+        return r_lo - scale * d_lo
+    if cut_lo and not cut_hi:
+        return r_hi - scale * d_hi
+    return (r_lo + r_hi) / 2 - scale * (d_lo + d_hi) / 2
+
+
+def fit_similarity(
+    driving_boxes: Tensor,
+    driving_valid: Tensor,
+    reference_box: Tensor,
+    *,
+    driving_face: Tensor | None = None,
+    reference_face: Tensor | None = None,
+    image_size: tuple[int, int] | None = None,
+    driving_area: Tensor | None = None,
+    reference_area: Tensor | None = None,
+    notes: list | None = None,
+) -> Similarity:
+    """One scale + translation for the clip, taking the driving person onto the reference person.
+
+    `driving_boxes` ``[F, 4]`` (with ``driving_valid [F]``) are reduced to their median box D; R is
+    `reference_box`. A side of a box is "cut" when it touches the border of its picture: `driving_area` /
+    `reference_area` (content rectangles, e.g. inside a letterbox), default ``(0, 0, W, H)`` of `image_size`
+    ``(H, W)``; with neither, nothing counts as cut. `driving_face` / `reference_face` are face boxes (median over
+    the clip for the driving one), optional.
+
+    Scale: body height ``R_h / D_h`` when no top or bottom is cut; else the face size ratio when both faces are
+    known; else the width ratio when no left or right side is cut; else the visible height ratio.
+    Translation: when both faces are known it aligns the faces horizontally, and vertically too if the height
+    could not be used; otherwise it aligns the uncut edge (e.g. the tops when legs are cut by the bottom edge),
+    or the centres. A face alignment that would move the body by more than a quarter of the reference width
+    is ignored. The rule used is appended to `notes`.
+    """
+    driving_boxes = torch.as_tensor(driving_boxes, dtype=torch.float32).cpu()
+    driving_valid = torch.as_tensor(driving_valid).to(torch.bool).cpu()
+    if driving_boxes.ndim != 2 or driving_boxes.shape[1] != 4 or driving_valid.shape != driving_boxes.shape[:1]:
+        raise CueError(
+            f"driving boxes: expected boxes [F, 4] and valid [F], got {tuple(driving_boxes.shape)} and "
+            f"{tuple(driving_valid.shape)}."
+        )
+    if not bool(driving_valid.any()):
+        raise CueError("driving boxes: no person box in any driving frame; check the driving masks.")
+    d = _as_box(median_box(driving_boxes, driving_valid), "driving median box")
+    r = _as_box(torch.as_tensor(reference_box).cpu(), "reference_box")
+    d_face = None if driving_face is None else _as_box(torch.as_tensor(driving_face).cpu(), "driving_face")
+    r_face = None if reference_face is None else _as_box(torch.as_tensor(reference_face).cpu(), "reference_face")
+    faces = d_face is not None and r_face is not None
+
+    full = None if image_size is None else torch.tensor([0.0, 0.0, float(image_size[1]), float(image_size[0])])
+    d_area = full if driving_area is None else torch.as_tensor(driving_area, dtype=torch.float32).cpu()
+    r_area = full if reference_area is None else torch.as_tensor(reference_area, dtype=torch.float32).cpu()
+    none_cut = {"left": False, "top": False, "right": False, "bottom": False}
+    d_cut = none_cut if d_area is None else _cut_edges(d, d_area)
+    r_cut = none_cut if r_area is None else _cut_edges(r, r_area)
+    cut = {side: d_cut[side] or r_cut[side] for side in none_cut}
+    vertical_ok = not (cut["top"] or cut["bottom"])
+    horizontal_ok = not (cut["left"] or cut["right"])
+
+    d_w, d_h = float(d[2] - d[0]), float(d[3] - d[1])
+    r_w, r_h = float(r[2] - r[0]), float(r[3] - r[1])
+    if vertical_ok:
+        scale, rule = r_h / d_h, "body height"
+    elif faces:
+        scale, rule = _face_size(r_face) / _face_size(d_face), "face size (a body is cut at the top or bottom)"
+    elif horizontal_ok:
+        scale, rule = r_w / d_w, "body width (a body is cut at the top or bottom, no face pair)"
+    else:
+        scale, rule = r_h / d_h, "visible body height (bodies cut on several sides, no face pair)"
+
+    tx = _anchor_offset(float(d[0]), float(d[2]), float(r[0]), float(r[2]), scale, cut["left"], cut["right"])
+    ty = _anchor_offset(float(d[1]), float(d[3]), float(r[1]), float(r[3]), scale, cut["top"], cut["bottom"])
+    anchor = "box edges"
+    if faces:
+        d_centre = (d_face[:2] + d_face[2:]) / 2
+        r_centre = (r_face[:2] + r_face[2:]) / 2
+        face_tx = float(r_centre[0] - scale * d_centre[0])
+        face_ty = float(r_centre[1] - scale * d_centre[1])
+        if abs(face_tx - tx) <= FACE_SHIFT_LIMIT * r_w:
+            tx, anchor = face_tx, "face centre (x)"
+            if not vertical_ok and abs(face_ty - ty) <= FACE_SHIFT_LIMIT * r_h:
+                ty, anchor = face_ty, "face centre"
+        else:
+            anchor = "box edges (the face pair disagrees with the body boxes; ignored)"
+    message = (
+        f"location transform: scale {scale:.4f} from {rule}, translation ({tx:.1f}, {ty:.1f}) px from {anchor}; "
+        f"cut sides: {[side for side, value in cut.items() if value] or 'none'}"
+    )
+    log.debug(message)
+    if notes is not None:
+        notes.append(message)
+    return Similarity(scale=float(scale), tx=float(tx), ty=float(ty))
+
+
+def warp_masks(masks: Tensor, t: Similarity, out_size: tuple[int, int]) -> Tensor:
+    """Masks ``[F, H, W]`` in driving pixels resampled to reference pixels ``[F, H', W']`` by `t`; outside is 0.
+
+    A box warps to ``t.apply_boxes(box)``. When shrinking by more than 2x, masks are first area-averaged by the
+    integer factor ``floor(1 / scale)`` so that thin parts are not aliased away.
+    """
+    if masks.ndim != 3:
+        raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
+    if not t.scale > 0:
+        raise CueError(f"transform: scale={t.scale} must be positive.")
+    out_h, out_w = int(out_size[0]), int(out_size[1])
+    masks = masks.to(torch.float32)[:, None]
+    factor = max(1, int(math.floor(1.0 / t.scale)))
+    if factor > 1:
+        pad_h, pad_w = (-masks.shape[-2]) % factor, (-masks.shape[-1]) % factor
+        masks = F.avg_pool2d(F.pad(masks, (0, pad_w, 0, pad_h)), factor)
+    height, width = masks.shape[-2], masks.shape[-1]
+    inverse = t.inverse()
+    u = torch.arange(out_w, device=masks.device, dtype=torch.float32) + 0.5
+    v = torch.arange(out_h, device=masks.device, dtype=torch.float32) + 0.5
+    xs = (u * inverse.scale + inverse.tx) / factor  # source position in (pooled) pixels
+    ys = (v * inverse.scale + inverse.ty) / factor
+    gx = (2.0 * xs / width - 1.0)[None, :].expand(out_h, out_w)
+    gy = (2.0 * ys / height - 1.0)[:, None].expand(out_h, out_w)
+    grid = torch.stack([gx, gy], dim=-1)[None].expand(masks.shape[0], -1, -1, -1)
+    return F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def gaussian_blur(masks: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[F, H, W]`` with standard deviation `sigma` px; borders replicate."""
+    if sigma <= 0:
+        return masks
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, device=masks.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = masks[:, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def grid_soften(masks: Tensor, *, cell: int = 16, blur: float = 4.0) -> Tensor:
+    """Coarse silhouette of masks ``[F, H, W]``: max over `cell` x `cell` px cells (the grid starts at the top-left
+    pixel, partial cells at the right and bottom), nearest upsampling, then a Gaussian blur of sigma `blur` px.
+    Detail smaller than a cell vanishes; every foreground pixel keeps its cell lit."""
+    if masks.ndim != 3:
+        raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
+    if cell < 1 or blur < 0:
+        raise CueError(f"grid_soften: cell={cell} must be >= 1 and blur={blur} >= 0.")
+    height, width = masks.shape[-2:]
+    x = masks.to(torch.float32)
+    if cell > 1:
+        pooled = F.max_pool2d(x[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+        x = pooled.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
+    return gaussian_blur(x, blur).clamp(0.0, 1.0)
+
+
+def render_ellipses(boxes: Tensor, valid: Tensor, size: tuple[int, int]) -> Tensor:
+    """Filled ellipses inscribed in `boxes` ``[F, 4]`` on ``[F, H, W]`` canvases, with a soft 1 px edge; invalid
+    frames are empty."""
+    height, width = int(size[0]), int(size[1])
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    valid = torch.as_tensor(valid, device=boxes.device).to(torch.bool).reshape(-1)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [F, 2]
+    radii = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp(min=1e-3)
+    xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    nx = ((xs[None] - centre[:, 0:1]) / radii[:, 0:1])[:, None, :]  # [F, 1, W]
+    ny = ((ys[None] - centre[:, 1:2]) / radii[:, 1:2])[:, :, None]  # [F, H, 1]
+    distance = torch.sqrt(nx**2 + ny**2)  # 1 on the ellipse
+    # (1 - distance) * smaller radius approximates the signed distance to the outline in pixels
+    inside_px = (1.0 - distance) * radii.amin(dim=1)[:, None, None]
+    masks = (inside_px / FACE_EDGE_PX + 0.5).clamp(0.0, 1.0)
+    return masks * valid[:, None, None]
+
+
+def location_cue(
+    body_masks: Tensor,
+    face_boxes: Tensor,
+    face_valid: Tensor,
+    transform: Similarity,
+    *,
+    out_size: tuple[int, int],
+    cell: int = 16,
+    blur: float = 4.0,
+) -> tuple[Tensor, Tensor]:
+    """Body and face location masks ``[F, H, W]`` in reference coordinates (`out_size` = ``(H, W)``).
+
+    `body_masks` ``[F, h, w]`` and the face boxes ``[F, 4]`` (tight face boxes, not the enlarged crop boxes) are
+    in driving pixels. The face is an ellipse inscribed in its box; it is rendered directly at the box mapped by
+    `transform`, which equals warping a rendered mask. Both are then grid-softened (`cell`, `blur`).
+    """
+    if body_masks.ndim != 3:
+        raise CueError(f"body masks: expected [F, H, W], got shape {tuple(body_masks.shape)}.")
+    count = body_masks.shape[0]
+    face_boxes = torch.as_tensor(face_boxes, dtype=torch.float32, device=body_masks.device)
+    face_valid = torch.as_tensor(face_valid, device=body_masks.device).to(torch.bool).reshape(-1)
+    if face_boxes.shape != (count, 4) or face_valid.shape[0] != count:
+        raise CueError(
+            f"face boxes: expected [{count}, 4] boxes and [{count}] flags for {count} masks, got "
+            f"{tuple(face_boxes.shape)} and {tuple(face_valid.shape)}."
+        )
+    body = grid_soften(warp_masks(body_masks, transform, out_size), cell=cell, blur=blur)
+    face = render_ellipses(transform.apply_boxes(face_boxes), face_valid, out_size)
+    return body, grid_soften(face, cell=cell, blur=blur)

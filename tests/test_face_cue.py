@@ -1,0 +1,130 @@
+"""Face cue and face tracks: boxes from masks, gap filling and smoothing, squared crops, centred face crops."""
+
+import pytest
+import torch
+
+from directanimator.cues import FaceTrack, face_cue, mask_boxes, median_box, smooth_track, square_boxes
+from directanimator.errors import CueError
+from helpers import centroid, disc, rectangle
+
+
+def test_mask_boxes_are_tight_pixel_edge_boxes_and_flag_empty_masks():
+    masks = torch.zeros(3, 64, 80)
+    masks[0, 10:20, 30:45] = 1.0
+    masks[2, 0:64, 79:80] = 0.7
+    boxes, valid = mask_boxes(masks)
+    assert valid.tolist() == [True, False, True]
+    assert boxes[0].tolist() == [30.0, 10.0, 45.0, 20.0]
+    assert boxes[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert boxes[2].tolist() == [79.0, 0.0, 80.0, 64.0]
+    assert not bool(mask_boxes(masks * 0.4)[1].any())  # below the 0.5 threshold
+
+
+def test_smooth_track_fills_a_short_gap_by_linear_interpolation():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [40, 0, 50, 10]])
+    valid = torch.tensor([True, False, False, False, True])
+    track = smooth_track(FaceTrack(boxes, valid), window=1, max_gap=3)
+    assert track.valid.all()
+    assert torch.allclose(track.boxes[:, 0], torch.tensor([0.0, 10, 20, 30, 40]))
+    assert track.detected.tolist() == valid.tolist()  # the raw detections are kept
+
+
+def test_smooth_track_leaves_long_gaps_and_holds_ends_up_to_max_gap():
+    boxes = torch.zeros(10, 4)
+    valid = torch.zeros(10, dtype=torch.bool)
+    boxes[2], valid[2] = torch.tensor([5.0, 5, 15, 15]), True
+    boxes[7], valid[7] = torch.tensor([50.0, 5, 60, 15]), True
+    track = smooth_track(FaceTrack(boxes, valid), window=1, max_gap=2)
+    # frames 3..6 are a gap of 4 > 2: left invalid; the ends hold for up to 2 frames
+    assert track.valid.tolist() == [True, True, True, False, False, False, False, True, True, True]
+    assert torch.equal(track.boxes[0], boxes[2]) and torch.equal(track.boxes[9], boxes[7])
+
+
+def test_smooth_track_reduces_jitter_but_keeps_a_steady_face_in_place():
+    steady = torch.tensor([20.0, 30, 60, 70]).repeat(12, 1)
+    jitter = torch.tensor([2.0, 0, 2, 0]) * torch.tensor([1.0, -1] * 6)[:, None]
+    noisy = steady + jitter
+    track = smooth_track(FaceTrack(noisy, torch.ones(12, dtype=torch.bool)), window=5)
+    centre_x = (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+    noisy_centre_x = (noisy[:, 0] + noisy[:, 2]) / 2
+    assert float(centre_x[2:-2].std()) < 0.5 * float(noisy_centre_x.std())
+    same = smooth_track(FaceTrack(steady, torch.ones(12, dtype=torch.bool)), window=5)
+    assert torch.allclose(same.boxes, steady)
+
+
+def test_smooth_track_follows_a_face_that_really_moves():
+    # frames far apart in time (a subsampled clip): the face is somewhere else in each; no averaging across
+    boxes = torch.tensor([[10.0, 10, 30, 30], [60, 10, 80, 30], [110, 10, 130, 30], [60, 50, 80, 70]])
+    track = smooth_track(FaceTrack(boxes, torch.ones(4, dtype=torch.bool)), window=5)
+    assert torch.allclose(track.boxes, boxes)
+
+
+def test_smooth_track_does_not_average_in_frames_without_a_face():
+    boxes = torch.tensor([[10.0, 10, 20, 20]] * 3 + [[0.0, 0, 0, 0]] * 20)
+    valid = torch.tensor([True] * 3 + [False] * 20)
+    track = smooth_track(FaceTrack(boxes, valid), window=5, max_gap=0)
+    assert torch.allclose(track.boxes[:3], boxes[:3])
+    assert not bool(track.valid[3:].any())
+
+
+def test_square_boxes_are_enlarged_squares_around_the_centre_and_not_clamped():
+    square = square_boxes(torch.tensor([[-4.0, 10, 16, 50]]), scale=1.5)
+    assert torch.allclose(square, torch.tensor([[-24.0, 0, 36, 60]]))
+
+
+def test_median_box_ignores_invalid_frames_and_requires_one():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [2, 2, 12, 12], [100, 100, 200, 200], [4, 4, 14, 14]])
+    assert median_box(boxes, torch.tensor([True, True, False, True])).tolist() == [2.0, 2.0, 12.0, 12.0]
+    with pytest.raises(CueError, match="no valid box"):
+        median_box(boxes, torch.zeros(4, dtype=torch.bool))
+
+
+def test_face_cue_maps_a_box_onto_the_centred_square_within_a_pixel():
+    frames = torch.zeros(1, 96, 160, 3)
+    frames[0, 32:36, 52:56] = 1.0  # a 4x4 px mark, centre (54, 34)
+    box = torch.tensor([[40.0, 20, 88, 68]])  # 48 px square crop box
+    cue = face_cue(frames, box, torch.tensor([True]))
+    assert cue.shape == (1, 96, 160, 3)
+    # canvas square: side 96 at left 32; the box scales by 2: (54, 34) -> (32 + 2 * 14, 0 + 2 * 14)
+    x, y = centroid(cue[0, ..., 0])
+    assert abs(x - 60.0) < 1.0 and abs(y - 28.0) < 1.0
+    assert float(cue[0, :, :32].abs().max()) == 0.0 and float(cue[0, :, 128:].abs().max()) == 0.0
+
+
+def test_face_cue_centres_the_face_wherever_it_is():
+    size = (96, 128)
+    centres = [(30.0, 30.0), (90.0, 50.0), (64.0, 70.0)]
+    faces = torch.stack([disc(10, size, centre=c) for c in centres])
+    boxes, valid = mask_boxes(faces)
+    cue = face_cue(faces[..., None].expand(-1, -1, -1, 3), square_boxes(boxes, scale=1.5), valid)
+    for frame in cue:
+        x, y = centroid(frame[..., 0])
+        assert abs(x - 64.0) < 1.0 and abs(y - 48.0) < 1.0
+        assert float(frame[..., 0].sum()) == pytest.approx(float((disc(10 * 96 / 30, size) > 0).sum()), rel=0.1)
+
+
+def test_face_cue_is_black_outside_the_frame_and_for_frames_without_a_face():
+    frames = torch.ones(2, 64, 64, 3)
+    boxes = torch.tensor([[-24.0, -24, 24, 24], [10, 10, 30, 30]])  # frame 0: box hangs over the top-left corner
+    cue = face_cue(frames, boxes, torch.tensor([True, False]))
+    half = 32
+    assert float(cue[0, : half - 1, : half - 1].max()) == 0.0
+    assert float(cue[0, half + 1 :, half + 1 :].min()) == 1.0
+    assert float(cue[1].max()) == 0.0
+
+
+def test_face_cue_canvas_size_and_input_checks():
+    frames = torch.rand(2, 64, 64, 3)
+    boxes = torch.tensor([[8.0, 8, 40, 40]] * 2)
+    assert face_cue(frames, boxes, torch.ones(2, dtype=torch.bool), size=(80, 120)).shape == (2, 80, 120, 3)
+    with pytest.raises(CueError, match=r"boxes \[2, 4\]"):
+        face_cue(frames, boxes[:1], torch.ones(1, dtype=torch.bool))
+    with pytest.raises(CueError, match="no area"):
+        face_cue(frames, torch.tensor([[8.0, 8, 8, 40]] * 2), torch.ones(2, dtype=torch.bool))
+
+
+def test_face_cue_keeps_a_face_pattern_upright_and_unmirrored():
+    frames = torch.zeros(1, 64, 64, 3)
+    frames[0] = rectangle((20, 20, 30, 44), (64, 64))[..., None]  # left half of the box lit
+    cue = face_cue(frames, torch.tensor([[20.0, 20, 44, 44]]), torch.tensor([True]))
+    assert float(cue[0, 10:54, 5:20, 0].mean()) > 0.95 and float(cue[0, 10:54, 40:60, 0].mean()) < 0.05

@@ -1,0 +1,159 @@
+"""Location cue: one similarity per clip onto the reference person, exact warping, grid softening."""
+
+import pytest
+import torch
+
+from directanimator.cues import Similarity, fit_similarity, grid_soften, location_cue, mask_boxes, warp_masks
+from directanimator.errors import CueError
+from helpers import centroid, disc, figure, figure_box, iou, mass_inside, rectangle, stripes
+
+
+def face_centre(box: torch.Tensor) -> torch.Tensor:
+    return (box[:2] + box[2:]) / 2
+
+
+def clip_of(box: torch.Tensor, frames: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """`frames` copies of `box`, plus one invalid frame holding a wild box that must be ignored."""
+    boxes = torch.cat([box.repeat(frames, 1), torch.tensor([[0.0, 0, 500, 500]])])
+    valid = torch.tensor([True] * frames + [False])
+    return boxes, valid
+
+
+@pytest.mark.parametrize(
+    "scale, shift",
+    [(1.8, (10.0, -30.0)), (0.45, (40.0, 25.0)), (1.0, (70.0, 12.0))],
+    ids=["reference-larger", "reference-smaller", "reference-off-centre"],
+)
+def test_transform_maps_the_driving_box_onto_the_reference_box(scale, shift):
+    driving = torch.tensor([40.0, 20, 90, 120])
+    reference = Similarity(scale, *shift).apply_boxes(driving)
+    boxes, valid = clip_of(driving)
+    t = fit_similarity(boxes, valid, reference, image_size=(400, 400))
+    assert torch.allclose(t.apply_boxes(driving), reference, atol=1.0)
+
+
+def test_transform_uses_the_median_box_of_the_clip():
+    boxes = torch.tensor([[40.0, 20, 90, 120], [42, 20, 92, 120], [38, 20, 88, 120], [200, 20, 250, 120]])
+    t = fit_similarity(boxes, torch.ones(4, dtype=torch.bool), torch.tensor([140.0, 20, 190, 120]))
+    assert t.scale == pytest.approx(1.0) and abs(t.tx - 99.0) < 1.0  # the outlier frame moved nothing
+
+
+@pytest.mark.parametrize("with_faces", [True, False], ids=["faces-known", "no-faces"])
+def test_legs_cut_by_the_bottom_edge_still_put_head_and_shoulders_on_the_reference(with_faces):
+    size = (128, 128)
+    driving_mask, driving_face = figure(size, top=10, centre_x=40, height=100)
+    # the reference person is 1.6x larger and stands low: the picture ends at mid-thigh
+    reference_mask, reference_face = figure(size, top=20, centre_x=70, height=160)
+    reference_box, ok = mask_boxes(reference_mask[None])
+    assert bool(ok[0]) and float(reference_box[0, 3]) == 128.0  # touches the bottom edge
+    boxes, valid = mask_boxes(driving_mask[None].expand(4, -1, -1))
+    notes = []
+    t = fit_similarity(
+        boxes, valid, reference_box[0], image_size=size, notes=notes,
+        driving_face=driving_face if with_faces else None, reference_face=reference_face if with_faces else None,
+    )
+    assert t.scale == pytest.approx(1.6, abs=0.03)
+    assert ("face size" if with_faces else "body width") in notes[0]
+    mapped = t.apply_boxes(boxes[0])
+    assert torch.allclose(mapped[:3], reference_box[0, :3], atol=1.5)  # left, top, right edges
+    assert torch.allclose(t.apply_boxes(driving_face), reference_face, atol=1.5)
+    warped = warp_masks(driving_mask[None], t, size)[0]
+    upper = slice(20, 20 + 64)  # head, arms and torso of the reference
+    assert iou(warped[upper] > 0.5, reference_mask[upper] > 0.5) > 0.9
+
+
+def test_the_face_refines_horizontal_placement():
+    size = (160, 160)
+    driving_mask, driving_face = figure(size, top=20, centre_x=60, height=100)
+    driving_mask = torch.maximum(driving_mask, rectangle((80, 40, 110, 46), size))  # one arm stretched out
+    reference_mask, reference_face = figure(size, top=10, centre_x=90, height=120)
+    boxes, valid = mask_boxes(driving_mask[None])
+    reference_box = mask_boxes(reference_mask[None])[0][0]
+    with_face = fit_similarity(boxes, valid, reference_box, driving_face=driving_face, reference_face=reference_face)
+    without = fit_similarity(boxes, valid, reference_box)
+    assert torch.allclose(face_centre(with_face.apply_boxes(driving_face)), face_centre(reference_face), atol=1.0)
+    assert with_face.scale == pytest.approx(1.2, abs=0.02)  # still from the body height
+    # the box alone centres the outstretched arm's box, which puts the head off by several pixels
+    assert abs(float(face_centre(without.apply_boxes(driving_face))[0] - face_centre(reference_face)[0])) > 4.0
+
+
+def test_a_face_pair_far_from_the_bodies_is_ignored():
+    driving = torch.tensor([40.0, 20, 90, 120])
+    boxes, valid = clip_of(driving)
+    reference = torch.tensor([140.0, 20, 190, 120])
+    notes = []
+    t = fit_similarity(boxes, valid, reference, driving_face=torch.tensor([55.0, 20, 75, 40]),
+                       reference_face=torch.tensor([0.0, 0, 20, 20]), notes=notes)
+    assert torch.allclose(t.apply_boxes(driving), reference, atol=1.0)
+    assert "ignored" in notes[0]
+
+
+def test_fit_similarity_rejects_clips_without_a_person():
+    boxes, valid = clip_of(torch.tensor([40.0, 20, 90, 120]))
+    with pytest.raises(CueError, match="no person"):
+        fit_similarity(boxes, torch.zeros_like(valid), torch.tensor([0.0, 0, 10, 10]))
+    with pytest.raises(CueError, match="reference_box"):
+        fit_similarity(boxes, valid, torch.tensor([10.0, 10, 10, 40]))
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [Similarity(1.5, 10.0, -20.0), Similarity(0.7, 33.0, 5.0), Similarity(0.3, 60.0, 40.0), Similarity(2.5, -90, -60)],
+    ids=["up", "down", "far-down", "up-cut"],
+)
+def test_warp_masks_agrees_with_apply_boxes(transform):
+    size = (120, 140)
+    box = torch.tensor([30.0, 20, 100, 110])
+    mask = rectangle(tuple(box.tolist()), size)[None]
+    out_size = (130, 150)
+    warped = warp_masks(mask, transform, out_size)
+    assert warped.shape == (1, *out_size)
+    expected = transform.apply_boxes(box)
+    expected = torch.stack([expected[0].clamp(0, 150), expected[1].clamp(0, 130),
+                            expected[2].clamp(0, 150), expected[3].clamp(0, 130)])
+    found, ok = mask_boxes(warped)
+    assert bool(ok[0]) and torch.allclose(found[0], expected, atol=1.0), (found[0], expected)
+
+
+def test_grid_softening_flattens_detail_smaller_than_a_cell():
+    size = (128, 128)
+    region = rectangle((32, 32, 96, 96), size)  # cell-aligned for cell=16
+    textured = region * stripes(2, size)  # 2 px stripes
+    assert torch.equal(grid_soften(textured[None], cell=16, blur=4.0), grid_soften(region[None], cell=16, blur=4.0))
+    soft = grid_soften(textured[None], cell=16, blur=4.0)[0]
+    inside = soft[32 + 12:96 - 12, 32 + 12:96 - 12]  # more than 3 sigma from the region's border
+    assert float(inside.min()) > 0.999
+    assert float(grid_soften(textured[None], cell=16, blur=0.0)[0, 32:96, 32:96].min()) == 1.0
+
+
+def test_grid_softening_keeps_a_large_blob_where_it_was():
+    blob = disc(24, (128, 160), centre=(70.0, 61.0))
+    soft = grid_soften(blob[None], cell=16, blur=4.0)[0]
+    (x, y), (bx, by) = centroid(soft), centroid(blob)
+    assert abs(x - bx) < 8 and abs(y - by) < 8  # within half a cell
+    assert mass_inside(soft, torch.tensor([46.0, 37, 94, 85]), margin=16 + 8) > 0.99
+    assert float(soft[61, 70]) == pytest.approx(1.0)
+
+
+def test_grid_soften_handles_partial_cells_at_the_border():
+    mask = torch.zeros(1, 70, 90)
+    mask[0, 66:, 86:] = 1.0  # a corner smaller than a cell, in the partial last cells
+    soft = grid_soften(mask, cell=16, blur=0.0)[0]
+    assert float(soft[64:, 80:].min()) == 1.0 and float(soft[:64].max()) == 0.0 and float(soft[:, :80].max()) == 0.0
+
+
+def test_location_cue_moves_body_and_face_onto_the_reference():
+    size = (128, 128)
+    masks = torch.stack([figure(size, top=10, centre_x=cx, height=90)[0] for cx in (35.0, 40.0, 45.0)])
+    faces = torch.stack([figure(size, top=10, centre_x=cx, height=90)[1] for cx in (35.0, 40.0, 45.0)])
+    valid = torch.tensor([True, True, False])
+    t = Similarity(0.8, 50.0, 20.0)
+    body, face = location_cue(masks, faces, valid, t, out_size=(112, 144), cell=8, blur=2.0)
+    assert body.shape == face.shape == (3, 112, 144)
+    assert float(body.min()) >= 0.0 and float(body.max()) <= 1.0
+    for i in range(2):
+        person = t.apply_boxes(figure_box(top=10, centre_x=35.0 + 5 * i, height=90))
+        assert mass_inside(body[i], person, margin=8 + 6) > 0.99
+        assert mass_inside(face[i], t.apply_boxes(faces[i]), margin=8 + 6) > 0.99
+        assert float(face[i].max()) == pytest.approx(1.0)
+    assert float(face[2].max()) == 0.0  # no face in frame 2

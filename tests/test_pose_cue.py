@@ -1,0 +1,118 @@
+"""Pose cue: grey foreground, low-pass filtered in the frequency domain (DESIGN.md 4)."""
+
+import pytest
+import torch
+
+from directanimator.cues import low_pass, pose_cue
+from directanimator.cues.pose_cue import transfer_function
+from directanimator.errors import CueError
+from helpers import disc, grating, iou, power_above
+
+FILTERS = ["gaussian", "ideal", "butterworth"]
+
+
+@pytest.mark.parametrize("filter", FILTERS)
+def test_low_pass_keeps_the_mean(filter):
+    torch.manual_seed(0)
+    image = torch.rand(2, 70, 90)  # odd-shaped, random content right up to the borders
+    out = low_pass(image, cutoff=0.05, filter=filter)
+    assert out.shape == image.shape
+    assert torch.allclose(out.mean(dim=(-2, -1)), image.mean(dim=(-2, -1)), atol=1e-4)
+
+
+@pytest.mark.parametrize("filter", FILTERS)
+def test_low_pass_removes_fine_texture_but_keeps_silhouette(filter):
+    stripes = grating(period_px=3, size=(128, 128))  # clothing-like texture at 2/3 of Nyquist
+    blob = disc(radius=30, size=(128, 128))  # body-like silhouette
+    textured = blob * stripes
+    out = low_pass(textured, cutoff=0.1, filter=filter)
+    assert power_above(out, 0.3) < 0.01 * power_above(textured, 0.3)
+    assert iou(out > 0.2, blob > 0.5) > 0.9
+
+
+@pytest.mark.parametrize("filter", FILTERS)
+def test_higher_cutoff_keeps_more_detail(filter):
+    torch.manual_seed(0)
+    image = disc(20, (96, 96)) * torch.rand(96, 96)
+    errors = [float((low_pass(image, cutoff=c, filter=filter) - image).pow(2).mean()) for c in (0.05, 0.1, 0.2, 0.4)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_every_filter_has_half_power_at_the_cutoff():
+    # the cutoff means the same for the three filters: gain 1/sqrt(2) at rho = cutoff (ideal: its edge)
+    size = 400  # rfft grid step 1/400 cycles/px = 0.005 of Nyquist; rho = 0.2 is bin 40 on the x axis
+    for filter in ("gaussian", "butterworth"):
+        gain = transfer_function(size, size, cutoff=0.2, filter=filter)
+        assert float(gain[0, 0]) == 1.0
+        assert float(gain[0, 40]) == pytest.approx(2**-0.5, abs=1e-5)
+    ideal = transfer_function(size, size, cutoff=0.2, filter="ideal")
+    assert float(ideal[0, 40]) == 1.0 and float(ideal[0, 41]) == 0.0
+
+
+@pytest.mark.parametrize("size", [(37, 50), (8, 7), (1, 9)])
+def test_low_pass_equals_the_fft_filter_of_the_mirrored_image(size):
+    # the definition: filter the even extension (image mirrored to 2H x 2W) on the FFT grid, keep the first quadrant
+    torch.manual_seed(0)
+    image = torch.rand(2, *size)
+    height, width = size
+    mirrored = torch.cat([image, image.flip(-1)], dim=-1)
+    mirrored = torch.cat([mirrored, mirrored.flip(-2)], dim=-2)
+    for filter in FILTERS:
+        gain = transfer_function(2 * height, 2 * width, cutoff=0.1, filter=filter)
+        expected = torch.fft.irfft2(torch.fft.rfft2(mirrored) * gain, s=(2 * height, 2 * width))[:, :height, :width]
+        assert torch.allclose(low_pass(image, cutoff=0.1, filter=filter), expected, atol=1e-5)
+
+
+def test_low_pass_does_not_wrap_one_border_onto_the_other():
+    # a bright column at the left edge must not leak to the right edge (a plain FFT would wrap it around)
+    image = torch.zeros(64, 96)
+    image[:, :4] = 1.0
+    out = low_pass(image, cutoff=0.05)
+    assert float(out[:, -8:].abs().max()) < 1e-3
+
+
+def test_pose_cue_is_the_luma_of_the_masked_foreground():
+    frames = torch.zeros(2, 64, 80, 3)
+    frames[..., 0] = 1.0  # pure red: BT.601 luma 0.299
+    mask = torch.ones(2, 64, 80)
+    mask[1] = 0.0  # frame 1: nobody
+    cue = pose_cue(frames, mask=mask, cutoff=0.2)
+    assert cue.shape == (2, 64, 80, 3)
+    assert torch.allclose(cue[0], torch.full_like(cue[0], 0.299), atol=1e-4)
+    assert float(cue[1].abs().max()) < 1e-6
+    assert torch.equal(cue[..., 0], cue[..., 1]) and torch.equal(cue[..., 1], cue[..., 2])
+
+
+def test_pose_cue_stays_in_range_and_blanks_bad_frames():
+    torch.manual_seed(0)
+    frames = torch.rand(3, 64, 64, 3)
+    mask = disc(20, (64, 64))  # one mask for every frame
+    cue = pose_cue(frames, mask=mask, cutoff=0.5, filter="ideal", bad=torch.tensor([False, True, False]))
+    assert float(cue.min()) >= 0.0 and float(cue.max()) <= 1.0
+    assert float(cue[1].abs().max()) == 0.0
+    assert float(cue[0].abs().max()) > 0.1
+    # away from the disc the foreground is gone
+    assert float(cue[0, :6, :6].abs().max()) < 0.05
+
+
+def test_pose_cue_reports_each_frame():
+    seen = []
+    pose_cue(torch.rand(3, 64, 64, 3), mask=torch.ones(3, 64, 64), on_frame=seen.append)
+    assert seen == [0, 1, 2]
+
+
+def test_pose_cue_rejects_a_mask_of_another_size():
+    with pytest.raises(CueError, match=r"64x48.*80x64|80x64.*64x48"):
+        pose_cue(torch.rand(2, 64, 80, 3), mask=torch.ones(2, 48, 64))
+
+
+def test_pose_cue_rejects_bad_options_and_flags():
+    frames, mask = torch.rand(2, 64, 64, 3), torch.ones(2, 64, 64)
+    with pytest.raises(CueError, match="cutoff"):
+        pose_cue(frames, mask=mask, cutoff=0.0)
+    with pytest.raises(CueError, match="filter"):
+        pose_cue(frames, mask=mask, filter="box")
+    with pytest.raises(CueError, match="3 flags for 2 frames"):
+        pose_cue(frames, mask=mask, bad=torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(CueError, match="given"):
+        pose_cue(frames, segmenter="given")
