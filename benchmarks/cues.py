@@ -1,0 +1,224 @@
+"""Frames per second of Driving Cue Triplet extraction on the real dance video, next to skeleton extraction.
+
+    python benchmarks/cues.py [--frames 96] [--markdown]
+
+Decodes the first `--frames` frames of ../shared/data/real/dance_1080x1920_24fps.mp4 at 512x896 (width x
+height), then times each stage on them with 2 torch and 2 OpenCV threads: segmentation, face detection, the three
+cue builders (each fed the outputs of the stages before it), the whole triplet (`extract_cues`, reference included)
+and, in the same run, mediapipe Pose landmarks (model_complexity=1, tracking mode), the skeleton that pose-driven
+animators extract. Prints the table and writes it to docs/benchmarks.md, section "Cue extraction".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# OpenMP threads that spin while waiting (the default) lose 10 to 60x on elementwise torch ops when the 2 cores
+# are shared with other processes; passive waiting costs nothing on an idle machine. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+
+from directanimator.cues import (  # noqa: E402
+    CueConfig,
+    extract_cues,
+    face_cue,
+    fit_similarity,
+    location_cue,
+    mask_boxes,
+    median_box,
+    pose_cue,
+    smooth_track,
+    square_boxes,
+)
+from directanimator.cues.face_detection import detect_faces  # noqa: E402
+from directanimator.cues.segmentation import bad_frames, frame_uint8, mediapipe_solution, segment_person  # noqa: E402
+from directanimator.video import read_image, read_video  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "real"
+VIDEO = REAL / "dance_1080x1920_24fps.mp4"
+REFERENCE = REAL / "ref_real_person.jpg"
+SIZE = (896, 512)  # (height, width)
+THREADS = 2
+SECTION = "## Cue extraction"
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+REPEATS = 1  # set from --repeats
+
+
+def timed(fn):
+    """Run `fn` REPEATS times; its result and the fastest run's (wall, CPU) seconds."""
+    best = None
+    for _ in range(REPEATS):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        run = (time.perf_counter() - wall, time.process_time() - cpu)
+        best = run if best is None or run[0] < best[0] else best
+    return result, best
+
+
+def skeleton(frames: torch.Tensor) -> int:
+    """mediapipe Pose landmarks per frame in tracking mode; returns the number of frames with a skeleton."""
+    pose_module = mediapipe_solution("pose")
+    found = 0
+    with pose_module.Pose(static_image_mode=False, model_complexity=1, smooth_landmarks=True,
+                          enable_segmentation=False) as pose:
+        for frame in frames:
+            found += pose.process(frame_uint8(frame)).pose_landmarks is not None
+    return found
+
+
+def warm_up(frames: torch.Tensor, reference: torch.Tensor) -> None:
+    """Build the mediapipe graphs and OpenCV cascade once, so that the timings are steady-state."""
+    few = frames[:2]
+    segment_person(few)
+    detect_faces(few)
+    detect_faces(few, backend="opencv")
+    extract_cues(reference, few, CueConfig(height=SIZE[0], width=SIZE[1]))
+    skeleton(few)
+
+
+def run(num_frames: int) -> tuple[list[tuple[str, float, str]], dict]:
+    torch.set_num_threads(THREADS)
+    cv2.setNumThreads(THREADS)
+    if not VIDEO.is_file():
+        sys.exit(f"benchmark video not found: {VIDEO} (see ../shared/data/real/SOURCES.md)")
+
+    clip, t_decode = timed(lambda: read_video(VIDEO, max_frames=num_frames, size=SIZE))
+    frames = clip.frames
+    count = frames.shape[0]
+    reference = read_image(REFERENCE, size=SIZE)
+    warm_up(frames, reference)
+
+    rows: list[tuple[str, tuple[float, float], str]] = [
+        ("decode + resize (PyAV, 1080x1920 -> 512x896)", t_decode, "")]
+    masks, t = timed(lambda: segment_person(frames))
+    rows.append(("person segmentation (mediapipe selfie)", t, ""))
+    track, t = timed(lambda: detect_faces(frames))
+    rows.append(("face detection (auto: mediapipe full range)", t, f"faces in {int(track.valid.sum())}/{count}"))
+    bad = bad_frames(masks)
+    pose, t = timed(lambda: pose_cue(frames, mask=masks, bad=bad))
+    rows.append(("pose cue (grey foreground, FFT low-pass)", t, ""))
+    smooth = smooth_track(track)
+    face, t = timed(lambda: face_cue(frames, square_boxes(smooth.boxes), smooth.valid))
+    rows.append(("face cue (crop, centre, resize)", t, ""))
+    reference_mask = segment_person(reference)
+    reference_face = detect_faces(reference)
+    person_boxes, person_valid = mask_boxes(masks)
+
+    def location():
+        transform = fit_similarity(
+            person_boxes, person_valid, mask_boxes(reference_mask)[0][0],
+            driving_face=median_box(smooth.boxes, smooth.valid) if bool(smooth.valid.any()) else None,
+            reference_face=reference_face.boxes[0] if bool(reference_face.valid[0]) else None, image_size=SIZE,
+        )
+        return location_cue(masks, smooth.boxes, smooth.valid, transform, out_size=SIZE)
+
+    _, t = timed(location)
+    rows.append(("location cue (similarity, grid softening)", t, ""))
+    triplet, t = timed(lambda: extract_cues(reference, frames, CueConfig(height=SIZE[0], width=SIZE[1])))
+    rows.append(("whole triplet (extract_cues, reference included)", t,
+                 f"bad frames {int(triplet.record.bad_frames.sum())}"))
+    del triplet, pose, face
+    found, t = timed(lambda: skeleton(frames))
+    rows.append(("skeleton: mediapipe Pose landmarks (complexity 1, tracking)", t, f"skeletons in {found}/{count}"))
+
+    info = {
+        "frames": count,
+        "size": f"{SIZE[1]}x{SIZE[0]}",
+        "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "threads": THREADS,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "load": "{:.1f}".format(os.getloadavg()[0]),
+        "repeats": REPEATS,
+        "torch": torch.__version__,
+        "opencv": cv2.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+    return rows, info
+
+
+def table(rows, count: int, markdown: bool) -> str:
+    header = ("stage", "fps", "ms/frame", "CPU ms/frame", "note")
+    body = [(name, f"{count / wall:.1f}", f"{1000 * wall / count:.1f}", f"{1000 * cpu / count:.1f}", note)
+            for name, (wall, cpu), note in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def fmt(row) -> str:
+        return "  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
+
+
+def write_section(markdown_table: str, info: dict, rows) -> None:
+    """Replace (or add) the "Cue extraction" section of docs/benchmarks.md; temporary file, then rename."""
+    times = {name: wall for name, (wall, _), _ in rows}
+    triplet = next(t for name, t in times.items() if name.startswith("whole triplet"))
+    skeleton_t = next(t for name, t in times.items() if name.startswith("skeleton"))
+    count = info["frames"]
+    ratio = skeleton_t / triplet
+    verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
+    section = "\n".join([
+        SECTION,
+        "",
+        f"`python benchmarks/cues.py --frames {count} --repeats {info['repeats']}`: the first {count} frames of the "
+        f"real dance video (1080x1920, 24 fps) at {info['size']}; {info['cpu']}; {info['threads']} torch and OpenCV "
+        f"threads, OMP_WAIT_POLICY={info['omp_wait_policy']}; torch {info['torch']}, OpenCV {info['opencv']}; "
+        f"{info['date']}, load average {info['load']} at the end (other jobs shared the machine). Each stage runs "
+        "on the outputs of the stages before it, after a warm-up that builds the mediapipe graphs; the fastest of "
+        f"{info['repeats']} runs counts. CPU time is the process's, all threads together. The whole triplet "
+        "also analyses the reference picture (ref_real_person.jpg).",
+        "",
+        markdown_table,
+        "",
+        f"Whole triplet: {count / triplet:.1f} fps, {verdict} skeleton extraction ({count / skeleton_t:.1f} fps).",
+        "",
+    ])
+    old = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + section
+    else:
+        following = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + section + (old[following + 1:] if following >= 0 else "")
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    tmp = DOC.with_name(DOC.name + ".tmp")
+    tmp.write_text(new)
+    tmp.replace(DOC)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=96, help="driving frames to time (default 96, 4 s)")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per stage; the fastest counts (default 2)")
+    args = parser.parse_args(argv)
+    if args.frames < 2 or args.repeats < 1:
+        parser.error("--frames must be at least 2 and --repeats at least 1")
+    global REPEATS
+    REPEATS = args.repeats
+    rows, info = run(args.frames)
+    count = info["frames"]
+    print(table(rows, count, args.markdown))
+    write_section(table(rows, count, markdown=True), info, rows)
+    print(f"\nwritten to {DOC.relative_to(ROOT)}, section {SECTION[3:]!r}")
+
+
+if __name__ == "__main__":
+    main()
