@@ -1,8 +1,8 @@
 """DirectAnimator ComfyUI nodes: thin adapters over the `directanimator` library, one module per concern."""
 
-from . import cues
+from . import cues, model
 
-_MODULES = (cues,)
+_MODULES = (cues, model)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

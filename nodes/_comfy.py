@@ -28,20 +28,40 @@ def check_interrupted() -> None:
         _mm.throw_exception_if_processing_interrupted()
 
 
+PREVIEW_MAX_SIDE = 512
+
+
+def _preview_image(frames):
+    """The middle frame of a ``[F, h, w, 3]`` 0..1 preview as ComfyUI's ("JPEG", PIL image, max side) tuple."""
+    from PIL import Image
+
+    frame = frames[frames.shape[0] // 2].detach().float().clamp(0, 1).mul(255).byte().cpu().numpy()
+    return ("JPEG", Image.fromarray(frame), PREVIEW_MAX_SIDE)
+
+
 @contextmanager
-def comfy_progress(total: int) -> Iterator[Callable[[int], None]]:
-    """Yield ``on_step(i)``: advances ComfyUI's progress bar to ``i + 1`` of `total` and honours Cancel."""
-    bar = _cu.ProgressBar(max(int(total), 1)) if _cu is not None else None
+def comfy_progress(total: int) -> Iterator[Callable[..., None]]:
+    """Yield ``on_step(i, preview=None)``: advances ComfyUI's progress bar to ``i + 1`` of `total`, shows the
+    optional ``[F, h, w, 3]`` preview, and honours Cancel (raises ComfyUI's interruption)."""
+    total = max(int(total), 1)
+    bar = _cu.ProgressBar(total) if _cu is not None else None
 
     def on_step(i: int, preview=None) -> None:
         check_interrupted()
         if bar is not None:
-            if preview is not None:
-                bar.update_absolute(i + 1, total, preview)
-            else:
-                bar.update_absolute(i + 1, total)
+            image = _preview_image(preview) if preview is not None else None
+            bar.update_absolute(min(i + 1, total), total, image)
 
     yield on_step
+
+
+def default_device():
+    """ComfyUI's torch device for models (honours --cpu), else CUDA when available, else the CPU."""
+    import torch
+
+    if _mm is not None:
+        return _mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def register_model_folder(name: str, default_subdir: str, extensions: set[str]) -> None:
@@ -68,8 +88,29 @@ def model_files(name: str) -> list[str]:
         return []
 
 
+def model_folders(name: str) -> list[str]:
+    """Sub-folders of ComfyUI's model folder `name` that hold a diffusers model (a model_index.json or a
+    transformer/ folder); empty outside ComfyUI."""
+    if _fp is None:
+        return []
+    found = []
+    for root in _fp.get_folder_paths(name):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "transformer")):
+                found.append(entry)
+    return found
+
+
 def model_path(name: str, filename: str) -> str | None:
     """Full path of `filename` in ComfyUI's model folder `name`, or None."""
     if _fp is None:
         return None
-    return _fp.get_full_path(name, filename)
+    path = _fp.get_full_path(name, filename)
+    if path is None:  # folders (diffusers models) are not files
+        for root in _fp.get_folder_paths(name):
+            if os.path.isdir(os.path.join(root, filename)):
+                return os.path.join(root, filename)
+    return path

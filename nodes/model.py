@@ -1,0 +1,230 @@
+"""Model nodes: one shared loader, the encoder (reference + cues -> conditioning), the sampler and the decoder."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from directanimator.conditioning import encode_conditioning
+from directanimator.errors import InputError
+from directanimator.models import AnimatorModel, load_model
+from directanimator.sampling import SCHEDULERS, sample_latents
+from directanimator.text import fit_text_embeddings
+from directanimator.vae_io import decode_latents
+
+from ._comfy import (
+    comfy_progress,
+    default_device,
+    model_files,
+    model_folders,
+    model_path,
+    register_model_folder,
+)
+from .cues import CUES
+
+log = logging.getLogger("directanimator.nodes")
+
+CATEGORY = "DirectAnimator"
+MODEL = "DA_MODEL"
+CONDITIONING = "DA_CONDITIONING"
+NO_CHECKPOINT = "none (bare backbone)"
+NO_FOLDER = "none (use repo_id)"
+
+register_model_folder("directanimator", "directanimator", {".safetensors"})
+register_model_folder("diffusers", "diffusers", set())
+
+
+class DirectAnimatorModelLoader:
+    """Backbone (diffusers folder or Hugging Face repo id) + DirectAnimator checkpoint -> one shared model."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+    DESCRIPTION = ("Loads the CogVideoX backbone and VAE with the CueFusion weights once; the encoder, sampler and "
+                   "decoder share it. ComfyUI reuses it across runs while these inputs stay the same.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "backbone": ([NO_FOLDER] + model_folders("diffusers"),
+                             {"default": NO_FOLDER, "tooltip": "A CogVideoX image-to-video diffusers folder in "
+                                                               "models/diffusers (transformer/ and vae/ inside)."}),
+                "repo_id": ("STRING", {"default": "", "tooltip": "Hugging Face repo id (e.g. THUDM/CogVideoX-5b-I2V), "
+                                                                 "used when backbone is 'none'; downloaded once into "
+                                                                 "the Hugging Face cache unless HF_HUB_OFFLINE=1."}),
+                "checkpoint": ([NO_CHECKPOINT] + model_files("directanimator"),
+                               {"default": NO_CHECKPOINT, "tooltip": "DirectAnimator weights (CueFusion + LoRA or "
+                                                                     "full backbone) from models/directanimator."}),
+                "precision": (["bf16", "fp16", "fp32"], {"default": "bf16",
+                                                         "tooltip": "Weights dtype. bf16 for recent GPUs, fp32 on CPU."}),
+                "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the model on the CPU between uses and move "
+                                                                     "each part to the GPU only while it runs."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, backbone, repo_id, **_):
+        if backbone == NO_FOLDER and not repo_id.strip():
+            return "Choose a backbone folder from models/diffusers, or type a Hugging Face repo id."
+        return True
+
+    def load(self, backbone, repo_id, checkpoint, precision, offload):
+        if backbone != NO_FOLDER:
+            source = model_path("diffusers", backbone) or backbone
+        else:
+            source = repo_id.strip()
+        ckpt = None if checkpoint == NO_CHECKPOINT else (model_path("directanimator", checkpoint) or checkpoint)
+        model = load_model(source, ckpt, dtype=precision, device=default_device(), offload=offload)
+        return (model,)
+
+
+class DirectAnimatorEncode:
+    """Reference + cue triplet -> conditioning latents (VAE-encoded, on the latent grid)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONDITIONING,)
+    RETURN_NAMES = ("conditioning",)
+    FUNCTION = "encode"
+    DESCRIPTION = "VAE-encodes the reference and the three cue videos (tiled when large)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From DirectAnimator Model Loader."}),
+                "cues": (CUES, {"tooltip": "From DirectAnimator Cue Triplet."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 0.5,
+                                  "tooltip": "Frame rate of the driving video; the result keeps it."}),
+                "tiled": ("BOOLEAN", {"default": False, "tooltip": "Spatial VAE tiling: less memory for large frames."}),
+            },
+            "optional": {
+                "text": ("CONDITIONING", {"tooltip": "Optional T5-XXL conditioning from ComfyUI's text encoder "
+                                                     "nodes; replaces the checkpoint's null prompt."}),
+            },
+        }
+
+    def encode(self, model: AnimatorModel, cues, fps, tiled, text=None):
+        with comfy_progress(1) as progress:
+            cond = encode_conditioning(model, cues, fps=fps, tiling=tiled or None)
+            progress(0)
+        embeds = None
+        if text is not None:  # ComfyUI CONDITIONING: [[embeddings [1, L, D], options], ...]; the first entry
+            config = model.transformer.backbone.config
+            embeds = fit_text_embeddings(text[0][0], max_length=config.max_text_seq_length,
+                                         dim=config.text_embed_dim, name="text")
+        return ({"conditioning": cond, "text": embeds},)
+
+
+class DirectAnimatorSampler:
+    """Conditioning -> video latents, with guidance, seeds and context windows for long videos."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+    DESCRIPTION = ("Denoises the video latents. Long videos run in overlapping context windows, each carrying the "
+                   "reference frame, so memory depends on the window, not the length.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (MODEL, {"tooltip": "From DirectAnimator Model Loader."}),
+                "conditioning": (CONDITIONING, {"tooltip": "From DirectAnimator Encode."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 200, "step": 1, "tooltip": "Denoising steps."}),
+                "guidance": ("FLOAT", {"default": 3.0, "min": 1.0, "max": 20.0, "step": 0.1,
+                                       "tooltip": "Cue guidance scale; 1 disables guidance (one pass per step)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
+                                 "tooltip": "Noise seed; the same seed and inputs give the same video."}),
+                "scheduler": (sorted(SCHEDULERS), {"default": "dpm", "tooltip": "CogVideoX DPM or DDIM scheduler."}),
+                "window": ("INT", {"default": 0, "min": 0, "max": 256, "step": 1,
+                                   "tooltip": "Context window in latent frames (4 video frames each); 0: the whole "
+                                              "video, or the backbone's fixed length (12 for CogVideoX-5B-I2V)."}),
+                "overlap": ("INT", {"default": 3, "min": 0, "max": 128, "step": 1,
+                                    "tooltip": "Latent frames shared by neighbouring windows, blended with ramps."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
+                                      "tooltip": "Below 1 refines the optional input latent instead of starting "
+                                                 "from noise."}),
+            },
+            "optional": {"latent": ("LATENT", {"tooltip": "Latents to refine when denoise < 1."})},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, window, overlap, **_):
+        if window and overlap >= window:
+            return f"overlap ({overlap}) must be smaller than window ({window}); lower it or raise the window."
+        return True
+
+    def sample(self, model, conditioning, steps, guidance, seed, scheduler, window, overlap, denoise, latent=None):
+        cond = conditioning["conditioning"]
+        init = None
+        if denoise < 1.0:
+            if latent is None:
+                raise InputError("denoise < 1 needs a latent to refine: connect one, or set denoise to 1.")
+            init = to_transformer_layout(latent["samples"])
+        total = max(1, int(steps * denoise))
+        with comfy_progress(total) as progress:
+            samples = sample_latents(
+                model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
+                window=window or None, overlap=overlap if window else None, denoise=denoise, init_latents=init,
+                text_embeds=conditioning.get("text"),
+                callback=lambda step, _total, preview: progress(step, preview))
+        return ({"samples": to_comfy_layout(samples.cpu()), "num_frames": cond.num_frames, "fps": cond.fps},)
+
+
+class DirectAnimatorDecode:
+    """Video latents -> IMAGE frames (the reference frame dropped, exactly the driving frame count) and fps."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "FLOAT")
+    RETURN_NAMES = ("frames", "fps")
+    FUNCTION = "decode"
+    DESCRIPTION = "Decodes in temporal chunks with optional spatial tiling; feeds Create Video or Video Combine."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (MODEL, {"tooltip": "From DirectAnimator Model Loader."}),
+            "latent": ("LATENT", {"tooltip": "From DirectAnimator Sampler."}),
+            "tiled": ("BOOLEAN", {"default": False, "tooltip": "Spatial tiling: less memory for large frames."}),
+        }}
+
+    def decode(self, model, latent, tiled):
+        samples = to_transformer_layout(latent["samples"])
+        chunks = max(1, samples.shape[1] - 1)
+        with comfy_progress(chunks) as progress, model.use("vae") as vae:
+            frames = decode_latents(vae, samples[:, 1:], tiling=tiled or None,
+                                    on_chunk=lambda done, _total: progress(max(0, done - 1)))
+        count = latent.get("num_frames") or frames.shape[0]
+        return (frames[:count], float(latent.get("fps") or 24.0))
+
+
+def to_comfy_layout(samples: torch.Tensor) -> torch.Tensor:
+    """``[B, F', C, h, w]`` (transformer) -> ``[B, C, F', h, w]`` (ComfyUI video LATENT)."""
+    return samples.permute(0, 2, 1, 3, 4).contiguous()
+
+
+def to_transformer_layout(samples: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F', h, w]`` (ComfyUI video LATENT) -> ``[B, F', C, h, w]``."""
+    if samples.ndim != 5:
+        raise InputError(f"latent: expected a video latent [B, C, F, h, w], got shape {tuple(samples.shape)}. "
+                         "Use the latent from DirectAnimator Sampler.")
+    return samples.permute(0, 2, 1, 3, 4).contiguous()
+
+
+NODE_CLASS_MAPPINGS = {
+    "DirectAnimatorModelLoader": DirectAnimatorModelLoader,
+    "DirectAnimatorEncode": DirectAnimatorEncode,
+    "DirectAnimatorSampler": DirectAnimatorSampler,
+    "DirectAnimatorDecode": DirectAnimatorDecode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DirectAnimatorModelLoader": "DirectAnimator Model Loader",
+    "DirectAnimatorEncode": "DirectAnimator Encode",
+    "DirectAnimatorSampler": "DirectAnimator Sampler",
+    "DirectAnimatorDecode": "DirectAnimator Decode",
+}
