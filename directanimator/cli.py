@@ -1,4 +1,4 @@
-"""Headless command line: `python -m directanimator {demo,cues} ...`."""
+"""Headless command line: `python -m directanimator {demo,cues,animate,info} ...`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
     cues.add_argument("--driving", required=True, help="driving video (mp4/webm/gif) or a folder of frames")
     cues.add_argument("--out", required=True, help="output folder")
     _add_cue_options(cues)
+
+    animate = sub.add_parser("animate", help="animate a reference image with a driving video")
+    animate.add_argument("--reference", required=True, help="reference image (png/jpg/webp)")
+    animate.add_argument("--driving", required=True, help="driving video (mp4/webm/gif) or a folder of frames")
+    animate.add_argument("--model", required=True,
+                         help="backbone: a diffusers folder, a .safetensors file, or a Hugging Face repo id")
+    animate.add_argument("--checkpoint", default=None, help="DirectAnimator checkpoint (.safetensors)")
+    animate.add_argument("--vae", default=None, help="VAE folder or repo id when the backbone source has none")
+    animate.add_argument("--out", required=True, help="output video (.mp4, .webm or .gif)")
+    animate.add_argument("--steps", type=int, default=25)
+    animate.add_argument("--guidance", type=float, default=3.0, help="cue guidance scale; 1 = one pass per step")
+    animate.add_argument("--seed", type=int, default=0)
+    animate.add_argument("--scheduler", choices=["dpm", "ddim"], default="dpm")
+    animate.add_argument("--window", type=int, default=None, help="context window in latent frames")
+    animate.add_argument("--overlap", type=int, default=None, help="latent frames shared by neighbouring windows")
+    animate.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                         help="default: bf16 on a GPU, fp32 on the CPU")
+    animate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    animate.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses")
+    animate.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for repo ids")
+    _add_cue_options(animate)
+
+    info = sub.add_parser("info", help="size report of the real CogVideoX backbones with CueFusion (meta device)")
+    info.add_argument("--config", action="append", default=None,
+                      help="a bundled config name or a config.json path (repeatable; default: both 5B I2V models)")
+    info.add_argument("--frames", type=int, default=None, help="latent frames per window, reference included")
+    info.add_argument("--size", type=_size, default=None, help="window size HEIGHTxWIDTH in pixels")
+    info.add_argument("--markdown", action="store_true", help="markdown tables")
 
     demo = sub.add_parser("demo", help="the main job on the bundled default inputs")
     demo.add_argument("--reference", default=str(DEMO_REFERENCE), help="reference image")
@@ -98,6 +126,91 @@ def run_cues(args: argparse.Namespace) -> Path:
     return out
 
 
+def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    return device, dtype
+
+
+def run_animate(args: argparse.Namespace) -> Path:
+    """Cues, encode, sample, decode with progress; writes the video and a side-by-side preview next to it."""
+    import torch
+    from tqdm import tqdm
+
+    from .models import load_model
+    from .pipeline import animate
+    from .video import read_image, read_video, resize_frames, write_video
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".webm", ".gif", ".mov", ".mkv"):
+        raise_input(f"--out {out}: give a video file name ending in .mp4, .webm or .gif.")
+    reference = read_image(args.reference)
+    clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
+    device, dtype = _device_and_dtype(args)
+    model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
+                       cache_dir=args.cache_dir, vae=args.vae)
+    config = _cue_config(args, model)
+    bars: dict[str, tqdm] = {}
+
+    def advance(name: str, total: int) -> None:
+        if name not in bars:  # opened on first use, so each bar times only its own stage
+            bars[name] = tqdm(total=total, desc=name, unit="frame" if name == "cues" else "step")
+        bars[name].update(1)
+
+    try:
+        result = animate(model, reference, clip, cue_config=config, steps=args.steps, guidance=args.guidance,
+                         seed=args.seed, scheduler=args.scheduler, window=args.window, overlap=args.overlap,
+                         on_cue_frame=lambda i: advance("cues", len(clip.frames)),
+                         callback=lambda step, total, preview: advance("sampling", total))
+    finally:
+        for bar in bars.values():
+            bar.close()
+    for note in result.notes:
+        log.info("note: %s", note)
+    fps = result.fps or clip.fps
+    write_video(out, result.frames, fps)
+    driving = resize_frames(clip.frames, tuple(result.frames.shape[1:3]), "pad")
+    side_by_side = torch.cat([driving, result.frames], dim=2)
+    preview = out.with_name(out.stem + "_side_by_side" + out.suffix)
+    write_video(preview, side_by_side, fps)
+    log.info("wrote %s (%d frames at %.3g fps) and %s", out, result.frames.shape[0], fps, preview)
+    return out
+
+
+def raise_input(message: str) -> None:
+    from .errors import InputError
+
+    raise InputError(message)
+
+
+def _cue_config(args: argparse.Namespace, model=None):
+    from .cues import CueConfig
+
+    trained = {k: v for k, v in (getattr(model, "cue_config", None) or {}).items() if k in CueConfig.__dataclass_fields__}
+    config = CueConfig(**trained)
+    config.height, config.width = (args.size if args.size else (config.height, config.width))
+    config.segmenter, config.sam_checkpoint = args.segmenter, args.sam_checkpoint
+    config.face_detector, config.cutoff, config.filter = args.face_detector, args.cutoff, args.filter
+    config.grid_cell = args.grid_cell
+    return config.validate()
+
+
+def run_info(args: argparse.Namespace) -> str:
+    """Print the size report of each configuration."""
+    from .models import bundled_backbone_names
+    from .models.info import format_size_report, size_report
+
+    names = args.config or list(bundled_backbone_names())
+    height, width = args.size if args.size else (None, None)
+    texts = [format_size_report(size_report(name, window_latent_frames=args.frames, height=height, width=width),
+                                markdown=args.markdown) for name in names]
+    text = "\n\n".join(texts)
+    print(text)  # the report is the command's output
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -107,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("cues", "demo"):
             run_cues(args)
+        elif args.command == "animate":
+            run_animate(args)
+        elif args.command == "info":
+            run_info(args)
     except DirectAnimatorError as exc:
         log.error("%s", exc)
         return 2
