@@ -1,0 +1,1 @@
+"""Same2X training for DirectAnimator: data preparation, the procedural world and the training stages."""

@@ -1,0 +1,59 @@
+"""Headless training command line: `python -m training COMMAND ...`.
+
+A command is a module with ``add_arguments(parser)`` and ``run(args) -> int``, registered by one line in
+COMMANDS. Only the chosen command's module is imported, so ``--help`` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+log = logging.getLogger("training")
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("training.world.synth", "render procedural-world clips with ground truth in the training data format"),
+}
+
+
+def _chosen(argv: list[str]) -> str | None:
+    """The command named in `argv` (first token that is one), or None."""
+    return next((token for token in argv if token in COMMANDS), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the options of `command` (or of every command when None) are loaded from its module."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=help_text)
+            continue
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_chosen(argv) or "").parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from directanimator.errors import DirectAnimatorError
+
+    try:
+        return int(args.run(args) or 0)
+    except DirectAnimatorError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
