@@ -25,6 +25,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/cues.py
+	$(PY) benchmarks/world.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

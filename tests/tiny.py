@@ -1,0 +1,172 @@
+"""Tiny models of the real classes, shared by every test: CogVideoX transformers in both layouts, the VAE,
+the DirectAnimator transformer and saved diffusers folders. Everything builds in milliseconds on the CPU.
+
+Pixel frames of 64x64 give an 8x8 latent grid (VAE factor 8) and 4x4 patches (patch size 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+TEXT_DIM = 32
+TEXT_LEN = 8
+LATENT_CHANNELS = 16
+PIXELS = 64  # tiny frame side in pixels
+LATENT = PIXELS // 8
+
+# CogVideoX 1.0 image-to-video layout (like CogVideoX-5B-I2V): learned positional embeddings plus rotary,
+# fixed sample size: 8x8 latents and 13 pixel frames = 4 latent frames (reference + 9 driving frames).
+TINY_CONFIG_10 = dict(
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=2 * LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    time_embed_dim=16,
+    text_embed_dim=TEXT_DIM,
+    num_layers=2,
+    sample_width=LATENT,
+    sample_height=LATENT,
+    sample_frames=13,
+    patch_size=2,
+    max_text_seq_length=TEXT_LEN,
+    use_rotary_positional_embeddings=True,
+    use_learned_positional_embeddings=True,
+)
+TINY_LATENT_FRAMES_10 = 4  # (sample_frames - 1) / 4 + 1
+
+# CogVideoX 1.5 image-to-video layout (like CogVideoX1.5-5B-I2V): temporal patches of 2, rotary only, ofs
+# embedding, no patch bias; any grid up to the sample size (16x16 latents = 128x128 pixels).
+TINY_CONFIG_15 = dict(
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=2 * LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
+    time_embed_dim=16,
+    ofs_embed_dim=16,
+    text_embed_dim=TEXT_DIM,
+    num_layers=2,
+    sample_width=2 * LATENT,
+    sample_height=2 * LATENT,
+    sample_frames=17,
+    patch_size=2,
+    patch_size_t=2,
+    patch_bias=False,
+    max_text_seq_length=TEXT_LEN,
+    use_rotary_positional_embeddings=True,
+    use_learned_positional_embeddings=False,
+)
+
+TINY_VAE_CONFIG = dict(
+    block_out_channels=(16, 32, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=8,
+    latent_channels=LATENT_CHANNELS,
+    sample_height=PIXELS,
+    sample_width=PIXELS,
+    scaling_factor=0.7,
+)
+
+LAYOUTS = ("1.0", "1.5")
+
+
+def tiny_backbone_config(layout: str = "1.0", **overrides) -> dict:
+    """The tiny CogVideoX transformer config of `layout` ("1.0" or "1.5"), with `overrides` applied."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    config = dict(TINY_CONFIG_10 if layout == "1.0" else TINY_CONFIG_15)
+    config.update(overrides)
+    return config
+
+
+def tiny_backbone(layout: str = "1.0", *, seed: int = 0, **overrides) -> CogVideoXTransformer3DModel:
+    """A randomly initialised tiny `CogVideoXTransformer3DModel` (eval mode, fp32)."""
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(**tiny_backbone_config(layout, **overrides)).eval()
+
+
+def tiny_vae(*, seed: int = 0) -> AutoencoderKLCogVideoX:
+    """A randomly initialised tiny `AutoencoderKLCogVideoX` (eval mode, fp32): 8x spatial, 4x temporal."""
+    torch.manual_seed(seed)
+    return AutoencoderKLCogVideoX(**TINY_VAE_CONFIG).eval()
+
+
+def tiny_animator(layout: str = "1.0", *, seed: int = 0, randomize_cues: bool = False, rank: int = 8, **overrides):
+    """A `DirectAnimatorTransformer` around a tiny backbone; cue modules zero (as built) unless `randomize_cues`."""
+    from directanimator.models import CueFusionConfig, DirectAnimatorTransformer
+
+    config = CueFusionConfig(modulation_rank=rank, text_rank=rank)
+    model = DirectAnimatorTransformer(tiny_backbone(layout, seed=seed, **overrides), config=config).eval()
+    if randomize_cues:
+        randomize_cue_modules(model, seed=seed + 1)
+    return model
+
+
+def randomize_cue_modules(model, *, seed: int = 1, std: float = 0.2) -> None:
+    """Give every cue parameter random values, as if trained, so that cues change the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.cue_parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+
+
+def tiny_inputs(layout: str = "1.0", *, batch: int = 1, frames: int | None = None, height: int = LATENT,
+                width: int = LATENT, seed: int = 0) -> dict:
+    """Random transformer inputs: hidden_states ``[B, F', 32, h, w]``, text ``[B, L, 32]``, timestep ``[B]``."""
+    if frames is None:
+        frames = TINY_LATENT_FRAMES_10
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(batch, frames, 2 * LATENT_CHANNELS, height, width, generator=gen),
+        encoder_hidden_states=torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=gen),
+        timestep=torch.full((batch,), 500, dtype=torch.long),
+    )
+
+
+def tiny_cue_latents(*, batch: int = 1, frames: int = TINY_LATENT_FRAMES_10, height: int = LATENT,
+                     width: int = LATENT, seed: int = 0):
+    """Random `CueLatents` on a tiny latent grid; masks in 0..1."""
+    from directanimator.models import CueLatents
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, frames, LATENT_CHANNELS, height, width)
+    mask_shape = (batch, frames, 1, height, width)
+    return CueLatents(
+        pose=torch.randn(shape, generator=gen),
+        face=torch.randn(shape, generator=gen),
+        body_mask=torch.rand(mask_shape, generator=gen),
+        face_mask=torch.rand(mask_shape, generator=gen),
+    )
+
+
+def save_tiny_diffusers(path: str | Path, layout: str = "1.0", *, seed: int = 0, with_vae: bool = True,
+                        with_scheduler: bool = True) -> Path:
+    """Write a tiny diffusers model folder (``transformer/``, ``vae/``, ``scheduler/``) and return its path."""
+    from directanimator.models.loader import DEFAULT_SCHEDULER_CONFIG
+
+    path = Path(path)
+    tiny_backbone(layout, seed=seed).save_pretrained(path / "transformer")
+    if with_vae:
+        tiny_vae(seed=seed).save_pretrained(path / "vae")
+    if with_scheduler:
+        (path / "scheduler").mkdir(parents=True, exist_ok=True)
+        (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(DEFAULT_SCHEDULER_CONFIG, indent=2))
+    return path
+
+
+def tiny_animator_model(layout: str = "1.0", *, seed: int = 0, randomize_cues: bool = False):
+    """An `AnimatorModel` (tiny transformer, tiny VAE, zero null text, CogVideoX scheduler config) in memory."""
+    from directanimator.models.loader import AnimatorModel, DEFAULT_SCHEDULER_CONFIG
+
+    transformer = tiny_animator(layout, seed=seed, randomize_cues=randomize_cues)
+    return AnimatorModel(
+        transformer=transformer,
+        vae=tiny_vae(seed=seed),
+        null_text=torch.zeros(1, TEXT_LEN, TEXT_DIM),
+        scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG),
+        cue_config={},
+        name=f"tiny-{layout}",
+    )
