@@ -5,6 +5,8 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= out/demo
 export HF_HUB_OFFLINE := 1
+# torch on 2 busy cores: idle OpenMP threads that spin slow small ops 10x or more
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test demo bench clean
 
