@@ -1,0 +1,205 @@
+"""Sampling benchmark: peak memory of sampling + decoding a video four context windows long against one window,
+and denoising speed.
+
+    python benchmarks/sampling.py     # prints the table and writes the "Sampling" section of docs/benchmarks.md
+    python benchmarks/sampling.py --no-write --steps 2
+
+Each case runs in a fresh child process: it builds the same seeded model (CogVideoX 1.5 layout, small), encodes
+a synthetic cue triplet, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads
+``VmHWM`` after sampling and after decoding. Peak minus the RSS just before sampling is the working memory of
+the phase. Torch CPU tensors live in malloc'd memory that tracemalloc does not see, and RSS counts it all.
+The output frames grow with the video by design (DESIGN.md 6), so they are reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SECTION = "## Sampling"
+MIB = 1024 * 1024
+MMAP_THRESHOLD = 64 * 1024
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="frame height = width in px")
+    parser.add_argument("--window", type=int, default=5, help="video latent frames per window (odd for 1.5)")
+    parser.add_argument("--overlap", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tiling", choices=["auto", "on", "off"], default="on", help="spatial VAE tiling")
+    parser.add_argument("--tile", type=int, default=8, help="VAE tile side in latent cells (8 px each)")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # video latent frames
+    return parser.parse_args(argv)
+
+
+def _status_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_peak() -> None:
+    """Return freed heap to the system, then restart the kernel's peak-RSS counter."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def run_case(args: argparse.Namespace) -> dict:
+    """Child process: one video of ``args.child`` video latent frames; returns memory and timings."""
+    import torch
+
+    from directanimator.conditioning import encode_conditioning
+    from directanimator.models import DirectAnimatorTransformer
+    from directanimator.models.loader import DEFAULT_SCHEDULER_CONFIG, AnimatorModel
+    from directanimator.sampling import plan_windows, sample_latents
+    from directanimator.vae_io import decode_latents
+    from tests.test_pipeline import synthetic_triplet
+    from tests.tiny import TEXT_DIM, TEXT_LEN, randomize_cue_modules, tiny_backbone, tiny_vae
+
+    torch.set_num_threads(args.threads)
+    latent_side = args.size // 8
+    backbone = tiny_backbone("1.5", seed=0, num_attention_heads=args.heads, attention_head_dim=args.head_dim,
+                             num_layers=args.layers, sample_height=latent_side, sample_width=latent_side)
+    transformer = DirectAnimatorTransformer(backbone).eval()
+    randomize_cue_modules(transformer, seed=1)
+    model = AnimatorModel(transformer=transformer, vae=tiny_vae(seed=0), null_text=torch.zeros(1, TEXT_LEN, TEXT_DIM),
+                          scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG), cue_config={}, name="bench")
+    num_latents = args.child
+    frames = 4 * (num_latents - 1) + 1
+    tiling = {"auto": None, "on": True, "off": False}[args.tiling]
+    tile = (args.tile, args.tile)
+    cond = encode_conditioning(model, synthetic_triplet(frames, height=args.size, width=args.size), tiling=False)
+    windows = len(plan_windows(num_latents, args.window, args.overlap).spans)
+
+    _reset_peak()
+    rss_before = _status_kib("VmRSS")
+    start = time.perf_counter()
+    latents = sample_latents(model, cond, steps=args.steps, guidance=args.guidance, seed=0,
+                             window=args.window, overlap=args.overlap)
+    sample_s = time.perf_counter() - start
+    sample_peak = _status_kib("VmHWM")
+    _reset_peak()
+    rss_mid = _status_kib("VmRSS")
+    start = time.perf_counter()
+    video = decode_latents(model.vae, latents[:, 1:], tiling=tiling, tile=tile)
+    decode_s = time.perf_counter() - start
+    decode_peak = _status_kib("VmHWM")
+    return {
+        "video_latents": num_latents, "frames": int(video.shape[0]), "windows": windows,
+        "sample_work_mib": (sample_peak - rss_before) / 1024, "decode_work_mib": (decode_peak - rss_mid) / 1024,
+        "peak_mib": max(sample_peak, decode_peak) / 1024, "baseline_mib": rss_before / 1024,
+        "output_mib": video.numel() * video.element_size() / MIB,
+        "latents_mib": latents.numel() * latents.element_size() / MIB,
+        "steps_per_s": args.steps / sample_s, "sample_s": sample_s, "decode_s": decode_s,
+        "decode_fps": video.shape[0] / decode_s,
+    }
+
+
+def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
+    # A fixed mmap threshold makes glibc return every large freed block at once, so RSS follows live memory
+    # instead of a heap high-water mark left by earlier phases.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
+               MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+    out = subprocess.run([sys.executable, __file__, *argv, "--child", str(num_latents)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark case with {num_latents} latents failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(cases: list[dict]) -> str:
+    rows = ["| video | windows | sampling work MiB | decoding work MiB (output excluded) | output frames MiB | "
+            "process peak MiB | steps/s | decode fps |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cases:
+        rows.append(f"| {c['frames']} frames ({c['video_latents']} latents) | {c['windows']} | "
+                    f"{c['sample_work_mib']:.1f} | {c['decode_work_mib'] - c['output_mib']:.1f} | "
+                    f"{c['output_mib']:.1f} | {c['peak_mib']:.0f} | {c['steps_per_s']:.2f} | {c['decode_fps']:.1f} |")
+    return "\n".join(rows)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) this benchmark's section of `path`, leaving the other sections as they are."""
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = text.rstrip() + "\n\n"
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: section, current)
+    else:
+        updated = current.rstrip() + "\n\n" + section
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(updated.rstrip() + "\n")
+    tmp.replace(path)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child is not None:
+        print(json.dumps(run_case(args)))
+        return
+    if args.window % 2 == 0:
+        raise SystemExit("--window must be odd: the CogVideoX 1.5 layout pairs latent frames and the reference is one")
+    argv = [a for a in sys.argv[1:] if a != "--no-write"]
+    stride = args.window - args.overlap
+    long_latents = args.window + 3 * stride  # four windows
+    if (1 + long_latents) % 2:
+        long_latents += 1
+    cases = [spawn(argv, args.window, args.threads), spawn(argv, long_latents, args.threads)]
+    one, four = cases
+    ratio_sample = four["sample_work_mib"] / max(one["sample_work_mib"], 1e-6)
+    ratio_decode = ((four["decode_work_mib"] - four["output_mib"])
+                    / max(one["decode_work_mib"] - one["output_mib"], 1e-6))
+    ratio_peak = four["peak_mib"] / one["peak_mib"]
+    grown = (four["output_mib"] - one["output_mib"]) + (four["latents_mib"] - one["latents_mib"])
+    excl = (four["peak_mib"] - grown) / one["peak_mib"]
+    load = os.getloadavg()[0]
+    text = "\n".join([
+        SECTION,
+        "",
+        f"`python benchmarks/sampling.py` ({args.size}x{args.size} px, CogVideoX 1.5 layout with {args.layers} layers "
+        f"of {args.heads}x{args.head_dim} heads, tiny VAE, window {args.window} video latents + the reference, "
+        f"overlap {args.overlap}, {args.steps} DPM steps, guidance {args.guidance}, VAE tiling {args.tiling} with "
+        f"{args.tile}x{args.tile}-cell tiles); "
+        f"{os.cpu_count()} cores, {platform.machine()}, {args.threads} torch threads, torch "
+        f"{__import__('torch').__version__}, {datetime.date.today()}; load average {load:.1f} at the end.",
+        "",
+        "Method: each case runs in a fresh process (glibc `MALLOC_MMAP_THRESHOLD_=65536`, so freed tensors leave the "
+        "RSS at once); before each phase the heap is trimmed and the kernel's peak-RSS counter reset "
+        "(`/proc/self/clear_refs`), and the working memory of a phase is `VmHWM` at its end minus `VmRSS` at its "
+        "start (tracemalloc does not see torch's CPU tensors). The output frames are allocated by the decoder and "
+        "grow with the video by design; they are listed apart. Encoding is not measured.",
+        "",
+        table(cases),
+        "",
+        f"Four windows against one: sampling working memory {ratio_sample:.2f}x, decoding working memory "
+        f"{ratio_decode:.2f}x (output frames excluded), whole-process peak {ratio_peak:.2f}x "
+        f"({excl:.2f}x without the {grown:.1f} MiB of extra output frames and latents). Goal: at most 1.15x. "
+        f"Steps per second fall with the number of windows, as each window is a forward "
+        f"(x2 with guidance).",
+    ])
+    print(text)
+    if not args.no_write:
+        write_section(args.output, text)
+        print(f"\nwrote the Sampling section of {args.output}")
+
+
+if __name__ == "__main__":
+    main()
