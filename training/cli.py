@@ -16,6 +16,12 @@ log = logging.getLogger("training")
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.world.synth", "render procedural-world clips with ground truth in the training data format"),
+    "prepare": ("training.prepare", "extract cues and cache VAE latents of a training set"),
+    "stage1": ("training.stage1", "same-identity training (denoising loss)"),
+    "stage2": ("training.stage2", "cross-identity training (denoising + S2X alignment)"),
+    "validate": ("training.validate", "sample held-out pairs and score them against ground truth (PSNR, SSIM)"),
+    "pseudo": ("training.pseudo", "make or ingest pseudo cross-identity driving clips for stage 2"),
+    "export": ("training.export", "export a training checkpoint to a DirectAnimator checkpoint"),
 }
 
 

@@ -1,0 +1,89 @@
+"""prepare: caches per clip under the config's key, resumes, skips and lists bad videos, blanks scene clips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_training_stage1 import CONFIG, make_world, overrides
+from training.config import load_config
+from training.data import SKIPPED, CachedClips, cache_folder, clip_id
+from training.prepare import prepare, random_similarity, realign
+from training.world.dataset import read_metadata
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("prep")
+    data, model = make_world(root)
+    entries = read_metadata(data)
+    (data / "broken.mp4").write_bytes(b"not a video at all")
+    scene = dict(entries[0], person=False, index=99)
+    broken = {"clip": "broken.mp4", "fps": 12.0, "height": 64, "width": 64}
+    lines = [json.dumps(e) for e in [*entries, broken, scene]]
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    config = load_config(CONFIG, overrides(root, data, model))
+    first = prepare(config)
+    second = prepare(config)
+    yield config, first, second, broken, scene
+    torch.set_num_threads(threads)
+
+
+def test_prepare_caches_every_good_clip_and_a_second_run_skips_them(prepared):
+    config, first, second, _, _ = prepared
+    assert first["done"] == 5 and first["cached"] == 0
+    assert second["done"] == 0 and second["cached"] == 5
+    clips = CachedClips(config, stage=2)
+    item = clips.load(0)
+    n = config.data.frames // 4 + 1  # video latent frames
+    assert item["target"].shape == (n, 16, 8, 8) and item["reference"].shape == (1, 16, 8, 8)
+    assert item["cues.pose"].shape == (1 + n, 16, 8, 8) and item["pseudo.body_mask"].shape == (1 + n, 1, 8, 8)
+
+
+def test_bad_video_is_skipped_and_listed_with_its_reason(prepared):
+    config, first, second, broken, _ = prepared
+    assert first["skipped"] == 1 and second["skipped"] == 1  # retried, still bad
+    listed = [json.loads(line) for line in (cache_folder(config) / SKIPPED).read_text().splitlines()]
+    assert [s["clip"] for s in listed] == ["broken.mp4"]
+    assert "VideoError" in listed[0]["reason"]
+    assert not (cache_folder(config) / f"{clip_id(broken)}.safetensors").exists()
+
+
+def test_scene_clip_without_person_gets_blank_location_cues(prepared):
+    config, _, _, _, scene = prepared
+    tensors = load_file(str(cache_folder(config) / f"{clip_id(scene)}.safetensors"))
+    assert tensors["w0.cues.body_mask"].abs().max() == 0 and tensors["w0.cues.face_mask"].abs().max() == 0
+    assert tensors["w0.pseudo0.body_mask"].abs().max() == 0
+    normal = load_file(str(next(p for p in cache_folder(config).glob("*.safetensors")
+                                if p.stem not in (clip_id(scene),) and p.name != "null_text.safetensors")))
+    assert normal["w0.cues.body_mask"].max() > 0.1
+
+
+def test_cache_key_changes_with_settings_that_change_the_tensors(prepared):
+    config, _, _, _, _ = prepared
+    other = load_config(CONFIG, [f"data.metadata={json.dumps(config.data.metadata)}",
+                                 f"model.backbone={json.dumps(config.model.backbone)}", "cues.cutoff=0.3"])
+    same = load_config(CONFIG, [f"data.metadata={json.dumps(config.data.metadata)}",
+                                f"model.backbone={json.dumps(config.model.backbone)}", "optim.lr=0.5"])
+    assert cache_folder(other) != cache_folder(config)
+    assert cache_folder(same) == cache_folder(config)
+
+
+def test_realign_moves_frames_masks_and_boxes_together():
+    torch.manual_seed(0)
+    frames = torch.zeros(1, 64, 64, 3)
+    frames[:, 20:30, 10:20] = 1.0
+    mask = frames[..., 0].clone()
+    box = torch.tensor([[10.0, 20.0, 20.0, 30.0]])
+    move = random_similarity((64, 64), [0.6, 0.8], 0.1, torch.Generator().manual_seed(1))
+    out, out_mask, out_box = realign(frames, mask, box, move)
+    ys, xs = torch.nonzero(out_mask[0] > 0.5, as_tuple=True)
+    found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+    assert torch.allclose(found, out_box[0], atol=1.0)
+    assert torch.allclose(out[..., 0], out_mask, atol=1e-6)

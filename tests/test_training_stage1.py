@@ -1,0 +1,130 @@
+"""Stage 1 on a tiny world: the training loop learns, writes its run folder, and refuses bad configs early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from directanimator.errors import InputError
+from tests.tiny import tiny_backbone
+from training.config import load_config
+from training.data import CachedClips, make_batch
+from training.prepare import prepare
+from training.stage1 import stage1_loss, train_stage1
+from training.trainer import Trainer, denoising_loss, load_student, noised_batch, read_metrics
+from training.world import WorldConfig, export_world
+
+CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "world_tiny.toml"
+
+
+def micro_vae():
+    """A VAE of the real class, smaller than tests.tiny's, so that preparing a few clips takes seconds."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(0)
+    return AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                                  latent_channels=16, sample_height=64, sample_width=64).eval()
+
+
+def make_world(root: Path) -> tuple[Path, Path]:
+    """4 world clips (64 px, 5 frames; the last is the val split) and a tiny diffusers model folder."""
+    data, model = root / "world", root / "model"
+    export_world(data, WorldConfig(height=64, width=64, num_frames=5), clips=4, val_clips=1, fmt="png")
+    tiny_backbone("1.0", use_learned_positional_embeddings=False).save_pretrained(model / "transformer")
+    micro_vae().save_pretrained(model / "vae")
+    return data, model
+
+
+def overrides(root: Path, data: Path, model: Path, *extra: str) -> list[str]:
+    return [f"data.metadata={json.dumps(str(data))}", f"model.backbone={json.dumps(str(model))}",
+            f"run.out_dir={json.dumps(str(root / 'runs'))}", *extra]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 2-core machine is shared: one thread is several times faster here
+    root = tmp_path_factory.mktemp("train1")
+    data, model = make_world(root)
+    config = load_config(CONFIG, overrides(root, data, model))
+    prepare(config)
+    prepare(load_config(CONFIG, overrides(root, data, model, "data.split='val'")))  # same key: no new work
+    yield root, data, model
+    torch.set_num_threads(threads)
+
+
+def fixed_loss(trainer: Trainer, batch, seed: int = 123) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        noised = noised_batch(batch, trainer.scheduler, gen, reference_factor=trainer.reference_factor,
+                              t_range=(100, 900))
+        pred = trainer.model(noised.inputs, batch.text, noised.timesteps, cues=batch.cues)
+    return float(denoising_loss(pred, noised.target))
+
+
+def test_stage1_overfits_one_clip(world):
+    torch.manual_seed(0)
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "data.split='val'", "model.train='full'",
+                                           "optim.lr=2e-3", "data.cue_dropout=0.0", "data.reference_dropout=0.0",
+                                           "run.name='overfit'", "run.steps=30", "run.save_every=100"))
+    clips = CachedClips(config, stage=1)
+    assert len(clips) == 1
+    trainer = Trainer(config, load_student(config), clips, stage1_loss, stage=1)
+    batch = make_batch(clips, [0], torch.Generator().manual_seed(0))
+    before = fixed_loss(trainer, batch)
+    trainer.fit()
+    after = fixed_loss(trainer, batch)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_stage1_writes_run_folder_with_metrics_and_checkpoints(world):
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='folder'", "run.steps=4", "run.save_every=2",
+                                           "run.keep_last=1", "optim.ema_decay=0.9"))
+    records = train_stage1(config)
+    run = root / "runs" / "folder"
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4] == [r["step"] for r in records]
+    assert all({"loss", "lr", "grad_norm", "samples_per_s"} <= set(r) for r in records)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["run"]["steps"] == 4 and saved["optim"]["ema_decay"] == 0.9
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000004"]  # keep_last=1
+    step = run / "checkpoints" / "step_000004"
+    assert {"trainable.safetensors", "ema.safetensors", "model.safetensors", "state.json"} <= {
+        p.name for p in step.iterdir()}
+    assert list((run / "tb").iterdir())
+    # the exported file loads as a DirectAnimator model with the trained LoRA
+    from directanimator.models import load_model
+
+    loaded = load_model(model, step / "model.safetensors", dtype="fp32")
+    assert loaded.info["weights"] == "lora"
+    with pytest.raises(InputError, match="already has checkpoints"):
+        train_stage1(config)  # without --resume a finished run is not overwritten
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("optim.warmup=10", "unknown key 'optim.warmup'.*Did you mean 'warmup_steps'"),
+    ("data.frames=6", "data.frames=6: the VAE needs 4k\\+1 frames"),
+    ("data.metadata='/nonexistent/metadata.jsonl'", "does not exist"),
+    ("run.steps='many'", "run.steps: 'many' is a str; expected int"),
+    ("model.train='half'", "model.train='half'"),
+])
+def test_bad_config_fails_before_training(tmp_path, setting, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.jsonl").write_text('{"clip": "a.mp4", "fps": 12}\n')
+    base = [f"data.metadata={json.dumps(str(data))}", "model.backbone='unused'",
+            f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}"]
+    with pytest.raises(InputError, match=message):
+        load_config(CONFIG, [*base, setting])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_training_without_prepared_cache_says_run_prepare(tmp_path, world):
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "data.frames=9"))  # another cache key
+    with pytest.raises(InputError, match="python -m training prepare"):
+        train_stage1(config)

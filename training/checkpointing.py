@@ -1,0 +1,161 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically, the last N kept.
+
+``RUN/checkpoints/step_000500/``:
+  ``trainable.safetensors``  the trained parameters by name (fp32), what resume loads;
+  ``ema.safetensors``        their EMA (when enabled);
+  ``model.safetensors``      a DirectAnimator checkpoint (EMA weights when enabled) for sampling, export and stage 2;
+  ``state.safetensors`` + ``state.json``  optimizer, LR scheduler, RNG states (python, numpy, torch, the training
+  generator), data position and step: tensors in the first, the structure (with tensor references) in the second.
+A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete. No pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from directanimator.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+TRAINABLE = "trainable.safetensors"
+EMA = "ema.safetensors"
+MODEL = "model.safetensors"
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+_TENSOR_REF = "__tensor__"
+
+
+def flatten_state(obj: Any, tensors: dict[str, Tensor], prefix: str = "t") -> Any:
+    """JSON-able structure of `obj` with every tensor (and numpy array) moved into `tensors` under a reference."""
+    if isinstance(obj, Tensor):
+        key = f"{prefix}{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous().clone()
+        return {_TENSOR_REF: key}
+    if isinstance(obj, np.ndarray):
+        return {"__numpy__": flatten_state(torch.from_numpy(obj.copy()), tensors, prefix)}
+    if isinstance(obj, dict):
+        return {"__dict__": [[flatten_state(k, tensors, prefix), flatten_state(v, tensors, prefix)]
+                             for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, tensors, prefix) for v in obj]}
+    if isinstance(obj, list):
+        return [flatten_state(v, tensors, prefix) for v in obj]
+    if isinstance(obj, (int, float, str, bool)) or obj is None:
+        return obj
+    raise InputError(f"checkpoint state: cannot store a {type(obj).__name__} ({obj!r}).")
+
+
+def unflatten_state(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+    if isinstance(obj, dict):
+        if _TENSOR_REF in obj:
+            return tensors[obj[_TENSOR_REF]]
+        if "__numpy__" in obj:
+            return unflatten_state(obj["__numpy__"], tensors).numpy()
+        if "__dict__" in obj:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(unflatten_state(v, tensors) for v in obj["__tuple__"])
+    if isinstance(obj, list):
+        return [unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+def rng_state() -> dict:
+    """Global RNG states of python, numpy and torch (and CUDA when present)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoint folders of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """``None``/"" -> None; ``"latest"`` -> the newest checkpoint of the run (None when there is none yet);
+    a path -> that checkpoint folder (checked)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        dirs = step_dirs(run_dir)
+        return dirs[-1][1] if dirs else None
+    path = Path(resume)
+    if not (path / STATE_JSON).is_file() or not (path / TRAINABLE).is_file():
+        raise CheckpointError(f"--resume {resume}: not a training checkpoint folder (no {STATE_JSON} / {TRAINABLE}). "
+                              f"Give RUN/checkpoints/step_N or 'latest'.")
+    return path
+
+
+def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, Tensor], state: dict,
+                             ema: dict[str, Tensor] | None = None, write_model=None, keep_last: int = 3) -> Path:
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last`. `write_model(path)` writes
+    the DirectAnimator checkpoint file into the folder."""
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{step:06d}"
+    tmp = folder / f".tmp-step_{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
+        if ema is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in ema.items()}, str(tmp / EMA))
+        tensors: dict[str, Tensor] = {}
+        structure = flatten_state(state, tensors)
+        save_file(tensors, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "state": structure}))
+        if write_model is not None:
+            write_model(tmp / MODEL)
+        if final.exists():  # a re-run of the same step after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for _, old in step_dirs(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def load_training_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Tensor] | None, dict]:
+    """``(step, trainable, ema or None, state)`` of a checkpoint folder."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / STATE_JSON).read_text())
+        state = unflatten_state(meta["state"], load_file(str(path / STATE_TENSORS)))
+        trainable = load_file(str(path / TRAINABLE))
+        ema = load_file(str(path / EMA)) if (path / EMA).is_file() else None
+    except (OSError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({error}); resume from an older one.") from error
+    return int(meta["step"]), trainable, ema, state

@@ -1,0 +1,310 @@
+"""One run's configuration: dataclasses loaded from TOML (or the JSON a run folder keeps), with ``--set`` overrides.
+
+Every key is checked (unknown names, types, ranges) before any model or data is touched, and the resolved
+configuration is written into the run folder, so a run can be repeated from its folder alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from directanimator.cues.types import CueConfig
+from directanimator.errors import InputError
+
+TRAIN_MODES = ("lora", "full", "cue")
+SCHEDULES = ("constant", "cosine")
+LAMBDA_SCHEDULES = ("constant", "linear")
+TEACHER_MODES = ("copy", "lora_disabled")
+PRECISIONS = ("auto", "no", "bf16")
+METADATA = "metadata.jsonl"
+
+
+@dataclass
+class ModelConfig:
+    """Backbone source, weights to start from and what is trained."""
+
+    backbone: str = ""  # diffusers folder (transformer/, vae/, scheduler/) or Hugging Face repo id
+    vae: str = ""  # VAE folder or repo id when the backbone source has none
+    checkpoint: str = ""  # DirectAnimator checkpoint to start from (stage 2: the stage-1 result)
+    dtype: str = "fp32"  # storage dtype of the frozen weights; trained weights stay fp32
+    train: str = "lora"  # "lora" (backbone LoRA), "full" (whole backbone) or "cue" (backbone frozen)
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    lora_targets: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    modulation_rank: int = 64  # CueFusion ranks of a fresh model (a checkpoint brings its own)
+    text_rank: int = 64
+    gradient_checkpointing: bool = True
+    null_text: str = ""  # safetensors file with the null-prompt embedding; "" -> zeros [1, L, text_dim]
+
+
+@dataclass
+class DataConfig:
+    """Where the clips are, how they are cut, sized and dropped out."""
+
+    metadata: str = ""  # metadata.jsonl or the folder holding it (docs/data_format.md)
+    cache: str = ""  # prepare cache folder; "" -> <data folder>/cache
+    split: str = "train"
+    frames: int = 17  # driving frames per sample, 4k+1
+    stride: int = 1  # source frames between sampled frames
+    max_windows: int = 1  # windows of `frames` cut from each clip (non-overlapping, from the start)
+    buckets: list = field(default_factory=lambda: [[128, 128]])  # working sizes [H, W]; a clip takes the nearest aspect
+    cue_dropout: float = 0.1  # samples trained without cues (the guidance negative branch)
+    reference_dropout: float = 0.05  # samples trained with blank reference latents
+    text_dropout: float = 0.1  # samples with a caption embedding trained on the null text instead
+    ground_truth: bool = True  # world clips with a ground-truth file: exact cues, no detector
+    pseudo: bool = True  # prepare stage-2 cues from each entry's pseudo_driving clip
+    pseudo_variants: int = 1  # random realignments cached per pseudo clip
+    align_scale: list = field(default_factory=lambda: [0.75, 1.25])  # range of the random driving rescale
+    align_shift: float = 0.15  # random driving shift, fraction of the frame side
+    workers: int = 0  # cue-extraction processes in prepare (0: in the main process)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    schedule: str = "constant"  # "constant" or "cosine", both after a linear warmup
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.0  # 0 disables the EMA of the trained weights
+    adamw_8bit: str = "auto"  # "auto" (bitsandbytes on CUDA when importable), "yes" or "no"
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    save_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    validate_every: int = 0  # 0: never; else runs `training.validate` on the val split when it is available
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU
+    timestep_min: int = 0
+    timestep_max: int = 1000  # uniform timesteps in [timestep_min, timestep_max)
+
+
+@dataclass
+class Stage2Config:
+    teacher: str = ""  # stage-1 checkpoint for the frozen teacher; "" -> model.checkpoint
+    teacher_mode: str = "copy"  # "copy" (frozen copy) or "lora_disabled" (the student with its LoRA off)
+    depth: int = 0  # S2X aligns the vision tokens after block `depth` (0-based)
+    lambda_value: float = 0.1  # weight of S2X at full strength
+    lambda_schedule: str = "constant"  # "constant" or "linear" (ramp from lambda_start over lambda_ramp_steps)
+    lambda_start: float = 0.0
+    lambda_ramp_steps: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cues: CueConfig = field(default_factory=CueConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+    @property
+    def data_root(self) -> Path:
+        """The folder of metadata.jsonl."""
+        path = Path(self.data.metadata)
+        return path if path.is_dir() else path.parent
+
+    @property
+    def metadata_path(self) -> Path:
+        path = Path(self.data.metadata)
+        return path / METADATA if path.is_dir() else path
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data.cache) if self.data.cache else self.data_root / "cache"
+
+    def lambda_at(self, step: int) -> float:
+        """The S2X weight at optimizer step `step` (0-based)."""
+        s = self.stage2
+        if s.lambda_schedule == "constant" or s.lambda_ramp_steps <= 0:
+            return float(s.lambda_value)
+        ramp = min(1.0, step / s.lambda_ramp_steps)
+        return float(s.lambda_start + (s.lambda_value - s.lambda_start) * ramp)
+
+
+# --------------------------------------------------------------------------- loading
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_value(where: str, value: Any, default: Any) -> Any:
+    """`value` checked against the type of the field's default; ints are accepted for floats."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:  # None defaults (optional numbers or strings)
+        ok = value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    if not ok:
+        want = type(default).__name__ if default is not None else "a number, a string or nothing"
+        raise InputError(f"config {where}: {value!r} is a {type(value).__name__}; expected {want}.")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise InputError(f"config [{where}]: expected a table of keys, got {data!r}.")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            raise InputError(f"config: unknown key {name!r}.{_suggest(key, list(known))} "
+                             f"Known keys of [{where or 'top level'}]: {', '.join(known)}.")
+        default = getattr(cls(), key)
+        kwargs[key] = _build(type(default), value, name) if is_dataclass(default) else _check_value(name, value,
+                                                                                                   default)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> (["optim", "lr"], 3e-4); the value is read as TOML, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--set {text!r}: expected KEY.SUB=VALUE, e.g. --set optim.lr=3e-4.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def _apply(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {'.'.join(path)}: {part!r} is a value, not a table.")
+    node[path[-1]] = value
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The raw table of a TOML (or JSON) config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config {path}: no such file. Start from training/configs/world_tiny.toml.")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"config {path}: cannot parse it ({error}).") from error
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                check_paths: bool = True) -> TrainConfig:
+    """Build and validate a TrainConfig from a TOML/JSON file and ``KEY.SUB=VALUE`` overrides (applied in order)."""
+    data = read_config_file(path) if path is not None else {}
+    for text in overrides:
+        _apply(data, *parse_override(text))
+    config = _build(TrainConfig, data, "")
+    return validate(config, check_paths=check_paths)
+
+
+def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
+    """Raise InputError naming the first key whose value cannot work; return `config`."""
+    m, d, o, r, s = config.model, config.data, config.optim, config.run, config.stage2
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise InputError(f"config {message}")
+
+    need(m.train in TRAIN_MODES, f"model.train={m.train!r}: use one of {', '.join(TRAIN_MODES)}.")
+    need(m.dtype in ("fp32", "bf16", "fp16"), f"model.dtype={m.dtype!r}: use 'fp32', 'bf16' or 'fp16'.")
+    need(m.lora_rank >= 1 and m.modulation_rank >= 1 and m.text_rank >= 1,
+         "model.lora_rank, modulation_rank and text_rank must be >= 1.")
+    need(d.frames >= 1 and (d.frames - 1) % 4 == 0,
+         f"data.frames={d.frames}: the VAE needs 4k+1 frames (5, 9, 13, 17, ..., 49); use "
+         f"{max(1, (d.frames - 1) // 4 * 4 + 1)} or {(d.frames - 1) // 4 * 4 + 5}.")
+    need(d.stride >= 1 and d.max_windows >= 1, "data.stride and data.max_windows must be >= 1.")
+    need(bool(d.buckets) and all(isinstance(b, list) and len(b) == 2 and all(isinstance(v, int) and v >= 64
+                                                                            and v % 16 == 0 for v in b)
+                                 for b in d.buckets),
+         f"data.buckets={d.buckets!r}: a list of [height, width] pairs, each a multiple of 16 and at least 64.")
+    for name in ("cue_dropout", "reference_dropout", "text_dropout"):
+        value = getattr(d, name)
+        need(0.0 <= value <= 1.0, f"data.{name}={value}: a probability in [0, 1].")
+    need(len(d.align_scale) == 2 and 0 < d.align_scale[0] <= d.align_scale[1],
+         f"data.align_scale={d.align_scale!r}: [low, high] with 0 < low <= high.")
+    need(0.0 <= d.align_shift <= 1.0, f"data.align_shift={d.align_shift}: a fraction of the frame side in [0, 1].")
+    need(d.pseudo_variants >= 1 and d.workers >= 0, "data.pseudo_variants must be >= 1 and data.workers >= 0.")
+    try:
+        config.cues.validate()
+    except Exception as error:
+        raise InputError(f"config [cues]: {error}") from error
+    need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr}: must be a positive number.")
+    need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {', '.join(SCHEDULES)}.")
+    need(o.warmup_steps >= 0 and 0.0 <= o.min_lr_ratio <= 1.0, "optim.warmup_steps >= 0, min_lr_ratio in [0, 1].")
+    need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas={o.betas!r}: two values in [0, 1).")
+    need(o.weight_decay >= 0 and o.clip_norm >= 0 and o.eps > 0, "optim.weight_decay and clip_norm >= 0, eps > 0.")
+    need(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay={o.ema_decay}: in [0, 1) (0 disables the EMA).")
+    need(o.adamw_8bit in ("auto", "yes", "no"), f"optim.adamw_8bit={o.adamw_8bit!r}: 'auto', 'yes' or 'no'.")
+    need(bool(r.name) and "/" not in r.name and r.name not in (".", ".."),
+         f"run.name={r.name!r}: a plain folder name.")
+    need(r.steps >= 1 and r.batch_size >= 1 and r.grad_accum >= 1,
+         "run.steps, run.batch_size and run.grad_accum must be >= 1.")
+    need(r.save_every >= 1 and r.keep_last >= 1 and r.log_every >= 1 and r.validate_every >= 0,
+         "run.save_every, keep_last and log_every must be >= 1; validate_every >= 0.")
+    need(r.mixed_precision in PRECISIONS, f"run.mixed_precision={r.mixed_precision!r}: use {', '.join(PRECISIONS)}.")
+    need(0 <= r.timestep_min < r.timestep_max, "run.timestep_min must be >= 0 and below run.timestep_max.")
+    need(s.teacher_mode in TEACHER_MODES, f"stage2.teacher_mode={s.teacher_mode!r}: use {', '.join(TEACHER_MODES)}.")
+    need(s.lambda_schedule in LAMBDA_SCHEDULES,
+         f"stage2.lambda_schedule={s.lambda_schedule!r}: use {', '.join(LAMBDA_SCHEDULES)}.")
+    need(s.depth >= 0 and s.lambda_value >= 0 and s.lambda_ramp_steps >= 0,
+         "stage2.depth, lambda_value and lambda_ramp_steps must be >= 0.")
+    if check_paths:
+        need(bool(m.backbone), "model.backbone: empty; give a diffusers folder or a Hugging Face repo id.")
+        need(bool(d.metadata), "data.metadata: empty; give the metadata.jsonl of a training set (docs/data_format.md).")
+        need(config.metadata_path.is_file(),
+             f"data.metadata={d.metadata!r}: {config.metadata_path} does not exist. Export data first "
+             "(python -m training synth --out DIR) or fix the path.")
+    return config
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as JSON (readable back by `load_config`), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def add_config_arguments(parser) -> None:
+    """``config`` (positional) and ``--set KEY.SUB=VALUE`` (repeatable), shared by prepare, stage1 and stage2."""
+    parser.add_argument("config", help="run config (TOML, or a run folder's config.json)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",
+                        help="override one config value (TOML syntax), e.g. --set optim.lr=3e-4; repeatable")

@@ -1,0 +1,250 @@
+"""Training data from the prepare cache: clips cut into windows, resolution buckets, a deterministic bucketed batch
+order, and batches with cue / reference / text dropout flags.
+
+A cache folder (``<data.cache>/<key>/``, written by `training.prepare`) holds one safetensors file per clip; the key
+is a hash of everything that made the files (`cache_key`), so a changed setting never reads stale latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from directanimator.errors import InputError
+from directanimator.models.cue_latents import CueLatents
+
+from .config import TrainConfig
+from .world.dataset import read_metadata
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"
+CUE_FIELDS = ("pose", "face", "body_mask", "face_mask")
+SKIPPED = "skipped.jsonl"
+PREPARE_INFO = "prepare.json"
+NULL_TEXT = "null_text.safetensors"
+
+
+def clip_id(entry: dict) -> str:
+    """A stable name for a metadata entry: a hash of its JSON (paths are relative, so folders can move)."""
+    return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_material(config: TrainConfig) -> dict:
+    """Every setting the cached tensors depend on."""
+    d = config.data
+    return {
+        "version": CACHE_VERSION, "backbone": config.model.backbone, "vae": config.model.vae,
+        "null_text": config.model.null_text, "frames": d.frames, "stride": d.stride, "max_windows": d.max_windows,
+        "buckets": d.buckets, "ground_truth": d.ground_truth, "pseudo": d.pseudo,
+        "pseudo_variants": d.pseudo_variants, "align_scale": d.align_scale, "align_shift": d.align_shift,
+        "seed": config.run.seed, "cues": asdict(config.cues),
+    }  # fmt: skip
+
+
+def cache_key(config: TrainConfig) -> str:
+    """16 hex digits naming the cache folder of `config`."""
+    return hashlib.sha256(json.dumps(cache_material(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_folder(config: TrainConfig) -> Path:
+    return config.cache_dir / cache_key(config)
+
+
+def choose_bucket(height: int, width: int, buckets: list[list[int]]) -> tuple[int, int]:
+    """The bucket ``(H, W)`` whose aspect is nearest (in log ratio) to the clip's; ties go to the larger area."""
+    aspect = math.log(width / height)
+    best = min(buckets, key=lambda b: (abs(math.log(b[1] / b[0]) - aspect), -b[0] * b[1]))
+    return int(best[0]), int(best[1])
+
+
+def window_starts(num_frames: int, frames: int, stride: int, max_windows: int) -> list[int]:
+    """Start frames of up to `max_windows` non-overlapping windows of `frames` frames `stride` apart; a clip
+    shorter than one window gives ``[0]`` (the loader pads it by repeating its last frame)."""
+    span = (frames - 1) * stride + 1
+    count = max(1, min(max_windows, num_frames // span))
+    return [k * span for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One training sample: a window of a cached clip."""
+
+    clip: str  # clip id (file stem in the cache)
+    window: int
+    bucket: tuple[int, int]
+    pseudo_variants: int
+
+
+class CachedClips:
+    """Items of a prepared cache for one split; stage 2 keeps the items that have pseudo cues."""
+
+    def __init__(self, config: TrainConfig, *, stage: int = 1, split: str | None = None):
+        self.config = config
+        self.stage = stage
+        self.folder = cache_folder(config)
+        if not (self.folder / PREPARE_INFO).is_file():
+            raise InputError(
+                f"cache {self.folder}: not prepared for this config (key {cache_key(config)}). Run "
+                "`python -m training prepare CONFIG` with the same config and --set overrides first."
+            )
+        split = config.data.split if split is None else split
+        items: list[Item] = []
+        missing = without_pseudo = 0
+        for entry in read_metadata(config.data_root):
+            if entry.get("split", "train") != split:
+                continue
+            path = self.folder / f"{clip_id(entry)}.safetensors"
+            if not path.is_file():
+                missing += 1
+                continue
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata()
+            variants = int(meta.get("pseudo_variants", "0"))
+            if stage == 2 and variants == 0:
+                without_pseudo += 1
+                continue
+            bucket = tuple(json.loads(meta["bucket"]))
+            items += [Item(path.stem, w, bucket, variants) for w in range(int(meta["windows"]))]
+        if missing:
+            log.warning("%d clips of split %r are not in the cache (skipped by prepare, see %s)", missing, split,
+                        self.folder / SKIPPED)
+        if without_pseudo:
+            log.info("stage 2: %d clips without a pseudo driving clip are left out", without_pseudo)
+        if not items:
+            raise InputError(
+                f"cache {self.folder}: no usable clips of split {split!r}"
+                + (" with pseudo driving cues (metadata key pseudo_driving)" if stage == 2 else "")
+                + ". Check data.split, and the prepare log and skipped.jsonl."
+            )
+        self.items = items
+        self.null_text = _read(self.folder / NULL_TEXT)["null_text"]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int, *, variant: int = 0) -> dict[str, Tensor]:
+        """Tensors of item `index`: target ``[N, C, h, w]``, reference ``[1, C, h, w]``, cue fields ``[1+N, ...]``,
+        ``pseudo.<field>`` in stage 2 (realignment `variant`), ``text_embeds`` when the clip has a caption."""
+        item = self.items[index]
+        prefix = f"w{item.window}."
+        keys = [f"{prefix}target", f"{prefix}reference"] + [f"{prefix}cues.{f}" for f in CUE_FIELDS]
+        if self.stage == 2:
+            keys += [f"{prefix}pseudo{variant % item.pseudo_variants}.{f}" for f in CUE_FIELDS]
+        with safe_open(str(self.folder / f"{item.clip}.safetensors"), framework="pt") as fh:
+            names = set(fh.keys())
+            out = {k[len(prefix):]: fh.get_tensor(k).float() for k in keys}
+            if "text_embeds" in names:
+                out["text_embeds"] = fh.get_tensor("text_embeds").float()
+        if self.stage == 2:
+            tag = f"pseudo{variant % item.pseudo_variants}."
+            out.update({f"pseudo.{f}": out.pop(f"{tag}{f}") for f in CUE_FIELDS})
+        return out
+
+
+def _read(path: Path) -> dict[str, Tensor]:
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+class BucketBatchSampler:
+    """Batches of item indices from one bucket each, in an order that depends only on (seed, epoch).
+
+    Each epoch shuffles every bucket, cuts it into batches (a bucket smaller than the batch gives one smaller
+    batch; otherwise incomplete tails are dropped) and shuffles the batch order. With several processes, process
+    `rank` takes batches ``rank, rank + world, ...``. The position ``(epoch, cursor)`` is all the state there is.
+    """
+
+    def __init__(self, buckets: list[tuple[int, int]], batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        self.buckets = list(buckets)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        self.cursor = 0  # batches of this epoch already taken (by all processes)
+        self._order: list[list[int]] | None = None
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, bucket in enumerate(self.buckets):
+            groups.setdefault(bucket, []).append(index)
+        batches = []
+        for bucket in sorted(groups):
+            members = groups[bucket]
+            order = [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
+            size = min(self.batch_size, len(order))
+            batches += [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+    def next(self) -> list[int]:
+        """This process's next batch."""
+        while True:
+            if self._order is None:
+                self._order = self.epoch_batches(self.epoch)
+            if self.cursor + self.world <= len(self._order):
+                batch = self._order[self.cursor + self.rank]
+                self.cursor += self.world
+                return batch
+            self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+
+
+@dataclass
+class Batch:
+    """A collated batch. target ``[B, N, C, h, w]`` (diffusion scale), reference ``[B, 1, C, h, w]`` (image
+    scale), cues ``[B, 1+N, ...]`` (same-ID), pseudo_cues (stage 2), text ``[B, L, D]``, and per-sample dropout
+    flags ``[B]`` bool."""
+
+    target: Tensor
+    reference: Tensor
+    cues: CueLatents
+    text: Tensor
+    drop_cues: Tensor
+    drop_reference: Tensor
+    pseudo_cues: CueLatents | None = None
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.target.to(device), self.reference.to(device), self.cues.to(device), self.text.to(device),
+                     self.drop_cues.to(device), self.drop_reference.to(device),
+                     None if self.pseudo_cues is None else self.pseudo_cues.to(device))
+
+
+def _cue_latents(samples: list[dict[str, Tensor]], prefix: str) -> CueLatents:
+    return CueLatents(*(torch.stack([s[f"{prefix}{f}"] for s in samples]) for f in CUE_FIELDS))
+
+
+def make_batch(data: CachedClips, indices: list[int], generator: torch.Generator) -> Batch:
+    """Load and collate `indices`; draw dropout flags and pseudo variants from `generator` (in a fixed order)."""
+    b = len(indices)
+    d = data.config.data
+    draws = torch.rand(4, b, generator=generator)
+    variants = (draws[3] * 1_000_000).long().tolist()
+    samples = [data.load(i, variant=v) for i, v in zip(indices, variants)]
+    null = data.null_text.float().reshape(-1, data.null_text.shape[-1])
+    use_caption = draws[2] >= d.text_dropout
+    text = torch.stack([s["text_embeds"] if "text_embeds" in s and bool(use_caption[k]) else null
+                        for k, s in enumerate(samples)])
+    return Batch(
+        target=torch.stack([s["target"] for s in samples]),
+        reference=torch.stack([s["reference"] for s in samples]),
+        cues=_cue_latents(samples, "cues."),
+        text=text,
+        drop_cues=draws[0] < d.cue_dropout,
+        drop_reference=draws[1] < d.reference_dropout,
+        pseudo_cues=_cue_latents(samples, "pseudo.") if data.stage == 2 else None,
+    )

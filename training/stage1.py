@@ -1,0 +1,48 @@
+"""`python -m training stage1 CONFIG`: same-identity training (DESIGN.md 7) with the backbone's denoising loss.
+
+The reference latent leads the clip in the image-latent channels; the cues come from the same clip; cue and
+reference dropout teach the guidance branches. `--resume latest` continues a run exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from torch import Tensor
+
+from .config import TrainConfig, add_config_arguments, load_config
+from .data import Batch, CachedClips
+from .trainer import Trainer, denoising_loss, load_student
+
+log = logging.getLogger(__name__)
+
+
+def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
+    """Denoising loss of the student on the same-identity cues."""
+    noised = trainer.noised(batch)
+    prediction = trainer.model(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
+                               cue_weight=noised.cue_weight)
+    loss = denoising_loss(prediction, noised.target)
+    return loss, {"denoise": float(loss.detach())}
+
+
+def train_stage1(config: TrainConfig, *, resume: str | None = None) -> list[dict]:
+    """Run stage 1 for `config`; returns the logged records."""
+    data = CachedClips(config, stage=1)  # fails before any model is loaded when the cache is missing
+    trainer = Trainer(config, load_student(config), data, stage1_loss, stage=1)
+    return trainer.fit(resume=resume)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest checkpoint of the run ('latest') or a checkpoint folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
+    train_stage1(config, resume=args.resume)
+    return 0

@@ -1,0 +1,89 @@
+"""`python -m training stage2 CONFIG`: cross-identity training (DESIGN.md 7).
+
+The student starts from the stage-1 checkpoint (`model.checkpoint`) and sees the pseudo driving cues (another
+identity, randomly realigned); the teacher is the frozen stage-1 model fed the same-identity cues. Both run on the
+same noisy latent, timestep and reference. Loss = denoising + lambda(step) * S2X(student tokens after block D,
+teacher tokens after block D); both terms are logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from torch import Tensor
+
+from directanimator.errors import InputError
+
+from .config import TrainConfig, add_config_arguments, load_config
+from .data import Batch, CachedClips
+from .s2x import S2XTeacher, capture_block_output, s2x_loss
+from .trainer import Trainer, denoising_loss, load_student
+
+log = logging.getLogger(__name__)
+
+
+def make_stage2_loss(teacher: S2XTeacher, config: TrainConfig):
+    depth = config.stage2.depth
+
+    def loss_fn(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
+        noised = trainer.noised(batch)
+        with capture_block_output(trainer.model, depth) as student_tokens:
+            prediction = trainer.model(noised.inputs, batch.text, noised.timesteps, cues=batch.pseudo_cues,
+                                       cue_weight=noised.cue_weight)
+            tokens = student_tokens()
+        target_tokens = teacher.features(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
+                                         cue_weight=noised.cue_weight)
+        denoise = denoising_loss(prediction, noised.target)
+        align = s2x_loss(tokens, target_tokens)
+        weight = config.lambda_at(step)
+        return denoise + weight * align, {"denoise": float(denoise.detach()), "s2x": float(align.detach()),
+                                          "lambda": weight}
+
+    return loss_fn
+
+
+def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict]:
+    """Run stage 2 for `config`; returns the logged records."""
+    s = config.stage2
+    teacher_path = s.teacher or config.model.checkpoint
+    if not config.model.checkpoint or not teacher_path:
+        raise InputError("config model.checkpoint: stage 2 starts from the stage-1 result; set model.checkpoint to "
+                         "RUN/checkpoints/step_N/model.safetensors of stage 1 (and stage2.teacher if it differs).")
+    if s.teacher_mode == "lora_disabled" and config.model.train != "lora":
+        raise InputError(f"config stage2.teacher_mode='lora_disabled' needs model.train='lora' (got "
+                         f"{config.model.train!r}); the teacher is the student without its stage-2 LoRA.")
+    data = CachedClips(config, stage=2)
+    student = load_student(config)
+    if student.transformer.num_layers <= s.depth:
+        raise InputError(f"config stage2.depth={s.depth}: the model has {student.transformer.num_layers} blocks; "
+                         f"use 0..{student.transformer.num_layers - 1}.")
+    if s.teacher_mode == "lora_disabled":
+        backbone = student.transformer.backbone
+        if getattr(backbone, "_hf_peft_config_loaded", False):
+            # the stage-1 LoRA becomes part of the frozen base, so that disabling the new LoRA gives stage 1 back
+            backbone.fuse_lora()
+            backbone.unload_lora()
+        # CueFusion stays frozen: with it trained the LoRA-disabled student would no longer be the stage-1 model
+        trainer = Trainer(config, student, data, lambda *a: None, stage=2, train_cues=False)
+        teacher = S2XTeacher(None, depth=s.depth, student=trainer.model)
+    else:
+        trainer = Trainer(config, student, data, lambda *a: None, stage=2)
+        frozen = load_student(config, checkpoint=teacher_path).transformer.to(trainer.device)
+        teacher = S2XTeacher(frozen, depth=s.depth)  # kept outside accelerator.prepare: never trained
+    trainer.loss_fn = make_stage2_loss(teacher, config)
+    return trainer.fit(resume=resume)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest checkpoint of the run ('latest') or a checkpoint folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
+    train_stage2(config, resume=args.resume)
+    return 0

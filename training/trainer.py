@@ -1,0 +1,373 @@
+"""The training loop shared by both stages: model setup (LoRA / full / cue-only), the backbone's own denoising loss,
+AdamW with warmup + constant/cosine LR, clipping, EMA, accelerate, logging, checkpoints and exact resume.
+
+Randomness: one CPU `torch.Generator` (seeded by run.seed, saved in checkpoints) draws noise, timesteps, dropout
+flags and pseudo variants in a fixed order; the batch order depends only on (seed, epoch). So a resumed run
+continues the uninterrupted run's trajectory exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from directanimator.errors import InputError
+from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model, save_checkpoint
+from directanimator.sampling import make_scheduler
+
+from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
+from .config import TrainConfig, save_config
+from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+LossFn = Callable[["Trainer", Batch, int], "tuple[Tensor, dict[str, float]]"]
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class LoadedModel:
+    transformer: DirectAnimatorTransformer
+    scheduler_config: dict
+    null_text: Tensor
+    checkpoint_weights: str = "none"  # weights kind of the starting checkpoint
+    info: dict = field(default_factory=dict)
+
+
+def load_student(config: TrainConfig, *, checkpoint: str | None = None) -> LoadedModel:
+    """The backbone (+ `model.checkpoint` or `checkpoint`) as a DirectAnimatorTransformer on the CPU."""
+    m = config.model
+    ckpt = checkpoint if checkpoint is not None else (m.checkpoint or None)
+    seed_everything(config.run.seed)  # fresh CueFusion down-projections are random: same seed, same start
+    animator = load_model(m.backbone, ckpt, dtype=m.dtype, vae=m.vae or None,
+                          cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank))
+    return LoadedModel(animator.transformer, dict(animator.scheduler_config), animator.null_text,
+                       animator.info.get("weights", "none"), animator.info)
+
+
+def setup_trainable(model: DirectAnimatorTransformer, config: TrainConfig, *, train_cues: bool = True) -> list:
+    """Freeze everything, then unfreeze what `model.train` says (a LoRA is added when none is attached) and the
+    CueFusion modules (unless `train_cues` is False). Trained parameters are kept in fp32. Returns them."""
+    m = config.model
+    model.requires_grad_(False)
+    backbone = model.backbone
+    if m.train == "lora":
+        if not getattr(backbone, "_hf_peft_config_loaded", False):
+            from peft import LoraConfig
+
+            seed_everything(config.run.seed + 1)  # LoRA A matrices start random
+            backbone.add_adapter(LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights=True,
+                                            target_modules=list(m.lora_targets)))
+        for name, param in backbone.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
+    elif m.train == "full":
+        for name, param in backbone.named_parameters():
+            if ".fusion." not in name:
+                param.requires_grad_(True)
+    if train_cues:
+        for param in model.cue_parameters():
+            param.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    if m.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
+    count = sum(p.numel() for p in params)
+    log.info("training %d tensors, %.3f M parameters (%s backbone, CueFusion %s)", len(params), count / 1e6,
+             m.train, "trained" if train_cues else "frozen")
+    return params
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warmup, then constant or cosine down to `min_lr_ratio`."""
+    o, steps = config.optim, config.run.steps
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the bitsandbytes 8-bit AdamW when asked for, or with "auto" on CUDA when it is importable."""
+    o = config.optim
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    want = o.adamw_8bit == "yes" or (o.adamw_8bit == "auto" and device.type == "cuda")
+    if want:
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kwargs)
+        except ImportError as error:
+            if o.adamw_8bit == "yes":
+                raise InputError("optim.adamw_8bit='yes' needs bitsandbytes (pip install bitsandbytes), or set "
+                                 "it to 'auto' or 'no'.") from error
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def prepare_info(data: CachedClips) -> dict:
+    return json.loads((data.folder / PREPARE_INFO).read_text())
+
+
+# --------------------------------------------------------------------------- denoising
+@dataclass
+class NoisedBatch:
+    """Transformer inputs for one batch: ``inputs [B, 1+N, 2C, h, w]`` (noisy latents ++ image latents, as
+    `directanimator.sampling` builds them), ``timesteps [B]``, the v-prediction target and the cue weights."""
+
+    inputs: Tensor
+    timesteps: Tensor
+    target: Tensor
+    cue_weight: Tensor
+
+
+def noised_batch(batch: Batch, scheduler, generator: torch.Generator, *, reference_factor: float,
+                 t_range: tuple[int, int]) -> NoisedBatch:
+    """Clean latents = reference frame (converted to the diffusion scale) + target frames; add noise at uniform
+    timesteps with the scheduler; target = its velocity. A dropped reference leaves the image channels zero."""
+    x0 = torch.cat([batch.reference * reference_factor, batch.target], dim=1)
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(t_range[0], t_range[1], (x0.shape[0],), generator=generator)
+    device = batch.target.device
+    noise, t = noise.to(device), t.to(device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    velocity = scheduler.get_velocity(x0, noise, t)
+    keep = (~batch.drop_reference).to(batch.reference.dtype).view(-1, 1, 1, 1, 1)
+    image = torch.cat([batch.reference * keep, torch.zeros_like(batch.target)], dim=1)
+    inputs = torch.cat([noisy, image], dim=2)
+    return NoisedBatch(inputs, t, velocity, (~batch.drop_cues).float())
+
+
+def denoising_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """MSE on the velocity. CogVideoX's own loss (x0 error weighted by 1 / (1 - alpha_bar)) is the same quantity:
+    the x0 error equals sqrt(1 - alpha_bar) times the velocity error."""
+    return F.mse_loss(prediction.float(), target.float())
+
+
+# --------------------------------------------------------------------------- loop
+class Trainer:
+    """Runs `config.run.steps` optimizer steps of `loss_fn` over `data` and keeps the run folder."""
+
+    def __init__(self, config: TrainConfig, loaded: LoadedModel, data: CachedClips, loss_fn: LossFn, *,
+                 stage: int, train_cues: bool = True):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.stage = stage
+        self.data = data
+        self.loss_fn = loss_fn
+        self.loaded = loaded
+        self.run_dir = config.run_dir
+        cuda = torch.cuda.is_available()
+        precision = config.run.mixed_precision
+        mixed = "bf16" if (precision == "bf16" or precision == "auto") and cuda else "no"
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
+        self.device = self.accelerator.device
+        model = loaded.transformer.to(self.device)
+        self.params = setup_trainable(model, config, train_cues=train_cues)
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.optimizer = make_optimizer(self.params, config, self.device)
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.unwrapped: DirectAnimatorTransformer = self.accelerator.unwrap_model(self.model)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
+        self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
+        self.reference_factor = float(prepare_info(data).get("reference_to_latent", 1.0))
+        self.generator = torch.Generator().manual_seed(config.run.seed)
+        self.sampler = BucketBatchSampler([it.bucket for it in data.items], config.run.batch_size,
+                                          seed=config.run.seed, rank=self.accelerator.process_index,
+                                          world=self.accelerator.num_processes)
+        self.ema = ({self._name(p): p.detach().clone() for p in self.params} if config.optim.ema_decay > 0 else None)
+        self.step = 0
+
+    def _name(self, param) -> str:
+        return self.names[id(param)]
+
+    # ----------------------------------------------------------------- state
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {self._name(p): p for p in self.params}
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+                "rng": rng_state(), "generator": self.generator.get_state(), "data": self.sampler.state_dict(),
+                "stage": self.stage}
+
+    def restore(self, path: Path) -> None:
+        step, trainable, ema, state = load_training_checkpoint(path)
+        own = self.trainable_state()
+        if set(own) != set(trainable):
+            missing, extra = sorted(set(own) - set(trainable)), sorted(set(trainable) - set(own))
+            raise InputError(f"--resume {path}: its trained parameters differ from this run's (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}); it was made with another model or model.train setting.")
+        with torch.no_grad():
+            for name, param in own.items():
+                param.copy_(trainable[name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            if ema is None:
+                raise InputError(f"--resume {path}: the checkpoint has no EMA but optim.ema_decay > 0.")
+            for name in self.ema:
+                self.ema[name].copy_(ema[name])
+        set_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.sampler.load_state_dict(state["data"])
+        self.step = step
+        log.info("resumed from %s at step %d", path, step)
+
+    def write_model(self, path: Path) -> None:
+        """The DirectAnimator checkpoint of the current weights (EMA weights when enabled)."""
+        weights = "full" if self.config.model.train == "full" or self.loaded.checkpoint_weights == "full" else "auto"
+        swap = []
+        if self.ema is not None:
+            with torch.no_grad():
+                for p in self.params:
+                    swap.append(p.detach().clone())
+                    p.copy_(self.ema[self._name(p)])
+        try:
+            save_checkpoint(path, self.unwrapped, weights=weights, null_text=self.data.null_text,
+                            scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
+                            backbone_name=self.config.model.backbone,
+                            extra={"step": self.step, "stage": self.stage, "run": self.config.run.name})
+        finally:
+            if swap:
+                with torch.no_grad():
+                    for p, value in zip(self.params, swap):
+                        p.copy_(value)
+
+    def save(self) -> Path:
+        return save_training_checkpoint(self.run_dir, self.step, trainable=self.trainable_state(), state=self.state(),
+                                        ema=self.ema, write_model=self.write_model,
+                                        keep_last=self.config.run.keep_last)
+
+    # ----------------------------------------------------------------- steps
+    def noised(self, batch: Batch) -> NoisedBatch:
+        r = self.config.run
+        return noised_batch(batch, self.scheduler, self.generator, reference_factor=self.reference_factor,
+                            t_range=(r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)))
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over `grad_accum` micro-batches; returns the logged values."""
+        r = self.config.run
+        totals: dict[str, float] = {}
+        samples = 0
+        for micro in range(r.grad_accum):
+            batch = make_batch(self.data, self.sampler.next(), self.generator).to(self.device)
+            samples += batch.target.shape[0]
+            sync = micro == r.grad_accum - 1 or self.accelerator.num_processes == 1
+            with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
+                loss, logs = self.loss_fn(self, batch, self.step)
+                self.accelerator.backward(loss / r.grad_accum)
+            for key, value in {"loss": float(loss.detach()), **logs}.items():
+                totals[key] = totals.get(key, 0.0) + value / r.grad_accum
+        clip = self.config.optim.clip_norm
+        if clip > 0:
+            norm = self.accelerator.clip_grad_norm_(self.params, clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in self.params
+                                                         if p.grad is not None]))
+        totals["lr"] = self.lr_scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for p in self.params:
+                    self.ema[self._name(p)].lerp_(p.detach(), 1 - self.config.optim.ema_decay)
+        totals["grad_norm"] = float(norm)
+        totals["samples"] = samples * self.accelerator.num_processes
+        self.step += 1
+        return totals
+
+    def fit(self, *, resume: str | None = None) -> list[dict]:
+        """Train to `run.steps`; returns the logged records of this call."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        r = self.config.run
+        path = resolve_resume(self.run_dir, resume)
+        if path is None and resume not in (None, "", "latest"):
+            raise InputError(f"--resume {resume}: no checkpoint found.")
+        existing = resolve_resume(self.run_dir, "latest")
+        if path is None and existing is not None:
+            raise InputError(f"run folder {self.run_dir} already has checkpoints ({existing.name}); pass --resume latest "
+                             "to continue it, or choose another run.name.")
+        if path is not None:
+            self.restore(path)
+        main = self.accelerator.is_main_process
+        metrics = self.run_dir / METRICS
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.json")
+            _truncate_metrics(metrics, self.step)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1 if self.step else None) if main \
+            else None
+        records = []
+        bar = tqdm(total=r.steps, initial=self.step, desc=f"stage {self.stage}", unit="step", disable=not main)
+        self.model.train()
+        try:
+            while self.step < r.steps:
+                start = time.perf_counter()
+                values = self.train_step()
+                values["samples_per_s"] = values.pop("samples") / max(time.perf_counter() - start, 1e-9)
+                if main and (self.step % r.log_every == 0 or self.step == r.steps):
+                    record = {"step": self.step, **values}
+                    records.append(record)
+                    with metrics.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    for key, value in values.items():
+                        writer.add_scalar(f"train/{key}", value, self.step)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                bar.update(1)
+                if self.step % r.save_every == 0 or self.step == r.steps:
+                    self.accelerator.wait_for_everyone()
+                    if main:
+                        self.save()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return records
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only records up to `step` (a killed run may have logged steps after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
