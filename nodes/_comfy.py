@@ -70,10 +70,13 @@ def register_model_folder(name: str, default_subdir: str, extensions: set[str]) 
         return
     path = os.path.join(_fp.models_dir, default_subdir)
     if name in _fp.folder_names_and_paths:
+        # ComfyUI keeps extensions as a set for file folders but as ["folder"] for "diffusers": never assume.
         paths, exts = _fp.folder_names_and_paths[name]
         if path not in paths:
             paths.append(path)
-        exts.update(extensions)
+        missing = set(extensions) - set(exts)
+        if missing:
+            _fp.folder_names_and_paths[name] = (paths, set(exts) | missing)
     else:
         _fp.folder_names_and_paths[name] = ([path], set(extensions))
 

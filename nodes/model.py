@@ -32,8 +32,24 @@ CONDITIONING = "DA_CONDITIONING"
 NO_CHECKPOINT = "none (bare backbone)"
 NO_FOLDER = "none (use repo_id)"
 
+MAX_WINDOW = 256  # latent frames
+
 register_model_folder("directanimator", "directanimator", {".safetensors"})
 register_model_folder("diffusers", "diffusers", set())
+register_model_folder("sams", "sams", {".pth", ".pt", ".safetensors"})
+
+
+def _file_stamp(path: str) -> str:
+    """Modification time and size of a file, or of the newest file in a folder (a diffusers model)."""
+    if os.path.isdir(path):
+        stamps = [os.stat(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names]
+        if not stamps:
+            return f"{path}:empty"
+        return f"{path}:{max(s.st_mtime_ns for s in stamps)}:{sum(s.st_size for s in stamps)}"
+    if os.path.isfile(path):
+        stat = os.stat(path)
+        return f"{path}:{stat.st_mtime_ns}:{stat.st_size}"
+    return f"{path}:missing"
 
 
 class DirectAnimatorModelLoader:
@@ -66,11 +82,31 @@ class DirectAnimatorModelLoader:
             },
         }
 
+    # Named arguments only: ComfyUI skips its own checks (ranges, combo lists) for every input a VALIDATE_INPUTS
+    # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None.
     @classmethod
-    def VALIDATE_INPUTS(cls, backbone, repo_id, **_):
-        if backbone == NO_FOLDER and not repo_id.strip():
-            return "Choose a backbone folder from models/diffusers, or type a Hugging Face repo id."
+    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None):
+        if backbone is None or repo_id is None:
+            return True
+        if backbone == NO_FOLDER:
+            if not repo_id.strip():
+                return "Choose a backbone folder from models/diffusers, or type a Hugging Face repo id."
+            return True
+        folders = model_folders("diffusers")
+        if folders and backbone not in folders:
+            return (f"backbone '{backbone}' is not in models/diffusers (found: {', '.join(folders)}). Put the "
+                    "CogVideoX image-to-video diffusers folder there and refresh the page, or pick another.")
         return True
+
+    @classmethod
+    def IS_CHANGED(cls, backbone, repo_id, checkpoint, precision, offload):
+        """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it."""
+        paths = []
+        if backbone != NO_FOLDER:
+            paths.append(model_path("diffusers", backbone) or backbone)
+        if checkpoint != NO_CHECKPOINT:
+            paths.append(model_path("directanimator", checkpoint) or checkpoint)
+        return "|".join(_file_stamp(p) for p in paths) + f"|{repo_id.strip()}|{precision}|{offload}"
 
     def load(self, backbone, repo_id, checkpoint, precision, offload):
         if backbone != NO_FOLDER:
@@ -141,10 +177,10 @@ class DirectAnimatorSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                                  "tooltip": "Noise seed; the same seed and inputs give the same video."}),
                 "scheduler": (sorted(SCHEDULERS), {"default": "dpm", "tooltip": "CogVideoX DPM or DDIM scheduler."}),
-                "window": ("INT", {"default": 0, "min": 0, "max": 256, "step": 1,
+                "window": ("INT", {"default": 0, "min": 0, "max": MAX_WINDOW, "step": 1,
                                    "tooltip": "Context window in latent frames (4 video frames each); 0: the whole "
                                               "video, or the backbone's fixed length (12 for CogVideoX-5B-I2V)."}),
-                "overlap": ("INT", {"default": 3, "min": 0, "max": 128, "step": 1,
+                "overlap": ("INT", {"default": 3, "min": 0, "max": MAX_WINDOW, "step": 1,
                                     "tooltip": "Latent frames shared by neighbouring windows, blended with ramps."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
                                       "tooltip": "Below 1 refines the optional input latent instead of starting "
@@ -154,7 +190,13 @@ class DirectAnimatorSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, window, overlap, **_):
+    def VALIDATE_INPUTS(cls, window=None, overlap=None):
+        if window is None or overlap is None:  # linked from another node: checked by the sampler itself
+            return True
+        if not 0 <= window <= MAX_WINDOW:
+            return f"window is {window}; use 0 (whole video) up to {MAX_WINDOW} latent frames."
+        if not 0 <= overlap <= MAX_WINDOW:
+            return f"overlap is {overlap}; use 0 up to {MAX_WINDOW} latent frames."
         if window and overlap >= window:
             return f"overlap ({overlap}) must be smaller than window ({window}); lower it or raise the window."
         return True

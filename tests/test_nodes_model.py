@@ -82,3 +82,54 @@ def test_cross_field_validation_before_execution():
 def test_denoise_below_one_needs_a_latent(model, conditioning):
     with pytest.raises(InputError, match="latent to refine"):
         DirectAnimatorSampler().sample(model, conditioning, 4, 1.0, 0, "dpm", 0, 0, 0.5)
+
+
+def test_model_folders_register_into_comfyuis_own_folder_table(monkeypatch, tmp_path):
+    # ComfyUI keeps ["folder"] (a list) as the extensions of "diffusers" and sets for file folders.
+    table = {"diffusers": ([str(tmp_path / "diffusers")], ["folder"]),
+             "sams": ([str(tmp_path / "elsewhere")], {".pth"})}
+    fake = type("folder_paths", (), {"models_dir": str(tmp_path), "folder_names_and_paths": table})
+    monkeypatch.setattr(comfy_shim, "_fp", fake)
+    comfy_shim.register_model_folder("diffusers", "diffusers", set())
+    comfy_shim.register_model_folder("sams", "sams", {".pth", ".safetensors"})
+    comfy_shim.register_model_folder("directanimator", "directanimator", {".safetensors"})
+    assert table["diffusers"] == ([str(tmp_path / "diffusers")], ["folder"])
+    assert table["sams"] == ([str(tmp_path / "elsewhere"), str(tmp_path / "sams")], {".pth", ".safetensors"})
+    assert table["directanimator"] == ([str(tmp_path / "directanimator")], {".safetensors"})
+
+
+def test_loader_is_unchanged_until_a_model_file_changes(tmp_path):
+    folder = save_tiny_diffusers(tmp_path / "tiny", "1.5")
+    stamp = lambda: DirectAnimatorModelLoader.IS_CHANGED(str(folder), "", NO_CHECKPOINT, "fp32", False)
+    first = stamp()
+    assert stamp() == first
+    config = folder / "transformer" / "config.json"
+    config.write_text(config.read_text() + " ")
+    assert stamp() != first
+    assert DirectAnimatorModelLoader.IS_CHANGED(str(folder), "", NO_CHECKPOINT, "fp32", True) != stamp()
+
+
+def test_offload_keeps_the_weights_on_the_cpu_between_runs_and_onloads_per_part(tmp_path, monkeypatch):
+    folder = save_tiny_diffusers(tmp_path / "tiny", "1.5")
+    (model,) = DirectAnimatorModelLoader().load(str(folder), "", NO_CHECKPOINT, "fp32", True)
+    used = []
+    original = type(model).use
+
+    def spy(self, part):
+        used.append(part)
+        return original(self, part)
+
+    monkeypatch.setattr(type(model), "use", spy)
+    (cond,) = DirectAnimatorEncode().encode(model, synthetic_triplet(FRAMES, height=SMALL, width=SMALL), 12.0, False)
+    (latent,) = DirectAnimatorSampler().sample(model, cond, 1, 1.0, 0, "ddim", 0, 0, 1.0)
+    DirectAnimatorDecode().decode(model, latent, False)
+    assert used == ["vae", "transformer", "vae"]
+    assert model.offload
+    devices = {p.device.type for p in [*model.transformer.parameters(), *model.vae.parameters()]}
+    assert devices == {"cpu"}
+
+
+def test_validation_keeps_comfyuis_range_checks_and_checks_what_it_skips():
+    assert DirectAnimatorSampler.VALIDATE_INPUTS(window=None, overlap=2) is True  # linked: checked at run time
+    assert "up to" in DirectAnimatorSampler.VALIDATE_INPUTS(window=999, overlap=2)
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone="CogVideoX-5b-I2V", repo_id="") is True

@@ -1,0 +1,171 @@
+"""The pack inside a real ComfyUI server: node definitions, the example workflows run by API, model reuse,
+interruption. Skipped unless COMFYUI_DIR is set (see conftest.py); needs the real footage in ../shared/data/real
+(the cue backends need real people to find)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
+_spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
+build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(build)
+
+CLIP_FRAMES = 17  # 8m+1: the tiny CogVideoX 1.5 layout needs an even latent count with the reference
+CLIP_FPS = 12.0
+CLIP_SIZE = (224, 128)  # (height, width)
+TINY_SIZE = (112, 64)
+BACKBONE = "tiny-cogvideox15-itest"
+CHECKPOINT = "tiny-directanimator-itest.safetensors"
+
+
+@pytest.fixture(scope="module")
+def media(comfy):
+    """The files the workflows name, in the server's input folder, cut from the real footage."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real footage not found at {REAL_DATA} (shared/data/real): the cue nodes need real people")
+    from directanimator.cues.segmentation import segment_person
+    from directanimator.video import read_image, read_video, write_image, write_video
+
+    clip = read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", start=48, stride=2, max_frames=CLIP_FRAMES,
+                      size=CLIP_SIZE)
+    write_video(comfy.input_dir / build.DRIVING, clip.frames, fps=CLIP_FPS)
+    mask = segment_person(clip.frames)
+    write_video(comfy.input_dir / "driving_mask.mp4", mask[..., None].expand(-1, -1, -1, 3), fps=CLIP_FPS)
+    write_image(comfy.input_dir / build.REFERENCE, read_image(REAL_DATA / "ref_anime_character.jpg",
+                                                              size=(448, 256)))
+    return clip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(comfy):
+    """A tiny CogVideoX 1.5-layout diffusers folder and a DirectAnimator checkpoint in the server's model folders."""
+    from directanimator.models import save_checkpoint
+    from tests.tiny import TEXT_DIM, TEXT_LEN, save_tiny_diffusers, tiny_animator
+
+    save_tiny_diffusers(comfy.models_dir / "diffusers" / BACKBONE, "1.5", seed=0)
+    torch.manual_seed(0)
+    save_checkpoint(comfy.models_dir / "directanimator" / CHECKPOINT, tiny_animator("1.5", seed=0, randomize_cues=True),
+                    weights="none", null_text=torch.zeros(1, TEXT_LEN, TEXT_DIM), backbone_name=BACKBONE)
+    return BACKBONE, CHECKPOINT
+
+
+def api(name: str) -> dict:
+    return json.loads((build.API_DIR / f"{name}.json").read_text())
+
+
+def animate_prompt(*, seed: int = 1, steps: int = 2) -> dict:
+    """Workflow (b) with the tiny model: small frames, a window the 1.5 layout takes, few steps."""
+    prompt = api("animate_cogvideox_5b_i2v_long_video")
+    prompt["2"]["inputs"].update(height=TINY_SIZE[0], width=TINY_SIZE[1])
+    prompt["5"]["inputs"].update(backbone=BACKBONE, checkpoint=CHECKPOINT, precision="fp32")
+    prompt["6"]["inputs"]["tiled"] = False
+    prompt["7"]["inputs"].update(steps=steps, seed=seed, window=3, overlap=1)
+    prompt["8"]["inputs"]["tiled"] = False
+    return prompt
+
+
+def run(comfy, prompt, **kwargs):
+    ws, client_id = comfy.connect()
+    try:
+        return comfy.follow(ws, comfy.queue(prompt, client_id), **kwargs)
+    finally:
+        ws.close()
+
+
+def video_facts(path: Path) -> tuple[int, float, tuple[int, int]]:
+    from directanimator.video import read_video
+
+    clip = read_video(path)
+    return clip.num_frames, clip.fps, tuple(clip.frames.shape[1:3])
+
+
+def test_object_info_lists_every_node_with_its_declared_types(comfy):
+    info = comfy.get("/object_info")
+    for name, definition in build.pack_definitions().items():
+        assert name in info, f"{name} missing from /object_info; log:\n{comfy.log_tail()}"
+        live = info[name]
+        assert live["output"] == definition["output"] and live["output_name"] == definition["output_name"]
+        assert live["display_name"] == definition["display_name"] and live["category"] == definition["category"]
+        for section in ("required", "optional"):
+            declared = definition["input"].get(section, {})
+            assert list(live["input"].get(section, {})) == list(declared), (name, section)
+            for key, entry in declared.items():
+                kind = live["input"][section][key][0]
+                if isinstance(entry[0], list):  # combos: model-folder lists differ, the sentinel comes first
+                    assert isinstance(kind, list) and kind[:1] == entry[0][:1], (name, key)
+                else:
+                    assert kind == entry[0], (name, key)
+    for name, recorded in build.core_definitions().items():  # the recording the unit tests validate against
+        live = info[name]
+        assert live["output"] == recorded["output"] and live["input_order"] == recorded["input_order"], name
+
+
+def test_template_browser_lists_the_workflows_and_serves_them(comfy):
+    templates = comfy.get("/workflow_templates")
+    assert sorted(templates.get(comfy.pack_name, [])) == sorted(build.WORKFLOWS)
+    for name in build.WORKFLOWS:
+        served = comfy.get(f"/api/workflow_templates/{comfy.pack_name}/{name}.json")
+        served = served if isinstance(served, dict) else json.loads(served)
+        assert served == json.loads((build.HERE / f"{name}.json").read_text())
+
+
+def test_inspect_cues_workflow_saves_a_sheet_and_the_pose_cue_video(comfy, media):
+    result = run(comfy, api("inspect_cue_triplet_tune_cutoff"))
+    assert result.status == "success", result.error
+    assert comfy.output_files(result, "6") and all(p.suffix == ".png" for p in comfy.output_files(result, "6"))
+    (video,) = comfy.output_files(result, "8")
+    kept = (CLIP_FRAMES + 1) // 2  # stride 2 in the Driving Video node
+    assert video_facts(video) == (kept, pytest.approx(CLIP_FPS / 2), (896, 512))
+
+
+def test_own_mask_workflow_uses_the_mask_video(comfy, media):
+    result = run(comfy, api("bring_your_own_person_mask"))
+    assert result.status == "success", result.error
+    assert {"6", "7", "8"} <= set(result.executed)  # the mask branch ran
+    (video,) = comfy.output_files(result, "15")
+    assert video_facts(video)[:2] == ((CLIP_FRAMES + 1) // 2, pytest.approx(CLIP_FPS / 2))
+
+
+def test_animate_workflow_end_to_end_then_reuses_the_loaded_model(comfy, media, tiny_model):
+    first = run(comfy, animate_prompt(seed=1))
+    assert first.status == "success", f"{first.error}\n{comfy.log_tail()}"
+    (video,) = comfy.output_files(first, "10")
+    assert video_facts(video) == (CLIP_FRAMES, pytest.approx(CLIP_FPS), TINY_SIZE)
+    assert first.progress.get("7") and max(first.progress["7"]) == 2  # one progress event per step
+    assert first.previews >= 2  # a latent preview per sampling step
+
+    second = run(comfy, animate_prompt(seed=2))
+    assert second.status == "success", second.error
+    assert "5" in second.cached and "5" not in second.executed  # the model loader did not run again
+    assert "7" in second.executed
+
+
+def test_interrupt_stops_sampling_within_a_step_and_the_next_run_works(comfy, media, tiny_model):
+    steps = 200
+    sent = {}
+
+    def interrupt_on_third_step(result, kind, message):
+        values = result.progress.get("7", [])
+        if not sent and len(values) >= 3:
+            comfy.post("/interrupt")
+            sent["at"] = len(values)
+
+    stopped = run(comfy, animate_prompt(seed=3, steps=steps), on_message=interrupt_on_third_step)
+    assert stopped.status == "interrupted"
+    after = len(stopped.progress["7"]) - sent["at"]
+    assert after <= 2, f"{after} steps ran after /interrupt"  # the step under way, at most one message in flight
+    assert max(stopped.progress["7"]) < steps
+
+    again = run(comfy, animate_prompt(seed=4))
+    assert again.status == "success", again.error
+    (video,) = comfy.output_files(again, "10")
+    assert video_facts(video)[0] == CLIP_FRAMES
