@@ -235,7 +235,7 @@ def _extract(job: dict) -> list[dict]:
                 move = random_similarity(tuple(pseudo.shape[1:3]), job["align_scale"], job["align_shift"], gen)
                 if scene:
                     variants.append(_blank_triplet(reference, frames, size))
-                elif truth is not None and "pseudo_person_masks" in truth:
+                elif truth is not None and "pseudo_person_masks" in truth and entry.get("pseudo_truth", True):
                     inputs = truth_cue_inputs(truth, driving="pseudo_")
                     moved, mask, boxes = realign(pseudo[p_index], inputs["driving_mask"][p_index],
                                                  inputs["driving_face_boxes"][p_index], move)
