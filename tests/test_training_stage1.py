@@ -128,3 +128,18 @@ def test_training_without_prepared_cache_says_run_prepare(tmp_path, world):
     config = load_config(CONFIG, overrides(root, data, model, "data.frames=9"))  # another cache key
     with pytest.raises(InputError, match="python -m training prepare"):
         train_stage1(config)
+
+
+def test_validation_during_training_writes_scored_samples_and_leaves_the_losses_unchanged(world):
+    root, data, model = world
+    common = ("run.steps=4", "run.save_every=100", "run.log_every=1", "run.validate_steps=2")
+    plain = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='noval'", *common)))
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='withval'", "run.validate_every=2",
+                                           "run.validate_clips=1", *common))
+    validated = train_stage1(config)
+    assert [r["loss"] for r in validated] == [r["loss"] for r in plain]  # validation uses no training randomness
+    lines = (config.run_dir / "samples" / "validation.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["psnr"] is not None and r["ssim"] is not None for r in records)
+    assert len(list((config.run_dir / "samples").glob("step0000002_*.mp4"))) >= 1

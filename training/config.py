@@ -90,7 +90,9 @@ class RunConfig:
     save_every: int = 500
     keep_last: int = 3
     log_every: int = 10
-    validate_every: int = 0  # 0: never; else runs `training.validate` on the val split when it is available
+    validate_every: int = 0  # 0: never; else samples the held-out pairs (training.validate) every N steps
+    validate_clips: int = 2  # held-out pairs per validation
+    validate_steps: int = 10  # sampling steps per validation clip
     mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU
     timestep_min: int = 0
     timestep_max: int = 1000  # uniform timesteps in [timestep_min, timestep_max)
@@ -275,8 +277,10 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
          f"run.name={r.name!r}: a plain folder name.")
     need(r.steps >= 1 and r.batch_size >= 1 and r.grad_accum >= 1,
          "run.steps, run.batch_size and run.grad_accum must be >= 1.")
-    need(r.save_every >= 1 and r.keep_last >= 1 and r.log_every >= 1 and r.validate_every >= 0,
-         "run.save_every, keep_last and log_every must be >= 1; validate_every >= 0.")
+    need(r.save_every >= 1 and r.keep_last >= 1 and r.log_every >= 1 and r.validate_every >= 0
+         and r.validate_clips >= 1 and r.validate_steps >= 1,
+         "run.save_every, keep_last, log_every, validate_clips and validate_steps must be >= 1; "
+         "validate_every >= 0.")
     need(r.mixed_precision in PRECISIONS, f"run.mixed_precision={r.mixed_precision!r}: use {', '.join(PRECISIONS)}.")
     need(0 <= r.timestep_min < r.timestep_max, "run.timestep_min must be >= 0 and below run.timestep_max.")
     need(s.teacher_mode in TEACHER_MODES, f"stage2.teacher_mode={s.teacher_mode!r}: use {', '.join(TEACHER_MODES)}.")

@@ -197,6 +197,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, config, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         self.unwrapped: DirectAnimatorTransformer = self.accelerator.unwrap_model(self.model)
+        self._vae = None  # loaded on the first validation
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
         self.reference_factor = float(prepare_info(data).get("reference_to_latent", 1.0))
@@ -346,6 +347,8 @@ class Trainer:
                         writer.add_scalar(f"train/{key}", value, self.step)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 bar.update(1)
+                if main and r.validate_every and (self.step % r.validate_every == 0 or self.step == r.steps):
+                    self.validate(writer)
                 if self.step % r.save_every == 0 or self.step == r.steps:
                     self.accelerator.wait_for_everyone()
                     if main:
@@ -354,6 +357,34 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+        return records
+
+
+    def validate(self, writer=None) -> list[dict]:
+        """Sample the held-out pairs with the current weights into ``<run>/samples`` (videos, sheets, PSNR/SSIM
+        in validation.jsonl). The global RNG states are restored afterwards, so a resumed run stays exact."""
+        from directanimator.models import AnimatorModel
+
+        from .prepare import load_vae
+        from .validate import validate_model
+
+        if self._vae is None:
+            self._vae = load_vae(self.config)
+        model = AnimatorModel(transformer=self.unwrapped, vae=self._vae, null_text=self.data.null_text,
+                              scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
+                              name=self.config.run.name)
+        saved = rng_state()
+        try:
+            records = validate_model(model, self.config.metadata_path, self.run_dir / "samples", step=self.step,
+                                     max_clips=self.config.run.validate_clips, steps=self.config.run.validate_steps,
+                                     seed=self.config.run.seed)
+        finally:
+            set_rng_state(saved)
+            self.model.train()
+        for key in ("psnr", "ssim"):
+            values = [rec[key] for rec in records if rec.get(key) is not None]
+            if writer is not None and values:
+                writer.add_scalar(f"val/{key}", sum(values) / len(values), self.step)
         return records
 
 
