@@ -143,3 +143,13 @@ def test_validation_during_training_writes_scored_samples_and_leaves_the_losses_
     assert [r["step"] for r in records] == [2, 4]
     assert all(r["psnr"] is not None and r["ssim"] is not None for r in records)
     assert len(list((config.run_dir / "samples").glob("step0000002_*.mp4"))) >= 1
+
+
+def test_gradient_checkpointing_trains_the_same_trajectory(world):
+    root, data, model = world
+    common = ("run.steps=3", "run.save_every=100", "run.log_every=1")
+    plain = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='nockpt'", *common)))
+    checkpointed = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='ckpt'",
+                                                              "model.gradient_checkpointing=true", *common)))
+    assert [r["loss"] for r in checkpointed] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+    assert [r["grad_norm"] for r in checkpointed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
