@@ -15,7 +15,7 @@ from directanimator.video import read_image, read_video, write_video
 from tests.tiny import PIXELS, save_tiny_diffusers, tiny_animator_model, tiny_cue_latents, tiny_inputs
 from training.checkpointing import save_training_checkpoint
 from training.export import export_model, export_training_checkpoint
-from training.metrics import frame_psnr, frame_ssim, psnr, ssim
+from directanimator.metrics import frame_psnr, frame_ssim, psnr, ssim
 from training.pseudo import choose_partners, ingest_pseudo, perturb_face_cue, render_pseudo
 from training.validate import RESULTS, held_out_entries, read_entries, validate_model
 from training.world import WorldConfig

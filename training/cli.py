@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("training.validate", "sample held-out pairs and score them against ground truth (PSNR, SSIM)"),
     "pseudo": ("training.pseudo", "make or ingest pseudo cross-identity driving clips for stage 2"),
     "export": ("training.export", "export a training checkpoint to a DirectAnimator checkpoint"),
+    "vae": ("training.vae", "train a small CogVideoX VAE from scratch on world clips (the demo model's VAE)"),
+    "recipe": ("training.recipe", "one command: world data, VAE, both Same2X stages, export, validation, model card"),
 }
 
 

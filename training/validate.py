@@ -29,7 +29,7 @@ from directanimator.pipeline import animate_triplet
 from directanimator.vae_io import spatial_compression
 from directanimator.video import read_image, read_video, resize_frames, write_image, write_video
 
-from .metrics import summary
+from directanimator.metrics import summary
 from .world.cues import truth_cue_inputs
 
 log = logging.getLogger(__name__)

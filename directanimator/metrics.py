@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from directanimator.errors import InputError
-from directanimator.tensors import as_frames
+from .errors import InputError
+from .tensors import as_frames
 
 __all__ = ["frame_psnr", "frame_ssim", "psnr", "ssim", "summary"]
 

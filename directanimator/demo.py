@@ -1,0 +1,172 @@
+"""The demo: the bundled model (``models/demo``, made by ``python -m training recipe``) animates its bundled
+reference character with its bundled driving clip, or any reference with any driving video.
+
+Bundled inputs (``<model>/demo/``): ``reference.png``, ``driving.mp4``, ``target.mp4`` (the ground truth: the
+reference's identity performing the driving motion), ``truth.safetensors`` (person masks and face boxes, so the
+cues are exact and no detector runs) and ``demo.json`` (fps, frames, sampling settings). With them, the result is
+scored (PSNR, SSIM) against the ground truth, next to the static-reference baseline (the reference repeated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "directanimator.safetensors"
+DEMO_DIR = "demo"
+DEMO_JSON = "demo.json"
+TRUTH = "truth.safetensors"
+RESULT = "result.mp4"
+SHEET = "sheet.png"
+METRICS = "metrics.json"
+SHEET_COLUMNS = 6
+
+
+@dataclass
+class DemoResult:
+    """What the demo wrote and measured; `metrics` is empty without ground truth."""
+
+    out: Path
+    frames: Tensor  # [F, H, W, 3] 0..1
+    fps: float
+    exact_cues: bool
+    metrics: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True when `path` holds a demo model: transformer/, vae/ and the DirectAnimator checkpoint."""
+    path = Path(path)
+    return (path / "transformer" / "config.json").is_file() and (path / "vae" / "config.json").is_file() \
+        and (path / CHECKPOINT).is_file()
+
+
+def _truth_inputs(path: Path) -> dict[str, Tensor]:
+    """`extract_cues` keyword arguments from a bundled ``truth.safetensors`` (uint8 masks)."""
+    from safetensors.torch import load_file
+
+    truth = load_file(str(path))
+    try:
+        inputs = {"driving_mask": truth["driving_mask"].float() / 255.0,
+                  "driving_face_boxes": truth["driving_face_boxes"].float(),
+                  "driving_face_valid": truth["driving_face_valid"].bool(),
+                  "reference_mask": truth["reference_mask"].float() / 255.0,
+                  "reference_face_box": truth["reference_face_box"].float() if "reference_face_box" in truth else None}
+    except KeyError as error:
+        raise InputError(f"demo ground truth {path}: no {error.args[0]!r} (has {sorted(truth)}); write the model "
+                         "folder again with `python -m training recipe`.") from error
+    return inputs
+
+
+def _scores(result: Tensor, target: Tensor) -> dict[str, float]:
+    from .metrics import summary
+
+    return summary(result, target)
+
+
+def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, target: Tensor | None, *,
+               columns: int = SHEET_COLUMNS) -> Tensor:
+    """``[1, H', W', 3]``: rows reference, driving, pose, face, location cues, result ("generated") and, when
+    known, the ground truth ("target"), `columns` frames spread over the clip, all at the result's size."""
+    from .cues import contact_sheet, location_overlay
+    from .video import resize_frames
+
+    size = tuple(result.shape[1:3])
+    rows = [("reference", resize_frames(reference.float(), size, "pad")),
+            ("driving", resize_frames(driving.float(), size, "pad")),
+            ("pose", triplet.pose), ("face", triplet.face), ("location", location_overlay(triplet)),
+            ("generated", result)]  # the preview font has no U or H: "generated" and "target" it can spell
+    if target is not None:
+        rows.append(("target", resize_frames(target.float(), size, "pad")))
+    return contact_sheet(rows, columns=columns, size=size)
+
+
+def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
+             driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
+             steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+             device: str = "cpu", segmenter: str = "mediapipe", face_detector: str = "auto",
+             sam_checkpoint: str | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> DemoResult:
+    """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
+    truth, scored against the ground-truth target and the static-reference baseline), or `reference` / `driving`
+    files (cue detectors: the real path). Writes ``result.mp4``, ``sheet.png`` and ``metrics.json`` into `out`."""
+    from .cues import CueConfig, extract_cues
+    from .models import load_model
+    from .pipeline import animate_triplet
+    from .video import read_image, read_video, resize_frames, write_image, write_video
+
+    model_dir = Path(model_dir)
+    if not is_model_folder(model_dir):
+        raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
+                         "Make one with `python -m training recipe --out models/demo`.")
+    bundle = model_dir / DEMO_DIR
+    settings = json.loads((bundle / DEMO_JSON).read_text()) if (bundle / DEMO_JSON).is_file() else {}
+    bundled = driving is None and reference is None and (bundle / "driving.mp4").is_file()
+    reference_path = Path(reference) if reference is not None else bundle / "reference.png"
+    driving_path = Path(driving) if driving is not None else bundle / "driving.mp4"
+    for name, path in (("--reference", reference_path), ("--driving", driving_path)):
+        if not path.exists():
+            raise InputError(f"{name} {path}: no such file. Give an existing file, or leave it out to use the model "
+                             f"folder's bundled input in {bundle}.")
+    steps = int(steps if steps is not None else settings.get("steps", 25))
+    guidance = float(guidance if guidance is not None else settings.get("guidance", 3.0))
+    seed = int(seed if seed is not None else settings.get("seed", 0))
+    max_frames = frames if frames is not None else settings.get("frames")
+
+    reference_image = read_image(reference_path)
+    clip = read_video(driving_path, max_frames=max_frames, stride=stride)
+    fps = float(clip.fps or settings.get("fps", 12.0))
+    model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)
+    known = set(CueConfig.__dataclass_fields__)
+    config = CueConfig(**{k: v for k, v in (model.cue_config or {}).items() if k in known})
+    size = settings.get("size")
+    if config.height is None and size:
+        config = replace(config, height=int(size), width=int(size))
+    truth_file = bundle / TRUTH
+    exact = bundled and truth_file.is_file()
+    if exact:
+        config = replace(config, segmenter="given", face_detector="given").validate()
+        triplet = extract_cues(reference_image, clip.frames, config, **_truth_inputs(truth_file))
+    else:
+        config = replace(config, segmenter=segmenter, face_detector=face_detector,
+                         sam_checkpoint=sam_checkpoint).validate()
+        triplet = extract_cues(reference_image, clip.frames, config)
+    log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d steps, guidance %.3g",
+             triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],
+             "exact (bundled ground truth)" if exact else "detected", steps, guidance)
+    callback = (lambda step, total, preview: on_step(step, total)) if on_step is not None else None
+    with torch.no_grad():
+        result = animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, fps=fps,
+                                 callback=callback)
+    frames_out = result.frames
+    target = None
+    if bundled and (bundle / "target.mp4").is_file():
+        target = read_video(bundle / "target.mp4", max_frames=max_frames, stride=stride).frames
+        target = resize_frames(target.float(), tuple(frames_out.shape[1:3]), "pad")[: frames_out.shape[0]]
+    metrics: dict = {}
+    if target is not None:
+        static = resize_frames(reference_image.float(), tuple(frames_out.shape[1:3]), "pad").expand_as(target)
+        model_scores, base_scores = _scores(frames_out, target), _scores(static, target)
+        metrics = {"psnr": model_scores["psnr"], "ssim": model_scores["ssim"],
+                   "baseline_psnr": base_scores["psnr"], "baseline_ssim": base_scores["ssim"]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_video(out / RESULT, frames_out, fps)
+    write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
+    record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),
+              "frames": int(frames_out.shape[0]), "fps": fps, "steps": steps, "guidance": guidance, "seed": seed,
+              "exact_cues": exact, **metrics}
+    (out / METRICS).write_text(json.dumps(record, indent=1) + "\n")
+    for note in result.notes:
+        log.info("note: %s", note)
+    return DemoResult(out=out, frames=frames_out, fps=fps, exact_cues=exact, metrics=metrics, notes=result.notes)

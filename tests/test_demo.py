@@ -1,0 +1,78 @@
+"""`python -m directanimator demo`: the bundled model on its bundled puppet clip end to end (reduced size), the
+real path with --driving, and the fallback when no model folder exists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from directanimator.cli import main
+from directanimator.demo import run_demo
+from directanimator.errors import InputError
+from directanimator.video import probe_video, read_image
+from tests.helpers import REAL_DATA
+from tests.test_recipe import build_tiny_model
+
+needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real footage not found at {REAL_DATA}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory) / "models" / "demo"
+
+
+def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(tiny_model), "--out", str(out)]) == 0
+    info = probe_video(out / "result.mp4")
+    bundled = json.loads((tiny_model / "demo" / "demo.json").read_text())
+    assert (info["frame_count"], info["width"], info["height"]) == (bundled["frames"], 64, 64)
+    assert info["fps"] == pytest.approx(bundled["fps"])
+    sheet = read_image(out / "sheet.png")
+    assert sheet.shape[1] > 7 * 64 * 0.9  # seven rows: reference, driving, pose, face, location, result, truth
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["exact_cues"] is True
+    assert all(0 < metrics[k] < 100 for k in ("psnr", "baseline_psnr"))
+    assert all(-1 <= metrics[k] <= 1 for k in ("ssim", "baseline_ssim"))
+    printed = capsys.readouterr().out
+    assert f"PSNR {metrics['psnr']:.2f} dB" in printed and "static reference" in printed
+
+
+def test_demo_is_reproducible_with_the_same_seed(tiny_model, tmp_path):
+    first = run_demo(tiny_model, out=tmp_path / "a", steps=2, seed=3)
+    second = run_demo(tiny_model, out=tmp_path / "b", steps=2, seed=3)
+    assert torch.equal(first.frames, second.frames) and first.metrics == second.metrics
+
+
+def test_missing_driving_file_is_named_before_the_model_loads(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="--driving .*nothing.mp4: no such file"):
+        run_demo(tiny_model, out=tmp_path / "x", driving=tmp_path / "nothing.mp4")
+    assert not (tmp_path / "x").exists()
+
+
+@needs_real
+def test_driving_with_the_real_dance_runs_the_detector_path(tiny_model, tmp_path):
+    out = tmp_path / "real"
+    code = main(["demo", "--model", str(tiny_model), "--driving", str(REAL_DATA / "dance_1080x1920_24fps.mp4"),
+                 "--frames", "5", "--stride", "6", "--steps", "1", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["exact_cues"] is False and "psnr" not in metrics  # no ground truth for real footage
+    info = probe_video(out / "result.mp4")
+    assert (info["frame_count"], info["width"], info["height"]) == (5, 64, 64)
+    assert info["fps"] == pytest.approx(4.0)
+
+
+@needs_real
+def test_without_a_model_folder_the_demo_writes_the_real_cue_triplet(tmp_path, caplog, monkeypatch):
+    import directanimator.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_MODEL", tmp_path / "no_model")
+    out = tmp_path / "cues"
+    assert main(["demo", "--frames", "5", "--size", "224x128", "--out", str(out)]) == 0
+    assert "no bundled demo model" in caplog.text
+    for name in ("pose.mp4", "face.mp4", "location.mp4", "cues.png"):
+        assert (out / name).is_file(), name
+    assert probe_video(out / "pose.mp4")["fps"] == pytest.approx(12.0)  # the real 24 fps clip at stride 2

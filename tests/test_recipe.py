@@ -1,0 +1,113 @@
+"""The demo-model recipe: one command runs every stage into a loadable model folder with a model card, resumes
+by skipping finished stages, and refuses impossible settings before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from directanimator.errors import InputError
+from training.recipe import CARD, CARD_JSON, CHECKPOINT_NAME, STAGES, load_recipe, run_recipe
+
+_BUILT: dict[str, Path] = {}
+
+
+def build_tiny_model(tmp_path_factory) -> Path:
+    """`recipe --scale tiny` once per test session (shared with tests/test_demo.py); returns its root folder."""
+    if "root" not in _BUILT:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the 2-core machine is shared: one thread is faster for these small tensors
+        try:
+            torch.manual_seed(0)
+            root = tmp_path_factory.mktemp("recipe")
+            run_recipe(root / "models" / "demo", scale="tiny", work=root / "work")
+        finally:
+            torch.set_num_threads(threads)
+        _BUILT["root"] = root
+    return _BUILT["root"]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory)
+
+
+def test_one_command_writes_a_loadable_model_folder_with_a_card(tiny_root):
+    from directanimator.models import load_model
+
+    out = tiny_root / "models" / "demo"
+    for name in ("transformer/config.json", "vae/config.json", "scheduler/scheduler_config.json", CHECKPOINT_NAME,
+                 CARD, CARD_JSON, "demo/reference.png", "demo/driving.mp4", "demo/target.mp4",
+                 "demo/truth.safetensors", "demo/demo.json"):
+        assert (out / name).is_file(), name
+    model = load_model(out, out / CHECKPOINT_NAME, dtype="fp32")
+    assert model.transformer.backbone.config.patch_size_t == 2  # CogVideoX 1.5 layout
+    assert not model.transformer.backbone.config.use_learned_positional_embeddings
+    assert model.vae.config.latent_channels == 16 and model.vae.config.scaling_factor != 1.15258426
+    assert model.cue_config["height"] == model.cue_config["width"] == 64
+    # the exported transformer/ holds the stage-2 weights, not the fresh initialisation of the work folder
+    fresh = load_model(tiny_root / "work" / "backbone", dtype="fp32").transformer.backbone_state_dict()
+    trained = model.transformer.backbone_state_dict()
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+
+
+def test_model_card_records_every_stage_and_the_numbers(tiny_root):
+    out = tiny_root / "models" / "demo"
+    card = json.loads((out / CARD_JSON).read_text())
+    assert set(card["stages"]) == set(STAGES) - {"card"}
+    assert card["stages"]["stage1"]["steps"] == 3 and card["stages"]["stage2"]["steps"] == 2
+    assert {"denoise", "s2x"} <= set(card["stages"]["stage2"]["final_losses"])
+    assert all(card["stages"][s]["seconds"] >= 0 for s in card["stages"])
+    val = card["stages"]["validate"]
+    assert val["kinds"] == ["cross"]
+    assert all(isinstance(val[k], float) for k in ("psnr", "ssim", "baseline_psnr", "baseline_ssim"))
+    assert card["stages"]["vae"]["held_out_psnr"] > 0
+    assert 0 < card["megabytes"] < 30
+    assert card["command"].startswith("python -m training recipe --out ") and "--scale tiny" in card["command"]
+    text = (out / CARD).read_text()
+    for phrase in ("Reproduce (one command)", "static reference", "stage 2 (cross-ID, S2X)", "VAE held-out"):
+        assert phrase in text
+
+
+def test_resume_skips_finished_stages_and_a_second_run_without_resume_is_refused(tiny_root, tmp_path):
+    work, out = tiny_root / "work", tmp_path / "again"
+    with pytest.raises(InputError, match="pass --resume"):
+        run_recipe(out, scale="tiny", work=work)
+    before = {s: json.loads((work / "markers" / f"{s}.json").read_text()) for s in STAGES if s != "card"}
+    card = run_recipe(out, scale="tiny", work=work, resume=True)  # only the card stage runs again
+    after = {s: json.loads((work / "markers" / f"{s}.json").read_text()) for s in STAGES if s != "card"}
+    assert before == after
+    assert (out / CHECKPOINT_NAME).is_file() and card["stages"]["stage1"] == before["stage1"]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("world.val_clips=0", "val_clips"),
+    ("world.size=72", "world.size=72"),
+    ("vae.frames=5", "8k\\+1"),
+    ("stage1.budget_minutes=5", "schedule"),
+    ("train.optim.lr=-1.0", "optim.lr"),
+    ("stage2.stepz=3", "unknown key 'stage2.stepz'"),
+])
+def test_bad_recipe_settings_fail_before_any_work(tmp_path, setting, message):
+    overrides = [setting, "train.optim.schedule='cosine'"] if "budget" in setting else [setting]
+    with pytest.raises(InputError, match=message):
+        run_recipe(tmp_path / "out", scale="tiny", work=tmp_path / "work", overrides=overrides)
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_demo_scale_fits_the_size_budget_of_design_9():
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+
+    from training.recipe import transformer_config
+
+    recipe = load_recipe("demo")
+    with torch.device("meta"):
+        vae = AutoencoderKLCogVideoX(**recipe.vae.architecture())
+        transformer = CogVideoXTransformer3DModel(**transformer_config(recipe))
+    params = sum(p.numel() for p in vae.parameters()) + sum(p.numel() for p in transformer.parameters())
+    assert params * 4 / 2**20 < 0.85 * recipe.max_megabytes  # fp32, leaving room for CueFusion and demo inputs
+    assert recipe.world.size <= 128 and 9 <= recipe.world.frames <= 17
+    assert 1e6 < sum(p.numel() for p in transformer.parameters()) < 1e7  # "a few million parameters"

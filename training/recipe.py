@@ -1,0 +1,582 @@
+"""`python -m training recipe --out models/demo --scale demo`: the bundled demo model in one command (DESIGN.md 9).
+
+Stages, in a work folder (``--work``, default ``runs/recipe_<scale>``), each skipped on ``--resume`` once its
+marker ``markers/<stage>.json`` exists (an interrupted stage continues from its own checkpoints):
+
+1. ``synth``    procedural-world clips with ground truth, cross-identity pairs and pseudo driving clips
+2. ``vae``      a small CogVideoX VAE trained from scratch (`training.vae`), then frozen
+3. ``backbone`` a diffusers folder: a fresh small `CogVideoXTransformer3DModel` in the CogVideoX 1.5 layout, the
+                trained ``vae/`` and a ``scheduler/`` config
+4. ``prepare``  cues (exact, from the world's ground truth) and VAE latents of every clip
+5. ``stage1``   same-identity training, whole backbone + CueFusion
+6. ``pseudo``   the world's own pseudo driving clips (a third identity performing the clip's motion, exact ground
+                truth), already cached by ``prepare``
+7. ``stage2``   cross-identity training with the S2X loss to the frozen stage-1 model
+8. ``export``   ``transformer/`` (trained weights), ``vae/``, ``scheduler/``, ``directanimator.safetensors``
+                (CueFusion, null text, scheduler and cue configs) and the bundled demo inputs
+9. ``validate`` held-out cross-identity pairs: PSNR/SSIM of the model and of the static-reference baseline
+10. ``card``    ``MODEL_CARD.md`` + ``model_card.json``; the size limit is checked, then the folder is moved to --out
+
+Why CogVideoX 1.5's layout: rotary positions only (no learned table), so any working size and length works,
+as the demo's real-video path needs; and temporal patches of 2 halve the tokens, so a CPU step costs half.
+Why the world's pseudo clips: they are what a perfect stage-1 renderer would produce (another identity, the same
+motion, at another place and size), with exact masks, whereas a from-scratch stage-1 model's renders would be
+blurred and leak the source identity; `python -m training pseudo render` remains for real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from directanimator.errors import InputError
+
+from .config import TrainConfig, _apply, _build, parse_override, read_config_file, validate
+from .vae import VAE_DIR, VaeTrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SCALES = {"tiny": "demo_tiny.toml", "demo": "demo_full.toml"}
+STAGES = ("synth", "vae", "backbone", "prepare", "stage1", "pseudo", "stage2", "export", "validate", "card")
+CHECKPOINT_NAME = "directanimator.safetensors"
+DEMO_DIR = "demo"
+CARD = "MODEL_CARD.md"
+CARD_JSON = "model_card.json"
+DEMO_JSON = "demo.json"
+TRUTH = "truth.safetensors"
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class WorldSpec:
+    clips: int = 600
+    val_clips: int = 8
+    size: int = 128  # square frame side in px, the working size of the model
+    frames: int = 17
+    fps: float = 12.0
+    identities: int = 200
+    seed: int = 0
+    format: str = "mp4"
+
+
+@dataclass
+class StageSpec:
+    steps: int = 1000
+    budget_minutes: float = 0.0  # stop at the first checkpoint after this much training time (0: no limit)
+    set: list = field(default_factory=list)  # TrainConfig overrides of this stage only, "table.key=value"
+
+
+@dataclass
+class ValidateSpec:
+    clips: int = 4
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int = 0
+
+
+@dataclass
+class RecipeConfig:
+    world: WorldSpec = field(default_factory=WorldSpec)
+    vae: VaeTrainConfig = field(default_factory=VaeTrainConfig)
+    transformer: dict = field(default_factory=dict)  # CogVideoXTransformer3DModel kwargs (1.5 I2V layout)
+    train: dict = field(default_factory=dict)  # a TrainConfig table shared by both stages
+    stage1: StageSpec = field(default_factory=StageSpec)
+    stage2: StageSpec = field(default_factory=StageSpec)
+    validate: ValidateSpec = field(default_factory=ValidateSpec)
+    max_megabytes: float = 30.0  # the whole output folder, weights and demo inputs
+
+
+def load_recipe(scale: str = "demo", overrides: list[str] | tuple[str, ...] = (), *,
+                path: str | Path | None = None) -> RecipeConfig:
+    """The recipe of `scale` (``training/configs/demo_<tiny|full>.toml``) or of `path`, with ``KEY=VALUE``
+    overrides (``vae.steps=5``, ``stage1.steps=100``, ``train.optim.lr=1e-3``), checked before any work."""
+    if path is None:
+        if scale not in SCALES:
+            raise InputError(f"--scale {scale!r}: use one of {', '.join(SCALES)}.")
+        path = CONFIG_DIR / SCALES[scale]
+    data = read_config_file(path)
+    for text in overrides:
+        _apply(data, *parse_override(text))
+    raw_transformer, raw_train = data.pop("transformer", {}), data.pop("train", {})
+    recipe = _build(RecipeConfig, data, "")
+    recipe.transformer, recipe.train = dict(raw_transformer), dict(raw_train)
+    recipe.vae.validate()
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe: RecipeConfig) -> None:
+    """Raise InputError naming the first value that cannot work, before anything is written."""
+    w = recipe.world
+    if w.clips < 2 or not 1 <= w.val_clips < w.clips:
+        raise InputError(f"recipe world.clips={w.clips}, world.val_clips={w.val_clips}: need at least 2 clips and "
+                         "1 <= val_clips < clips (the held-out pairs of validation and the demo inputs).")
+    if w.format not in ("mp4", "png"):
+        raise InputError(f"recipe world.format={w.format!r}: 'mp4' or 'png'.")
+    if w.size % 16 or w.size < 64:
+        raise InputError(f"recipe world.size={w.size}: a multiple of 16, at least 64 px.")
+    if w.frames < recipe.vae.frames:
+        raise InputError(f"recipe world.frames={w.frames} is shorter than the VAE's training window vae.frames="
+                         f"{recipe.vae.frames}; lower vae.frames or render longer clips.")
+    needed = {"num_attention_heads", "attention_head_dim", "num_layers"}
+    if not needed <= set(recipe.transformer):
+        raise InputError(f"recipe [transformer]: needs {sorted(needed)} (CogVideoXTransformer3DModel kwargs); has "
+                         f"{sorted(recipe.transformer)}.")
+    for name in ("stage1", "stage2"):
+        stage = getattr(recipe, name)
+        if stage.steps < 1 or stage.budget_minutes < 0:
+            raise InputError(f"recipe {name}.steps must be >= 1 and {name}.budget_minutes >= 0.")
+        config = stage_config(recipe, Path("work"), name, check_paths=False)
+        if stage.budget_minutes and config.optim.schedule != "constant":
+            raise InputError(f"recipe {name}.budget_minutes: a time budget stops training early, which a "
+                             f"{config.optim.schedule!r} LR schedule over {stage.steps} steps does not expect; use "
+                             "train.optim.schedule='constant' (with warmup) or budget_minutes=0.")
+    if recipe.validate.clips < 1 or recipe.validate.steps < 1:
+        raise InputError("recipe validate.clips and validate.steps must be >= 1.")
+
+
+def transformer_config(recipe: RecipeConfig) -> dict:
+    """`CogVideoXTransformer3DModel` kwargs: the CogVideoX 1.5 I2V layout at the world's size."""
+    latent = recipe.world.size // 8
+    base = dict(in_channels=2 * recipe.vae.latent_channels, out_channels=recipe.vae.latent_channels,
+                patch_size=2, patch_size_t=2, patch_bias=False, use_rotary_positional_embeddings=True,
+                use_learned_positional_embeddings=False, sample_height=latent, sample_width=latent,
+                sample_frames=recipe.world.frames, text_embed_dim=32, max_text_seq_length=8)
+    return {**base, **recipe.transformer}
+
+
+def stage_config(recipe: RecipeConfig, work: Path, stage: str, *, check_paths: bool = True,
+                 checkpoint: str = "") -> TrainConfig:
+    """The TrainConfig of `stage` ("stage1" or "stage2"): the shared [train] table, the stage's steps and
+    overrides, and the paths of the work folder."""
+    spec: StageSpec = getattr(recipe, stage)
+    data = json.loads(json.dumps(recipe.train))
+    paths = {"model.backbone": str(work / "backbone"), "data.metadata": str(work / "world"),
+             "data.cache": str(work / "cache"), "data.frames": recipe.world.frames,
+             "data.buckets": [[recipe.world.size, recipe.world.size]], "run.out_dir": str(work / "runs"),
+             "run.name": stage, "run.steps": spec.steps, "model.checkpoint": checkpoint,
+             "cues.height": recipe.world.size, "cues.width": recipe.world.size}
+    for key, value in paths.items():
+        _apply(data, key.split("."), value)
+    for text in spec.set:
+        _apply(data, *parse_override(text))
+    return validate(_build(TrainConfig, data, ""), check_paths=check_paths)
+
+
+# --------------------------------------------------------------------------- stages
+class Markers:
+    """``work/markers/<stage>.json``: a stage is complete when its marker exists; it holds the stage's numbers."""
+
+    def __init__(self, work: Path):
+        self.folder = work / "markers"
+
+    def done(self, stage: str) -> dict | None:
+        path = self.folder / f"{stage}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write(self, stage: str, record: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{stage}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+
+
+def _synth(recipe: RecipeConfig, work: Path) -> dict:
+    from .world import WorldConfig, export_world
+
+    w = recipe.world
+    config = WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # rendering is numpy; one torch thread writes faster (docs/world.md)
+    try:  # a marker-less folder is an interrupted export: render it again
+        export_world(work / "world", config, clips=w.clips, seed=w.seed, fmt=w.format, val_clips=w.val_clips,
+                     overwrite=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {"clips": w.clips, "val_clips": w.val_clips, "size": w.size, "frames": w.frames, "fps": w.fps,
+            "identities": w.identities, "seed": w.seed, "format": w.format}
+
+
+def _vae(recipe: RecipeConfig, work: Path) -> dict:
+    from .vae import clips_from_folder, train_vae
+
+    v = recipe.vae
+    pool = clips_from_folder(work / "world", max_clips=v.max_clips, val_clips=v.val_clips)
+    report = train_vae(pool, work / "vae", v, resume=True)  # the work folder is ours: always continue
+    return {k: report[k] for k in ("steps", "target_steps", "stopped_by_budget", "parameters", "megabytes",
+                                   "scaling_factor", "held_out_psnr", "held_out_clips", "final")}
+
+
+def _backbone(recipe: RecipeConfig, work: Path) -> dict:
+    from diffusers import CogVideoXTransformer3DModel
+
+    from directanimator.models.loader import DEFAULT_SCHEDULER_CONFIG
+
+    folder, tmp = work / "backbone", work / ".backbone.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    torch.manual_seed(recipe.world.seed)
+    model = CogVideoXTransformer3DModel(**transformer_config(recipe))
+    model.save_pretrained(tmp / "transformer", safe_serialization=True)
+    shutil.copytree(work / "vae" / VAE_DIR, tmp / "vae")
+    (tmp / "scheduler").mkdir(parents=True)
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(DEFAULT_SCHEDULER_CONFIG, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "config": transformer_config(recipe),
+            "layout": "CogVideoX 1.5 (rotary positions, temporal patch 2)"}
+
+
+def _prepare(recipe: RecipeConfig, work: Path) -> dict:
+    from .prepare import prepare
+
+    counts = {}
+    for split in ("train", "val"):  # one cache key: the held-out clips are cached beside the training ones
+        config = stage_config(recipe, work, "stage1")
+        config.data.split = split
+        counts[split] = prepare(config)
+    if counts["train"]["skipped"]:
+        raise InputError(f"prepare skipped {counts['train']['skipped']} clips (see {counts['train']['folder']}/"
+                         "skipped.jsonl); fix the data and run the recipe again with --resume.")
+    return {split: {k: v for k, v in c.items() if k != "folder"} for split, c in counts.items()}
+
+
+def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, checkpoint: str = "") -> dict:
+    """Train `stage` to its steps (continuing its own checkpoints); with a time budget, in chunks of
+    ``run.save_every`` steps, stopping after the chunk that exhausts it. Returns its numbers."""
+    from .checkpointing import step_dirs
+    from .trainer import read_metrics
+
+    spec: StageSpec = getattr(recipe, stage)
+    config = stage_config(recipe, work, stage, checkpoint=checkpoint)
+    run_dir = config.run_dir
+    started = time.perf_counter()
+    stopped = False
+    while True:
+        done = step_dirs(run_dir)[-1][0] if step_dirs(run_dir) else 0
+        if done >= spec.steps:
+            break
+        if spec.budget_minutes and time.perf_counter() - started > spec.budget_minutes * 60:
+            log.warning("%s: time budget of %.1f min used up at step %d of %d", stage, spec.budget_minutes, done,
+                        spec.steps)
+            stopped = True
+            break
+        # the resumed trajectory equals the uninterrupted one (training/checkpointing.py), so chunks change nothing
+        config.run.steps = min(spec.steps, done + config.run.save_every) if spec.budget_minutes else spec.steps
+        train(config, resume="latest")
+    final = step_dirs(run_dir)[-1]
+    records = read_metrics(run_dir)
+    tail = records[-max(1, min(len(records), 10)):]
+    losses = {k: round(sum(r[k] for r in tail) / len(tail), 5) for k in ("loss", "denoise", "s2x") if k in tail[0]}
+    return {"steps": final[0], "target_steps": spec.steps, "stopped_by_budget": stopped,
+            "checkpoint": str(final[1] / "model.safetensors"), "final_losses": losses,
+            "first_loss": round(records[0]["loss"], 5) if records else None,
+            "settings": {"lr": config.optim.lr, "batch_size": config.run.batch_size, "train": config.model.train,
+                         "frames": config.data.frames, "size": config.data.buckets[0],
+                         **({"lambda": config.stage2.lambda_value, "depth": config.stage2.depth}
+                            if stage == "stage2" else {})}}
+
+
+def _stage1(recipe: RecipeConfig, work: Path) -> dict:
+    from .stage1 import train_stage1
+
+    return run_stage(recipe, work, "stage1", train_stage1)
+
+
+def _pseudo(recipe: RecipeConfig, work: Path) -> dict:
+    from .validate import read_entries
+
+    entries = read_entries(work / "world")
+    count = sum(1 for e in entries if "pseudo_driving" in e)
+    if not count:
+        raise InputError(f"{work / 'world'}: no pseudo driving clips; the world export must keep pseudo=True.")
+    return {"source": "world", "clips": count,
+            "why": "exact pseudo pairs: a third identity performing the clip's motion elsewhere and at another size"}
+
+
+def _stage2(recipe: RecipeConfig, work: Path, markers: Markers) -> dict:
+    from .stage2 import train_stage2
+
+    return run_stage(recipe, work, "stage2", train_stage2, checkpoint=markers.done("stage1")["checkpoint"])
+
+
+def _export(recipe: RecipeConfig, work: Path, markers: Markers) -> dict:
+    from diffusers import CogVideoXTransformer3DModel
+
+    from directanimator.models import load_model
+
+    from .export import export_model
+
+    staging = work / "export"
+    if staging.exists():
+        shutil.rmtree(staging)
+    model = load_model(work / "backbone", markers.done("stage2")["checkpoint"], dtype="fp32")
+    transformer = model.transformer
+    plain = CogVideoXTransformer3DModel(**transformer_config(recipe))
+    plain.load_state_dict(transformer.backbone_state_dict())  # the trained backbone, without CueFusion wrappers
+    plain.save_pretrained(staging / "transformer", safe_serialization=True)
+    shutil.copytree(work / "backbone" / "vae", staging / "vae")
+    shutil.copytree(work / "backbone" / "scheduler", staging / "scheduler")
+    export_model(transformer, staging / CHECKPOINT_NAME, weights="none", null_text=model.null_text,
+                 scheduler_config=model.scheduler_config, cue_config=model.cue_config,
+                 backbone_name="directanimator-demo", extra={"recipe": "python -m training recipe"})
+    demo = write_demo_inputs(work / "world", staging / DEMO_DIR, recipe)
+    return {"cue_parameters": sum(p.numel() for p in transformer.cue_parameters()), "demo": demo}
+
+
+def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
+    """The first held-out cross-identity pair as the demo's inputs: ``reference.png`` (identity B), ``driving.mp4``
+    (identity A), ``target.mp4`` (B performing A's motion: the ground truth), ``truth.safetensors`` (masks and
+    face boxes for exact cues) and ``demo.json``."""
+    from safetensors.torch import load_file, save_file
+
+    from directanimator.video import read_image, read_video, write_image, write_video
+
+    from .validate import read_entries
+
+    entries = [e for e in read_entries(world) if e.get("split") == "val" and "cross_target" in e]
+    if not entries:
+        raise InputError(f"{world}: no held-out cross-identity pair for the demo inputs.")
+    entry = entries[0]
+    fps = float(entry["fps"])
+    dest.mkdir(parents=True, exist_ok=True)
+    write_image(dest / "reference.png", read_image(world / entry["cross_reference"]))
+    write_video(dest / "driving.mp4", read_video(world / entry["clip"], fps=fps).frames, fps)
+    write_video(dest / "target.mp4", read_video(world / entry["cross_target"], fps=fps).frames, fps)
+    truth = load_file(str(world / entry["ground_truth"]))
+    bundled = {"driving_mask": truth["person_masks"], "driving_face_boxes": truth["face_boxes"],
+               "driving_face_valid": truth["face_valid"], "reference_mask": truth["cross_reference_person_masks"]}
+    if bool(truth["cross_reference_face_valid"][0]):
+        bundled["reference_face_box"] = truth["cross_reference_face_boxes"][0]
+    save_file({k: v.contiguous() for k, v in bundled.items()}, str(dest / TRUTH), metadata={"source": "world"})
+    v = recipe.validate
+    info = {"fps": fps, "frames": int(entry.get("num_frames", recipe.world.frames)), "size": recipe.world.size,
+            "steps": v.steps, "guidance": v.guidance, "seed": v.seed, "source_clip": entry["clip"],
+            "driving_identity": entry.get("identity"), "reference_identity": entry.get("cross_identity")}
+    (dest / DEMO_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def _validate(recipe: RecipeConfig, work: Path) -> dict:
+    from directanimator.models import load_model
+    from directanimator.video import resize_frames
+
+    from directanimator.metrics import summary
+    from .validate import held_out_entries, load_pair, read_entries, validate_model
+
+    v = recipe.validate
+    staging = work / "export"
+    out = work / "validation"
+    if out.exists():
+        shutil.rmtree(out)
+    model = load_model(staging, staging / CHECKPOINT_NAME, dtype="fp32")
+    records = validate_model(model, work / "world", out, max_clips=v.clips, steps=v.steps, guidance=v.guidance,
+                             seed=v.seed)
+    entries = held_out_entries(read_entries(work / "world"), max_clips=v.clips)
+    for record, entry in zip(records, entries):
+        pair = load_pair(work / "world", entry)
+        size = (recipe.world.size, recipe.world.size)
+        target = resize_frames(pair.target.float(), size, "pad")
+        static = resize_frames(pair.reference.float(), size, "pad").expand_as(target)
+        base = summary(static, target)
+        record["baseline_psnr"], record["baseline_ssim"] = round(base["psnr"], 4), round(base["ssim"], 4)
+    scored = [r for r in records if r.get("psnr") is not None]
+
+    def mean(key: str) -> float | None:
+        return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
+
+    return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), "steps": v.steps,
+            "guidance": v.guidance, "psnr": mean("psnr"), "ssim": mean("ssim"),
+            "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
+
+
+def folder_megabytes(folder: Path) -> dict[str, float]:
+    """Size of every file under `folder` in MB (2**20 bytes), by relative path."""
+    return {str(p.relative_to(folder)): round(p.stat().st_size / 2**20, 4)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _card(recipe: RecipeConfig, work: Path, markers: Markers, out: Path, command: str) -> dict:
+    staging = work / "export"
+    numbers = {stage: markers.done(stage) for stage in STAGES if stage != "card"}
+    card = {"command": command, "recipe": asdict(recipe), "stages": numbers,
+            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "torch": torch.__version__}}
+    text = model_card_text(card)
+    (staging / CARD).write_text(text)
+    (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    sizes = folder_megabytes(staging)
+    total = sum(sizes.values())
+    if total > recipe.max_megabytes:
+        big = sorted(sizes.items(), key=lambda kv: -kv[1])[:4]
+        raise InputError(f"model folder {staging}: {total:.1f} MB, over the limit of {recipe.max_megabytes} MB "
+                         f"(largest: {big}). Make the VAE or the transformer smaller ([vae], [transformer]) and run "
+                         "the recipe again with --resume after deleting the markers from 'vae' or 'backbone' on.")
+    card["megabytes"] = round(total, 3)
+    (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
+    (staging / CARD).write_text(model_card_text(card))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(staging, out)
+    return {"megabytes": round(total, 3), "out": str(out)}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def model_card_text(card: dict) -> str:
+    """MODEL_CARD.md from the recipe's numbers."""
+    s, r = card["stages"], card["recipe"]
+    world, vae, backbone, s1, s2, val = (s.get(k) or {} for k in ("synth", "vae", "backbone", "stage1", "stage2",
+                                                                   "validate"))
+    export = s.get("export") or {}
+    lines = [
+        "# DirectAnimator demo model",
+        "",
+        "A small DirectAnimator (CogVideoX classes, CueFusion, Same2X) trained from scratch on the CPU on the "
+        "project's procedural world (docs/world.md). It shows the whole method end to end at toy scale; it is "
+        "not a general animator and has never seen real people.",
+        "",
+        "Reproduce (one command):",
+        "",
+        "```bash",
+        card["command"],
+        "```",
+        "",
+        "## Configuration",
+        "",
+        f"- VAE: `AutoencoderKLCogVideoX` {r['vae']['block_out_channels']}, {r['vae']['latent_channels']}-channel "
+        f"latents, 8x spatial / 4x temporal compression, {vae.get('parameters', 0) / 1e6:.2f} M parameters, "
+        f"scaling factor {_fmt(vae.get('scaling_factor'), 4)}; trained first, then frozen.",
+        f"- Transformer: `CogVideoXTransformer3DModel`, {backbone.get('layout', '')}, "
+        f"{backbone.get('parameters', 0) / 1e6:.2f} M parameters; CueFusion "
+        f"{export.get('cue_parameters', 0) / 1e6:.2f} M parameters.",
+        f"- Working size {world.get('size')}x{world.get('size')} px, {world.get('frames')} frames at "
+        f"{world.get('fps')} fps.",
+        "",
+        "## Data",
+        "",
+        f"- {world.get('clips')} procedural-world clips ({world.get('val_clips')} held out), identity pool of "
+        f"{world.get('identities')}, seed {world.get('seed')}, {world.get('format')}; exact cues from the world's "
+        "ground truth; pseudo pairs: the world's own pseudo driving clips.",
+        "",
+        "## Training",
+        "",
+        "| stage | steps (target) | wall time | first loss | final losses |",
+        "|---|---|---|---|---|",
+        f"| VAE | {vae.get('steps')} ({vae.get('target_steps')}) | {_fmt(vae.get('seconds'), 0)} s | | "
+        f"l1 {_fmt((vae.get('final') or {}).get('l1'), 4)}, kl {_fmt((vae.get('final') or {}).get('kl'), 3)} |",
+    ]
+    for name, stage in (("stage 1 (same-ID)", s1), ("stage 2 (cross-ID, S2X)", s2)):
+        losses = ", ".join(f"{k} {_fmt(v, 4)}" for k, v in (stage.get("final_losses") or {}).items())
+        lines.append(f"| {name} | {stage.get('steps')} ({stage.get('target_steps')}) | "
+                     f"{_fmt(stage.get('seconds'), 0)} s | {_fmt(stage.get('first_loss'), 4)} | {losses} |")
+    lines += [
+        "",
+        "Wall time per stage: " + ", ".join(f"{k} {_fmt((s.get(k) or {}).get('seconds'), 0)} s" for k in STAGES
+                                            if k != "card") + ".",
+        "",
+        "## Metrics",
+        "",
+        f"- VAE held-out reconstruction PSNR: {_fmt(vae.get('held_out_psnr'), 2)} dB "
+        f"({vae.get('held_out_clips')} clips).",
+        f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} sampling "
+        f"steps, guidance {val.get('guidance')}):",
+        "",
+        "| | PSNR (dB) | SSIM |",
+        "|---|---|---|",
+        f"| this model | {_fmt(val.get('psnr'), 2)} | {_fmt(val.get('ssim'), 4)} |",
+        f"| static reference (the reference repeated) | {_fmt(val.get('baseline_psnr'), 2)} | "
+        f"{_fmt(val.get('baseline_ssim'), 4)} |",
+        "",
+        f"Size: {_fmt(card.get('megabytes'), 2)} MB in total (limit {r['max_megabytes']} MB). "
+        f"Machine: {card['machine']['cpus']} CPUs, torch {card['machine']['torch']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- driver
+def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | tuple[str, ...] = (),
+               work: str | Path | None = None, resume: bool = False, config_path: str | Path | None = None,
+               command: str = "") -> dict:
+    """Run every stage (skipping completed ones with `resume`) and write the model folder `out`; returns the
+    model card's numbers."""
+    recipe = load_recipe(scale, overrides, path=config_path)
+    work = Path(work) if work is not None else Path("runs") / f"recipe_{scale}"
+    out = Path(out)
+    markers = Markers(work)
+    if markers.folder.is_dir() and any(markers.folder.iterdir()) and not resume:
+        raise InputError(f"work folder {work} holds a previous recipe run; pass --resume to continue it or choose "
+                         "another --work folder.")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1) + "\n")
+    steps: dict[str, Callable[[], dict]] = {
+        "synth": lambda: _synth(recipe, work), "vae": lambda: _vae(recipe, work),
+        "backbone": lambda: _backbone(recipe, work), "prepare": lambda: _prepare(recipe, work),
+        "stage1": lambda: _stage1(recipe, work), "pseudo": lambda: _pseudo(recipe, work),
+        "stage2": lambda: _stage2(recipe, work, markers), "export": lambda: _export(recipe, work, markers),
+        "validate": lambda: _validate(recipe, work),
+        "card": lambda: _card(recipe, work, markers, out, command or default_command(out, scale, overrides)),
+    }
+    for stage in STAGES:
+        if markers.done(stage) is not None and stage != "card":
+            log.info("recipe: %s already done (marker in %s)", stage, markers.folder)
+            continue
+        log.info("recipe: %s", stage)
+        started = time.perf_counter()
+        record = steps[stage]()
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        markers.write(stage, record)
+    card = json.loads((out / CARD_JSON).read_text())
+    val = card["stages"]["validate"]
+    log.info("recipe done: %s (%.1f MB); held-out PSNR %s dB (static reference %s), SSIM %s (%s)", out,
+             card["megabytes"], val["psnr"], val["baseline_psnr"], val["ssim"], val["baseline_ssim"])
+    return card
+
+
+def default_command(out: Path, scale: str, overrides) -> str:
+    parts = ["python", "-m", "training", "recipe", "--out", str(out), "--scale", scale]
+    for text in overrides:
+        parts += ["--set", text]
+    return shlex.join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="model folder to write (e.g. models/demo)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo",
+                        help="tiny: a one-minute smoke run; demo: the real configuration (DESIGN.md 9)")
+    parser.add_argument("--config", default=None, help="a recipe TOML instead of the --scale one")
+    parser.add_argument("--work", default=None, help="work folder (default runs/recipe_<scale>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set stage1.steps=200 --set train.optim.lr=1e-3")
+    parser.add_argument("--resume", action="store_true", help="continue a previous run in the work folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    command = shlex.join(["python", "-m", "training", *sys.argv[1:]]) if sys.argv[1:2] == ["recipe"] else ""
+    run_recipe(args.out, scale=args.scale, overrides=args.overrides, work=args.work, resume=args.resume,
+               config_path=args.config, command=command)
+    return 0
