@@ -11,8 +11,10 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from safetensors import safe_open
@@ -158,22 +160,27 @@ def _read(path: Path) -> dict[str, Tensor]:
 class BucketBatchSampler:
     """Batches of item indices from one bucket each, in an order that depends only on (seed, epoch).
 
-    Each epoch shuffles every bucket, cuts it into batches (a bucket smaller than the batch gives one smaller
-    batch; otherwise incomplete tails are dropped) and shuffles the batch order. With several processes, process
-    `rank` takes batches ``rank, rank + world, ...``. The position ``(epoch, cursor)`` is all the state there is.
+    Each epoch shuffles every bucket, cuts it into global batches of ``batch_size * world`` (a bucket smaller than
+    that gives one smaller batch, rounded down to a multiple of `world`; otherwise incomplete tails are dropped)
+    and shuffles the batch order. Process `rank` takes the `rank`-th equal share of every global batch, so
+    `world` processes of `batch_size` see exactly the batches of one process of ``batch_size * world``. The
+    position ``(epoch, cursor)`` in global batches is all the state there is.
     """
 
     def __init__(self, buckets: list[tuple[int, int]], batch_size: int, *, seed: int = 0, rank: int = 0,
                  world: int = 1):
+        if not 0 <= rank < world:
+            raise InputError(f"BucketBatchSampler: rank {rank} is outside 0..{world - 1} for {world} processes.")
         self.buckets = list(buckets)
         self.batch_size = batch_size
         self.seed = seed
         self.rank, self.world = rank, world
         self.epoch = 0
-        self.cursor = 0  # batches of this epoch already taken (by all processes)
+        self.cursor = 0  # global batches of this epoch already taken (by all processes together)
         self._order: list[list[int]] | None = None
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of `epoch` (every process's share together), in training order."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         groups: dict[tuple[int, int], list[int]] = {}
         for index, bucket in enumerate(self.buckets):
@@ -182,19 +189,26 @@ class BucketBatchSampler:
         for bucket in sorted(groups):
             members = groups[bucket]
             order = [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
-            size = min(self.batch_size, len(order))
-            batches += [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
+            size = min(self.batch_size * self.world, len(order)) // self.world * self.world
+            if size:
+                batches += [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
         return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
     def next(self) -> list[int]:
-        """This process's next batch."""
+        """This process's share of the next global batch."""
         while True:
             if self._order is None:
                 self._order = self.epoch_batches(self.epoch)
-            if self.cursor + self.world <= len(self._order):
-                batch = self._order[self.cursor + self.rank]
-                self.cursor += self.world
-                return batch
+                if not self._order:
+                    sizes = dict(Counter(f"{h}x{w}" for h, w in self.buckets))
+                    raise InputError(f"training data: no bucket holds at least {self.world} items, one per process "
+                                     f"(items per bucket: {sizes}). Add clips, use fewer processes or fewer "
+                                     "data.buckets.")
+            if self.cursor < len(self._order):
+                batch = self._order[self.cursor]
+                self.cursor += 1
+                share = len(batch) // self.world
+                return batch[self.rank * share:(self.rank + 1) * share]
             self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
 
     def state_dict(self) -> dict:
@@ -202,6 +216,28 @@ class BucketBatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self._order = int(state["epoch"]), int(state["cursor"]), None
+
+
+def sample_generators(seed: int, step: int, micro: int, first: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, step, micro-batch, global sample index ``first + k``).
+
+    A sample's noise, timestep and dropout flags then depend on where it sits in the global batch, not on which
+    process draws it or how many processes there are, and a resumed run needs no generator state."""
+    gens = []
+    for index in range(first, first + count):
+        digest = hashlib.sha256(f"{seed}:{step}:{micro}:{index}".encode()).digest()
+        gens.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1)))
+    return gens
+
+
+def per_sample(generator: torch.Generator | Sequence[torch.Generator], count: int) -> list[torch.Generator]:
+    """`count` generators: the given list (one per sample), or one shared generator drawn from in sample order."""
+    if isinstance(generator, torch.Generator):
+        return [generator] * count
+    gens = list(generator)
+    if len(gens) != count:
+        raise InputError(f"generators: {len(gens)} given for a batch of {count}; give one per sample or one shared.")
+    return gens
 
 
 @dataclass
@@ -228,11 +264,12 @@ def _cue_latents(samples: list[dict[str, Tensor]], prefix: str) -> CueLatents:
     return CueLatents(*(torch.stack([s[f"{prefix}{f}"] for s in samples]) for f in CUE_FIELDS))
 
 
-def make_batch(data: CachedClips, indices: list[int], generator: torch.Generator) -> Batch:
-    """Load and collate `indices`; draw dropout flags and pseudo variants from `generator` (in a fixed order)."""
-    b = len(indices)
+def make_batch(data: CachedClips, indices: list[int],
+               generator: torch.Generator | Sequence[torch.Generator]) -> Batch:
+    """Load and collate `indices`; draw each sample's dropout flags and pseudo variant from its generator (one per
+    sample, see `sample_generators`, or one shared generator drawn from in sample order)."""
     d = data.config.data
-    draws = torch.rand(4, b, generator=generator)
+    draws = torch.stack([torch.rand(4, generator=g) for g in per_sample(generator, len(indices))], dim=1)
     variants = (draws[3] * 1_000_000).long().tolist()
     samples = [data.load(i, variant=v) for i, v in zip(indices, variants)]
     null = data.null_text.float().reshape(-1, data.null_text.shape[-1])

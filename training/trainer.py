@@ -1,9 +1,11 @@
 """The training loop shared by both stages: model setup (LoRA / full / cue-only), the backbone's own denoising loss,
 AdamW with warmup + constant/cosine LR, clipping, EMA, accelerate, logging, checkpoints and exact resume.
 
-Randomness: one CPU `torch.Generator` (seeded by run.seed, saved in checkpoints) draws noise, timesteps, dropout
-flags and pseudo variants in a fixed order; the batch order depends only on (seed, epoch). So a resumed run
-continues the uninterrupted run's trajectory exactly on the CPU.
+Randomness: each sample's noise, timestep, dropout flags and pseudo variant come from its own CPU generator,
+seeded by (run.seed, step, micro-batch, index of the sample in the global batch); the global batch order depends
+only on (seed, epoch), and process `rank` of `world` trains on the `rank`-th share of each global batch. So a
+resumed run continues the uninterrupted run's trajectory exactly on the CPU, and N processes of batch B follow
+one process of batch N*B (up to float rounding); the logged values are means over all processes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from directanimator.sampling import make_scheduler
 
 from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
 from .config import TrainConfig, save_config
-from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch
+from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 
 log = logging.getLogger(__name__)
 
@@ -149,13 +151,17 @@ class NoisedBatch:
     cue_weight: Tensor
 
 
-def noised_batch(batch: Batch, scheduler, generator: torch.Generator, *, reference_factor: float,
-                 t_range: tuple[int, int]) -> NoisedBatch:
+def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torch.Generator], *,
+                 reference_factor: float, t_range: tuple[int, int]) -> NoisedBatch:
     """Clean latents = reference frame (converted to the diffusion scale) + target frames; add noise at uniform
-    timesteps with the scheduler; target = its velocity. A dropped reference leaves the image channels zero."""
+    timesteps with the scheduler; target = its velocity. A dropped reference leaves the image channels zero.
+    `generator`: one per sample (each draws its sample's noise, then its timestep) or one shared."""
     x0 = torch.cat([batch.reference * reference_factor, batch.target], dim=1)
-    noise = torch.randn(x0.shape, generator=generator)
-    t = torch.randint(t_range[0], t_range[1], (x0.shape[0],), generator=generator)
+    noise, t = [], []
+    for g in per_sample(generator, x0.shape[0]):
+        noise.append(torch.randn(x0.shape[1:], generator=g))
+        t.append(torch.randint(t_range[0], t_range[1], (), generator=g))
+    noise, t = torch.stack(noise), torch.stack(t)
     device = batch.target.device
     noise, t = noise.to(device), t.to(device)
     noisy = scheduler.add_noise(x0, noise, t)
@@ -191,6 +197,9 @@ class Trainer:
         mixed = "bf16" if (precision == "bf16" or precision == "auto") and cuda else "no"
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
         self.device = self.accelerator.device
+        log.info("process %d of %d: accelerate %s, backend %s, device %s", self.accelerator.process_index,
+                 self.accelerator.num_processes, self.accelerator.distributed_type.value,
+                 self.accelerator.state.backend or "none", self.device)
         model = loaded.transformer.to(self.device)
         self.params = setup_trainable(model, config, train_cues=train_cues)
         self.names = {id(p): n for n, p in model.named_parameters()}
@@ -201,10 +210,10 @@ class Trainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
         self.reference_factor = float(prepare_info(data).get("reference_to_latent", 1.0))
-        self.generator = torch.Generator().manual_seed(config.run.seed)
         self.sampler = BucketBatchSampler([it.bucket for it in data.items], config.run.batch_size,
                                           seed=config.run.seed, rank=self.accelerator.process_index,
                                           world=self.accelerator.num_processes)
+        self._generators: list[torch.Generator] = []  # the current micro-batch's, one per sample (train_step)
         self.ema = ({self._name(p): p.detach().clone() for p in self.params} if config.optim.ema_decay > 0 else None)
         self.step = 0
 
@@ -217,7 +226,7 @@ class Trainer:
 
     def state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                "rng": rng_state(), "generator": self.generator.get_state(), "data": self.sampler.state_dict(),
+                "rng": rng_state(), "data": self.sampler.state_dict(),
                 "stage": self.stage}
 
     def restore(self, path: Path) -> None:
@@ -238,7 +247,6 @@ class Trainer:
             for name in self.ema:
                 self.ema[name].copy_(ema[name])
         set_rng_state(state["rng"])
-        self.generator.set_state(state["generator"])
         self.sampler.load_state_dict(state["data"])
         self.step = step
         log.info("resumed from %s at step %d", path, step)
@@ -270,8 +278,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def noised(self, batch: Batch) -> NoisedBatch:
+        """Noise, timesteps and velocity target of `batch` from its samples' own generators (`train_step`)."""
         r = self.config.run
-        return noised_batch(batch, self.scheduler, self.generator, reference_factor=self.reference_factor,
+        return noised_batch(batch, self.scheduler, self._generators, reference_factor=self.reference_factor,
                             t_range=(r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)))
 
     def train_step(self) -> dict[str, float]:
@@ -280,7 +289,11 @@ class Trainer:
         totals: dict[str, float] = {}
         samples = 0
         for micro in range(r.grad_accum):
-            batch = make_batch(self.data, self.sampler.next(), self.generator).to(self.device)
+            indices = self.sampler.next()
+            # each sample's generator, keyed by its place in the global batch: the same draws for any process count
+            first = self.accelerator.process_index * len(indices)
+            self._generators = sample_generators(r.seed, self.step, micro, first, len(indices))
+            batch = make_batch(self.data, indices, self._generators).to(self.device)
             samples += batch.target.shape[0]
             sync = micro == r.grad_accum - 1 or self.accelerator.num_processes == 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
@@ -288,6 +301,11 @@ class Trainer:
                 self.accelerator.backward(loss / r.grad_accum)
             for key, value in {"loss": float(loss.detach()), **logs}.items():
                 totals[key] = totals.get(key, 0.0) + value / r.grad_accum
+        if self.accelerator.num_processes > 1:
+            # every process holds an equal share of the global batch: the mean of the shares is the global value
+            keys = sorted(totals)
+            local = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
+            totals = dict(zip(keys, self.accelerator.reduce(local, reduction="mean").tolist()))
         clip = self.config.optim.clip_norm
         if clip > 0:
             norm = self.accelerator.clip_grad_norm_(self.params, clip)
