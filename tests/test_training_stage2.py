@@ -50,3 +50,21 @@ def test_stage2_without_stage1_checkpoint_is_refused(stage1):
     _, args, _ = stage1
     with pytest.raises(InputError, match="model.checkpoint"):
         train_stage2(load_config(CONFIG, [*args, "run.name='s2_none'"]))
+
+
+def test_lora_stage2_on_a_full_stage1_saves_merged_weights_that_load(stage1):
+    """A stage-2 LoRA on top of fully trained stage-1 weights is saved folded into full weights."""
+    from directanimator.models import load_model, read_checkpoint
+
+    root, args, _ = stage1
+    train_stage1(load_config(CONFIG, [*args, "run.name='s1_full'", "model.train='full'", "run.steps=2",
+                                      "run.save_every=2"]))
+    full = root / "runs" / "s1_full" / "checkpoints" / "step_000002" / "model.safetensors"
+    assert read_checkpoint(full).weights == "full"
+    config = load_config(CONFIG, [*args, f"model.checkpoint='{full}'", "model.train='lora'", "run.name='s2_merge'",
+                                  "stage2.teacher_mode='copy'", "run.steps=2", "run.save_every=2"])
+    train_stage2(config)
+    saved = root / "runs" / "s2_merge" / "checkpoints" / "step_000002" / "model.safetensors"
+    assert read_checkpoint(saved).weights == "full"
+    model = load_model(config.model.backbone, saved, dtype="fp32")
+    assert not getattr(model.transformer.backbone, "peft_config", None)

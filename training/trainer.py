@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from directanimator.errors import InputError
-from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model, save_checkpoint
+from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
 from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
@@ -253,7 +253,13 @@ class Trainer:
 
     def write_model(self, path: Path) -> None:
         """The DirectAnimator checkpoint of the current weights (EMA weights when enabled)."""
-        weights = "full" if self.config.model.train == "full" or self.loaded.checkpoint_weights == "full" else "auto"
+        from .export import export_model
+
+        full_base = self.config.model.train == "full" or self.loaded.checkpoint_weights == "full"
+        # a LoRA trained on top of full weights (e.g. stage 2 after a full stage 1) is only meaningful with that
+        # base, so it is folded into full weights; a LoRA on the pretrained backbone is saved on its own
+        adapters = bool(getattr(self.unwrapped.backbone, "peft_config", None))
+        weights = ("merged" if adapters else "full") if full_base else "auto"
         swap = []
         if self.ema is not None:
             with torch.no_grad():
@@ -261,7 +267,7 @@ class Trainer:
                     swap.append(p.detach().clone())
                     p.copy_(self.ema[self._name(p)])
         try:
-            save_checkpoint(path, self.unwrapped, weights=weights, null_text=self.data.null_text,
+            export_model(self.unwrapped, path, weights=weights, null_text=self.data.null_text,
                             scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
                             backbone_name=self.config.model.backbone,
                             extra={"step": self.step, "stage": self.stage, "run": self.config.run.name})
