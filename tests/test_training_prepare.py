@@ -87,3 +87,21 @@ def test_realign_moves_frames_masks_and_boxes_together():
     found = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
     assert torch.allclose(found, out_box[0], atol=1.0)
     assert torch.allclose(out[..., 0], out_mask, atol=1e-6)
+
+
+def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path):
+    config, first, _, _, _ = prepared
+    parallel = load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
+                                    f"model.backbone={json.dumps(str(config.model.backbone))}",
+                                    f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+                                    f"data.cache={json.dumps(str(tmp_path / 'cache'))}", "data.workers=2"])
+    result = prepare(parallel)
+    assert result["done"] == first["done"] and result["skipped"] == first["skipped"] == 1
+    serial_folder, parallel_folder = cache_folder(config), cache_folder(parallel)
+    names = sorted(p.name for p in serial_folder.glob("*.safetensors"))
+    assert names == sorted(p.name for p in parallel_folder.glob("*.safetensors")) and names
+    for name in names:
+        a, b = load_file(str(serial_folder / name)), load_file(str(parallel_folder / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
