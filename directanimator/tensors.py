@@ -5,6 +5,8 @@ frames: ``[F, H, W, 3]`` float32 in 0..1 (ComfyUI IMAGE); masks: ``[F, H, W]`` f
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -45,11 +47,28 @@ def check_size(height: int, width: int, name: str) -> None:
         )
 
 
+def _checked_unit_range(t: Tensor, name: str) -> Tensor:
+    """Raise on NaN/inf; clamp to 0..1 only when needed; contiguous. Returns `t` itself when nothing changes.
+
+    One read-only pass (``aminmax``; NaN propagates to both ends) instead of ``isfinite`` + ``clamp``, which each
+    wrote a full-size copy: every cue stage validates its inputs, and those copies cost ~20 ms per 512x896 frame.
+    """
+    if t.numel() == 0:
+        return t.contiguous()
+    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{name}: contains NaN or infinite values.")
+    if lo < 0.0 or hi > 1.0:
+        t = t.clamp(0.0, 1.0)
+    return t.contiguous()
+
+
 def as_frames(x, *, name: str = "frames", check_sizes: bool = True) -> Tensor:
-    """Return `x` as ``[F, H, W, 3]`` float32 in 0..1.
+    """Return `x` as ``[F, H, W, 3]`` float32 in 0..1 (values outside are clamped; NaN or inf raise).
 
     Accepts ``[H, W, C]`` (one frame) or ``[F, H, W, C]`` with C = 3, 1 (grey, replicated) or 4 (RGBA,
-    composited onto black), float 0..1 or uint8. ``[F, H, W]`` is read as grey frames.
+    composited onto black), float 0..1 or uint8. ``[F, H, W]`` is read as grey frames. A float32 contiguous
+    ``[F, H, W, 3]`` tensor already in 0..1 is returned as is (not copied): do not modify the result in place.
     """
     t = _to_tensor(x, name)
     if t.ndim == 2:
@@ -72,15 +91,15 @@ def as_frames(x, *, name: str = "frames", check_sizes: bool = True) -> Tensor:
         raise InputError(f"{name}: the video has no frames.")
     if check_sizes:
         check_size(t.shape[1], t.shape[2], name)
-    if not torch.isfinite(t).all():
-        raise InputError(f"{name}: contains NaN or infinite values.")
-    return t.clamp(0.0, 1.0).contiguous()
+    return _checked_unit_range(t, name)
 
 
 def as_masks(x, *, like: Tensor | None = None, name: str = "mask") -> Tensor:
-    """Return `x` as ``[F, H, W]`` float32 in 0..1, matching `like` (frames ``[F, H, W, 3]``) when given.
+    """Return `x` as ``[F, H, W]`` float32 in 0..1 (clamped; NaN or inf raise), matching `like` (frames
+    ``[F, H, W, 3]``) when given.
 
     Accepts ``[H, W]``, ``[F, H, W]`` or ``[F, H, W, 1]``; a single mask is repeated over all frames of `like`.
+    Like `as_frames`, a float32 contiguous ``[F, H, W]`` tensor in 0..1 is returned as is, not copied.
     """
     t = _to_tensor(x, name)
     if t.ndim == 4 and t.shape[-1] == 1:
@@ -102,6 +121,4 @@ def as_masks(x, *, like: Tensor | None = None, name: str = "mask") -> Tensor:
             raise InputError(
                 f"{name}: {t.shape[0]} masks for {frames} frames. Give one mask per frame, or a single mask."
             )
-    if not torch.isfinite(t).all():
-        raise InputError(f"{name}: contains NaN or infinite values.")
-    return t.clamp(0.0, 1.0).contiguous()
+    return _checked_unit_range(t, name)

@@ -490,6 +490,7 @@ class _Collector:
         self.source_size: tuple[int, int] | None = None
         self.plan: ResizePlan | None = None
         self.count = 0
+        self.scratch: np.ndarray | None = None  # reused batch of full-size frames waiting to be resized
 
     def add(self, rgb: np.ndarray) -> None:
         frame_size = (int(rgb.shape[0]), int(rgb.shape[1]))
@@ -514,7 +515,15 @@ class _Collector:
     def flush(self) -> None:
         if not self.pending:
             return
-        batch = torch.from_numpy(np.stack(self.pending))
+        into = None
+        if self.plan is not None and not self.plan.is_identity:
+            # the batch is only read by the resize: stack into one reused buffer rather than fresh memory each
+            # time (paging in ~50 MB per batch of 1080p frames cost more than the resize)
+            shape = self.pending[0].shape
+            if self.scratch is None or self.scratch.shape[1:] != shape:
+                self.scratch = np.empty((DECODE_CHUNK, *shape), np.uint8)
+            into = self.scratch[: len(self.pending)]
+        batch = torch.from_numpy(np.stack(self.pending, out=into))
         self.pending = []
         if self.size is not None:
             batch = resize_frames(batch, self.size, self.mode)
@@ -527,7 +536,10 @@ class _Collector:
         at = 0
         while self.done:  # release each uint8 chunk as soon as it is converted
             chunk = self.done.pop(0)
-            out[at : at + len(chunk)] = chunk if dtype == torch.uint8 else chunk.to(dtype).div_(255.0)
+            target = out[at : at + len(chunk)]
+            target.copy_(chunk)  # converts in place: no float temporary of the chunk
+            if dtype != torch.uint8:
+                target.div_(255.0)
             at += len(chunk)
         return out
 

@@ -227,3 +227,69 @@ def test_real_dance_lands_on_both_references(dance_clip, reference_name):
     # the driving face lands on the reference's face (it moves with the dancer's head around it)
     faces = triplet.face_location.sum(dim=0)
     assert mass_inside(faces, record.reference_face_box, margin=margin + 16) > 0.8
+
+
+# --- the two detectors run at once (segmentation here, face detection in a worker thread) ---------------------------
+
+
+def needs_mediapipe():
+    from directanimator.cues.face_detection import available_backends
+
+    backends = available_backends()
+    if not (backends["segmentation/mediapipe"] and backends["face/mediapipe"]):
+        pytest.skip("mediapipe is not installed: the detectors cannot run")
+
+
+DETECTING = CueConfig(height=SIZE[0], width=SIZE[1], grid_cell=8, grid_blur=2.0)  # mediapipe + auto
+
+
+def face_workers() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("directanimator-faces")]
+
+
+def test_cancelling_while_both_detectors_run_stops_the_face_worker():
+    needs_mediapipe()
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(_index):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        extract(config=DETECTING, driving_mask=None, driving_face_boxes=None, on_frame=cancel)
+    assert face_workers() == []  # stopped and joined before the exception reached the caller
+
+
+def test_a_face_detector_failure_in_the_worker_reaches_the_caller(monkeypatch):
+    needs_mediapipe()
+    from directanimator.cues import extract as extract_module
+    from directanimator.errors import BackendUnavailableError
+
+    def broken(*_args, **_kwargs):
+        raise BackendUnavailableError("face detector broken for this test")
+
+    monkeypatch.setattr(extract_module, "_detect_faces", broken)
+    with pytest.raises(BackendUnavailableError, match="broken for this test"):
+        extract(config=DETECTING, driving_mask=None, driving_face_boxes=None)
+    assert face_workers() == []
+
+
+@pytest.mark.real_data
+def test_concurrent_detection_gives_what_the_detectors_give_one_after_the_other(dance_clip):
+    from directanimator.cues import mask_boxes, smooth_track, square_boxes
+    from directanimator.cues.face_detection import detect_faces
+    from directanimator.cues.segmentation import segment_person
+    from directanimator.video import read_image, resize_frames
+
+    config = CueConfig(height=512, width=288)
+    frames = resize_frames(dance_clip, (512, 288), "pad")
+    triplet = extract_cues(read_image(REAL_DATA / "ref_real_person.jpg"), frames, config)
+    boxes, valid = mask_boxes(segment_person(frames))
+    assert torch.equal(triplet.record.person_boxes, boxes) and torch.equal(triplet.record.person_valid, valid)
+    track = smooth_track(detect_faces(frames), window=config.face_smooth, max_gap=config.max_face_gap)
+    assert torch.equal(triplet.record.face_valid, track.valid)
+    crop = square_boxes(track.boxes, scale=config.face_scale)[track.valid]
+    assert torch.allclose(triplet.record.face_boxes[track.valid], crop)

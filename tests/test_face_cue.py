@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from directanimator.cues import FaceTrack, face_cue, mask_boxes, median_box, smooth_track, square_boxes
+from directanimator.cues.face_cue import crop_boxes
 from directanimator.errors import CueError
 from helpers import centroid, disc, rectangle
 
@@ -128,3 +129,21 @@ def test_face_cue_keeps_a_face_pattern_upright_and_unmirrored():
     frames[0] = rectangle((20, 20, 30, 44), (64, 64))[..., None]  # left half of the box lit
     cue = face_cue(frames, torch.tensor([[20.0, 20, 44, 44]]), torch.tensor([True]))
     assert float(cue[0, 10:54, 5:20, 0].mean()) > 0.95 and float(cue[0, 10:54, 40:60, 0].mean()) < 0.05
+
+
+@pytest.mark.parametrize("size", [None, (80, 120), (120, 80)], ids=["frame-size", "landscape", "portrait"])
+def test_face_cue_samples_exactly_like_grid_sample_crops(size):
+    # the face cue reads only each box's pixels; it must give grid_sample's bilinear crops (crop_boxes)
+    torch.manual_seed(0)
+    frames = torch.rand(5, 96, 64, 3)
+    boxes = torch.tensor([[10.3, 20.7, 40.1, 50.5], [-20.0, -10, 30, 40], [50, 80, 90, 120], [1.5, 2.5, 3.5, 4.5],
+                          [200, 200, 230, 230]])  # inside, over the top-left corner, bottom-right, tiny, outside
+    valid = torch.tensor([True, True, True, True, False])
+    cue = face_cue(frames, boxes, valid, size=size)
+    out_h, out_w = size or (96, 64)
+    side = min(out_h, out_w)
+    top, left = (out_h - side) // 2, (out_w - side) // 2
+    expected = torch.zeros(5, out_h, out_w, 3)
+    crops = crop_boxes(frames[valid].permute(0, 3, 1, 2), boxes[valid], side, side).permute(0, 2, 3, 1)
+    expected[valid, top:top + side, left:left + side] = crops.clamp(0.0, 1.0)
+    assert torch.allclose(cue, expected, atol=1e-5)

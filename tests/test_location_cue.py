@@ -1,9 +1,13 @@
 """Location cue: one similarity per clip onto the reference person, exact warping, grid softening."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from directanimator.cues import Similarity, fit_similarity, grid_soften, location_cue, mask_boxes, warp_masks
+from directanimator.cues.location_cue import render_ellipses
 from directanimator.errors import CueError
 from helpers import centroid, disc, figure, figure_box, iou, mass_inside, rectangle, stripes
 
@@ -157,3 +161,50 @@ def test_location_cue_moves_body_and_face_onto_the_reference():
         assert mass_inside(face[i], t.apply_boxes(faces[i]), margin=8 + 6) > 0.99
         assert float(face[i].max()) == pytest.approx(1.0)
     assert float(face[2].max()) == 0.0  # no face in frame 2
+
+
+def soften_by_definition(masks: torch.Tensor, cell: int, blur: float) -> torch.Tensor:
+    """Grid softening spelled out at full size: cell maxima, nearest upsampling, separable Gaussian (radius
+    ceil(3 sigma), replicated borders), clamp."""
+    height, width = masks.shape[-2:]
+    x = masks
+    if cell > 1:
+        pooled = F.max_pool2d(x[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+        x = pooled.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
+    if blur > 0:
+        radius = max(1, math.ceil(3 * blur))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / blur) ** 2)
+        taps = taps / taps.sum()
+        x = F.conv2d(F.pad(x[:, None], (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))[:, 0]
+    return x.clamp(0.0, 1.0)
+
+
+@pytest.mark.parametrize("cell", [1, 2, 4, 16, 33])
+@pytest.mark.parametrize("blur", [0.0, 2.5, 4.0])
+def test_grid_soften_equals_pooling_upsampling_and_blurring(cell, blur):
+    torch.manual_seed(0)
+    masks = (torch.rand(2, 70, 90) > 0.97).float()  # sparse dots: every cell and border case differs
+    masks[1, 40:70, 60:90] = 0.6
+    assert torch.allclose(grid_soften(masks, cell=cell, blur=blur), soften_by_definition(masks, cell, blur),
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", [2, 8])
+def test_location_cue_equals_softening_the_warped_and_rendered_masks(cell):
+    # the location cue pools warped masks in batches and the face ellipse straight from its box: the same
+    # numbers as softening full-size renders; 11 frames span more than one warp batch
+    torch.manual_seed(0)
+    size, out_size = (96, 80), (112, 72)
+    masks = torch.stack([figure(size, top=8 + i, centre_x=30.0 + 2 * i, height=80)[0] for i in range(11)])
+    faces = torch.stack([figure(size, top=8 + i, centre_x=30.0 + 2 * i, height=80)[1] for i in range(11)])
+    faces[3] = torch.tensor([-10.0, -6, 9.5, 12.3])  # a face cut by the corner
+    valid = torch.ones(11, dtype=torch.bool)
+    valid[5] = False
+    t = Similarity(0.85, 12.5, 20.25)
+    body, face = location_cue(masks, faces, valid, t, out_size=out_size, cell=cell, blur=2.0)
+    expected_body = soften_by_definition(warp_masks(masks, t, out_size), cell, 2.0)
+    expected_face = soften_by_definition(render_ellipses(t.apply_boxes(faces), valid, out_size), cell, 2.0)
+    assert torch.allclose(body, expected_body, atol=1e-6)
+    assert torch.allclose(face, expected_face, atol=1e-6)
+    assert float(face[5].max()) == 0.0 and float(face[3].max()) > 0.5

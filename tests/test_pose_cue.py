@@ -116,3 +116,41 @@ def test_pose_cue_rejects_bad_options_and_flags():
         pose_cue(frames, mask=mask, bad=torch.zeros(3, dtype=torch.bool))
     with pytest.raises(CueError, match="given"):
         pose_cue(frames, segmenter="given")
+
+
+def mirrored_fft_low_pass(image: torch.Tensor, cutoff: float, filter: str = "gaussian") -> torch.Tensor:
+    """The definition of `low_pass`: filter the image mirrored to 2H x 2W on the FFT grid, keep the first quadrant."""
+    height, width = image.shape[-2:]
+    mirrored = torch.cat([image, image.flip(-1)], dim=-1)
+    mirrored = torch.cat([mirrored, mirrored.flip(-2)], dim=-2)
+    gain = transfer_function(2 * height, 2 * width, cutoff=cutoff, filter=filter)
+    return torch.fft.irfft2(torch.fft.rfft2(mirrored) * gain, s=(2 * height, 2 * width))[..., :height, :width]
+
+
+@pytest.mark.parametrize("size", [(96, 128), (130, 40)])
+@pytest.mark.parametrize("cutoff", [0.03, 0.12, 0.15, 0.3])
+def test_low_pass_equals_the_mirrored_fft_filter_at_working_sizes(size, cutoff):
+    # low Gaussian cutoffs run as a separable spatial convolution (its kernel is short), the others and sizes
+    # smaller than the kernel as a DCT: each must be the same filter
+    torch.manual_seed(0)
+    image = torch.rand(2, *size)
+    expected = mirrored_fft_low_pass(image, cutoff)
+    out = low_pass(image, cutoff=cutoff)
+    assert torch.allclose(out, expected, atol=2e-6)
+    assert torch.allclose(out.mean(dim=(-2, -1)), image.mean(dim=(-2, -1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("filter, cutoff", [("gaussian", 0.12), ("gaussian", 0.5), ("butterworth", 0.12)])
+def test_pose_cue_is_the_clamped_low_pass_of_the_masked_luma(filter, cutoff):
+    torch.manual_seed(0)
+    frames = torch.rand(3, 80, 96, 3)
+    frames[..., 1] = 1.0  # bright, hard-edged foreground: the sharper filters overshoot 0..1 and are clamped
+    mask = disc(30, (80, 96))
+    bad = torch.tensor([False, True, False])
+    cue = pose_cue(frames, mask=mask, cutoff=cutoff, filter=filter, bad=bad)
+    luma = 0.299 * frames[..., 0] + 0.587 * frames[..., 1] + 0.114 * frames[..., 2]
+    expected = mirrored_fft_low_pass(luma * mask, cutoff, filter).clamp(0.0, 1.0)
+    expected[1] = 0.0
+    assert cue.shape == (3, 80, 96, 3) and cue.is_contiguous()
+    for channel in range(3):
+        assert torch.allclose(cue[..., channel], expected, atol=2e-6)

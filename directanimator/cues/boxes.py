@@ -37,9 +37,9 @@ def mask_boxes(masks: Tensor, *, threshold: float = 0.5) -> tuple[Tensor, Tensor
     """
     if masks.ndim != 3:
         raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
-    fg = masks > threshold
-    rows = fg.any(dim=2)  # [F, H]
-    cols = fg.any(dim=1)  # [F, W]
+    # a row or column holds foreground when its maximum is above the threshold (no full-size boolean mask)
+    rows = masks.amax(dim=2) > threshold  # [F, H]
+    cols = masks.amax(dim=1) > threshold  # [F, W]
     valid = rows.any(dim=1)
     height, width = rows.shape[1], cols.shape[1]
     # argmax of a 0/1 tensor returns the first maximum: the first foreground row/column

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -13,11 +15,11 @@ from ..errors import CueError
 from ..tensors import as_frames
 from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, median_box, smooth_track, square_boxes
-from .face_cue import face_cue
-from .face_detection import detect_faces
-from .location_cue import fit_similarity, location_cue
-from .pose_cue import pose_cue
-from .segmentation import bad_frames, segment_person
+from .face_cue import _face_cue
+from .face_detection import _detect_faces
+from .location_cue import _location_cue, fit_similarity
+from .pose_cue import _pose_cue
+from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ MIN_SIDE = 64
 # Share of the progress reports given to each stage that runs per frame.
 SEGMENTATION_SHARE = 0.5
 FACE_DETECTION_SHARE = 0.3
+# Clips of fewer than twice this many frames build their cues in one pass rather than two halves at once.
+MIN_HALF_FRAMES = 4
 # The reference is analysed by these when the driving inputs came from the caller ("given").
 DEFAULT_SEGMENTER = "mediapipe"
 DEFAULT_FACE_DETECTOR = "auto"
@@ -100,6 +104,65 @@ class _Progress:
         return on_frame
 
 
+def _resized_masks(masks: Tensor, plan: ResizePlan) -> Tensor:
+    """Validated masks letterboxed by `plan`; already at the working size, they are used as they are."""
+    if plan.is_identity:
+        return masks
+    return resize_frames(masks, plan.size, plan.mode).clamp(0.0, 1.0)
+
+
+class _Stopped(Exception):
+    """Raised inside the background face detection when the foreground work failed or was cancelled."""
+
+
+def _detections_alongside(
+    frames: Tensor, backend: str, segment: Callable[[Callable[[int], None]], Tensor], on_frame: Callable[[int], None],
+) -> tuple[Tensor, FaceTrack]:
+    """Run face detection on `frames` in a worker thread while `segment(on_frame)` runs in this one.
+
+    The two detectors are separate mediapipe graphs that release the GIL, so on two cores they take about the
+    time of the slower one instead of the sum; each sees every frame in order, so the results are those of
+    running them one after the other. Progress and cancellation stay on the calling thread: `on_frame` is only
+    called here, and an exception in either stops the other (the worker at its next frame).
+    """
+    stop = threading.Event()
+
+    def check(_index: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+
+    def report(index: int) -> None:
+        if faces.done() and faces.exception() is not None:
+            raise faces.exception()
+        on_frame(index)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="directanimator-faces") as pool:
+        faces: Future = pool.submit(_detect_faces, frames, backend=backend, on_frame=check)
+        try:
+            masks = segment(report)
+        except BaseException:
+            stop.set()
+            raise
+        return masks, faces.result()
+
+
+def _in_two_halves(count: int, build: Callable[[int, int], None], *, parallel: bool) -> None:
+    """``build(start, stop)`` over frames ``0..count``: the first half in a worker thread, the second here.
+
+    The cue builders work frame by frame into preallocated outputs, mostly in OpenCV and torch calls that
+    release the GIL, and each is largely single-threaded (memory-bound), so two halves at once use both cores.
+    Each frame is computed exactly as in one pass. Clips shorter than MIN_HALF_FRAMES * 2 run in one pass.
+    """
+    if not parallel or count < 2 * MIN_HALF_FRAMES:
+        build(0, count)
+        return
+    half = count // 2
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="directanimator-cues") as pool:
+        first = pool.submit(build, 0, half)
+        build(half, count)
+        first.result()
+
+
 def _face_track(boxes, valid, count: int, name: str) -> FaceTrack:
     if isinstance(boxes, FaceTrack):
         track = boxes
@@ -141,7 +204,11 @@ def extract_cues(
 
     No face in any driving frame is not an error: the face cue is black and the face location zero (a note says
     so). No person in the reference or in every driving frame raises CueError. `on_frame(i)` is called once per
-    driving frame index, in order, as the work advances.
+    driving frame index, in order, as the work advances, always from the calling thread.
+
+    On the CPU, segmentation and face detection run at once (face detection in a worker thread), and then the
+    cue builders work on the two halves of the clip at once: the results are those of one step after the other.
+    Inputs already at the working size are not copied, so the triplet's ``reference`` may be `reference` itself.
     """
     config = (config or CueConfig()).validate()
     reference = as_frames(reference, name="reference")
@@ -183,9 +250,9 @@ def extract_cues(
     # the reference first: one frame, and a missing person there must fail before the driving work
     ref = resize_frames(reference, size, "pad")
     if r_mask_in is not None:
-        ref_mask, ref_seg = resize_frames(r_mask_in, size, "pad").clamp(0.0, 1.0), "given"
+        ref_mask, ref_seg = _resized_masks(r_mask_in, r_box), "given"
     else:
-        ref_mask = segment_person(ref, backend=seg_backend, sam_checkpoint=config.sam_checkpoint).to(device)
+        ref_mask = _segment_person(ref, backend=seg_backend, sam_checkpoint=config.sam_checkpoint).to(device)
         ref_seg = seg_backend
     ref_person, ref_has_person = mask_boxes(ref_mask)
     if not bool(ref_has_person[0]):
@@ -195,7 +262,7 @@ def extract_cues(
     if r_face_in is not None:
         ref_face, ref_face_backend = r_box.map_boxes(r_face_in), "given"
     else:
-        ref_track = detect_faces(ref, backend=face_backend)
+        ref_track = _detect_faces(ref, backend=face_backend)
         ref_face = ref_track.boxes[0].float().cpu() if bool(ref_track.valid[0]) else None
         ref_face_backend = ref_track.backend or face_backend
         if ref_face is None:
@@ -207,11 +274,18 @@ def extract_cues(
     detecting = d_track_in is None
     seg_end = SEGMENTATION_SHARE if segmenting else 0.0
     face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
+    raw = None
     if d_mask_in is not None:
-        masks, drv_seg = resize_frames(d_mask_in, size, "pad").clamp(0.0, 1.0), "given"
+        masks, drv_seg = _resized_masks(d_mask_in, d_box), "given"
     else:
-        masks = segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint,
-                               on_frame=progress.stage(0.0, seg_end)).to(device)
+        def segment(report: Callable[[int], None]) -> Tensor:
+            return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report)
+
+        if detecting:  # both detectors at once; the segmentation's progress stands for both
+            masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end))
+        else:
+            masks = segment(progress.stage(0.0, seg_end))
+        masks = masks.to(device)
         drv_seg = seg_backend
     progress.advance_to(seg_end)
     person_boxes, person_valid = mask_boxes(masks)
@@ -228,7 +302,8 @@ def extract_cues(
                         detected=d_track_in.detected.cpu(), backend=d_track_in.backend or "given")
         track = smooth_track(raw, window=1, max_gap=config.max_face_gap)
     else:
-        raw = detect_faces(drv, backend=config.face_detector, on_frame=progress.stage(seg_end, face_end))
+        if raw is None:
+            raw = _detect_faces(drv, backend=config.face_detector, on_frame=progress.stage(seg_end, face_end))
         track = smooth_track(FaceTrack(raw.boxes.float().cpu(), raw.valid.cpu().to(torch.bool),
                                        detected=raw.detected.cpu(), backend=raw.backend),
                              window=config.face_smooth, max_gap=config.max_face_gap)
@@ -249,21 +324,32 @@ def extract_cues(
         reference_face=ref_face,
         image_size=size, driving_area=_content(d_box), reference_area=_content(r_box), notes=notes,
     )
-    build = progress.stage(face_end, 1.0)
-    pose = pose_cue(drv, mask=masks, cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order,
-                    bad=bad)
-    build(count // 3 - 1)
-    face = face_cue(drv, face_crop, face_valid)
-    build(2 * count // 3 - 1)
-    body_location, face_location = location_cue(masks, face_tight, face_valid, transform, out_size=size,
-                                                cell=config.grid_cell, blur=config.grid_blur)
+    # the frames and masks were checked once above; the builders below take them as they are
+    filtering = dict(cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order)
+    pose = torch.empty(count, *size, 3, device=device)
+    face = torch.empty(count, *size, 3, device=device)
+    body_location = torch.empty(count, *size, device=device)
+    face_location = torch.empty(count, *size, device=device)
+
+    def build(start: int, stop: int) -> None:
+        part = slice(start, stop)
+        report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
+        _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
+        if report:
+            progress.advance_to(face_end + (1.0 - face_end) / 3)
+        _face_cue(drv[part], face_crop[part], face_valid[part], out=face[part])
+        if report:
+            progress.advance_to(face_end + 2 * (1.0 - face_end) / 3)
+        _location_cue(masks[part], face_tight[part], face_valid[part], transform, out_size=size,
+                      cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]))
+
+    _in_two_halves(count, build, parallel=device.type == "cpu")
 
     ref_face_t = torch.zeros(1, 4, device=device) if ref_face is None else ref_face.to(device)[None]
     ref_face_ok = torch.tensor([ref_face is not None], device=device)
-    reference_pose = pose_cue(ref, mask=ref_mask, cutoff=config.cutoff, filter=config.filter,
-                              order=config.butterworth_order)
-    reference_face = face_cue(ref, square_boxes(ref_face_t, scale=config.face_scale), ref_face_ok)
-    ref_body_loc, ref_face_loc = location_cue(ref_mask, ref_face_t, ref_face_ok, Similarity(), out_size=size,
+    reference_pose = _pose_cue(ref, ref_mask, bad=None, on_frame=None, **filtering)
+    reference_face = _face_cue(ref, square_boxes(ref_face_t, scale=config.face_scale), ref_face_ok)
+    ref_body_loc, ref_face_loc = _location_cue(ref_mask, ref_face_t, ref_face_ok, Similarity(), out_size=size,
                                               cell=config.grid_cell, blur=config.grid_blur)
     progress.advance_to(1.0)
 

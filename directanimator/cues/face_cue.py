@@ -28,16 +28,67 @@ def crop_boxes(images: Tensor, boxes: Tensor, out_height: int, out_width: int) -
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _axis_taps(start: float, end: float, count: int, size: int) -> tuple[int, int, Tensor, Tensor]:
+    """Bilinear sampling of `count` pixels across ``[start, end)`` (pixel edges) of an axis of `size` pixels, as
+    ``grid_sample(align_corners=False, padding_mode="zeros")`` samples it.
+
+    Returns ``(first, n, index [2, count], weight [2, count])``: each output pixel reads source pixels
+    ``first + index`` (all within ``first .. first + n - 1``, inside the image) with those weights; taps that
+    fall outside the image get weight 0 (read as black).
+    """
+    steps = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    centre = start + steps * (end - start) - 0.5  # sample positions in pixel-centre coordinates
+    left = torch.floor(centre)
+    right_weight = centre - left
+    left = left.to(torch.int64)
+    index = torch.stack([left, left + 1])
+    weight = torch.stack([1.0 - right_weight, right_weight])
+    inside = (index >= 0) & (index < size)
+    first = int(index[0].min().clamp(0, size - 1))
+    last = int(index[1].max().clamp(0, size - 1))
+    count_source = last - first + 1
+    index = (index - first).clamp(0, count_source - 1)
+    return first, count_source, index, torch.where(inside, weight, 0.0).to(torch.float32)
+
+
+def crop_resize(image: Tensor, box: Tensor, out_height: int, out_width: int, *, out: Tensor | None = None) -> Tensor:
+    """One bilinear crop of `image` ``[H, W, C]`` by `box` (pixel edges) to ``[out_h, out_w, C]``; black outside.
+
+    The same samples as `crop_boxes` (grid_sample), computed on the box's own pixels only and channels last:
+    two taps along x, then two along y. `out` (contiguous) receives the result.
+    """
+    height, width, channels = image.shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left, count_x, index_x, weight_x = _axis_taps(x0, x1, out_width, width)
+    top, count_y, index_y, weight_y = _axis_taps(y0, y1, out_height, height)
+    patch = image[top:top + count_y, left:left + count_x]  # [h, w, C], a view
+    columns = (patch.index_select(1, index_x[0]) * weight_x[0, None, :, None]
+               + patch.index_select(1, index_x[1]) * weight_x[1, None, :, None]).reshape(count_y, -1)
+    if out is None:
+        out = image.new_empty(out_height, out_width, channels)
+    flat = out.view(out_height, out_width * channels)
+    torch.mul(columns.index_select(0, index_y[0]), weight_y[0, :, None], out=flat)
+    flat.addcmul_(columns.index_select(0, index_y[1]), weight_y[1, :, None])
+    return out
+
+
 def face_cue(
     frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, int] | None = None,
 ) -> Tensor:
     """Face crops centred on a black ``H x W`` canvas: returns ``[F, H, W, 3]`` in 0..1.
 
     `boxes` ``[F, 4]`` are the crop boxes in pixels of `frames` (already squared and enlarged, see
-    `square_boxes`); each is resized into the centred square of side ``min(H, W)``. Box parts outside the
-    frame and frames with ``valid [F]`` False are black. `size` is ``(H, W)``, default the frames' size.
+    `square_boxes`); each is resized into the centred square of side ``min(H, W)`` by bilinear sampling (as
+    `crop_boxes`). Box parts outside the frame and frames with ``valid [F]`` False are black. `size` is
+    ``(H, W)``, default the frames' size.
     """
-    frames = as_frames(frames, name="frames")
+    return _face_cue(as_frames(frames, name="frames"), boxes, valid, size=size)
+
+
+def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, int] | None = None,
+              out: Tensor | None = None) -> Tensor:
+    """`face_cue` on frames already checked by `as_frames` (extract_cues checks them once for all stages); `out`
+    ``[F, H, W, 3]`` (contiguous, on the frames' device) receives the cue when given."""
     count, height, width = frames.shape[:3]
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=frames.device)
     valid = torch.as_tensor(valid, device=frames.device).to(torch.bool).reshape(-1)
@@ -59,8 +110,28 @@ def face_cue(
         )
     side = min(out_h, out_w)
     top, left = (out_h - side) // 2, (out_w - side) // 2
-    canvas = frames.new_zeros(count, out_h, out_w, 3)
-    if bool(valid.any()):
-        crops = crop_boxes(frames[valid].permute(0, 3, 1, 2), boxes[valid], side, side)
-        canvas[valid, top:top + side, left:left + side] = crops.permute(0, 2, 3, 1).clamp(0.0, 1.0)
+    if frames.device.type != "cpu" or frames.requires_grad:  # one batched grid_sample
+        canvas = frames.new_zeros(count, out_h, out_w, 3) if out is None else out.zero_()
+        if bool(valid.any()):
+            crops = crop_boxes(frames[valid].permute(0, 3, 1, 2), boxes[valid], side, side)
+            canvas[valid, top:top + side, left:left + side] = crops.permute(0, 2, 3, 1).clamp(0.0, 1.0)
+        return canvas
+
+    # CPU: one frame at a time, reading only the box; the canvas is written once (bars, crop), never zero-filled
+    canvas = torch.empty(count, out_h, out_w, 3) if out is None else out
+    canvas[:, :top] = 0.0
+    canvas[:, top + side:] = 0.0
+    canvas[:, top:top + side, :left] = 0.0
+    canvas[:, top:top + side, left + side:] = 0.0
+    square = canvas[:, top:top + side, left:left + side]
+    flags, box_list = valid.tolist(), boxes.tolist()
+    direct = left == 0 and side == out_w  # the square spans whole canvas rows: contiguous, written in place
+    for i in range(count):
+        if not flags[i]:
+            square[i] = 0.0
+            continue
+        crop = crop_resize(frames[i], torch.tensor(box_list[i]), side, side, out=square[i] if direct else None)
+        if not direct:
+            square[i] = crop
+        square[i].clamp_(0.0, 1.0)
     return canvas

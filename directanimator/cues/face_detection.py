@@ -156,7 +156,13 @@ def detect_faces(
     faces ("mediapipe", "opencv", "mediapipe+opencv"; the requested one when none was found). `on_frame(i)` is
     called after each frame and may raise to stop.
     """
-    frames = as_frames(frames, name="frames")
+    return _detect_faces(as_frames(frames, name="frames"), backend=backend, on_frame=on_frame)
+
+
+def _detect_faces(
+    frames: Tensor, *, backend: FaceBackend = "auto", on_frame: Callable[[int], None] | None = None,
+) -> FaceTrack:
+    """`detect_faces` on frames already checked by `as_frames` (extract_cues checks them once for all stages)."""
     if backend not in ("auto", "mediapipe", "opencv"):
         raise CueError(f"detect_faces: backend={backend!r} is not known; use 'auto', 'mediapipe' or 'opencv'.")
     names = ["mediapipe", "opencv"] if backend == "auto" else [backend]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +26,11 @@ EDGE_TOLERANCE_FRACTION = 0.01
 FACE_SHIFT_LIMIT = 0.25
 # Width of the soft edge of a rendered face ellipse, px.
 FACE_EDGE_PX = 1.0
+# Grid softening with cells of at least this many px runs as two small matrix products on the pooled grid (see
+# `_soften_matrix`); smaller cells make those matrices nearly square, and a separable convolution is cheaper.
+MATRIX_MIN_CELL = 4
+# Driving masks warped per batch in `location_cue`.
+WARP_CHUNK = 8
 
 
 def _as_box(box, name: str) -> Tensor:
@@ -176,24 +183,94 @@ def warp_masks(masks: Tensor, t: Similarity, out_size: tuple[int, int]) -> Tenso
     return F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 
 
+def _blur_kernel(sigma: float) -> tuple[int, Tensor]:
+    """Radius ``max(1, ceil(3 sigma))`` and the normalised Gaussian taps ``[2r + 1]`` (float32)."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return radius, kernel / kernel.sum()
+
+
+def _opencv():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
 def gaussian_blur(masks: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of ``[F, H, W]`` with standard deviation `sigma` px; borders replicate."""
     if sigma <= 0:
         return masks
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, device=masks.device, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    radius, kernel = _blur_kernel(sigma)
+    cv2 = _opencv()
+    if cv2 is not None and masks.device.type == "cpu" and not masks.requires_grad:
+        # OpenCV's separable filter: ~20x faster than torch's single-channel conv2d on the CPU, same taps
+        taps = kernel.numpy()
+        source = masks.to(torch.float32).contiguous().numpy()
+        out = np.empty_like(source)
+        for i in range(source.shape[0]):
+            cv2.sepFilter2D(source[i], cv2.CV_32F, taps, taps, dst=out[i], borderType=cv2.BORDER_REPLICATE)
+        return torch.from_numpy(out)
+    kernel = kernel.to(masks.device)
     x = masks[:, None]
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
     return x[:, 0]
 
 
+@functools.lru_cache(maxsize=16)
+def _soften_matrix(length: int, cell: int, sigma: float, device: str) -> Tensor:
+    """``[length, ceil(length / cell)]``: one axis of grid softening as a matrix acting on pooled cells.
+
+    Nearest upsampling by `cell` px (cropped to `length`) followed by the Gaussian blur of `gaussian_blur`
+    (radius ``ceil(3 sigma)``, replicated borders) is linear, so it is one matrix: row i holds the blur weights
+    of pixel i gathered per cell.
+    """
+    cells = -(-length // cell)
+    pixels = torch.arange(length)
+    if sigma <= 0:
+        matrix = torch.zeros(length, cells, dtype=torch.float64)
+        matrix[pixels, pixels // cell] = 1.0
+        return matrix.to(device=device, dtype=torch.float32)
+    radius, kernel = _blur_kernel(sigma)
+    matrix = torch.zeros(length, cells, dtype=torch.float64)
+    for offset in range(-radius, radius + 1):
+        source = (pixels + offset).clamp(0, length - 1)  # replicated border
+        matrix.index_put_((pixels, source // cell), kernel[offset + radius].double().expand(length), accumulate=True)
+    return matrix.to(device=device, dtype=torch.float32)
+
+
+def _soften_pooled(pooled: Tensor, size: tuple[int, int], cell: int, blur: float, *,
+                   out: Tensor | None = None) -> Tensor:
+    """Grid softening from cell maxima ``[F, ceil(H / cell), ceil(W / cell)]`` to ``[F, H, W]`` in 0..1 (into
+    `out`, contiguous, when given)."""
+    height, width = size
+    if cell < MATRIX_MIN_CELL:
+        x = pooled
+        if cell > 1:
+            x = pooled.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
+        softened = gaussian_blur(x.contiguous(), blur).clamp(0.0, 1.0)
+        return softened if out is None else out.copy_(softened)
+    device = str(pooled.device)
+    rows = _soften_matrix(height, cell, float(blur), device)
+    columns = _soften_matrix(width, cell, float(blur), device)
+    if out is None:
+        out = torch.matmul(rows, torch.matmul(pooled, columns.T))
+    else:
+        torch.matmul(rows, torch.matmul(pooled, columns.T), out=out)
+    return out.clamp_(0.0, 1.0)
+
+
 def grid_soften(masks: Tensor, *, cell: int = 16, blur: float = 4.0) -> Tensor:
     """Coarse silhouette of masks ``[F, H, W]``: max over `cell` x `cell` px cells (the grid starts at the top-left
-    pixel, partial cells at the right and bottom), nearest upsampling, then a Gaussian blur of sigma `blur` px.
-    Detail smaller than a cell vanishes; every foreground pixel keeps its cell lit."""
+    pixel, partial cells at the right and bottom), nearest upsampling, then a Gaussian blur of sigma `blur` px
+    (replicated borders). Detail smaller than a cell vanishes; every foreground pixel keeps its cell lit.
+
+    For cells of 4 px or more the upsampling and blur run as one matrix per axis applied to the cell maxima
+    (see `_soften_matrix`): the same linear map, computed without the full-size intermediates.
+    """
     if masks.ndim != 3:
         raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
     if cell < 1 or blur < 0:
@@ -201,28 +278,58 @@ def grid_soften(masks: Tensor, *, cell: int = 16, blur: float = 4.0) -> Tensor:
     height, width = masks.shape[-2:]
     x = masks.to(torch.float32)
     if cell > 1:
-        pooled = F.max_pool2d(x[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
-        x = pooled.repeat_interleave(cell, dim=1).repeat_interleave(cell, dim=2)[:, :height, :width]
-    return gaussian_blur(x, blur).clamp(0.0, 1.0)
+        x = F.max_pool2d(x[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+    return _soften_pooled(x, (height, width), cell, blur)
+
+
+def _ellipse_geometry(boxes: Tensor) -> tuple[Tensor, Tensor]:
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [F, 2]
+    radii = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp(min=1e-3)
+    return centre, radii
+
+
+def _ellipse_value(squared_distance: Tensor, radii: Tensor, valid: Tensor) -> Tensor:
+    """The mask value at normalised squared distance ``[F, h, w]`` (1 on the ellipse) with a soft 1 px edge."""
+    # (1 - distance) * smaller radius approximates the signed distance to the outline in pixels
+    inside_px = (1.0 - torch.sqrt(squared_distance)) * radii.amin(dim=1)[:, None, None]
+    masks = (inside_px / FACE_EDGE_PX + 0.5).clamp(0.0, 1.0)
+    return masks * valid[:, None, None]
 
 
 def render_ellipses(boxes: Tensor, valid: Tensor, size: tuple[int, int]) -> Tensor:
     """Filled ellipses inscribed in `boxes` ``[F, 4]`` on ``[F, H, W]`` canvases, with a soft 1 px edge; invalid
     frames are empty."""
     height, width = int(size[0]), int(size[1])
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    valid = torch.as_tensor(valid, device=boxes.device).to(torch.bool).reshape(-1)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # [F, 2]
-    radii = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp(min=1e-3)
-    xs = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
-    ys = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    centre, radii = _ellipse_geometry(boxes)
+    valid = torch.as_tensor(valid, device=centre.device).to(torch.bool).reshape(-1)
+    xs = torch.arange(width, device=centre.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=centre.device, dtype=torch.float32) + 0.5
     nx = ((xs[None] - centre[:, 0:1]) / radii[:, 0:1])[:, None, :]  # [F, 1, W]
     ny = ((ys[None] - centre[:, 1:2]) / radii[:, 1:2])[:, :, None]  # [F, H, 1]
-    distance = torch.sqrt(nx**2 + ny**2)  # 1 on the ellipse
-    # (1 - distance) * smaller radius approximates the signed distance to the outline in pixels
-    inside_px = (1.0 - distance) * radii.amin(dim=1)[:, None, None]
-    masks = (inside_px / FACE_EDGE_PX + 0.5).clamp(0.0, 1.0)
-    return masks * valid[:, None, None]
+    return _ellipse_value(nx**2 + ny**2, radii, valid)
+
+
+def _cell_minima(values: Tensor, cell: int) -> Tensor:
+    """Minimum of ``[F, n]`` over runs of `cell` entries (the last run may be shorter): ``[F, ceil(n / cell)]``."""
+    pad = (-values.shape[1]) % cell
+    padded = F.pad(values, (0, pad), value=math.inf)
+    return padded.view(values.shape[0], -1, cell).amin(dim=2)
+
+
+def pooled_ellipses(boxes: Tensor, valid: Tensor, size: tuple[int, int], cell: int) -> Tensor:
+    """`render_ellipses` max-pooled over `cell` x `cell` px cells (as `grid_soften` pools), ``[F, ceil(H / cell),
+    ceil(W / cell)]``, computed without rendering: the value falls with the normalised squared distance
+    ``nx^2 + ny^2``, whose minimum over a cell is the sum of the minima of ``nx^2`` over its columns and ``ny^2``
+    over its rows, so each cell's maximum is the value at that sum (the same floats as pooling the render)."""
+    height, width = int(size[0]), int(size[1])
+    centre, radii = _ellipse_geometry(boxes)
+    valid = torch.as_tensor(valid, device=centre.device).to(torch.bool).reshape(-1)
+    xs = torch.arange(width, device=centre.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=centre.device, dtype=torch.float32) + 0.5
+    nx2 = _cell_minima(((xs[None] - centre[:, 0:1]) / radii[:, 0:1]) ** 2, cell)  # [F, Wc]
+    ny2 = _cell_minima(((ys[None] - centre[:, 1:2]) / radii[:, 1:2]) ** 2, cell)  # [F, Hc]
+    return _ellipse_value(ny2[:, :, None] + nx2[:, None, :], radii, valid)
 
 
 def location_cue(
@@ -238,8 +345,10 @@ def location_cue(
     """Body and face location masks ``[F, H, W]`` in reference coordinates (`out_size` = ``(H, W)``).
 
     `body_masks` ``[F, h, w]`` and the face boxes ``[F, 4]`` (tight face boxes, not the enlarged crop boxes) are
-    in driving pixels. The face is an ellipse inscribed in its box; it is rendered directly at the box mapped by
-    `transform`, which equals warping a rendered mask. Both are then grid-softened (`cell`, `blur`).
+    in driving pixels. The face is an ellipse inscribed in its box, drawn at the box mapped by `transform` (which
+    equals warping a rendered mask). Both are then grid-softened (`cell`, `blur`): the results are
+    ``grid_soften(warp_masks(...))`` and ``grid_soften(render_ellipses(...))``, computed from the cell maxima
+    without holding full-size intermediates.
     """
     if body_masks.ndim != 3:
         raise CueError(f"body masks: expected [F, H, W], got shape {tuple(body_masks.shape)}.")
@@ -251,6 +360,32 @@ def location_cue(
             f"face boxes: expected [{count}, 4] boxes and [{count}] flags for {count} masks, got "
             f"{tuple(face_boxes.shape)} and {tuple(face_valid.shape)}."
         )
-    body = grid_soften(warp_masks(body_masks, transform, out_size), cell=cell, blur=blur)
-    face = render_ellipses(transform.apply_boxes(face_boxes), face_valid, out_size)
-    return body, grid_soften(face, cell=cell, blur=blur)
+    if cell < 1 or blur < 0:
+        raise CueError(f"location cue: cell={cell} must be >= 1 and blur={blur} >= 0.")
+    return _location_cue(body_masks, face_boxes, face_valid, transform, out_size=out_size, cell=cell, blur=blur)
+
+
+def _location_cue(
+    body_masks: Tensor, face_boxes: Tensor, face_valid: Tensor, transform: Similarity, *,
+    out_size: tuple[int, int], cell: int, blur: float, out: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`location_cue` on checked inputs (boxes ``[F, 4]`` and flags ``[F]`` on the masks' device); `out` (body,
+    face) ``[F, H, W]`` contiguous tensors receive the result when given."""
+    count = body_masks.shape[0]
+    body_out, face_out = (None, None) if out is None else out
+    size = (int(out_size[0]), int(out_size[1]))
+    if cell > 1:
+        # warped and pooled a few frames at a time: the full-size warped masks are never all held, and the
+        # small chunk buffers are reused instead of fresh memory that has to be paged in (that costs more here
+        # than the warp itself)
+        pooled = torch.cat([
+            F.max_pool2d(warp_masks(body_masks[start:start + WARP_CHUNK], transform, size)[:, None],
+                         kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+            for start in range(0, count, WARP_CHUNK)
+        ])
+    else:
+        pooled = warp_masks(body_masks, transform, size)
+    body = _soften_pooled(pooled, size, cell, blur, out=body_out)
+    # the face ellipse is pooled straight from its geometry (`pooled_ellipses`), never rendered at full size
+    face = pooled_ellipses(transform.apply_boxes(face_boxes), face_valid, size, cell)
+    return body, _soften_pooled(face, size, cell, blur, out=face_out)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -24,6 +26,14 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 GAUSSIAN_K = math.log(2.0) / 2.0
 # Frames filtered per FFT batch: bounds the memory of the complex intermediates.
 FFT_CHUNK = 8
+# The Gaussian filter is separable; when its exact spatial kernel (see `_gaussian_taps`) is short, a separable
+# convolution of the mirrored image computes the same result as the DCT, about 10x faster on the CPU. Taps whose
+# magnitudes sum to less than SPATIAL_TAIL are dropped (at most that much error per axis, on values in 0..1);
+# kernels longer than SPATIAL_MAX_RADIUS px either side fall back to the DCT. With these, cutoffs from about
+# 0.025 to 0.15 of Nyquist (the default 0.12: 12 px) run spatially; higher cutoffs keep a gain well above zero at
+# Nyquist, whose kernel decays too slowly, and lower ones have wide kernels.
+SPATIAL_TAIL = 1e-7
+SPATIAL_MAX_RADIUS = 64
 
 
 def check_filter(*, cutoff: float, filter: str, order: int) -> None:
@@ -99,6 +109,60 @@ def _idct(coefficients: Tensor, dim: int) -> Tensor:
     return out
 
 
+def _opencv():
+    """The cv2 module, or None when OpenCV is not installed (the torch paths are used then)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_taps(length: int, cutoff: float) -> np.ndarray | None:
+    """The Gaussian low-pass along one axis of `length` samples as symmetric spatial taps ``[2r + 1]`` float32.
+
+    The DCT filter is the circular convolution of the mirrored signal (period ``2 * length``) with the inverse
+    DFT of the gain on that grid; the Gaussian gain ``exp(-k (rho/c)^2)`` is the product of one such gain per
+    axis, so this kernel, applied along rows and then columns with mirrored borders, is the same filter. Taps
+    beyond radius r are dropped (their magnitudes sum to less than SPATIAL_TAIL) and the rest renormalised, so
+    the mean is kept. None when r would exceed SPATIAL_MAX_RADIUS or ``length - 1`` (use the DCT).
+    """
+    freq = np.fft.rfftfreq(2 * length)  # cycles per pixel
+    gain = np.exp(-GAUSSIAN_K * (freq / 0.5 / cutoff) ** 2)
+    kernel = np.fft.irfft(gain, n=2 * length)  # real, even: kernel[m] == kernel[2 * length - m]
+    magnitude = np.abs(kernel[: length + 1])
+    magnitude[1:length] *= 2.0  # taps m and -m
+    beyond = np.cumsum(magnitude[::-1])[::-1]  # beyond[r] = weight of the taps with |m| >= r
+    limit = min(SPATIAL_MAX_RADIUS, length - 1)
+    small = np.nonzero(beyond[1 : limit + 2] < SPATIAL_TAIL)[0]
+    if small.size == 0:
+        return None
+    radius = int(small[0])  # taps with |m| > radius carry less than SPATIAL_TAIL
+    taps = np.concatenate([kernel[radius:0:-1], kernel[: radius + 1]])
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def spatial_taps(height: int, width: int, *, cutoff: float, filter: FilterType) -> tuple | None:
+    """``(row taps, column taps)`` when `low_pass` of a ``height x width`` image runs as a separable spatial
+    convolution (Gaussian filter, short exact kernel, OpenCV available), else None (the DCT is used)."""
+    if filter != "gaussian" or _opencv() is None:
+        return None
+    along_x = _gaussian_taps(int(width), float(cutoff))
+    along_y = _gaussian_taps(int(height), float(cutoff))
+    if along_x is None or along_y is None:
+        return None
+    return along_x, along_y
+
+
+def _filter_spatial(image: np.ndarray, taps: tuple, out: np.ndarray | None = None) -> np.ndarray:
+    """One ``[H, W]`` float32 image through the separable kernel; borders mirrored with the edge sample repeated
+    (``cba|abcd|dcb``), the even extension the DCT implies."""
+    cv2 = _opencv()
+    along_x, along_y = taps
+    return cv2.sepFilter2D(image, cv2.CV_32F, along_x, along_y, dst=out, borderType=cv2.BORDER_REFLECT)
+
+
 def low_pass(
     x: Tensor, *, cutoff: float = 0.12, filter: FilterType = "gaussian", order: int = 2,
 ) -> Tensor:
@@ -107,11 +171,22 @@ def low_pass(
     See `transfer_function` for the meaning of `cutoff` (fraction of Nyquist, -3 dB point) and `filter`.
     The filter acts on the image's even (mirrored ``2H x 2W``) extension, so there is no wrap-around between
     opposite borders and the mean is kept exactly; it is computed with a 2-D DCT, which equals the FFT of the
-    mirrored image at a quarter of its size. No clamping is applied.
+    mirrored image at a quarter of its size. A Gaussian whose exact spatial kernel is short (the default cutoff
+    at any size of 13 px or more) runs as the equivalent separable convolution instead (see `_gaussian_taps`;
+    the two agree within 1e-6). No clamping is applied.
     """
     if x.ndim < 2:
         raise CueError(f"low_pass: expected [..., H, W], got shape {tuple(x.shape)}.")
     height, width = x.shape[-2], x.shape[-1]
+    check_filter(cutoff=cutoff, filter=filter, order=order)
+    cpu_only = x.device.type == "cpu" and not x.requires_grad  # the OpenCV path has no autograd
+    taps = spatial_taps(height, width, cutoff=cutoff, filter=filter) if cpu_only else None
+    if taps is not None:
+        flat = x.reshape(-1, height, width).to(torch.float32).numpy()
+        out = np.empty_like(flat)
+        for i in range(flat.shape[0]):
+            _filter_spatial(flat[i], taps, out[i])
+        return torch.from_numpy(out).reshape(x.shape)
     # the DCT bins (k/2H, k/2W) are the first quadrant of the mirrored image's DFT grid
     gain = transfer_function(2 * height, 2 * width, cutoff=cutoff, filter=filter, order=order, device=x.device)
     gain = gain[:height, :width]
@@ -162,16 +237,62 @@ def pose_cue(
         mask = segment_person(frames, backend=segmenter, sam_checkpoint=sam_checkpoint, on_frame=on_frame)
         report = None
     masks = cue_masks(mask, frames, name="mask")
+    return _pose_cue(frames, masks, cutoff=cutoff, filter=filter, order=order, bad=bad, on_frame=report)
 
-    out = torch.empty(count, frames.shape[1], frames.shape[2], device=frames.device)
+
+def _pose_cue(
+    frames: Tensor, masks: Tensor, *, cutoff: float, filter: FilterType, order: int, bad: Tensor | None,
+    on_frame: Callable[[int], None] | None, out: Tensor | None = None,
+) -> Tensor:
+    """`pose_cue` on checked inputs: frames from `as_frames`, masks ``[F, H, W]`` in 0..1 on their device, `bad`
+    ``[F]`` bool or None (extract_cues checks them once for all stages). `out` ``[F, H, W, 3]`` (contiguous, on
+    the frames' device) receives the cue when given."""
+    report = on_frame
+    count, height, width = frames.shape[:3]
+    if out is None:
+        out = torch.empty(count, height, width, 3, device=frames.device)
+    cpu_only = frames.device.type == "cpu" and not (frames.requires_grad or masks.requires_grad)
+    taps = spatial_taps(height, width, cutoff=cutoff, filter=filter) if cpu_only else None
+    if taps is not None:
+        return _pose_cue_spatial(frames, masks, bad, taps, report, out)
+
+    grey_out = torch.empty(count, height, width, device=frames.device)
     for start in range(0, count, FFT_CHUNK):
         stop = min(start + FFT_CHUNK, count)
         foreground = grey(frames[start:stop]) * masks[start:stop]
-        out[start:stop] = low_pass(foreground, cutoff=cutoff, filter=filter, order=order).clamp(0.0, 1.0)
+        grey_out[start:stop] = low_pass(foreground, cutoff=cutoff, filter=filter, order=order).clamp(0.0, 1.0)
         if report is not None:
             for i in range(start, stop):
                 report(i)
     if bad is not None and bool(bad.any()):
-        out[bad] = 0.0
+        grey_out[bad] = 0.0
         log.debug("pose cue: %d bad frames blanked", int(bad.sum()))
-    return out[..., None].expand(-1, -1, -1, 3).contiguous()
+    out.copy_(grey_out[..., None].expand(-1, -1, -1, 3))
+    return out
+
+
+def _pose_cue_spatial(frames: Tensor, masks: Tensor, bad: Tensor | None, taps: tuple,
+                      report: Callable[[int], None] | None, out: Tensor) -> Tensor:
+    """`pose_cue` frame by frame with OpenCV into `out`: luma, mask, separable Gaussian, clamp, three channels,
+    each in one pass over a frame-sized buffer (the torch version's temporaries cost more than the filtering)."""
+    cv2 = _opencv()
+    count, height, width = frames.shape[:3]
+    frames_np, masks_np, out_np = frames.numpy(), masks.numpy(), out.numpy()
+    skip = [False] * count if bad is None else bad.cpu().tolist()
+    luma = np.empty((height, width), np.float32)
+    filtered = np.empty((height, width), np.float32)
+    for i in range(count):
+        if skip[i]:
+            out_np[i] = 0.0
+        else:
+            # OpenCV's float RGB -> grey uses the BT.601 weights of LUMA_WEIGHTS
+            cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma)
+            cv2.multiply(luma, masks_np[i], dst=luma)
+            _filter_spatial(luma, taps, filtered)
+            np.clip(filtered, 0.0, 1.0, out=filtered)
+            cv2.cvtColor(filtered, cv2.COLOR_GRAY2RGB, dst=out_np[i])
+        if report is not None:
+            report(i)
+    if any(skip):
+        log.debug("pose cue: %d bad frames blanked", sum(skip))
+    return out

@@ -133,7 +133,20 @@ def segment_person(
     at level `threshold`; frames where mediapipe finds nobody stay empty. `device` only applies to SAM
     (default: CUDA when available). `on_frame(i)` is called after each frame and may raise to stop.
     """
-    frames = as_frames(frames, name="frames")
+    return _segment_person(as_frames(frames, name="frames"), backend=backend, sam_checkpoint=sam_checkpoint,
+                           threshold=threshold, on_frame=on_frame, device=device)
+
+
+def _segment_person(
+    frames: Tensor,
+    *,
+    backend: SegmentationBackend = "mediapipe",
+    sam_checkpoint: str | None = None,
+    threshold: float = 0.5,
+    on_frame: Callable[[int], None] | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """`segment_person` on frames already checked by `as_frames` (extract_cues checks them once for all stages)."""
     if backend not in ("mediapipe", "sam"):
         raise CueError(f"segment_person: backend={backend!r} is not known; use 'mediapipe' or 'sam'.")
     if not 0.0 < threshold < 1.0:
