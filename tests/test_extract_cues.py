@@ -293,3 +293,20 @@ def test_concurrent_detection_gives_what_the_detectors_give_one_after_the_other(
     assert torch.equal(triplet.record.face_valid, track.valid)
     crop = square_boxes(track.boxes, scale=config.face_scale)[track.valid]
     assert torch.allclose(triplet.record.face_boxes[track.valid], crop)
+
+
+def test_reference_face_missed_in_the_whole_picture_is_found_in_the_head_region(dance_clip):
+    """mediapipe misses the anime reference's face at 512x896 in the whole picture; the head view finds it."""
+    from directanimator.cues.face_detection import detect_faces
+    from directanimator.video import read_image
+
+    reference = read_image(REAL_DATA / "ref_anime_character.jpg", size=(896, 512))
+    assert not bool(detect_faces(reference, backend="mediapipe").valid[0])  # the case this fallback exists for
+    driving = torch.nn.functional.interpolate(dance_clip[:3].permute(0, 3, 1, 2), size=(896, 512))
+    triplet = extract_cues(reference, driving.permute(0, 2, 3, 1), CueConfig(height=896, width=512))
+    face = triplet.record.reference_face_box
+    assert face is not None and any("head region" in note for note in triplet.record.notes)
+    x0, y0, x1, y1 = face.tolist()
+    person = triplet.record.reference_person_box.tolist()
+    assert person[0] <= x0 < x1 <= person[2] and person[1] <= y0 < y1 <= person[1] + 0.3 * (person[3] - person[1])
+    assert 40 < x1 - x0 < 120  # a head-sized box at this size

@@ -15,7 +15,7 @@ from ..errors import CueError
 from ..tensors import as_frames
 from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, median_box, smooth_track, square_boxes
-from .face_cue import _face_cue
+from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
 from .location_cue import _location_cue, fit_similarity
 from .pose_cue import _pose_cue
@@ -37,6 +37,10 @@ MIN_HALF_FRAMES = 4
 # The reference is analysed by these when the driving inputs came from the caller ("given").
 DEFAULT_SEGMENTER = "mediapipe"
 DEFAULT_FACE_DETECTOR = "auto"
+# Second look for a reference face the detector missed in the whole picture (small or stylised faces): the head
+# region, a square of this fraction of the person's height from the top of its box, enlarged to HEAD_VIEW_PX.
+HEAD_REGION = 0.4
+HEAD_VIEW_PX = 384
 
 
 def _content(plan: ResizePlan) -> Tensor:
@@ -180,6 +184,28 @@ def _face_track(boxes, valid, count: int, name: str) -> FaceTrack:
     return track
 
 
+def _reference_face(ref: Tensor, person_box: Tensor, backend: str) -> tuple[Tensor | None, str, bool]:
+    """The reference's face box (px), the backend that found it, and whether only the head-region view did.
+
+    A single picture can afford a second look: detectors miss small or stylised faces at the working size, so
+    when the whole picture gives none, the top of the person box is enlarged and searched again.
+    """
+    track = _detect_faces(ref, backend=backend)
+    if bool(track.valid[0]):
+        return track.boxes[0].float().cpu(), track.backend or backend, False
+    x0, y0, x1, y1 = (float(v) for v in person_box)
+    side = max(HEAD_REGION * (y1 - y0), 1.0)
+    centre = (x0 + x1) / 2
+    head = torch.tensor([centre - side / 2, y0 - 0.1 * side, centre + side / 2, y0 + 0.9 * side])
+    view = crop_resize(ref[0].cpu(), head, HEAD_VIEW_PX, HEAD_VIEW_PX)[None]
+    track = _detect_faces(view.contiguous(), backend=backend)
+    if not bool(track.valid[0]):
+        return None, track.backend or backend, False
+    scale = side / HEAD_VIEW_PX
+    box = track.boxes[0].float().cpu() * scale + torch.tensor([head[0], head[1], head[0], head[1]])
+    return box, track.backend or backend, True
+
+
 def extract_cues(
     reference: Tensor,
     driving: Tensor,
@@ -262,9 +288,9 @@ def extract_cues(
     if r_face_in is not None:
         ref_face, ref_face_backend = r_box.map_boxes(r_face_in), "given"
     else:
-        ref_track = _detect_faces(ref, backend=face_backend)
-        ref_face = ref_track.boxes[0].float().cpu() if bool(ref_track.valid[0]) else None
-        ref_face_backend = ref_track.backend or face_backend
+        ref_face, ref_face_backend, found_in_head = _reference_face(ref, ref_person, face_backend)
+        if found_in_head:
+            notes.append("reference: face found in the enlarged head region (not in the whole picture)")
         if ref_face is None:
             notes.append("reference: no face found; the location transform uses the body boxes only and the "
                          "reference face cue is black")
