@@ -310,3 +310,13 @@ def test_reference_face_missed_in_the_whole_picture_is_found_in_the_head_region(
     person = triplet.record.reference_person_box.tolist()
     assert person[0] <= x0 < x1 <= person[2] and person[1] <= y0 < y1 <= person[1] + 0.3 * (person[3] - person[1])
     assert 40 < x1 - x0 < 120  # a head-sized box at this size
+
+
+def test_extract_cues_under_inference_mode_as_comfyui_runs_nodes():
+    """ComfyUI runs nodes under torch.inference_mode(); the worker threads must run in the same mode."""
+    frames, masks, faces = puppet_clip()
+    count = 2 * 8  # long enough for the two-halves path
+    frames, masks, faces = (x[:1].expand(count, *x.shape[1:]).contiguous() for x in (frames, masks, faces))
+    with torch.inference_mode():
+        triplet = extract(driving=frames, masks=masks, faces=faces)
+    assert triplet.pose.shape[0] == count and bool(triplet.record.face_valid.all())

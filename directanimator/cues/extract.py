@@ -119,6 +119,19 @@ class _Stopped(Exception):
     """Raised inside the background face detection when the foreground work failed or was cancelled."""
 
 
+def _in_callers_grad_mode(fn: Callable) -> Callable:
+    """`fn` wrapped to run in the calling thread's autograd mode. Grad and inference modes are thread-local: a
+    worker would otherwise run with grad enabled and outside inference mode, and then may not write into
+    tensors the caller made under ``torch.inference_mode()`` (as ComfyUI runs every node)."""
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def wrapped(*args, **kwargs):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _detections_alongside(
     frames: Tensor, backend: str, segment: Callable[[Callable[[int], None]], Tensor], on_frame: Callable[[int], None],
 ) -> tuple[Tensor, FaceTrack]:
@@ -141,7 +154,7 @@ def _detections_alongside(
         on_frame(index)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="directanimator-faces") as pool:
-        faces: Future = pool.submit(_detect_faces, frames, backend=backend, on_frame=check)
+        faces: Future = pool.submit(_in_callers_grad_mode(_detect_faces), frames, backend=backend, on_frame=check)
         try:
             masks = segment(report)
         except BaseException:
@@ -162,7 +175,7 @@ def _in_two_halves(count: int, build: Callable[[int, int], None], *, parallel: b
         return
     half = count // 2
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="directanimator-cues") as pool:
-        first = pool.submit(build, 0, half)
+        first = pool.submit(_in_callers_grad_mode(build), 0, half)
         build(half, count)
         first.result()
 
