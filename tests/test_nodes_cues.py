@@ -14,6 +14,14 @@ from nodes.cues import (
     DirectAnimatorPoseCue,
 )
 
+
+@pytest.fixture(autouse=True)
+def like_comfyui():
+    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 SIZE = (96, 64)  # (H, W), multiples of 16
 
 

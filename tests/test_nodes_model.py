@@ -16,6 +16,14 @@ from nodes.model import (
 from tests.test_pipeline import SMALL, synthetic_triplet
 from tests.tiny import TEXT_DIM, TEXT_LEN, save_tiny_diffusers
 
+
+@pytest.fixture(autouse=True)
+def like_comfyui():
+    """ComfyUI executes every node under torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 FRAMES = 7  # not 4k+1: padded to 9 and trimmed back
 
 
