@@ -12,11 +12,11 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: requirements.txt requirements-dev.txt
+$(VENV)/.setup-done: requirements.txt requirements-train.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install $(TORCH_PIN)
-	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-train.txt -r requirements-dev.txt
 	touch $@
 
 test: setup

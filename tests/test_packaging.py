@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _requirement_lines() -> list[str]:
-    lines = (ROOT / "requirements.txt").read_text().splitlines()
+def _requirement_lines(name: str = "requirements.txt") -> list[str]:
+    lines = (ROOT / name).read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
@@ -26,6 +26,9 @@ def test_requirements_install_line_by_line_without_options_or_torch_pin():
 def test_pyproject_dependencies_equal_requirements_and_comfy_table_present():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["dependencies"] == _requirement_lines()
+    extras = project["project"]["optional-dependencies"]
+    assert extras["train"] == _requirement_lines("requirements-train.txt")
+    assert extras["dev"] == _requirement_lines("requirements-dev.txt")
     comfy = project["tool"]["comfy"]
     for key in ("PublisherId", "DisplayName", "requires-comfyui"):
         assert comfy[key], key

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from directanimator.errors import InputError
+from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
@@ -333,7 +333,13 @@ class Trainer:
 
     def fit(self, *, resume: str | None = None) -> list[dict]:
         """Train to `run.steps`; returns the logged records of this call."""
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # the training extra is not installed
+            raise BackendUnavailableError(
+                "training logs to TensorBoard, which is not installed: pip install -r requirements-train.txt "
+                "(or pip install tensorboard)."
+            ) from error
         from tqdm import tqdm
 
         r = self.config.run
