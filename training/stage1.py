@@ -7,16 +7,12 @@ reference dropout teach the guidance branches. `--resume latest` continues a run
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 
 from torch import Tensor
 
-from .config import TrainConfig, add_config_arguments, load_config
+from .config import TrainConfig
 from .data import Batch, CachedClips
-from .trainer import Trainer, denoising_loss, load_student
-
-log = logging.getLogger(__name__)
+from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
 
 
 def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
@@ -35,14 +31,8 @@ def train_stage1(config: TrainConfig, *, resume: str | None = None) -> list[dict
     return trainer.fit(resume=resume)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument("--resume", default=None, metavar="latest|PATH",
-                        help="continue from the newest checkpoint of the run ('latest') or a checkpoint folder")
+add_arguments = add_training_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
-    train_stage1(config, resume=args.resume)
-    return 0
+    return run_training(args, train_stage1)

@@ -9,19 +9,15 @@ teacher tokens after block D); both terms are logged.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 
 from torch import Tensor
 
 from directanimator.errors import InputError
 
-from .config import TrainConfig, add_config_arguments, load_config
+from .config import TrainConfig
 from .data import Batch, CachedClips
 from .s2x import S2XTeacher, capture_block_output, s2x_loss
-from .trainer import Trainer, denoising_loss, load_student
-
-log = logging.getLogger(__name__)
+from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
 
 
 def make_stage2_loss(teacher: S2XTeacher, config: TrainConfig):
@@ -76,14 +72,8 @@ def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict
     return trainer.fit(resume=resume)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument("--resume", default=None, metavar="latest|PATH",
-                        help="continue from the newest checkpoint of the run ('latest') or a checkpoint folder")
+add_arguments = add_training_arguments
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
-    train_stage2(config, resume=args.resume)
-    return 0
+    return run_training(args, train_stage2)

@@ -28,7 +28,7 @@ from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, lo
 from directanimator.sampling import make_scheduler
 
 from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
-from .config import TrainConfig, save_config
+from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 
 log = logging.getLogger(__name__)
@@ -426,6 +426,21 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
+
+
+def add_training_arguments(parser) -> None:
+    """Options of the stage commands: the config file, ``--set`` overrides and ``--resume``."""
+    add_config_arguments(parser)
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest checkpoint of the run ('latest') or a checkpoint folder")
+
+
+def run_training(args, train: Callable[..., list[dict]]) -> int:
+    """Load and validate the config (printing it resolved), then ``train(config, resume=...)``."""
+    config = load_config(args.config, args.overrides)
+    log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
+    train(config, resume=args.resume)
+    return 0
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
