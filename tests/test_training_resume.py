@@ -3,7 +3,6 @@ run's loss trajectory exactly (CPU)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

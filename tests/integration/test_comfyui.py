@@ -4,7 +4,6 @@ interruption. Skipped unless COMFYUI_DIR is set (see conftest.py); needs the rea
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import sys
