@@ -52,3 +52,11 @@ def test_uint8_and_numpy_inputs_are_scaled_to_0_1():
     out = as_frames(image)
     assert out.dtype == torch.float32 and out.shape == (1, 64, 64, 3)
     assert float(out[0, 0, 0, 0]) == 0.0 and float(out[0, 1, 1, 0]) == 1.0
+
+
+def test_very_large_and_tiny_frames_are_refused_with_the_fix():
+    with pytest.raises(InputError, match="at most 4096 px per side.*Resize the input first"):
+        as_frames(torch.zeros(1, 4100, 64, 3))
+    with pytest.raises(InputError, match="at least 64 px per side.*Upscale"):
+        as_frames(torch.zeros(1, 63, 200, 3))
+    assert as_frames(torch.zeros(1, 4096, 64, 3)).shape == (1, 4096, 64, 3)
