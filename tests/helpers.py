@@ -102,3 +102,31 @@ def mass_inside(weights: Tensor, box: Tensor, *, margin: float = 0.0) -> float:
     x0, y0, x1, y1 = (float(v) for v in box)
     inside = rectangle((x0 - margin, y0 - margin, x1 + margin, y1 + margin), tuple(weights.shape))
     return float((weights * inside).sum()) / max(float(weights.sum()), 1e-12)
+
+
+DANCE = REAL_DATA / "dance_1080x1920_24fps.mp4"
+DANCE_SIZE = (896, 512)  # (height, width) working size of the 1080x1920 portrait dance video
+
+
+def needs_real_data() -> None:
+    """Skip the calling test when ../shared/data/real is absent."""
+    if not DANCE.is_file():
+        import pytest
+
+        pytest.skip(f"real footage not found at {REAL_DATA} (see ../shared/data/real/SOURCES.md)")
+
+
+def dance_frames() -> Tensor:
+    """Every 3rd frame of the real dance video at 512x896 (96 frames); skips without the footage."""
+    needs_real_data()
+    from directanimator.video import read_video
+
+    return read_video(DANCE, stride=3, size=DANCE_SIZE, resize="stretch").frames
+
+
+def real_reference(name: str) -> Tensor:
+    """A reference picture of ../shared/data/real at 512x896; skips without the footage."""
+    needs_real_data()
+    from directanimator.video import read_image
+
+    return read_image(REAL_DATA / name, size=DANCE_SIZE, resize="stretch")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,31 +9,17 @@ from directanimator.cues import face_detection
 from directanimator.cues.face_detection import available_backends, detect_faces
 from directanimator.cues.types import FaceTrack
 from directanimator.errors import BackendUnavailableError, CueError, InputError
+from helpers import DANCE_SIZE, dance_frames, real_reference
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-DANCE = REAL / "dance_1080x1920_24fps.mp4"
-WORKING_SIZE = (896, 512)  # (height, width) of the 1080x1920 portrait video
-
-
-def needs_real_data():
-    if not DANCE.is_file():
-        pytest.skip(f"real footage not found at {REAL} (see ../shared/data/real/SOURCES.md)")
+WORKING_SIZE = DANCE_SIZE
 
 
 @pytest.fixture(scope="module")
 def dance():
-    """Every 3rd frame of the real dance video at 512x896: 96 frames."""
-    needs_real_data()
-    from directanimator.video import read_video
-
-    return read_video(DANCE, stride=3, size=WORKING_SIZE, resize="stretch").frames
+    return dance_frames()
 
 
-def reference(name: str) -> torch.Tensor:
-    needs_real_data()
-    from directanimator.video import read_image
-
-    return read_image(REAL / name, size=WORKING_SIZE, resize="stretch")
+reference = real_reference
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

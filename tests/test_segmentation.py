@@ -21,10 +21,9 @@ from directanimator.cues.sam import (
 )
 from directanimator.cues.segmentation import bad_frames, mask_areas, segment_person, selfie_model_for
 from directanimator.errors import CheckpointError, CueError, InputError
+from helpers import DANCE_SIZE, dance_frames, real_reference
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-DANCE = REAL / "dance_1080x1920_24fps.mp4"
-WORKING_SIZE = (896, 512)  # (height, width) of the 1080x1920 portrait video
+WORKING_SIZE = DANCE_SIZE
 
 TINY_SAM = SamArch(
     encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,), img_size=128,
@@ -33,25 +32,12 @@ TINY_SAM = SamArch(
 )
 
 
-def needs_real_data():
-    if not DANCE.is_file():
-        pytest.skip(f"real footage not found at {REAL} (see ../shared/data/real/SOURCES.md)")
-
-
 @pytest.fixture(scope="module")
 def dance():
-    """Every 3rd frame of the real dance video at 512x896: 96 frames."""
-    needs_real_data()
-    from directanimator.video import read_video
-
-    return read_video(DANCE, stride=3, size=WORKING_SIZE, resize="stretch").frames
+    return dance_frames()
 
 
-def reference(name: str) -> torch.Tensor:
-    needs_real_data()
-    from directanimator.video import read_image
-
-    return read_image(REAL / name, size=WORKING_SIZE, resize="stretch")
+reference = real_reference
 
 
 @pytest.fixture(scope="module")
