@@ -31,40 +31,12 @@ from directanimator.video import read_image, read_video, resize_frames, write_im
 
 from directanimator.metrics import summary
 from .world.cues import truth_cue_inputs
+from .world.dataset import METADATA, metadata_file, read_metadata as read_entries  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-METADATA = "metadata.jsonl"
 RESULTS = "validation.jsonl"
 SHEET_FRAMES = 3  # rows of the sheet: first, middle and last frame
-
-
-def metadata_file(path: str | Path) -> Path:
-    """``path`` itself when it is a file, else ``path/metadata.jsonl``; raises InputError when absent."""
-    path = Path(path)
-    file = path if path.is_file() else path / METADATA
-    if not file.is_file():
-        raise InputError(f"{path}: no metadata file ({file}). Give a dataset folder or its metadata.jsonl "
-                         "(docs/data_format.md), e.g. one written by `python -m training synth`.")
-    return file
-
-
-def read_entries(path: str | Path) -> list[dict]:
-    """The entries of a metadata file (or a folder holding one), in order; InputError names a bad line."""
-    file = metadata_file(path)
-    entries = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{file}, line {number}: not valid JSON ({error.msg}).") from error
-        missing = [k for k in ("clip", "fps") if k not in entry]
-        if missing:
-            raise InputError(f"{file}, line {number}: missing {', '.join(missing)} (see docs/data_format.md).")
-        entries.append(entry)
-    return entries
 
 
 def held_out_entries(entries: list[dict], *, max_clips: int) -> list[dict]:

@@ -73,22 +73,30 @@ class WorldDataset(Dataset):
         return sample_to_dict(self.sample(index))
 
 
-def read_metadata(root: str | Path) -> list[dict]:
-    """The entries of ``root/metadata.jsonl``, in order; raises InputError naming the bad line."""
-    path = Path(root) / METADATA
-    if not path.is_file():
-        raise InputError(f"{path}: no metadata file. Export a dataset first (python -m training synth --out DIR).")
+def metadata_file(path: str | Path) -> Path:
+    """``path`` itself when it is a file, else ``path/metadata.jsonl``; raises InputError when absent."""
+    path = Path(path)
+    file = path if path.is_file() else path / METADATA
+    if not file.is_file():
+        raise InputError(f"{path}: no metadata file ({file}). Give a dataset folder or its metadata.jsonl "
+                         "(docs/data_format.md), e.g. one written by `python -m training synth --out DIR`.")
+    return file
+
+
+def read_metadata(path: str | Path) -> list[dict]:
+    """The entries of a metadata file (or of a folder's ``metadata.jsonl``), in order; InputError names a bad line."""
+    file = metadata_file(path)
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise InputError(f"{path}, line {number}: not valid JSON ({error.msg}).") from error
+            raise InputError(f"{file}, line {number}: not valid JSON ({error.msg}).") from error
         missing = [k for k in ("clip", "fps") if k not in entry]
         if missing:
-            raise InputError(f"{path}, line {number}: missing {', '.join(missing)} (see docs/data_format.md).")
+            raise InputError(f"{file}, line {number}: missing {', '.join(missing)} (see docs/data_format.md).")
         entries.append(entry)
     return entries
 
