@@ -13,19 +13,19 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
 from directanimator.conditioning import encode_conditioning, pad_frames, plan_frame_count
 from directanimator.cues import CueConfig, CueRecord, CueTriplet, Similarity, extract_cues
+from directanimator.atomic import save_safetensors
 from directanimator.errors import DirectAnimatorError, InputError
 from directanimator.models.configs import backbone_config
 from directanimator.vae_io import encode_frames
@@ -274,16 +274,6 @@ def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> di
     return tensors
 
 
-def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _caption(root: Path, entry: dict, bc: dict) -> Tensor | None:
     if "text_embeds" not in entry:
         return None
@@ -308,7 +298,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
             "reference_to_latent": reference_to_latent(config)}
     (folder / PREPARE_INFO).write_text(json.dumps(info, indent=1))
     if not (folder / NULL_TEXT).is_file():
-        _atomic_save({"null_text": null_text(config, bc)}, folder / NULL_TEXT, {})
+        save_safetensors({"null_text": null_text(config, bc)}, folder / NULL_TEXT, {})
 
     d = config.data
     todo, cached = [], 0
@@ -349,7 +339,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                 meta = {"bucket": json.dumps(job["bucket"]), "windows": str(len(result["windows"])),
                         "pseudo_variants": str(len(result["windows"][0]["pseudo"])), "key": info["key"],
                         "clip": entry["clip"], "identity": str(entry.get("identity", ""))}
-                _atomic_save(tensors, folder / f"{job['id']}.safetensors", meta)
+                save_safetensors(tensors, folder / f"{job['id']}.safetensors", meta)
                 done += 1
         finally:
             if executor is not None:

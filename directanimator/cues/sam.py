@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..atomic import save_safetensors
 from ..errors import BackendUnavailableError, CheckpointError, CueError
 from ..tensors import as_frames, as_masks
 
@@ -127,16 +128,11 @@ def build_sam(arch: SamArch) -> nn.Module:
 
 def save_sam_checkpoint(model: nn.Module, path: str | Path, arch: SamArch) -> Path:
     """Write `model`'s weights as safetensors with `arch` in the metadata (temporary name, then rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"save_sam_checkpoint: {path} must end in .safetensors.")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", ARCH_METADATA_KEY: arch.to_json()})
-    tmp.replace(path)
-    return path
+    return save_safetensors(state, path, {"format": "pt", ARCH_METADATA_KEY: arch.to_json()})
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], SamArch | None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any, Literal, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from ..atomic import save_safetensors
 from ..errors import CheckpointError, InputError
 from .configs import CueFusionConfig, fingerprint, fingerprint_mismatch
 from .transformer import DirectAnimatorTransformer, plain_backbone_key, wrapped_backbone_key
@@ -201,14 +200,7 @@ def save_checkpoint(path: str | Path, model: DirectAnimatorTransformer, *, weigh
         "config": json.dumps(config, default=_json_default),
         "fingerprint": json.dumps(model.fingerprint),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_safetensors(tensors, path, metadata)
     log.info("saved DirectAnimator checkpoint %s (%s weights, %d tensors)", path, weights, len(tensors))
     return path
 

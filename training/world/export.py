@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -18,6 +16,7 @@ from typing import Callable
 from safetensors.torch import save_file
 from torch import Tensor
 
+from directanimator.atomic import atomic_path
 from directanimator.errors import InputError
 from directanimator.video import write_image, write_video
 
@@ -36,15 +35,8 @@ WORLD_CONFIG = "world.json"
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def write_clip(path: Path, frames: Tensor, fps: float, fmt: str) -> str:
