@@ -31,7 +31,7 @@ from directanimator.video import read_image, read_video, resize_frames, write_im
 
 from directanimator.metrics import summary
 from .world.cues import truth_cue_inputs
-from .world.dataset import METADATA, metadata_file, read_metadata as read_entries  # noqa: F401  (re-exported)
+from .world.dataset import METADATA, metadata_file, read_metadata as read_entries  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
