@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training_stage1 import CONFIG, make_world, overrides
+from directanimator.errors import InputError
 from training.config import load_config
 from training.data import SKIPPED, CachedClips, cache_folder, clip_id
 from training.prepare import prepare, random_similarity, realign
@@ -104,3 +105,28 @@ def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_skeleton_source_caches_skeleton_maps_with_blank_face_and_location(prepared):
+    config, _, _, broken, scene = prepared
+    base = [f"data.metadata={json.dumps(config.data.metadata)}", f"model.backbone={json.dumps(config.model.backbone)}"]
+    skeleton = load_config(CONFIG, [*base, "data.pose_source='skeleton'", "data.pseudo=false"])
+    assert cache_folder(skeleton) != cache_folder(config)
+    prepare(skeleton)
+    name = next(p.name for p in cache_folder(config).glob("*.safetensors")
+                if p.stem not in (clip_id(scene), clip_id(broken)) and p.name != "null_text.safetensors")
+    cues, skel = load_file(str(cache_folder(config) / name)), load_file(str(cache_folder(skeleton) / name))
+    assert torch.equal(cues["w0.target"], skel["w0.target"]) and torch.equal(cues["w0.reference"], skel["w0.reference"])
+    assert not torch.allclose(cues["w0.cues.pose"], skel["w0.cues.pose"], atol=1e-3)
+    assert skel["w0.cues.body_mask"].abs().max() == 0 and skel["w0.cues.face_mask"].abs().max() == 0
+    assert cues["w0.cues.body_mask"].max() > 0.1
+    assert not any(k.startswith("w0.pseudo") for k in skel)
+
+
+def test_skeleton_source_needs_ground_truth_and_no_pseudo_cues(prepared):
+    config = prepared[0]
+    base = [f"data.metadata={json.dumps(config.data.metadata)}", f"model.backbone={json.dumps(config.model.backbone)}"]
+    with pytest.raises(InputError, match="data.pseudo=false"):
+        load_config(CONFIG, [*base, "data.pose_source='skeleton'"])
+    with pytest.raises(InputError, match="pose_source='bones'"):
+        load_config(CONFIG, [*base, "data.pose_source='bones'"])

@@ -246,3 +246,17 @@ def test_bad_world_inputs_raise_input_errors_naming_the_problem():
         forward_kinematics(identity().proportions, bad, Placement(), height=64, width=64)
     with pytest.raises(InputError, match="times"):
         still().sample([float("nan")])
+
+
+def test_skeleton_maps_put_limbs_where_the_letterboxed_joints_are():
+    from training.world.skeleton_map import OPENPOSE_JOINTS, skeleton_maps
+
+    points = np.zeros((1, len(OPENPOSE_JOINTS), 2))
+    shown = np.zeros((1, len(OPENPOSE_JOINTS)), bool)
+    points[0, 1], points[0, 2] = (50.0, 40.0), (50.0, 80.0)  # neck -> right shoulder, vertical, in a 100x200 frame
+    shown[0, [1, 2]] = True
+    maps = skeleton_maps(points, shown, source=(100, 200), size=(64, 64))  # scale 0.32, bars of 16 px top/bottom
+    assert maps.shape == (1, 64, 64, 3)
+    lit = maps[0].sum(-1) > 0.2
+    ys, xs = torch.nonzero(lit, as_tuple=True)
+    assert abs(xs.float().mean().item() - 16.0) <= 1.0 and ys.min() >= 16 + 12 - 2 and ys.max() <= 16 + 26 + 2

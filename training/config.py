@@ -21,6 +21,7 @@ TRAIN_MODES = ("lora", "full", "cue")
 SCHEDULES = ("constant", "cosine")
 LAMBDA_SCHEDULES = ("constant", "linear")
 TEACHER_MODES = ("copy", "lora_disabled")
+POSE_SOURCES = ("cues", "skeleton")
 PRECISIONS = ("auto", "no", "bf16")
 METADATA = "metadata.jsonl"
 
@@ -63,6 +64,11 @@ class DataConfig:
     align_scale: list = field(default_factory=lambda: [0.75, 1.25])  # range of the random driving rescale
     align_shift: float = 0.15  # random driving shift, fraction of the frame side
     workers: int = 0  # cue-extraction processes in prepare (0: in the main process)
+    # "cues": the Driving Cue Triplet; "skeleton": the skeleton-map baseline (benchmarks/claims.py): the pose slot
+    # holds an OpenPose-style map of the ground-truth joints through a simulated estimator, face and location are
+    # blank (world clips with ground truth only)
+    pose_source: str = "cues"
+    skeleton_errors: list = field(default_factory=lambda: [0.05, 0.05, 1.0, 0.03])  # swap, drop, jitter px, front_back
 
 
 @dataclass
@@ -262,6 +268,14 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
          f"data.align_scale={d.align_scale!r}: [low, high] with 0 < low <= high.")
     need(0.0 <= d.align_shift <= 1.0, f"data.align_shift={d.align_shift}: a fraction of the frame side in [0, 1].")
     need(d.pseudo_variants >= 1 and d.workers >= 0, "data.pseudo_variants must be >= 1 and data.workers >= 0.")
+    need(d.pose_source in POSE_SOURCES, f"data.pose_source={d.pose_source!r}: use one of {', '.join(POSE_SOURCES)}.")
+    need(len(d.skeleton_errors) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in d.skeleton_errors)
+         and all(v <= 1 for k, v in enumerate(d.skeleton_errors) if k != 2),
+         f"data.skeleton_errors={d.skeleton_errors!r}: [swap, drop, jitter_px, front_back], probabilities in "
+         "[0, 1] and jitter >= 0 px.")
+    need(d.pose_source == "cues" or (d.ground_truth and not d.pseudo),
+         "data.pose_source='skeleton' is a stage-1 baseline drawn from the world's ground-truth joints; set "
+         "data.ground_truth=true and data.pseudo=false.")
     try:
         config.cues.validate()
     except Exception as error:

@@ -43,13 +43,16 @@ def clip_id(entry: dict) -> str:
 def cache_material(config: TrainConfig) -> dict:
     """Every setting the cached tensors depend on."""
     d = config.data
-    return {
+    material = {
         "version": CACHE_VERSION, "backbone": config.model.backbone, "vae": config.model.vae,
         "null_text": config.model.null_text, "frames": d.frames, "stride": d.stride, "max_windows": d.max_windows,
         "buckets": d.buckets, "ground_truth": d.ground_truth, "pseudo": d.pseudo,
         "pseudo_variants": d.pseudo_variants, "align_scale": d.align_scale, "align_shift": d.align_shift,
         "seed": config.run.seed, "cues": asdict(config.cues),
     }  # fmt: skip
+    if d.pose_source != "cues":  # (the key of a cue cache is unchanged by this option)
+        material.update(pose_source=d.pose_source, skeleton_errors=d.skeleton_errors)
+    return material
 
 
 def cache_key(config: TrainConfig) -> str:

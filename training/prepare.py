@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -44,6 +45,7 @@ from .data import (
     window_starts,
 )
 from .world.cues import truth_cue_inputs
+from .world.skeleton_map import EstimatorErrors, simulate_estimator, skeleton_maps, skeleton_triplet, to_openpose
 from .world.dataset import read_metadata
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,8 @@ def _reference_truth(truth: dict, has_reference: bool) -> dict:
     """Ground truth with a ``reference_`` role: the reference image's, or the clip's frame 0 when it is the reference."""
     if has_reference:
         return truth
-    extra = {f"reference_{k}": truth[k][:1] for k in ("person_masks", "face_boxes", "face_valid")}
+    extra = {f"reference_{k}": truth[k][:1] for k in ("person_masks", "face_boxes", "face_valid", "joints",
+                                                       "joint_visible") if k in truth}
     return {**truth, **extra}
 
 
@@ -217,6 +220,7 @@ def _extract(job: dict) -> list[dict]:
     config = CueConfig(**{**cues.to_dict(), "height": size[0], "width": size[1]})
     exact = CueConfig(**{**config.to_dict(), "segmenter": "given", "face_detector": "given"})
     gen = torch.Generator().manual_seed(int(job["seed"]) * 7919 + int(job["id"][:8], 16))
+    np_rng = np.random.default_rng(int(job["seed"]) * 7919 + int(job["id"][:8], 16))
     out = []
     for start in window_starts(len(target), frames, stride, job["max_windows"]):
         index = torch.arange(start, start + (frames - 1) * stride + 1, stride).clamp(max=len(target) - 1)
@@ -226,6 +230,11 @@ def _extract(job: dict) -> list[dict]:
         elif truth is not None:
             inputs = _slice_truth(truth_cue_inputs(truth), index.clamp(max=len(driving) - 1))
             window["cues"] = extract_cues(reference, driving[index.clamp(max=len(driving) - 1)], exact, **inputs)
+            if job.get("pose_source", "cues") == "skeleton":
+                window["cues"] = _skeleton_cues(window["cues"], truth, index.clamp(max=len(driving) - 1),
+                                                source=tuple(driving.shape[1:3]),
+                                                reference_source=tuple(reference.shape[1:3]), size=size,
+                                                errors=job["skeleton_errors"], rng=np_rng)
         else:
             window["cues"] = extract_cues(reference, driving[index.clamp(max=len(driving) - 1)], config)
         variants = []
@@ -248,6 +257,22 @@ def _extract(job: dict) -> list[dict]:
         window["pseudo"] = variants
         out.append(window)
     return out
+
+
+def _skeleton_cues(triplet: CueTriplet, truth: dict, index: Tensor, *, source: tuple[int, int],
+                   reference_source: tuple[int, int], size: tuple[int, int], errors: list,
+                   rng: np.random.Generator) -> CueTriplet:
+    """The skeleton baseline's conditioning: ground-truth joints through a simulated estimator, as maps."""
+    if "joints" not in truth or "reference_joints" not in truth:
+        raise InputError("data.pose_source='skeleton': the ground-truth file has no joints (world exports have).")
+    estimator = EstimatorErrors(*errors)
+    points, shown = simulate_estimator(*to_openpose(truth["joints"][index].numpy(),
+                                                    truth["joint_visible"][index].numpy()), estimator, rng=rng)
+    ref_points, ref_shown = simulate_estimator(*to_openpose(truth["reference_joints"][:1].numpy(),
+                                                            truth["reference_joint_visible"][:1].numpy()),
+                                               estimator, rng=rng)
+    return skeleton_triplet(triplet, skeleton_maps(points, shown, source=source, size=size),
+                            skeleton_maps(ref_points, ref_shown, source=reference_source, size=size))
 
 
 # --------------------------------------------------------------------------- encoding (main process)
@@ -312,6 +337,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
         todo.append({"root": str(config.data_root), "entry": entry, "id": cid, "cues": config.cues.to_dict(),
                      "frames": d.frames, "stride": d.stride, "bucket": list(bucket), "max_windows": d.max_windows,
                      "ground_truth": d.ground_truth, "pseudo": d.pseudo, "pseudo_variants": d.pseudo_variants,
+                     "pose_source": d.pose_source, "skeleton_errors": d.skeleton_errors,
                      "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.run.seed})
     log.info("prepare: %d clips, %d already cached in %s, %d to do", len(entries), cached, folder, len(todo))
     skipped, done = [], 0

@@ -111,6 +111,12 @@ def load_recipe(scale: str = "demo", overrides: list[str] | tuple[str, ...] = ()
     data = read_config_file(path)
     for text in overrides:
         _apply(data, *parse_override(text))
+    return recipe_from_data(data)
+
+
+def recipe_from_data(data: dict) -> RecipeConfig:
+    """A checked RecipeConfig from the tables of a recipe TOML (already read, overrides applied)."""
+    data = dict(data)
     raw_transformer, raw_train = data.pop("transformer", {}), data.pop("train", {})
     recipe = _build(RecipeConfig, data, "")
     recipe.transformer, recipe.train = dict(raw_transformer), dict(raw_train)

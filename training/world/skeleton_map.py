@@ -7,12 +7,13 @@ jitter and front-back confusion, so baselines can be trained and compared on rea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from directanimator.cues.types import CueTriplet
 from directanimator.errors import InputError
 
 from .raster import Canvas, capsule, capsule_box, coverage, ellipse, ellipse_box
@@ -134,3 +135,35 @@ def render_skeleton(keypoints, visible, *, height: int, width: int, line_width: 
             if win is not None:
                 canvas.paint(win, coverage(ellipse(win, x, y, 2 * radius, 2 * radius)[0]), OPENPOSE_COLOURS[k])
     return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 2, 3, 1)))
+
+
+def letterbox_points(points, source: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Pixel points ``[..., 2]`` of a ``source`` (h, w) frame at ``size`` (H, W) after an aspect-keeping resize with
+    centred bars (`directanimator.video.resize_frames` mode "pad")."""
+    (h, w), (height, width) = source, size
+    scale = min(height / h, width / w)
+    offset = np.array([(width - w * scale) / 2.0, (height - h * scale) / 2.0])
+    return np.asarray(points, dtype=np.float64) * scale + offset
+
+
+def skeleton_maps(keypoints, visible, *, source: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """OpenPose maps ``[F, H, W, 3]`` at working `size` of keypoints measured on `source`-sized frames."""
+    return render_skeleton(letterbox_points(keypoints, source, size), visible, height=size[0], width=size[1])
+
+
+def skeleton_triplet(triplet: CueTriplet, maps: Tensor, reference_map: Tensor) -> CueTriplet:
+    """The skeleton-driven baseline's conditioning in the triplet's slots: the pose cue and the reference's own pose
+    cue are skeleton maps (``[F, H, W, 3]`` and ``[1, H, W, 3]`` at the triplet's size); the face cue and both
+    location cues are blank, as a skeleton carries neither. The reference image is kept."""
+    if maps.shape != triplet.pose.shape or reference_map.shape != triplet.reference_pose.shape:
+        raise InputError(f"skeleton maps {tuple(maps.shape)} / reference map {tuple(reference_map.shape)}: expected "
+                         f"the triplet's pose shapes {tuple(triplet.pose.shape)} / {tuple(triplet.reference_pose.shape)}.")
+    record = replace(triplet.record, notes=[*triplet.record.notes, "pose slot: skeleton maps; face and location blank"])
+    return CueTriplet(
+        pose=maps.to(triplet.pose), face=torch.zeros_like(triplet.face),
+        body_location=torch.zeros_like(triplet.body_location), face_location=torch.zeros_like(triplet.face_location),
+        reference=triplet.reference, reference_mask=triplet.reference_mask,
+        reference_pose=reference_map.to(triplet.reference_pose), reference_face=torch.zeros_like(triplet.reference_face),
+        reference_body_location=torch.zeros_like(triplet.reference_body_location),
+        reference_face_location=torch.zeros_like(triplet.reference_face_location), record=record,
+    )
