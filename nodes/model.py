@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from directanimator.conditioning import encode_conditioning
+from directanimator.demo import CHECKPOINT as BUNDLED_CHECKPOINT
+from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, load_model
 from directanimator.sampling import SCHEDULERS, sample_latents
@@ -33,6 +36,9 @@ NO_CHECKPOINT = "none (bare backbone)"
 NO_FOLDER = "none (use repo_id)"
 
 MAX_WINDOW = 256  # latent frames
+# the demo model shipped in this pack (python -m training recipe): offered as a backbone and as a checkpoint
+BUNDLED = "directanimator-demo (bundled)"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 register_model_folder("directanimator", "directanimator", {".safetensors"})
 register_model_folder("diffusers", "diffusers", set())
@@ -52,6 +58,24 @@ def _file_stamp(path: str) -> str:
     return f"{path}:missing"
 
 
+def _bundled() -> list[str]:
+    return [BUNDLED] if is_model_folder(BUNDLED_DIR) else []
+
+
+def _backbone_source(backbone: str) -> str:
+    if backbone == BUNDLED:
+        return str(BUNDLED_DIR)
+    return model_path("diffusers", backbone) or backbone
+
+
+def _checkpoint_source(checkpoint: str) -> str | None:
+    if checkpoint == NO_CHECKPOINT:
+        return None
+    if checkpoint == BUNDLED:
+        return str(BUNDLED_DIR / BUNDLED_CHECKPOINT)
+    return model_path("directanimator", checkpoint) or checkpoint
+
+
 class DirectAnimatorModelLoader:
     """Backbone (diffusers folder or Hugging Face repo id) + DirectAnimator checkpoint -> one shared model."""
 
@@ -66,15 +90,17 @@ class DirectAnimatorModelLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "backbone": ([NO_FOLDER] + model_folders("diffusers"),
+                "backbone": ([NO_FOLDER] + _bundled() + model_folders("diffusers"),
                              {"default": NO_FOLDER, "tooltip": "A CogVideoX image-to-video diffusers folder in "
-                                                               "models/diffusers (transformer/ and vae/ inside)."}),
+                                                               "models/diffusers (transformer/ and vae/ inside), or "
+                                                               "the small demo model bundled with this pack."}),
                 "repo_id": ("STRING", {"default": "", "tooltip": "Hugging Face repo id (e.g. THUDM/CogVideoX-5b-I2V), "
                                                                  "used when backbone is 'none'; downloaded once into "
                                                                  "the Hugging Face cache unless HF_HUB_OFFLINE=1."}),
-                "checkpoint": ([NO_CHECKPOINT] + model_files("directanimator"),
+                "checkpoint": ([NO_CHECKPOINT] + _bundled() + model_files("directanimator"),
                                {"default": NO_CHECKPOINT, "tooltip": "DirectAnimator weights (CueFusion + LoRA or "
-                                                                     "full backbone) from models/directanimator."}),
+                                                                     "full backbone) from models/directanimator; the "
+                                                                     "bundled demo's goes with its backbone."}),
                 "precision": (["bf16", "fp16", "fp32"], {"default": "bf16",
                                                          "tooltip": "Weights dtype. bf16 for recent GPUs, fp32 on CPU."}),
                 "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the model on the CPU between uses and move "
@@ -92,6 +118,8 @@ class DirectAnimatorModelLoader:
             if not repo_id.strip():
                 return "Choose a backbone folder from models/diffusers, or type a Hugging Face repo id."
             return True
+        if backbone == BUNDLED:
+            return True if _bundled() else f"The bundled demo model is missing from {BUNDLED_DIR}; reinstall the pack."
         folders = model_folders("diffusers")
         if folders and backbone not in folders:
             return (f"backbone '{backbone}' is not in models/diffusers (found: {', '.join(folders)}). Put the "
@@ -103,17 +131,14 @@ class DirectAnimatorModelLoader:
         """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it."""
         paths = []
         if backbone != NO_FOLDER:
-            paths.append(model_path("diffusers", backbone) or backbone)
+            paths.append(_backbone_source(backbone))
         if checkpoint != NO_CHECKPOINT:
-            paths.append(model_path("directanimator", checkpoint) or checkpoint)
+            paths.append(_checkpoint_source(checkpoint))
         return "|".join(_file_stamp(p) for p in paths) + f"|{repo_id.strip()}|{precision}|{offload}"
 
     def load(self, backbone, repo_id, checkpoint, precision, offload):
-        if backbone != NO_FOLDER:
-            source = model_path("diffusers", backbone) or backbone
-        else:
-            source = repo_id.strip()
-        ckpt = None if checkpoint == NO_CHECKPOINT else (model_path("directanimator", checkpoint) or checkpoint)
+        source = _backbone_source(backbone) if backbone != NO_FOLDER else repo_id.strip()
+        ckpt = _checkpoint_source(checkpoint)
         model = load_model(source, ckpt, dtype=precision, device=default_device(), offload=offload)
         return (model,)
 

@@ -5,6 +5,7 @@ import torch
 
 import nodes._comfy as comfy_shim
 from directanimator.errors import InputError
+from directanimator.models import load_model
 from nodes.model import (
     NO_CHECKPOINT,
     NO_FOLDER,
@@ -141,3 +142,25 @@ def test_validation_keeps_comfyuis_range_checks_and_checks_what_it_skips():
     assert DirectAnimatorSampler.VALIDATE_INPUTS(window=None, overlap=2) is True  # linked: checked at run time
     assert "up to" in DirectAnimatorSampler.VALIDATE_INPUTS(window=999, overlap=2)
     assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone="CogVideoX-5b-I2V", repo_id="") is True
+
+
+def test_bundled_demo_model_is_offered_and_loads_from_the_pack(tmp_path_factory, monkeypatch):
+    import nodes.model as model_nodes
+    from tests.test_recipe import build_tiny_model
+
+    monkeypatch.setattr(model_nodes, "BUNDLED_DIR", tmp_path_factory.mktemp("none") / "models" / "demo")
+    required = DirectAnimatorModelLoader.INPUT_TYPES()["required"]
+    assert model_nodes.BUNDLED not in required["backbone"][0] and model_nodes.BUNDLED not in required["checkpoint"][0]
+    assert "missing" in DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=model_nodes.BUNDLED, repo_id="")
+
+    with torch.inference_mode(False), torch.enable_grad():  # the recipe trains
+        root = build_tiny_model(tmp_path_factory)
+    monkeypatch.setattr(model_nodes, "BUNDLED_DIR", root / "models" / "demo")
+    required = DirectAnimatorModelLoader.INPUT_TYPES()["required"]
+    assert model_nodes.BUNDLED in required["backbone"][0] and model_nodes.BUNDLED in required["checkpoint"][0]
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=model_nodes.BUNDLED, repo_id="") is True
+    (loaded,) = DirectAnimatorModelLoader().load(model_nodes.BUNDLED, "", model_nodes.BUNDLED, "fp32", False)
+    bare = load_model(model_nodes.BUNDLED_DIR, dtype="fp32")  # the backbone without the checkpoint
+    cue = dict(loaded.transformer.named_parameters())
+    assert any(("cue" in name or "fusion" in name) and p.abs().max() > 0 for name, p in cue.items())
+    assert loaded.cue_config and not bare.cue_config
