@@ -260,3 +260,20 @@ def test_skeleton_maps_put_limbs_where_the_letterboxed_joints_are():
     lit = maps[0].sum(-1) > 0.2
     ys, xs = torch.nonzero(lit, as_tuple=True)
     assert abs(xs.float().mean().item() - 16.0) <= 1.0 and ys.min() >= 16 + 12 - 2 and ys.max() <= 16 + 26 + 2
+
+
+def test_background_kinds_restrict_the_backdrop_and_keep_every_other_draw():
+    from training.world.background import sample_background
+
+    kinds = [sample_background(np.random.default_rng(k), kinds=("flat", "plasma")).kind for k in range(40)]
+    assert set(kinds) == {"flat", "plasma"}
+    for k in range(10):
+        full = sample_background(np.random.default_rng(k))
+        only = sample_background(np.random.default_rng(k), kinds=("room",))
+        assert only.kind == "room" and only.colours == full.colours and only.velocity == full.velocity
+    with pytest.raises(InputError, match="bricks"):
+        sample_background(np.random.default_rng(0), kinds=("bricks",))
+    config = WorldConfig(height=64, width=64, num_frames=2, backgrounds=("flat",), cross_id=False, pseudo=False)
+    clip = make_sample(0, config, seed=5).clip
+    outside = clip.frames[0][clip.person_masks[0] == 0]
+    assert (outside - outside[0]).abs().max() < 1e-6  # one flat colour behind the person

@@ -71,6 +71,7 @@ class WorldSpec:
     identities: int = 200
     seed: int = 0
     format: str = "mp4"
+    backgrounds: list = field(default_factory=list)  # backdrop kinds to draw from; empty: all (world/background.py)
 
 
 @dataclass
@@ -131,6 +132,10 @@ def check_recipe(recipe: RecipeConfig) -> None:
     if w.clips < 2 or not 1 <= w.val_clips < w.clips:
         raise InputError(f"recipe world.clips={w.clips}, world.val_clips={w.val_clips}: need at least 2 clips and "
                          "1 <= val_clips < clips (the held-out pairs of validation and the demo inputs).")
+    from .world.background import BACKGROUND_KINDS
+
+    if set(w.backgrounds) - set(BACKGROUND_KINDS):
+        raise InputError(f"recipe world.backgrounds={w.backgrounds}: choose from {', '.join(BACKGROUND_KINDS)}.")
     if w.format not in ("mp4", "png"):
         raise InputError(f"recipe world.format={w.format!r}: 'mp4' or 'png'.")
     if w.size % 16 or w.size < 64:
@@ -206,7 +211,8 @@ def _synth(recipe: RecipeConfig, work: Path) -> dict:
     from .world import WorldConfig, export_world
 
     w = recipe.world
-    config = WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities)
+    config = WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities,
+                         **({"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # rendering is numpy; one torch thread writes faster (docs/world.md)
     try:  # a marker-less folder is an interrupted export: render it again
@@ -215,7 +221,7 @@ def _synth(recipe: RecipeConfig, work: Path) -> dict:
     finally:
         torch.set_num_threads(threads)
     return {"clips": w.clips, "val_clips": w.val_clips, "size": w.size, "frames": w.frames, "fps": w.fps,
-            "identities": w.identities, "seed": w.seed, "format": w.format}
+            "identities": w.identities, "seed": w.seed, "format": w.format, "backgrounds": list(config.backgrounds)}
 
 
 def _vae(recipe: RecipeConfig, work: Path) -> dict:

@@ -33,13 +33,22 @@ class Background:
         return self.velocity[0] != 0.0 or self.velocity[1] != 0.0
 
 
-def sample_background(rng: np.random.Generator, *, moving_probability: float = 0.3) -> Background:
-    """Draw a random backdrop; muted colours, occasionally panning."""
+KIND_PROBABILITIES = (0.15, 0.15, 0.25, 0.15, 0.15, 0.15)  # of BACKGROUND_KINDS
+
+
+def sample_background(rng: np.random.Generator, *, moving_probability: float = 0.3,
+                      kinds: tuple[str, ...] = BACKGROUND_KINDS) -> Background:
+    """Draw a random backdrop of one of `kinds` (their default odds, renormalised); muted colours, occasionally
+    panning. The draws are the same whatever `kinds` is, so only the kind changes between settings."""
+    unknown = sorted(set(kinds) - set(BACKGROUND_KINDS))
+    if not kinds or unknown:
+        raise InputError(f"background kinds {list(kinds)}: choose one or more of {', '.join(BACKGROUND_KINDS)}.")
     grey = rng.uniform(0.15, 0.85)
     base = grey + rng.uniform(0.0, 0.6) * (rng.uniform(0.0, 1.0, size=3) - 0.5)  # mostly muted colours
     colours = tuple(tuple(float(c) for c in np.clip(base + rng.normal(0.0, 0.15, size=3), 0.0, 1.0))
                     for _ in range(3))
-    kind = str(rng.choice(BACKGROUND_KINDS, p=[0.15, 0.15, 0.25, 0.15, 0.15, 0.15]))
+    odds = np.array([p if k in kinds else 0.0 for k, p in zip(BACKGROUND_KINDS, KIND_PROBABILITIES)])
+    kind = str(rng.choice(BACKGROUND_KINDS, p=odds / odds.sum()))
     velocity = (0.0, 0.0)
     if rng.uniform() < moving_probability:
         speed = rng.uniform(0.05, 0.3)

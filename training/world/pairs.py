@@ -12,7 +12,7 @@ import numpy as np
 
 from directanimator.errors import InputError
 
-from .background import Background, sample_background
+from .background import BACKGROUND_KINDS, Background, sample_background
 from .degrade import Degradation, degrade, shutter_seconds
 from .identity import Identity, sample_identity
 from .motion import Motion, sample_motion
@@ -34,6 +34,7 @@ class WorldConfig:
     turn_probability: float = 0.2  # chance of a clip with a turn away from (or back to) the camera
     close_up_probability: float = 0.25  # chance of an upper-body framing instead of the full body
     moving_background_probability: float = 0.3
+    backgrounds: tuple[str, ...] = BACKGROUND_KINDS  # the backdrop kinds drawn from (background.BACKGROUND_KINDS)
     reference_gap: float = 1.0  # same-identity reference time: up to this many seconds outside the clip
     cross_id: bool = True
     pseudo: bool = True
@@ -142,7 +143,8 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, *, seed: int = 0
     identity = _identity(rng, config, seed, name) if identity is None else identity
     motion = sample_motion(rng, duration=config.duration, turn_probability=config.turn_probability)
     placement = sample_placement(rng, close_up_probability=config.close_up_probability)
-    background = sample_background(rng, moving_probability=config.moving_background_probability)
+    background = sample_background(rng, moving_probability=config.moving_background_probability,
+                                   kinds=tuple(config.backgrounds))
     return Scene(identity, motion, placement, background)
 
 
