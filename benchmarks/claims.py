@@ -245,6 +245,16 @@ def measure_cross(spec: ClaimsSpec, work: Path, runs: dict) -> dict:
     return {"models": out, "pairs": len(pairs)}
 
 
+def world_config(recipe: RecipeConfig, size: int, **extra):
+    """The exported world's WorldConfig (as `training.recipe._synth` builds it) at another size."""
+    from training.world import WorldConfig
+
+    w = recipe.world
+    kinds = {"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}
+    return WorldConfig(height=size, width=size, num_frames=w.frames, fps=w.fps, identities=w.identities, **kinds,
+                       **extra)
+
+
 def robust_clips(recipe: RecipeConfig, spec: ClaimsSpec, work: Path) -> list[int]:
     from training.validate import read_entries
 
@@ -258,7 +268,6 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
     from directanimator.pipeline import animate_triplet
     from training.evidence import cue_path_triplet, mediapipe_skeleton
     from training.validate import _cue_config
-    from training.world import WorldConfig
     from training.world.cues import exact_cues
     from training.world.degrade import Degradation
     from training.world.pairs import make_sample
@@ -273,8 +282,7 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
     for index in robust_clips(recipe, spec, work):
         for name, strength in tqdm(settings, desc=f"robustness clip {index}", unit="setting"):
             degradations = (Degradation(name, strength),) if strength > 0 else ()
-            world = WorldConfig(height=detect[0], width=detect[1], num_frames=w.frames, fps=w.fps,
-                                identities=w.identities, cross_id=False, pseudo=False, degradations=degradations)
+            world = world_config(recipe, detect[0], cross_id=False, pseudo=False, degradations=degradations)
             sample = make_sample(index, world, seed=w.seed)
             target = resize_frames(sample.clip.frames, (size, size), "pad")
             reference, driving = sample.reference.frames, sample.driving.frames
@@ -308,7 +316,6 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
 def measure_cutoff(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) -> dict:
     from training.evidence import colour_histogram, colour_similarity, cross_pairs, foreground_iou, sample_scores
     from training.validate import held_out_entries, pair_triplet, read_entries, _cue_config
-    from training.world import WorldConfig
     from training.world.background import render_background
     from training.world.pairs import make_sample
 
@@ -317,7 +324,7 @@ def measure_cutoff(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dic
     pairs = cross_pairs(model, work / "world", count=spec.eval_pairs)
     entries = [e for e in held_out_entries(read_entries(work / "world"), max_clips=10**6)
                if "cross_target" in e][:len(pairs)]
-    world = WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities)
+    world = world_config(recipe, w.size)
     truths, plates = [], []
     for entry, item in zip(entries, pairs):
         truth = load_file(str(work / "world" / entry["ground_truth"]))

@@ -97,3 +97,18 @@ def test_missing_vae_is_refused_before_any_work(tmp_path):
     with pytest.raises(InputError, match="--vae"):
         claims.run_claims(scale="tiny", work=tmp_path / "work", out=tmp_path / "out", vae=tmp_path / "nothing")
     assert not (tmp_path / "work" / "world").exists()
+
+
+def test_world_config_renders_the_exported_clips_again(claims_run):
+    from safetensors.torch import load_file
+
+    from training.validate import read_entries
+    from training.world.pairs import make_sample
+
+    claims, root, _ = claims_run
+    recipe, _ = claims.load_claims(claims.CONFIGS["tiny"], [])
+    entry = next(e for e in read_entries(root / "work" / "world") if e.get("split") == "val")
+    truth = load_file(str(root / "work" / "world" / entry["ground_truth"]))
+    sample = make_sample(int(entry["index"]), claims.world_config(recipe, recipe.world.size), seed=recipe.world.seed)
+    assert torch.equal(sample.clip.ground_truth()["person_masks"], truth["person_masks"])
+    assert torch.equal(sample.cross_target.ground_truth()["person_masks"], truth["cross_target_person_masks"])
