@@ -455,9 +455,11 @@ def _x(value) -> str:
     return text if text == "n/a" else f"{text}x"
 
 
-def report(out: Path, recipe: RecipeConfig, spec: ClaimsSpec, runs: dict, s2x: dict, cross: dict, robust: dict,
-           cutoff: dict, command: str, seconds: float) -> Path:
+def report(out: Path, work: Path, recipe: RecipeConfig, spec: ClaimsSpec, runs: dict, s2x: dict, cross: dict,
+           robust: dict, cutoff: dict, command: str, seconds: float) -> Path:
     files = _plots(out, s2x, cross, robust, cutoff)
+    vae_config = json.loads((work / "vae" / VAE_DIR / "config.json").read_text())
+    vae_source, vae_scale = Markers(work).done("vae")["source"], _f(vae_config.get("scaling_factor"), 4)
     seeds = s2x["per_seed"]
     speedups = [s["speedup"] for s in seeds if s["speedup"] is not None]
     reached = sum(1 for s in seeds if s["steps_with_s2x"] is not None)
@@ -474,7 +476,8 @@ def report(out: Path, recipe: RecipeConfig, spec: ClaimsSpec, runs: dict, s2x: d
         f"({recipe.transformer['num_attention_heads']} heads x {recipe.transformer['attention_head_dim']}) with "
         f"CueFusion, trained from scratch on {recipe.world.clips} procedural-world clips at "
         f"{recipe.world.size}x{recipe.world.size} px and {recipe.world.frames} frames, stage 1 for "
-        f"{recipe.stage1.steps} steps and stage 2 for {recipe.stage2.steps} steps, the demo model's VAE frozen. "
+        f"{recipe.stage1.steps} steps and stage 2 for {recipe.stage2.steps} steps, with the frozen VAE of "
+        f"`{vae_source}` (scaling factor {vae_scale}). "
         "They show whether each mechanism works in this implementation, not the paper's absolute numbers.",
         "",
         "## 1. Same2X convergence (S2X loss on and off, same stage-1 start)",
@@ -614,7 +617,7 @@ def run_claims(*, scale: str = "full", config: Path | None = None, work: Path, o
     cutoff = results.get("cutoff", lambda: measure_cutoff(recipe, spec, work, runs))
     out.mkdir(parents=True, exist_ok=True)
     total = sum(r.get("seconds", 0) for r in (runs, s2x, cross, robust, cutoff)) or time.perf_counter() - started
-    path = report(out, recipe, spec, runs, s2x, cross, robust, cutoff,
+    path = report(out, work, recipe, spec, runs, s2x, cross, robust, cutoff,
                   command or f"python benchmarks/claims.py --scale {scale}", total)
     log.info("wrote %s", path)
     return path
@@ -630,7 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae", type=Path, default=DEFAULT_VAE, help="a trained AutoencoderKLCogVideoX folder")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     work = args.work or ROOT / "runs" / f"claims_{args.scale}"
     try:
