@@ -7,7 +7,7 @@ One recipe (training/recipe.py) at 64x64 px and 9 frames (benchmarks/claims_full
 model's VAE, then:
 
 1. Same2X convergence: from one stage-1 model, stage 2 with the S2X loss and without it (lambda 0), for several
-   seeds (each seed: its own data order, noise and pseudo realignments, shared by the pair). The cross-identity
+   seeds (each seed: its own data order, noise and dropout, shared by the pair; one set of cached pseudo cues). The cross-identity
    loss is the denoising loss on held-out cross-identity pairs at fixed timesteps and noise, at every checkpoint;
    "steps to the level" is when a curve first reaches the final loss of the run without S2X of the same seed.
    Cross-identity PSNR/SSIM of both at the last (equal) step.
@@ -160,12 +160,13 @@ def train_all(recipe: RecipeConfig, spec: ClaimsSpec, work: Path) -> dict:
         for mode in ("s2x", "plain"):
             config = stage_config(recipe, work, "stage2", checkpoint=runs["stage1"])
             config.run.seed, config.run.name = seed, f"stage2_{mode}_seed{seed}"
+            config.data.seed = 0  # the seeds vary training (order, noise, dropout), not the cached pseudo cues
             if mode == "plain":
                 config.stage2.lambda_value = 0.0
             elif config.stage2.lambda_value <= 0:
                 raise InputError("claims: [stage2] set must give stage2.lambda_value > 0 for the S2X runs.")
             validate(config)
-            prepare(config)  # the pseudo realignments depend on the seed: one cache per seed
+            prepare(config)  # (already cached by the recipe's prepare: same key)
             runs[config.run.name] = str(train(config, train_stage2, recipe.stage2.steps))
     return runs
 

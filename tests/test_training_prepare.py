@@ -73,6 +73,11 @@ def test_cache_key_changes_with_settings_that_change_the_tensors(prepared):
                                 f"model.backbone={json.dumps(config.model.backbone)}", "optim.lr=0.5"])
     assert cache_folder(other) != cache_folder(config)
     assert cache_folder(same) == cache_folder(config)
+    base = [f"data.metadata={json.dumps(config.data.metadata)}", f"model.backbone={json.dumps(config.model.backbone)}"]
+    reseeded = load_config(CONFIG, [*base, "run.seed=5"])
+    pinned = load_config(CONFIG, [*base, "run.seed=5", f"data.seed={config.run.seed}"])
+    assert cache_folder(reseeded) != cache_folder(config)  # run.seed drives the cached realignments by default
+    assert cache_folder(pinned) == cache_folder(config)  # unless data.seed pins them
 
 
 def test_realign_moves_frames_masks_and_boxes_together():

@@ -68,6 +68,7 @@ class DataConfig:
     # holds an OpenPose-style map of the ground-truth joints through a simulated estimator, face and location are
     # blank (world clips with ground truth only)
     pose_source: str = "cues"
+    seed: int = -1  # seed of the cached random realignments; -1: run.seed (re-seed training alone with data.seed)
     skeleton_errors: list = field(default_factory=lambda: [0.05, 0.05, 1.0, 0.03])  # swap, drop, jitter px, front_back
 
 
@@ -126,6 +127,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of prepared data: data.seed, or run.seed when it is -1."""
+        return self.data.seed if self.data.seed >= 0 else self.run.seed
 
     @property
     def run_dir(self) -> Path:
@@ -268,6 +274,7 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
          f"data.align_scale={d.align_scale!r}: [low, high] with 0 < low <= high.")
     need(0.0 <= d.align_shift <= 1.0, f"data.align_shift={d.align_shift}: a fraction of the frame side in [0, 1].")
     need(d.pseudo_variants >= 1 and d.workers >= 0, "data.pseudo_variants must be >= 1 and data.workers >= 0.")
+    need(d.seed >= -1, f"data.seed={d.seed}: -1 (use run.seed) or a seed >= 0.")
     need(d.pose_source in POSE_SOURCES, f"data.pose_source={d.pose_source!r}: use one of {', '.join(POSE_SOURCES)}.")
     need(len(d.skeleton_errors) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in d.skeleton_errors)
          and all(v <= 1 for k, v in enumerate(d.skeleton_errors) if k != 2),

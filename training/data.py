@@ -48,7 +48,7 @@ def cache_material(config: TrainConfig) -> dict:
         "null_text": config.model.null_text, "frames": d.frames, "stride": d.stride, "max_windows": d.max_windows,
         "buckets": d.buckets, "ground_truth": d.ground_truth, "pseudo": d.pseudo,
         "pseudo_variants": d.pseudo_variants, "align_scale": d.align_scale, "align_shift": d.align_shift,
-        "seed": config.run.seed, "cues": asdict(config.cues),
+        "seed": config.data_seed, "cues": asdict(config.cues),
     }  # fmt: skip
     if d.pose_source != "cues":  # (the key of a cue cache is unchanged by this option)
         material.update(pose_source=d.pose_source, skeleton_errors=d.skeleton_errors)

@@ -338,7 +338,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                      "frames": d.frames, "stride": d.stride, "bucket": list(bucket), "max_windows": d.max_windows,
                      "ground_truth": d.ground_truth, "pseudo": d.pseudo, "pseudo_variants": d.pseudo_variants,
                      "pose_source": d.pose_source, "skeleton_errors": d.skeleton_errors,
-                     "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.run.seed})
+                     "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.data_seed})
     log.info("prepare: %d clips, %d already cached in %s, %d to do", len(entries), cached, folder, len(todo))
     skipped, done = [], 0
     if todo:
