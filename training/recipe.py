@@ -99,6 +99,7 @@ class RecipeConfig:
     stage2: StageSpec = field(default_factory=StageSpec)
     validate: ValidateSpec = field(default_factory=ValidateSpec)
     max_megabytes: float = 30.0  # the whole output folder, weights and demo inputs
+    train_clips: int = 0  # world clips prepared for the two stages (the first ones); 0: every training clip
 
 
 def load_recipe(scale: str = "demo", overrides: list[str] | tuple[str, ...] = (), *,
@@ -136,6 +137,9 @@ def check_recipe(recipe: RecipeConfig) -> None:
 
     if set(w.backgrounds) - set(BACKGROUND_KINDS):
         raise InputError(f"recipe world.backgrounds={w.backgrounds}: choose from {', '.join(BACKGROUND_KINDS)}.")
+    if not 0 <= recipe.train_clips <= w.clips - w.val_clips:
+        raise InputError(f"recipe train_clips={recipe.train_clips}: 0 (all) up to world.clips - world.val_clips = "
+                         f"{w.clips - w.val_clips}.")
     if w.format not in ("mp4", "png"):
         raise InputError(f"recipe world.format={w.format!r}: 'mp4' or 'png'.")
     if w.size % 16 or w.size < 64:
@@ -258,11 +262,9 @@ def _backbone(recipe: RecipeConfig, work: Path) -> dict:
 def _prepare(recipe: RecipeConfig, work: Path) -> dict:
     from .prepare import prepare
 
-    counts = {}
-    for split in ("train", "val"):  # one cache key: the held-out clips are cached beside the training ones
-        config = stage_config(recipe, work, "stage1")
-        config.data.split = split
-        counts[split] = prepare(config)
+    config = stage_config(recipe, work, "stage1")
+    # one cache key for both splits; the VAE saw every clip, the transformer sees the first `train_clips`
+    counts = {"train": prepare(config, limit=recipe.train_clips or None)}
     if counts["train"]["skipped"]:
         raise InputError(f"prepare skipped {counts['train']['skipped']} clips (see {counts['train']['folder']}/"
                          "skipped.jsonl); fix the data and run the recipe again with --resume.")
