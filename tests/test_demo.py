@@ -4,6 +4,7 @@ real path with --driving, and the fallback when no model folder exists."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,24 @@ def test_without_a_model_folder_the_demo_writes_the_real_cue_triplet(tmp_path, c
     for name in ("pose.mp4", "face.mp4", "location.mp4", "cues.png"):
         assert (out / name).is_file(), name
     assert probe_video(out / "pose.mp4")["fps"] == pytest.approx(12.0)  # the real 24 fps clip at stride 2
+
+
+BUNDLED = Path(__file__).resolve().parents[1] / "models" / "demo"
+
+
+def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
+    """CI runs the committed model end to end (fewer sampling steps than `make demo`, same path)."""
+    from directanimator.demo import is_model_folder
+
+    assert is_model_folder(BUNDLED), f"{BUNDLED}: the bundled model must be committed (docs/demo_model.md)"
+    bundled = json.loads((BUNDLED / "demo" / "demo.json").read_text())
+    first = run_demo(BUNDLED, out=tmp_path / "demo", steps=6, seed=0)
+    info = probe_video(tmp_path / "demo" / "result.mp4")
+    assert (info["frame_count"], info["width"], info["height"]) == (bundled["frames"], bundled["size"], bundled["size"])
+    assert first.exact_cues and first.frames.shape == (bundled["frames"], bundled["size"], bundled["size"], 3)
+    metrics = first.metrics
+    assert all(10 < metrics[k] < 60 for k in ("psnr", "baseline_psnr")) and 0 < metrics["ssim"] <= 1
+    # the cues steer the result: the same seed with another driving clip gives another video
+    other = run_demo(BUNDLED, out=tmp_path / "other", steps=6, seed=0,
+                     driving=BUNDLED / "demo" / "target.mp4", reference=BUNDLED / "demo" / "reference.png")
+    assert (first.frames - other.frames).abs().mean() > 0.005

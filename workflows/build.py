@@ -13,7 +13,7 @@ Usage (from the project root, with the project's Python)::
     python workflows/build.py                 # write the UI and API files
     python workflows/build.py --check         # exit 1 when the committed files differ from the description
     python workflows/build.py --core-from http://127.0.0.1:8188   # re-record core_nodes.json
-    python workflows/build.py --thumbnails    # render <name>.jpg from the real footage in ../shared/data/real
+    python workflows/build.py --thumbnails    # render <name>.jpg from real runs (--only NAME for one)
 """
 
 from __future__ import annotations
@@ -70,6 +70,17 @@ class Node:
 REFERENCE = "reference.png"
 DRIVING = "driving.mp4"
 
+DEMO_REFERENCE = "directanimator_demo_reference.png"
+DEMO_DRIVING = "directanimator_demo_driving.mp4"
+BUNDLED = "directanimator-demo (bundled)"  # nodes.model.BUNDLED
+
+NOTE_A = ("Animate with the demo model bundled in this pack.\n\n"
+          "1. Copy the bundled inputs into ComfyUI/input: models/demo/demo/driving.mp4 of this pack as "
+          f"{DEMO_DRIVING} and models/demo/demo/reference.png as {DEMO_REFERENCE} (or load any clip and picture).\n"
+          "2. Queue. The cues are detected (mediapipe) from the loaded video, then the small model trained on the "
+          "procedural world animates the puppet at 128x128 px on the CPU in about a minute.\n"
+          "It knows only puppets; real people work through the same nodes with a real backbone (the long-video "
+          "workflow).")
 NOTE_B = ("Animate a reference with CogVideoX-5B-I2V and a DirectAnimator checkpoint.\n\n"
           "1. Put the diffusers folder CogVideoX-5b-I2V (transformer/, vae/, scheduler/) in models/diffusers and "
           "the DirectAnimator checkpoint in models/directanimator.\n"
@@ -86,6 +97,34 @@ NOTE_D = ("Bring your own person mask.\n\n"
           "Load Video (mask) -> Get Video Components -> Driving Video -> Convert Image to Mask with your mask "
           "pack's node (SAM2, rembg, BiRefNet, ...) fed with the driving frames. Keep start, stride and size equal "
           "in both Driving Video nodes so the frames and the mask line up.")
+
+
+def _animate_demo() -> list[Node]:
+    return [
+        Node(1, "LoadVideo", (0, 0), {"file": DEMO_DRIVING}, title="Load Video (driving)"),
+        Node(2, "DirectAnimatorDrivingVideo", (360, 0),
+             {"width": 128, "height": 128, "resize": "pad", "start": 0, "stride": 1, "max_frames": 0,
+              "frames_fps": 12.0}, {"video": (1, 0)}),
+        Node(3, "LoadImage", (0, 420), {"image": DEMO_REFERENCE}, title="Load Image (reference)"),
+        Node(4, "DirectAnimatorCueTriplet", (720, 0),
+             {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
+              "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0},
+             {"reference": (3, 0), "frames": (2, 0)}),
+        Node(5, "DirectAnimatorModelLoader", (720, 520),
+             {"backbone": BUNDLED, "repo_id": "", "checkpoint": BUNDLED, "precision": "fp32", "offload": False}),
+        Node(6, "DirectAnimatorEncode", (1080, 0), {"fps": 12.0, "tiled": False},
+             {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
+        Node(7, "DirectAnimatorSampler", (1080, 260),
+             {"steps": 25, "guidance": 3.0, "seed": 0, "scheduler": "dpm", "window": 0, "overlap": 0,
+              "denoise": 1.0}, {"model": (5, 0), "conditioning": (6, 0)}),
+        Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": False}, {"model": (5, 0), "latent": (7, 0)}),
+        Node(9, "CreateVideo", (1440, 200), {"fps": 12.0}, {"images": (8, 0), "fps": (8, 1)}),
+        Node(10, "SaveVideo", (1800, 200),
+             {"filename_prefix": "directanimator/demo", "format": "auto", "codec": "auto"}, {"video": (9, 0)}),
+        Node(11, "DirectAnimatorCuePreview", (1080, 700), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
+        Node(12, "PreviewImage", (1440, 700), {}, {"images": (11, 0)}),
+        Node(13, "Note", (0, 820), {"text": NOTE_A}, title="About", width=400),
+    ]
 
 
 def _animate_long() -> list[Node]:
@@ -181,6 +220,7 @@ def _own_mask() -> list[Node]:
 
 
 WORKFLOWS = {
+    "animate_bundled_demo_model": _animate_demo,
     "animate_cogvideox_5b_i2v_long_video": _animate_long,
     "inspect_cue_triplet_tune_cutoff": _inspect_cues,
     "bring_your_own_person_mask": _own_mask,
@@ -399,8 +439,9 @@ def record_core(url: str) -> None:
 THUMB_WIDTH = 512
 
 
-def render_thumbnails() -> None:
-    """Render each workflow's thumbnail from the real footage by running its cue branch with this pack's nodes."""
+def render_thumbnails(only: list[str] | None = None) -> None:
+    """Render each workflow's thumbnail (or those named in `only`) from a real run: the cue branch on the real
+    footage, or the bundled demo model's own sheet."""
     import torch
     from PIL import Image
 
@@ -423,12 +464,30 @@ def render_thumbnails() -> None:
                            1.5, 16, 4.0, mask=person)[0]
         return DirectAnimatorCuePreview().run(4, cues=cues, frames=clip.frames)[0]
 
-    sheets = {
-        "animate_cogvideox_5b_i2v_long_video": cue_sheet((480, 720), mask=False),
-        "inspect_cue_triplet_tune_cutoff": cue_sheet((896, 512), mask=False),
-        "bring_your_own_person_mask": cue_sheet((896, 512), mask=True),
+    def demo_sheet() -> torch.Tensor:
+        """The bundled model's own demo run: reference, driving frames, cues, result and ground truth."""
+        import tempfile
+
+        from directanimator.demo import run_demo
+
+        bundled = ROOT / "models" / "demo"
+        with tempfile.TemporaryDirectory() as tmp:
+            run_demo(bundled, out=tmp)
+            return read_image(Path(tmp) / "sheet.png")
+
+    makers = {
+        "animate_bundled_demo_model": demo_sheet,
+        "animate_cogvideox_5b_i2v_long_video": lambda: cue_sheet((480, 720), mask=False),
+        "inspect_cue_triplet_tune_cutoff": lambda: cue_sheet((896, 512), mask=False),
+        "bring_your_own_person_mask": lambda: cue_sheet((896, 512), mask=True),
     }
-    for name, sheet in sheets.items():
+    unknown = sorted(set(only or ()) - set(makers))
+    if unknown:
+        raise SystemExit(f"--only {unknown}: no such workflow; choose from {', '.join(makers)}.")
+    for name, make in makers.items():
+        if only and name not in only:
+            continue
+        sheet = make()
         image = Image.fromarray(sheet[0].clamp(0, 1).mul(255).byte().numpy())
         image = image.resize((THUMB_WIDTH, round(image.height * THUMB_WIDTH / image.width)), Image.LANCZOS)
         image.save(HERE / f"{name}.jpg", quality=80, optimize=True)
@@ -439,13 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     parser.add_argument("--core-from", metavar="URL", help="re-record core_nodes.json from a running ComfyUI")
-    parser.add_argument("--thumbnails", action="store_true", help="render the thumbnails from ../shared/data/real")
+    parser.add_argument("--thumbnails", action="store_true", help="render the thumbnails from real runs")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME",
+                        help="with --thumbnails: only this workflow's (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.core_from:
         record_core(args.core_from)
     if args.thumbnails:
-        render_thumbnails()
+        render_thumbnails(args.only)
         return 0
     stale = []
     for path, text in render().items():

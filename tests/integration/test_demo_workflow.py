@@ -1,0 +1,35 @@
+"""Workflow (a) inside a real ComfyUI: the demo model bundled in the pack animates the bundled puppet clip, loaded
+with core Load Video, with cues detected by the pack's nodes. Skipped unless COMFYUI_DIR is set (conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from directanimator.demo import is_model_folder
+from tests.integration.test_comfyui import ROOT, api, build, run, video_facts
+
+BUNDLED_DIR = ROOT / "models" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(comfy):
+    assert is_model_folder(BUNDLED_DIR), f"the bundled demo model is missing from {BUNDLED_DIR}"
+    shutil.copy(BUNDLED_DIR / "demo" / "driving.mp4", comfy.input_dir / build.DEMO_DRIVING)
+    shutil.copy(BUNDLED_DIR / "demo" / "reference.png", comfy.input_dir / build.DEMO_REFERENCE)
+    return json.loads((BUNDLED_DIR / "demo" / "demo.json").read_text())
+
+
+def test_bundled_demo_workflow_animates_the_bundled_clip(comfy, demo_inputs):
+    prompt = api("animate_bundled_demo_model")
+    assert prompt["5"]["inputs"]["backbone"] == prompt["5"]["inputs"]["checkpoint"] == build.BUNDLED
+    prompt["7"]["inputs"]["steps"] = 4  # the workflow's 25 steps take longer; the path is the same
+    result = run(comfy, prompt)
+    assert result.status == "success", f"{result.error}\n{comfy.log_tail()}"
+    (video,) = comfy.output_files(result, "10")
+    frames, fps, size = video_facts(video)
+    assert frames == demo_inputs["frames"] and fps == pytest.approx(demo_inputs["fps"])
+    assert size == (demo_inputs["size"], demo_inputs["size"])
+    assert result.progress.get("7") and max(result.progress["7"]) == 4
