@@ -2,7 +2,9 @@
 its custom_nodes, its own input/output/model folders in a temporary directory, stopped by its PID at the end.
 
 Set ``COMFYUI_DIR`` to a ComfyUI checkout (and ``COMFYUI_PYTHON`` to a Python with ComfyUI's and this project's
-requirements; default: the Python running pytest). Without ``COMFYUI_DIR`` every test here is skipped.
+requirements; default: the Python running pytest). Without ``COMFYUI_DIR`` every test here is skipped. Set
+``VHS_DIR`` to a ComfyUI-VideoHelperSuite checkout (its requirements installed in that Python) to link it into
+custom_nodes too, for the interop tests; without it (and without VideoHelperSuite already installed) they skip.
 """
 
 from __future__ import annotations
@@ -198,13 +200,13 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _link_pack(custom_nodes: Path) -> tuple[str, Path | None]:
-    """The custom_nodes entry that is this checkout, creating a symlink when there is none (returned to remove)."""
+def _link_pack(custom_nodes: Path, pack: Path, prefix: str) -> tuple[str, Path | None]:
+    """The custom_nodes entry that is the folder `pack`, creating a symlink when there is none (returned to remove)."""
     for entry in sorted(custom_nodes.iterdir()):
-        if entry.is_dir() and entry.resolve() == ROOT:
+        if entry.is_dir() and entry.resolve() == pack:
             return entry.name, None
-    link = custom_nodes / f"directanimator_itest_{os.getpid()}"
-    link.symlink_to(ROOT, target_is_directory=True)
+    link = custom_nodes / f"{prefix}_itest_{os.getpid()}"
+    link.symlink_to(pack, target_is_directory=True)
     return link.name, link
 
 
@@ -226,7 +228,13 @@ def comfy(tmp_path_factory) -> Server:
     paths_yaml = base / "extra_model_paths.yaml"
     paths_yaml.write_text(f"directanimator_tests:\n    base_path: {dirs['models']}\n    diffusers: diffusers/\n"
                           "    directanimator: directanimator/\n")
-    pack_name, created_link = _link_pack(comfy_dir / "custom_nodes")
+    vhs_dir = os.environ.get("VHS_DIR")
+    if vhs_dir and not (Path(vhs_dir) / "videohelpersuite").is_dir():
+        pytest.fail(f"VHS_DIR={vhs_dir} is not a ComfyUI-VideoHelperSuite checkout (no videohelpersuite/ in it)")
+    pack_name, created_link = _link_pack(comfy_dir / "custom_nodes", ROOT, "directanimator")
+    links = [created_link]
+    if vhs_dir:
+        links.append(_link_pack(comfy_dir / "custom_nodes", Path(vhs_dir).resolve(), "videohelpersuite")[1])
     port = _free_port()
     log_path = base / "comfyui.log"
     command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -259,5 +267,6 @@ def comfy(tmp_path_factory) -> Server:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT_S)
-        if created_link is not None and created_link.is_symlink():
-            created_link.unlink()
+        for link in links:
+            if link is not None and link.is_symlink():
+                link.unlink()

@@ -168,3 +168,36 @@ def test_interrupt_stops_sampling_within_a_step_and_the_next_run_works(comfy, me
     assert again.status == "success", again.error
     (video,) = comfy.output_files(again, "10")
     assert video_facts(video)[0] == CLIP_FRAMES
+
+
+def vhs_prompt(*, nth: int = 2) -> dict:
+    """VideoHelperSuite's Load Video -> IMAGE frames + its loaded fps -> our nodes -> IMAGE + fps -> its Video Combine."""
+    prompt = animate_prompt(seed=5)
+    del prompt["1"], prompt["9"], prompt["10"]
+    prompt["20"] = {"class_type": "VHS_LoadVideo",
+                    "inputs": {"video": build.DRIVING, "force_rate": 0, "custom_width": 0, "custom_height": 0,
+                               "frame_load_cap": 0, "skip_first_frames": 0, "select_every_nth": nth}}
+    prompt["21"] = {"class_type": "VHS_VideoInfo", "inputs": {"video_info": ["20", 3]}}
+    inputs = prompt["2"]["inputs"]
+    del inputs["video"]
+    inputs.update(frames=["20", 0], frames_fps=["21", 5])  # loaded_fps: the source rate / select_every_nth
+    prompt["22"] = {"class_type": "VHS_VideoCombine",
+                    "inputs": {"images": ["8", 0], "frame_rate": ["8", 1], "loop_count": 0,
+                               "filename_prefix": "directanimator/vhs", "format": "video/h264-mp4",
+                               "pix_fmt": "yuv420p", "crf": 19, "save_metadata": True, "trim_to_audio": False,
+                               "pingpong": False, "save_output": True}}
+    return prompt
+
+
+def test_videohelpersuite_load_video_in_and_video_combine_out(comfy, media, tiny_model):
+    info = comfy.get("/object_info")
+    if "VHS_VideoCombine" not in info:
+        pytest.skip("VideoHelperSuite is not installed in this ComfyUI: set VHS_DIR to a ComfyUI-VideoHelperSuite "
+                    "checkout to link it")
+    result = run(comfy, vhs_prompt(nth=2))
+    assert result.status == "success", f"{result.error}\n{comfy.log_tail()}"
+    videos = [p for p in comfy.output_files(result, "22") if p.suffix == ".mp4"]
+    assert len(videos) == 1, comfy.output_files(result, "22")
+    kept = (CLIP_FRAMES + 1) // 2  # every 2nd of 17 frames
+    # the frame count and the halved rate travelled VHS -> Driving Video -> ... -> Decode -> VHS
+    assert video_facts(videos[0]) == (kept, pytest.approx(CLIP_FPS / 2), TINY_SIZE)
