@@ -10,6 +10,8 @@ import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import torch
+
 log = logging.getLogger("directanimator.nodes")
 
 try:  # inside a ComfyUI server
@@ -57,11 +59,70 @@ def comfy_progress(total: int) -> Iterator[Callable[..., None]]:
 
 def default_device():
     """ComfyUI's torch device for models (honours --cpu), else CUDA when available, else the CPU."""
-    import torch
-
     if _mm is not None:
         return _mm.get_torch_device()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def manages_models() -> bool:
+    """True inside ComfyUI: its model manager places the networks of models loaded without offload."""
+    return _mm is not None
+
+
+def prepare_parts(model, *parts: str) -> None:
+    """Before a node runs `parts` ("transformer", "vae") of an `AnimatorModel`, let ComfyUI's model manager act.
+
+    Without offload each part is a model ComfyUI manages like its own: `load_models_gpu` frees VRAM held by other
+    models, moves the part to the GPU and keeps it there between runs until another model needs the room or the
+    user unloads models. With offload the part moves in and out in `AnimatorModel.use`; ComfyUI is asked only to
+    free the memory it needs first. No-op outside ComfyUI.
+    """
+    if _mm is None:
+        return
+    modules = [getattr(model, part) for part in parts]
+    if model.offload:
+        if model.device.type != "cpu":
+            need = max(_mm.module_size(module) for module in modules)
+            _mm.free_memory(need * 1.1 + _mm.minimum_inference_memory(), model.device)
+        return
+    _mm.load_models_gpu([_patcher(module, part, model.device) for module, part in zip(modules, parts)],
+                        force_full_load=True)  # diffusers layers are not comfy.ops: no partial loading
+
+
+_PATCHER = "_directanimator_comfy_patcher"
+
+
+def _patcher(module, part: str, device):
+    """ComfyUI's ModelPatcher of `module`, made once per module and device and kept on the module."""
+    patcher = module.__dict__.get(_PATCHER)
+    if patcher is not None and patcher.load_device == device:
+        return patcher
+    import comfy.model_patcher  # type: ignore[import-not-found]
+
+    offload = _mm.vae_offload_device() if part == "vae" else _mm.unet_offload_device()
+    holder = DirectAnimatorVAE if part == "vae" else DirectAnimatorCFDiT
+    patcher = comfy.model_patcher.ModelPatcher(holder(module, offload), load_device=device,
+                                               offload_device=offload)
+    module.__dict__[_PATCHER] = patcher  # a plain attribute: not a submodule, not in the state dict
+    return patcher
+
+
+class _Holder(torch.nn.Module):
+    """One network held for ComfyUI's ModelPatcher, which logs the class name and sets ``.device`` (a read-only
+    property on diffusers models)."""
+
+    def __init__(self, network: torch.nn.Module, device) -> None:
+        super().__init__()
+        self.network = network
+        self.device = device
+
+
+class DirectAnimatorCFDiT(_Holder):
+    """The CueFusion transformer, as ComfyUI's model manager sees it."""
+
+
+class DirectAnimatorVAE(_Holder):
+    """The video VAE, as ComfyUI's model manager sees it."""
 
 
 def register_model_folder(name: str, default_subdir: str, extensions: set[str]) -> None:

@@ -20,9 +20,11 @@ from directanimator.vae_io import decode_latents
 from ._comfy import (
     comfy_progress,
     default_device,
+    manages_models,
     model_files,
     model_folders,
     model_path,
+    prepare_parts,
     register_model_folder,
 )
 from .cues import CUES
@@ -139,7 +141,12 @@ class DirectAnimatorModelLoader:
     def load(self, backbone, repo_id, checkpoint, precision, offload):
         source = _backbone_source(backbone) if backbone != NO_FOLDER else repo_id.strip()
         ckpt = _checkpoint_source(checkpoint)
-        model = load_model(source, ckpt, dtype=precision, device=default_device(), offload=offload)
+        device = default_device()
+        if offload or not manages_models():
+            return (load_model(source, ckpt, dtype=precision, device=device, offload=offload),)
+        # inside ComfyUI its model manager moves each network to the device when a node first needs it
+        model = load_model(source, ckpt, dtype=precision, device="cpu")
+        model.device = torch.device(device)
         return (model,)
 
 
@@ -169,6 +176,7 @@ class DirectAnimatorEncode:
         }
 
     def encode(self, model: AnimatorModel, cues, fps, tiled, text=None):
+        prepare_parts(model, "vae")
         with comfy_progress(1) as progress:
             cond = encode_conditioning(model, cues, fps=fps, tiling=tiled or None)
             progress(0)
@@ -234,6 +242,7 @@ class DirectAnimatorSampler:
                 raise InputError("denoise < 1 needs a latent to refine: connect one, or set denoise to 1.")
             init = to_transformer_layout(latent["samples"])
         total = max(1, int(steps * denoise))
+        prepare_parts(model, "transformer")
         with comfy_progress(total) as progress:
             samples = sample_latents(
                 model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
@@ -263,6 +272,7 @@ class DirectAnimatorDecode:
     def decode(self, model, latent, tiled):
         samples = to_transformer_layout(latent["samples"])
         chunks = max(1, samples.shape[1] - 1)
+        prepare_parts(model, "vae")
         with comfy_progress(chunks) as progress, model.use("vae") as vae:
             frames = decode_latents(vae, samples[:, 1:], tiling=tiled or None,
                                     on_chunk=lambda done, _total: progress(max(0, done - 1)))

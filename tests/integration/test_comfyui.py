@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,11 +62,11 @@ def api(name: str) -> dict:
     return json.loads((build.API_DIR / f"{name}.json").read_text())
 
 
-def animate_prompt(*, seed: int = 1, steps: int = 2) -> dict:
+def animate_prompt(*, seed: int = 1, steps: int = 2, offload: bool = True) -> dict:
     """Workflow (b) with the tiny model: small frames, a window the 1.5 layout takes, few steps."""
     prompt = api("animate_cogvideox_5b_i2v_long_video")
     prompt["2"]["inputs"].update(height=TINY_SIZE[0], width=TINY_SIZE[1])
-    prompt["5"]["inputs"].update(backbone=BACKBONE, checkpoint=CHECKPOINT, precision="fp32")
+    prompt["5"]["inputs"].update(backbone=BACKBONE, checkpoint=CHECKPOINT, precision="fp32", offload=offload)
     prompt["6"]["inputs"]["tiled"] = False
     prompt["7"]["inputs"].update(steps=steps, seed=seed, window=3, overlap=1)
     prompt["8"]["inputs"]["tiled"] = False
@@ -201,3 +202,24 @@ def test_videohelpersuite_load_video_in_and_video_combine_out(comfy, media, tiny
     kept = (CLIP_FRAMES + 1) // 2  # every 2nd of 17 frames
     # the frame count and the halved rate travelled VHS -> Driving Video -> ... -> Decode -> VHS
     assert video_facts(videos[0]) == (kept, pytest.approx(CLIP_FPS / 2), TINY_SIZE)
+
+
+def test_comfyuis_model_manager_holds_our_networks_and_unload_models_frees_them(comfy, media, tiny_model):
+    def loads(name: str) -> int:  # ComfyUI's load_models_gpu logs each model it (re)loads
+        return comfy.log_path.read_text(errors="replace").count(f"Requested to load {name}")
+
+    warm = run(comfy, animate_prompt(seed=6, offload=False))
+    assert warm.status == "success", warm.error
+    assert loads("DirectAnimatorCFDiT") >= 1 and loads("DirectAnimatorVAE") >= 1
+    before = loads("DirectAnimatorCFDiT"), loads("DirectAnimatorVAE")
+
+    again = run(comfy, animate_prompt(seed=7, offload=False))  # still loaded: nothing requested again
+    assert again.status == "success", again.error
+    assert (loads("DirectAnimatorCFDiT"), loads("DirectAnimatorVAE")) == before
+
+    comfy.post("/free", {"unload_models": True})  # the "Unload models" button
+    time.sleep(2.0)  # the prompt worker wakes on the flag and unloads before it takes the next prompt
+    after = run(comfy, animate_prompt(seed=8, offload=False))
+    assert after.status == "success", after.error
+    assert "5" in after.cached  # the same loaded model object, its networks placed again by ComfyUI
+    assert (loads("DirectAnimatorCFDiT"), loads("DirectAnimatorVAE")) == (before[0] + 1, before[1] + 1)
