@@ -47,7 +47,7 @@ from tqdm import tqdm  # noqa: E402
 
 from directanimator.errors import InputError  # noqa: E402
 from directanimator.models import load_model  # noqa: E402
-from directanimator.video import read_image, resize_frames  # noqa: E402
+from directanimator.video import resize_frames  # noqa: E402
 from training.checkpointing import step_dirs  # noqa: E402
 from training.config import _apply, _build, parse_override, read_config_file, validate  # noqa: E402
 from training.recipe import Markers, RecipeConfig, recipe_from_data, stage_config  # noqa: E402
@@ -364,6 +364,12 @@ def _plots(out: Path, s2x: dict, cross: dict, robust: dict, cutoff: dict) -> dic
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
 
+    def save(fig, key: str, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        files[key] = f"evidence/{name}"
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in sorted(s2x["curves"].items()):
         s2x_run = "_s2x_" in name
@@ -373,10 +379,7 @@ def _plots(out: Path, s2x: dict, cross: dict, robust: dict, cutoff: dict) -> dic
     ax.set_ylabel("held-out cross-ID denoising loss")
     ax.set_title("Same2X: stage 2 with S2X (solid) and without (dashed)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "s2x_convergence.png", dpi=110)
-    plt.close(fig)
-    files["s2x"] = "evidence/s2x_convergence.png"
+    save(fig, "s2x", "s2x_convergence.png")
 
     rows = robust["rows"]
     names = [n for n in dict.fromkeys(r["degradation"] for r in rows) if n != "clean"]
@@ -389,10 +392,7 @@ def _plots(out: Path, s2x: dict, cross: dict, robust: dict, cutoff: dict) -> dic
         ax.set_xlabel("strength")
     axes[0][0].set_ylabel("PSNR vs clean clip (dB)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "robustness.png", dpi=110)
-    plt.close(fig)
-    files["robust"] = "evidence/robustness.png"
+    save(fig, "robust", "robustness.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     labels = list(cross["models"])
@@ -402,10 +402,7 @@ def _plots(out: Path, s2x: dict, cross: dict, robust: dict, cutoff: dict) -> dic
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylabel("cross-ID PSNR (dB)")
     ax.set_ylim(min(means) - 3, max(means) + 2)
-    fig.tight_layout()
-    fig.savefig(folder / "cross_id.png", dpi=110)
-    plt.close(fig)
-    files["cross"] = "evidence/cross_id.png"
+    save(fig, "cross", "cross_id.png")
 
     table = _cutoff_table(cutoff["rows"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -419,10 +416,7 @@ def _plots(out: Path, s2x: dict, cross: dict, robust: dict, cutoff: dict) -> dic
     ax.set_xscale("log")
     ax.set_xlabel("pose-cue cutoff (fraction of Nyquist)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "cutoff.png", dpi=110)
-    plt.close(fig)
-    files["cutoff"] = "evidence/cutoff.png"
+    save(fig, "cutoff", "cutoff.png")
     return files
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .metrics import static_baseline, summary
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ def _truth_inputs(path: Path) -> dict[str, Tensor]:
         raise InputError(f"demo ground truth {path}: no {error.args[0]!r} (has {sorted(truth)}); write the model "
                          "folder again with `python -m training recipe`.") from error
     return inputs
-
-
-def _scores(result: Tensor, target: Tensor) -> dict[str, float]:
-    from .metrics import summary
-
-    return summary(result, target)
 
 
 def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, target: Tensor | None, *,
@@ -155,8 +150,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         target = resize_frames(target.float(), tuple(frames_out.shape[1:3]), "pad")[: frames_out.shape[0]]
     metrics: dict = {}
     if target is not None:
-        static = resize_frames(reference_image.float(), tuple(frames_out.shape[1:3]), "pad").expand_as(target)
-        model_scores, base_scores = _scores(frames_out, target), _scores(static, target)
+        model_scores, base_scores = summary(frames_out, target), static_baseline(reference_image, target)
         metrics = {"psnr": model_scores["psnr"], "ssim": model_scores["ssim"],
                    "baseline_psnr": base_scores["psnr"], "baseline_ssim": base_scores["ssim"]}
     out = Path(out)

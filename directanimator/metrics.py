@@ -87,3 +87,12 @@ def ssim(prediction: Tensor, target: Tensor, *, data_range: float = 1.0) -> floa
 def summary(prediction: Tensor, target: Tensor) -> dict[str, float]:
     """``{"psnr": dB, "ssim": ...}`` of a clip against its ground truth (PSNR may be ``inf``)."""
     return {"psnr": psnr(prediction, target), "ssim": ssim(prediction, target)}
+
+
+def static_baseline(reference: Tensor, target: Tensor) -> dict[str, float]:
+    """`summary` of the static-reference baseline: `reference` ``[1, H, W, 3]``, letterboxed to the size of `target`
+    ``[F, h, w, 3]``, repeated over all its frames. An animation must beat this to show it follows the motion."""
+    from .video import resize_frames
+
+    static = resize_frames(as_frames(reference, name="reference", check_sizes=False).float(), tuple(target.shape[1:3]), "pad")
+    return summary(static.expand_as(target), target)

@@ -60,3 +60,15 @@ def test_mediapipe_skeleton_finds_a_puppet_in_openpose_order():
     assert both[:, body].sum() >= 12
     error = np.linalg.norm(points - truth, axis=-1)[:, body][both[:, body]]
     assert np.median(error) < 20.0  # px at 256: the right joints, left and right not swapped
+
+
+def test_static_baseline_letterboxes_the_reference_and_repeats_it_over_the_target():
+    from directanimator.metrics import static_baseline
+
+    reference = torch.full((1, 32, 16, 3), 0.5)  # portrait: letterboxed into the square target between black bars
+    target = torch.zeros(2, 32, 32, 3)
+    target[0, :, 8:24] = 0.6  # off by 0.1 on half the pixels: MSE 0.005, 23.01 dB
+    target[1, :, 8:24] = 0.7  # off by 0.2: MSE 0.02, 16.99 dB
+    scores = static_baseline(reference, target)
+    assert scores["psnr"] == pytest.approx((10 * np.log10(1 / 0.005) + 10 * np.log10(1 / 0.02)) / 2, abs=1e-3)
+    assert 0.0 < scores["ssim"] < 1.0

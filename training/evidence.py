@@ -24,7 +24,7 @@ from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.cues.face_detection import detect_faces
 from directanimator.cues.segmentation import frame_uint8, mediapipe_solution, segment_person
 from directanimator.errors import InputError
-from directanimator.metrics import summary
+from directanimator.metrics import static_baseline, summary
 from directanimator.pipeline import animate_triplet
 from directanimator.sampling import make_scheduler
 from directanimator.tensors import as_frames, as_masks
@@ -123,12 +123,8 @@ def sample_scores(model, pairs: list[EvalPair], *, steps: int, guidance: float, 
 
 
 def static_scores(pairs: list[EvalPair]) -> list[dict]:
-    """The static-reference baseline: the reference repeated, scored like a result."""
-    out = []
-    for item in pairs:
-        static = resize_frames(item.pair.reference.float(), tuple(item.target.shape[1:3]), "pad")
-        out.append(summary(static.expand_as(item.target), item.target))
-    return out
+    """The static-reference baseline of each pair."""
+    return [static_baseline(item.pair.reference, item.target) for item in pairs]
 
 
 def mediapipe_skeleton(frames: Tensor, *, video: bool = True) -> tuple[np.ndarray, np.ndarray]:

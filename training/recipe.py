@@ -391,7 +391,8 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
     from directanimator.models import load_model
     from directanimator.video import resize_frames
 
-    from directanimator.metrics import summary
+    from directanimator.metrics import static_baseline
+
     from .validate import held_out_entries, load_pair, read_entries, validate_model
 
     v = recipe.validate
@@ -406,9 +407,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
     for record, entry in zip(records, entries):
         pair = load_pair(work / "world", entry)
         size = (recipe.world.size, recipe.world.size)
-        target = resize_frames(pair.target.float(), size, "pad")
-        static = resize_frames(pair.reference.float(), size, "pad").expand_as(target)
-        base = summary(static, target)
+        base = static_baseline(pair.reference, resize_frames(pair.target.float(), size, "pad"))
         record["baseline_psnr"], record["baseline_ssim"] = round(base["psnr"], 4), round(base["ssim"], 4)
     scored = [r for r in records if r.get("psnr") is not None]
 
