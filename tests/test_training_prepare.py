@@ -55,6 +55,27 @@ def test_bad_video_is_skipped_and_listed_with_its_reason(prepared):
     assert not (cache_folder(config) / f"{clip_id(broken)}.safetensors").exists()
 
 
+def test_loading_tells_skipped_clips_from_clips_left_out_on_purpose(prepared, caplog):
+    config, _, _, _, _ = prepared
+    with caplog.at_level("INFO", logger="training.data"):
+        CachedClips(config, stage=1)
+    assert "1 clips of split 'train' were skipped by prepare" in caplog.text  # broken.mp4
+    assert "not prepared" not in caplog.text
+
+    cached = sorted(cache_folder(config).glob("*.safetensors"))
+    kept = next(p for p in cached if p.stem != "null_text")
+    aside = kept.with_suffix(".aside")
+    kept.rename(aside)  # as if prepare had run with --limit (or a recipe's train_clips)
+    try:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="training.data"):
+            CachedClips(config, stage=1)
+        assert "1 clips of split 'train' were skipped by prepare" in caplog.text
+        assert "1 clips of split 'train' were not prepared and are left out" in caplog.text
+    finally:
+        aside.rename(kept)
+
+
 def test_scene_clip_without_person_gets_blank_location_cues(prepared):
     config, _, _, _, scene = prepared
     tensors = load_file(str(cache_folder(config) / f"{clip_id(scene)}.safetensors"))

@@ -89,6 +89,14 @@ class Item:
     pseudo_variants: int
 
 
+def _skipped_ids(folder: Path) -> set[str]:
+    """Ids of the clips the last `prepare` into `folder` could not encode."""
+    path = folder / SKIPPED
+    if not path.is_file():
+        return set()
+    return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+
+
 class CachedClips:
     """Items of a prepared cache for one split; stage 2 keeps the items that have pseudo cues."""
 
@@ -103,13 +111,15 @@ class CachedClips:
             )
         split = config.data.split if split is None else split
         items: list[Item] = []
-        missing = without_pseudo = 0
+        failed = _skipped_ids(self.folder)
+        missing: list[str] = []
+        without_pseudo = 0
         for entry in read_metadata(config.data_root):
             if entry.get("split", "train") != split:
                 continue
             path = self.folder / f"{clip_id(entry)}.safetensors"
             if not path.is_file():
-                missing += 1
+                missing.append(path.stem)
                 continue
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata()
@@ -119,9 +129,12 @@ class CachedClips:
                 continue
             bucket = tuple(json.loads(meta["bucket"]))
             items += [Item(path.stem, w, bucket, variants) for w in range(int(meta["windows"]))]
-        if missing:
-            log.warning("%d clips of split %r are not in the cache (skipped by prepare, see %s)", missing, split,
+        skipped = sum(cid in failed for cid in missing)
+        if skipped:
+            log.warning("%d clips of split %r were skipped by prepare (reasons in %s)", skipped, split,
                         self.folder / SKIPPED)
+        if len(missing) > skipped:  # prepare --limit, or a recipe's train_clips: left out on purpose
+            log.info("%d clips of split %r were not prepared and are left out", len(missing) - skipped, split)
         if without_pseudo:
             log.info("stage 2: %d clips without a pseudo driving clip are left out", without_pseudo)
         if not items:
