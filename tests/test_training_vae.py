@@ -94,6 +94,16 @@ def test_resume_continues_exactly_where_the_run_stopped(pool, tmp_path):
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
+def test_image_steps_train_on_single_frames_first_then_on_windows(pool, tmp_path):
+    config = load_vae_config([*MICRO, "steps=4", "image_steps=2", "save_every=100"])
+    report = train_vae(pool, tmp_path / "run", config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["frames"] for r in records] == [1, 1, 9, 9]
+    assert report["steps"] == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+    batch = sample_batch(pool, config, torch.Generator().manual_seed(0), frames=1)
+    assert batch.shape == (2, 3, 1, 32, 32)
+
+
 def test_command_trains_from_an_exported_folder(tmp_path):
     data = tmp_path / "world"
     export_world(data, WorldConfig(height=64, width=64, num_frames=9, cross_id=False, pseudo=False), clips=3,
@@ -111,6 +121,7 @@ def test_command_trains_from_an_exported_folder(tmp_path):
     ("frames=5", "frames=5: training windows need 8k\\+1"),
     ("crop=30", "crop=30: a multiple of 8"),
     ("block_out_channels=[8, 8, 8]", "block_out_channels"),
+    ("image_steps=2000", "image_steps=2000: 0 up to steps - 1"),
     ("kl_wieght=0.1", "unknown key 'vae.kl_wieght'.*kl_weight"),
 ])
 def test_bad_settings_fail_before_training(setting, message):
