@@ -205,7 +205,7 @@ def measure_s2x(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) 
                 losses.append(eval_loss(model.transformer, pairs, model.scheduler_config,
                                         timesteps=spec.eval_timesteps, reference_factor=factor))
             curves[name] = {"steps": steps, "losses": losses}
-    per_seed = []
+    per_seed, sampled = [], {}
     for seed in range(spec.seeds):
         s2x, plain = curves[f"stage2_s2x_seed{seed}"], curves[f"stage2_plain_seed{seed}"]
         level = plain["losses"][-1]
@@ -213,8 +213,9 @@ def measure_s2x(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) 
         without = steps_to_level(plain["steps"], plain["losses"], level)
         scores = {}
         for mode in ("s2x", "plain"):
-            model = _model(work, runs[f"stage2_{mode}_seed{seed}"])
-            found = sample_scores(model, pairs, steps=spec.sample_steps, guidance=spec.guidance)
+            checkpoint = runs[f"stage2_{mode}_seed{seed}"]
+            found = sample_scores(_model(work, checkpoint), pairs, steps=spec.sample_steps, guidance=spec.guidance)
+            sampled[str(checkpoint)] = [{"psnr": r["psnr"], "ssim": r["ssim"]} for r in found]
             scores[mode] = {"psnr": statistics.fmean(r["psnr"] for r in found),
                             "ssim": statistics.fmean(r["ssim"] for r in found)}
         per_seed.append({"seed": seed, "level": level, "steps_with_s2x": with_s2x, "steps_without": without,
@@ -222,10 +223,12 @@ def measure_s2x(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) 
                          "final_loss_s2x": s2x["losses"][-1], "final_loss_plain": level, **{
                              f"{k}_{mode}": v for mode, d in scores.items() for k, v in d.items()}})
     return {"start_loss": start, "curves": curves, "per_seed": per_seed, "pairs": len(pairs),
-            "timesteps": spec.eval_timesteps, "steps": recipe.stage2.steps}
+            "timesteps": spec.eval_timesteps, "steps": recipe.stage2.steps, "sampled": sampled}
 
 
-def measure_cross(spec: ClaimsSpec, work: Path, runs: dict) -> dict:
+def measure_cross(spec: ClaimsSpec, work: Path, runs: dict, sampled: dict | None = None) -> dict:
+    """Stage 1 against stage 1 + 2 on the held-out cross-ID pairs; `sampled` holds the scores of checkpoints
+    already sampled on the same pairs (measure_s2x's), which are not sampled again."""
     from training.evidence import cross_pairs, sample_scores, static_scores
 
     out: dict = {}
@@ -239,7 +242,8 @@ def measure_cross(spec: ClaimsSpec, work: Path, runs: dict) -> dict:
     for label, checkpoints in models.items():
         psnr, ssim = [], []
         for checkpoint in checkpoints:
-            found = sample_scores(_model(work, checkpoint), pairs, steps=spec.sample_steps, guidance=spec.guidance)
+            found = (sampled or {}).get(str(checkpoint)) or sample_scores(
+                _model(work, checkpoint), pairs, steps=spec.sample_steps, guidance=spec.guidance)
             psnr += [r["psnr"] for r in found]
             ssim += [r["ssim"] for r in found]
         out[label] = {"psnr": psnr, "ssim": ssim}
@@ -618,7 +622,7 @@ def run_claims(*, scale: str = "full", config: Path | None = None, work: Path, o
     results = Results(work)
     runs = results.get("runs", lambda: train_all(recipe, spec, work))
     s2x = results.get("s2x", lambda: measure_s2x(recipe, spec, work, runs))
-    cross = results.get("cross", lambda: measure_cross(spec, work, runs))
+    cross = results.get("cross", lambda: measure_cross(spec, work, runs, s2x.get("sampled")))
     robust = results.get("robustness", lambda: measure_robustness(recipe, spec, work, runs))
     cutoff = results.get("cutoff", lambda: measure_cutoff(recipe, spec, work, runs))
     out.mkdir(parents=True, exist_ok=True)

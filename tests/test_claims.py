@@ -83,6 +83,16 @@ def test_cutoff_changes_the_pose_cue_and_so_the_result(claims_run):
         assert 0.0 <= row["iou"] <= 1.0 and 0.0 <= row["driving_similarity"] <= 1.0
 
 
+def test_cross_id_takes_the_stage2_scores_sampled_for_the_s2x_measurement(claims_run):
+    _, root, _ = claims_run
+    runs, s2x, cross = _result(root, "runs"), _result(root, "s2x"), _result(root, "cross")
+    assert len(s2x["sampled"]) == 4  # 2 seeds x (S2X, no S2X), sampled once each
+    for mode, label in (("s2x", "stage 1 + 2 (S2X)"), ("plain", "stage 1 + 2 (no S2X)")):
+        found = [r for seed in (0, 1) for r in s2x["sampled"][str(runs[f"stage2_{mode}_seed{seed}"])]]
+        assert cross["models"][label]["psnr"] == [r["psnr"] for r in found]
+        assert cross["models"][label]["ssim"] == [r["ssim"] for r in found]
+
+
 def test_a_second_run_reuses_the_measurements(claims_run):
     claims, root, report = claims_run
     before = _result(root, "s2x")

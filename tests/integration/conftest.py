@@ -232,21 +232,21 @@ def comfy(tmp_path_factory) -> Server:
     if vhs_dir and not (Path(vhs_dir) / "videohelpersuite").is_dir():
         pytest.fail(f"VHS_DIR={vhs_dir} is not a ComfyUI-VideoHelperSuite checkout (no videohelpersuite/ in it)")
     pack_name, created_link = _link_pack(comfy_dir / "custom_nodes", ROOT, "directanimator")
-    links = [created_link]
-    if vhs_dir:
-        links.append(_link_pack(comfy_dir / "custom_nodes", Path(vhs_dir).resolve(), "videohelpersuite")[1])
-    port = _free_port()
-    log_path = base / "comfyui.log"
-    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--front-end-root", str(dirs["frontend"]), "--input-directory", str(dirs["input"]),
-               "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
-               "--user-directory", str(dirs["user"]), "--extra-model-paths-config", str(paths_yaml)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", port, process, dirs["input"], dirs["output"], dirs["models"],
-                    pack_name, log_path)
-    try:
+    links, process = [created_link], None
+    try:  # from here on the links are removed and the server stopped whatever happens
+        if vhs_dir:
+            links.append(_link_pack(comfy_dir / "custom_nodes", Path(vhs_dir).resolve(), "videohelpersuite")[1])
+        port = _free_port()
+        log_path = base / "comfyui.log"
+        command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                   "--front-end-root", str(dirs["frontend"]), "--input-directory", str(dirs["input"]),
+                   "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
+                   "--user-directory", str(dirs["user"]), "--extra-model-paths-config", str(paths_yaml)]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        with log_path.open("w") as log:
+            process = subprocess.Popen(command, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(f"http://127.0.0.1:{port}", port, process, dirs["input"], dirs["output"], dirs["models"],
+                        pack_name, log_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
@@ -260,7 +260,7 @@ def comfy(tmp_path_factory) -> Server:
                 time.sleep(1.0)
         yield server
     finally:
-        if process.poll() is None:
+        if process is not None and process.poll() is None:
             process.terminate()
             try:
                 process.wait(timeout=STOP_TIMEOUT_S)
