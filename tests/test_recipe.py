@@ -113,3 +113,33 @@ def test_the_demo_scale_fits_the_size_budget_of_design_9():
     assert params * 4 / 2**20 < 0.85 * recipe.max_megabytes  # fp32, leaving room for CueFusion and demo inputs
     assert recipe.world.size <= 128 and 9 <= recipe.world.frames <= 17
     assert 1e6 < sum(p.numel() for p in transformer.parameters()) < 1e7  # "a few million parameters"
+
+
+def _pair_truth(folder: Path, name: str, *, driver_cut: bool, reference_cut: bool) -> dict:
+    from safetensors.torch import save_file
+
+    def masks(cut: bool) -> torch.Tensor:
+        m = torch.zeros(3, 32, 32)
+        m[:, 8:20, 10:20] = 1
+        if cut:
+            m[:, 20:, 12:18] = 1  # the legs run out of the frame at the bottom
+        return m
+
+    save_file({"person_masks": masks(driver_cut), "cross_reference_person_masks": masks(reference_cut)},
+              str(folder / f"{name}.safetensors"))
+    return {"clip": f"{name}.mp4", "split": "val", "cross_target": f"{name}_x.mp4",
+            "ground_truth": f"{name}.safetensors"}
+
+
+def test_the_demo_pair_is_the_first_held_out_pair_with_whole_figures(tmp_path):
+    from training.recipe import demo_entry
+
+    train = {**_pair_truth(tmp_path, "t", driver_cut=False, reference_cut=False), "split": "train"}
+    cut_reference = _pair_truth(tmp_path, "a", driver_cut=False, reference_cut=True)
+    cut_driver = _pair_truth(tmp_path, "b", driver_cut=True, reference_cut=False)
+    whole = _pair_truth(tmp_path, "c", driver_cut=False, reference_cut=False)
+    entry, truth = demo_entry(tmp_path, [train, cut_reference, cut_driver, whole])
+    assert entry is whole and truth["person_masks"].shape == (3, 32, 32)
+    assert demo_entry(tmp_path, [train, cut_reference, cut_driver])[0] is cut_reference  # none whole: the first
+    with pytest.raises(InputError, match="no held-out cross-identity pair"):
+        demo_entry(tmp_path, [train])

@@ -354,26 +354,43 @@ def _export(recipe: RecipeConfig, work: Path, markers: Markers) -> dict:
     return {"cue_parameters": sum(p.numel() for p in transformer.cue_parameters()), "demo": demo}
 
 
+def _touches_border(masks: torch.Tensor) -> bool:
+    """Whether a person mask ``[F, H, W]`` reaches the frame edge in any frame (the figure is cut)."""
+    m = masks > 0.5
+    return bool(m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
+
+
+def demo_entry(world: Path, entries: list[dict]) -> tuple[dict, dict]:
+    """The held-out cross-identity pair the demo shows, with its ground truth: the first whose driver and
+    reference are whole figures (the main use case: neither mask touches the frame edge), else the first."""
+    from safetensors.torch import load_file
+
+    pairs = [e for e in entries if e.get("split") == "val" and "cross_target" in e]
+    if not pairs:
+        raise InputError(f"{world}: no held-out cross-identity pair for the demo inputs.")
+    for entry in pairs:
+        truth = load_file(str(world / entry["ground_truth"]))
+        if not (_touches_border(truth["person_masks"]) or _touches_border(truth["cross_reference_person_masks"])):
+            return entry, truth
+    return pairs[0], load_file(str(world / pairs[0]["ground_truth"]))
+
+
 def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
-    """The first held-out cross-identity pair as the demo's inputs: ``reference.png`` (identity B), ``driving.mp4``
-    (identity A), ``target.mp4`` (B performing A's motion: the ground truth), ``truth.safetensors`` (masks and
-    face boxes for exact cues) and ``demo.json``."""
-    from safetensors.torch import load_file, save_file
+    """A held-out cross-identity pair (`demo_entry`) as the demo's inputs: ``reference.png`` (identity B),
+    ``driving.mp4`` (identity A), ``target.mp4`` (B performing A's motion: the ground truth),
+    ``truth.safetensors`` (masks and face boxes for exact cues) and ``demo.json``."""
+    from safetensors.torch import save_file
 
     from directanimator.video import read_image, read_video, write_image, write_video
 
     from .validate import read_entries
 
-    entries = [e for e in read_entries(world) if e.get("split") == "val" and "cross_target" in e]
-    if not entries:
-        raise InputError(f"{world}: no held-out cross-identity pair for the demo inputs.")
-    entry = entries[0]
+    entry, truth = demo_entry(world, read_entries(world))
     fps = float(entry["fps"])
     dest.mkdir(parents=True, exist_ok=True)
     write_image(dest / "reference.png", read_image(world / entry["cross_reference"]))
     write_video(dest / "driving.mp4", read_video(world / entry["clip"], fps=fps).frames, fps)
     write_video(dest / "target.mp4", read_video(world / entry["cross_target"], fps=fps).frames, fps)
-    truth = load_file(str(world / entry["ground_truth"]))
     bundled = {"driving_mask": truth["person_masks"], "driving_face_boxes": truth["face_boxes"],
                "driving_face_valid": truth["face_valid"], "reference_mask": truth["cross_reference_person_masks"]}
     if bool(truth["cross_reference_face_valid"][0]):
