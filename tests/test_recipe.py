@@ -143,3 +143,38 @@ def test_the_demo_pair_is_the_first_held_out_pair_with_whole_figures(tmp_path):
     assert demo_entry(tmp_path, [train, cut_reference, cut_driver])[0] is cut_reference  # none whole: the first
     with pytest.raises(InputError, match="no held-out cross-identity pair"):
         demo_entry(tmp_path, [train])
+
+
+def test_a_stage_budget_and_its_wall_time_span_resumed_invocations(tmp_path, monkeypatch):
+    """A recipe killed mid-stage and run again with --resume continues the stage's clock: the budget holds over
+    both invocations and the card records the whole training time, not only the last invocation's."""
+    import training.recipe as recipe_module
+
+    recipe = load_recipe("tiny", ["stage1.steps=1000", "stage1.budget_minutes=0.01"])  # a 0.6 s budget
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "metadata.jsonl").write_text("{}\n")
+    now = [0.0]
+    monkeypatch.setattr(recipe_module.time, "perf_counter", lambda: now[0])
+
+    def train(config, resume=None):  # one chunk: its checkpoint folder and metrics line, after 0.4 s of training
+        now[0] += 0.4
+        (config.run_dir / "checkpoints" / f"step_{config.run.steps:07d}").mkdir(parents=True)
+        with open(config.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": config.run.steps, "loss": 0.5, "denoise": 0.5}) + "\n")
+
+    calls = []
+
+    def killed_in_second_chunk(config, resume=None):
+        calls.append(config.run.steps)
+        if len(calls) == 2:
+            now[0] += 0.1
+            raise KeyboardInterrupt  # killed before the chunk's checkpoint: resume redoes the chunk
+        train(config, resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        recipe_module.run_stage(recipe, tmp_path, "stage1", killed_in_second_chunk)
+    record = recipe_module.run_stage(recipe, tmp_path, "stage1", train)
+    # 0.4 s recorded by the first invocation + the redone second chunk's 0.4 s: past the 0.6 s budget
+    save_every = recipe_module.stage_config(recipe, tmp_path, "stage1", check_paths=False).run.save_every
+    assert record["stopped_by_budget"] and record["steps"] == 2 * save_every
+    assert record["seconds"] == pytest.approx(0.8)

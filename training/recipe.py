@@ -58,6 +58,7 @@ CARD = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 DEMO_JSON = "demo.json"
 TRUTH = "truth.safetensors"
+ELAPSED = "recipe_elapsed.json"
 
 
 # --------------------------------------------------------------------------- configuration
@@ -234,8 +235,8 @@ def _vae(recipe: RecipeConfig, work: Path) -> dict:
     v = recipe.vae
     pool = clips_from_folder(work / "world", max_clips=v.max_clips, val_clips=v.val_clips)
     report = train_vae(pool, work / "vae", v, resume=True)  # the work folder is ours: always continue
-    return {k: report[k] for k in ("steps", "target_steps", "stopped_by_budget", "parameters", "megabytes",
-                                   "scaling_factor", "held_out_psnr", "held_out_clips", "final")}
+    return {k: report[k] for k in ("steps", "target_steps", "stopped_by_budget", "seconds", "parameters",
+                                   "megabytes", "scaling_factor", "held_out_psnr", "held_out_clips", "final")}
 
 
 def _backbone(recipe: RecipeConfig, work: Path) -> dict:
@@ -280,13 +281,15 @@ def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, 
     spec: StageSpec = getattr(recipe, stage)
     config = stage_config(recipe, work, stage, checkpoint=checkpoint)
     run_dir = config.run_dir
+    clock = run_dir / ELAPSED  # training seconds of earlier invocations: the budget and the card span resumes
+    before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
     started = time.perf_counter()
     stopped = False
     while True:
         done = step_dirs(run_dir)[-1][0] if step_dirs(run_dir) else 0
         if done >= spec.steps:
             break
-        if spec.budget_minutes and time.perf_counter() - started > spec.budget_minutes * 60:
+        if spec.budget_minutes and before + time.perf_counter() - started > spec.budget_minutes * 60:
             log.warning("%s: time budget of %.1f min used up at step %d of %d", stage, spec.budget_minutes, done,
                         spec.steps)
             stopped = True
@@ -294,11 +297,13 @@ def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, 
         # the resumed trajectory equals the uninterrupted one (training/checkpointing.py), so chunks change nothing
         config.run.steps = min(spec.steps, done + config.run.save_every) if spec.budget_minutes else spec.steps
         train(config, resume="latest")
+        clock.write_text(json.dumps({"seconds": round(before + time.perf_counter() - started, 1)}))
     final = step_dirs(run_dir)[-1]
     records = read_metrics(run_dir)
     tail = records[-max(1, min(len(records), 10)):]
     losses = {k: round(sum(r[k] for r in tail) / len(tail), 5) for k in ("loss", "denoise", "s2x") if k in tail[0]}
     return {"steps": final[0], "target_steps": spec.steps, "stopped_by_budget": stopped,
+            "seconds": round(before + time.perf_counter() - started, 1),
             "checkpoint": str(final[1] / "model.safetensors"), "final_losses": losses,
             "first_loss": round(records[0]["loss"], 5) if records else None,
             "settings": {"lr": config.optim.lr, "batch_size": config.run.batch_size, "train": config.model.train,
@@ -578,7 +583,7 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
         log.info("recipe: %s", stage)
         started = time.perf_counter()
         record = steps[stage]()
-        record["seconds"] = round(time.perf_counter() - started, 1)
+        record.setdefault("seconds", round(time.perf_counter() - started, 1))  # trained stages count resumes
         markers.write(stage, record)
     card = json.loads((out / CARD_JSON).read_text())
     val = card["stages"]["validate"]
