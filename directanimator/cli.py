@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's demo setting)")
     demo.add_argument("--guidance", type=float, default=None, help="cue guidance scale (default: the model's)")
+    demo.add_argument("--scheduler", choices=["dpm", "ddim"], default=None, help="sampler (default: the model's)")
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--device", default="cpu")
     _add_cue_options(demo)
@@ -166,7 +167,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     try:
         result = demo(folder, out=args.out, reference=args.reference, driving=args.driving, frames=args.frames,
                       stride=args.stride or 1, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      device=args.device, segmenter=args.segmenter, face_detector=args.face_detector,
+                      scheduler=args.scheduler, device=args.device, segmenter=args.segmenter, face_detector=args.face_detector,
                       sam_checkpoint=args.sam_checkpoint, on_step=advance)
     finally:
         for b in bar:

@@ -89,7 +89,7 @@ def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, targ
 def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
              driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-             device: str = "cpu", segmenter: str = "mediapipe", face_detector: str = "auto",
+             scheduler: str | None = None, device: str = "cpu", segmenter: str = "mediapipe", face_detector: str = "auto",
              sam_checkpoint: str | None = None,
              on_step: Callable[[int, int], None] | None = None) -> DemoResult:
     """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
@@ -116,6 +116,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     steps = int(steps if steps is not None else settings.get("steps", 25))
     guidance = float(guidance if guidance is not None else settings.get("guidance", 3.0))
     seed = int(seed if seed is not None else settings.get("seed", 0))
+    scheduler = str(scheduler if scheduler is not None else settings.get("scheduler", "dpm"))
     max_frames = frames if frames is not None else settings.get("frames")
 
     reference_image = read_image(reference_path)
@@ -136,13 +137,13 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         config = replace(config, segmenter=segmenter, face_detector=face_detector,
                          sam_checkpoint=sam_checkpoint).validate()
         triplet = extract_cues(reference_image, clip.frames, config)
-    log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d steps, guidance %.3g",
+    log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d %s steps, guidance %.3g",
              triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],
-             "exact (bundled ground truth)" if exact else "detected", steps, guidance)
+             "exact (bundled ground truth)" if exact else "detected", steps, scheduler, guidance)
     callback = (lambda step, total, preview: on_step(step, total)) if on_step is not None else None
     with torch.no_grad():
         result = animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, fps=fps,
-                                 callback=callback)
+                                 scheduler=scheduler, callback=callback)
     frames_out = result.frames
     target = None
     if bundled and (bundle / "target.mp4").is_file():
@@ -159,7 +160,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
     record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),
               "frames": int(frames_out.shape[0]), "fps": fps, "steps": steps, "guidance": guidance, "seed": seed,
-              "exact_cues": exact, **metrics}
+              "scheduler": scheduler, "exact_cues": exact, **metrics}
     (out / METRICS).write_text(json.dumps(record, indent=1) + "\n")
     for note in result.notes:
         log.info("note: %s", note)

@@ -47,6 +47,15 @@ def test_demo_is_reproducible_with_the_same_seed(tiny_model, tmp_path):
     assert torch.equal(first.frames, second.frames) and first.metrics == second.metrics
 
 
+def test_the_sampler_is_the_bundled_setting_unless_given(tiny_model, tmp_path):
+    bundled = json.loads((tiny_model / "demo" / "demo.json").read_text())
+    default = run_demo(tiny_model, out=tmp_path / "default", steps=2)
+    ddim = run_demo(tiny_model, out=tmp_path / "ddim", steps=2, scheduler="ddim")
+    recorded = [json.loads((tmp_path / name / "metrics.json").read_text())["scheduler"] for name in ("default", "ddim")]
+    assert recorded == [bundled["scheduler"], "ddim"] and bundled["scheduler"] == "dpm"
+    assert not torch.equal(default.frames, ddim.frames)
+
+
 def test_missing_driving_file_is_named_before_the_model_loads(tiny_model, tmp_path):
     with pytest.raises(InputError, match="--driving .*nothing.mp4: no such file"):
         run_demo(tiny_model, out=tmp_path / "x", driving=tmp_path / "nothing.mp4")

@@ -92,6 +92,7 @@ def test_resume_skips_finished_stages_and_a_second_run_without_resume_is_refused
     ("stage2.stepz=3", "unknown key 'stage2.stepz'"),
     ("train_clips=5", "train_clips=5"),
     ("world.backgrounds=['bricks']", "world.backgrounds"),
+    ("validate.scheduler='euler'", "validate.scheduler='euler'"),
 ])
 def test_bad_recipe_settings_fail_before_any_work(tmp_path, setting, message):
     overrides = [setting, "train.optim.schedule='cosine'"] if "budget" in setting else [setting]

@@ -87,6 +87,7 @@ class ValidateSpec:
     clips: int = 4
     steps: int = 25
     guidance: float = 3.0
+    scheduler: str = "dpm"  # "dpm" or "ddim" (directanimator.sampling.SCHEDULERS)
     seed: int = 0
 
 
@@ -163,6 +164,11 @@ def check_recipe(recipe: RecipeConfig) -> None:
                              "train.optim.schedule='constant' (with warmup) or budget_minutes=0.")
     if recipe.validate.clips < 1 or recipe.validate.steps < 1:
         raise InputError("recipe validate.clips and validate.steps must be >= 1.")
+    from directanimator.sampling import SCHEDULERS
+
+    if recipe.validate.scheduler not in SCHEDULERS:
+        raise InputError(f"recipe validate.scheduler={recipe.validate.scheduler!r}: use one of "
+                         f"{', '.join(sorted(SCHEDULERS))}.")
 
 
 def transformer_config(recipe: RecipeConfig) -> dict:
@@ -403,7 +409,7 @@ def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
     save_file({k: v.contiguous() for k, v in bundled.items()}, str(dest / TRUTH), metadata={"source": "world"})
     v = recipe.validate
     info = {"fps": fps, "frames": int(entry.get("num_frames", recipe.world.frames)), "size": recipe.world.size,
-            "steps": v.steps, "guidance": v.guidance, "seed": v.seed, "source_clip": entry["clip"],
+            "steps": v.steps, "guidance": v.guidance, "scheduler": v.scheduler, "seed": v.seed, "source_clip": entry["clip"],
             "driving_identity": entry.get("identity"), "reference_identity": entry.get("cross_identity")}
     (dest / DEMO_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -424,7 +430,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         shutil.rmtree(out)
     model = load_model(staging, staging / CHECKPOINT_NAME, dtype="fp32")
     records = validate_model(model, work / "world", out, max_clips=v.clips, steps=v.steps, guidance=v.guidance,
-                             seed=v.seed)
+                             scheduler=v.scheduler, seed=v.seed)
     entries = held_out_entries(read_entries(work / "world"), max_clips=v.clips)
     for record, entry in zip(records, entries):
         pair = load_pair(work / "world", entry)
@@ -437,7 +443,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
 
     return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), "steps": v.steps,
-            "guidance": v.guidance, "psnr": mean("psnr"), "ssim": mean("ssim"),
+            "guidance": v.guidance, "scheduler": v.scheduler, "psnr": mean("psnr"), "ssim": mean("ssim"),
             "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
 
 
@@ -537,8 +543,8 @@ def model_card_text(card: dict) -> str:
         "",
         f"- VAE held-out reconstruction PSNR: {_fmt(vae.get('held_out_psnr'), 2)} dB "
         f"({vae.get('held_out_clips')} clips).",
-        f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} sampling "
-        f"steps, guidance {val.get('guidance')}):",
+        f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} "
+        f"{val.get('scheduler', 'dpm')} sampling steps, guidance {val.get('guidance')}):",
         "",
         "| | PSNR (dB) | SSIM |",
         "|---|---|---|",
