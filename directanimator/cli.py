@@ -167,8 +167,8 @@ def run_demo(args: argparse.Namespace) -> Path:
     try:
         result = demo(folder, out=args.out, reference=args.reference, driving=args.driving, frames=args.frames,
                       stride=args.stride or 1, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      scheduler=args.scheduler, device=args.device, segmenter=args.segmenter, face_detector=args.face_detector,
-                      sam_checkpoint=args.sam_checkpoint, on_step=advance)
+                      scheduler=args.scheduler, device=args.device, segmenter=args.segmenter,
+                      face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint, on_step=advance)
     finally:
         for b in bar:
             b.close()

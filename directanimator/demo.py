@@ -89,8 +89,8 @@ def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, targ
 def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
              driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-             scheduler: str | None = None, device: str = "cpu", segmenter: str = "mediapipe", face_detector: str = "auto",
-             sam_checkpoint: str | None = None,
+             scheduler: str | None = None, device: str = "cpu", segmenter: str = "mediapipe",
+             face_detector: str = "auto", sam_checkpoint: str | None = None,
              on_step: Callable[[int, int], None] | None = None) -> DemoResult:
     """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
     truth, scored against the ground-truth target and the static-reference baseline), or `reference` / `driving`

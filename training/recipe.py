@@ -409,8 +409,9 @@ def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
     save_file({k: v.contiguous() for k, v in bundled.items()}, str(dest / TRUTH), metadata={"source": "world"})
     v = recipe.validate
     info = {"fps": fps, "frames": int(entry.get("num_frames", recipe.world.frames)), "size": recipe.world.size,
-            "steps": v.steps, "guidance": v.guidance, "scheduler": v.scheduler, "seed": v.seed, "source_clip": entry["clip"],
-            "driving_identity": entry.get("identity"), "reference_identity": entry.get("cross_identity")}
+            "steps": v.steps, "guidance": v.guidance, "scheduler": v.scheduler, "seed": v.seed,
+            "source_clip": entry["clip"], "driving_identity": entry.get("identity"),
+            "reference_identity": entry.get("cross_identity")}
     (dest / DEMO_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return info
 
