@@ -92,18 +92,21 @@ BUNDLED = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 
 def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
-    """CI runs the committed model end to end (fewer sampling steps than `make demo`, same path)."""
+    """CI runs the committed model end to end exactly as `make demo` does (its bundled sampling settings)."""
     from directanimator.demo import is_model_folder
 
     assert is_model_folder(BUNDLED), f"{BUNDLED}: the bundled model must be committed (docs/demo_model.md)"
     bundled = json.loads((BUNDLED / "demo" / "demo.json").read_text())
-    first = run_demo(BUNDLED, out=tmp_path / "demo", steps=6, seed=0)
+    first = run_demo(BUNDLED, out=tmp_path / "demo")
     info = probe_video(tmp_path / "demo" / "result.mp4")
     assert (info["frame_count"], info["width"], info["height"]) == (bundled["frames"], bundled["size"], bundled["size"])
     assert first.exact_cues and first.frames.shape == (bundled["frames"], bundled["size"], bundled["size"], 3)
     metrics = first.metrics
     assert all(10 < metrics[k] < 60 for k in ("psnr", "baseline_psnr")) and 0 < metrics["ssim"] <= 1
+    # it follows the motion better than the reference held still, in PSNR (19.6 against 19.1 dB when committed;
+    # its SSIM is still below the baseline's: docs/demo_model.md)
+    assert metrics["psnr"] > metrics["baseline_psnr"] + 0.25
     # the cues steer the result: the same seed with another driving clip gives another video
-    other = run_demo(BUNDLED, out=tmp_path / "other", steps=6, seed=0,
+    other = run_demo(BUNDLED, out=tmp_path / "other",
                      driving=BUNDLED / "demo" / "target.mp4", reference=BUNDLED / "demo" / "reference.png")
     assert (first.frames - other.frames).abs().mean() > 0.005

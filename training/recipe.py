@@ -539,13 +539,15 @@ def model_card_text(card: dict) -> str:
         "",
         "Wall time per stage: " + ", ".join(f"{k} {_fmt((s.get(k) or {}).get('seconds'), 0)} s" for k in STAGES
                                             if k != "card") + ".",
+        *([f"The VAE stage was carried over from {vae['reused_from']}: its marker and weights, unchanged."]
+          if vae.get("reused_from") else []),
         "",
         "## Metrics",
         "",
         f"- VAE held-out reconstruction PSNR: {_fmt(vae.get('held_out_psnr'), 2)} dB "
         f"({vae.get('held_out_clips')} clips).",
         f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} "
-        f"{val.get('scheduler', 'dpm')} sampling steps, guidance {val.get('guidance')}):",
+        f"{val.get('scheduler', 'dpm')} sampling step(s), guidance {val.get('guidance')}):",
         "",
         "| | PSNR (dB) | SSIM |",
         "|---|---|---|",
