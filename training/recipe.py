@@ -42,6 +42,7 @@ from typing import Callable
 
 import torch
 
+from directanimator.atomic import atomic_path
 from directanimator.errors import InputError
 
 from .config import TrainConfig, _apply, _build, parse_override, read_config_file, validate
@@ -290,12 +291,16 @@ def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, 
     clock = run_dir / ELAPSED  # training seconds of earlier invocations: the budget and the card span resumes
     before = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
     started = time.perf_counter()
+
+    def trained() -> float:
+        return round(before + time.perf_counter() - started, 1)
+
     stopped = False
     while True:
         done = step_dirs(run_dir)[-1][0] if step_dirs(run_dir) else 0
         if done >= spec.steps:
             break
-        if spec.budget_minutes and before + time.perf_counter() - started > spec.budget_minutes * 60:
+        if spec.budget_minutes and trained() > spec.budget_minutes * 60:
             log.warning("%s: time budget of %.1f min used up at step %d of %d", stage, spec.budget_minutes, done,
                         spec.steps)
             stopped = True
@@ -303,13 +308,14 @@ def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, 
         # the resumed trajectory equals the uninterrupted one (training/checkpointing.py), so chunks change nothing
         config.run.steps = min(spec.steps, done + config.run.save_every) if spec.budget_minutes else spec.steps
         train(config, resume="latest")
-        clock.write_text(json.dumps({"seconds": round(before + time.perf_counter() - started, 1)}))
+        with atomic_path(clock) as tmp:
+            tmp.write_text(json.dumps({"seconds": trained()}))
     final = step_dirs(run_dir)[-1]
     records = read_metrics(run_dir)
     tail = records[-max(1, min(len(records), 10)):]
     losses = {k: round(sum(r[k] for r in tail) / len(tail), 5) for k in ("loss", "denoise", "s2x") if k in tail[0]}
     return {"steps": final[0], "target_steps": spec.steps, "stopped_by_budget": stopped,
-            "seconds": round(before + time.perf_counter() - started, 1),
+            "seconds": trained(),
             "checkpoint": str(final[1] / "model.safetensors"), "final_losses": losses,
             "first_loss": round(records[0]["loss"], 5) if records else None,
             "settings": {"lr": config.optim.lr, "batch_size": config.run.batch_size, "train": config.model.train,
@@ -379,11 +385,13 @@ def demo_entry(world: Path, entries: list[dict]) -> tuple[dict, dict]:
     pairs = [e for e in entries if e.get("split") == "val" and "cross_target" in e]
     if not pairs:
         raise InputError(f"{world}: no held-out cross-identity pair for the demo inputs.")
+    first = None
     for entry in pairs:
         truth = load_file(str(world / entry["ground_truth"]))
+        first = first or (entry, truth)
         if not (_touches_border(truth["person_masks"]) or _touches_border(truth["cross_reference_person_masks"])):
             return entry, truth
-    return pairs[0], load_file(str(world / pairs[0]["ground_truth"]))
+    return first
 
 
 def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
