@@ -179,3 +179,12 @@ def test_a_stage_budget_and_its_wall_time_span_resumed_invocations(tmp_path, mon
     save_every = recipe_module.stage_config(recipe, tmp_path, "stage1", check_paths=False).run.save_every
     assert record["stopped_by_budget"] and record["steps"] == 2 * save_every
     assert record["seconds"] == pytest.approx(0.8)
+
+
+def test_the_demo_inputs_carry_the_validate_sampling_settings(tiny_root, tmp_path):
+    from training.recipe import DEMO_JSON, write_demo_inputs
+
+    recipe = load_recipe("tiny", ["validate.scheduler='ddim'", "validate.steps=3", "validate.guidance=1.5"])
+    info = write_demo_inputs(tiny_root / "work" / "world", tmp_path / "demo", recipe)
+    written = json.loads((tmp_path / "demo" / DEMO_JSON).read_text())
+    assert written == info and (info["scheduler"], info["steps"], info["guidance"]) == ("ddim", 3, 1.5)
