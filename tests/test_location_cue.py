@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from directanimator.cues import Similarity, fit_similarity, grid_soften, location_cue, mask_boxes, warp_masks
+from directanimator.cues import (
+    Similarity, fit_similarity, grid_soften, location_cue, mask_boxes, mask_centre_columns, warp_masks,
+)
 from directanimator.cues.location_cue import render_ellipses
 from directanimator.errors import CueError
 from helpers import centroid, disc, figure, figure_box, iou, mass_inside, rectangle, stripes
@@ -90,6 +92,68 @@ def test_a_face_pair_far_from_the_bodies_is_ignored():
                        reference_face=torch.tensor([0.0, 0, 20, 20]), notes=notes)
     assert torch.allclose(t.apply_boxes(driving), reference, atol=1.0)
     assert "ignored" in notes[0]
+
+
+def test_mask_centre_columns_split_the_mass_in_half():
+    masks = torch.zeros(3, 4, 10)
+    masks[0, :, 2:6] = 1.0  # columns 2..5: the halves meet at x = 4
+    masks[1, :, 3] = 1.0  # one column: its middle
+    masks[1, :2, 8] = 0.5  # a little mass far right moves the line by a fraction of a column
+    x, valid = mask_centre_columns(masks)
+    assert valid.tolist() == [True, True, False]
+    assert x[0] == pytest.approx(4.0)
+    assert x[1] == pytest.approx(3.5 + 0.5 / 4)  # half of 5 is 2.5: column 3 holds 4, so 2.5 of it is reached at 3 + 2.5 / 4
+    assert x[2] == 0.0
+
+
+def arm_out(size, centre_x, top, height, length):
+    """`figure` with its right arm stretched out by `length` px."""
+    mask, face = figure(size, top=top, centre_x=centre_x, height=height)
+    arm = (centre_x + 0.25 * height, top + 0.18 * height, centre_x + 0.25 * height + length, top + 0.24 * height)
+    return torch.maximum(mask, rectangle(arm, size)), face
+
+
+def test_body_centre_lines_put_the_torso_on_the_reference_when_an_arm_reaches_out():
+    size = (160, 160)
+    driving_mask, _ = arm_out(size, 50.0, 20.0, 100.0, 50.0)
+    reference_mask, _ = figure(size, top=10, centre_x=90, height=120)
+    boxes, valid = mask_boxes(driving_mask[None])
+    reference_box = mask_boxes(reference_mask[None])[0][0]
+    centres = mask_centre_columns(driving_mask[None])[0]
+    reference_centre = float(mask_centre_columns(reference_mask[None])[0][0])
+    notes = []
+    t = fit_similarity(boxes, valid, reference_box, driving_centres=centres, reference_centre=reference_centre,
+                       notes=notes)
+    boxed = fit_similarity(boxes, valid, reference_box)
+    assert "x: body centre lines" in notes[0]
+    assert t.scale == pytest.approx(1.2, abs=0.02)  # the height still sets the scale
+    # the torso's centre (x = 50) lands within 3 px of the reference's (x = 90): the arm's share of the mask
+    # moves the line by 2.4 px; the box rule centres the arm's box instead and puts the torso 30 px off
+    assert abs(50.0 * t.scale + t.tx - 90.0) < 3.0
+    assert abs(50.0 * boxed.scale + boxed.tx - 90.0) > 20.0
+    torso = slice(10 + 20, 10 + 66)
+    warped = warp_masks(driving_mask[None], t, size)[0]
+    assert iou(warped[torso, :110] > 0.5, reference_mask[torso, :110] > 0.5) > 0.85
+
+
+def test_body_centre_lines_hold_when_the_arm_leaves_the_picture():
+    size = (160, 160)
+    driving_mask, _ = arm_out(size, 110.0, 20.0, 100.0, 60.0)  # the arm runs out of the right edge
+    reference_mask, _ = figure(size, top=20, centre_x=60, height=100)
+    boxes, valid = mask_boxes(driving_mask[None])
+    notes = []
+    t = fit_similarity(boxes, valid, mask_boxes(reference_mask[None])[0][0], image_size=size,
+                       driving_centres=mask_centre_columns(driving_mask[None])[0],
+                       reference_centre=float(mask_centre_columns(reference_mask[None])[0][0]), notes=notes)
+    assert "x: body centre lines" in notes[0] and "right" in notes[0]  # the cut side is reported
+    assert abs(110.0 * t.scale + t.tx - 60.0) < 3.0  # the torso still lands on the reference's
+
+
+def test_body_centre_lines_must_match_the_frames():
+    boxes, valid = clip_of(torch.tensor([40.0, 20, 90, 120]))
+    with pytest.raises(CueError, match="driving centres"):
+        fit_similarity(boxes, valid, torch.tensor([10.0, 10, 60, 110]), driving_centres=torch.zeros(3),
+                       reference_centre=30.0)
 
 
 def test_fit_similarity_rejects_clips_without_a_person():

@@ -28,7 +28,7 @@ from .world.dataset import read_metadata
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: location cues aligned on body centre lines (cues.fit_similarity)
 CUE_FIELDS = ("pose", "face", "body_mask", "face_mask")
 SKIPPED = "skipped.jsonl"
 PREPARE_INFO = "prepare.json"

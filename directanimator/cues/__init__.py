@@ -1,6 +1,6 @@
 """Driving Cue Triplet: pose, face and location cues from a driving video, aligned to a reference (DESIGN.md 4)."""
 
-from .boxes import mask_boxes, median_box, smooth_track, square_boxes
+from .boxes import mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .extract import extract_cues, working_size
 from .face_cue import face_cue
 from .location_cue import fit_similarity, grid_soften, location_cue, warp_masks
@@ -24,6 +24,7 @@ __all__ = [
     "location_overlay",
     "low_pass",
     "mask_boxes",
+    "mask_centre_columns",
     "median_box",
     "overlay_location",
     "pose_cue",

@@ -52,6 +52,28 @@ def mask_boxes(masks: Tensor, *, threshold: float = 0.5) -> tuple[Tensor, Tensor
     return boxes, valid
 
 
+def mask_centre_columns(masks: Tensor) -> tuple[Tensor, Tensor]:
+    """The x ``[F]`` (px, continuous coordinates) that splits each mask's ``[F, H, W]`` mass into equal left and
+    right halves, and ``valid [F]`` (a non-empty mask).
+
+    This is the body's centre line: an outstretched arm moves a box edge by its whole length but this line only by
+    the arm's share of the mask, so the torso and legs decide where a person stands.
+    """
+    if masks.ndim != 3:
+        raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
+    columns = masks.to(torch.float32).clamp(0.0, 1.0).sum(dim=1)  # [F, W]
+    cumulative = columns.cumsum(dim=1)
+    total = cumulative[:, -1]
+    valid = total > 0
+    half = (total / 2)[:, None]
+    index = (cumulative < half).sum(dim=1).clamp(max=columns.shape[1] - 1)  # first column reaching the half
+    before = torch.where(index > 0, cumulative.gather(1, (index - 1).clamp(min=0)[:, None])[:, 0],
+                         torch.zeros_like(total))
+    mass = columns.gather(1, index[:, None])[:, 0]
+    x = index.to(torch.float32) + ((half[:, 0] - before) / mass.clamp(min=1e-12)).clamp(0.0, 1.0)
+    return torch.where(valid, x, torch.zeros_like(x)), valid
+
+
 def _neighbour_indices(valid: Tensor) -> tuple[Tensor, Tensor]:
     """For each frame, the index of the nearest valid frame at or before it (-1: none) and at or after it (F: none)."""
     count = valid.shape[0]

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..errors import CueError
 from ..tensors import as_frames
 from ..video import ResizePlan, resize_frames, resize_plan
-from .boxes import cue_masks, mask_boxes, median_box, smooth_track, square_boxes
+from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
 from .location_cue import _location_cue, fit_similarity
@@ -361,7 +361,10 @@ def extract_cues(
         person_boxes.cpu(), person_valid.cpu(), ref_person.cpu(),
         driving_face=median_box(face_tight.cpu(), face_valid.cpu()) if bool(face_valid.any()) else None,
         reference_face=ref_face,
-        image_size=size, driving_area=_content(d_box), reference_area=_content(r_box), notes=notes,
+        image_size=size, driving_area=_content(d_box), reference_area=_content(r_box),
+        driving_centres=mask_centre_columns(masks)[0].cpu(),
+        reference_centre=float(mask_centre_columns(ref_mask)[0][0]),
+        notes=notes,
     )
     # the frames and masks were checked once above; the builders below take them as they are
     filtering = dict(cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order)

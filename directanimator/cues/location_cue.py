@@ -68,6 +68,20 @@ def _anchor_offset(d_lo: float, d_hi: float, r_lo: float, r_hi: float, scale: fl
     return (r_lo + r_hi) / 2 - scale * (d_lo + d_hi) / 2
 
 
+def _centre_pair(driving_centres, driving_valid: Tensor, reference_centre) -> tuple[float, float] | None:
+    """(median driving centre line, reference centre line) in px, or None when either is missing."""
+    if driving_centres is None or reference_centre is None:
+        return None
+    centres = torch.as_tensor(driving_centres, dtype=torch.float32).cpu().reshape(-1)
+    if centres.shape != driving_valid.shape:
+        raise CueError(f"driving centres: expected [{driving_valid.shape[0]}] values (one per frame), got "
+                       f"{tuple(centres.shape)}.")
+    reference_centre = float(reference_centre)
+    if not math.isfinite(reference_centre) or not bool(torch.isfinite(centres[driving_valid]).all()):
+        raise CueError("body centre lines: got a non-finite value; they come from mask_centre_columns.")
+    return float(centres[driving_valid].quantile(0.5)), reference_centre
+
+
 def fit_similarity(
     driving_boxes: Tensor,
     driving_valid: Tensor,
@@ -78,6 +92,8 @@ def fit_similarity(
     image_size: tuple[int, int] | None = None,
     driving_area: Tensor | None = None,
     reference_area: Tensor | None = None,
+    driving_centres: Tensor | None = None,
+    reference_centre: float | None = None,
     notes: list | None = None,
 ) -> Similarity:
     """One scale + translation for the clip, taking the driving person onto the reference person.
@@ -90,10 +106,13 @@ def fit_similarity(
 
     Scale: body height ``R_h / D_h`` when no top or bottom is cut; else the face size ratio when both faces are
     known; else the width ratio when no left or right side is cut; else the visible height ratio.
-    Translation: when both faces are known it aligns the faces horizontally, and vertically too if the height
-    could not be used; otherwise it aligns the uncut edge (e.g. the tops when legs are cut by the bottom edge),
-    or the centres. A face alignment that would move the body by more than a quarter of the reference width
-    is ignored. The rule used is appended to `notes`.
+    Translation, horizontally: the body centre lines (`driving_centres` ``[F]``, median over the valid frames, and
+    `reference_centre`, from `mask_centre_columns`) when both are given: they follow the torso where box edges
+    follow an outstretched arm, also when the arm leaves the picture. Else the face centres when both faces are
+    known, else the uncut edge or the box centres. Vertically: the uncut edge (e.g. the tops when legs are cut
+    by the bottom edge) or the centres, or the face centres when the height could not be used. A face alignment
+    that would move the body by more than a quarter of the reference width (height) is ignored. The rule used
+    is appended to `notes`.
     """
     driving_boxes = torch.as_tensor(driving_boxes, dtype=torch.float32).cpu()
     driving_valid = torch.as_tensor(driving_valid).to(torch.bool).cpu()
@@ -133,18 +152,23 @@ def fit_similarity(
 
     tx = _anchor_offset(float(d[0]), float(d[2]), float(r[0]), float(r[2]), scale, cut["left"], cut["right"])
     ty = _anchor_offset(float(d[1]), float(d[3]), float(r[1]), float(r[3]), scale, cut["top"], cut["bottom"])
-    anchor = "box edges"
+    anchor_x, anchor_y = "box edges", "box edges"
+    centres = _centre_pair(driving_centres, driving_valid, reference_centre)
+    if centres is not None:
+        tx, anchor_x = centres[1] - scale * centres[0], "body centre lines"
     if faces:
         d_centre = (d_face[:2] + d_face[2:]) / 2
         r_centre = (r_face[:2] + r_face[2:]) / 2
         face_tx = float(r_centre[0] - scale * d_centre[0])
         face_ty = float(r_centre[1] - scale * d_centre[1])
-        if abs(face_tx - tx) <= FACE_SHIFT_LIMIT * r_w:
-            tx, anchor = face_tx, "face centre (x)"
-            if not vertical_ok and abs(face_ty - ty) <= FACE_SHIFT_LIMIT * r_h:
-                ty, anchor = face_ty, "face centre"
-        else:
-            anchor = "box edges (the face pair disagrees with the body boxes; ignored)"
+        if anchor_x == "box edges":
+            if abs(face_tx - tx) <= FACE_SHIFT_LIMIT * r_w:
+                tx, anchor_x = face_tx, "face centres"
+            else:
+                anchor_x = "box edges (the face pair disagrees with the body boxes; ignored)"
+        if not vertical_ok and abs(face_ty - ty) <= FACE_SHIFT_LIMIT * r_h:
+            ty, anchor_y = face_ty, "face centres"
+    anchor = f"x: {anchor_x}, y: {anchor_y}"
     message = (
         f"location transform: scale {scale:.4f} from {rule}, translation ({tx:.1f}, {ty:.1f}) px from {anchor}; "
         f"cut sides: {[side for side, value in cut.items() if value] or 'none'}"
