@@ -258,3 +258,27 @@ def test_cue_latents_select_concatenate_and_cast():
     assert half.pose.dtype == torch.bfloat16
     assert torch.allclose(half.body_mask.float(), cues.body_mask, atol=4e-3)  # values kept, only cast
     assert float(half.body_mask.max()) <= 1.0
+
+
+def test_reference_in_every_frame_equals_the_leading_layout_fed_the_reference_everywhere():
+    from directanimator.models import CueFusionConfig
+
+    leading = tiny_animator("1.0", seed=2, randomize_cues=True)
+    every = DirectAnimatorTransformer(tiny_backbone("1.0", seed=2),  # the same seeded weights
+                                      config=CueFusionConfig(modulation_rank=8, text_rank=8,
+                                                             reference_in_every_frame=True)).eval()
+    every.load_cue_state_dict(leading.cue_state_dict())
+    inputs = tiny_inputs("1.0", batch=2)
+    hidden = inputs["hidden_states"]
+    hidden[:, 1:, LATENT_CHANNELS:] = 0.0  # the I2V layout: the reference latent leads, zeros after it
+    hidden[1, :, LATENT_CHANNELS:] = 0.0  # sample 1: a dropped reference
+    repeated = hidden.clone()
+    repeated[0, :, LATENT_CHANNELS:] = hidden[0, :1, LATENT_CHANNELS:]
+    cues = tiny_cue_latents(batch=2)
+    with torch.no_grad():
+        out = every(**inputs, cues=cues)
+        expected = leading(**{**inputs, "hidden_states": repeated}, cues=cues)
+        plain = leading(**inputs, cues=cues)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert (out[0] - plain[0]).abs().max() > 1e-3  # the option changes what sample 0 sees
+    torch.testing.assert_close(out[1], plain[1], rtol=0, atol=1e-6)  # a blank reference stays blank

@@ -153,3 +153,11 @@ def test_gradient_checkpointing_trains_the_same_trajectory(world):
                                                               "model.gradient_checkpointing=true", *common)))
     assert [r["loss"] for r in checkpointed] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
     assert [r["grad_norm"] for r in checkpointed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
+
+
+def test_the_reference_layout_of_a_fresh_student_comes_from_the_config(world):
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model))
+    assert load_student(config).transformer.cue_config.reference_in_every_frame is False
+    config = load_config(CONFIG, overrides(root, data, model, "model.reference_in_every_frame=true"))
+    assert load_student(config).transformer.cue_config.reference_in_every_frame is True

@@ -53,7 +53,8 @@ def load_student(config: TrainConfig, *, checkpoint: str | None = None) -> Loade
     ckpt = checkpoint if checkpoint is not None else (m.checkpoint or None)
     seed_everything(config.run.seed)  # fresh CueFusion down-projections are random: same seed, same start
     animator = load_model(m.backbone, ckpt, dtype=m.dtype, vae=m.vae or None,
-                          cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank))
+                          cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank,
+                                                     reference_in_every_frame=m.reference_in_every_frame))
     return LoadedModel(animator.transformer, dict(animator.scheduler_config), animator.null_text,
                        animator.info.get("weights", "none"), animator.info)
 

@@ -96,12 +96,18 @@ class CueFusionConfig:
     The per-block modulation ``Linear_l(SiLU(e_t)) -> 6 * inner_dim`` is factorised as a full-rank projection
     shared by all blocks plus a per-block ``up_l(down_l(.))`` of rank ``modulation_rank`` with a per-block bias; the
     text-stream projection is ``text_up_l(text_down_l(.))`` of rank ``text_rank`` (docs/model.md says why).
+
+    `reference_in_every_frame`: the image-latent channels carry the reference latent in every latent frame, not in
+    the leading frame only (CogVideoX I2V's layout, zeros after it). A backbone trained from scratch then finds the
+    reference's backdrop and clothes at each token's own place instead of having to learn to fetch them across
+    frames by attention; a pretrained I2V backbone expects the leading-frame layout (the default).
     """
 
     modulation_rank: int = 64
     text_rank: int = 64
     cue_channels: int | None = None  # VAE latent channels of the cue videos; None: the backbone's out_channels
     norm_eps: float = 1e-6
+    reference_in_every_frame: bool = False
 
     def validate(self) -> "CueFusionConfig":
         if self.modulation_rank < 1 or self.text_rank < 1:

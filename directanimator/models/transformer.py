@@ -443,6 +443,8 @@ class DirectAnimatorTransformer(nn.Module):
         """
         self._check_inputs(hidden_states, encoder_hidden_states, cues)
         b, f, _, h, w = hidden_states.shape
+        if self.cue_config.reference_in_every_frame and f > 1:
+            hidden_states = reference_in_every_frame(hidden_states, self.latent_channels)
         device = hidden_states.device
         timestep = torch.as_tensor(timestep, device=device)
         if timestep.ndim == 0 or timestep.numel() == 1:
@@ -473,6 +475,13 @@ class DirectAnimatorTransformer(nn.Module):
             return_dict=False,
         )[0]
         return out
+
+
+def reference_in_every_frame(hidden_states: Tensor, latent_channels: int) -> Tensor:
+    """``[B, F', 2*Cz, h, w]`` with the image-latent channels (after the first `latent_channels`) of the leading
+    frame copied into every frame; a blank (dropped) reference stays blank everywhere."""
+    noisy, image = hidden_states[:, :, :latent_channels], hidden_states[:, :, latent_channels:]
+    return torch.cat([noisy, image[:, :1].expand_as(image)], dim=2)
 
 
 def _plain_key(key: str) -> str:
