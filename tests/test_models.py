@@ -282,3 +282,10 @@ def test_reference_in_every_frame_equals_the_leading_layout_fed_the_reference_ev
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     assert (out[0] - plain[0]).abs().max() > 1e-3  # the option changes what sample 0 sees
     torch.testing.assert_close(out[1], plain[1], rtol=0, atol=1e-6)  # a blank reference stays blank
+
+
+def test_reference_layout_must_be_a_bool():
+    from directanimator.models import CueFusionConfig
+
+    with pytest.raises(InputError, match="reference_in_every_frame"):
+        CueFusionConfig.from_dict({"reference_in_every_frame": "yes"})

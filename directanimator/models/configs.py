@@ -116,6 +116,9 @@ class CueFusionConfig:
             )
         if self.cue_channels is not None and self.cue_channels < 1:
             raise InputError(f"CueFusionConfig.cue_channels={self.cue_channels}: must be >= 1 or None.")
+        if not isinstance(self.reference_in_every_frame, bool):
+            raise InputError(f"CueFusionConfig.reference_in_every_frame={self.reference_in_every_frame!r}: must be "
+                             "true or false.")
         return self
 
     def to_dict(self) -> dict:

@@ -439,7 +439,8 @@ class DirectAnimatorTransformer(nn.Module):
 
         `cues` None runs the bare backbone (the guidance negative branch). `cue_weight` scales the cue injection per
         sample (``[B]`` or a float; 0 equals the bare backbone), e.g. for cue dropout or a batched guidance pass.
-        `ofs` defaults to 2.0 for backbones with an ofs embedding (CogVideoX 1.5).
+        `ofs` defaults to 2.0 for backbones with an ofs embedding (CogVideoX 1.5). With
+        ``cue_config.reference_in_every_frame`` the leading frame's image latents are first copied into every frame.
         """
         self._check_inputs(hidden_states, encoder_hidden_states, cues)
         b, f, _, h, w = hidden_states.shape
