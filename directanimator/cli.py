@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--guidance", type=float, default=3.0, help="cue guidance scale; 1 = one pass per step")
     animate.add_argument("--seed", type=int, default=0)
     animate.add_argument("--scheduler", choices=["dpm", "ddim"], default="dpm")
+    animate.add_argument("--samples", type=int, default=1,
+                         help="the mean of this many results, seeds seed, seed + 1, ... (helps one-step estimates)")
     animate.add_argument("--window", type=int, default=None, help="context window in latent frames")
     animate.add_argument("--overlap", type=int, default=None, help="latent frames shared by neighbouring windows")
     animate.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's demo setting)")
     demo.add_argument("--guidance", type=float, default=None, help="cue guidance scale (default: the model's)")
     demo.add_argument("--scheduler", choices=["dpm", "ddim"], default=None, help="sampler (default: the model's)")
+    demo.add_argument("--samples", type=int, default=None,
+                      help="the mean of this many results, seeds seed, seed + 1, ... (default: the model's)")
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--device", default="cpu")
     _add_cue_options(demo)
@@ -167,7 +171,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     try:
         result = demo(folder, out=args.out, reference=args.reference, driving=args.driving, frames=args.frames,
                       stride=args.stride or 1, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      scheduler=args.scheduler, device=args.device, segmenter=args.segmenter,
+                      scheduler=args.scheduler, samples=args.samples, device=args.device, segmenter=args.segmenter,
                       face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint, on_step=advance)
     finally:
         for b in bar:
@@ -218,7 +222,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     try:
         result = animate(model, reference, clip, cue_config=config, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, scheduler=args.scheduler, window=args.window, overlap=args.overlap,
-                         on_cue_frame=lambda i: advance("cues", len(clip.frames)),
+                         samples=args.samples, on_cue_frame=lambda i: advance("cues", len(clip.frames)),
                          callback=lambda step, total, preview: advance("sampling", total))
     finally:
         for bar in bars.values():

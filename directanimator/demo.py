@@ -89,7 +89,8 @@ def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, targ
 def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
              driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-             scheduler: str | None = None, device: str = "cpu", segmenter: str = "mediapipe",
+             scheduler: str | None = None, samples: int | None = None, device: str = "cpu",
+             segmenter: str = "mediapipe",
              face_detector: str = "auto", sam_checkpoint: str | None = None,
              on_step: Callable[[int, int], None] | None = None) -> DemoResult:
     """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
@@ -117,6 +118,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     guidance = float(guidance if guidance is not None else settings.get("guidance", 3.0))
     seed = int(seed if seed is not None else settings.get("seed", 0))
     scheduler = str(scheduler if scheduler is not None else settings.get("scheduler", "dpm"))
+    samples = int(samples if samples is not None else settings.get("samples", 1))
     max_frames = frames if frames is not None else settings.get("frames")
 
     reference_image = read_image(reference_path)
@@ -137,13 +139,13 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         config = replace(config, segmenter=segmenter, face_detector=face_detector,
                          sam_checkpoint=sam_checkpoint).validate()
         triplet = extract_cues(reference_image, clip.frames, config)
-    log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d %s steps, guidance %.3g",
-             triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],
-             "exact (bundled ground truth)" if exact else "detected", steps, scheduler, guidance)
+    log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d %s steps, guidance %.3g, "
+             "mean of %d sample(s)", triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],
+             "exact (bundled ground truth)" if exact else "detected", steps, scheduler, guidance, samples)
     callback = (lambda step, total, preview: on_step(step, total)) if on_step is not None else None
     with torch.no_grad():
         result = animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, fps=fps,
-                                 scheduler=scheduler, callback=callback)
+                                 scheduler=scheduler, callback=callback, samples=samples)
     frames_out = result.frames
     target = None
     if bundled and (bundle / "target.mp4").is_file():
@@ -160,7 +162,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
     record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),
               "frames": int(frames_out.shape[0]), "fps": fps, "steps": steps, "guidance": guidance, "seed": seed,
-              "scheduler": scheduler, "exact_cues": exact, **metrics}
+              "scheduler": scheduler, "samples": samples, "exact_cues": exact, **metrics}
     (out / METRICS).write_text(json.dumps(record, indent=1) + "\n")
     for note in result.notes:
         log.info("note: %s", note)

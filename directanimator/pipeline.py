@@ -85,7 +85,7 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
             guidance: float = 3.0, seed: int = 0, scheduler: str = "dpm", window: int | None = None,
             overlap: int | None = None, fps: float | None = None, callback: StepCallback | None = None,
             denoise: float = 1.0, init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
-            tiling: bool | None = None, on_cue_frame=None) -> AnimationResult:
+            tiling: bool | None = None, on_cue_frame=None, samples: int = 1) -> AnimationResult:
     """Animate `reference` ``[1, H, W, 3]`` with the motion of `driving` ``[F, H', W', 3]`` (or a VideoClip).
 
     Extracts the Driving Cue Triplet (`cue_config`, default the checkpoint's; a backbone with learned positional
@@ -97,7 +97,8 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
         driving = driving.frames
     driving = as_frames(driving, name="driving")
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
-                     denoise=denoise, num_video_latents=_video_latents(model, int(driving.shape[0])))
+                     denoise=denoise, num_video_latents=_video_latents(model, int(driving.shape[0])),
+                     samples=samples)
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
     config = _cue_config(model, cue_config)
@@ -117,7 +118,7 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
     triplet = extract_cues(reference, driving, config, on_frame=on_cue_frame)
     return animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                            window=window, overlap=overlap, fps=fps, callback=callback, denoise=denoise,
-                           init_frames=init_frames, text_embeds=text_embeds, tiling=tiling)
+                           init_frames=init_frames, text_embeds=text_embeds, tiling=tiling, samples=samples)
 
 
 def _init_latents(model, triplet: CueTriplet, init_frames, padded: int, tiling: bool | None) -> Tensor:
@@ -141,7 +142,7 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
                     scheduler: str = "dpm", window: int | None = None, overlap: int | None = None,
                     fps: float | None = None, callback: StepCallback | None = None, denoise: float = 1.0,
                     init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
-                    tiling: bool | None = None) -> AnimationResult:
+                    tiling: bool | None = None, samples: int = 1) -> AnimationResult:
     """Animate from an extracted cue triplet: encode, sample, decode, trim to the driving frame count.
 
     steps: denoising steps; guidance: cue guidance scale (1 = one forward per step); seed: reproduces the result
@@ -149,13 +150,14 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
     frames (None: the whole clip, or the backbone's fixed length); denoise < 1 with `init_frames` ``[F, H, W, 3]``
     refines an existing video; callback(step, total, preview) after every step (may raise to stop);
     text_embeds: ``[1, L, D]`` replacing the checkpoint's null-text embedding; tiling: spatial VAE tiling
-    (None: when the frame exceeds the VAE's tile size).
+    (None: when the frame exceeds the VAE's tile size); samples: the mean of that many results of seeds `seed`,
+    `seed + 1`, ... (`sample_latents` says when that helps).
     """
     num = triplet.num_frames if isinstance(triplet, CueTriplet) else 0
     if num < 1:
         raise InputError(f"triplet: expected a CueTriplet with frames, got {type(triplet).__name__}.")
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
-                     denoise=denoise, num_video_latents=_video_latents(model, num))
+                     denoise=denoise, num_video_latents=_video_latents(model, num), samples=samples)
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
     cond = encode_conditioning(model, triplet, fps=fps, tiling=tiling)
@@ -174,7 +176,7 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
         log.info(notes[-1])
     latents = sample_latents(model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                              window=window, overlap=overlap, denoise=denoise, init_latents=init,
-                             text_embeds=text_embeds, callback=callback)
+                             text_embeds=text_embeds, callback=callback, samples=samples)
     with using(model, "vae") as vae:
         frames = decode_latents(vae, latents[:, 1:], tiling=tiling)[: cond.num_frames]
     return AnimationResult(frames=frames, fps=fps, triplet=triplet, notes=notes, latents=latents.cpu())

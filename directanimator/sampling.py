@@ -69,7 +69,8 @@ def default_overlap(window: int) -> int:
 
 
 def validate_options(model, *, steps: int, guidance: float, scheduler: str, window: int | None,
-                     overlap: int | None, denoise: float = 1.0, num_video_latents: int | None = None) -> None:
+                     overlap: int | None, denoise: float = 1.0, num_video_latents: int | None = None,
+                     samples: int = 1) -> None:
     """Raise InputError for sampling options that cannot work with `model`, before any long work.
 
     With `num_video_latents` known, a window covering the video counts as no window (one pass).
@@ -78,6 +79,8 @@ def validate_options(model, *, steps: int, guidance: float, scheduler: str, wind
         raise InputError(f"scheduler={scheduler!r}: unknown; use one of {sorted(SCHEDULERS)}.")
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps={steps!r}: need at least 1 denoising step (25 to 50 is typical).")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise InputError(f"samples={samples!r}: average at least 1 sample (1 is a plain sample).")
     if not math.isfinite(guidance) or guidance < 0:
         raise InputError(f"guidance={guidance}: must be a finite number >= 0 (1 disables guidance, 2 to 5 is typical).")
     if not 0.0 < denoise <= 1.0:
@@ -161,7 +164,7 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
                    scheduler: str = "dpm", window: int | None = None, overlap: int | None = None,
                    denoise: float = 1.0, init_latents: Tensor | None = None, text_embeds: Tensor | None = None,
                    eta: float = 0.0, callback: StepCallback | None = None,
-                   preview_factors: Tensor | None = None) -> Tensor:
+                   preview_factors: Tensor | None = None, samples: int = 1) -> Tensor:
     """Denoise latents ``[1, 1 + N, C, h, w]`` (float32, on the transformer's device) for `cond`.
 
     Guidance: ``neg + guidance * (pos - neg)`` where the negative branch drops the cues and keeps the reference;
@@ -174,6 +177,12 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     from a CPU generator seeded with `seed`, so results reproduce on any device. ``callback(step, total, preview)``
     runs after each step (`step` 0-based; `preview` ``[N, h, w, 3]`` of the predicted clean latents) and may raise
     to stop sampling.
+
+    `samples` > 1 returns the mean of that many results, seeded `seed`, `seed + 1`, ... (`step` and `total` then
+    count over all of them). With one step from pure noise the result is the model's estimate of the clean clip,
+    which at the schedule's zero terminal SNR should not depend on the noise at all: the mean keeps the estimate
+    and cancels the part of the model's error that follows the noise. Several steps give distinct samples, and
+    their mean is a blur of them.
     """
     transformer = model.transformer
     config = backbone_config(model)
@@ -182,7 +191,7 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     if window is None and fixed and n > fixed - 1:
         window = fixed - 1
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
-                     denoise=denoise, num_video_latents=n)
+                     denoise=denoise, num_video_latents=n, samples=samples)
     if denoise < 1.0 and init_latents is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_latents (or init frames); pass them or "
                          "use denoise=1.")
@@ -196,9 +205,21 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
 
     sched = make_scheduler(scheduler, model.scheduler_config)
     with using(model, "transformer") as transformer:
-        return _denoise(model, transformer, cond, sched, plan, text, steps=steps, guidance=guidance, seed=seed,
-                        denoise=denoise, init_latents=init_latents, eta=eta, callback=callback,
-                        preview_factors=preview_factors)
+        mean = None
+        for k in range(samples):
+            each = callback if callback is None or samples == 1 else _counting_over(callback, k, samples)
+            latents = _denoise(model, transformer, cond, sched, plan, text, steps=steps, guidance=guidance,
+                               seed=seed + k, denoise=denoise, init_latents=init_latents, eta=eta, callback=each,
+                               preview_factors=preview_factors)
+            mean = latents if mean is None else mean.add_(latents)
+        return mean if samples == 1 else mean.div_(samples)
+
+
+def _counting_over(callback: StepCallback, index: int, samples: int) -> StepCallback:
+    """`callback` for run `index` of `samples`: steps and total count over all runs."""
+    def report(step: int, total: int, preview: Tensor) -> None:
+        callback(index * total + step, samples * total, preview)
+    return report
 
 
 def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, text: Tensor, *, steps: int,

@@ -219,7 +219,13 @@ class DirectAnimatorSampler:
                                       "tooltip": "Below 1 refines the optional input latent instead of starting "
                                                  "from noise."}),
             },
-            "optional": {"latent": ("LATENT", {"tooltip": "Latents to refine when denoise < 1."})},
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Latents to refine when denoise < 1."}),
+                "average_of": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1,
+                                       "tooltip": "The mean of this many results (seeds seed, seed + 1, ...). Helps "
+                                                  "one-step estimates of a small model (the bundled demo model); "
+                                                  "blurs multi-step samples."}),
+            },
         }
 
     @classmethod
@@ -234,20 +240,21 @@ class DirectAnimatorSampler:
             return f"overlap ({overlap}) must be smaller than window ({window}); lower it or raise the window."
         return True
 
-    def sample(self, model, conditioning, steps, guidance, seed, scheduler, window, overlap, denoise, latent=None):
+    def sample(self, model, conditioning, steps, guidance, seed, scheduler, window, overlap, denoise, latent=None,
+               average_of=1):
         cond = conditioning["conditioning"]
         init = None
         if denoise < 1.0:
             if latent is None:
                 raise InputError("denoise < 1 needs a latent to refine: connect one, or set denoise to 1.")
             init = to_transformer_layout(latent["samples"])
-        total = max(1, int(steps * denoise))
+        total = max(1, int(steps * denoise)) * average_of
         prepare_parts(model, "transformer")
         with comfy_progress(total) as progress:
             samples = sample_latents(
                 model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                 window=window or None, overlap=overlap if window else None, denoise=denoise, init_latents=init,
-                text_embeds=conditioning.get("text"),
+                text_embeds=conditioning.get("text"), samples=average_of,
                 callback=lambda step, _total, preview: progress(step, preview))
         return ({"samples": to_comfy_layout(samples.cpu()), "num_frames": cond.num_frames, "fps": cond.fps},)
 

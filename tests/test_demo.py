@@ -54,6 +54,9 @@ def test_the_sampler_is_the_bundled_setting_unless_given(tiny_model, tmp_path):
     recorded = [json.loads((tmp_path / name / "metrics.json").read_text())["scheduler"] for name in ("default", "ddim")]
     assert recorded == [bundled["scheduler"], "ddim"] and bundled["scheduler"] == "dpm"
     assert not torch.equal(default.frames, ddim.frames)
+    averaged = run_demo(tiny_model, out=tmp_path / "averaged", steps=2, samples=2)
+    assert json.loads((tmp_path / "averaged" / "metrics.json").read_text())["samples"] == 2
+    assert not torch.equal(default.frames, averaged.frames)
 
 
 def test_missing_driving_file_is_named_before_the_model_loads(tiny_model, tmp_path):

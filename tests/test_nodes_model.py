@@ -49,6 +49,12 @@ def test_graph_returns_exactly_the_driving_frame_count_at_its_fps(model, conditi
     assert 0.0 <= float(frames.min()) and float(frames.max()) <= 1.0
 
 
+def test_average_of_is_the_mean_of_consecutive_seeds(model, conditioning):
+    run = lambda seed, **kw: DirectAnimatorSampler().sample(model, conditioning, 1, 1.0, seed, "ddim", 0, 0, 1.0,
+                                                            **kw)[0]["samples"]
+    torch.testing.assert_close(run(3, average_of=2), (run(3) + run(4)) / 2, rtol=0, atol=1e-6)
+
+
 def test_same_seed_same_latent_and_text_conditioning_changes_it(model, conditioning):
     run = lambda cond, seed: DirectAnimatorSampler().sample(model, cond, 2, 1.0, seed, "ddim", 0, 0, 1.0)[0]
     a, b = run(conditioning, 3)["samples"], run(conditioning, 3)["samples"]

@@ -310,3 +310,20 @@ def test_animate_refuses_a_working_size_the_backbone_cannot_take_before_extracti
     blank = torch.zeros(9, PIXELS, PIXELS, 3)  # no person: extraction would fail with a CueError
     with pytest.raises(InputError, match="learned positional"):
         animate(model, blank[:1], blank, cue_config=CueConfig(height=96, width=64))
+
+
+def test_samples_average_the_results_of_consecutive_seeds_and_count_progress_over_all(model15, cond15):
+    runs = [sample_latents(model15, cond15, steps=STEPS, guidance=1.0, seed=4 + k) for k in range(3)]
+    steps = []
+    mean = sample_latents(model15, cond15, steps=STEPS, guidance=1.0, seed=4, samples=3,
+                          callback=lambda step, total, preview: steps.append((step, total)))
+    torch.testing.assert_close(mean, sum(runs) / 3, rtol=0, atol=1e-6)
+    assert (mean - runs[0]).abs().max() > 1e-4
+    assert steps == [(i, 3 * STEPS) for i in range(3 * STEPS)]
+    assert torch.equal(sample_latents(model15, cond15, steps=STEPS, guidance=1.0, seed=4, samples=1), runs[0])
+
+
+@pytest.mark.parametrize("samples", [0, -1, 1.5, True])
+def test_samples_below_one_or_not_whole_are_refused(model15, cond15, samples):
+    with pytest.raises(InputError, match="samples"):
+        sample_latents(model15, cond15, steps=STEPS, samples=samples)

@@ -184,7 +184,9 @@ def test_a_stage_budget_and_its_wall_time_span_resumed_invocations(tmp_path, mon
 def test_the_demo_inputs_carry_the_validate_sampling_settings(tiny_root, tmp_path):
     from training.recipe import DEMO_JSON, write_demo_inputs
 
-    recipe = load_recipe("tiny", ["validate.scheduler='ddim'", "validate.steps=3", "validate.guidance=1.5"])
+    recipe = load_recipe("tiny", ["validate.scheduler='ddim'", "validate.steps=3", "validate.guidance=1.5",
+                                  "validate.samples=4"])
     info = write_demo_inputs(tiny_root / "work" / "world", tmp_path / "demo", recipe)
     written = json.loads((tmp_path / "demo" / DEMO_JSON).read_text())
-    assert written == info and (info["scheduler"], info["steps"], info["guidance"]) == ("ddim", 3, 1.5)
+    assert written == info
+    assert (info["scheduler"], info["steps"], info["guidance"], info["samples"]) == ("ddim", 3, 1.5, 4)

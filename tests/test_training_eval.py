@@ -102,6 +102,9 @@ def test_validation_samples_held_out_pairs_and_scores_them(world, model, tmp_pat
     lines = [json.loads(line) for line in (tmp_path / RESULTS).read_text().splitlines()]
     assert len(lines) == 2 and lines[-1]["step"] == 3 and again[0]["video"].startswith("step0000003_")
     assert again[0]["psnr"] == pytest.approx(records[0]["psnr"])  # same seed, same pair: same result
+    averaged = validate_model(model, world, tmp_path / "mean", max_clips=1, steps=1, guidance=1.0, samples=2)
+    assert averaged[0]["samples"] == 2 and records[0]["samples"] == 1
+    assert averaged[0]["psnr"] != pytest.approx(records[0]["psnr"])
 
 
 def test_validation_without_held_out_pairs_is_refused(tmp_path, model):

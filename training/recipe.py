@@ -90,6 +90,7 @@ class ValidateSpec:
     guidance: float = 3.0
     scheduler: str = "dpm"  # "dpm" or "ddim" (directanimator.sampling.SCHEDULERS)
     seed: int = 0
+    samples: int = 1  # the mean of this many results (seeds seed, seed + 1, ...; sampling.sample_latents)
 
 
 @dataclass
@@ -163,8 +164,8 @@ def check_recipe(recipe: RecipeConfig) -> None:
             raise InputError(f"recipe {name}.budget_minutes: a time budget stops training early, which a "
                              f"{config.optim.schedule!r} LR schedule over {stage.steps} steps does not expect; use "
                              "train.optim.schedule='constant' (with warmup) or budget_minutes=0.")
-    if recipe.validate.clips < 1 or recipe.validate.steps < 1:
-        raise InputError("recipe validate.clips and validate.steps must be >= 1.")
+    if recipe.validate.clips < 1 or recipe.validate.steps < 1 or recipe.validate.samples < 1:
+        raise InputError("recipe validate.clips, validate.steps and validate.samples must be >= 1.")
     from directanimator.sampling import SCHEDULERS
 
     if recipe.validate.scheduler not in SCHEDULERS:
@@ -420,7 +421,7 @@ def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
     v = recipe.validate
     info = {"fps": fps, "frames": int(entry.get("num_frames", recipe.world.frames)), "size": recipe.world.size,
             "steps": v.steps, "guidance": v.guidance, "scheduler": v.scheduler, "seed": v.seed,
-            "source_clip": entry["clip"], "driving_identity": entry.get("identity"),
+            "samples": v.samples, "source_clip": entry["clip"], "driving_identity": entry.get("identity"),
             "reference_identity": entry.get("cross_identity")}
     (dest / DEMO_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -441,7 +442,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         shutil.rmtree(out)
     model = load_model(staging, staging / CHECKPOINT_NAME, dtype="fp32")
     records = validate_model(model, work / "world", out, max_clips=v.clips, steps=v.steps, guidance=v.guidance,
-                             scheduler=v.scheduler, seed=v.seed)
+                             scheduler=v.scheduler, seed=v.seed, samples=v.samples)
     entries = held_out_entries(read_entries(work / "world"), max_clips=v.clips)
     for record, entry in zip(records, entries):
         pair = load_pair(work / "world", entry)
@@ -454,7 +455,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
 
     return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), "steps": v.steps,
-            "guidance": v.guidance, "scheduler": v.scheduler, "psnr": mean("psnr"), "ssim": mean("ssim"),
+            "guidance": v.guidance, "scheduler": v.scheduler, "samples": v.samples, "psnr": mean("psnr"), "ssim": mean("ssim"),
             "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
 
 
@@ -557,7 +558,8 @@ def model_card_text(card: dict) -> str:
         f"- VAE held-out reconstruction PSNR: {_fmt(vae.get('held_out_psnr'), 2)} dB "
         f"({vae.get('held_out_clips')} clips).",
         f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} "
-        f"{val.get('scheduler', 'dpm')} sampling step(s), guidance {val.get('guidance')}):",
+        f"{val.get('scheduler', 'dpm')} sampling step(s), guidance {val.get('guidance')}"
+        f"{', the mean of %d samples' % val['samples'] if (val.get('samples') or 1) > 1 else ''}):",
         "",
         "| | PSNR (dB) | SSIM |",
         "|---|---|---|",

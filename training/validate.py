@@ -115,7 +115,7 @@ def _number(value: float) -> float | None:
 
 
 def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max_clips: int = 4, steps: int = 10,
-                   seed: int = 0, guidance: float = 3.0, scheduler: str = "dpm",
+                   seed: int = 0, guidance: float = 3.0, scheduler: str = "dpm", samples: int = 1,
                    cue_config: CueConfig | None = None, step: int | None = None) -> list[dict]:
     """Sample up to `max_clips` held-out pairs with `model` (an `AnimatorModel`) and write videos, sheets and
     ``validation.jsonl`` under `out_dir`; returns the new records. `step` (the training step) is recorded and
@@ -145,7 +145,7 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             triplet = pair_triplet(pair, config)
             with torch.no_grad():
                 result = animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, fps=pair.fps,
-                                         scheduler=scheduler)
+                                         scheduler=scheduler, samples=samples)
             frames = result.frames
             target = resize_frames(pair.target.float(), tuple(frames.shape[1:3]), "pad") \
                 if pair.target is not None else None
@@ -155,6 +155,7 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             record = {"clip": entry["clip"], "kind": pair.kind, "split": entry.get("split", "train"),
                       "video": f"{stem}.mp4", "sheet": f"{stem}_sheet.png", "frames": int(frames.shape[0]),
                       "steps": steps, "guidance": guidance, "scheduler": scheduler, "seed": seed,
+                      "samples": samples,
                       "exact_cues": pair.truth is not None, "seconds": round(time.perf_counter() - started, 3)}
             if step is not None:
                 record["step"] = step
@@ -184,6 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--scheduler", choices=("dpm", "ddim"), default="dpm")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=1,
+                        help="score the mean of this many results (seeds seed, seed + 1, ...)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="cpu")
 
@@ -194,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     metadata_file(args.data)  # fail before loading the model
     model = load_model(args.model, args.checkpoint, dtype=args.dtype, device=args.device)
     records = validate_model(model, args.data, args.out, max_clips=args.max_clips, steps=args.steps,
-                             seed=args.seed, guidance=args.guidance, scheduler=args.scheduler)
+                             seed=args.seed, guidance=args.guidance, scheduler=args.scheduler, samples=args.samples)
     scored = [r for r in records if r.get("psnr") is not None]
     if scored:
         log.info("mean over %d clips: PSNR %.2f dB, SSIM %.4f", len(scored),
