@@ -117,7 +117,7 @@ def _animate_demo() -> list[Node]:
              {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
         Node(7, "DirectAnimatorSampler", (1080, 260),
              {"steps": 1, "guidance": 1.0, "seed": 0, "scheduler": "ddim", "window": 0, "overlap": 0,
-              "denoise": 1.0, "average_of": 1},
+              "denoise": 1.0, "average_of": 4},
              {"model": (5, 0), "conditioning": (6, 0)}),  # the demo model's setting (demo.json)
         Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": False}, {"model": (5, 0), "latent": (7, 0)}),
         Node(9, "CreateVideo", (1440, 200), {"fps": 12.0}, {"images": (8, 0), "fps": (8, 1)}),
