@@ -102,7 +102,7 @@ def test_mask_centre_columns_split_the_mass_in_half():
     x, valid = mask_centre_columns(masks)
     assert valid.tolist() == [True, True, False]
     assert x[0] == pytest.approx(4.0)
-    assert x[1] == pytest.approx(3.5 + 0.5 / 4)  # half of 5 is 2.5: column 3 holds 4, so 2.5 of it is reached at 3 + 2.5 / 4
+    assert x[1] == pytest.approx(3 + 2.5 / 4)  # half of the mass 5 is reached 2.5 / 4 into column 3
     assert x[2] == 0.0
 
 

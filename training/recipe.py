@@ -455,7 +455,8 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
 
     return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), "steps": v.steps,
-            "guidance": v.guidance, "scheduler": v.scheduler, "samples": v.samples, "psnr": mean("psnr"), "ssim": mean("ssim"),
+            "guidance": v.guidance, "scheduler": v.scheduler, "samples": v.samples, "psnr": mean("psnr"),
+            "ssim": mean("ssim"),
             "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
 
 
