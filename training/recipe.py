@@ -92,6 +92,11 @@ class ValidateSpec:
     seed: int = 0
     samples: int = 1  # the mean of this many results (seeds seed, seed + 1, ...; sampling.sample_latents)
 
+    def sampling(self) -> dict:
+        """The sampling settings: keyword arguments of `validate_model`, recorded in demo.json and the card."""
+        return {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler, "seed": self.seed,
+                "samples": self.samples}
+
 
 @dataclass
 class RecipeConfig:
@@ -420,8 +425,7 @@ def write_demo_inputs(world: Path, dest: Path, recipe: RecipeConfig) -> dict:
     save_file({k: v.contiguous() for k, v in bundled.items()}, str(dest / TRUTH), metadata={"source": "world"})
     v = recipe.validate
     info = {"fps": fps, "frames": int(entry.get("num_frames", recipe.world.frames)), "size": recipe.world.size,
-            "steps": v.steps, "guidance": v.guidance, "scheduler": v.scheduler, "seed": v.seed,
-            "samples": v.samples, "source_clip": entry["clip"], "driving_identity": entry.get("identity"),
+            **v.sampling(), "source_clip": entry["clip"], "driving_identity": entry.get("identity"),
             "reference_identity": entry.get("cross_identity")}
     (dest / DEMO_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -441,8 +445,7 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     model = load_model(staging, staging / CHECKPOINT_NAME, dtype="fp32")
-    records = validate_model(model, work / "world", out, max_clips=v.clips, steps=v.steps, guidance=v.guidance,
-                             scheduler=v.scheduler, seed=v.seed, samples=v.samples)
+    records = validate_model(model, work / "world", out, max_clips=v.clips, **v.sampling())
     entries = held_out_entries(read_entries(work / "world"), max_clips=v.clips)
     for record, entry in zip(records, entries):
         pair = load_pair(work / "world", entry)
@@ -454,10 +457,8 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
     def mean(key: str) -> float | None:
         return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
 
-    return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), "steps": v.steps,
-            "guidance": v.guidance, "scheduler": v.scheduler, "samples": v.samples, "psnr": mean("psnr"),
-            "ssim": mean("ssim"),
-            "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
+    return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), **v.sampling(),
+            "psnr": mean("psnr"), "ssim": mean("ssim"), "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
 
 
 def folder_megabytes(folder: Path) -> dict[str, float]:

@@ -444,7 +444,7 @@ class DirectAnimatorTransformer(nn.Module):
         """
         self._check_inputs(hidden_states, encoder_hidden_states, cues)
         b, f, _, h, w = hidden_states.shape
-        if self.cue_config.reference_in_every_frame and f > 1:
+        if self.cue_config.reference_in_every_frame:
             hidden_states = reference_in_every_frame(hidden_states, self.latent_channels)
         device = hidden_states.device
         timestep = torch.as_tensor(timestep, device=device)
