@@ -17,7 +17,7 @@ from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
-from .location_cue import _location_cue, fit_similarity
+from .location_cue import _location_cue, fit_similarity, warp_masks
 from .pose_cue import _pose_cue
 from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
@@ -377,6 +377,8 @@ def extract_cues(
         part = slice(start, stop)
         report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
         _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
+        if config.align_pose:  # the cue is grey: warp one channel, repeat it
+            pose[part] = warp_masks(pose[part, ..., 0], transform, size)[..., None].expand(-1, -1, -1, 3)
         if report:
             progress.advance_to(face_end + (1.0 - face_end) / 3)
         _face_cue(drv[part], face_crop[part], face_valid[part], out=face[part])

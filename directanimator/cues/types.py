@@ -27,6 +27,9 @@ class CueConfig:
     cutoff: float = 0.12  # pose-cue low-pass cutoff, fraction of Nyquist
     filter: FilterType = "gaussian"
     butterworth_order: int = 2
+    # warp the pose cue by the location cue's transform, so it stands where the result's body will stand (the
+    # paper leaves it in driving pixels; True lets a small model draw the body locally, docs/demo_model.md)
+    align_pose: bool = False
     face_scale: float = 1.5  # enlargement of the squared face box before cropping
     face_smooth: int = 5  # frames in the temporal smoothing window of face boxes
     max_face_gap: int = 12  # longest run of missed frames filled by interpolation
