@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .cues.location_cue import align_pose_cue
 from .cues.types import CueTriplet
 from .errors import InputError
 from .models.cue_latents import CueLatents
@@ -167,8 +168,29 @@ def encode_conditioning(model, triplet: CueTriplet, *, fps: float | None = None,
         )
         log.info(notes[-1])
 
+    triplet = _pose_layout_for(model, triplet, notes)
     with using(model, "vae") as vae:
         return _encode_all(vae, triplet, grid, padded, tiling, num, notes, fps)
+
+
+def _pose_layout_for(model, triplet: CueTriplet, notes: list[str]) -> CueTriplet:
+    """`triplet` with its pose cue in the layout `model` was trained on (its checkpoint's ``align_pose``): an
+    unaligned cue is aligned (the same warp extraction does); an aligned one for an unaligned model is kept, with
+    a warning. A backbone without a DirectAnimator checkpoint has no recorded layout and takes the cue as it is."""
+    trained = getattr(model, "cue_config", None) or {}
+    if not trained:
+        return triplet
+    wanted = bool(trained.get("align_pose", False))
+    if wanted and not triplet.record.pose_aligned:
+        notes.append("pose cue moved onto the reference by the location transform: the model was trained on "
+                     "aligned pose cues (align_pose)")
+        log.info(notes[-1])
+        return align_pose_cue(triplet)
+    if triplet.record.pose_aligned and not wanted:
+        notes.append("the pose cue is aligned to the reference (align_pose) but the model was trained on pose cues "
+                     "in driving pixels; extract the cues with align_pose off for this model")
+        log.warning(notes[-1])
+    return triplet
 
 
 def _encode_all(vae, triplet: CueTriplet, grid: tuple[int, int], padded: int, tiling: bool | None, num: int,

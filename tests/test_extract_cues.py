@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from directanimator.cues import (
-    CueConfig, contact_sheet, cue_sheet, extract_cues, location_overlay, overlay_location, working_size,
+    CueConfig, align_pose_cue, contact_sheet, cue_sheet, extract_cues, location_overlay, overlay_location, working_size,
 )
 from directanimator.errors import CueError, InputError
 from helpers import REAL_DATA, centroid, disc, figure, mass_inside
@@ -87,6 +87,41 @@ def test_extract_cues_end_to_end_with_ground_truth_masks_and_boxes():
         assert abs(x - cx) < 3.0
         fx, fy = centroid((triplet.face[i, ..., 1] > 0.5).float())
         assert abs(fx - width / 2) < 1.0 and abs(fy - height / 2) < 1.0
+
+
+def _driving() -> dict:
+    frames, masks, faces = puppet_clip()
+    return dict(driving=frames, driving_mask=masks, driving_face_boxes=faces)
+
+
+def test_align_pose_moves_the_pose_cue_onto_where_the_location_cue_puts_the_body():
+    # a smaller reference figure standing at the right: the driver (x 40..80) must move right and shrink
+    mask, face = figure(SIZE, top=30, centre_x=100, height=56)
+    reference = torch.full((1, *SIZE, 3), 0.8) * (1 - mask[..., None]) + mask[..., None] * torch.tensor([0.1, 0.3, 0.9])
+    options = dict(reference=reference, reference_mask=mask[None], reference_face_box=face)
+    plain = extract_cues(config=CONFIG, **_driving(), **options)
+    aligned = extract_cues(config=CueConfig(**{**CONFIG.to_dict(), "align_pose": True}), **_driving(), **options)
+    t = aligned.record.transform
+    assert t.scale < 0.9 and t.tx > 30
+    assert aligned.record.pose_aligned and not plain.record.pose_aligned
+    assert any("align_pose" in note for note in aligned.record.notes)
+
+    def inside(triplet, i):  # share of the pose cue's mass inside the body location
+        weight = triplet.pose[i, ..., 0]
+        return float((weight * (triplet.body_location[i] > 0.5)).sum() / weight.sum())
+
+    for i, cx in enumerate(CENTRES):  # the driver's centre line, mapped into the reference picture
+        x, _ = centroid(aligned.pose[i, ..., 0])
+        assert abs(x - (t.scale * cx + t.tx)) < 3.0
+        assert inside(aligned, i) > 0.9 and inside(plain, i) < 0.5
+    assert torch.equal(aligned.pose[..., 0], aligned.pose[..., 2])  # still grey
+    # aligning afterwards is the same warp; an aligned triplet is left as it is
+    later = align_pose_cue(plain)
+    torch.testing.assert_close(later.pose, aligned.pose)
+    assert later.record.pose_aligned and not plain.record.pose_aligned
+    assert align_pose_cue(aligned) is aligned
+    for name in ("face", "body_location", "face_location", "reference_pose"):
+        assert torch.equal(getattr(aligned, name), getattr(plain, name)), name
 
 
 def test_driving_masks_and_boxes_at_the_source_size_are_letterboxed_with_the_frames():

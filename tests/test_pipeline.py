@@ -227,6 +227,31 @@ def test_conditioning_holds_the_reference_frame_then_the_driving_cues(model15):
     torch.testing.assert_close(cond.cues.body_mask[0, 0, 0].mean(), triplet.reference_body_location.mean())
 
 
+def test_the_pose_cue_is_encoded_in_the_layout_the_checkpoint_was_trained_on(model15, caplog):
+    from directanimator.cues import align_pose_cue
+
+    triplet = synthetic_triplet(9, height=SMALL, width=SMALL, seed=4)
+    triplet.record.transform = Similarity(0.75, 6.0, -3.0)
+    aligned = align_pose_cue(triplet)
+    assert not torch.equal(aligned.pose, triplet.pose)
+
+    def pose_latents(model, cues):
+        return encode_conditioning(model, cues, tiling=False)
+
+    as_is = pose_latents(model15, triplet)  # a backbone without a checkpoint has no recorded layout
+    trained_aligned = replace(model15, cue_config={"align_pose": True})
+    moved = pose_latents(trained_aligned, triplet)
+    assert any("aligned pose cues" in note for note in moved.notes)
+    torch.testing.assert_close(moved.cues.pose, pose_latents(model15, aligned).cues.pose)
+    assert not torch.allclose(moved.cues.pose, as_is.cues.pose)
+    torch.testing.assert_close(moved.cues.face, as_is.cues.face)
+    # an aligned cue for a model trained without: kept, with a warning naming the fix
+    with caplog.at_level("WARNING"):
+        kept = pose_latents(replace(model15, cue_config={"cutoff": 0.12}), aligned)
+    assert "extract the cues with align_pose off" in caplog.text
+    torch.testing.assert_close(kept.cues.pose, pose_latents(model15, aligned).cues.pose)
+
+
 # ----------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("options, message", [
     (dict(scheduler="euler"), "scheduler='euler'"),

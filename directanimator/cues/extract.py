@@ -17,7 +17,7 @@ from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
-from .location_cue import _location_cue, fit_similarity, warp_masks
+from .location_cue import _location_cue, aligned_pose, fit_similarity
 from .pose_cue import _pose_cue
 from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
@@ -377,8 +377,8 @@ def extract_cues(
         part = slice(start, stop)
         report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
         _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
-        if config.align_pose:  # the cue is grey: warp one channel, repeat it
-            pose[part] = warp_masks(pose[part, ..., 0], transform, size)[..., None].expand(-1, -1, -1, 3)
+        if config.align_pose:
+            pose[part] = aligned_pose(pose[part], transform)
         if report:
             progress.advance_to(face_end + (1.0 - face_end) / 3)
         _face_cue(drv[part], face_crop[part], face_valid[part], out=face[part])
@@ -389,6 +389,8 @@ def extract_cues(
 
     _in_two_halves(count, build, parallel=device.type == "cpu")
 
+    if config.align_pose:
+        notes.append("pose cue: moved onto the reference by the location transform (align_pose)")
     ref_face_t = torch.zeros(1, 4, device=device) if ref_face is None else ref_face.to(device)[None]
     ref_face_ok = torch.tensor([ref_face is not None], device=device)
     reference_pose = _pose_cue(ref, ref_mask, bad=None, on_frame=None, **filtering)
@@ -409,6 +411,7 @@ def extract_cues(
         backends={"segmenter": drv_seg, "face_detector": track.backend or "given",
                   "reference_segmenter": ref_seg, "reference_face_detector": ref_face_backend},
         notes=notes,
+        pose_aligned=config.align_pose,
         geometry={"working_size": list(size), "driving": _geometry(d_box), "reference": _geometry(r_box)},
     )
     for note in notes:

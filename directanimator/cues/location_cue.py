@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
-from .types import Similarity
+from .types import CueTriplet, Similarity
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,21 @@ def warp_masks(masks: Tensor, t: Similarity, out_size: tuple[int, int]) -> Tenso
     gy = (2.0 * ys / height - 1.0)[:, None].expand(out_h, out_w)
     grid = torch.stack([gx, gy], dim=-1)[None].expand(masks.shape[0], -1, -1, -1)
     return F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def aligned_pose(pose: Tensor, t: Similarity) -> Tensor:
+    """A grey pose cue ``[F, H, W, 3]`` in driving pixels moved to reference pixels by `t` (same size)."""
+    return warp_masks(pose[..., 0], t, tuple(pose.shape[1:3]))[..., None].expand(-1, -1, -1, 3)
+
+
+def align_pose_cue(triplet: CueTriplet) -> CueTriplet:
+    """`triplet` with its pose cue moved onto the reference by its location transform (what
+    ``CueConfig.align_pose`` does during extraction); returned unchanged when already aligned."""
+    if triplet.record.pose_aligned:
+        return triplet
+    record = replace(triplet.record, pose_aligned=True,
+                     notes=[*triplet.record.notes, "pose cue: moved onto the reference by the location transform"])
+    return replace(triplet, pose=aligned_pose(triplet.pose, triplet.record.transform).contiguous(), record=record)
 
 
 def _blur_kernel(sigma: float) -> tuple[int, Tensor]:

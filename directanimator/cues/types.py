@@ -118,6 +118,7 @@ class CueRecord:
     reference_face_box: Tensor | None  # [4] or None when the reference has no detectable face
     backends: dict = field(default_factory=dict)  # {"segmenter": ..., "face_detector": ...}
     notes: list = field(default_factory=list)  # human-readable adjustments (resizes, fallbacks)
+    pose_aligned: bool = False  # the pose cue was warped by `transform` (CueConfig.align_pose)
     # working size and letterbox of each input: {"working_size": [H, W], "driving": {...}, "reference": {...}},
     # each with "source_size" [h, w], "scale" [sx, sy] and "content" [x0, y0, x1, y1] px at working size
     geometry: dict = field(default_factory=dict)
@@ -127,7 +128,8 @@ class CueRecord:
 class CueTriplet:
     """The Driving Cue Triplet at working size ``H x W``, plus its record.
 
-    pose: ``[F, H, W, 3]`` grey low-passed foreground (driving coordinates);
+    pose: ``[F, H, W, 3]`` grey low-passed foreground (driving coordinates; reference coordinates when
+    ``record.pose_aligned``);
     face: ``[F, H, W, 3]`` centred face crops, black where no face was found (``record.face_valid``);
     body_location, face_location: ``[F, H, W]`` soft masks in reference coordinates;
     reference: ``[1, H, W, 3]`` the reference at working size; reference_mask: ``[1, H, W]`` its person mask;
