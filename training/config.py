@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from directanimator.atomic import atomic_path
 from directanimator.cues.types import CueConfig
 from directanimator.errors import InputError
 
@@ -322,10 +323,8 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as JSON (readable back by `load_config`), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=1, sort_keys=False) + "\n")
     return path
 
 

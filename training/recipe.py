@@ -218,11 +218,8 @@ class Markers:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write(self, stage: str, record: dict) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{stage}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
+        with atomic_path(self.folder / f"{stage}.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _synth(recipe: RecipeConfig, work: Path) -> dict:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from directanimator.atomic import atomic_path
 from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
@@ -424,9 +425,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
 
 
 def add_training_arguments(parser) -> None:

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from directanimator.atomic import atomic_path
 from directanimator.conditioning import backbone_config, fixed_latent_frames
 from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.errors import InputError
@@ -169,9 +170,8 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
         transformer.train(was_training)
     results = out / RESULTS
     previous = results.read_text() if results.exists() else ""
-    tmp = results.with_name(results.name + ".tmp")
-    tmp.write_text(previous + "".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(results)
+    with atomic_path(results) as tmp:
+        tmp.write_text(previous + "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
