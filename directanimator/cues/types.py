@@ -28,7 +28,7 @@ class CueConfig:
     filter: FilterType = "gaussian"
     butterworth_order: int = 2
     # warp the pose cue by the location cue's transform, so it stands where the result's body will stand (the
-    # paper leaves it in driving pixels; True lets a small model draw the body locally, docs/demo_model.md)
+    # paper leaves it in driving pixels; docs/model.md)
     align_pose: bool = False
     face_scale: float = 1.5  # enlargement of the squared face box before cropping
     face_smooth: int = 5  # frames in the temporal smoothing window of face boxes
