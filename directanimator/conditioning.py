@@ -132,7 +132,8 @@ def encode_conditioning(model, triplet: CueTriplet, *, fps: float | None = None,
 
     The driving cues are padded by repeating their last frame to the frame count the backbone needs
     (`plan_frame_count`), which is reported in the notes; the reference and its own cues are encoded alone as the
-    leading latent frame. Sizes the backbone cannot take raise InputError before any encoding.
+    leading latent frame. A pose cue in driving pixels is first aligned for a checkpoint trained on aligned ones
+    (``align_pose``). Sizes the backbone cannot take raise InputError before any encoding.
     """
     vae, transformer = model.vae, model.transformer
     config = backbone_config(model)

@@ -9,12 +9,12 @@ from .preview import contact_sheet, cue_sheet, location_overlay, overlay_locatio
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
 
 __all__ = [
-    "align_pose_cue",
     "CueConfig",
     "CueRecord",
     "CueTriplet",
     "FaceTrack",
     "Similarity",
+    "align_pose_cue",
     "contact_sheet",
     "cue_sheet",
     "extract_cues",

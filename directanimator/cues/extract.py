@@ -17,7 +17,7 @@ from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
-from .location_cue import _location_cue, aligned_pose, fit_similarity
+from .location_cue import ALIGNED_POSE_NOTE, _location_cue, aligned_pose, fit_similarity
 from .pose_cue import _pose_cue
 from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
@@ -390,7 +390,7 @@ def extract_cues(
     _in_two_halves(count, build, parallel=device.type == "cpu")
 
     if config.align_pose:
-        notes.append("pose cue: moved onto the reference by the location transform (align_pose)")
+        notes.append(ALIGNED_POSE_NOTE)
     ref_face_t = torch.zeros(1, 4, device=device) if ref_face is None else ref_face.to(device)[None]
     ref_face_ok = torch.tensor([ref_face is not None], device=device)
     reference_pose = _pose_cue(ref, ref_mask, bad=None, on_frame=None, **filtering)

@@ -30,6 +30,8 @@ FACE_EDGE_PX = 1.0
 # Grid softening with cells of at least this many px runs as two small matrix products on the pooled grid (see
 # `_soften_matrix`); smaller cells make those matrices nearly square, and a separable convolution is cheaper.
 MATRIX_MIN_CELL = 4
+# The record's note on a pose cue warped by the location transform (extraction with align_pose, `align_pose_cue`).
+ALIGNED_POSE_NOTE = "pose cue: moved onto the reference by the location transform (align_pose)"
 # Driving masks warped per batch in `location_cue`.
 WARP_CHUNK = 8
 
@@ -219,7 +221,7 @@ def align_pose_cue(triplet: CueTriplet) -> CueTriplet:
     if triplet.record.pose_aligned:
         return triplet
     record = replace(triplet.record, pose_aligned=True,
-                     notes=[*triplet.record.notes, "pose cue: moved onto the reference by the location transform"])
+                     notes=[*triplet.record.notes, ALIGNED_POSE_NOTE])
     return replace(triplet, pose=aligned_pose(triplet.pose, triplet.record.transform).contiguous(), record=record)
 
 
