@@ -207,12 +207,12 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     with using(model, "transformer") as transformer:
         mean = None
         for k in range(samples):
-            each = callback if callback is None or samples == 1 else _counting_over(callback, k, samples)
+            each = None if callback is None else _counting_over(callback, k, samples)
             latents = _denoise(model, transformer, cond, sched, plan, text, steps=steps, guidance=guidance,
                                seed=seed + k, denoise=denoise, init_latents=init_latents, eta=eta, callback=each,
                                preview_factors=preview_factors)
             mean = latents if mean is None else mean.add_(latents)
-        return mean if samples == 1 else mean.div_(samples)
+        return mean.div_(samples)
 
 
 def _counting_over(callback: StepCallback, index: int, samples: int) -> StepCallback:

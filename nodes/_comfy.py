@@ -43,12 +43,13 @@ def _preview_image(frames):
 
 @contextmanager
 def comfy_progress(total: int) -> Iterator[Callable[..., None]]:
-    """Yield ``on_step(i, preview=None)``: advances ComfyUI's progress bar to ``i + 1`` of `total`, shows the
-    optional ``[F, h, w, 3]`` preview, and honours Cancel (raises ComfyUI's interruption)."""
+    """Yield ``on_step(i, preview=None, total=None)``: advances ComfyUI's progress bar to ``i + 1`` of `total` (or
+    of the `total` the step reports, for work that knows its own count), shows the optional ``[F, h, w, 3]``
+    preview, and honours Cancel (raises ComfyUI's interruption)."""
     total = max(int(total), 1)
     bar = _cu.ProgressBar(total) if _cu is not None else None
 
-    def on_step(i: int, preview=None) -> None:
+    def on_step(i: int, preview=None, total: int = total) -> None:
         check_interrupted()
         if bar is not None:
             image = _preview_image(preview) if preview is not None else None

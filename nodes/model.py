@@ -248,14 +248,13 @@ class DirectAnimatorSampler:
             if latent is None:
                 raise InputError("denoise < 1 needs a latent to refine: connect one, or set denoise to 1.")
             init = to_transformer_layout(latent["samples"])
-        total = max(1, int(steps * denoise)) * average_of
         prepare_parts(model, "transformer")
-        with comfy_progress(total) as progress:
+        with comfy_progress(steps * average_of) as progress:  # the sampler reports the steps it really runs
             samples = sample_latents(
                 model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                 window=window or None, overlap=overlap if window else None, denoise=denoise, init_latents=init,
                 text_embeds=conditioning.get("text"), samples=average_of,
-                callback=lambda step, _total, preview: progress(step, preview))
+                callback=lambda step, total, preview: progress(step, preview, total))
         return ({"samples": to_comfy_layout(samples.cpu()), "num_frames": cond.num_frames, "fps": cond.fps},)
 
 
@@ -282,7 +281,7 @@ class DirectAnimatorDecode:
         prepare_parts(model, "vae")
         with comfy_progress(chunks) as progress, model.use("vae") as vae:
             frames = decode_latents(vae, samples[:, 1:], tiling=tiled or None,
-                                    on_chunk=lambda done, _total: progress(max(0, done - 1)))
+                                    on_chunk=lambda done, total: progress(max(0, done - 1), total=total))
         count = latent.get("num_frames") or frames.shape[0]
         return (frames[:count], float(latent.get("fps") or 24.0))
 

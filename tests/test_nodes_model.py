@@ -55,6 +55,31 @@ def test_average_of_is_the_mean_of_consecutive_seeds(model, conditioning):
     torch.testing.assert_close(run(3, average_of=2), (run(3) + run(4)) / 2, rtol=0, atol=1e-6)
 
 
+class RecordingBar:
+    """Stands in for ComfyUI's ProgressBar: records every update_absolute(value, total)."""
+
+    updates: list = []
+
+    def __init__(self, total):
+        RecordingBar.updates = []
+
+    def update_absolute(self, value, total, preview=None):
+        RecordingBar.updates.append((value, total))
+
+
+@pytest.mark.parametrize("denoise, average_of", [(1.0, 2), (0.5, 3)])
+def test_the_progress_bar_fills_over_the_steps_the_sampler_runs(model, conditioning, monkeypatch, denoise, average_of):
+    monkeypatch.setattr(comfy_shim, "_cu", type("ComfyUtils", (), {"ProgressBar": RecordingBar}))
+    (start,) = DirectAnimatorSampler().sample(model, conditioning, 3, 1.0, 1, "ddim", 0, 0, 1.0)
+    RecordingBar.updates = []
+    DirectAnimatorSampler().sample(model, conditioning, 4, 1.0, 7, "ddim", 0, 0, denoise, latent=start,
+                                   average_of=average_of)
+    updates = RecordingBar.updates
+    runs = len(updates) // average_of
+    assert runs >= 1 and len(updates) == runs * average_of
+    assert updates == [(i + 1, len(updates)) for i in range(len(updates))]  # one per step, ending full
+
+
 def test_same_seed_same_latent_and_text_conditioning_changes_it(model, conditioning):
     run = lambda cond, seed: DirectAnimatorSampler().sample(model, cond, 2, 1.0, seed, "ddim", 0, 0, 1.0)[0]
     a, b = run(conditioning, 3)["samples"], run(conditioning, 3)["samples"]
