@@ -9,7 +9,7 @@ differences (0..1 per channel) over the *moving pixels*, where the ground truth 
 than 0.1: the pixels an animation has to change. Side by side in one run:
 
 - how far the truth is from the reference there (what following the motion means),
-- how far the truth's own VAE round trip is from the truth (the best any transformer can do with this VAE),
+- how far the truth's own VAE round trip is from the truth (about the best a transformer can reach through this VAE),
 - how far the result is from the reference and from the truth,
 - how far each blanked cue moves the result.
 
