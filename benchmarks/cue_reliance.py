@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from directanimator.conditioning import pad_frames, using  # noqa: E402
+from directanimator.conditioning import pad_frames, plan_frame_count, using  # noqa: E402
 from directanimator.cues import CueTriplet  # noqa: E402
 from directanimator.models import load_model  # noqa: E402
 from directanimator.pipeline import animate_triplet  # noqa: E402
@@ -58,7 +58,7 @@ def round_trip(model, frames: torch.Tensor) -> torch.Tensor:
     """``[F, H, W, 3]`` frames encoded and decoded by the model's VAE (padded to 4k+1 frames, then trimmed)."""
     count = int(frames.shape[0])
     with using(model, "vae") as vae:
-        latents = encode_frames(vae, pad_frames(frames, (count + 2) // 4 * 4 + 1), name="ground truth")
+        latents = encode_frames(vae, pad_frames(frames, plan_frame_count(count)), name="ground truth")
         return decode_latents(vae, latents)[:count]
 
 

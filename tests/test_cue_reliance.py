@@ -45,6 +45,13 @@ def test_a_model_that_reads_its_cues_is_moved_by_blanking_them(world):
     assert all(scores[row] > 1e-3 for row in ROWS[4:]), scores
 
 
+def test_the_round_trip_keeps_the_frame_count_of_any_clip(world):
+    benchmark = _benchmark()
+    frames = benchmark.load_pair(world, benchmark.scored_entries(world, 1)[0]).target.float()
+    for count in (1, 4, 5):  # 4 is padded to the VAE's 5 frames, then trimmed
+        assert benchmark.round_trip(tiny_animator_model("1.0"), frames[:count]).shape == frames[:count].shape
+
+
 def test_training_clips_are_scored_as_same_identity_pairs(world):
     benchmark = _benchmark()
     entries = benchmark.scored_entries(world, 5, train=True)
