@@ -241,3 +241,19 @@ def test_training_checkpoint_folder_exports_ema_or_raw_weights(backbone_folder, 
         torch.testing.assert_close(_output(loaded.transformer), _output(expected.transformer), rtol=1e-5, atol=1e-5)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         export_training_checkpoint(tmp_path, tmp_path / "x.safetensors", backbone=backbone_folder)
+
+
+def test_a_full_backbone_run_exports_its_trained_backbone_by_default(backbone_folder, tmp_path):
+    animator = load_model(backbone_folder, dtype="fp32")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # every weight trained, as in a `model.train = "full"` run
+        for param in animator.transformer.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
+    trainable = dict(animator.transformer.named_parameters())
+    step = save_training_checkpoint(
+        tmp_path / "run", 5, trainable=trainable, state={"step": 5},
+        write_model=lambda p: save_checkpoint(p, animator.transformer, weights="full", null_text=animator.null_text))
+    path = export_training_checkpoint(step, tmp_path / "full.safetensors", backbone=backbone_folder)
+    loaded = load_model(backbone_folder, path, dtype="fp32")
+    assert loaded.info["weights"] == "full"
+    torch.testing.assert_close(_output(loaded.transformer), _output(animator.transformer), rtol=1e-5, atol=1e-5)

@@ -98,6 +98,8 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
 
     The folder's ``model.safetensors`` holds the EMA weights when the run kept an EMA; ``use_ema=False`` replaces
     them with the raw weights of ``trainable.safetensors``. `backbone` is the backbone the run trained from.
+    ``weights="auto"`` keeps what the checkpoint holds: a full-backbone run exports its trained backbone, a LoRA
+    run its adapter, a CueFusion-only run CueFusion alone.
     """
     from directanimator.models import load_model
 
@@ -114,6 +116,8 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
             "latest checkpoint) of a run that writes model files."
         )
     ckpt = read_checkpoint(model_file)  # fail fast, before loading the backbone
+    if weights == "auto":
+        weights = ckpt.weights
     model = load_model(backbone, model_file, dtype="fp32")
     transformer = model.transformer
     if not use_ema and (folder / EMA).is_file():
@@ -130,7 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the backbone the run trained from (folder, file, repo id)")
     parser.add_argument("--out", required=True, help="output DirectAnimator checkpoint (.safetensors)")
     parser.add_argument("--weights", default="auto", choices=EXPORT_WEIGHTS,
-                        help="backbone weights to include; 'merged' folds a LoRA into full weights")
+                        help="backbone weights to include; 'auto' keeps what the checkpoint holds (a full run's backbone, a LoRA), "
+                             "'merged' folds a LoRA into full weights")
     parser.add_argument("--no-ema", action="store_true", help="export the raw trained weights, not their EMA")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"), help="convert floating tensors")
 
