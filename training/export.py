@@ -134,8 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the backbone the run trained from (folder, file, repo id)")
     parser.add_argument("--out", required=True, help="output DirectAnimator checkpoint (.safetensors)")
     parser.add_argument("--weights", default="auto", choices=EXPORT_WEIGHTS,
-                        help="backbone weights to include; 'auto' keeps what the checkpoint holds (a full run's backbone, a LoRA), "
-                             "'merged' folds a LoRA into full weights")
+                        help="backbone weights to include; 'auto' keeps what the checkpoint holds (a full run's "
+                             "backbone, a LoRA), 'merged' folds a LoRA into full weights")
     parser.add_argument("--no-ema", action="store_true", help="export the raw trained weights, not their EMA")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"), help="convert floating tensors")
 
