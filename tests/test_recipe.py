@@ -190,3 +190,14 @@ def test_the_demo_inputs_carry_the_validate_sampling_settings(tiny_root, tmp_pat
     written = json.loads((tmp_path / "demo" / DEMO_JSON).read_text())
     assert written == info
     assert (info["scheduler"], info["steps"], info["guidance"], info["samples"]) == ("ddim", 3, 1.5, 4)
+
+
+def test_the_card_says_when_prepare_reused_cached_clips(tiny_root):
+    from training.recipe import model_card_text
+
+    card = json.loads((tiny_root / "models" / "demo" / CARD_JSON).read_text())
+    counts = card["stages"]["prepare"]["train"]
+    assert counts["cached"] == 0 and "were already in the cache" not in model_card_text(card)
+    card["stages"]["prepare"]["train"] = {**counts, "cached": 7}
+    assert (f"covers the {counts['done']} clips it prepared; the other 7 of the {counts['done'] + 7} were already "
+            "in the cache") in model_card_text(card)

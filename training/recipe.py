@@ -498,6 +498,16 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _prepare_time_note(prepare: dict) -> list[str]:
+    """The card's sentence on a prepare stage that found part of its clips already cached (none otherwise)."""
+    counts = prepare.get("train") or {}
+    cached, done = int(counts.get("cached") or 0), int(counts.get("done") or 0)
+    if not cached:
+        return []
+    return [f"prepare's wall time covers the {done} clips it prepared; the other {cached} of the {cached + done} "
+            "were already in the cache (same cache key) and were not prepared again."]
+
+
 def model_card_text(card: dict) -> str:
     """MODEL_CARD.md from the recipe's numbers."""
     s, r = card["stages"], card["recipe"]
@@ -551,6 +561,7 @@ def model_card_text(card: dict) -> str:
                                             if k != "card") + ".",
         *([f"The VAE stage was carried over from {vae['reused_from']}: its marker and weights, unchanged."]
           if vae.get("reused_from") else []),
+        *_prepare_time_note(s.get("prepare") or {}),
         "",
         "## Metrics",
         "",
