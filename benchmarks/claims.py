@@ -252,12 +252,9 @@ def measure_cross(spec: ClaimsSpec, work: Path, runs: dict, sampled: dict | None
 
 def world_config(recipe: RecipeConfig, size: int, **extra):
     """The exported world's WorldConfig (as `training.recipe._synth` builds it) at another size."""
-    from training.world import WorldConfig
+    from training.recipe import world_config as recipe_world
 
-    w = recipe.world
-    kinds = {"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}
-    return WorldConfig(height=size, width=size, num_frames=w.frames, fps=w.fps, identities=w.identities, **kinds,
-                       **extra)
+    return replace(recipe_world(recipe.world), height=size, width=size, **extra)
 
 
 def robust_clips(recipe: RecipeConfig, spec: ClaimsSpec, work: Path) -> list[int]:

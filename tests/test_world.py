@@ -277,3 +277,18 @@ def test_background_kinds_restrict_the_backdrop_and_keep_every_other_draw():
     clip = make_sample(0, config, seed=5).clip
     outside = clip.frames[0][clip.person_masks[0] == 0]
     assert (outside - outside[0]).abs().max() < 1e-6  # one flat colour behind the person
+
+
+def test_limb_thickness_widens_arms_and_legs_and_keeps_pose_and_backdrop():
+    config = WorldConfig(height=96, width=96, num_frames=3, close_up_probability=0.0, cross_id=False, pseudo=False)
+    thin = make_sample(3, config, seed=2).clip
+    thick = make_sample(3, replace(config, limb_thickness=2.0), seed=2).clip
+    assert thick.person_masks.sum() > 1.3 * thin.person_masks.sum()
+    # the same motion, placement and backdrop: joints within a pixel (the standing height counts the legs'
+    # thickness), and every pixel that neither person covers is identical
+    assert (thick.joints - thin.joints).abs().max() < 1.5
+    clear = (thin.person_masks == 0) & (thick.person_masks == 0)
+    assert torch.equal(thin.frames[clear], thick.frames[clear])
+    assert torch.equal(make_sample(3, replace(config, limb_thickness=1.0), seed=2).clip.frames, thin.frames)
+    with pytest.raises(InputError, match="limb_thickness"):
+        replace(config, limb_thickness=0.0).validate()

@@ -74,6 +74,10 @@ class WorldSpec:
     seed: int = 0
     format: str = "mp4"
     backgrounds: list = field(default_factory=list)  # backdrop kinds to draw from; empty: all (world/background.py)
+    limb_thickness: float = 1.0  # arms and legs this many times as thick (WorldConfig.limb_thickness)
+    close_up_probability: float = 0.25
+    turn_probability: float = 0.2
+    moving_background_probability: float = 0.3
 
 
 @dataclass
@@ -146,6 +150,10 @@ def check_recipe(recipe: RecipeConfig) -> None:
 
     if set(w.backgrounds) - set(BACKGROUND_KINDS):
         raise InputError(f"recipe world.backgrounds={w.backgrounds}: choose from {', '.join(BACKGROUND_KINDS)}.")
+    try:
+        world_config(w).validate()
+    except InputError as error:
+        raise InputError(f"recipe [world]: {error}") from None
     if not 0 <= recipe.train_clips <= w.clips - w.val_clips:
         raise InputError(f"recipe train_clips={recipe.train_clips}: 0 (all) up to world.clips - world.val_clips = "
                          f"{w.clips - w.val_clips}.")
@@ -223,11 +231,10 @@ class Markers:
 
 
 def _synth(recipe: RecipeConfig, work: Path) -> dict:
-    from .world import WorldConfig, export_world
+    from .world import export_world
 
     w = recipe.world
-    config = WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities,
-                         **({"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}))
+    config = world_config(w)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # rendering is numpy; one torch thread writes faster (docs/world.md)
     try:  # a marker-less folder is an interrupted export: render it again
@@ -236,7 +243,25 @@ def _synth(recipe: RecipeConfig, work: Path) -> dict:
     finally:
         torch.set_num_threads(threads)
     return {"clips": w.clips, "val_clips": w.val_clips, "size": w.size, "frames": w.frames, "fps": w.fps,
-            "identities": w.identities, "seed": w.seed, "format": w.format, "backgrounds": list(config.backgrounds)}
+            "identities": w.identities, "seed": w.seed, "format": w.format, "backgrounds": list(config.backgrounds),
+            **_world_options(w)}
+
+
+def _world_options(w: WorldSpec) -> dict:
+    """The world settings that differ from WorldConfig's defaults (older markers lack them all)."""
+    from .world import WorldConfig
+
+    default = WorldConfig()
+    names = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability")
+    return {name: getattr(w, name) for name in names if getattr(w, name) != getattr(default, name)}
+
+
+def world_config(w: WorldSpec):
+    """The WorldConfig that `w` renders."""
+    from .world import WorldConfig
+
+    return WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities,
+                       **({"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}), **_world_options(w))
 
 
 def _vae(recipe: RecipeConfig, work: Path) -> dict:

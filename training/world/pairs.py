@@ -34,6 +34,7 @@ class WorldConfig:
     turn_probability: float = 0.2  # chance of a clip with a turn away from (or back to) the camera
     close_up_probability: float = 0.25  # chance of an upper-body framing instead of the full body
     moving_background_probability: float = 0.3
+    limb_thickness: float = 1.0  # arm and leg thickness x this (small canvases: limbs wider than a latent cell)
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS  # the backdrop kinds drawn from (background.BACKGROUND_KINDS)
     reference_gap: float = 1.0  # same-identity reference time: up to this many seconds outside the clip
     cross_id: bool = True
@@ -52,6 +53,9 @@ class WorldConfig:
         for name in ("turn_probability", "close_up_probability", "moving_background_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"WorldConfig.{name}={getattr(self, name)}: must be a probability in 0..1.")
+        if not 0.25 <= self.limb_thickness <= 4.0:
+            raise InputError(f"WorldConfig.limb_thickness={self.limb_thickness}: use a factor in 0.25..4 "
+                             "(1 keeps each identity's own limbs).")
         if self.reference_gap < 0:
             raise InputError(f"WorldConfig.reference_gap={self.reference_gap}: must be >= 0 seconds.")
         return self
@@ -137,10 +141,20 @@ def pool_identity(seed: int, k: int) -> Identity:
     return sample_identity(np.random.default_rng([int(seed), int(k), ROLES["identity"], 0]), f"w{k:04d}")
 
 
+def thickened(identity: Identity, factor: float) -> Identity:
+    """`identity` with arms and legs `factor` times as thick (the same object for 1)."""
+    if factor == 1.0:
+        return identity
+    p = identity.proportions
+    return replace(identity, proportions=replace(p, arm_thickness=p.arm_thickness * factor,
+                                                 leg_thickness=p.leg_thickness * factor).normalised())
+
+
 def sample_scene(rng: np.random.Generator, config: WorldConfig, *, seed: int = 0, name: str = "x",
                  identity: Identity | None = None) -> Scene:
     """Draw identity (unless given), motion, placement and background for one clip."""
     identity = _identity(rng, config, seed, name) if identity is None else identity
+    identity = thickened(identity, config.limb_thickness)
     motion = sample_motion(rng, duration=config.duration, turn_probability=config.turn_probability)
     placement = sample_placement(rng, close_up_probability=config.close_up_probability)
     background = sample_background(rng, moving_probability=config.moving_background_probability,

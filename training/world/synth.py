@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turn-probability", type=_probability, default=0.2, help="chance of a turn away or back")
     p.add_argument("--close-up-probability", type=_probability, default=0.25, help="chance of upper-body framing")
     p.add_argument("--moving-background-probability", type=_probability, default=0.3)
+    p.add_argument("--limb-thickness", type=float, default=1.0,
+                   help="arms and legs this many times as thick (0.25..4); 2 keeps limbs visible at 128 px")
     p.add_argument("--degrade", default="",
                    help="degradations of the driving clips, e.g. 'noise=0.3,jpeg=0.5' (names: occluders, "
                         "motion_blur, low_light, low_resolution, noise, jpeg; strengths 0..1)")
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         height=args.height or args.size, width=args.width or args.size, num_frames=args.frames, fps=args.fps,
         identities=args.identities, turn_probability=args.turn_probability,
         close_up_probability=args.close_up_probability,
-        moving_background_probability=args.moving_background_probability,
+        moving_background_probability=args.moving_background_probability, limb_thickness=args.limb_thickness,
         cross_id=not args.no_cross, pseudo=not args.no_pseudo, degradations=parse_degradations(args.degrade),
     ).validate()  # fmt: skip
     if (config.num_frames - 1) % 4:
