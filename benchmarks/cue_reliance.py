@@ -1,7 +1,7 @@
 """Does a model animate from its cues? How much its result changes when each cue is blanked.
 
 Run: ``.venv/bin/python benchmarks/cue_reliance.py --model models/demo --world runs/recipe_demo/world
-[--checkpoint FILE] [--pairs 4] [--steps 1] [--samples 2] [--train]``.
+[--checkpoint FILE] [--pairs 4] [--steps 1] [--samples 2] [--kind cross|same|train]``.
 
 On held-out cross-identity pairs of an exported world, the model samples each pair with its exact cues, then again
 with the pose cue, the face cue, or both location masks set to zero (same seeds). Scores are mean absolute
@@ -17,8 +17,10 @@ A model that animates from its cues moves its result by a good share of the firs
 one that paints a blurred copy of the reference barely moves. A result as far from the truth as the VAE round trip
 is as good as this VAE allows.
 
-``--train`` scores the first training clips as same-identity pairs instead (what stage 1 fits): a model as far
-from the truth there as on held-out pairs under-fits, rather than failing to transfer to new identities.
+``--kind same`` scores held-out clips driving themselves instead, and ``--kind train`` (or ``--train``) the first
+training clips driving themselves (what stage 1 fits). A model as far from the truth on training clips as on
+held-out ones under-fits; one much better on held-out same-identity pairs than on cross pairs fails to transfer
+to new identities.
 """
 
 from __future__ import annotations
@@ -62,24 +64,32 @@ def round_trip(model, frames: torch.Tensor) -> torch.Tensor:
         return decode_latents(vae, latents)[:count]
 
 
-def scored_entries(world: Path, pairs: int, *, train: bool = False) -> list[dict]:
-    """The first `pairs` cross-identity entries of the val split, or with `train` the first training clips as
-    same-identity pairs (their cross keys dropped): what stage 1 fits, to tell under-fitting from poor transfer."""
-    entries = read_entries(world)
-    if train:
-        return [{k: v for k, v in e.items() if not k.startswith("cross_")} for e in entries
-                if e.get("split", "train") == "train" and "reference" in e][:pairs]
-    return [e for e in entries if e.get("split") == "val" and "cross_target" in e][:pairs]
+KINDS = {
+    "cross": "held-out cross-identity pairs",
+    "same": "held-out clips as same-identity pairs",
+    "train": "training clips as same-identity pairs",
+}
 
 
-def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, train: bool = False) -> dict[str, float]:
-    """Mean absolute differences over the moving pixels of `pairs` held-out cross pairs, or of `pairs` training
-    clips as same-identity pairs with `train` (see the module text)."""
-    entries = scored_entries(world, pairs, train=train)
+def scored_entries(world: Path, pairs: int, *, kind: str = "cross") -> list[dict]:
+    """The first `pairs` entries of `kind` (`KINDS`): held-out cross-identity pairs, held-out clips driving
+    themselves (`same`: the cross keys dropped), or training clips driving themselves (`train`: what stage 1 fits).
+    A model far worse on `cross` than on `same` fails to transfer; one as bad on `train` under-fits."""
+    if kind not in KINDS:
+        raise SystemExit(f"kind {kind!r}: use one of {', '.join(KINDS)}")
+    split = "train" if kind == "train" else "val"
+    entries = [e for e in read_entries(world) if e.get("split", "train") == split]
+    if kind == "cross":
+        return [e for e in entries if "cross_target" in e][:pairs]
+    return [{k: v for k, v in e.items() if not k.startswith("cross_")} for e in entries if "reference" in e][:pairs]
+
+
+def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, kind: str = "cross") -> dict[str, float]:
+    """Mean absolute differences over the moving pixels of the first `pairs` pairs of `kind` (`KINDS`; see the
+    module text)."""
+    entries = scored_entries(world, pairs, kind=kind)
     if not entries:
-        wanted = ("training clips with a reference image (a world export has them)" if train else
-                  "held-out cross-identity pairs (export the world with val clips and cross_id)")
-        raise SystemExit(f"{world}: no {wanted}")
+        raise SystemExit(f"{world}: no {KINDS[kind]} (export the world with val clips, references and cross_id)")
     config = _cue_config(model, None)
     totals: dict[str, list[float]] = {}
     with torch.no_grad():
@@ -112,15 +122,16 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--train", action="store_true",
-                        help="score training clips as same-identity pairs (what stage 1 fits) instead")
+    parser.add_argument("--kind", choices=sorted(KINDS), default="cross",
+                        help="cross: held-out cross pairs; same: held-out clips driving themselves; train: training "
+                             "clips driving themselves (what stage 1 fits)")
+    parser.add_argument("--train", action="store_const", const="train", dest="kind", help="the same as --kind train")
     args = parser.parse_args()
     checkpoint = args.checkpoint or str(Path(args.model) / "directanimator.safetensors")
     model = load_model(args.model, checkpoint, dtype="fp32", device="cpu")
     scores = reliance(model, Path(args.world), pairs=args.pairs, steps=args.steps, samples=args.samples,
-                      train=args.train)
-    which = "training clips as same-identity pairs" if args.train else "held-out cross pairs"
-    print(f"cue reliance of {checkpoint}: mean |difference| over the moving pixels of {args.pairs} {which} "
+                      kind=args.kind)
+    print(f"cue reliance of {checkpoint}: mean |difference| over the moving pixels of {args.pairs} {KINDS[args.kind]} "
           f"({args.steps} DDIM step(s), the mean of {args.samples} seeds)\n")
     print("| | mean abs difference |")
     print("|---|---|")

@@ -52,16 +52,20 @@ def test_the_round_trip_keeps_the_frame_count_of_any_clip(world):
         assert benchmark.round_trip(tiny_animator_model("1.0"), frames[:count]).shape == frames[:count].shape
 
 
-def test_training_clips_are_scored_as_same_identity_pairs(world):
+def test_training_and_held_out_clips_are_scored_as_same_identity_pairs(world):
     benchmark = _benchmark()
-    entries = benchmark.scored_entries(world, 5, train=True)
+    entries = benchmark.scored_entries(world, 5, kind="train")
     assert [e["split"] for e in entries] == ["train", "train"]  # 3 clips, one of them held out
     assert not any(key.startswith("cross_") for e in entries for key in e)
     assert benchmark.load_pair(world, entries[0]).kind == "same"
     held_out = benchmark.scored_entries(world, 5)
     assert [e["split"] for e in held_out] == ["val"] and benchmark.load_pair(world, held_out[0]).kind == "cross"
-    scores = benchmark.reliance(tiny_animator_model("1.0"), world, pairs=1, steps=1, samples=1, train=True)
-    assert list(scores) == ROWS and scores["truth vs reference"] > 0
+    same = benchmark.scored_entries(world, 5, kind="same")
+    assert [e["split"] for e in same] == ["val"] and benchmark.load_pair(world, same[0]).kind == "same"
+    assert not any(key.startswith("cross_") for key in same[0])
+    for kind in ("train", "same"):
+        scores = benchmark.reliance(tiny_animator_model("1.0"), world, pairs=1, steps=1, samples=1, kind=kind)
+        assert list(scores) == ROWS and scores["truth vs reference"] > 0
 
 
 def test_a_world_without_held_out_cross_pairs_is_refused(tmp_path):
