@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,57 @@ class DemoResult:
     exact_cues: bool
     metrics: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The sampling and clip settings of a model folder's ``demo/demo.json``; a missing key keeps its default."""
+
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int = 0
+    scheduler: str = "dpm"
+    samples: int = 1
+    frames: int | None = None  # driving frames read (None: the whole clip)
+    fps: float = 12.0  # used when the driving video has no frame rate
+    size: int | None = None  # working size when the checkpoint names none
+
+    @classmethod
+    def read(cls, path: str | Path) -> "DemoSettings":
+        """The settings in `path` (defaults for an absent file); keys it does not know (the clip's source) are
+        ignored, a value of the wrong type is an InputError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}: not valid JSON ({error}); write the model folder again with "
+                             "`python -m training recipe`.") from error
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: expected a JSON object of settings, found {type(data).__name__}.")
+        values = {}
+        for f in fields(cls):
+            if data.get(f.name) is None:
+                continue
+            kind = {"scheduler": str, "guidance": float, "fps": float}.get(f.name, int)
+            try:
+                values[f.name] = kind(data[f.name])
+            except (TypeError, ValueError) as error:
+                raise InputError(f"{path}: {f.name}={data[f.name]!r} is not a {kind.__name__}; fix the file or "
+                                 "write the model folder again with `python -m training recipe`.") from error
+        settings = cls(**values)
+        from .sampling import SCHEDULERS
+
+        if settings.scheduler not in SCHEDULERS or settings.steps < 1 or settings.samples < 1:
+            raise InputError(f"{path}: scheduler={settings.scheduler!r}, steps={settings.steps}, samples="
+                             f"{settings.samples}; need one of {', '.join(SCHEDULERS)} and at least 1 step and 1 "
+                             "sample.")
+        return settings
+
+    def override(self, **values) -> "DemoSettings":
+        """These settings with every value in `values` that is not None put in."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -106,7 +157,8 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
                          "Make one with `python -m training recipe --out models/demo`.")
     bundle = model_dir / DEMO_DIR
-    settings = json.loads((bundle / DEMO_JSON).read_text()) if (bundle / DEMO_JSON).is_file() else {}
+    settings = DemoSettings.read(bundle / DEMO_JSON).override(steps=steps, guidance=guidance, seed=seed,
+                                                             scheduler=scheduler, samples=samples, frames=frames)
     bundled = driving is None and reference is None and (bundle / "driving.mp4").is_file()
     reference_path = Path(reference) if reference is not None else bundle / "reference.png"
     driving_path = Path(driving) if driving is not None else bundle / "driving.mp4"
@@ -114,22 +166,14 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         if not path.exists():
             raise InputError(f"{name} {path}: no such file. Give an existing file, or leave it out to use the model "
                              f"folder's bundled input in {bundle}.")
-    steps = int(steps if steps is not None else settings.get("steps", 25))
-    guidance = float(guidance if guidance is not None else settings.get("guidance", 3.0))
-    seed = int(seed if seed is not None else settings.get("seed", 0))
-    scheduler = str(scheduler if scheduler is not None else settings.get("scheduler", "dpm"))
-    samples = int(samples if samples is not None else settings.get("samples", 1))
-    max_frames = frames if frames is not None else settings.get("frames")
-
     reference_image = read_image(reference_path)
-    clip = read_video(driving_path, max_frames=max_frames, stride=stride)
-    fps = float(clip.fps or settings.get("fps", 12.0))
+    clip = read_video(driving_path, max_frames=settings.frames, stride=stride)
+    fps = float(clip.fps or settings.fps)
     model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)
     known = set(CueConfig.__dataclass_fields__)
     config = CueConfig(**{k: v for k, v in (model.cue_config or {}).items() if k in known})
-    size = settings.get("size")
-    if config.height is None and size:
-        config = replace(config, height=int(size), width=int(size))
+    if config.height is None and settings.size:
+        config = replace(config, height=settings.size, width=settings.size)
     truth_file = bundle / TRUTH
     exact = bundled and truth_file.is_file()
     if exact:
@@ -141,15 +185,17 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         triplet = extract_cues(reference_image, clip.frames, config)
     log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d %s steps, guidance %.3g, "
              "mean of %d sample(s)", triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],
-             "exact (bundled ground truth)" if exact else "detected", steps, scheduler, guidance, samples)
+             "exact (bundled ground truth)" if exact else "detected", settings.steps, settings.scheduler,
+             settings.guidance, settings.samples)
     callback = (lambda step, total, preview: on_step(step, total)) if on_step is not None else None
     with torch.no_grad():
-        result = animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, fps=fps,
-                                 scheduler=scheduler, callback=callback, samples=samples)
+        result = animate_triplet(model, triplet, steps=settings.steps, guidance=settings.guidance,
+                                 seed=settings.seed, fps=fps, scheduler=settings.scheduler, callback=callback,
+                                 samples=settings.samples)
     frames_out = result.frames
     target = None
     if bundled and (bundle / "target.mp4").is_file():
-        target = read_video(bundle / "target.mp4", max_frames=max_frames, stride=stride).frames
+        target = read_video(bundle / "target.mp4", max_frames=settings.frames, stride=stride).frames
         target = resize_frames(target.float(), tuple(frames_out.shape[1:3]), "pad")[: frames_out.shape[0]]
     metrics: dict = {}
     if target is not None:
@@ -161,8 +207,9 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     write_video(out / RESULT, frames_out, fps)
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
     record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),
-              "frames": int(frames_out.shape[0]), "fps": fps, "steps": steps, "guidance": guidance, "seed": seed,
-              "scheduler": scheduler, "samples": samples, "exact_cues": exact, **metrics}
+              "frames": int(frames_out.shape[0]), "fps": fps, "steps": settings.steps,
+              "guidance": settings.guidance, "seed": settings.seed, "scheduler": settings.scheduler,
+              "samples": settings.samples, "exact_cues": exact, **metrics}
     (out / METRICS).write_text(json.dumps(record, indent=1) + "\n")
     for note in result.notes:
         log.info("note: %s", note)

@@ -59,6 +59,27 @@ def test_the_sampler_is_the_bundled_setting_unless_given(tiny_model, tmp_path):
     assert not torch.equal(default.frames, averaged.frames)
 
 
+def test_demo_settings_read_the_file_keep_defaults_and_take_overrides(tmp_path):
+    from directanimator.demo import DemoSettings
+
+    path = tmp_path / "demo.json"
+    assert DemoSettings.read(path) == DemoSettings()  # no file: the defaults
+    path.write_text(json.dumps({"steps": 1, "scheduler": "ddim", "samples": 4, "size": 128, "source_clip": "x.mp4"}))
+    settings = DemoSettings.read(path)
+    assert (settings.steps, settings.scheduler, settings.samples, settings.size) == (1, "ddim", 4, 128)
+    assert (settings.guidance, settings.frames, settings.fps) == (3.0, None, 12.0)
+    assert settings.override(steps=3, guidance=None).steps == 3 and settings.override(guidance=None) == settings
+    path.write_text(json.dumps({"steps": "many"}))
+    with pytest.raises(InputError, match="demo.json: steps='many'"):
+        DemoSettings.read(path)
+    path.write_text(json.dumps({"scheduler": "euler"}))
+    with pytest.raises(InputError, match="scheduler='euler'"):
+        DemoSettings.read(path)
+    path.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        DemoSettings.read(path)
+
+
 def test_missing_driving_file_is_named_before_the_model_loads(tiny_model, tmp_path):
     with pytest.raises(InputError, match="--driving .*nothing.mp4: no such file"):
         run_demo(tiny_model, out=tmp_path / "x", driving=tmp_path / "nothing.mp4")
