@@ -248,7 +248,7 @@ def _synth(recipe: RecipeConfig, work: Path) -> dict:
 
 
 def _world_options(w: WorldSpec) -> dict:
-    """The world settings that differ from WorldConfig's defaults (older markers lack them all)."""
+    """The world settings that differ from WorldConfig's defaults: a default world's synth marker reads as before."""
     from .world import WorldConfig
 
     default = WorldConfig()

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--close-up-probability", type=_probability, default=0.25, help="chance of upper-body framing")
     p.add_argument("--moving-background-probability", type=_probability, default=0.3)
     p.add_argument("--limb-thickness", type=float, default=1.0,
-                   help="arms and legs this many times as thick (0.25..4); 2 keeps limbs visible at 128 px")
+                   help="arms and legs this many times as thick (0.25..4); at 2 a 128 px arm is about one 8 px "
+                        "latent cell wide")
     p.add_argument("--degrade", default="",
                    help="degradations of the driving clips, e.g. 'noise=0.3,jpeg=0.5' (names: occluders, "
                         "motion_blur, low_light, low_resolution, noise, jpeg; strengths 0..1)")
