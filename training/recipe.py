@@ -60,6 +60,8 @@ CARD_JSON = "model_card.json"
 DEMO_JSON = "demo.json"
 TRUTH = "truth.safetensors"
 ELAPSED = "recipe_elapsed.json"
+# WorldSpec fields passed to WorldConfig (and recorded in the synth marker) only when they differ from its defaults
+WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -252,8 +254,13 @@ def _world_options(w: WorldSpec) -> dict:
     from .world import WorldConfig
 
     default = WorldConfig()
-    names = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability")
-    return {name: getattr(w, name) for name in names if getattr(w, name) != getattr(default, name)}
+    return {name: getattr(w, name) for name in WORLD_OPTIONS if getattr(w, name) != getattr(default, name)}
+
+
+def _world_options_lines(synth: dict) -> list[str]:
+    """A card line for the world settings a synth marker records beyond WorldConfig's defaults (none: no line)."""
+    given = [f"{name} {synth[name]}" for name in WORLD_OPTIONS if name in synth]
+    return [f"- World settings other than the defaults (docs/world.md): {', '.join(given)}."] if given else []
 
 
 def world_config(w: WorldSpec):
@@ -568,6 +575,7 @@ def model_card_text(card: dict) -> str:
         f"- {world.get('clips')} procedural-world clips ({world.get('val_clips')} held out), identity pool of "
         f"{world.get('identities')}, seed {world.get('seed')}, {world.get('format')}; exact cues from the world's "
         "ground truth; pseudo pairs: the world's own pseudo driving clips.",
+        *_world_options_lines(world),
         "",
         "## Training",
         "",
