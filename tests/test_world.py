@@ -284,7 +284,7 @@ def test_limb_thickness_widens_arms_and_legs_and_keeps_pose_and_backdrop():
     thin = make_sample(3, config, seed=2).clip
     thick = make_sample(3, replace(config, limb_thickness=2.0), seed=2).clip
     assert thick.person_masks.sum() > 1.3 * thin.person_masks.sum()
-    # the same motion, placement and backdrop: joints within a pixel (the standing height counts the legs'
+    # the same motion, placement and backdrop: joints within 1.5 px (the standing height counts the legs'
     # thickness), and every pixel that neither person covers is identical
     assert (thick.joints - thin.joints).abs().max() < 1.5
     clear = (thin.person_masks == 0) & (thick.person_masks == 0)
