@@ -83,12 +83,13 @@ class DemoSettings:
                 raise InputError(f"{path}: {f.name}={data[f.name]!r} is not a {kind.__name__}; fix the file or "
                                  "write the model folder again with `python -m training recipe`.") from error
         settings = cls(**values)
-        from .sampling import SCHEDULERS
+        from .sampling import check_sampling_settings
 
-        if settings.scheduler not in SCHEDULERS or settings.steps < 1 or settings.samples < 1:
-            raise InputError(f"{path}: scheduler={settings.scheduler!r}, steps={settings.steps}, samples="
-                             f"{settings.samples}; need one of {', '.join(SCHEDULERS)} and at least 1 step and 1 "
-                             "sample.")
+        try:
+            check_sampling_settings(steps=settings.steps, guidance=settings.guidance, scheduler=settings.scheduler,
+                                    samples=settings.samples)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
         return settings
 
     def override(self, **values) -> "DemoSettings":

@@ -68,13 +68,10 @@ def default_overlap(window: int) -> int:
     return max(1 if window > 1 else 0, window // 4)
 
 
-def validate_options(model, *, steps: int, guidance: float, scheduler: str, window: int | None,
-                     overlap: int | None, denoise: float = 1.0, num_video_latents: int | None = None,
-                     samples: int = 1) -> None:
-    """Raise InputError for sampling options that cannot work with `model`, before any long work.
-
-    With `num_video_latents` known, a window covering the video counts as no window (one pass).
-    """
+def check_sampling_settings(*, steps: int, guidance: float, scheduler: str, samples: int = 1,
+                            denoise: float = 1.0) -> None:
+    """Raise InputError for sampling settings that cannot work with any model (`validate_options` adds the
+    model's own limits)."""
     if scheduler not in SCHEDULERS:
         raise InputError(f"scheduler={scheduler!r}: unknown; use one of {sorted(SCHEDULERS)}.")
     if not isinstance(steps, int) or steps < 1:
@@ -89,6 +86,16 @@ def validate_options(model, *, steps: int, guidance: float, scheduler: str, wind
         raise InputError(
             f"denoise={denoise} with steps={steps} runs no step; raise denoise or steps so that steps x denoise >= 1."
         )
+
+
+def validate_options(model, *, steps: int, guidance: float, scheduler: str, window: int | None,
+                     overlap: int | None, denoise: float = 1.0, num_video_latents: int | None = None,
+                     samples: int = 1) -> None:
+    """Raise InputError for sampling options that cannot work with `model`, before any long work.
+
+    With `num_video_latents` known, a window covering the video counts as no window (one pass).
+    """
+    check_sampling_settings(steps=steps, guidance=guidance, scheduler=scheduler, samples=samples, denoise=denoise)
     if window is not None and (not isinstance(window, int) or window < 1):
         raise InputError(f"window={window!r}: a context window needs at least 1 video latent frame (or None).")
     if window is not None and (num_video_latents is None or window < num_video_latents):
