@@ -43,22 +43,20 @@ from typing import Callable
 import torch
 
 from directanimator.atomic import atomic_path
+from directanimator.demo import CHECKPOINT as CHECKPOINT_NAME, DEMO_DIR, DEMO_JSON, TRUTH  # what the demo reads
 from directanimator.errors import InputError
 
 from .config import TrainConfig, _apply, _build, parse_override, read_config_file, validate
 from .vae import VAE_DIR, VaeTrainConfig
+from .world.pairs import WorldConfig
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCALES = {"tiny": "demo_tiny.toml", "demo": "demo_full.toml"}
 STAGES = ("synth", "vae", "backbone", "prepare", "stage1", "pseudo", "stage2", "export", "validate", "card")
-CHECKPOINT_NAME = "directanimator.safetensors"
-DEMO_DIR = "demo"
 CARD = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
-DEMO_JSON = "demo.json"
-TRUTH = "truth.safetensors"
 ELAPSED = "recipe_elapsed.json"
 # WorldSpec fields passed to WorldConfig (and recorded in the synth marker) only when they differ from its defaults
 WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability")
@@ -76,10 +74,10 @@ class WorldSpec:
     seed: int = 0
     format: str = "mp4"
     backgrounds: list = field(default_factory=list)  # backdrop kinds to draw from; empty: all (world/background.py)
-    limb_thickness: float = 1.0  # arms and legs this many times as thick (WorldConfig.limb_thickness)
-    close_up_probability: float = 0.25
-    turn_probability: float = 0.2
-    moving_background_probability: float = 0.3
+    limb_thickness: float = WorldConfig.limb_thickness  # arms and legs this many times as thick
+    close_up_probability: float = WorldConfig.close_up_probability
+    turn_probability: float = WorldConfig.turn_probability
+    moving_background_probability: float = WorldConfig.moving_background_probability
 
 
 @dataclass
@@ -251,10 +249,7 @@ def _synth(recipe: RecipeConfig, work: Path) -> dict:
 
 def _world_options(w: WorldSpec) -> dict:
     """The world settings that differ from WorldConfig's defaults: a default world's synth marker reads as before."""
-    from .world import WorldConfig
-
-    default = WorldConfig()
-    return {name: getattr(w, name) for name in WORLD_OPTIONS if getattr(w, name) != getattr(default, name)}
+    return {name: getattr(w, name) for name in WORLD_OPTIONS if getattr(w, name) != getattr(WorldConfig, name)}
 
 
 def _world_options_lines(synth: dict) -> list[str]:
@@ -265,8 +260,6 @@ def _world_options_lines(synth: dict) -> list[str]:
 
 def world_config(w: WorldSpec):
     """The WorldConfig that `w` renders."""
-    from .world import WorldConfig
-
     return WorldConfig(height=w.size, width=w.size, num_frames=w.frames, fps=w.fps, identities=w.identities,
                        **({"backgrounds": tuple(w.backgrounds)} if w.backgrounds else {}), **_world_options(w))
 
