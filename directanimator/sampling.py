@@ -150,6 +150,14 @@ def _check_conditioning(model, cond: Conditioning, text: Tensor) -> None:
         )
 
 
+def residual_base(model, cond: Conditioning) -> Tensor | None:
+    """What a ``residual_reference`` model's latents are relative to: the reference latent in every frame,
+    ``[1, 1, C, h, w]`` (diffusion scale, broadcast over frames), float32; None for a plain model."""
+    if not model.transformer.cue_config.residual_reference:
+        return None
+    return cond.reference.float() * (latent_scale(model.vae) / image_latent_scale(model.vae))
+
+
 def _prepare_init(model, cond: Conditioning, init: Tensor) -> Tensor:
     """Init latents ``[1, N or 1+N, C, h, w]`` (diffusion scale) -> ``[1, 1+N, C, h, w]`` float32."""
     n, channels, grid = cond.video_latent_frames, int(model.transformer.latent_channels), cond.grid
@@ -240,11 +248,13 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     shape = (1, 1 + n, int(transformer.latent_channels), *cond.grid)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+    base = residual_base(model, cond)
+    base = None if base is None else base.to(device)
     if init_latents is None:
         latents = noise * sched.init_noise_sigma
     else:
         init = _prepare_init(model, cond, init_latents).to(device)
-        latents = sched.add_noise(init, noise, timesteps[:1])
+        latents = sched.add_noise(init if base is None else init - base, noise, timesteps[:1])
     del noise
 
     text = text.to(device=device, dtype=dtype)
@@ -290,5 +300,6 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
         latents = latents.float()
         del pred
         if callback is not None:
-            callback(i, total, latent_preview(x0[:, 1:], rgb_factors=preview_factors))
-    return latents
+            shown = x0[:, 1:] if base is None else x0[:, 1:] + base
+            callback(i, total, latent_preview(shown, rgb_factors=preview_factors))
+    return latents if base is None else latents + base

@@ -203,12 +203,13 @@ def test_bare_transformer_folder_needs_a_vae(tmp_path):
         load_model(tmp_path / "missing" / "folder", dtype="fp32")
 
 
-def test_reference_layout_travels_with_the_checkpoint(tiny_folder, tmp_path):
+@pytest.mark.parametrize("option", ["reference_in_every_frame", "residual_reference"])
+def test_the_reference_options_travel_with_the_checkpoint(tiny_folder, tmp_path, option):
     from directanimator.models import CueFusionConfig, DirectAnimatorTransformer
 
     model = DirectAnimatorTransformer(tiny_backbone("1.0", seed=0), config=CueFusionConfig(
-        modulation_rank=8, text_rank=8, reference_in_every_frame=True)).eval()
+        modulation_rank=8, text_rank=8, **{option: True})).eval()
     path = save_checkpoint(tmp_path / "every.safetensors", model)
     loaded = load_model(tiny_folder, path, dtype="fp32")
-    assert loaded.transformer.cue_config.reference_in_every_frame is True
-    assert load_model(tiny_folder, None, dtype="fp32").transformer.cue_config.reference_in_every_frame is False
+    assert getattr(loaded.transformer.cue_config, option) is True
+    assert getattr(load_model(tiny_folder, None, dtype="fp32").transformer.cue_config, option) is False

@@ -284,8 +284,9 @@ def test_reference_in_every_frame_equals_the_leading_layout_fed_the_reference_ev
     torch.testing.assert_close(out[1], plain[1], rtol=0, atol=1e-6)  # a blank reference stays blank
 
 
-def test_reference_layout_must_be_a_bool():
+@pytest.mark.parametrize("option", ["reference_in_every_frame", "residual_reference"])
+def test_reference_options_must_be_bools(option):
     from directanimator.models import CueFusionConfig
 
-    with pytest.raises(InputError, match="reference_in_every_frame"):
-        CueFusionConfig.from_dict({"reference_in_every_frame": "yes"})
+    with pytest.raises(InputError, match=option):
+        CueFusionConfig.from_dict({option: "yes"})

@@ -13,7 +13,7 @@ from directanimator.cues.types import CueRecord, CueTriplet, Similarity
 from directanimator.errors import InputError
 from directanimator.models import CueLatents, DirectAnimatorTransformer
 from directanimator.pipeline import animate, animate_triplet, plan_windows, sample_latents
-from directanimator.vae_io import encode_frames
+from directanimator.vae_io import encode_frames, image_latent_scale, latent_scale
 from tests.tiny import LATENT_CHANNELS, PIXELS, tiny_animator_model, tiny_backbone
 
 STEPS = 3
@@ -352,3 +352,43 @@ def test_samples_average_the_results_of_consecutive_seeds_and_count_progress_ove
 def test_samples_below_one_or_not_whole_are_refused(model15, cond15, samples):
     with pytest.raises(InputError, match="samples"):
         sample_latents(model15, cond15, steps=STEPS, samples=samples)
+
+
+def _residual(model):
+    """`model` with ``residual_reference`` on (the same weights): set and restored around a test."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def switched():
+        plain = model.transformer.cue_config
+        model.transformer.cue_config = replace(plain, residual_reference=True)
+        try:
+            yield model
+        finally:
+            model.transformer.cue_config = plain
+    return switched()
+
+
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim"])
+def test_a_residual_model_samples_relative_to_the_reference_in_every_frame(model15, cond15, scheduler):
+    # the transformer sees the same inputs either way, so the residual sample is the plain one plus the base
+    plain = sample_latents(model15, cond15, steps=3, scheduler=scheduler, seed=2)
+    previews = []
+    with _residual(model15) as residual:
+        out = sample_latents(residual, cond15, steps=3, scheduler=scheduler, seed=2,
+                             callback=lambda i, n, p: previews.append(p))
+    base = cond15.reference.float() * (latent_scale(model15.vae) / image_latent_scale(model15.vae))
+    assert base.abs().mean() > 0.1
+    torch.testing.assert_close(out, plain + base, rtol=0, atol=1e-5)
+    assert len(previews) == 3 and torch.isfinite(previews[-1]).all()
+
+
+def test_a_residual_model_starts_partial_denoising_from_the_init_minus_the_base(model15, cond15):
+    torch.manual_seed(0)
+    init = torch.randn(1, 3, LATENT_CHANNELS, GRID, GRID)
+    base = cond15.reference.float() * (latent_scale(model15.vae) / image_latent_scale(model15.vae))
+    full = torch.cat([base, init], dim=1)  # what a video-only init becomes: the reference frame leads
+    plain = sample_latents(model15, cond15, steps=4, denoise=0.5, init_latents=full - base, seed=1)
+    with _residual(model15) as residual:
+        out = sample_latents(residual, cond15, steps=4, denoise=0.5, init_latents=init, seed=1)
+    torch.testing.assert_close(out, plain + base, rtol=0, atol=1e-5)

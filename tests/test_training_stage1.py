@@ -161,3 +161,38 @@ def test_the_reference_layout_of_a_fresh_student_comes_from_the_config(world):
     assert load_student(config).transformer.cue_config.reference_in_every_frame is False
     config = load_config(CONFIG, overrides(root, data, model, "model.reference_in_every_frame=true"))
     assert load_student(config).transformer.cue_config.reference_in_every_frame is True
+
+
+def test_a_residual_model_is_trained_on_the_clip_minus_the_reference_in_every_frame(world):
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "data.split='val'"))
+    clips = CachedClips(config, stage=1)
+    trainer = Trainer(config, load_student(config), clips, stage1_loss, stage=1)
+    batch = make_batch(clips, [0, 0], torch.Generator().manual_seed(0))
+    batch.drop_reference = torch.tensor([False, True])  # sample 1: a dropped reference subtracts nothing
+    factor = trainer.reference_factor
+
+    def noised(residual: bool):
+        return noised_batch(batch, trainer.scheduler, torch.Generator().manual_seed(4), reference_factor=factor,
+                            t_range=(100, 900), residual=residual)
+
+    plain, residual = noised(False), noised(True)
+    alpha = trainer.scheduler.alphas_cumprod[plain.timesteps].float().view(-1, 1, 1, 1, 1)
+    base = batch.reference * factor
+    assert base.abs().mean() > 0.1
+    shift = plain.inputs[:, :, :base.shape[2]] - residual.inputs[:, :, :base.shape[2]]
+    torch.testing.assert_close(shift[0], (alpha.sqrt() * base)[0].expand_as(shift[0]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(shift[1], torch.zeros_like(shift[1]), rtol=0, atol=0)
+    torch.testing.assert_close(residual.inputs[:, :, base.shape[2]:], plain.inputs[:, :, base.shape[2]:])
+    # v = sqrt(a) * noise - sqrt(1 - a) * x0: the target moves by sqrt(1 - a) times the base
+    torch.testing.assert_close((residual.target - plain.target)[0],
+                               ((1 - alpha).sqrt() * base)[0].expand_as(plain.target[0]), rtol=0, atol=1e-5)
+    assert torch.equal(residual.timesteps, plain.timesteps)
+
+
+def test_a_fresh_student_is_residual_when_the_config_says_so(world):
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model))
+    assert load_student(config).transformer.cue_config.residual_reference is False
+    config = load_config(CONFIG, overrides(root, data, model, "model.residual_reference=true"))
+    assert load_student(config).transformer.cue_config.residual_reference is True

@@ -42,6 +42,7 @@ class ModelConfig:
     modulation_rank: int = 64  # CueFusion ranks of a fresh model (a checkpoint brings its own)
     text_rank: int = 64
     reference_in_every_frame: bool = False  # CueFusionConfig.reference_in_every_frame of a fresh model
+    residual_reference: bool = False  # CueFusionConfig.residual_reference of a fresh model
     gradient_checkpointing: bool = True
     null_text: str = ""  # safetensors file with the null-prompt embedding; "" -> zeros [1, L, text_dim]
 

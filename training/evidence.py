@@ -83,7 +83,8 @@ def cross_pairs(model, world: str | Path, *, count: int) -> list[EvalPair]:
 
 def eval_loss(transformer, pairs: list[EvalPair], scheduler_config: dict, *, timesteps: list[int],
               reference_factor: float, seed: int = 0) -> float:
-    """Mean velocity MSE of `transformer` over `pairs` x `timesteps`, with noise fixed by (`seed`, pair, t)."""
+    """Mean velocity MSE of `transformer` (a DirectAnimatorTransformer; its own target for a residual model) over
+    `pairs` x `timesteps`, with noise fixed by (`seed`, pair, t)."""
     if not pairs or not timesteps:
         raise InputError("eval_loss: needs at least one pair and one timestep.")
     scheduler = make_scheduler("ddim", scheduler_config)
@@ -98,7 +99,8 @@ def eval_loss(transformer, pairs: list[EvalPair], scheduler_config: dict, *, tim
                 for t in timesteps:
                     gen = torch.Generator().manual_seed(seed * 1_000_003 + p * 1009 + int(t))
                     noised = noised_batch(batch, scheduler, gen, reference_factor=reference_factor,
-                                          t_range=(int(t), int(t) + 1))
+                                          t_range=(int(t), int(t) + 1),
+                                          residual=transformer.cue_config.residual_reference)
                     prediction = transformer(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
                                              cue_weight=noised.cue_weight)
                     total += float(denoising_loss(prediction, noised.target))

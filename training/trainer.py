@@ -55,7 +55,8 @@ def load_student(config: TrainConfig, *, checkpoint: str | None = None) -> Loade
     seed_everything(config.run.seed)  # fresh CueFusion down-projections are random: same seed, same start
     animator = load_model(m.backbone, ckpt, dtype=m.dtype, vae=m.vae or None,
                           cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank,
-                                                     reference_in_every_frame=m.reference_in_every_frame))
+                                                     reference_in_every_frame=m.reference_in_every_frame,
+                                                     residual_reference=m.residual_reference))
     return LoadedModel(animator.transformer, dict(animator.scheduler_config), animator.null_text,
                        animator.info.get("weights", "none"), animator.info)
 
@@ -154,11 +155,16 @@ class NoisedBatch:
 
 
 def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torch.Generator], *,
-                 reference_factor: float, t_range: tuple[int, int]) -> NoisedBatch:
+                 reference_factor: float, t_range: tuple[int, int], residual: bool = False) -> NoisedBatch:
     """Clean latents = reference frame (converted to the diffusion scale) + target frames; add noise at uniform
     timesteps with the scheduler; target = its velocity. A dropped reference leaves the image channels zero.
-    `generator`: one per sample (each draws its sample's noise, then its timestep) or one shared."""
+    `residual` (``CueFusionConfig.residual_reference``): the clean latents minus the reference frame in every
+    frame (a dropped reference subtracts nothing). `generator`: one per sample (each draws its sample's noise,
+    then its timestep) or one shared."""
+    keep = (~batch.drop_reference).to(batch.reference.dtype).view(-1, 1, 1, 1, 1)
     x0 = torch.cat([batch.reference * reference_factor, batch.target], dim=1)
+    if residual:
+        x0 = x0 - batch.reference * (reference_factor * keep)
     noise, t = [], []
     for g in per_sample(generator, x0.shape[0]):
         noise.append(torch.randn(x0.shape[1:], generator=g))
@@ -168,7 +174,6 @@ def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torc
     noise, t = noise.to(device), t.to(device)
     noisy = scheduler.add_noise(x0, noise, t)
     velocity = scheduler.get_velocity(x0, noise, t)
-    keep = (~batch.drop_reference).to(batch.reference.dtype).view(-1, 1, 1, 1, 1)
     image = torch.cat([batch.reference * keep, torch.zeros_like(batch.target)], dim=1)
     inputs = torch.cat([noisy, image], dim=2)
     return NoisedBatch(inputs, t, velocity, (~batch.drop_cues).float())
@@ -289,6 +294,7 @@ class Trainer:
         """Noise, timesteps and velocity target of `batch` from its samples' own generators (`train_step`)."""
         r = self.config.run
         return noised_batch(batch, self.scheduler, self._generators, reference_factor=self.reference_factor,
+                            residual=self.unwrapped.cue_config.residual_reference,
                             t_range=(r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)))
 
     def train_step(self) -> dict[str, float]:

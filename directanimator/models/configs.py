@@ -101,6 +101,10 @@ class CueFusionConfig:
     the leading frame only (CogVideoX I2V's layout, zeros after it). A backbone trained from scratch then finds the
     reference's backdrop and clothes at each token's own place instead of having to learn to fetch them across
     frames by attention; a pretrained I2V backbone expects the leading-frame layout (the default).
+
+    `residual_reference`: the transformer denoises the clip minus the reference latent repeated over every frame,
+    and sampling adds it back, so a zero prediction is the still reference and the whole loss is the motion. For
+    backbones trained from scratch in that mode (the demo model); a pretrained backbone denoises plain latents.
     """
 
     modulation_rank: int = 64
@@ -108,6 +112,7 @@ class CueFusionConfig:
     cue_channels: int | None = None  # VAE latent channels of the cue videos; None: the backbone's out_channels
     norm_eps: float = 1e-6
     reference_in_every_frame: bool = False
+    residual_reference: bool = False
 
     def validate(self) -> "CueFusionConfig":
         if self.modulation_rank < 1 or self.text_rank < 1:
@@ -116,9 +121,9 @@ class CueFusionConfig:
             )
         if self.cue_channels is not None and self.cue_channels < 1:
             raise InputError(f"CueFusionConfig.cue_channels={self.cue_channels}: must be >= 1 or None.")
-        if not isinstance(self.reference_in_every_frame, bool):
-            raise InputError(f"CueFusionConfig.reference_in_every_frame={self.reference_in_every_frame!r}: must be "
-                             "true or false.")
+        for name in ("reference_in_every_frame", "residual_reference"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"CueFusionConfig.{name}={getattr(self, name)!r}: must be true or false.")
         return self
 
     def to_dict(self) -> dict:
