@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -354,19 +355,15 @@ def test_samples_below_one_or_not_whole_are_refused(model15, cond15, samples):
         sample_latents(model15, cond15, steps=STEPS, samples=samples)
 
 
+@contextlib.contextmanager
 def _residual(model):
-    """`model` with ``residual_reference`` on (the same weights): set and restored around a test."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def switched():
-        plain = model.transformer.cue_config
-        model.transformer.cue_config = replace(plain, residual_reference=True)
-        try:
-            yield model
-        finally:
-            model.transformer.cue_config = plain
-    return switched()
+    """`model` with ``residual_reference`` on (the same weights), restored afterwards (the fixture is shared)."""
+    plain = model.transformer.cue_config
+    model.transformer.cue_config = replace(plain, residual_reference=True)
+    try:
+        yield model
+    finally:
+        model.transformer.cue_config = plain
 
 
 @pytest.mark.parametrize("scheduler", ["dpm", "ddim"])
