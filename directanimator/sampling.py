@@ -150,12 +150,15 @@ def _check_conditioning(model, cond: Conditioning, text: Tensor) -> None:
         )
 
 
-def residual_base(model, cond: Conditioning) -> Tensor | None:
-    """What a ``residual_reference`` model's latents are relative to: the reference latent in every frame,
-    ``[1, 1, C, h, w]`` (diffusion scale, broadcast over frames), float32; None for a plain model."""
-    if not model.transformer.cue_config.residual_reference:
-        return None
+def reference_latent(model, cond: Conditioning) -> Tensor:
+    """The reference frame ``[1, 1, C, h, w]`` converted from the image-latent to the diffusion scale, float32."""
     return cond.reference.float() * (latent_scale(model.vae) / image_latent_scale(model.vae))
+
+
+def residual_base(model, cond: Conditioning) -> Tensor | None:
+    """What a ``residual_reference`` model's latents are relative to: `reference_latent` in every frame (broadcast
+    over frames); None for a plain model."""
+    return reference_latent(model, cond) if model.transformer.cue_config.residual_reference else None
 
 
 def _prepare_init(model, cond: Conditioning, init: Tensor) -> Tensor:
@@ -170,8 +173,7 @@ def _prepare_init(model, cond: Conditioning, init: Tensor) -> Tensor:
         )
     init = init.float()
     if init.shape[1] == n:
-        factor = latent_scale(model.vae) / image_latent_scale(model.vae)
-        init = torch.cat([cond.reference.float().to(init.device) * factor, init], dim=1)
+        init = torch.cat([reference_latent(model, cond).to(init.device), init], dim=1)
     return init
 
 

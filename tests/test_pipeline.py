@@ -355,6 +355,11 @@ def test_samples_below_one_or_not_whole_are_refused(model15, cond15, samples):
         sample_latents(model15, cond15, steps=STEPS, samples=samples)
 
 
+def _reference_latent(model, cond):
+    """The reference frame in the diffusion scale, computed here from the VAE's scales."""
+    return cond.reference.float() * (latent_scale(model.vae) / image_latent_scale(model.vae))
+
+
 @contextlib.contextmanager
 def _residual(model):
     """`model` with ``residual_reference`` on (the same weights), restored afterwards (the fixture is shared)."""
@@ -374,16 +379,21 @@ def test_a_residual_model_samples_relative_to_the_reference_in_every_frame(model
     with _residual(model15) as residual:
         out = sample_latents(residual, cond15, steps=3, scheduler=scheduler, seed=2,
                              callback=lambda i, n, p: previews.append(p))
-    base = cond15.reference.float() * (latent_scale(model15.vae) / image_latent_scale(model15.vae))
+    base = _reference_latent(model15, cond15)
     assert base.abs().mean() > 0.1
     torch.testing.assert_close(out, plain + base, rtol=0, atol=1e-5)
     assert len(previews) == 3 and torch.isfinite(previews[-1]).all()
+    plain_previews = []
+    sample_latents(model15, cond15, steps=3, scheduler=scheduler, seed=2,
+                   callback=lambda i, n, p: plain_previews.append(p))
+    # the same trajectory: only the base added to each step's estimate can tell the previews apart
+    assert all((a - b).abs().mean() > 1e-3 for a, b in zip(previews, plain_previews))
 
 
 def test_a_residual_model_starts_partial_denoising_from_the_init_minus_the_base(model15, cond15):
     torch.manual_seed(0)
     init = torch.randn(1, 3, LATENT_CHANNELS, GRID, GRID)
-    base = cond15.reference.float() * (latent_scale(model15.vae) / image_latent_scale(model15.vae))
+    base = _reference_latent(model15, cond15)
     full = torch.cat([base, init], dim=1)  # what a video-only init becomes: the reference frame leads
     plain = sample_latents(model15, cond15, steps=4, denoise=0.5, init_latents=full - base, seed=1)
     with _residual(model15) as residual:

@@ -155,12 +155,13 @@ def test_gradient_checkpointing_trains_the_same_trajectory(world):
     assert [r["grad_norm"] for r in checkpointed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
 
 
-def test_the_reference_layout_of_a_fresh_student_comes_from_the_config(world):
+@pytest.mark.parametrize("option", ["reference_in_every_frame", "residual_reference"])
+def test_the_reference_options_of_a_fresh_student_come_from_the_config(world, option):
     root, data, model = world
     config = load_config(CONFIG, overrides(root, data, model))
-    assert load_student(config).transformer.cue_config.reference_in_every_frame is False
-    config = load_config(CONFIG, overrides(root, data, model, "model.reference_in_every_frame=true"))
-    assert load_student(config).transformer.cue_config.reference_in_every_frame is True
+    assert getattr(load_student(config).transformer.cue_config, option) is False
+    config = load_config(CONFIG, overrides(root, data, model, f"model.{option}=true"))
+    assert getattr(load_student(config).transformer.cue_config, option) is True
 
 
 def test_a_residual_model_is_trained_on_the_clip_minus_the_reference_in_every_frame(world):
@@ -188,11 +189,3 @@ def test_a_residual_model_is_trained_on_the_clip_minus_the_reference_in_every_fr
     torch.testing.assert_close((residual.target - plain.target)[0],
                                ((1 - alpha).sqrt() * base)[0].expand_as(plain.target[0]), rtol=0, atol=1e-5)
     assert torch.equal(residual.timesteps, plain.timesteps)
-
-
-def test_a_fresh_student_is_residual_when_the_config_says_so(world):
-    root, data, model = world
-    config = load_config(CONFIG, overrides(root, data, model))
-    assert load_student(config).transformer.cue_config.residual_reference is False
-    config = load_config(CONFIG, overrides(root, data, model, "model.residual_reference=true"))
-    assert load_student(config).transformer.cue_config.residual_reference is True
