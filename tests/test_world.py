@@ -296,3 +296,29 @@ def test_limb_thickness_widens_arms_and_legs_and_keeps_pose_and_backdrop():
     assert thickened(who, 2.0).proportions.arm_thickness > 1.9 * who.proportions.arm_thickness
     with pytest.raises(InputError, match="limb_thickness"):
         replace(config, limb_thickness=0.0).validate()
+
+
+def test_plain_clothes_dress_the_same_identity_in_one_colour_and_keep_the_scene():
+    from training.world.identity import plainly_dressed
+    from training.world.pairs import pool_identity
+
+    config = WorldConfig(height=96, width=96, num_frames=3, close_up_probability=0.0, identities=50,
+                         cross_id=False, pseudo=False)
+    for k in range(12):  # enough pool identities that some wear textures, short sleeves, skirts, accessories
+        who = pool_identity(0, k)
+        plain = plainly_dressed(who)
+        assert (plain.shirt.kind, plain.trousers.kind, plain.sleeves, plain.legwear, plain.accessories) == (
+            "plain", "plain", "long", "trousers", ())
+        assert (plain.shirt.base, plain.trousers.base, plain.skin, plain.proportions, plain.face) == (
+            who.shirt.base, who.trousers.base, who.skin, who.proportions, who.face)
+    assert any(pool_identity(0, k).shirt.kind != "plain" or pool_identity(0, k).sleeves != "long"
+               for k in range(12))
+    varied = make_sample(4, config, seed=1).clip
+    plain = make_sample(4, replace(config, plain_clothes=True), seed=1).clip
+    # the same motion, placement and backdrop: the same joints and, outside both people, the same pixels
+    assert torch.equal(varied.joints, plain.joints)
+    clear = (varied.person_masks == 0) & (plain.person_masks == 0)
+    assert torch.equal(varied.frames[clear], plain.frames[clear])
+    assert not torch.equal(varied.frames, plain.frames)
+    with pytest.raises(InputError, match="plain_clothes"):
+        replace(config, plain_clothes=1).validate()

@@ -59,7 +59,8 @@ CARD = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 ELAPSED = "recipe_elapsed.json"
 # WorldSpec fields passed to WorldConfig (and recorded in the synth marker) only when they differ from its defaults
-WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability")
+WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability",
+                 "plain_clothes")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -78,6 +79,7 @@ class WorldSpec:
     close_up_probability: float = WorldConfig.close_up_probability
     turn_probability: float = WorldConfig.turn_probability
     moving_background_probability: float = WorldConfig.moving_background_probability
+    plain_clothes: bool = WorldConfig.plain_clothes  # one-colour long sleeves and trousers, no accessories
 
 
 @dataclass

@@ -155,3 +155,15 @@ def sample_identity(rng: np.random.Generator, name: str) -> Identity:
         legwear=str(rng.choice(LEGWEAR, p=[0.2, 0.55, 0.25])), trousers=_pattern(rng),
         shoes=_colour(rng, value=(0.05, 0.6)), accessories=accessories, accessory_colour=_colour(rng),
     )  # fmt: skip
+
+
+def plainly_dressed(identity: Identity) -> Identity:
+    """`identity` in one-colour long sleeves and trousers with no accessories: its arms wear the torso's colour.
+
+    Colours, body, face and hair stay the identity's own; only textures, cuts and accessories go. A small model
+    then finds a moved limb's colour on the torso beside it instead of having to tell which texture went where.
+    """
+    from dataclasses import replace
+
+    return replace(identity, shirt=Pattern(base=identity.shirt.base), sleeves="long", legwear="trousers",
+                   trousers=Pattern(base=identity.trousers.base), accessories=())

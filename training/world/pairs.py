@@ -14,7 +14,7 @@ from directanimator.errors import InputError
 
 from .background import BACKGROUND_KINDS, Background, sample_background
 from .degrade import Degradation, degrade, shutter_seconds
-from .identity import Identity, sample_identity
+from .identity import Identity, plainly_dressed, sample_identity
 from .motion import Motion, sample_motion
 from .render import RenderedClip, check_canvas, render_clip
 from .skeleton import Placement
@@ -35,6 +35,7 @@ class WorldConfig:
     close_up_probability: float = 0.25  # chance of an upper-body framing instead of the full body
     moving_background_probability: float = 0.3
     limb_thickness: float = 1.0  # arm and leg thickness x this (small canvases: limbs wider than a latent cell)
+    plain_clothes: bool = False  # one-colour long sleeves and trousers, no accessories (identity.plainly_dressed)
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS  # the backdrop kinds drawn from (background.BACKGROUND_KINDS)
     reference_gap: float = 1.0  # same-identity reference time: up to this many seconds outside the clip
     cross_id: bool = True
@@ -56,6 +57,8 @@ class WorldConfig:
         if not 0.25 <= self.limb_thickness <= 4.0:
             raise InputError(f"WorldConfig.limb_thickness={self.limb_thickness}: use a factor in 0.25..4 "
                              "(1 keeps each identity's own limbs).")
+        if not isinstance(self.plain_clothes, bool):
+            raise InputError(f"WorldConfig.plain_clothes={self.plain_clothes!r}: use true or false.")
         if self.reference_gap < 0:
             raise InputError(f"WorldConfig.reference_gap={self.reference_gap}: must be >= 0 seconds.")
         return self
@@ -155,6 +158,8 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, *, seed: int = 0
     """Draw identity (unless given), motion, placement and background for one clip."""
     identity = _identity(rng, config, seed, name) if identity is None else identity
     identity = thickened(identity, config.limb_thickness)
+    if config.plain_clothes:
+        identity = plainly_dressed(identity)
     motion = sample_motion(rng, duration=config.duration, turn_probability=config.turn_probability)
     placement = sample_placement(rng, close_up_probability=config.close_up_probability)
     background = sample_background(rng, moving_probability=config.moving_background_probability,
