@@ -38,12 +38,11 @@ import torch  # noqa: E402
 
 from directanimator.conditioning import pad_frames, plan_frame_count, using  # noqa: E402
 from directanimator.cues import CueTriplet  # noqa: E402
+from directanimator.metrics import moving_pixels  # noqa: E402
 from directanimator.models import load_model  # noqa: E402
 from directanimator.pipeline import animate_triplet  # noqa: E402
 from directanimator.vae_io import decode_latents, encode_frames  # noqa: E402
 from training.validate import _cue_config, load_pair, pair_triplet, read_entries  # noqa: E402
-
-MOVING = 0.1  # a pixel moves when some channel of the truth differs from the reference by more than this
 
 
 def blanked(triplet: CueTriplet) -> dict[str, CueTriplet]:
@@ -104,7 +103,7 @@ def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, kind: 
                                        samples=samples, fps=pair.fps).frames[: target.shape[0]]
 
             result = run(triplet)
-            moving = (target - reference).abs().amax(-1) > MOVING
+            moving = moving_pixels(reference.expand_as(target), target)
             rows = {"truth vs reference": target - reference,
                     "VAE round trip vs truth": round_trip(model, target) - target,
                     "result vs reference": result - reference, "result vs truth": result - target}

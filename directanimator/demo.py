@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .metrics import static_baseline, summary
+from .metrics import moving_difference, moving_pixels, static_baseline, static_frames, summary
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,18 @@ def _truth_inputs(path: Path) -> dict[str, Tensor]:
     return inputs
 
 
+def motion_scores(reference: Tensor, target: Tensor, result: Tensor, without_pose: Tensor) -> dict[str, float]:
+    """Whether `result` follows the motion, over the pixels where the truth `target` differs from the still
+    `reference` (`metrics.moving_pixels`): their share of the clip, the result's and the static reference's mean
+    absolute error there, and how far the result sampled with a blanked pose cue (`without_pose`) is from it."""
+    static = static_frames(reference, target)
+    moving = moving_pixels(static, target)
+    return {"moving_share": float(moving.float().mean()),
+            "moving_error": moving_difference(result, target, moving),
+            "baseline_moving_error": moving_difference(static, target, moving),
+            "pose_moves": moving_difference(without_pose, result, moving)}
+
+
 def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, target: Tensor | None, *,
                columns: int = SHEET_COLUMNS) -> Tensor:
     """``[1, H', W', 3]``: rows reference, driving, pose, face, location cues, result ("generated") and, when
@@ -203,6 +215,12 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         model_scores, base_scores = summary(frames_out, target), static_baseline(reference_image, target)
         metrics = {"psnr": model_scores["psnr"], "ssim": model_scores["ssim"],
                    "baseline_psnr": base_scores["psnr"], "baseline_ssim": base_scores["ssim"]}
+        log.info("demo: sampling again with the pose cue blanked (does the result follow it?)")
+        with torch.no_grad():
+            without_pose = animate_triplet(model, replace(triplet, pose=torch.zeros_like(triplet.pose)),
+                                           steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
+                                           fps=fps, scheduler=settings.scheduler, samples=settings.samples).frames
+        metrics.update(motion_scores(reference_image, target, frames_out, without_pose[: frames_out.shape[0]]))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_video(out / RESULT, frames_out, fps)

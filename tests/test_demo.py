@@ -37,8 +37,11 @@ def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp
     assert metrics["exact_cues"] is True
     assert all(0 < metrics[k] < 100 for k in ("psnr", "baseline_psnr"))
     assert all(-1 <= metrics[k] <= 1 for k in ("ssim", "baseline_ssim"))
+    assert 0 < metrics["moving_share"] <= 1 and metrics["moving_error"] >= 0 and metrics["pose_moves"] >= 0
+    assert metrics["baseline_moving_error"] > 0.1  # the truth moves away from the still reference by definition
     printed = capsys.readouterr().out
     assert f"PSNR {metrics['psnr']:.2f} dB" in printed and "static reference" in printed
+    assert f"blanking the pose cue moves the result by {metrics['pose_moves']:.3f}" in printed
 
 
 def test_demo_is_reproducible_with_the_same_seed(tiny_model, tmp_path):

@@ -72,3 +72,27 @@ def test_static_baseline_letterboxes_the_reference_and_repeats_it_over_the_targe
     scores = static_baseline(reference, target)
     assert scores["psnr"] == pytest.approx((10 * np.log10(1 / 0.005) + 10 * np.log10(1 / 0.02)) / 2, abs=1e-3)
     assert 0.0 < scores["ssim"] < 1.0
+
+
+def test_motion_scores_measure_error_and_pose_reliance_over_the_pixels_that_move():
+    from directanimator.demo import motion_scores
+    from directanimator.metrics import moving_difference, moving_pixels
+
+    reference = torch.full((1, 8, 8, 3), 0.5)
+    target = torch.full((3, 8, 8, 3), 0.5)
+    target[1, 2:4, 2:4, 0] = 0.9  # 4 pixels move in one channel by 0.4
+    target[2, 5:7, 1:3] = 0.1  # 4 pixels move in every channel by 0.4
+    target[2, 0, 0] = 0.55  # under the 0.1 threshold: still
+    moving = moving_pixels(reference.expand_as(target), target)
+    assert moving.shape == (3, 8, 8) and int(moving.sum()) == 8 and not bool(moving[0].any())
+    assert not bool(moving[2, 0, 0])
+    result = target.clone()
+    result[1, 2:4, 2:4] += 0.1  # 0.1 off in every channel of half the moving pixels
+    scores = motion_scores(reference, target, result, without_pose=result)
+    assert scores["moving_share"] == pytest.approx(8 / 192)
+    assert scores["moving_error"] == pytest.approx(0.05)
+    # the static reference is off by 0.4 in one channel of half of them, in all three of the other half
+    assert scores["baseline_moving_error"] == pytest.approx((0.4 / 3 + 0.4) / 2)
+    assert scores["pose_moves"] == 0.0
+    assert motion_scores(reference, target, result, without_pose=target)["pose_moves"] == pytest.approx(0.05)
+    assert moving_difference(result, target, torch.zeros(3, 8, 8, dtype=torch.bool)) == 0.0  # nothing moves
