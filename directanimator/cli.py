@@ -182,8 +182,8 @@ def run_demo(args: argparse.Namespace) -> Path:
     if m:
         lines.append(f"against the ground truth: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}; static reference "
                      f"baseline: PSNR {m['baseline_psnr']:.2f} dB, SSIM {m['baseline_ssim']:.4f}")
-        lines.append(f"over the {100 * m['moving_share']:.0f} % of pixels that move: mean error {m['moving_error']:.3f} "
-                     f"(static reference {m['baseline_moving_error']:.3f}); blanking the pose cue moves the result "
+        lines.append(f"over the {100 * m['moving_share']:.0f} % of pixels that move: mean error "
+                     f"{m['moving_error']:.3f} (static reference {m['baseline_moving_error']:.3f}); blanking the pose cue moves the result "
                      f"by {m['pose_moves']:.3f} there")
     print("\n".join(lines))  # the demo's summary is the command's output
     return result.out

@@ -12,7 +12,8 @@ from torch import Tensor
 from .errors import InputError
 from .tensors import as_frames
 
-__all__ = ["frame_psnr", "frame_ssim", "moving_difference", "moving_pixels", "psnr", "ssim", "static_frames", "summary"]
+__all__ = ["frame_psnr", "frame_ssim", "moving_difference", "moving_pixels", "psnr", "ssim", "static_frames",
+           "summary"]
 
 SSIM_WINDOW = 11  # Gaussian window side in px (Wang et al.)
 SSIM_SIGMA = 1.5  # its standard deviation in px
@@ -101,8 +102,8 @@ def static_frames(reference: Tensor, target: Tensor) -> Tensor:
     ``[F, h, w, 3]`` and repeated over its frames (a view, ``[F, h, w, 3]``)."""
     from .video import resize_frames
 
-    static = resize_frames(as_frames(reference, name="reference", check_sizes=False).float(), tuple(target.shape[1:3]), "pad")
-    return static.expand_as(target)
+    reference = as_frames(reference, name="reference", check_sizes=False).float()
+    return resize_frames(reference, tuple(target.shape[1:3]), "pad").expand_as(target)
 
 
 def moving_pixels(static: Tensor, target: Tensor, *, threshold: float = MOVING_THRESHOLD) -> Tensor:

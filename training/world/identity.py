@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -163,7 +163,5 @@ def plainly_dressed(identity: Identity) -> Identity:
     Colours, body, face and hair stay the identity's own; only textures, cuts and accessories go. A small model
     then finds a moved limb's colour on the torso beside it instead of having to tell which texture went where.
     """
-    from dataclasses import replace
-
     return replace(identity, shirt=Pattern(base=identity.shirt.base), sleeves="long", legwear="trousers",
                    trousers=Pattern(base=identity.trousers.base), accessories=())
