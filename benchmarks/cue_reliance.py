@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,21 +37,12 @@ import torch  # noqa: E402
 
 from directanimator.conditioning import pad_frames, plan_frame_count, using  # noqa: E402
 from directanimator.cues import CueTriplet  # noqa: E402
+from directanimator.cues.types import BLANKABLE  # noqa: E402
 from directanimator.metrics import moving_pixels  # noqa: E402
 from directanimator.models import load_model  # noqa: E402
 from directanimator.pipeline import animate_triplet  # noqa: E402
 from directanimator.vae_io import decode_latents, encode_frames  # noqa: E402
 from training.validate import _cue_config, load_pair, pair_triplet, read_entries  # noqa: E402
-
-
-def blanked(triplet: CueTriplet) -> dict[str, CueTriplet]:
-    """The triplet with each cue set to zero in the driving frames (the reference's own cues stay)."""
-    return {
-        "pose": replace(triplet, pose=torch.zeros_like(triplet.pose)),
-        "face": replace(triplet, face=torch.zeros_like(triplet.face)),
-        "location": replace(triplet, body_location=torch.zeros_like(triplet.body_location),
-                            face_location=torch.zeros_like(triplet.face_location)),
-    }
 
 
 def round_trip(model, frames: torch.Tensor) -> torch.Tensor:
@@ -107,7 +97,7 @@ def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, kind: 
             rows = {"truth vs reference": target - reference,
                     "VAE round trip vs truth": round_trip(model, target) - target,
                     "result vs reference": result - reference, "result vs truth": result - target}
-            rows.update({f"blank {name}: result moves": run(t) - result for name, t in blanked(triplet).items()})
+            rows.update({f"blank {name}: result moves": run(triplet.blanked(name)) - result for name in BLANKABLE})
             for name, difference in rows.items():
                 totals.setdefault(name, []).append(float(difference.abs()[moving].mean()))
     return {name: sum(values) / len(values) for name, values in totals.items()}

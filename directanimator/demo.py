@@ -217,7 +217,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
                    "baseline_psnr": base_scores["psnr"], "baseline_ssim": base_scores["ssim"]}
         log.info("demo: sampling again with the pose cue blanked (does the result follow it?)")
         with torch.no_grad():
-            without_pose = animate_triplet(model, replace(triplet, pose=torch.zeros_like(triplet.pose)),
+            without_pose = animate_triplet(model, triplet.blanked("pose"),
                                            steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
                                            fps=fps, scheduler=settings.scheduler, samples=settings.samples).frames
         metrics.update(motion_scores(reference_image, target, frames_out, without_pose[: frames_out.shape[0]]))

@@ -37,7 +37,8 @@ def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp
     assert metrics["exact_cues"] is True
     assert all(0 < metrics[k] < 100 for k in ("psnr", "baseline_psnr"))
     assert all(-1 <= metrics[k] <= 1 for k in ("ssim", "baseline_ssim"))
-    assert 0 < metrics["moving_share"] <= 1 and metrics["moving_error"] >= 0 and metrics["pose_moves"] >= 0
+    assert 0 < metrics["moving_share"] <= 1 and metrics["moving_error"] >= 0
+    assert metrics["pose_moves"] > 0  # the tiny trained model reads its pose cue: blanking it changes the result
     assert metrics["baseline_moving_error"] > 0.1  # the truth moves away from the still reference by definition
     printed = capsys.readouterr().out
     assert f"PSNR {metrics['psnr']:.2f} dB" in printed and "static reference" in printed

@@ -11,7 +11,7 @@ import torch
 
 from directanimator.conditioning import Conditioning, encode_conditioning, plan_frame_count
 from directanimator.cues.types import CueRecord, CueTriplet, Similarity
-from directanimator.errors import InputError
+from directanimator.errors import CueError, InputError
 from directanimator.models import CueLatents, DirectAnimatorTransformer
 from directanimator.pipeline import animate, animate_triplet, plan_windows, sample_latents
 from directanimator.vae_io import encode_frames, image_latent_scale, latent_scale
@@ -399,3 +399,19 @@ def test_a_residual_model_starts_partial_denoising_from_the_init_minus_the_base(
     with _residual(model15) as residual:
         out = sample_latents(residual, cond15, steps=4, denoise=0.5, init_latents=init, seed=1)
     torch.testing.assert_close(out, plain + base, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cue, fields", [("pose", ("pose",)), ("face", ("face",)),
+                                         ("location", ("body_location", "face_location"))])
+def test_blanking_a_cue_zeroes_its_driving_frames_only(cue, fields):
+    triplet = synthetic_triplet(3)
+    blank = triplet.blanked(cue)
+    for name in CueTriplet.TENSOR_FIELDS:
+        same = torch.equal(getattr(blank, name), getattr(triplet, name))
+        assert (not getattr(blank, name).any()) if name in fields else same, name
+    assert blank.record is triplet.record and triplet.pose.any()  # the original is untouched
+
+
+def test_blanking_an_unknown_cue_names_the_choices():
+    with pytest.raises(CueError, match="pose, face, location"):
+        synthetic_triplet(1).blanked("skeleton")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -124,6 +124,10 @@ class CueRecord:
     geometry: dict = field(default_factory=dict)
 
 
+# the driving-frame tensors of each cue, for CueTriplet.blanked
+BLANKABLE = {"pose": ("pose",), "face": ("face",), "location": ("body_location", "face_location")}
+
+
 @dataclass
 class CueTriplet:
     """The Driving Cue Triplet at working size ``H x W``, plus its record.
@@ -157,6 +161,14 @@ class CueTriplet:
     @property
     def num_frames(self) -> int:
         return int(self.pose.shape[0])
+
+    def blanked(self, cue: str) -> "CueTriplet":
+        """A copy with one cue of the driving frames set to zero: "pose", "face" or "location" (both location
+        masks). The reference's own cues stay: what a model's result owes to that cue is the difference."""
+        fields = BLANKABLE.get(cue)
+        if fields is None:
+            raise CueError(f"cannot blank cue {cue!r}: choose one of {', '.join(BLANKABLE)}")
+        return replace(self, **{name: torch.zeros_like(getattr(self, name)) for name in fields})
 
     def to(self, device: torch.device | str) -> "CueTriplet":
         for name in self.TENSOR_FIELDS:
