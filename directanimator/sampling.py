@@ -221,6 +221,7 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
                  plan.window, plan.overlap)
 
     sched = make_scheduler(scheduler, model.scheduler_config)
+    warn_untrained_timesteps(model, sched, steps=steps, denoise=denoise)
     with using(model, "transformer") as transformer:
         mean = None
         for k in range(samples):
@@ -230,6 +231,31 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
                                preview_factors=preview_factors)
             mean = latents if mean is None else mean.add_(latents)
         return mean.div_(samples)
+
+
+def trained_timesteps(model) -> tuple[int, int] | None:
+    """The timestep range ``[low, high)`` the checkpoint was trained on, when it records one (training writes it
+    into the checkpoint's extras as ``timesteps``); None when unknown."""
+    info = getattr(model, "info", None) or {}
+    recorded = (info.get("extra") or {}).get("timesteps")
+    return (int(recorded[0]), int(recorded[1])) if recorded else None
+
+
+def warn_untrained_timesteps(model, sched, *, steps: int, denoise: float = 1.0) -> list[int]:
+    """Log a warning when the sampling schedule visits timesteps below the range the checkpoint was trained on
+    (e.g. a model trained only at high noise for one-step sampling, sampled with many steps); returns them."""
+    trained = trained_timesteps(model)
+    if trained is None or trained[0] <= 0:
+        return []
+    sched.set_timesteps(steps)
+    visited = [int(t) for t in sched.timesteps[steps - int(steps * denoise):]]
+    below = [t for t in visited if t < trained[0]]
+    if below:
+        log.warning("%s was trained on timesteps %d-%d only; %d of the %d sampling steps fall below (lowest t=%d), "
+                    "where its predictions are untrained: sample it with steps=1 (its one-step estimate).",
+                    getattr(model, "name", "this model"), trained[0], trained[1] - 1, len(below), len(visited),
+                    min(below))
+    return below
 
 
 def _counting_over(callback: StepCallback, index: int, samples: int) -> StepCallback:

@@ -46,6 +46,7 @@ def test_one_command_writes_a_loadable_model_folder_with_a_card(tiny_root):
     model = load_model(out, out / CHECKPOINT_NAME, dtype="fp32")
     assert model.transformer.backbone.config.patch_size_t == 2  # CogVideoX 1.5 layout
     assert not model.transformer.backbone.config.use_learned_positional_embeddings
+    assert model.info["extra"]["timesteps"] == [0, 1000]  # the trained range travels into the bundled checkpoint
     assert model.vae.config.latent_channels == 16 and model.vae.config.scaling_factor != 1.15258426
     assert model.cue_config["height"] == model.cue_config["width"] == 64
     # the exported transformer/ holds the stage-2 weights, not the fresh initialisation of the work folder

@@ -84,7 +84,8 @@ def test_stage1_overfits_one_clip(world):
 def test_stage1_writes_run_folder_with_metrics_and_checkpoints(world):
     root, data, model = world
     config = load_config(CONFIG, overrides(root, data, model, "run.name='folder'", "run.steps=4", "run.save_every=2",
-                                           "run.keep_last=1", "optim.ema_decay=0.9"))
+                                           "run.keep_last=1", "optim.ema_decay=0.9",
+                                           "run.timestep_min=500"))
     records = train_stage1(config)
     run = root / "runs" / "folder"
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4] == [r["step"] for r in records]
@@ -101,6 +102,7 @@ def test_stage1_writes_run_folder_with_metrics_and_checkpoints(world):
 
     loaded = load_model(model, step / "model.safetensors", dtype="fp32")
     assert loaded.info["weights"] == "lora"
+    assert loaded.info["extra"]["timesteps"] == [500, 1000]  # what the sampler checks its schedule against
     with pytest.raises(InputError, match="already has checkpoints"):
         train_stage1(config)  # without --resume a finished run is not overwritten
 

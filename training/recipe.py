@@ -398,7 +398,9 @@ def _export(recipe: RecipeConfig, work: Path, markers: Markers) -> dict:
     shutil.copytree(work / "backbone" / "scheduler", staging / "scheduler")
     export_model(transformer, staging / CHECKPOINT_NAME, weights="none", null_text=model.null_text,
                  scheduler_config=model.scheduler_config, cue_config=model.cue_config,
-                 backbone_name="directanimator-demo", extra={"recipe": "python -m training recipe"})
+                 backbone_name="directanimator-demo",
+                 extra={"recipe": "python -m training recipe",  # the trained timesteps: the sampler warns outside
+                        **{k: v for k, v in model.info["extra"].items() if k == "timesteps"}})
     demo = write_demo_inputs(work / "world", staging / DEMO_DIR, recipe)
     return {"cue_parameters": sum(p.numel() for p in transformer.cue_parameters()), "demo": demo}
 

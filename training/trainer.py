@@ -277,7 +277,8 @@ class Trainer:
             export_model(self.unwrapped, path, weights=weights, null_text=self.data.null_text,
                             scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
                             backbone_name=self.config.model.backbone,
-                            extra={"step": self.step, "stage": self.stage, "run": self.config.run.name})
+                            extra={"step": self.step, "stage": self.stage, "run": self.config.run.name,
+                                   "timesteps": list(self.timestep_range)})
         finally:
             if swap:
                 with torch.no_grad():
@@ -292,10 +293,14 @@ class Trainer:
     # ----------------------------------------------------------------- steps
     def noised(self, batch: Batch) -> NoisedBatch:
         """Noise, timesteps and velocity target of `batch` from its samples' own generators (`train_step`)."""
-        r = self.config.run
         return noised_batch(batch, self.scheduler, self._generators, reference_factor=self.reference_factor,
-                            residual=self.unwrapped.cue_config.residual_reference,
-                            t_range=(r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)))
+                            residual=self.unwrapped.cue_config.residual_reference, t_range=self.timestep_range)
+
+    @property
+    def timestep_range(self) -> tuple[int, int]:
+        """The training timesteps ``[low, high)`` (recorded in every checkpoint it writes)."""
+        r = self.config.run
+        return r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns the logged values."""
