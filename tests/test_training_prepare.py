@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.test_training_stage1 import CONFIG, make_world, overrides
 from directanimator.errors import InputError
@@ -99,6 +101,26 @@ def test_cache_key_changes_with_settings_that_change_the_tensors(prepared):
     pinned = load_config(CONFIG, [*base, "run.seed=5", f"data.seed={config.run.seed}"])
     assert cache_folder(reseeded) != cache_folder(config)  # run.seed drives the cached realignments by default
     assert cache_folder(pinned) == cache_folder(config)  # unless data.seed pins them
+
+
+
+def test_the_cache_follows_the_backbone_content_not_its_path(prepared, tmp_path):
+    config, _, _, _, _ = prepared
+    backbone = Path(config.model.backbone)
+    copied = tmp_path / "moved_backbone"
+    shutil.copytree(backbone, copied)
+
+    def keyed(folder):
+        return load_config(CONFIG, [f"data.metadata={json.dumps(config.data.metadata)}",
+                                    f"model.backbone={json.dumps(str(folder))}"])
+
+    assert cache_folder(keyed(copied)) == cache_folder(config)  # a moved backbone keeps its prepared clips
+    weights = next((copied / "vae").glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(weights))  # a VAE retrained into the same folder: its latents differ
+    assert cache_folder(keyed(copied)) != cache_folder(config)
 
 
 def test_realign_moves_frames_masks_and_boxes_together():

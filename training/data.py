@@ -28,7 +28,8 @@ from .world.dataset import read_metadata
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "2"  # 2: location cues aligned on body centre lines (cues.fit_similarity)
+CACHE_VERSION = "3"  # 2: location cues aligned on body centre lines (cues.fit_similarity); 3: keyed by the
+#                                 backbone's content (`backbone_fingerprint`), not its path
 CUE_FIELDS = ("pose", "face", "body_mask", "face_mask")
 SKIPPED = "skipped.jsonl"
 PREPARE_INFO = "prepare.json"
@@ -40,11 +41,39 @@ def clip_id(entry: dict) -> str:
     return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _digest(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def backbone_fingerprint(config: TrainConfig) -> dict:
+    """What the cached tensors take from the backbone, by content where it is a local folder: the VAE (config and
+    weights: the latents) and the transformer's config (latent grid, text shape). A moved or copied folder keeps its
+    cache; a VAE retrained into the same folder gets a new one. A Hugging Face repo id stands for itself."""
+    m = config.model
+    backbone = Path(m.backbone)
+    vae = Path(m.vae) if m.vae else backbone
+    vae = vae / "vae" if (vae / "vae" / "config.json").is_file() else vae
+    found = {}
+    if (vae / "config.json").is_file():
+        found["vae"] = _digest(sorted(p for p in vae.iterdir() if p.suffix in (".json", ".safetensors")), vae)
+    else:
+        found["vae"] = m.vae or m.backbone
+    transformer = backbone / "transformer" / "config.json"
+    found["transformer"] = _digest([transformer], backbone) if transformer.is_file() else m.backbone
+    return found
+
+
 def cache_material(config: TrainConfig) -> dict:
     """Every setting the cached tensors depend on."""
     d = config.data
     material = {
-        "version": CACHE_VERSION, "backbone": config.model.backbone, "vae": config.model.vae,
+        "version": CACHE_VERSION, "backbone": backbone_fingerprint(config),
         "null_text": config.model.null_text, "frames": d.frames, "stride": d.stride, "max_windows": d.max_windows,
         "buckets": d.buckets, "ground_truth": d.ground_truth, "pseudo": d.pseudo,
         "pseudo_variants": d.pseudo_variants, "align_scale": d.align_scale, "align_shift": d.align_shift,
