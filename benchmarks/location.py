@@ -6,6 +6,7 @@ On world cross-identity pairs (B's reference, A's driving clip, and B performing
 ground truth) the driving masks are warped onto the reference by each rule and compared with the target's masks
 (IoU per frame at 0.5, mean over frames, then over pairs), side by side in one run:
 
+- as driven: no transform, where the driving person stands (and an unaligned pose cue with it);
 - box rule: the median driving box onto the reference box, the face refining x (no centre lines given: the rule
   before them, which scores within 0.001 of it here);
 - centre lines: the same scale, x from the body centre lines (`mask_centre_columns`), what `extract_cues` does;
@@ -46,6 +47,7 @@ def rules(pair, size: int) -> dict[str, Similarity]:
     a, b = drv.placement, ref.placement
     scale = b.height / a.height
     return {
+        "as driven": Similarity(),  # no fit: where an unaligned pose cue stands
         "box rule": fit_similarity(boxes, valid, reference_box, **faces),
         "centre lines": fit_similarity(boxes, valid, reference_box, **faces,
                                        driving_centres=mask_centre_columns(drv.person_masks)[0],
@@ -71,7 +73,7 @@ def main() -> None:
             value = overlap(pair.driving.person_masks, pair.target.person_masks, transform)
             for group in ("all", framing):
                 scores.setdefault(group, {}).setdefault(name, []).append(value)
-    names = ["box rule", "centre lines", "placement truth"]
+    names = ["as driven", "box rule", "centre lines", "placement truth"]
     print(f"location fit: IoU of the warped driving masks with the cross-identity target's masks "
           f"({args.pairs} world pairs, {args.size} px, {args.frames} frames, seed {args.seed})\n")
     print("| pairs | n | " + " | ".join(names) + " |")

@@ -228,3 +228,24 @@ def test_world_settings_of_a_recipe_reach_the_rendered_world(tmp_path):
     with pytest.raises(InputError, match="limb_thickness"):
         run_recipe(tmp_path / "out", scale="tiny", work=tmp_path / "work", overrides=["world.limb_thickness=9.0"])
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("stage2_set, caches", [([], 1), (["cues.align_pose=true"], 2), (["optim.lr=1e-4"], 1)])
+def test_prepare_makes_a_cache_for_each_stage_whose_overrides_change_the_cached_tensors(tmp_path, monkeypatch,
+                                                                                        stage2_set, caches):
+    import training.prepare
+    from training.recipe import _prepare
+
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "metadata.jsonl").write_text("")
+    prepared = []
+
+    def fake_prepare(config, limit=None):
+        prepared.append(config.cues.align_pose)
+        return {"cached": 1, "done": 2, "skipped": 0, "folder": "unused"}
+
+    monkeypatch.setattr(training.prepare, "prepare", fake_prepare)
+    recipe = load_recipe("tiny", [f"stage2.set={json.dumps(stage2_set)}"])
+    counts = _prepare(recipe, tmp_path)
+    assert len(prepared) == len(counts) == caches
+    assert prepared == [False, True][:caches]  # stage 1's cache first, then stage 2's own

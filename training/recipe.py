@@ -298,15 +298,21 @@ def _backbone(recipe: RecipeConfig, work: Path) -> dict:
 
 
 def _prepare(recipe: RecipeConfig, work: Path) -> dict:
+    from .data import cache_key
     from .prepare import prepare
 
-    config = stage_config(recipe, work, "stage1")
-    # one cache key for both splits; the VAE saw every clip, the transformer sees the first `train_clips`
-    counts = {"train": prepare(config, limit=recipe.train_clips or None)}
-    if counts["train"]["skipped"]:
-        raise InputError(f"prepare skipped {counts['train']['skipped']} clips (see {counts['train']['folder']}/"
-                         "skipped.jsonl); fix the data and run the recipe again with --resume.")
-    return {split: {k: v for k, v in c.items() if k != "folder"} for split, c in counts.items()}
+    # the VAE saw every clip, the transformer sees the first `train_clips`; a stage whose `set` overrides change the
+    # cached tensors (e.g. cues.align_pose in stage 2 only) gets a cache of its own
+    configs = {cache_key(c): c for c in (stage_config(recipe, work, s) for s in ("stage1", "stage2"))}
+    counts = {}
+    for config in configs.values():
+        count = prepare(config, limit=recipe.train_clips or None)
+        if count["skipped"]:
+            raise InputError(f"prepare skipped {count['skipped']} clips (see {count['folder']}/skipped.jsonl); fix "
+                             "the data and run the recipe again with --resume.")
+        name = "train" if not counts else "train (stage 2)"
+        counts[name] = {k: v for k, v in count.items() if k != "folder"}
+    return counts
 
 
 def run_stage(recipe: RecipeConfig, work: Path, stage: str, train: Callable, *, checkpoint: str = "") -> dict:
@@ -529,8 +535,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _prepare_time_note(prepare: dict) -> list[str]:
     """The card's sentence on a prepare stage that found part of its clips already cached (none otherwise)."""
-    counts = prepare.get("train") or {}
-    cached, done = int(counts.get("cached") or 0), int(counts.get("done") or 0)
+    counts = [v for v in prepare.values() if isinstance(v, dict)]  # one entry per cache (stage 2 may have its own)
+    cached, done = (sum(int(c.get(k) or 0) for c in counts) for k in ("cached", "done"))
     if not cached:
         return []
     return [f"prepare's wall time covers the {done} clips it prepared; the other {cached} of the {cached + done} "
