@@ -253,17 +253,18 @@ def test_the_pose_cue_is_encoded_in_the_layout_the_checkpoint_was_trained_on(mod
     torch.testing.assert_close(kept.cues.pose, pose_latents(model15, aligned).cues.pose)
 
 
-
 @pytest.mark.parametrize("steps, scheduler, warned", [(1, "ddim", False), (4, "ddim", True), (4, "dpm", True)])
 def test_sampling_below_the_trained_timesteps_warns(model15, cond15, caplog, steps, scheduler, warned):
     high_noise = replace(model15, info={**model15.info, "extra": {"timesteps": [900, 1000]}})
     with caplog.at_level("WARNING", logger="directanimator.sampling"):
         sample_latents(high_noise, cond15, steps=steps, guidance=1.0, scheduler=scheduler)
     assert ("trained on timesteps 900-999 only" in caplog.text) is warned
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="directanimator.sampling"):  # no record, or all timesteps: no warning
-        sample_latents(model15, cond15, steps=steps, guidance=1.0, scheduler=scheduler)
-    assert "trained on timesteps" not in caplog.text
+    every = replace(model15, info={**model15.info, "extra": {"timesteps": [0, 1000]}})
+    for model in (model15, every):  # no record, or every timestep: no warning
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="directanimator.sampling"):
+            sample_latents(model, cond15, steps=steps, guidance=1.0, scheduler=scheduler)
+        assert "trained on timesteps" not in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------- validation

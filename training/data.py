@@ -28,8 +28,9 @@ from .world.dataset import read_metadata
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "3"  # 2: location cues aligned on body centre lines (cues.fit_similarity); 3: keyed by the
-#                                 backbone's content (`backbone_fingerprint`), not its path
+# 2: location cues aligned on body centre lines (cues.fit_similarity); 3: keyed by the backbone's content
+# (`backbone_fingerprint`), not its path
+CACHE_VERSION = "3"
 CUE_FIELDS = ("pose", "face", "body_mask", "face_mask")
 SKIPPED = "skipped.jsonl"
 PREPARE_INFO = "prepare.json"
