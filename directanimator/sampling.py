@@ -233,6 +233,12 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
         return mean.div_(samples)
 
 
+def run_timesteps(sched, steps: int, denoise: float = 1.0, *, device=None) -> Tensor:
+    """The timesteps a run of `steps` visits: the last ``int(steps * denoise)`` of the scheduler's schedule."""
+    sched.set_timesteps(steps, device=device)
+    return sched.timesteps[steps - int(steps * denoise):]
+
+
 def trained_timesteps(model) -> tuple[int, int] | None:
     """The timestep range ``[low, high)`` the checkpoint was trained on, when it records one (training writes it
     into the checkpoint's extras as ``timesteps``); None when unknown."""
@@ -247,8 +253,7 @@ def warn_untrained_timesteps(model, sched, *, steps: int, denoise: float = 1.0) 
     trained = trained_timesteps(model)
     if trained is None or trained[0] <= 0:
         return []
-    sched.set_timesteps(steps)
-    visited = [int(t) for t in sched.timesteps[steps - int(steps * denoise):]]
+    visited = [int(t) for t in run_timesteps(sched, steps, denoise)]
     below = [t for t in visited if t < trained[0]]
     if below:
         log.warning("%s was trained on timesteps %d-%d only; %d of the %d sampling steps fall below (lowest t=%d), "
@@ -270,9 +275,7 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
              callback: StepCallback | None, preview_factors: Tensor | None) -> Tensor:
     device, dtype = transformer.device, transformer.dtype
     n = cond.video_latent_frames
-    sched.set_timesteps(steps, device=device)
-    run = int(steps * denoise)
-    timesteps = sched.timesteps[steps - run:]
+    timesteps = run_timesteps(sched, steps, denoise, device=device)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     shape = (1, 1 + n, int(transformer.latent_channels), *cond.grid)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)

@@ -7,6 +7,7 @@ is a hash of everything that made the files (`cache_key`), so a changed setting 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,14 +43,28 @@ def clip_id(entry: dict) -> str:
     return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, remembered by its path, size and mtime (a real VAE is hundreds of MB; the key is asked
+    for several times per prepare and training start)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _digest(files: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in files:
-        digest.update(str(path.relative_to(root)).encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{_file_digest(str(path), stat.st_size, stat.st_mtime_ns)}".encode())
     return digest.hexdigest()[:16]
+
+
+def vae_folder(root: Path) -> Path:
+    """The VAE folder of a backbone folder (its ``vae/``) or of a VAE folder itself."""
+    return root / "vae" if (root / "vae" / "config.json").is_file() else root
 
 
 def backbone_fingerprint(config: TrainConfig) -> dict:
@@ -58,16 +73,13 @@ def backbone_fingerprint(config: TrainConfig) -> dict:
     cache; a VAE retrained into the same folder gets a new one. A Hugging Face repo id stands for itself."""
     m = config.model
     backbone = Path(m.backbone)
-    vae = Path(m.vae) if m.vae else backbone
-    vae = vae / "vae" if (vae / "vae" / "config.json").is_file() else vae
-    found = {}
-    if (vae / "config.json").is_file():
-        found["vae"] = _digest(sorted(p for p in vae.iterdir() if p.suffix in (".json", ".safetensors")), vae)
-    else:
-        found["vae"] = m.vae or m.backbone
+    vae = vae_folder(Path(m.vae or m.backbone))
     transformer = backbone / "transformer" / "config.json"
-    found["transformer"] = _digest([transformer], backbone) if transformer.is_file() else m.backbone
-    return found
+    return {
+        "vae": (_digest(sorted(p for p in vae.iterdir() if p.suffix in (".json", ".safetensors")), vae)
+                if (vae / "config.json").is_file() else m.vae or m.backbone),
+        "transformer": _digest([transformer], backbone) if transformer.is_file() else m.backbone,
+    }
 
 
 def cache_material(config: TrainConfig) -> dict:

@@ -42,6 +42,7 @@ from .data import (
     cache_material,
     choose_bucket,
     clip_id,
+    vae_folder,
     window_starts,
 )
 from .world.cues import truth_cue_inputs
@@ -73,8 +74,7 @@ def load_vae(config: TrainConfig):
 
 
 def _vae_root(config: TrainConfig) -> Path:
-    root = _local_or_download(config.model.vae or config.model.backbone)
-    root = root / "vae" if (root / "vae" / "config.json").is_file() else root
+    root = vae_folder(_local_or_download(config.model.vae or config.model.backbone))
     if not (root / "config.json").is_file():
         raise InputError(f"model.vae / model.backbone: no VAE folder at {root} (vae/config.json); set model.vae.")
     return root

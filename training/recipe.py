@@ -402,11 +402,12 @@ def _export(recipe: RecipeConfig, work: Path, markers: Markers) -> dict:
     torch.nn.Module.to(plain, torch.bfloat16).save_pretrained(staging / "transformer", safe_serialization=True)
     shutil.copytree(work / "backbone" / "vae", staging / "vae")
     shutil.copytree(work / "backbone" / "scheduler", staging / "scheduler")
+    extra = {"recipe": "python -m training recipe"}
+    if "timesteps" in model.info["extra"]:  # the trained timesteps: sampling warns below them
+        extra["timesteps"] = model.info["extra"]["timesteps"]
     export_model(transformer, staging / CHECKPOINT_NAME, weights="none", null_text=model.null_text,
                  scheduler_config=model.scheduler_config, cue_config=model.cue_config,
-                 backbone_name="directanimator-demo",
-                 extra={"recipe": "python -m training recipe",  # the trained timesteps: the sampler warns outside
-                        **{k: v for k, v in model.info["extra"].items() if k == "timesteps"}})
+                 backbone_name="directanimator-demo", extra=extra)
     demo = write_demo_inputs(work / "world", staging / DEMO_DIR, recipe)
     return {"cue_parameters": sum(p.numel() for p in transformer.cue_parameters()), "demo": demo}
 
