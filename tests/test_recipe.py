@@ -111,8 +111,10 @@ def test_the_demo_scale_fits_the_size_budget_of_design_9():
     with torch.device("meta"):
         vae = AutoencoderKLCogVideoX(**recipe.vae.architecture())
         transformer = CogVideoXTransformer3DModel(**transformer_config(recipe))
-    params = sum(p.numel() for p in vae.parameters()) + sum(p.numel() for p in transformer.parameters())
-    assert params * 4 / 2**20 < 0.85 * recipe.max_megabytes  # fp32, leaving room for CueFusion and demo inputs
+    # the VAE is stored in fp32, the exported transformer in bf16 (training.recipe._export); the rest of the budget
+    # is for CueFusion and the demo inputs
+    stored = sum(p.numel() for p in vae.parameters()) * 4 + sum(p.numel() for p in transformer.parameters()) * 2
+    assert stored / 2**20 < 0.85 * recipe.max_megabytes
     assert recipe.world.size <= 128 and 9 <= recipe.world.frames <= 17
     assert 1e6 < sum(p.numel() for p in transformer.parameters()) < 1e7  # "a few million parameters"
 
