@@ -500,10 +500,11 @@ def folder_megabytes(folder: Path) -> dict[str, float]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _card(recipe: RecipeConfig, work: Path, markers: Markers, out: Path, command: str) -> dict:
+def _card(recipe: RecipeConfig, work: Path, markers: Markers, out: Path, command: str, run_as: str = "") -> dict:
     staging = work / "export"
     numbers = {stage: markers.done(stage) for stage in STAGES if stage != "card"}
-    card = {"command": command, "recipe": asdict(recipe), "stages": numbers,
+    card = {"command": command, **({"run_as": run_as} if run_as and run_as != command else {}),
+            "recipe": asdict(recipe), "stages": numbers,
             "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                         "python": platform.python_version(), "torch": torch.__version__}}
     text = model_card_text(card)
@@ -563,6 +564,8 @@ def model_card_text(card: dict) -> str:
         card["command"],
         "```",
         "",
+        *([f"This folder was made by `{card['run_as']}` (a work folder of the training machine; `--resume` "
+           "continues a run exactly, so it does not change the result).", ""] if card.get("run_as") else []),
         "## Configuration",
         "",
         f"- VAE: `AutoencoderKLCogVideoX` {r['vae']['block_out_channels']}, {r['vae']['latent_channels']}-channel "
@@ -624,9 +627,10 @@ def model_card_text(card: dict) -> str:
 # --------------------------------------------------------------------------- driver
 def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | tuple[str, ...] = (),
                work: str | Path | None = None, resume: bool = False, config_path: str | Path | None = None,
-               command: str = "") -> dict:
+               command: str = "", run_as: str = "") -> dict:
     """Run every stage (skipping completed ones with `resume`) and write the model folder `out`; returns the
-    model card's numbers."""
+    model card's numbers. `command`: the card's reproduce line (default: the --scale one with `overrides`);
+    `run_as`: the command line as it ran, recorded when it differs (another work folder, --resume)."""
     recipe = load_recipe(scale, overrides, path=config_path)
     work = Path(work) if work is not None else Path("runs") / f"recipe_{scale}"
     out = Path(out)
@@ -642,7 +646,8 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
         "stage1": lambda: _stage1(recipe, work), "pseudo": lambda: _pseudo(recipe, work),
         "stage2": lambda: _stage2(recipe, work, markers), "export": lambda: _export(recipe, work, markers),
         "validate": lambda: _validate(recipe, work),
-        "card": lambda: _card(recipe, work, markers, out, command or default_command(out, scale, overrides)),
+        "card": lambda: _card(recipe, work, markers, out, command or default_command(out, scale, overrides),
+                              run_as),
     }
     for stage in STAGES:
         if markers.done(stage) is not None and stage != "card":
@@ -678,8 +683,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue a previous run in the work folder")
 
 
+# options that say where and how a run was done, not what it makes: the card's reproduce line leaves them out
+_MACHINE_OPTIONS = {"--work": 1, "--resume": 0}
+
+
+def reproduce_command(argv: list[str]) -> str:
+    """The recipe command line `argv` (``["recipe", ...]``) without ``--work DIR`` and ``--resume``: what reproduces
+    the model from scratch on another machine (the same settings, a fresh default work folder)."""
+    kept, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _MACHINE_OPTIONS:
+            skip = 0 if "=" in arg else _MACHINE_OPTIONS[name]
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", "training", *kept])
+
+
 def run(args: argparse.Namespace) -> int:
-    command = shlex.join(["python", "-m", "training", *sys.argv[1:]]) if sys.argv[1:2] == ["recipe"] else ""
+    argv = sys.argv[1:]
+    command = run_as = ""
+    if argv[:1] == ["recipe"]:
+        command, run_as = reproduce_command(argv), shlex.join(["python", "-m", "training", *argv])
     run_recipe(args.out, scale=args.scale, overrides=args.overrides, work=args.work, resume=args.resume,
-               config_path=args.config, command=command)
+               config_path=args.config, command=command, run_as=run_as)
     return 0
