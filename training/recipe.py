@@ -34,7 +34,6 @@ import os
 import platform
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -627,11 +626,14 @@ def model_card_text(card: dict) -> str:
 # --------------------------------------------------------------------------- driver
 def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | tuple[str, ...] = (),
                work: str | Path | None = None, resume: bool = False, config_path: str | Path | None = None,
-               command: str = "", run_as: str = "") -> dict:
+               command: str = "") -> dict:
     """Run every stage (skipping completed ones with `resume`) and write the model folder `out`; returns the
-    model card's numbers. `command`: the card's reproduce line (default: the --scale one with `overrides`);
-    `run_as`: the command line as it ran, recorded when it differs (another work folder, --resume)."""
+    model card's numbers. The card's reproduce line is `command`, by default the recipe command line of these
+    arguments without `work` and `resume`; the line with them is recorded beside it when they are given."""
     recipe = load_recipe(scale, overrides, path=config_path)
+    reproduce = recipe_command(out, scale, overrides, config_path=config_path)
+    run_as = "" if command else recipe_command(out, scale, overrides, config_path=config_path, work=work,
+                                               resume=resume)
     work = Path(work) if work is not None else Path("runs") / f"recipe_{scale}"
     out = Path(out)
     markers = Markers(work)
@@ -646,8 +648,7 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
         "stage1": lambda: _stage1(recipe, work), "pseudo": lambda: _pseudo(recipe, work),
         "stage2": lambda: _stage2(recipe, work, markers), "export": lambda: _export(recipe, work, markers),
         "validate": lambda: _validate(recipe, work),
-        "card": lambda: _card(recipe, work, markers, out, command or default_command(out, scale, overrides),
-                              run_as),
+        "card": lambda: _card(recipe, work, markers, out, command or reproduce, run_as),
     }
     for stage in STAGES:
         if markers.done(stage) is not None and stage != "card":
@@ -665,10 +666,19 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
     return card
 
 
-def default_command(out: Path, scale: str, overrides) -> str:
+def recipe_command(out: str | Path, scale: str, overrides, *, config_path: str | Path | None = None,
+                   work: str | Path | None = None, resume: bool = False) -> str:
+    """The `python -m training recipe` command line of these arguments (``--work`` and ``--resume`` only when
+    given: they say where and how a run was done, not what it makes)."""
     parts = ["python", "-m", "training", "recipe", "--out", str(out), "--scale", scale]
+    if config_path is not None:
+        parts += ["--config", str(config_path)]
     for text in overrides:
         parts += ["--set", text]
+    if work is not None:
+        parts += ["--work", str(work)]
+    if resume:
+        parts.append("--resume")
     return shlex.join(parts)
 
 
@@ -683,31 +693,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue a previous run in the work folder")
 
 
-# options that say where and how a run was done, not what it makes: the card's reproduce line leaves them out
-_MACHINE_OPTIONS = {"--work": 1, "--resume": 0}
-
-
-def reproduce_command(argv: list[str]) -> str:
-    """The recipe command line `argv` (``["recipe", ...]``) without ``--work DIR`` and ``--resume``: what reproduces
-    the model from scratch on another machine (the same settings, a fresh default work folder)."""
-    kept, skip = [], 0
-    for arg in argv:
-        if skip:
-            skip -= 1
-            continue
-        name = arg.split("=", 1)[0]
-        if name in _MACHINE_OPTIONS:
-            skip = 0 if "=" in arg else _MACHINE_OPTIONS[name]
-            continue
-        kept.append(arg)
-    return shlex.join(["python", "-m", "training", *kept])
-
-
 def run(args: argparse.Namespace) -> int:
-    argv = sys.argv[1:]
-    command = run_as = ""
-    if argv[:1] == ["recipe"]:
-        command, run_as = reproduce_command(argv), shlex.join(["python", "-m", "training", *argv])
     run_recipe(args.out, scale=args.scale, overrides=args.overrides, work=args.work, resume=args.resume,
-               config_path=args.config, command=command, run_as=run_as)
+               config_path=args.config)
     return 0
