@@ -113,6 +113,7 @@ def test_stage1_writes_run_folder_with_metrics_and_checkpoints(world):
     ("data.metadata='/nonexistent/metadata.jsonl'", "does not exist"),
     ("run.steps='many'", "run.steps: 'many' is a str; expected int"),
     ("model.train='half'", "model.train='half'"),
+    ("optim.schedule='wsd'", "optim.schedule='wsd' decays over optim.decay_steps=0"),
 ])
 def test_bad_config_fails_before_training(tmp_path, setting, message):
     data = tmp_path / "data"
@@ -123,6 +124,22 @@ def test_bad_config_fails_before_training(tmp_path, setting, message):
     with pytest.raises(InputError, match=message):
         load_config(CONFIG, [*base, setting])
     assert not (tmp_path / "runs").exists()
+
+
+def test_wsd_schedule_holds_the_lr_then_decays_linearly_over_the_last_steps():
+    from training.config import TrainConfig
+    from training.trainer import lr_lambda
+
+    config = TrainConfig()
+    config.run.steps, config.optim.schedule, config.optim.warmup_steps = 100, "wsd", 10
+    config.optim.decay_steps, config.optim.min_lr_ratio = 20, 0.1
+    factor = lr_lambda(config)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)  # warmup
+    assert all(factor(step) == 1.0 for step in range(10, 80))  # stable: a run resumed here continues the same curve
+    decay = [factor(step) for step in range(80, 100)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))  # linear down towards min_lr_ratio
+    assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.1 + 0.9 / 20)
+    assert decay[10] == pytest.approx(0.1 + 0.9 * 10 / 20)
 
 
 def test_training_without_prepared_cache_says_run_prepare(tmp_path, world):

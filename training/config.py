@@ -19,7 +19,7 @@ from directanimator.cues.types import CueConfig
 from directanimator.errors import InputError
 
 TRAIN_MODES = ("lora", "full", "cue")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
 LAMBDA_SCHEDULES = ("constant", "linear")
 TEACHER_MODES = ("copy", "lora_disabled")
 POSE_SOURCES = ("cues", "skeleton")
@@ -78,9 +78,12 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
-    schedule: str = "constant"  # "constant" or "cosine", both after a linear warmup
+    # after a linear warmup: "constant", "cosine" (down to min_lr_ratio over the run), or "wsd" (warmup-stable-decay:
+    # constant, then linear down to min_lr_ratio over the last decay_steps)
+    schedule: str = "constant"
     warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    min_lr_ratio: float = 0.0  # the floor of cosine and wsd as a fraction of lr
+    decay_steps: int = 0  # wsd only: the length of the final linear decay
     weight_decay: float = 0.01
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -293,6 +296,9 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
     need(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr}: must be a positive number.")
     need(o.schedule in SCHEDULES, f"optim.schedule={o.schedule!r}: use one of {', '.join(SCHEDULES)}.")
     need(o.warmup_steps >= 0 and 0.0 <= o.min_lr_ratio <= 1.0, "optim.warmup_steps >= 0, min_lr_ratio in [0, 1].")
+    need(o.schedule != "wsd" or 1 <= o.decay_steps <= r.steps - o.warmup_steps,
+         f"optim.schedule='wsd' decays over optim.decay_steps={o.decay_steps}: give 1 to run.steps - warmup_steps "
+         f"({r.steps - o.warmup_steps}).")
     need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), f"optim.betas={o.betas!r}: two values in [0, 1).")
     need(o.weight_decay >= 0 and o.clip_norm >= 0 and o.eps > 0, "optim.weight_decay and clip_norm >= 0, eps > 0.")
     need(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay={o.ema_decay}: in [0, 1) (0 disables the EMA).")

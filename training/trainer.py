@@ -107,7 +107,8 @@ def seed_everything(seed: int) -> None:
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warmup, then constant or cosine down to `min_lr_ratio`."""
+    """LR multiplier per optimizer step: linear warmup, then constant, cosine down to `min_lr_ratio`, or (wsd) constant
+    until the last `decay_steps` of the run and linear down to `min_lr_ratio` over them."""
     o, steps = config.optim, config.run.steps
 
     def factor(step: int) -> float:
@@ -115,6 +116,9 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
             return (step + 1) / o.warmup_steps
         if o.schedule == "constant":
             return 1.0
+        if o.schedule == "wsd":
+            left = steps - step  # steps to go, counting this one
+            return 1.0 if left > o.decay_steps else o.min_lr_ratio + (1 - o.min_lr_ratio) * left / o.decay_steps
         progress = min(1.0, (step - o.warmup_steps) / max(1, steps - o.warmup_steps))
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
