@@ -625,15 +625,13 @@ def model_card_text(card: dict) -> str:
 
 # --------------------------------------------------------------------------- driver
 def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | tuple[str, ...] = (),
-               work: str | Path | None = None, resume: bool = False, config_path: str | Path | None = None,
-               command: str = "") -> dict:
+               work: str | Path | None = None, resume: bool = False, config_path: str | Path | None = None) -> dict:
     """Run every stage (skipping completed ones with `resume`) and write the model folder `out`; returns the
-    model card's numbers. The card's reproduce line is `command`, by default the recipe command line of these
-    arguments without `work` and `resume`; the line with them is recorded beside it when they are given."""
+    model card's numbers. The card's reproduce line is the recipe command line of these arguments without `work`
+    and `resume`; the line with them is recorded beside it when they are given."""
     recipe = load_recipe(scale, overrides, path=config_path)
     reproduce = recipe_command(out, scale, overrides, config_path=config_path)
-    run_as = "" if command else recipe_command(out, scale, overrides, config_path=config_path, work=work,
-                                               resume=resume)
+    run_as = recipe_command(out, scale, overrides, config_path=config_path, work=work, resume=resume)
     work = Path(work) if work is not None else Path("runs") / f"recipe_{scale}"
     out = Path(out)
     markers = Markers(work)
@@ -648,7 +646,7 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
         "stage1": lambda: _stage1(recipe, work), "pseudo": lambda: _pseudo(recipe, work),
         "stage2": lambda: _stage2(recipe, work, markers), "export": lambda: _export(recipe, work, markers),
         "validate": lambda: _validate(recipe, work),
-        "card": lambda: _card(recipe, work, markers, out, command or reproduce, run_as),
+        "card": lambda: _card(recipe, work, markers, out, reproduce, run_as),
     }
     for stage in STAGES:
         if markers.done(stage) is not None and stage != "card":
