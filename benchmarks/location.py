@@ -9,7 +9,11 @@ ground truth) the driving masks are warped onto the reference by each rule and c
 - as driven: no transform, where the driving person stands (and an unaligned pose cue with it);
 - box rule: the median driving box onto the reference box, the face refining x (no centre lines given: the rule
   before them, which scores within 0.001 of it here);
-- centre lines: the same scale, x from the body centre lines (`mask_centre_columns`), what `extract_cues` does;
+- centre lines: the same scale, x from the body centre lines (`mask_centre_columns`), medians over the clip
+  (`CueConfig.anchor = "clip"`);
+- first frame: the centre-line rule on the first driving frame alone (`anchor_frames`), what `extract_cues` does
+  by default (`anchor = "first"`): every world motion starts at its clip's placement (travel and zoom are measured
+  from the first frame) and the reference is its identity's first frame, so first frames show the placements;
 - placement truth: scale and translation from the world's own placements (pelvis onto pelvis, height ratio), the
   best one similarity can do (bodies differ in proportions, so even it does not reach 1).
 """
@@ -26,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from directanimator.cues import Similarity, fit_similarity, mask_boxes, mask_centre_columns, median_box  # noqa: E402
+from directanimator.cues import Similarity, anchor_frames, fit_similarity, mask_boxes, mask_centre_columns  # noqa: E402
+from directanimator.cues import median_box  # noqa: E402
 from directanimator.cues import warp_masks  # noqa: E402
 from training.world import WorldConfig, cross_id_pair  # noqa: E402
 
@@ -44,14 +49,18 @@ def rules(pair, size: int) -> dict[str, Similarity]:
     reference_box = mask_boxes(ref.person_masks)[0][0]
     faces = dict(driving_face=median_box(drv.face_boxes, drv.face_valid) if bool(drv.face_valid.any()) else None,
                  reference_face=ref.face_boxes[0] if bool(ref.face_valid[0]) else None, image_size=(size, size))
+    centres = dict(driving_centres=mask_centre_columns(drv.person_masks)[0],
+                   reference_centre=float(mask_centre_columns(ref.person_masks)[0][0]))
+    first = anchor_frames(valid, "first")
+    first_faces = {**faces, "driving_face": (median_box(drv.face_boxes, drv.face_valid & first)
+                                             if bool((drv.face_valid & first).any()) else None)}
     a, b = drv.placement, ref.placement
     scale = b.height / a.height
     return {
         "as driven": Similarity(),  # no fit: where an unaligned pose cue stands
         "box rule": fit_similarity(boxes, valid, reference_box, **faces),
-        "centre lines": fit_similarity(boxes, valid, reference_box, **faces,
-                                       driving_centres=mask_centre_columns(drv.person_masks)[0],
-                                       reference_centre=float(mask_centre_columns(ref.person_masks)[0][0])),
+        "centre lines": fit_similarity(boxes, valid, reference_box, **faces, **centres),
+        "first frame": fit_similarity(boxes, first, reference_box, **first_faces, **centres),
         "placement truth": Similarity(scale=scale, tx=(b.x - scale * a.x) * size, ty=(b.y - scale * a.y) * size),
     }
 
@@ -73,7 +82,7 @@ def main() -> None:
             value = overlap(pair.driving.person_masks, pair.target.person_masks, transform)
             for group in ("all", framing):
                 scores.setdefault(group, {}).setdefault(name, []).append(value)
-    names = ["as driven", "box rule", "centre lines", "placement truth"]
+    names = ["as driven", "box rule", "centre lines", "first frame", "placement truth"]
     print(f"location fit: IoU of the warped driving masks with the cross-identity target's masks "
           f"({args.pairs} world pairs, {args.size} px, {args.frames} frames, seed {args.seed})\n")
     print("| pairs | n | " + " | ".join(names) + " |")

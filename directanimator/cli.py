@@ -38,6 +38,9 @@ def _add_cue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-checkpoint", default=None, help="segment-anything checkpoint for --segmenter sam")
     p.add_argument("--face-detector", choices=["auto", "mediapipe", "opencv"], default="auto")
     p.add_argument("--grid-cell", type=int, default=16, help="location-cue grid cell in pixels")
+    p.add_argument("--anchor", choices=["first", "clip"], default=None,
+                   help="driving frames the location cue puts onto the reference: the first good one, or the median "
+                        "over the clip (default: the model's own setting, else first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +119,7 @@ def run_cues(args: argparse.Namespace) -> Path:
         cutoff=args.cutoff,
         filter=args.filter,
         grid_cell=args.grid_cell,
+        anchor=args.anchor or CueConfig.anchor,
     ).validate()
     out = Path(args.out)
     reference = read_image(args.reference)
@@ -172,7 +176,8 @@ def run_demo(args: argparse.Namespace) -> Path:
         result = demo(folder, out=args.out, reference=args.reference, driving=args.driving, frames=args.frames,
                       stride=args.stride or 1, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       scheduler=args.scheduler, samples=args.samples, device=args.device, segmenter=args.segmenter,
-                      face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint, on_step=advance)
+                      face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint, anchor=args.anchor,
+                      on_step=advance)
     finally:
         for b in bar:
             b.close()
@@ -251,12 +256,13 @@ def raise_input(message: str) -> None:
 def _cue_config(args: argparse.Namespace, model=None):
     from .cues import CueConfig
 
-    trained = {k: v for k, v in (getattr(model, "cue_config", None) or {}).items() if k in CueConfig.__dataclass_fields__}
-    config = CueConfig(**trained)
+    config = CueConfig.from_saved(getattr(model, "cue_config", None))
     config.height, config.width = (args.size if args.size else (config.height, config.width))
     config.segmenter, config.sam_checkpoint = args.segmenter, args.sam_checkpoint
     config.face_detector, config.cutoff, config.filter = args.face_detector, args.cutoff, args.filter
     config.grid_cell = args.grid_cell
+    if args.anchor:
+        config.anchor = args.anchor
     return config.validate()
 
 

@@ -57,6 +57,7 @@ class DemoSettings:
     frames: int | None = None  # driving frames read (None: the whole clip)
     fps: float = 12.0  # used when the driving video has no frame rate
     size: int | None = None  # working size when the checkpoint names none
+    anchor: str | None = None  # the location cue's anchor (CueConfig.anchor; None: the model's own)
 
     @classmethod
     def read(cls, path: str | Path) -> "DemoSettings":
@@ -76,7 +77,7 @@ class DemoSettings:
         for f in fields(cls):
             if data.get(f.name) is None:
                 continue
-            kind = {"scheduler": str, "guidance": float, "fps": float}.get(f.name, int)
+            kind = {"scheduler": str, "anchor": str, "guidance": float, "fps": float}.get(f.name, int)
             try:
                 values[f.name] = kind(data[f.name])
             except (TypeError, ValueError) as error:
@@ -90,6 +91,9 @@ class DemoSettings:
                                     samples=settings.samples)
         except InputError as error:
             raise InputError(f"{path}: {error}") from None
+        if settings.anchor not in (None, "first", "clip"):
+            raise InputError(f"{path}: anchor={settings.anchor!r}: use 'first' or 'clip' (CueConfig.anchor), or leave "
+                             "it out for the model's own setting.")
         return settings
 
     def override(self, **values) -> "DemoSettings":
@@ -155,11 +159,12 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
              scheduler: str | None = None, samples: int | None = None, device: str = "cpu",
              segmenter: str = "mediapipe",
-             face_detector: str = "auto", sam_checkpoint: str | None = None,
+             face_detector: str = "auto", sam_checkpoint: str | None = None, anchor: str | None = None,
              on_step: Callable[[int, int], None] | None = None) -> DemoResult:
     """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
     truth, scored against the ground-truth target and the static-reference baseline), or `reference` / `driving`
-    files (cue detectors: the real path). Writes ``result.mp4``, ``sheet.png`` and ``metrics.json`` into `out`."""
+    files (cue detectors: the real path). `anchor` overrides the model's location anchor (`CueConfig.anchor`).
+    Writes ``result.mp4``, ``sheet.png`` and ``metrics.json`` into `out`."""
     from .cues import CueConfig, extract_cues
     from .models import load_model
     from .pipeline import animate_triplet
@@ -171,7 +176,8 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
                          "Make one with `python -m training recipe --out models/demo`.")
     bundle = model_dir / DEMO_DIR
     settings = DemoSettings.read(bundle / DEMO_JSON).override(steps=steps, guidance=guidance, seed=seed,
-                                                             scheduler=scheduler, samples=samples, frames=frames)
+                                                             scheduler=scheduler, samples=samples, frames=frames,
+                                                             anchor=anchor)
     bundled = driving is None and reference is None and (bundle / "driving.mp4").is_file()
     reference_path = Path(reference) if reference is not None else bundle / "reference.png"
     driving_path = Path(driving) if driving is not None else bundle / "driving.mp4"
@@ -183,8 +189,9 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     clip = read_video(driving_path, max_frames=settings.frames, stride=stride)
     fps = float(clip.fps or settings.fps)
     model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)
-    known = set(CueConfig.__dataclass_fields__)
-    config = CueConfig(**{k: v for k, v in (model.cue_config or {}).items() if k in known})
+    config = CueConfig.from_saved(model.cue_config)
+    if settings.anchor is not None:
+        config = replace(config, anchor=settings.anchor)
     if config.height is None and settings.size:
         config = replace(config, height=settings.size, width=settings.size)
     truth_file = bundle / TRUTH

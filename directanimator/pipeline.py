@@ -69,9 +69,7 @@ def _cue_config(model, cue_config: CueConfig | None) -> CueConfig:
         if not isinstance(cue_config, CueConfig):
             raise InputError(f"cue_config: expected a CueConfig, got {type(cue_config).__name__}.")
         return cue_config.validate()
-    known = set(CueConfig.__dataclass_fields__)
-    saved = dict(getattr(model, "cue_config", None) or {})
-    return CueConfig(**{k: v for k, v in saved.items() if k in known}).validate()
+    return CueConfig.from_saved(getattr(model, "cue_config", None)).validate()
 
 
 def _video_latents(model, num_frames: int) -> int:

@@ -42,6 +42,12 @@ _CELL = ("INT", {"default": 16, "min": 1, "max": 128, "step": 1,
                  "tooltip": "Location-cue grid cell in pixels: the driver's outline is coarsened to this grid."})
 _BLUR = ("FLOAT", {"default": 4.0, "min": 0.0, "max": 64.0, "step": 0.5,
                    "tooltip": "Gaussian blur (sigma, pixels) applied after gridding the location masks."})
+_ANCHOR = (["first", "clip"],
+           {"default": "first",
+            "tooltip": "Which driving frames are put onto the reference person. first: the first frame with a "
+                       "person (the result starts where the reference stands and moves as the driver moves from "
+                       "there). clip: the driver's median position over the clip (for a driver who starts "
+                       "somewhere unusual)."})
 _FACE_SCALE = ("FLOAT", {"default": 1.5, "min": 1.0, "max": 4.0, "step": 0.05,
                          "tooltip": "Enlargement of the squared face box before cropping."})
 
@@ -175,6 +181,7 @@ class DirectAnimatorLocationCue:
                 "grid_cell": _CELL,
                 "grid_blur": _BLUR,
                 "detector": _DETECTOR,
+                "anchor": _ANCHOR,
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Driving person mask from any node; mediapipe when absent."}),
@@ -183,11 +190,12 @@ class DirectAnimatorLocationCue:
             },
         }
 
-    def run(self, reference, frames, grid_cell, grid_blur, detector, mask=None, faces=None, reference_mask=None):
+    def run(self, reference, frames, grid_cell, grid_blur, detector, anchor="first", mask=None, faces=None,
+            reference_mask=None):
         frames = as_frames(frames, name="frames")
         config = _cue_config(frames, segmenter="mediapipe" if mask is None else "given",
                              face_detector=detector if faces is None else "given",
-                             grid_cell=grid_cell, grid_blur=grid_blur)
+                             grid_cell=grid_cell, grid_blur=grid_blur, anchor=anchor)
         with comfy_progress(len(frames)) as progress:
             triplet = extract_cues(reference[:1], frames, config, driving_mask=mask,
                                    driving_face_boxes=faces if isinstance(faces, FaceTrack) else None,
@@ -218,6 +226,7 @@ class DirectAnimatorCueTriplet:
                 "face_scale": _FACE_SCALE,
                 "grid_cell": _CELL,
                 "grid_blur": _BLUR,
+                "anchor": _ANCHOR,
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Driving person mask from any node; replaces the segmenter."}),
@@ -226,11 +235,12 @@ class DirectAnimatorCueTriplet:
         }
 
     def run(self, reference, frames, cutoff, filter, segmenter, sam_checkpoint, detector, face_scale, grid_cell,
-            grid_blur, mask=None, reference_mask=None):
+            grid_blur, anchor="first", mask=None, reference_mask=None):
         frames = as_frames(frames, name="frames")
         config = _cue_config(frames, segmenter="given" if mask is not None else segmenter,
                              sam_checkpoint=_sam_path(sam_checkpoint), face_detector=detector, cutoff=cutoff,
-                             filter=filter, face_scale=face_scale, grid_cell=grid_cell, grid_blur=grid_blur)
+                             filter=filter, face_scale=face_scale, grid_cell=grid_cell, grid_blur=grid_blur,
+                             anchor=anchor)
         with comfy_progress(len(frames)) as progress:
             t = extract_cues(reference[:1], frames, config, driving_mask=mask, reference_mask=reference_mask,
                              on_frame=progress)

@@ -60,3 +60,17 @@ def test_bad_output_name_is_refused_before_any_work(tmp_path, caplog):
                  "--out", str(tmp_path / "result.txt")])
     assert code == 2
     assert "result.txt" in caplog.text and ".mp4" in caplog.text
+
+
+def test_anchor_option_overrides_the_models_setting_and_defaults_to_it():
+    from types import SimpleNamespace
+
+    from directanimator.cli import _cue_config, build_parser
+
+    base = ["animate", "--reference", "r.png", "--driving", "d.mp4", "--model", "m", "--out", "o.mp4"]
+    trained_clip = SimpleNamespace(cue_config={"anchor": "clip", "grid_cell": 8})
+    assert _cue_config(build_parser().parse_args(base), trained_clip).anchor == "clip"
+    assert _cue_config(build_parser().parse_args([*base, "--anchor", "first"]), trained_clip).anchor == "first"
+    assert _cue_config(build_parser().parse_args(base), SimpleNamespace(cue_config=None)).anchor == "first"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--anchor", "middle"])

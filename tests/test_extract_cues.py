@@ -1,6 +1,8 @@
 """extract_cues end to end: synthetic puppets with ground-truth masks and boxes (no detectors), errors, previews,
 and the real footage with the detectors when ../shared/data/real is present."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -48,8 +50,9 @@ def extract(driving=None, masks=None, faces=None, face_valid=None, **kwargs):
     return extract_cues(reference, frames if driving is None else driving, options.pop("config", CONFIG), **options)
 
 
-def test_extract_cues_end_to_end_with_ground_truth_masks_and_boxes():
-    triplet = extract()
+@pytest.mark.parametrize("anchor", ["first", "clip"])
+def test_extract_cues_end_to_end_with_ground_truth_masks_and_boxes(anchor):
+    triplet = extract(config=CueConfig(**{**CONFIG.to_dict(), "anchor": anchor}))
     count, (height, width) = len(CENTRES), SIZE
     assert triplet.pose.shape == triplet.face.shape == (count, height, width, 3)
     assert triplet.body_location.shape == triplet.face_location.shape == (count, height, width)
@@ -69,16 +72,17 @@ def test_extract_cues_end_to_end_with_ground_truth_masks_and_boxes():
     assert torch.allclose(reference_box, torch.tensor([35.0 + 0.48 * 22.5, 0.48 * 30, 35 + 0.48 * 97.5, 0.48 * 180]),
                           atol=1.5)
 
-    # the driver's median position (the middle frame) lands on the reference's person and face; the other
-    # frames move with the driver, scaled by the transform
-    middle = len(CENTRES) // 2
-    assert mass_inside(triplet.body_location[middle], reference_box, margin=SPREAD) > 0.99
-    assert mass_inside(triplet.face_location[middle], record.reference_face_box, margin=SPREAD) > 0.99
+    # the anchor frame (the first, or the median position: the middle frame) lands on the reference's person and
+    # face; the other frames move with the driver, scaled by the transform
+    anchored = 0 if anchor == "first" else len(CENTRES) // 2
+    assert mass_inside(triplet.body_location[anchored], reference_box, margin=SPREAD) > 0.99
+    assert mass_inside(triplet.face_location[anchored], record.reference_face_box, margin=SPREAD) > 0.99
+    assert (anchor == "first") == any("anchored on driving frame 0" in note for note in record.notes)
     half_cell = CONFIG.grid_cell / 2  # gridding moves a centroid by at most half a cell
     reference_face_centre = (record.reference_face_box[:2] + record.reference_face_box[2:]) / 2
     for i, cx in enumerate(CENTRES):
         x, _ = centroid(triplet.face_location[i])
-        expected = float(reference_face_centre[0]) + record.transform.scale * (cx - CENTRES[middle])
+        expected = float(reference_face_centre[0]) + record.transform.scale * (cx - CENTRES[anchored])
         assert abs(x - expected) < half_cell
     assert mass_inside(triplet.reference_body_location[0], reference_box, margin=SPREAD) > 0.99
     # the pose cue stays where the driver is (driving coordinates) and the face cue is centred
@@ -99,8 +103,10 @@ def test_align_pose_moves_the_pose_cue_onto_where_the_location_cue_puts_the_body
     mask, face = figure(SIZE, top=30, centre_x=100, height=56)
     reference = torch.full((1, *SIZE, 3), 0.8) * (1 - mask[..., None]) + mask[..., None] * torch.tensor([0.1, 0.3, 0.9])
     options = dict(reference=reference, reference_mask=mask[None], reference_face_box=face)
-    plain = extract_cues(config=CONFIG, **_driving(), **options)
-    aligned = extract_cues(config=CueConfig(**{**CONFIG.to_dict(), "align_pose": True}), **_driving(), **options)
+    # anchored on the clip's median, so the walk (x 40..80) stays inside the picture once moved right
+    config = CueConfig(**{**CONFIG.to_dict(), "anchor": "clip"})
+    plain = extract_cues(config=config, **_driving(), **options)
+    aligned = extract_cues(config=replace(config, align_pose=True), **_driving(), **options)
     t = aligned.record.transform
     assert t.scale < 0.9 and t.tx > 30
     assert aligned.record.pose_aligned and not plain.record.pose_aligned
@@ -208,7 +214,8 @@ def test_working_size_rule():
 
 
 def test_cue_sheet_and_location_overlay():
-    triplet = extract()
+    # the clip anchor keeps the first frame's body location off the blue reference figure: red on the backdrop
+    triplet = extract(config=CueConfig(**{**CONFIG.to_dict(), "anchor": "clip"}))
     overlay = location_overlay(triplet)
     assert overlay.shape == (len(CENTRES), *SIZE, 3)
     body = triplet.body_location[0] > 0.99

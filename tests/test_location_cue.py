@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from directanimator.cues import (
-    Similarity, fit_similarity, grid_soften, location_cue, mask_boxes, mask_centre_columns, warp_masks,
+    CueConfig, Similarity, anchor_frames, fit_similarity, grid_soften, location_cue, mask_boxes, mask_centre_columns, warp_masks,
 )
 from directanimator.cues.location_cue import render_ellipses
 from directanimator.errors import CueError
@@ -42,6 +42,39 @@ def test_transform_uses_the_median_box_of_the_clip():
     boxes = torch.tensor([[40.0, 20, 90, 120], [42, 20, 92, 120], [38, 20, 88, 120], [200, 20, 250, 120]])
     t = fit_similarity(boxes, torch.ones(4, dtype=torch.bool), torch.tensor([140.0, 20, 190, 120]))
     assert t.scale == pytest.approx(1.0) and abs(t.tx - 99.0) < 1.0  # the outlier frame moved nothing
+
+
+def test_anchor_frames_pick_the_first_good_person_frame_or_the_whole_clip():
+    valid = torch.tensor([False, True, True, True, True])
+    bad = torch.tensor([False, True, False, False, False])
+    assert anchor_frames(valid, "first").tolist() == [False, True, False, False, False]
+    assert anchor_frames(valid, "first", bad=bad).tolist() == [False, False, True, False, False]  # frame 1 is bad
+    assert anchor_frames(valid, "first", bad=valid).tolist() == [False, True, False, False, False]  # all bad
+    assert anchor_frames(valid, "clip", bad=bad).tolist() == valid.tolist()
+    assert not anchor_frames(torch.zeros(3, dtype=torch.bool), "first").any()
+    with pytest.raises(CueError, match="anchor='middle'"):
+        anchor_frames(valid, "middle")
+
+
+def test_the_first_frame_anchor_puts_the_drivers_start_on_the_reference():
+    # a driver walking right from x 40 to 100: anchored on the first frame its start lands on the reference box,
+    # anchored on the clip its median position does
+    boxes = torch.tensor([[40.0 + 15 * i, 20, 90 + 15 * i, 120] for i in range(5)])
+    valid = torch.ones(5, dtype=torch.bool)
+    reference = torch.tensor([140.0, 20, 190, 120])
+    first = fit_similarity(boxes, anchor_frames(valid, "first"), reference)
+    clip = fit_similarity(boxes, anchor_frames(valid, "clip"), reference)
+    assert torch.allclose(first.apply_boxes(boxes[0]), reference, atol=0.5)
+    assert torch.allclose(clip.apply_boxes(boxes[2]), reference, atol=0.5)
+    assert first.tx == pytest.approx(clip.tx + 30.0)
+
+
+def test_cue_config_anchor_is_checked_and_saved_configs_without_it_take_the_default():
+    with pytest.raises(CueError, match="anchor='median'"):
+        CueConfig(anchor="median").validate()
+    assert CueConfig.from_saved({"grid_cell": 8, "removed_option": 1}) == CueConfig(grid_cell=8)
+    assert CueConfig.from_saved(None).anchor == "first"
+    assert CueConfig.from_saved(CueConfig(anchor="clip").to_dict()).anchor == "clip"
 
 
 @pytest.mark.parametrize("with_faces", [True, False], ids=["faces-known", "no-faces"])

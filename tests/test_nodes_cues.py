@@ -78,8 +78,14 @@ def test_location_node_lands_the_driver_on_the_reference_person():
         reference_mask=reference_mask[None])
     assert body.shape == face.shape == (5, *SIZE) and ref_out.shape == (1, *SIZE, 3)
     inside = torch.nn.functional.max_pool2d(reference_mask[None, None], 9, 1, 4)[0, 0] > 0
-    assert (body * inside).sum() / body.sum() > 0.9
+    assert (body[0] * inside).sum() / body[0].sum() > 0.9  # the first frame stands on the reference
     assert face.sum() > 0
+    # anchored on the clip, the driver's median position (its middle frame) stands there instead
+    clip_body, _, _ = DirectAnimatorLocationCue().run(
+        reference, frames, grid_cell=4, grid_blur=1.0, detector="auto", anchor="clip", mask=masks, faces=track,
+        reference_mask=reference_mask[None])
+    assert (clip_body[2] * inside).sum() / clip_body[2].sum() > 0.9
+    assert (clip_body[0] * inside).sum() / clip_body[0].sum() < (body[0] * inside).sum() / body[0].sum() - 0.1
 
 
 def test_location_node_asks_for_a_multiple_of_16():

@@ -80,8 +80,7 @@ def load_pair(root: Path, entry: dict) -> ValidationPair:
 
 def _cue_config(model, cue_config: CueConfig | None) -> CueConfig:
     if cue_config is None:
-        known = set(CueConfig.__dataclass_fields__)
-        cue_config = CueConfig(**{k: v for k, v in dict(model.cue_config or {}).items() if k in known})
+        cue_config = CueConfig.from_saved(model.cue_config)
     config = backbone_config(model)
     if fixed_latent_frames(config) and cue_config.height is None and cue_config.width is None:
         factor = spatial_compression(model.vae)  # learned positions take one size only
@@ -117,10 +116,12 @@ def _number(value: float) -> float | None:
 
 def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max_clips: int = 4, steps: int = 10,
                    seed: int = 0, guidance: float = 3.0, scheduler: str = "dpm", samples: int = 1,
-                   cue_config: CueConfig | None = None, step: int | None = None) -> list[dict]:
+                   cue_config: CueConfig | None = None, step: int | None = None,
+                   anchor: str | None = None) -> list[dict]:
     """Sample up to `max_clips` held-out pairs with `model` (an `AnimatorModel`) and write videos, sheets and
     ``validation.jsonl`` under `out_dir`; returns the new records. `step` (the training step) is recorded and
-    names the files, so the trainer can call this repeatedly into one folder."""
+    names the files, so the trainer can call this repeatedly into one folder. `anchor` overrides the cue
+    config's location anchor (`CueConfig.anchor`)."""
     if max_clips < 1:
         raise InputError(f"max_clips={max_clips}: validate at least one clip.")
     file = metadata_file(metadata_path)
@@ -132,6 +133,8 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             "clips (python -m training synth --val-clips N) or mark entries as val."
         )
     config = _cue_config(model, cue_config)
+    if anchor:
+        config = replace(config, anchor=anchor).validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"step{step:07d}_" if step is not None else ""
@@ -156,7 +159,7 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             record = {"clip": entry["clip"], "kind": pair.kind, "split": entry.get("split", "train"),
                       "video": f"{stem}.mp4", "sheet": f"{stem}_sheet.png", "frames": int(frames.shape[0]),
                       "steps": steps, "guidance": guidance, "scheduler": scheduler, "seed": seed,
-                      "samples": samples,
+                      "samples": samples, "anchor": config.anchor,
                       "exact_cues": pair.truth is not None, "seconds": round(time.perf_counter() - started, 3)}
             if step is not None:
                 record["step"] = step

@@ -3,7 +3,7 @@
 from .boxes import mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .extract import extract_cues, working_size
 from .face_cue import face_cue
-from .location_cue import align_pose_cue, fit_similarity, grid_soften, location_cue, warp_masks
+from .location_cue import align_pose_cue, anchor_frames, fit_similarity, grid_soften, location_cue, warp_masks
 from .pose_cue import low_pass, pose_cue
 from .preview import contact_sheet, cue_sheet, location_overlay, overlay_location
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
@@ -15,6 +15,7 @@ __all__ = [
     "FaceTrack",
     "Similarity",
     "align_pose_cue",
+    "anchor_frames",
     "contact_sheet",
     "cue_sheet",
     "extract_cues",

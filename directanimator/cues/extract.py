@@ -17,7 +17,7 @@ from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
-from .location_cue import ALIGNED_POSE_NOTE, _location_cue, aligned_pose, fit_similarity
+from .location_cue import ALIGNED_POSE_NOTE, _location_cue, aligned_pose, anchor_frames, fit_similarity
 from .pose_cue import _pose_cue
 from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
@@ -357,9 +357,14 @@ def extract_cues(
         if filled:
             notes.append(f"driving: face boxes filled across short gaps in {filled} frames")
 
+    anchored = anchor_frames(person_valid, config.anchor, bad=bad)
+    if config.anchor == "first":
+        notes.append(f"location transform: anchored on driving frame {int(torch.nonzero(anchored)[0, 0])} "
+                     "(the first good one; CueConfig.anchor)")
+    anchored_face = face_valid.cpu() & anchored
     transform = fit_similarity(
-        person_boxes.cpu(), person_valid.cpu(), ref_person.cpu(),
-        driving_face=median_box(face_tight.cpu(), face_valid.cpu()) if bool(face_valid.any()) else None,
+        person_boxes.cpu(), anchored, ref_person.cpu(),
+        driving_face=median_box(face_tight.cpu(), anchored_face) if bool(anchored_face.any()) else None,
         reference_face=ref_face,
         image_size=size, driving_area=_content(d_box), reference_area=_content(r_box),
         driving_centres=mask_centre_columns(masks)[0].cpu(),

@@ -85,6 +85,26 @@ def _centre_pair(driving_centres, driving_valid: Tensor, reference_centre) -> tu
     return float(centres[driving_valid].quantile(0.5)), reference_centre
 
 
+def anchor_frames(valid: Tensor, anchor: str = "first", *, bad: Tensor | None = None) -> Tensor:
+    """The driving frames ``[F]`` (bool) whose person the location transform puts onto the reference.
+
+    ``"first"``: the first frame with a person that is not `bad` (``[F]``, e.g. from `bad_frames`; when every
+    person frame is bad, the first person frame). ``"clip"``: every frame with a person (`fit_similarity` then
+    takes medians over the clip). `valid` ``[F]`` marks the frames with a person.
+    """
+    valid = torch.as_tensor(valid).to(torch.bool).reshape(-1).cpu()
+    if anchor == "clip":
+        return valid
+    if anchor != "first":
+        raise CueError(f"anchor={anchor!r}: use 'first' (the first good driving frame) or 'clip' (the whole clip).")
+    good = valid if bad is None else valid & ~torch.as_tensor(bad).to(torch.bool).reshape(-1).cpu()
+    pick = good if bool(good.any()) else valid
+    chosen = torch.zeros_like(valid)
+    if bool(pick.any()):
+        chosen[int(torch.nonzero(pick)[0, 0])] = True
+    return chosen
+
+
 def fit_similarity(
     driving_boxes: Tensor,
     driving_valid: Tensor,
@@ -101,7 +121,8 @@ def fit_similarity(
 ) -> Similarity:
     """One scale + translation for the clip, taking the driving person onto the reference person.
 
-    `driving_boxes` ``[F, 4]`` (with ``driving_valid [F]``) are reduced to their median box D; R is
+    `driving_boxes` ``[F, 4]`` (with ``driving_valid [F]``, the frames to fit on: `anchor_frames` picks them) are
+    reduced to their median box D; R is
     `reference_box`. A side of a box is "cut" when it touches the border of its picture: `driving_area` /
     `reference_area` (content rectangles, e.g. inside a letterbox), default ``(0, 0, W, H)`` of `image_size`
     ``(H, W)``; with neither, nothing counts as cut. `driving_face` / `reference_face` are face boxes (median over

@@ -13,6 +13,7 @@ from ..errors import CueError
 FilterType = Literal["gaussian", "ideal", "butterworth"]
 SegmenterName = Literal["mediapipe", "sam", "given"]
 FaceDetectorName = Literal["auto", "mediapipe", "opencv", "given"]
+AnchorName = Literal["first", "clip"]
 
 
 @dataclass
@@ -30,6 +31,10 @@ class CueConfig:
     # warp the pose cue by the location cue's transform, so it stands where the result's body will stand (the
     # paper leaves it in driving pixels; docs/model.md)
     align_pose: bool = False
+    # which driving frames the location transform puts onto the reference: "first", the first good frame (the
+    # result starts where the reference stands and moves from there as the driver moves from its first frame), or
+    # "clip", the median over the clip (DESIGN.md 4's first reading; docs/cues.md has both measured)
+    anchor: AnchorName = "first"
     face_scale: float = 1.5  # enlargement of the squared face box before cropping
     face_smooth: int = 5  # frames in the temporal smoothing window of face boxes
     max_face_gap: int = 12  # longest run of missed frames filled by interpolation
@@ -55,6 +60,9 @@ class CueConfig:
             raise CueError(
                 f"CueConfig.face_detector={self.face_detector!r}: use 'auto', 'mediapipe', 'opencv' or 'given'."
             )
+        if self.anchor not in ("first", "clip"):
+            raise CueError(f"CueConfig.anchor={self.anchor!r}: use 'first' (the first good driving frame) or 'clip' "
+                           "(the median over the clip).")
         if self.face_scale < 1.0:
             raise CueError(f"CueConfig.face_scale={self.face_scale}: must be at least 1.0.")
         if self.grid_cell < 1 or self.grid_blur < 0 or self.face_smooth < 1 or self.max_face_gap < 0:
@@ -65,6 +73,13 @@ class CueConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: dict | None) -> "CueConfig":
+        """The config a checkpoint or training cache recorded (`to_dict`); keys this version does not know are
+        dropped, and options it did not record take their defaults."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in (saved or {}).items() if k in known})
 
 
 @dataclass
