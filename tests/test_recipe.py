@@ -235,10 +235,11 @@ def test_world_settings_of_a_recipe_reach_the_rendered_world(tmp_path):
     assert world_config(WorldSpec(size=64, frames=5)) == WorldConfig(height=64, width=64, num_frames=5,
                                                                      identities=200)
     spec = WorldSpec(size=64, frames=5, limb_thickness=2.0, close_up_probability=0.0, turn_probability=0.0,
-                     moving_background_probability=0.0, plain_clothes=True)
+                     moving_background_probability=0.0, plain_clothes=True, reference_in_place=True)
     config = world_config(spec)
     assert (config.limb_thickness, config.close_up_probability, config.turn_probability,
-            config.moving_background_probability, config.plain_clothes) == (2.0, 0.0, 0.0, 0.0, True)
+            config.moving_background_probability, config.plain_clothes, config.reference_in_place) == (
+        2.0, 0.0, 0.0, 0.0, True, True)
     with pytest.raises(InputError, match="limb_thickness"):
         run_recipe(tmp_path / "out", scale="tiny", work=tmp_path / "work", overrides=["world.limb_thickness=9.0"])
     assert not (tmp_path / "work").exists()

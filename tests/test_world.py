@@ -322,3 +322,32 @@ def test_plain_clothes_dress_the_same_identity_in_one_colour_and_keep_the_scene(
     assert not torch.equal(varied.frames, plain.frames)
     with pytest.raises(InputError, match="plain_clothes"):
         replace(config, plain_clothes=1).validate()
+
+
+def test_a_reference_in_place_keeps_its_pose_and_stands_where_the_clip_starts():
+    from directanimator.cues import anchor_frames, fit_similarity, mask_boxes, mask_centre_columns, warp_masks
+
+    config = WorldConfig(height=96, width=96, num_frames=9, close_up_probability=0.0, identities=50, pseudo=False)
+    moved = []
+    for index in range(8):
+        roaming = make_sample(index, config, seed=2)
+        still = make_sample(index, replace(config, reference_in_place=True), seed=2)
+        # the same pose of the same moment; the pelvis where the clip's first frame has it (its height also
+        # follows the bend of the legs, which differs between the two poses)
+        assert np.array_equal(roaming.reference.pose.angles, still.reference.pose.angles)
+        pelvis, start = still.reference.joints[0, J["pelvis"]], still.clip.joints[0, J["pelvis"]]
+        assert abs(float(pelvis[0] - start[0])) < 1e-3 and abs(float(pelvis[1] - start[1])) < 3.0
+        moved.append(float((roaming.reference.joints[0, J["pelvis"]] - still.reference.joints[0, J["pelvis"]]).norm()))
+        assert torch.equal(roaming.clip.frames, still.clip.frames)  # only the reference changes
+        # the location cue's first-frame anchor puts the clip's own masks nearly back onto themselves
+        masks = still.clip.person_masks
+        boxes, valid = mask_boxes(masks)
+        t = fit_similarity(boxes, anchor_frames(valid, "first"), mask_boxes(still.reference.person_masks)[0][0],
+                           driving_centres=mask_centre_columns(masks)[0],
+                           reference_centre=float(mask_centre_columns(still.reference.person_masks)[0][0]))
+        warped = warp_masks(masks, t, (96, 96)) > 0.5
+        overlap = ((warped & (masks > 0.5)).sum((1, 2)) / (warped | (masks > 0.5)).sum((1, 2))).mean()
+        assert overlap > 0.6, (index, float(overlap))
+    assert max(moved) > 2.0  # travel and zoom did move some roaming references off the clip's start
+    with pytest.raises(InputError, match="reference_in_place"):
+        replace(config, reference_in_place=1).validate()

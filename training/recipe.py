@@ -59,7 +59,7 @@ CARD_JSON = "model_card.json"
 ELAPSED = "recipe_elapsed.json"
 # WorldSpec fields passed to WorldConfig (and recorded in the synth marker) only when they differ from its defaults
 WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability",
-                 "plain_clothes")
+                 "plain_clothes", "reference_in_place")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -79,6 +79,7 @@ class WorldSpec:
     turn_probability: float = WorldConfig.turn_probability
     moving_background_probability: float = WorldConfig.moving_background_probability
     plain_clothes: bool = WorldConfig.plain_clothes  # one-colour long sleeves and trousers, no accessories
+    reference_in_place: bool = WorldConfig.reference_in_place  # same-ID references where the clip starts
 
 
 @dataclass
@@ -96,11 +97,12 @@ class ValidateSpec:
     scheduler: str = "dpm"  # "dpm" or "ddim" (directanimator.sampling.SCHEDULERS)
     seed: int = 0
     samples: int = 1  # the mean of this many results (seeds seed, seed + 1, ...; sampling.sample_latents)
+    anchor: str = ""  # the location cue's anchor at inference (CueConfig.anchor); empty: the model's own
 
     def sampling(self) -> dict:
         """The sampling settings: keyword arguments of `validate_model`, recorded in demo.json and the card."""
         return {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler, "seed": self.seed,
-                "samples": self.samples}
+                "samples": self.samples, "anchor": self.anchor or None}
 
 
 @dataclass
@@ -182,6 +184,9 @@ def check_recipe(recipe: RecipeConfig) -> None:
         raise InputError("recipe validate.clips, validate.steps and validate.samples must be >= 1.")
     from directanimator.sampling import SCHEDULERS
 
+    if recipe.validate.anchor not in ("", "first", "clip"):
+        raise InputError(f"recipe validate.anchor={recipe.validate.anchor!r}: use 'first', 'clip', or leave it out "
+                         "for the model's own setting (CueConfig.anchor).")
     if recipe.validate.scheduler not in SCHEDULERS:
         raise InputError(f"recipe validate.scheduler={recipe.validate.scheduler!r}: use one of "
                          f"{', '.join(sorted(SCHEDULERS))}.")
@@ -608,7 +613,8 @@ def model_card_text(card: dict) -> str:
         f"({vae.get('held_out_clips')} clips).",
         f"- Held-out pairs ({val.get('clips')}, {', '.join(val.get('kinds') or [])}; {val.get('steps')} "
         f"{val.get('scheduler', 'dpm')} sampling step(s), guidance {val.get('guidance')}"
-        f"{', the mean of %d samples' % val['samples'] if (val.get('samples') or 1) > 1 else ''}):",
+        f"{', the mean of %d samples' % val['samples'] if (val.get('samples') or 1) > 1 else ''}"
+        f"{'; location anchor: %s' % val['anchor'] if val.get('anchor') else ''}):",
         "",
         "| | PSNR (dB) | SSIM |",
         "|---|---|---|",
@@ -616,6 +622,7 @@ def model_card_text(card: dict) -> str:
         f"| static reference (the reference repeated) | {_fmt(val.get('baseline_psnr'), 2)} | "
         f"{_fmt(val.get('baseline_ssim'), 4)} |",
         "",
+        *([val["note"], ""] if val.get("note") else []),
         f"Size: {_fmt(card.get('megabytes'), 2)} MB in total (limit {r['max_megabytes']} MB). "
         f"Machine: {card['machine']['cpus']} CPUs, torch {card['machine']['torch']}.",
         "",

@@ -38,6 +38,9 @@ class WorldConfig:
     plain_clothes: bool = False  # one-colour long sleeves and trousers, no accessories (identity.plainly_dressed)
     backgrounds: tuple[str, ...] = BACKGROUND_KINDS  # the backdrop kinds drawn from (background.BACKGROUND_KINDS)
     reference_gap: float = 1.0  # same-identity reference time: up to this many seconds outside the clip
+    # the same-identity reference in its pose of that time but standing where the clip starts (no travel, no zoom),
+    # as the cross-identity reference does: the location cue's first-frame anchor then holds in training too
+    reference_in_place: bool = False
     cross_id: bool = True
     pseudo: bool = True
     degradations: tuple[Degradation, ...] = ()  # applied to the driving clip only; targets stay clean
@@ -59,6 +62,8 @@ class WorldConfig:
                              "(1 keeps each identity's own limbs).")
         if not isinstance(self.plain_clothes, bool):
             raise InputError(f"WorldConfig.plain_clothes={self.plain_clothes!r}: use true or false.")
+        if not isinstance(self.reference_in_place, bool):
+            raise InputError(f"WorldConfig.reference_in_place={self.reference_in_place!r}: use true or false.")
         if self.reference_gap < 0:
             raise InputError(f"WorldConfig.reference_gap={self.reference_gap}: must be >= 0 seconds.")
         return self
@@ -167,9 +172,12 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, *, seed: int = 0
     return Scene(identity, motion, placement, background)
 
 
-def render_scene(scene: Scene, times, config: WorldConfig, *, shutter: float = 0.0) -> RenderedClip:
+def render_scene(scene: Scene, times, config: WorldConfig, *, shutter: float = 0.0,
+                 in_place: bool = False) -> RenderedClip:
+    """`scene` rendered at `times`; `in_place`: in the poses of those times, without the motion's travel and zoom
+    (standing at the placement, as at time 0)."""
     return render_clip(scene.identity, scene.motion, scene.placement, scene.background, times,
-                       height=config.height, width=config.width, shutter=shutter)  # fmt: skip
+                       height=config.height, width=config.width, shutter=shutter, in_place=in_place)  # fmt: skip
 
 
 def perform(performer: Scene, motion_from: Scene) -> Scene:
@@ -196,7 +204,7 @@ def make_sample(index: int, config: WorldConfig = WorldConfig(), *, seed: int = 
     clip = render_scene(target, times, config)
     ref_rng = role_rng(seed, index, "reference")
     ref_time = ref_rng.uniform(-config.reference_gap, config.duration + config.reference_gap)
-    reference = render_scene(target, [ref_time], config)
+    reference = render_scene(target, [ref_time], config, in_place=config.reference_in_place)
     scenes = {"target": target}
 
     driving = clip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -381,11 +381,14 @@ def check_canvas(height: int, width: int) -> None:
 
 
 def render_clip(identity: Identity, motion: Motion, placement: Placement, background: Background, times, *,
-                height: int, width: int, shutter: float = 0.0, blur_samples: int = 5) -> RenderedClip:
+                height: int, width: int, shutter: float = 0.0, blur_samples: int = 5,
+                in_place: bool = False) -> RenderedClip:
     """Render `identity` performing `motion` at `times` (seconds) over `background`, with its ground truth.
 
     `shutter` is the exposure in seconds: above 0 each frame averages `blur_samples` renders spread over it
     (true motion blur: only what moves is smeared). Masks, joints and boxes are those of the frame time.
+    `in_place` drops the motion's travel and zoom (root offset 0, scale 1: where and how large it stands at time
+    0) and keeps everything else of the pose; it takes no `shutter`.
     """
     check_canvas(height, width)
     times = np.asarray(times, dtype=np.float64).reshape(-1)
@@ -393,7 +396,11 @@ def render_clip(identity: Identity, motion: Motion, placement: Placement, backgr
         raise InputError("times: no frame times given; pass at least one time in seconds.")
     if shutter < 0 or blur_samples < 1:
         raise InputError(f"shutter={shutter}, blur_samples={blur_samples}: expected shutter >= 0 and samples >= 1.")
+    if in_place and shutter > 0:
+        raise InputError("render_clip: in_place renders still poses; give it no shutter (motion blur).")
     pose = motion.sample(times)
+    if in_place:
+        pose = replace(pose, root=np.zeros_like(pose.root), scale=np.ones_like(pose.scale))
     body = forward_kinematics(identity.proportions, pose, placement, height=height, width=width)
     planes = background_planes(background, times, height=height, width=width)  # painted in place
     count = len(times)
