@@ -49,10 +49,10 @@ def test_synth_refuses_to_overwrite_an_export_unless_asked(tmp_path):
                  "--no-cross", "--no-pseudo"]) == 0  # fmt: skip
     assert main(["synth", "--out", out, "--clips", "1", "--size", "64", "--frames", "1", "--no-progress"]) == 2
     assert main(["synth", "--out", out, "--clips", "1", "--size", "64", "--frames", "1", "--no-progress",
-                 "--overwrite", "--limb-thickness", "2", "--plain-clothes"]) == 0  # fmt: skip
+                 "--overwrite", "--limb-thickness", "2", "--plain-clothes", "--reference-in-place"]) == 0  # fmt: skip
     assert len((tmp_path / "world" / "metadata.jsonl").read_text().splitlines()) == 1
     written = json.loads((tmp_path / "world" / "world.json").read_text())["config"]
-    assert (written["limb_thickness"], written["plain_clothes"]) == (2.0, True)
+    assert (written["limb_thickness"], written["plain_clothes"], written["reference_in_place"]) == (2.0, True, True)
     assert main(["synth", "--out", out, "--clips", "1", "--size", "64", "--frames", "1", "--no-progress",
                  "--overwrite", "--limb-thickness", "9"]) == 2  # out of range: refused
 

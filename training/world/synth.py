@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "latent cell wide")
     p.add_argument("--plain-clothes", action="store_true",
                    help="one-colour long sleeves and trousers, no accessories: a moved arm wears the torso's colour")
+    p.add_argument("--reference-in-place", action="store_true",
+                   help="same-identity references stand where their clip starts (no travel or zoom; docs/world.md)")
     p.add_argument("--degrade", default="",
                    help="degradations of the driving clips, e.g. 'noise=0.3,jpeg=0.5' (names: occluders, "
                         "motion_blur, low_light, low_resolution, noise, jpeg; strengths 0..1)")
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         identities=args.identities, turn_probability=args.turn_probability,
         close_up_probability=args.close_up_probability,
         moving_background_probability=args.moving_background_probability, limb_thickness=args.limb_thickness,
-        plain_clothes=args.plain_clothes,
+        plain_clothes=args.plain_clothes, reference_in_place=args.reference_in_place,
         cross_id=not args.no_cross, pseudo=not args.no_pseudo, degradations=parse_degradations(args.degrade),
     ).validate()  # fmt: skip
     if (config.num_frames - 1) % 4:
