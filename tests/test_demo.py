@@ -79,6 +79,12 @@ def test_demo_settings_read_the_file_keep_defaults_and_take_overrides(tmp_path):
     path.write_text(json.dumps({"scheduler": "euler"}))
     with pytest.raises(InputError, match="scheduler='euler'"):
         DemoSettings.read(path)
+    path.write_text(json.dumps({"anchor": "clip"}))
+    assert DemoSettings.read(path).anchor == "clip" and DemoSettings().anchor is None  # None: the model's own
+    assert DemoSettings.read(path).override(anchor="first").anchor == "first"
+    path.write_text(json.dumps({"anchor": "middle"}))
+    with pytest.raises(InputError, match="demo.json: anchor='middle'"):
+        DemoSettings.read(path)
     path.write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
         DemoSettings.read(path)
@@ -131,9 +137,10 @@ def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
     assert first.exact_cues and first.frames.shape == (bundled["frames"], bundled["size"], bundled["size"], 3)
     metrics = first.metrics
     assert all(10 < metrics[k] < 60 for k in ("psnr", "baseline_psnr")) and 0 < metrics["ssim"] <= 1
-    # closer to the truth than the reference held still, in PSNR and SSIM (21.31 dB / 0.771 against 19.07 / 0.746
-    # when committed: docs/demo_model.md), and it reads its pose cue: blanking it moves the result by 0.037 over the
-    # moving pixels (the previous bundled model, which ignored the cue: 0.004)
+    # closer to the truth than the reference held still, in PSNR and SSIM (21.44 dB / 0.775 against 19.07 / 0.746
+    # with the first-frame anchor of its demo.json: docs/demo_model.md), and it reads its pose cue: blanking it moves
+    # the result by 0.035 over the moving pixels (the previous bundled model, which ignored the cue: 0.004)
+    assert bundled["anchor"] == "first" and any("anchored on driving frame 0" in note for note in first.notes)
     assert metrics["psnr"] > metrics["baseline_psnr"] + 1.5
     assert metrics["ssim"] > metrics["baseline_ssim"] + 0.01
     assert metrics["pose_moves"] > 0.02
@@ -142,3 +149,16 @@ def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
     other = run_demo(BUNDLED, out=tmp_path / "other",
                      driving=BUNDLED / "demo" / "target.mp4", reference=BUNDLED / "demo" / "reference.png")
     assert (first.frames - other.frames).abs().mean() > 0.005
+
+
+def test_the_bundled_card_is_the_text_of_its_numbers():
+    """MODEL_CARD.md is what `model_card_text` writes from model_card.json (the card was measured again by hand
+    after training: both files must still agree), and demo.json samples as the card's recipe validates."""
+    from training.recipe import model_card_text
+
+    card = json.loads((BUNDLED / "model_card.json").read_text())
+    assert (BUNDLED / "MODEL_CARD.md").read_text() == model_card_text(card)
+    demo_settings = json.loads((BUNDLED / "demo" / "demo.json").read_text())
+    validate = card["recipe"]["validate"]
+    for key in ("steps", "guidance", "scheduler", "seed", "samples", "anchor"):
+        assert demo_settings[key] == validate[key] == card["stages"]["validate"][key], key

@@ -106,6 +106,7 @@ def test_the_recipe_command_line_names_the_work_folder_and_resume_only_when_give
     ("train_clips=5", "train_clips=5"),
     ("world.backgrounds=['bricks']", "world.backgrounds"),
     ("validate.scheduler='euler'", "validate.scheduler='euler'"),
+    ("validate.anchor='middle'", "validate.anchor='middle'"),
 ])
 def test_bad_recipe_settings_fail_before_any_work(tmp_path, setting, message):
     overrides = [setting, "train.optim.schedule='cosine'"] if "budget" in setting else [setting]
@@ -200,11 +201,24 @@ def test_the_demo_inputs_carry_the_validate_sampling_settings(tiny_root, tmp_pat
     from training.recipe import DEMO_JSON, write_demo_inputs
 
     recipe = load_recipe("tiny", ["validate.scheduler='ddim'", "validate.steps=3", "validate.guidance=1.5",
-                                  "validate.samples=4"])
+                                  "validate.samples=4", "validate.anchor='clip'"])
     info = write_demo_inputs(tiny_root / "work" / "world", tmp_path / "demo", recipe)
     written = json.loads((tmp_path / "demo" / DEMO_JSON).read_text())
     assert written == info
-    assert (info["scheduler"], info["steps"], info["guidance"], info["samples"]) == ("ddim", 3, 1.5, 4)
+    assert (info["scheduler"], info["steps"], info["guidance"], info["samples"], info["anchor"]) == (
+        "ddim", 3, 1.5, 4, "clip")
+    unset = write_demo_inputs(tiny_root / "work" / "world", tmp_path / "plain", load_recipe("tiny"))
+    assert unset["anchor"] is None  # the model's own anchor
+
+
+def test_the_card_names_the_validation_anchor_and_a_note(tiny_root):
+    from training.recipe import model_card_text
+
+    card = json.loads((tiny_root / "models" / "demo" / CARD_JSON).read_text())
+    assert "location anchor" not in model_card_text(card)
+    card["stages"]["validate"].update(anchor="first", note="Measured again with the first frame.")
+    text = model_card_text(card)
+    assert "; location anchor: first):" in text and "\nMeasured again with the first frame.\n" in text
 
 
 def test_the_card_says_when_prepare_reused_cached_clips(tiny_root):
