@@ -37,6 +37,7 @@ claims: setup
 bench: setup
 	$(PY) benchmarks/cues.py
 	$(PY) benchmarks/world.py
+	$(PY) benchmarks/prepare.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

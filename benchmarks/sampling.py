@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import report  # noqa: E402
+
 SECTION = "## Sampling"
 MIB = 1024 * 1024
 MMAP_THRESHOLD = 64 * 1024
@@ -138,16 +140,7 @@ def table(cases: list[dict]) -> str:
 
 def write_section(path: Path, text: str) -> None:
     """Replace (or append) this benchmark's section of `path`, leaving the other sections as they are."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = text.rstrip() + "\n\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section, current)
-    else:
-        updated = current.rstrip() + "\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(updated.rstrip() + "\n")
-    tmp.replace(path)
+    report.write_section(path, SECTION, text)
 
 
 def main() -> None:

@@ -155,6 +155,30 @@ def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_encoding_caches_latents_near_the_fp32_ones_under_its_own_key(prepared, tmp_path):
+    config, first, _, _, _ = prepared
+    bf16 = load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
+                                f"model.backbone={json.dumps(str(config.model.backbone))}",
+                                f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+                                f"data.cache={json.dumps(str(tmp_path / 'cache'))}", "data.encode_precision='bf16'"])
+    assert cache_folder(bf16).name != cache_folder(config).name  # fp32 caches keep their key; bf16 gets its own
+    assert prepare(bf16)["done"] == first["done"]
+    names = sorted(p.name for p in cache_folder(config).glob("*.safetensors"))
+    assert names == sorted(p.name for p in cache_folder(bf16).glob("*.safetensors")) and names
+    differs = False
+    for name in names:
+        a, b = load_file(str(cache_folder(config) / name)), load_file(str(cache_folder(bf16) / name))
+        for key in a:
+            assert b[key].dtype == a[key].dtype == torch.float32, key
+            scale = float(a[key].float().std()) or 1.0
+            assert float((a[key] - b[key]).float().pow(2).mean().sqrt()) < 0.05 * scale, key  # random weights: 2 %
+            differs |= not torch.equal(a[key], b[key])
+    assert differs  # the encoder really ran in bf16
+    with pytest.raises(InputError, match="data.encode_precision='fp16'"):
+        load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
+                             f"model.backbone={json.dumps(str(config.model.backbone))}", "data.encode_precision='fp16'"])
+
+
 def test_skeleton_source_caches_skeleton_maps_with_blank_face_and_location(prepared):
     config, _, _, broken, scene = prepared
     base = [f"data.metadata={json.dumps(config.data.metadata)}", f"model.backbone={json.dumps(config.model.backbone)}"]

@@ -24,6 +24,7 @@ LAMBDA_SCHEDULES = ("constant", "linear")
 TEACHER_MODES = ("copy", "lora_disabled")
 POSE_SOURCES = ("cues", "skeleton")
 PRECISIONS = ("auto", "no", "bf16")
+ENCODE_PRECISIONS = ("fp32", "bf16")
 METADATA = "metadata.jsonl"
 
 
@@ -73,6 +74,9 @@ class DataConfig:
     pose_source: str = "cues"
     seed: int = -1  # seed of the cached random realignments; -1: run.seed (re-seed training alone with data.seed)
     skeleton_errors: list = field(default_factory=lambda: [0.05, 0.05, 1.0, 0.03])  # swap, drop, jitter px, front_back
+    # "bf16": prepare runs the VAE encoder under bf16 autocast (on a CPU with AVX512-BF16 or AMX about 2.7x as fast,
+    # latents within 0.3 % rms of fp32: docs/benchmarks.md); "fp32": as the model's dtype gives
+    encode_precision: str = "fp32"
 
 
 @dataclass
@@ -281,6 +285,8 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
     need(0.0 <= d.align_shift <= 1.0, f"data.align_shift={d.align_shift}: a fraction of the frame side in [0, 1].")
     need(d.pseudo_variants >= 1 and d.workers >= 0, "data.pseudo_variants must be >= 1 and data.workers >= 0.")
     need(d.seed >= -1, f"data.seed={d.seed}: -1 (use run.seed) or a seed >= 0.")
+    need(d.encode_precision in ENCODE_PRECISIONS,
+         f"data.encode_precision={d.encode_precision!r}: use one of {', '.join(ENCODE_PRECISIONS)}.")
     need(d.pose_source in POSE_SOURCES, f"data.pose_source={d.pose_source!r}: use one of {', '.join(POSE_SOURCES)}.")
     need(len(d.skeleton_errors) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in d.skeleton_errors)
          and all(v <= 1 for k, v in enumerate(d.skeleton_errors) if k != 2),

@@ -94,6 +94,8 @@ def cache_material(config: TrainConfig) -> dict:
     }  # fmt: skip
     if d.pose_source != "cues":  # (the key of a cue cache is unchanged by this option)
         material.update(pose_source=d.pose_source, skeleton_errors=d.skeleton_errors)
+    if d.encode_precision != "fp32":  # (nor of an fp32 one by this)
+        material.update(encode_precision=d.encode_precision)
     return material
 
 

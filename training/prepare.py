@@ -10,6 +10,7 @@ clips that cannot be read are listed with the reason in ``skipped.jsonl``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -282,6 +283,18 @@ def _cue_tensors(cond, prefix: str) -> dict[str, Tensor]:
             for name in ("pose", "face", "body_mask", "face_mask")}
 
 
+def encode_autocast(vae, precision: str):
+    """The context prepare encodes in: bf16 autocast on the VAE's device for ``"bf16"`` (a warning on a CPU
+    without native bf16, where it is slower), else none."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    device = next(vae.parameters()).device
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("data.encode_precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): the VAE "
+                    "encodes slower than in fp32; set data.encode_precision='fp32'.")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> dict[str, Tensor]:
     """VAE-encode the extracted windows of a clip into the tensors of its cache file."""
     tensors: dict[str, Tensor] = {}
@@ -344,6 +357,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     if todo:
         vae = load_vae(config)
         model = SimpleNamespace(vae=vae, transformer=meta_transformer(bc))
+        encoding = encode_autocast(vae, d.encode_precision)  # re-entered for every clip
         executor = None
         if d.workers > 0:
             executor = ProcessPoolExecutor(d.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -355,7 +369,9 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                 entry = job["entry"]
                 if "error" not in result:
                     try:
-                        tensors = encode_clip(model, result["windows"], text=_caption(config.data_root, entry, bc))
+                        with encoding:
+                            tensors = encode_clip(model, result["windows"],
+                                                  text=_caption(config.data_root, entry, bc))
                     except (DirectAnimatorError, OSError, RuntimeError, ValueError, KeyError) as error:
                         result = {"error": f"{type(error).__name__}: {error}"}
                 if "error" in result:

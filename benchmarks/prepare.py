@@ -1,0 +1,116 @@
+"""Prepare's VAE encoding in fp32 against bf16 autocast (`data.encode_precision`), side by side in one run.
+
+    python benchmarks/prepare.py [--clips 6] [--repeats 3] [--no-write]
+
+Renders `--clips` world samples (128x128 px, 17 frames: the bundled demo model's working size), extracts their
+exact cue triplets (the clip's own and a pseudo driving clip's, as prepare caches them) and encodes each clip with
+`training.prepare.encode_clip` through the bundled demo model's VAE (`models/demo/vae`): 5 videos of 17 frames and
+6 single frames per clip. fp32 and bf16 alternate per repeat; the table gives the median seconds per clip and the
+bf16 latents' error against fp32 (root mean square over every cached tensor, relative to its standard deviation).
+Prints the table and writes the "Prepare" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cues.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
+from directanimator.models.configs import backbone_config  # noqa: E402
+from training.prepare import encode_autocast, encode_clip, meta_transformer  # noqa: E402
+from training.world import WorldConfig, exact_cues, make_sample  # noqa: E402
+
+SECTION = "## Prepare"
+MODEL = ROOT / "models" / "demo"
+
+
+def windows_of(index: int, config: WorldConfig) -> list[dict]:
+    """One cached window of world sample `index`: target frames, its exact cues and a pseudo driving clip's."""
+    sample = make_sample(index, config, seed=0)
+    return [{"target": sample.clip.frames, "cues": exact_cues(sample.reference, sample.clip),
+             "pseudo": [exact_cues(sample.reference, sample.pseudo_driving)]}]
+
+
+def timed(model, clips: list[list[dict]], precision: str) -> tuple[float, list[dict]]:
+    """Median-ready seconds per clip of encoding `clips` under `precision`, and the cached tensors."""
+    out = []
+    started = time.perf_counter()
+    with torch.no_grad(), encode_autocast(model.vae, precision):
+        for windows in clips:
+            out.append(encode_clip(model, windows))
+    return (time.perf_counter() - started) / len(clips), out
+
+
+def relative_error(reference: list[dict], other: list[dict]) -> float:
+    """The largest root-mean-square difference of a cached tensor, relative to that tensor's standard deviation."""
+    worst = 0.0
+    for a, b in zip(reference, other):
+        for key in a:
+            scale = float(a[key].float().std()) or 1.0
+            worst = max(worst, float((a[key] - b[key]).float().pow(2).mean().sqrt()) / scale)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from diffusers import AutoencoderKLCogVideoX
+
+    vae = AutoencoderKLCogVideoX.from_pretrained(MODEL / "vae").eval()
+    model = SimpleNamespace(vae=vae, transformer=meta_transformer(backbone_config(MODEL / "transformer" / "config.json")))
+    world = WorldConfig(height=128, width=128, num_frames=17, identities=200)
+    clips = [windows_of(i, world) for i in range(args.clips)]
+    timed(model, clips[:1], "fp32")  # warm-up
+    timed(model, clips[:1], "bf16")
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    tensors: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):
+        for precision in ("fp32", "bf16"):
+            spent, tensors[precision] = timed(model, clips, precision)
+            seconds[precision].append(spent)
+    fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
+    error = relative_error(tensors["fp32"], tensors["bf16"])
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    table = "\n".join([
+        "| `data.encode_precision` | s per clip | clips per minute | latents' error against fp32 |",
+        "|---|---:|---:|---:|",
+        f"| fp32 | {fp32:.2f} | {60 / fp32:.1f} | |",
+        f"| bf16 (autocast) | {bf16:.2f} | {60 / bf16:.1f} | {100 * error:.2f} % rms (largest tensor) |",
+    ])
+    text = "\n".join([
+        SECTION, "",
+        f"`python benchmarks/prepare.py` ({args.clips} world clips at 128x128 px, 17 frames, their exact cues and a "
+        f"pseudo driving clip's, encoded by the bundled demo model's VAE as prepare caches them; median of "
+        f"{args.repeats} interleaved repeats); {os.cpu_count()} cores, {platform.machine()}, {args.threads} torch "
+        f"threads, native bf16 {'yes' if native else 'no'}, torch {torch.__version__}, "
+        f"{datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at the end.", "",
+        table, "",
+        f"bf16 encodes {fp32 / bf16:.2f}x as fast here. The error is that of the cached tensor that differs most, "
+        "as a share of its own standard deviation. Without native bf16 (no AVX512-BF16 or AMX) autocast is slower "
+        "than fp32, and prepare warns.",
+    ])
+    print(text)
+    if not args.no_write:
+        write_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
