@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,40 @@ def test_gradient_checkpointing_trains_the_same_trajectory(world):
                                                               "model.gradient_checkpointing=true", *common)))
     assert [r["loss"] for r in checkpointed] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
     assert [r["grad_norm"] for r in checkpointed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
+
+
+@pytest.fixture
+def fresh_precision():
+    """accelerate keeps one mixed precision per process: start and leave this test with a fresh state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_runs_on_the_cpu_when_asked_and_auto_stays_fp32(world, fresh_precision):
+    from accelerate.state import AcceleratorState
+
+    root, data, model = world
+    common = ("run.steps=2", "run.save_every=100", "run.log_every=1")
+    plain = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='fp32'", *common)))
+    AcceleratorState._reset_state()
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='bf16'", "run.mixed_precision='bf16'",
+                                           *common))
+    clips = CachedClips(config, stage=1)
+    trainer = Trainer(config, load_student(config), clips, stage1_loss, stage=1)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    with trainer.accelerator.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    mixed = trainer.fit()
+    assert all(math.isfinite(r["loss"]) for r in mixed)
+    assert [r["loss"] for r in mixed] == pytest.approx([r["loss"] for r in plain], rel=0.05)
+    assert [r["loss"] for r in mixed] != [r["loss"] for r in plain]  # computed in bf16, not fp32
+    AcceleratorState._reset_state()
+    auto = Trainer(load_config(CONFIG, overrides(root, data, model, "run.name='auto'", *common)),
+                   load_student(config), clips, stage1_loss, stage=1)
+    assert auto.accelerator.mixed_precision == "no"  # auto: fp32 on the CPU
 
 
 @pytest.mark.parametrize("option", ["reference_in_every_frame", "residual_reference"])

@@ -110,7 +110,7 @@ class RunConfig:
     validate_every: int = 0  # 0: never; else samples the held-out pairs (training.validate) every N steps
     validate_clips: int = 2  # held-out pairs per validation
     validate_steps: int = 10  # sampling steps per validation clip
-    mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU; "bf16": autocast on either
     timestep_min: int = 0
     timestep_max: int = 1000  # uniform timesteps in [timestep_min, timestep_max)
 

@@ -205,7 +205,11 @@ class Trainer:
         self.run_dir = config.run_dir
         cuda = torch.cuda.is_available()
         precision = config.run.mixed_precision
-        mixed = "bf16" if (precision == "bf16" or precision == "auto") and cuda else "no"
+        # "auto": bf16 on CUDA only; "bf16" asks for it on the CPU too (autocast, fp32 weights and optimizer)
+        mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda) else "no"
+        if mixed == "bf16" and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("run.mixed_precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): training "
+                        "runs slower than in fp32; set run.mixed_precision='no'.")
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
         self.device = self.accelerator.device
         log.info("process %d of %d: accelerate %s, backend %s, device %s", self.accelerator.process_index,
