@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/cues.py
 	$(PY) benchmarks/world.py
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/precision.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

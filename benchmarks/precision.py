@@ -1,0 +1,111 @@
+"""A stage-1 training step of the bundled demo model in fp32 against bf16 autocast (`run.mixed_precision`).
+
+    python benchmarks/precision.py [--repeats 5] [--steps 10] [--no-write]
+
+Loads the bundled demo model (`models/demo`: the CogVideoX 1.5-layout transformer with its CueFusion weights) and
+trains all of it as the recipe's stage 1 does: batch 2, one 128x128 px clip of 17 frames (the reference and 5
+video latents, 16x16 cells), random latents and cues, mean squared error, AdamW. fp32 and bf16 alternate, `--steps`
+steps each per repeat; the table gives the median seconds per step, and the prediction's error under bf16 against
+fp32 on one fixed batch (before any step). Prints the table and writes the "Training precision" section of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cues.py
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
+from directanimator.models import CueLatents, load_model  # noqa: E402
+
+SECTION = "## Training precision"
+MODEL = ROOT / "models" / "demo"
+BATCH, FRAMES, SIDE = 2, 6, 16  # latent frames: the reference and 5 video latents (17 frames)
+
+
+def precision(name: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if name == "bf16" else contextlib.nullcontext()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(MODEL, MODEL / "directanimator.safetensors", dtype="fp32").transformer.train()
+    channels = int(model.latent_channels)
+    gen = torch.Generator().manual_seed(0)
+    latents = (BATCH, FRAMES, channels, SIDE, SIDE)
+    masks = (BATCH, FRAMES, 1, SIDE, SIDE)
+    cues = CueLatents(torch.randn(latents, generator=gen), torch.randn(latents, generator=gen),
+                      torch.rand(masks, generator=gen), torch.rand(masks, generator=gen))
+    inputs = dict(hidden_states=torch.randn(BATCH, FRAMES, 2 * channels, SIDE, SIDE, generator=gen),
+                  encoder_hidden_states=torch.randn(BATCH, 8, int(model.backbone.config.text_embed_dim),
+                                                    generator=gen),
+                  timestep=torch.tensor([950, 990]))
+    target = torch.randn(latents, generator=gen)
+    with torch.no_grad():
+        reference = model(**inputs, cues=cues).float()
+        with precision("bf16"):
+            mixed = model(**inputs, cues=cues).float()
+    error = float((mixed - reference).pow(2).mean().sqrt() / reference.std())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def steps(name: str) -> float:
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            optimizer.zero_grad(set_to_none=True)
+            with precision(name):
+                loss = F.mse_loss(model(**inputs, cues=cues).float(), target)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - started) / args.steps
+
+    steps("fp32")  # warm-up
+    steps("bf16")
+    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.repeats):
+        for name in seconds:
+            seconds[name].append(steps(name))
+    fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    parameters = sum(p.numel() for p in model.parameters())
+    text = "\n".join([
+        SECTION, "",
+        f"`python benchmarks/precision.py` (the bundled demo model, {parameters / 1e6:.2f} M parameters, all trained; "
+        f"batch {BATCH}, {FRAMES} latent frames of {SIDE}x{SIDE} cells: a 17-frame 128x128 px clip; AdamW; median "
+        f"of {args.repeats} interleaved repeats of {args.steps} steps); {os.cpu_count()} cores, {platform.machine()}, "
+        f"{args.threads} torch threads, native bf16 {'yes' if native else 'no'}, torch {torch.__version__}, "
+        f"{datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at the end.", "",
+        "| `run.mixed_precision` | s per step | steps per minute | prediction's error against fp32 |",
+        "|---|---:|---:|---:|",
+        f"| no (fp32) | {fp32:.3f} | {60 / fp32:.0f} | |",
+        f"| bf16 (autocast; fp32 weights and optimizer) | {bf16:.3f} | {60 / bf16:.0f} | {100 * error:.2f} % rms |",
+        "",
+        f"bf16 trains {fp32 / bf16:.2f}x as fast here. The error is the root mean square difference of one forward "
+        "pass's prediction, as a share of the prediction's standard deviation.",
+    ])
+    print(text)
+    if not args.no_write:
+        write_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
