@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import machine_line, publish  # noqa: E402
 from directanimator.models import CueLatents, load_model  # noqa: E402
 
 SECTION = "## Training precision"
@@ -85,15 +83,12 @@ def main() -> None:
         for name in seconds:
             seconds[name].append(steps(name))
     fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     parameters = sum(p.numel() for p in model.parameters())
     text = "\n".join([
         SECTION, "",
         f"`python benchmarks/precision.py` (the bundled demo model, {parameters / 1e6:.2f} M parameters, all trained; "
         f"batch {BATCH}, {FRAMES} latent frames of {SIDE}x{SIDE} cells: a 17-frame 128x128 px clip; AdamW; median "
-        f"of {args.repeats} interleaved repeats of {args.steps} steps); {os.cpu_count()} cores, {platform.machine()}, "
-        f"{args.threads} torch threads, native bf16 {'yes' if native else 'no'}, torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at the end.", "",
+        f"of {args.repeats} interleaved repeats of {args.steps} steps); {machine_line(args.threads)}.", "",
         "| `run.mixed_precision` | s per step | steps per minute | prediction's error against fp32 |",
         "|---|---:|---:|---:|",
         f"| no (fp32) | {fp32:.3f} | {60 / fp32:.0f} | |",
@@ -102,9 +97,7 @@ def main() -> None:
         f"bf16 trains {fp32 / bf16:.2f}x as fast here. The error is the root mean square difference of one forward "
         "pass's prediction, as a share of the prediction's standard deviation.",
     ])
-    print(text)
-    if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
+    publish(text, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ Prints the table and writes the "Prepare" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import machine_line, publish  # noqa: E402
 from directanimator.models.configs import backbone_config  # noqa: E402
 from training.prepare import encode_autocast, encode_clip, meta_transformer  # noqa: E402
 from training.world import WorldConfig, exact_cues, make_sample  # noqa: E402
@@ -88,7 +86,6 @@ def main() -> None:
             seconds[precision].append(spent)
     fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
     error = relative_error(tensors["fp32"], tensors["bf16"])
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     table = "\n".join([
         "| `data.encode_precision` | s per clip | clips per minute | latents' error against fp32 |",
         "|---|---:|---:|---:|",
@@ -99,17 +96,13 @@ def main() -> None:
         SECTION, "",
         f"`python benchmarks/prepare.py` ({args.clips} world clips at 128x128 px, 17 frames, their exact cues and a "
         f"pseudo driving clip's, encoded by the bundled demo model's VAE as prepare caches them; median of "
-        f"{args.repeats} interleaved repeats); {os.cpu_count()} cores, {platform.machine()}, {args.threads} torch "
-        f"threads, native bf16 {'yes' if native else 'no'}, torch {torch.__version__}, "
-        f"{datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at the end.", "",
+        f"{args.repeats} interleaved repeats); {machine_line(args.threads)}.", "",
         table, "",
         f"bf16 encodes {fp32 / bf16:.2f}x as fast here. The error is that of the cached tensor that differs most, "
         "as a share of its own standard deviation. Without native bf16 (no AVX512-BF16 or AMX) autocast is slower "
         "than fp32, and prepare warns.",
     ])
-    print(text)
-    if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", SECTION, text)
+    publish(text, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":

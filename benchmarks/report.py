@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import re
 from pathlib import Path
+
+
+def machine_line(threads: int) -> str:
+    """Cores, architecture, torch threads, native bf16, torch version, date and load average, for a table's header."""
+    import torch
+
+    native = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    return (f"{os.cpu_count()} cores, {platform.machine()}, {threads} torch threads, native bf16 {native}, torch "
+            f"{torch.__version__}, {datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at "
+            "the end")
+
+
+def publish(text: str, heading: str, write: bool) -> None:
+    """Print a benchmark's section and, when `write`, put it into docs/benchmarks.md."""
+    print(text)
+    if write:
+        write_section(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md", heading, text)
 
 
 def write_section(path: Path, heading: str, text: str) -> None:

@@ -137,12 +137,17 @@ def test_realign_moves_frames_masks_and_boxes_together():
     assert torch.allclose(out[..., 0], out_mask, atol=1e-6)
 
 
+def elsewhere(config, tmp_path: Path, *extra: str):
+    """`config`'s data and backbone with runs and cache under `tmp_path`, and `extra` overrides."""
+    return load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
+                                f"model.backbone={json.dumps(str(config.model.backbone))}",
+                                f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
+                                f"data.cache={json.dumps(str(tmp_path / 'cache'))}", *extra])
+
+
 def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path):
     config, first, _, _, _ = prepared
-    parallel = load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
-                                    f"model.backbone={json.dumps(str(config.model.backbone))}",
-                                    f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
-                                    f"data.cache={json.dumps(str(tmp_path / 'cache'))}", "data.workers=2"])
+    parallel = elsewhere(config, tmp_path, "data.workers=2")
     result = prepare(parallel)
     assert result["done"] == first["done"] and result["skipped"] == first["skipped"] == 1
     serial_folder, parallel_folder = cache_folder(config), cache_folder(parallel)
@@ -157,10 +162,7 @@ def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path
 
 def test_bf16_encoding_caches_latents_near_the_fp32_ones_under_its_own_key(prepared, tmp_path):
     config, first, _, _, _ = prepared
-    bf16 = load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
-                                f"model.backbone={json.dumps(str(config.model.backbone))}",
-                                f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}",
-                                f"data.cache={json.dumps(str(tmp_path / 'cache'))}", "data.encode_precision='bf16'"])
+    bf16 = elsewhere(config, tmp_path, "data.encode_precision='bf16'")
     assert cache_folder(bf16).name != cache_folder(config).name  # fp32 caches keep their key; bf16 gets its own
     assert prepare(bf16)["done"] == first["done"]
     names = sorted(p.name for p in cache_folder(config).glob("*.safetensors"))
@@ -175,8 +177,7 @@ def test_bf16_encoding_caches_latents_near_the_fp32_ones_under_its_own_key(prepa
             differs |= not torch.equal(a[key], b[key])
     assert differs  # the encoder really ran in bf16
     with pytest.raises(InputError, match="data.encode_precision='fp16'"):
-        load_config(CONFIG, [f"data.metadata={json.dumps(str(config.metadata_path.parent))}",
-                             f"model.backbone={json.dumps(str(config.model.backbone))}", "data.encode_precision='fp16'"])
+        elsewhere(config, tmp_path, "data.encode_precision='fp16'")
 
 
 def test_skeleton_source_caches_skeleton_maps_with_blank_face_and_location(prepared):
