@@ -33,7 +33,7 @@ class CueConfig:
     align_pose: bool = False
     # which driving frames the location transform puts onto the reference: "first", the first good frame (the
     # result starts where the reference stands and moves from there as the driver moves from its first frame), or
-    # "clip", the median over the clip (DESIGN.md 4's first reading; docs/cues.md has both measured)
+    # "clip", the median over the clip (DESIGN.md 4's first reading; docs/world.md has both measured)
     anchor: AnchorName = "first"
     face_scale: float = 1.5  # enlargement of the squared face box before cropping
     face_smooth: int = 5  # frames in the temporal smoothing window of face boxes
