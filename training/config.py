@@ -75,7 +75,7 @@ class DataConfig:
     seed: int = -1  # seed of the cached random realignments; -1: run.seed (re-seed training alone with data.seed)
     skeleton_errors: list = field(default_factory=lambda: [0.05, 0.05, 1.0, 0.03])  # swap, drop, jitter px, front_back
     # "bf16": prepare runs the VAE encoder under bf16 autocast (on a CPU with AVX512-BF16 or AMX about 2.7x as fast,
-    # latents within 0.3 % rms of fp32: docs/benchmarks.md); "fp32": as the model's dtype gives
+    # latents within 0.5 % rms of fp32: docs/benchmarks.md); "fp32": as the model's dtype gives
     encode_precision: str = "fp32"
 
 
