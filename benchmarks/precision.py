@@ -1,10 +1,11 @@
-"""A stage-1 training step of the bundled demo model in fp32 against bf16 autocast (`run.mixed_precision`).
+"""A stage-1 training step of the bundled demo model: fp32 against bf16 autocast (`run.mixed_precision`), and the
+fused AdamW the trainer uses against torch's default CPU AdamW.
 
     python benchmarks/precision.py [--repeats 5] [--steps 10] [--no-write]
 
 Loads the bundled demo model (`models/demo`: the CogVideoX 1.5-layout transformer with its CueFusion weights) and
 trains all of it as the recipe's stage 1 does: batch 2, one 128x128 px clip of 17 frames (the reference and 5
-video latents, 16x16 cells), random latents and cues, mean squared error, AdamW. fp32 and bf16 alternate, `--steps`
+video latents, 16x16 cells), random latents and cues, mean squared error, AdamW. The cases alternate, `--steps`
 steps each per repeat; the table gives the median seconds per step, and the prediction's error under bf16 against
 fp32 on one fixed batch (before any step). Prints the table and writes the "Training precision" section of
 docs/benchmarks.md.
@@ -64,38 +65,47 @@ def main() -> None:
         with precision("bf16"):
             mixed = model(**inputs, cues=cues).float()
     error = float((mixed - reference).pow(2).mean().sqrt() / reference.std())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizers = {"loop": torch.optim.AdamW(trained, lr=1e-6), "fused": torch.optim.AdamW(trained, lr=1e-6, fused=True)}
+    # (label, autocast, optimizer): torch's default CPU AdamW (a Python loop over the tensors) as the baseline, then
+    # the fused AdamW the trainer uses (training.trainer.make_optimizer), in fp32 and under bf16 autocast
+    cases = [("fp32, AdamW as a loop over tensors (before)", "fp32", "loop"),
+             ("fp32, fused AdamW (`mixed_precision = \"no\"`)", "fp32", "fused"),
+             ("bf16 autocast, fused AdamW (`mixed_precision = \"bf16\"`)", "bf16", "fused")]
 
-    def steps(name: str) -> float:
+    def steps(autocast: str, optimizer: str) -> float:
+        opt = optimizers[optimizer]
         started = time.perf_counter()
         for _ in range(args.steps):
-            optimizer.zero_grad(set_to_none=True)
-            with precision(name):
+            opt.zero_grad(set_to_none=True)
+            with precision(autocast):
                 loss = F.mse_loss(model(**inputs, cues=cues).float(), target)
             loss.backward()
-            optimizer.step()
+            opt.step()
         return (time.perf_counter() - started) / args.steps
 
-    steps("fp32")  # warm-up
-    steps("bf16")
-    seconds: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _, autocast, optimizer in cases:
+        steps(autocast, optimizer)  # warm-up
+    seconds: dict[str, list[float]] = {label: [] for label, _, _ in cases}
     for _ in range(args.repeats):
-        for name in seconds:
-            seconds[name].append(steps(name))
-    fp32, bf16 = statistics.median(seconds["fp32"]), statistics.median(seconds["bf16"])
+        for label, autocast, optimizer in cases:
+            seconds[label].append(steps(autocast, optimizer))
+    median = {label: statistics.median(values) for label, values in seconds.items()}
+    base = median[cases[0][0]]
     parameters = sum(p.numel() for p in model.parameters())
+    rows = [f"| {label} | {median[label]:.3f} | {60 / median[label]:.0f} | {base / median[label]:.2f}x | "
+            f"{f'{100 * error:.2f} % rms' if autocast == 'bf16' else ''} |" for label, autocast, _ in cases]
     text = "\n".join([
         SECTION, "",
         f"`python benchmarks/precision.py` (the bundled demo model, {parameters / 1e6:.2f} M parameters, all trained; "
-        f"batch {BATCH}, {FRAMES} latent frames of {SIDE}x{SIDE} cells: a 17-frame 128x128 px clip; AdamW; median "
+        f"batch {BATCH}, {FRAMES} latent frames of {SIDE}x{SIDE} cells: a 17-frame 128x128 px clip; median "
         f"of {args.repeats} interleaved repeats of {args.steps} steps); {machine_line(args.threads)}.", "",
-        "| `run.mixed_precision` | s per step | steps per minute | prediction's error against fp32 |",
-        "|---|---:|---:|---:|",
-        f"| no (fp32) | {fp32:.3f} | {60 / fp32:.0f} | |",
-        f"| bf16 (autocast; fp32 weights and optimizer) | {bf16:.3f} | {60 / bf16:.0f} | {100 * error:.2f} % rms |",
+        "| step | s per step | steps per minute | speed-up | prediction's error against fp32 |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
         "",
-        f"bf16 trains {fp32 / bf16:.2f}x as fast here. The error is the root mean square difference of one forward "
-        "pass's prediction, as a share of the prediction's standard deviation.",
+        "bf16 autocast keeps fp32 weights and optimizer state. The error is the root mean square difference of one "
+        "forward pass's prediction, as a share of the prediction's standard deviation.",
     ])
     publish(text, SECTION, write=not args.no_write)
 

@@ -175,6 +175,21 @@ def test_gradient_checkpointing_trains_the_same_trajectory(world):
     assert [r["grad_norm"] for r in checkpointed] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
 
 
+def test_the_ema_follows_the_weights_and_the_optimizer_is_fused(world):
+    """The EMA after one step is decay * start + (1 - decay) * weights; AdamW runs as torch's fused kernel."""
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='ema'", "run.steps=1", "run.save_every=100",
+                                           "optim.ema_decay=0.75"))
+    trainer = Trainer(config, load_student(config), CachedClips(config, stage=1), stage1_loss, stage=1)
+    assert trainer.optimizer.param_groups[0]["fused"] is True
+    start = {name: value.clone() for name, value in trainer.ema.items()}
+    trainer.fit()
+    for p in trainer.params:
+        name = trainer._name(p)
+        torch.testing.assert_close(trainer.ema[name], 0.75 * start[name] + 0.25 * p.detach())
+    assert any(not torch.equal(trainer.ema[n], start[n]) for n in start)
+
+
 @pytest.fixture
 def fresh_precision():
     """accelerate keeps one mixed precision per process: start and leave this test with a fresh state."""

@@ -125,6 +125,9 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what torch's fused AdamW takes
+
+
 def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; the bitsandbytes 8-bit AdamW when asked for, or with "auto" on CUDA when it is importable."""
     o = config.optim
@@ -139,6 +142,10 @@ def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> t
             if o.adamw_8bit == "yes":
                 raise InputError("optim.adamw_8bit='yes' needs bitsandbytes (pip install bitsandbytes), or set "
                                  "it to 'auto' or 'no'.") from error
+    if device.type in ("cpu", "cuda") and all(p.dtype in FUSED_DTYPES for p in params):
+        # one fused kernel instead of a Python loop over the tensors (torch's CPU default): docs/benchmarks.md,
+        # "Training precision", has the demo model's step with both
+        return torch.optim.AdamW(params, fused=True, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
 
@@ -230,6 +237,7 @@ class Trainer:
                                           world=self.accelerator.num_processes)
         self._generators: list[torch.Generator] = []  # the current micro-batch's, one per sample (train_step)
         self.ema = ({self._name(p): p.detach().clone() for p in self.params} if config.optim.ema_decay > 0 else None)
+        self._ema_tensors = [self.ema[self._name(p)] for p in self.params] if self.ema is not None else []
         self.step = 0
 
     def _name(self, param) -> str:
@@ -345,8 +353,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             with torch.no_grad():
-                for p in self.params:
-                    self.ema[self._name(p)].lerp_(p.detach(), 1 - self.config.optim.ema_decay)
+                torch._foreach_lerp_(self._ema_tensors, [p.detach() for p in self.params],
+                                     1 - self.config.optim.ema_decay)
         totals["grad_norm"] = float(norm)
         totals["samples"] = samples * self.accelerator.num_processes
         self.step += 1
