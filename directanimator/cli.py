@@ -38,7 +38,7 @@ def _add_cue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam-checkpoint", default=None, help="segment-anything checkpoint for --segmenter sam")
     p.add_argument("--face-detector", choices=["auto", "mediapipe", "opencv"], default="auto")
     p.add_argument("--grid-cell", type=int, default=16, help="location-cue grid cell in pixels")
-    p.add_argument("--anchor", choices=["first", "clip"], default=None,
+    p.add_argument("--anchor", choices=["first", "clip"], default=None,  # cues.types.ANCHORS (no torch here)
                    help="driving frames the location cue puts onto the reference: the first good one, or the median "
                         "over the clip (default: the model's own setting, else first)")
 

@@ -91,7 +91,9 @@ class DemoSettings:
                                     samples=settings.samples)
         except InputError as error:
             raise InputError(f"{path}: {error}") from None
-        if settings.anchor not in (None, "first", "clip"):
+        from .cues.types import ANCHORS
+
+        if settings.anchor is not None and settings.anchor not in ANCHORS:
             raise InputError(f"{path}: anchor={settings.anchor!r}: use 'first' or 'clip' (CueConfig.anchor), or leave "
                              "it out for the model's own setting.")
         return settings

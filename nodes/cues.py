@@ -15,6 +15,7 @@ from directanimator.cues import (
 from directanimator.cues.face_detection import detect_faces
 from directanimator.cues.segmentation import bad_frames, segment_person
 from directanimator.cues.preview import contact_sheet, overlay_location
+from directanimator.cues.types import ANCHORS
 from directanimator.tensors import as_frames, as_masks
 
 from ._comfy import comfy_progress, model_files, model_path, register_model_folder
@@ -42,7 +43,7 @@ _CELL = ("INT", {"default": 16, "min": 1, "max": 128, "step": 1,
                  "tooltip": "Location-cue grid cell in pixels: the driver's outline is coarsened to this grid."})
 _BLUR = ("FLOAT", {"default": 4.0, "min": 0.0, "max": 64.0, "step": 0.5,
                    "tooltip": "Gaussian blur (sigma, pixels) applied after gridding the location masks."})
-_ANCHOR = (["first", "clip"],
+_ANCHOR = (list(ANCHORS),
            {"default": "first",
             "tooltip": "Which driving frames are put onto the reference person. first: the first frame with a "
                        "person (the result starts where the reference stands and moves as the driver moves from "

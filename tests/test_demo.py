@@ -162,3 +162,19 @@ def test_the_bundled_card_is_the_text_of_its_numbers():
     validate = card["recipe"]["validate"]
     for key in ("steps", "guidance", "scheduler", "seed", "samples", "anchor"):
         assert demo_settings[key] == validate[key] == card["stages"]["validate"][key], key
+
+
+def test_the_location_anchor_comes_from_demo_json_unless_given(tiny_model, tmp_path):
+    """demo.json's anchor reaches cue extraction, and the argument overrides it (the default would hide both)."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    settings = json.loads((folder / "demo" / "demo.json").read_text())
+    (folder / "demo" / "demo.json").write_text(json.dumps({**settings, "anchor": "clip"}))
+
+    def anchored(result) -> bool:
+        return any("anchored on driving frame" in note for note in result.notes)
+
+    assert not anchored(run_demo(folder, out=tmp_path / "clip", steps=1))
+    assert anchored(run_demo(folder, out=tmp_path / "first", steps=1, anchor="first"))

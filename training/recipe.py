@@ -43,6 +43,7 @@ import torch
 
 from directanimator.atomic import atomic_path
 from directanimator.demo import CHECKPOINT as CHECKPOINT_NAME, DEMO_DIR, DEMO_JSON, TRUTH  # what the demo reads
+from directanimator.cues.types import ANCHORS
 from directanimator.errors import InputError
 
 from .config import TrainConfig, _apply, _build, parse_override, read_config_file, validate
@@ -184,7 +185,7 @@ def check_recipe(recipe: RecipeConfig) -> None:
         raise InputError("recipe validate.clips, validate.steps and validate.samples must be >= 1.")
     from directanimator.sampling import SCHEDULERS
 
-    if recipe.validate.anchor not in ("", "first", "clip"):
+    if recipe.validate.anchor and recipe.validate.anchor not in ANCHORS:
         raise InputError(f"recipe validate.anchor={recipe.validate.anchor!r}: use 'first', 'clip', or leave it out "
                          "for the model's own setting (CueConfig.anchor).")
     if recipe.validate.scheduler not in SCHEDULERS:

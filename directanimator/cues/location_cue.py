@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
-from .types import CueTriplet, Similarity
+from .types import ANCHORS, CueTriplet, Similarity
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def anchor_frames(valid: Tensor, anchor: str = "first", *, bad: Tensor | None = 
     valid = torch.as_tensor(valid).to(torch.bool).reshape(-1).cpu()
     if anchor == "clip":
         return valid
-    if anchor != "first":
+    if anchor not in ANCHORS:
         raise CueError(f"anchor={anchor!r}: use 'first' (the first good driving frame) or 'clip' (the whole clip).")
     good = valid if bad is None else valid & ~torch.as_tensor(bad).to(torch.bool).reshape(-1).cpu()
     pick = good if bool(good.any()) else valid

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ FilterType = Literal["gaussian", "ideal", "butterworth"]
 SegmenterName = Literal["mediapipe", "sam", "given"]
 FaceDetectorName = Literal["auto", "mediapipe", "opencv", "given"]
 AnchorName = Literal["first", "clip"]
+ANCHORS: tuple[str, ...] = get_args(AnchorName)  # the location anchors, for checks and choices
 
 
 @dataclass
@@ -60,7 +61,7 @@ class CueConfig:
             raise CueError(
                 f"CueConfig.face_detector={self.face_detector!r}: use 'auto', 'mediapipe', 'opencv' or 'given'."
             )
-        if self.anchor not in ("first", "clip"):
+        if self.anchor not in ANCHORS:
             raise CueError(f"CueConfig.anchor={self.anchor!r}: use 'first' (the first good driving frame) or 'clip' "
                            "(the median over the clip).")
         if self.face_scale < 1.0:
