@@ -238,8 +238,8 @@ def test_the_card_names_world_settings_other_than_the_defaults(tiny_root):
     card = json.loads((tiny_root / "models" / "demo" / CARD_JSON).read_text())
     assert "World settings other than the defaults" not in model_card_text(card)
     card["stages"]["synth"].update(limb_thickness=2.0, turn_probability=0.0)
-    assert "- World settings other than the defaults (docs/world.md): limb_thickness 2.0, turn_probability 0.0." in (
-        model_card_text(card))
+    line = "- World settings other than the defaults (docs/world.md): limb_thickness = 2.0, turn_probability = 0.0."
+    assert line in model_card_text(card)
 
 
 def test_world_settings_of_a_recipe_reach_the_rendered_world(tmp_path):

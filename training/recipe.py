@@ -261,7 +261,7 @@ def _world_options(w: WorldSpec) -> dict:
 
 def _world_options_lines(synth: dict) -> list[str]:
     """A card line for the world settings a synth marker records beyond WorldConfig's defaults (none: no line)."""
-    given = [f"{name} {synth[name]}" for name in WORLD_OPTIONS if name in synth]
+    given = [f"{name} = {json.dumps(synth[name])}" for name in WORLD_OPTIONS if name in synth]  # as in the TOML
     return [f"- World settings other than the defaults (docs/world.md): {', '.join(given)}."] if given else []
 
 
@@ -496,7 +496,8 @@ def _validate(recipe: RecipeConfig, work: Path) -> dict:
         return round(sum(r[key] for r in scored) / len(scored), 4) if scored else None
 
     return {"clips": len(records), "kinds": sorted({r["kind"] for r in records}), **v.sampling(),
-            "psnr": mean("psnr"), "ssim": mean("ssim"), "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"), "records": records}
+            "psnr": mean("psnr"), "ssim": mean("ssim"), "baseline_psnr": mean("baseline_psnr"),
+            "baseline_ssim": mean("baseline_ssim"), "records": records}
 
 
 def folder_megabytes(folder: Path) -> dict[str, float]:
