@@ -30,7 +30,7 @@ demo: setup
 demo-real: setup
 	$(PY) -m directanimator demo --driving $(REAL) --stride 2 --out out/real
 
-# docs/evidence.md: the paper's claims measured on ground truth (about an hour on 2 CPU cores)
+# docs/evidence.md: the paper's claims measured on ground truth (about 20 minutes on 2 CPU cores)
 claims: setup
 	$(PY) benchmarks/claims.py
 

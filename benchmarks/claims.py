@@ -446,6 +446,14 @@ def _f(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _shown(path: str) -> str:
+    """A path as the report shows it: relative to the checkout when inside it (the report is committed)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def _x(value) -> str:
     text = _f(value, 2)
     return text if text == "n/a" else f"{text}x"
@@ -455,7 +463,7 @@ def report(out: Path, work: Path, recipe: RecipeConfig, spec: ClaimsSpec, runs: 
            robust: dict, cutoff: dict, command: str, seconds: float) -> Path:
     files = _plots(out, s2x, cross, robust, cutoff)
     vae_config = json.loads((work / "vae" / VAE_DIR / "config.json").read_text())
-    vae_source, vae_scale = Markers(work).done("vae")["source"], _f(vae_config.get("scaling_factor"), 4)
+    vae_source, vae_scale = _shown(Markers(work).done("vae")["source"]), _f(vae_config.get("scaling_factor"), 4)
     seeds = s2x["per_seed"]
     speedups = [s["speedup"] for s in seeds if s["speedup"] is not None]
     reached = sum(1 for s in seeds if s["steps_with_s2x"] is not None)
@@ -649,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_claims(scale=args.scale, config=args.config, work=work, out=args.out, vae=args.vae,
                    overrides=args.overrides, fresh=args.fresh,
-                   command="python benchmarks/claims.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   command=" ".join(["python benchmarks/claims.py", *(argv if argv is not None else sys.argv[1:])]))
     except InputError as error:
         log.error("%s", error)
         return 2

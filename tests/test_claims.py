@@ -122,3 +122,10 @@ def test_world_config_renders_the_exported_clips_again(claims_run):
     sample = make_sample(int(entry["index"]), claims.world_config(recipe, recipe.world.size), seed=recipe.world.seed)
     assert torch.equal(sample.clip.ground_truth()["person_masks"], truth["person_masks"])
     assert torch.equal(sample.cross_target.ground_truth()["person_masks"], truth["cross_target_person_masks"])
+
+
+def test_the_report_shows_paths_inside_the_checkout_relative_to_it(tmp_path):
+    """docs/evidence.md is committed: the default VAE (models/demo/vae) must not show this machine's folders."""
+    claims = _claims_module()
+    assert claims._shown(str(ROOT / "models" / "demo" / "vae")) == str(Path("models") / "demo" / "vae")
+    assert claims._shown(str(tmp_path / "vae")) == str(tmp_path / "vae")
