@@ -154,8 +154,8 @@ def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
 
 
 def test_the_bundled_card_is_the_text_of_its_numbers():
-    """MODEL_CARD.md is what `model_card_text` writes from model_card.json (the card was measured again by hand
-    after training: both files must still agree), and demo.json samples as the card's recipe validates."""
+    """MODEL_CARD.md is what `model_card_text` writes from model_card.json (a card edited or measured again by hand
+    must keep both in step), the card's recipe is the committed demo recipe, and demo.json samples as it validates."""
     from training.recipe import load_recipe, model_card_text
 
     card = json.loads((BUNDLED / "model_card.json").read_text())
