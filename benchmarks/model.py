@@ -14,7 +14,6 @@ import argparse
 import copy
 import datetime
 import platform
-import re
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 
+from benchmarks.report import write_section  # noqa: E402
 from directanimator.models import CueLatents, DirectAnimatorTransformer  # noqa: E402
 from directanimator.models.transformer import CueTokens  # noqa: E402
 from directanimator.models.info import size_report  # noqa: E402
@@ -158,22 +158,8 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     if not args.no_write:
-        write_section(args.output, section)
+        write_section(args.output, SECTION, section)
         print(f"wrote the {SECTION!r} section of {args.output}")
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section, leaving every other section untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n")
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

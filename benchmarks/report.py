@@ -34,6 +34,7 @@ def write_section(path: Path, heading: str, text: str) -> None:
     section = text.rstrip() + "\n\n"
     updated = pattern.sub(lambda _: section, current) if pattern.search(current) else \
         current.rstrip() + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(updated.rstrip() + "\n")
     tmp.replace(path)

@@ -18,7 +18,6 @@ import copy
 import datetime
 import multiprocessing as mp
 import platform
-import re
 import resource
 import statistics
 import sys
@@ -30,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.report import write_section  # noqa: E402
 
 SECTION = "## Training"
 GIB = 1024 ** 3
@@ -254,20 +255,6 @@ def render(timing: dict, peaks: dict, rows: list[dict], report: dict, threads: i
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) this benchmark's section, leaving every other section untouched."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text.rstrip("\n") + "\n")
-    tmp.replace(path)
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -277,7 +264,7 @@ def main() -> None:
     section = render(timing, peaks, rows, report, args.threads)
     print(section)
     if not args.no_write:
-        write_section(args.output, section)
+        write_section(args.output, SECTION, section)
         print(f"wrote the {SECTION!r} section of {args.output}")
 
 

@@ -12,4 +12,6 @@ def test_a_section_is_replaced_in_place_or_appended(tmp_path):
     assert path.read_text().endswith("## B\n\nold b\n\n## C\n\nc\n")
     write_section(tmp_path / "new.md", "## A", "## A\n\na")
     assert (tmp_path / "new.md").read_text() == "# Benchmarks\n\n## A\n\na\n"
+    write_section(tmp_path / "docs" / "new.md", "## A", "## A\n\na")  # a folder that does not exist yet
+    assert (tmp_path / "docs" / "new.md").read_text() == "# Benchmarks\n\n## A\n\na\n"
     assert not list(tmp_path.glob("*.tmp"))
