@@ -130,3 +130,24 @@ def real_reference(name: str) -> Tensor:
     from directanimator.video import read_image
 
     return read_image(REAL_DATA / name, size=DANCE_SIZE, resize="stretch")
+
+
+def check_on_frame(run) -> None:
+    """`run(frames, on_frame=...)` reports every frame index in order, and an exception raised by `on_frame` (a
+    cancelled ComfyUI prompt) stops the run and reaches the caller."""
+    seen = []
+    run(torch.zeros(3, 64, 64, 3), on_frame=seen.append)
+    assert seen == [0, 1, 2]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_second(i: int) -> None:
+        if i == 1:
+            raise Cancelled
+
+    try:
+        run(torch.zeros(4, 64, 64, 3), on_frame=cancel_at_second)
+    except Cancelled:
+        return
+    raise AssertionError("an exception raised by on_frame did not stop the run")

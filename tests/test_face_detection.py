@@ -9,7 +9,7 @@ from directanimator.cues import face_detection
 from directanimator.cues.face_detection import available_backends, detect_faces
 from directanimator.cues.types import FaceTrack
 from directanimator.errors import BackendUnavailableError, CueError, InputError
-from helpers import DANCE_SIZE, dance_frames, real_reference
+from helpers import DANCE_SIZE, check_on_frame, dance_frames, real_reference
 
 WORKING_SIZE = DANCE_SIZE
 
@@ -66,19 +66,7 @@ def test_grey_and_rgba_frames_are_accepted():
 
 
 def test_on_frame_is_called_per_frame_and_can_stop_the_run():
-    seen = []
-    detect_faces(torch.zeros(3, 64, 64, 3), on_frame=seen.append)
-    assert seen == [0, 1, 2]
-
-    class Cancelled(Exception):
-        pass
-
-    def cancel_at_second(i):
-        if i == 1:
-            raise Cancelled
-
-    with pytest.raises(Cancelled):
-        detect_faces(torch.zeros(3, 64, 64, 3), on_frame=cancel_at_second)
+    check_on_frame(detect_faces)
 
 
 def test_available_backends_names_all_four_and_agrees_with_detect_faces():

@@ -21,7 +21,7 @@ from directanimator.cues.sam import (
 )
 from directanimator.cues.segmentation import bad_frames, mask_areas, segment_person, selfie_model_for
 from directanimator.errors import CheckpointError, CueError, InputError
-from helpers import DANCE_SIZE, dance_frames, real_reference
+from helpers import DANCE_SIZE, check_on_frame, dance_frames, real_reference
 
 WORKING_SIZE = DANCE_SIZE
 
@@ -84,19 +84,7 @@ def test_bad_inputs_raise_before_any_work():
 
 
 def test_on_frame_is_called_per_frame_and_can_stop_the_run():
-    seen = []
-    segment_person(torch.zeros(3, 64, 64, 3), on_frame=seen.append)
-    assert seen == [0, 1, 2]
-
-    class Cancelled(Exception):
-        pass
-
-    def cancel_at_second(i):
-        if i == 1:
-            raise Cancelled
-
-    with pytest.raises(Cancelled):
-        segment_person(torch.zeros(4, 64, 64, 3), on_frame=cancel_at_second)
+    check_on_frame(segment_person)
 
 
 def test_model_choice_follows_the_frame_shape():
