@@ -100,6 +100,29 @@ NOTE_D = ("Bring your own person mask.\n\n"
           "in both Driving Video nodes so the frames and the mask line up.")
 
 
+# the Cue Triplet's widget values, the same in every workflow
+TRIPLET = {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
+           "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0, "anchor": "first"}
+
+
+def _animation(note: str, *, fps: float, loader: dict, sampler: dict, tiled: bool, prefix: str) -> list[Node]:
+    """Nodes 5-13 of an animation workflow: load the model, encode the cues (node 4) at the driving fps (node 2),
+    sample, decode, save the video, preview the cues, and the note."""
+    return [
+        Node(5, "DirectAnimatorModelLoader", (720, 520), loader),
+        Node(6, "DirectAnimatorEncode", (1080, 0), {"fps": fps, "tiled": tiled},
+             {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
+        Node(7, "DirectAnimatorSampler", (1080, 260), sampler, {"model": (5, 0), "conditioning": (6, 0)}),
+        Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": tiled}, {"model": (5, 0), "latent": (7, 0)}),
+        Node(9, "CreateVideo", (1440, 200), {"fps": fps}, {"images": (8, 0), "fps": (8, 1)}),
+        Node(10, "SaveVideo", (1800, 200),
+             {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, {"video": (9, 0)}),
+        Node(11, "DirectAnimatorCuePreview", (1080, 700), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
+        Node(12, "PreviewImage", (1440, 700), {}, {"images": (11, 0)}),
+        Node(13, "Note", (0, 820), {"text": note}, title="About", width=400),
+    ]
+
+
 def _animate_demo() -> list[Node]:
     return [
         Node(1, "LoadVideo", (0, 0), {"file": DEMO_DRIVING}, title="Load Video (driving)"),
@@ -107,26 +130,13 @@ def _animate_demo() -> list[Node]:
              {"width": 128, "height": 128, "resize": "pad", "start": 0, "stride": 1, "max_frames": 0,
               "frames_fps": 12.0}, {"video": (1, 0)}),
         Node(3, "LoadImage", (0, 420), {"image": DEMO_REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0),
-             {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
-              "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0,
-              "anchor": "first"},
-             {"reference": (3, 0), "frames": (2, 0)}),
-        Node(5, "DirectAnimatorModelLoader", (720, 520),
-             {"backbone": BUNDLED, "repo_id": "", "checkpoint": BUNDLED, "precision": "fp32", "offload": False}),
-        Node(6, "DirectAnimatorEncode", (1080, 0), {"fps": 12.0, "tiled": False},
-             {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
-        Node(7, "DirectAnimatorSampler", (1080, 260),
-             {"steps": 1, "guidance": 1.0, "seed": 0, "scheduler": "ddim", "window": 0, "overlap": 0,
-              "denoise": 1.0, "average_of": 4},
-             {"model": (5, 0), "conditioning": (6, 0)}),  # the demo model's setting (demo.json)
-        Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": False}, {"model": (5, 0), "latent": (7, 0)}),
-        Node(9, "CreateVideo", (1440, 200), {"fps": 12.0}, {"images": (8, 0), "fps": (8, 1)}),
-        Node(10, "SaveVideo", (1800, 200),
-             {"filename_prefix": "directanimator/demo", "format": "auto", "codec": "auto"}, {"video": (9, 0)}),
-        Node(11, "DirectAnimatorCuePreview", (1080, 700), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
-        Node(12, "PreviewImage", (1440, 700), {}, {"images": (11, 0)}),
-        Node(13, "Note", (0, 820), {"text": NOTE_A}, title="About", width=400),
+        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
+        *_animation(NOTE_A, fps=12.0, tiled=False, prefix="directanimator/demo",
+                    loader={"backbone": BUNDLED, "repo_id": "", "checkpoint": BUNDLED, "precision": "fp32",
+                            "offload": False},
+                    # the demo model's sampling setting (demo.json)
+                    sampler={"steps": 1, "guidance": 1.0, "seed": 0, "scheduler": "ddim", "window": 0, "overlap": 0,
+                             "denoise": 1.0, "average_of": 4}),
     ]
 
 
@@ -137,26 +147,13 @@ def _animate_long() -> list[Node]:
              {"width": 720, "height": 480, "resize": "pad", "start": 0, "stride": 1, "max_frames": 0,
               "frames_fps": 24.0}, {"video": (1, 0)}),
         Node(3, "LoadImage", (0, 420), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0),
-             {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
-              "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0,
-              "anchor": "first"},
-             {"reference": (3, 0), "frames": (2, 0)}),
-        Node(5, "DirectAnimatorModelLoader", (720, 520),
-             {"backbone": "CogVideoX-5b-I2V", "repo_id": "",
-              "checkpoint": "directanimator_cogvideox_5b_i2v.safetensors", "precision": "bf16", "offload": True}),
-        Node(6, "DirectAnimatorEncode", (1080, 0), {"fps": 24.0, "tiled": True},
-             {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
-        Node(7, "DirectAnimatorSampler", (1080, 260),
-             {"steps": 25, "guidance": 3.0, "seed": 42, "scheduler": "dpm", "window": 12, "overlap": 3,
-              "denoise": 1.0, "average_of": 1}, {"model": (5, 0), "conditioning": (6, 0)}),
-        Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": True}, {"model": (5, 0), "latent": (7, 0)}),
-        Node(9, "CreateVideo", (1440, 200), {"fps": 24.0}, {"images": (8, 0), "fps": (8, 1)}),
-        Node(10, "SaveVideo", (1800, 200),
-             {"filename_prefix": "directanimator/animation", "format": "auto", "codec": "auto"}, {"video": (9, 0)}),
-        Node(11, "DirectAnimatorCuePreview", (1080, 700), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
-        Node(12, "PreviewImage", (1440, 700), {}, {"images": (11, 0)}),
-        Node(13, "Note", (0, 820), {"text": NOTE_B}, title="About", width=400),
+        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
+        *_animation(NOTE_B, fps=24.0, tiled=True, prefix="directanimator/animation",
+                    loader={"backbone": "CogVideoX-5b-I2V", "repo_id": "",
+                            "checkpoint": "directanimator_cogvideox_5b_i2v.safetensors", "precision": "bf16",
+                            "offload": True},
+                    sampler={"steps": 25, "guidance": 3.0, "seed": 42, "scheduler": "dpm", "window": 12,
+                             "overlap": 3, "denoise": 1.0, "average_of": 1}),
     ]
 
 
@@ -167,11 +164,7 @@ def _inspect_cues() -> list[Node]:
              {"width": 512, "height": 896, "resize": "pad", "start": 0, "stride": 2, "max_frames": 49,
               "frames_fps": 24.0}, {"video": (1, 0)}),
         Node(3, "LoadImage", (0, 420), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0),
-             {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
-              "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0,
-              "anchor": "first"},
-             {"reference": (3, 0), "frames": (2, 0)}),
+        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
         Node(5, "DirectAnimatorCuePreview", (1080, 0), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
         Node(6, "SaveImage", (1440, 0), {"filename_prefix": "directanimator/cue_sheet"}, {"images": (5, 0)}),
         Node(7, "CreateVideo", (1080, 300), {"fps": 24.0}, {"images": (4, 1), "fps": (2, 1)}),
@@ -208,10 +201,7 @@ def _own_mask() -> list[Node]:
         Node(7, "ImageToMask", (1080, 480), {"channel": "red"}, {"image": (6, 0)}),
         Node(8, "GrowMask", (1080, 620), {"expand": 4, "tapered_corners": True}, {"mask": (7, 0)}),
         Node(9, "LoadImage", (0, 960), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(10, "DirectAnimatorCueTriplet", (1440, 0),
-             {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
-              "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0,
-              "anchor": "first"},
+        Node(10, "DirectAnimatorCueTriplet", (1440, 0), dict(TRIPLET),
              {"reference": (9, 0), "frames": (3, 0), "mask": (8, 0)}),
         Node(11, "DirectAnimatorPoseCue", (1440, 560), {"cutoff": 0.12, "filter": "gaussian", "blank_bad_frames": True},
              {"frames": (3, 0), "mask": (8, 0)}),
