@@ -13,7 +13,9 @@ def machine_line(threads: int) -> str:
     """Cores, architecture, torch threads, native bf16, torch version, date and load average, for a table's header."""
     import torch
 
-    native = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    from training.precision import cpu_has_native_bf16
+
+    native = "yes" if cpu_has_native_bf16() else "no"
     return (f"{os.cpu_count()} cores, {platform.machine()}, {threads} torch threads, native bf16 {native}, torch "
             f"{torch.__version__}, {datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at "
             "the end")

@@ -14,7 +14,7 @@ from tests.test_training_stage1 import CONFIG, make_world, overrides
 from directanimator.errors import InputError
 from training.config import load_config
 from training.data import SKIPPED, CachedClips, cache_folder, clip_id
-from training.prepare import prepare, random_similarity, realign
+from training.prepare import encode_autocast, prepare, random_similarity, realign
 from training.world.dataset import read_metadata
 
 
@@ -178,6 +178,23 @@ def test_bf16_encoding_caches_latents_near_the_fp32_ones_under_its_own_key(prepa
     assert differs  # the encoder really ran in bf16
     with pytest.raises(InputError, match="data.encode_precision='fp16'"):
         elsewhere(config, tmp_path, "data.encode_precision='fp16'")
+
+
+def test_bf16_encoding_warns_only_on_a_cpu_without_native_bf16(monkeypatch, caplog):
+    from training import precision
+
+    vae = torch.nn.Linear(2, 2)
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        with encode_autocast(vae, "bf16"):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        with encode_autocast(vae, "fp32"):
+            assert not torch.is_autocast_enabled("cpu")
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warned == ([] if native else [
+            "data.encode_precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): the VAE encodes slower "
+            "than in fp32; set data.encode_precision='fp32'."])
 
 
 def test_skeleton_source_caches_skeleton_maps_with_blank_face_and_location(prepared):

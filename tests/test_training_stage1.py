@@ -224,6 +224,17 @@ def test_bf16_mixed_precision_runs_on_the_cpu_when_asked_and_auto_stays_fp32(wor
     assert auto.accelerator.mixed_precision == "no"  # auto: fp32 on the CPU
 
 
+def test_bf16_training_warns_on_a_cpu_without_native_bf16(world, fresh_precision, monkeypatch, caplog):
+    from training import precision
+
+    root, data, model = world
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='slow'", "run.mixed_precision='bf16'"))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    Trainer(config, load_student(config), CachedClips(config, stage=1), stage1_loss, stage=1)
+    assert any("run.mixed_precision='bf16' on a CPU without native bf16" in r.getMessage() and
+               "run.mixed_precision='no'" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 @pytest.mark.parametrize("option", ["reference_in_every_frame", "residual_reference"])
 def test_the_reference_options_of_a_fresh_student_come_from_the_config(world, option):
     root, data, model = world

@@ -46,6 +46,7 @@ from .data import (
     vae_folder,
     window_starts,
 )
+from .precision import warn_without_native_bf16
 from .world.cues import truth_cue_inputs
 from .world.skeleton_map import EstimatorErrors, simulate_estimator, skeleton_maps, skeleton_triplet, to_openpose
 from .world.dataset import read_metadata
@@ -289,9 +290,8 @@ def encode_autocast(vae, precision: str):
     if precision != "bf16":
         return contextlib.nullcontext()
     device = next(vae.parameters()).device
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.warning("data.encode_precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): the VAE "
-                    "encodes slower than in fp32; set data.encode_precision='fp32'.")
+    if device.type == "cpu":
+        warn_without_native_bf16("data.encode_precision='bf16'", "the VAE encodes", "data.encode_precision='fp32'")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 

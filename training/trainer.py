@@ -31,6 +31,7 @@ from directanimator.sampling import make_scheduler
 from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
+from .precision import warn_without_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -214,9 +215,8 @@ class Trainer:
         precision = config.run.mixed_precision
         # "auto": bf16 on CUDA only; "bf16" asks for it on the CPU too (autocast, fp32 weights and optimizer)
         mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda) else "no"
-        if mixed == "bf16" and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            log.warning("run.mixed_precision='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): training "
-                        "runs slower than in fp32; set run.mixed_precision='no'.")
+        if mixed == "bf16" and not cuda:
+            warn_without_native_bf16("run.mixed_precision='bf16'", "training runs", "run.mixed_precision='no'")
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
         self.device = self.accelerator.device
         log.info("process %d of %d: accelerate %s, backend %s, device %s", self.accelerator.process_index,
