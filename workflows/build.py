@@ -79,7 +79,7 @@ NOTE_A = ("Animate with the demo model bundled in this pack.\n\n"
           f"{DEMO_DRIVING} and models/demo/demo/reference.png as {DEMO_REFERENCE} (or load any clip and picture).\n"
           "2. Queue. The cues are detected (mediapipe) from the loaded video, then the small model trained on the "
           "procedural world animates the puppet at 128x128 px on the CPU in seconds (one DDIM step, the "
-          "setting it was validated with; more steps give noisier samples with this toy model).\n"
+          "setting it was validated with: it was trained on the noisiest timesteps only, so more steps make it worse).\n"
           "It knows only puppets; real people work through the same nodes with a real backbone (the long-video "
           "workflow).")
 NOTE_B = ("Animate a reference with CogVideoX-5B-I2V and a DirectAnimator checkpoint.\n\n"
