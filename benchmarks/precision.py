@@ -13,7 +13,6 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.report import machine_line, publish  # noqa: E402
+from benchmarks.report import benchmark_parser, machine_line, publish  # noqa: E402
 from directanimator.models import CueLatents, load_model  # noqa: E402
 
 SECTION = "## Training precision"
@@ -41,11 +40,8 @@ def precision(name: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = benchmark_parser(__doc__, repeats=5)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(MODEL, MODEL / "directanimator.safetensors", dtype="fp32").transformer.train()

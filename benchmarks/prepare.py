@@ -12,7 +12,6 @@ Prints the table and writes the "Prepare" section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.report import machine_line, publish  # noqa: E402
+from benchmarks.report import benchmark_parser, machine_line, publish  # noqa: E402
 from directanimator.models.configs import backbone_config  # noqa: E402
 from training.prepare import encode_autocast, encode_clip, meta_transformer  # noqa: E402
 from training.world import WorldConfig, exact_cues, make_sample  # noqa: E402
@@ -63,11 +62,8 @@ def relative_error(reference: list[dict], other: list[dict]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--clips", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from diffusers import AutoencoderKLCogVideoX

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -19,6 +20,15 @@ def machine_line(threads: int) -> str:
     return (f"{os.cpu_count()} cores, {platform.machine()}, {threads} torch threads, native bf16 {native}, torch "
             f"{torch.__version__}, {datetime.date.today().isoformat()}; load average {os.getloadavg()[0]:.1f} at "
             "the end")
+
+
+def benchmark_parser(doc: str, *, repeats: int) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes: --repeats, --threads (torch CPU threads) and --no-write."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    return parser
 
 
 def publish(text: str, heading: str, write: bool) -> None:

@@ -138,11 +138,6 @@ def table(cases: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) this benchmark's section of `path`, leaving the other sections as they are."""
-    report.write_section(path, SECTION, text)
-
-
 def main() -> None:
     args = parse_args()
     if args.child is not None:
@@ -190,7 +185,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_write:
-        write_section(args.output, text)
+        report.write_section(args.output, SECTION, text)
         print(f"\nwrote the Sampling section of {args.output}")
 
 
