@@ -15,3 +15,14 @@ def test_a_section_is_replaced_in_place_or_appended(tmp_path):
     write_section(tmp_path / "docs" / "new.md", "## A", "## A\n\na")  # a folder that does not exist yet
     assert (tmp_path / "docs" / "new.md").read_text() == "# Benchmarks\n\n## A\n\na\n"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_benchmark_takes_repeats_threads_and_no_write():
+    from benchmarks.report import benchmark_parser
+
+    parser = benchmark_parser("A benchmark.\n\nMore text.", repeats=3)
+    assert parser.description == "A benchmark."
+    args = parser.parse_args([])
+    assert (args.repeats, args.threads, args.no_write) == (3, 2, False)
+    args = parser.parse_args(["--repeats", "1", "--threads", "4", "--no-write"])
+    assert (args.repeats, args.threads, args.no_write) == (1, 4, True)
