@@ -1,15 +1,19 @@
-"""Writes that leave either the complete new file or nothing (DESIGN.md 8): a temporary name, then a rename."""
+"""Writes that leave either the complete new file or nothing (DESIGN.md 8): a temporary name, then a rename; and
+output folders that a command replaces only when it wrote them (a marker file says which command did)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from torch import Tensor
+
+from .errors import InputError
 
 
 @contextmanager
@@ -36,3 +40,78 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dic
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- output folders
+OUTPUT_MARKER = ".directanimator-output.json"  # {"command": ...}: this folder is that command's to replace
+
+
+def output_command(folder: str | Path) -> str | None:
+    """The command recorded in `folder`'s output marker, or None when it has none (or an unreadable one)."""
+    try:
+        return str(json.loads((Path(folder) / OUTPUT_MARKER).read_text())["command"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_output(folder: str | Path, command: str) -> None:
+    """Write `folder`'s output marker: `command` may replace this folder and what it holds."""
+    with atomic_path(Path(folder) / OUTPUT_MARKER) as tmp:
+        tmp.write_text(json.dumps({"command": command}) + "\n")
+
+
+def check_output_folder(folder: str | Path, command: str, *, option: str = "--out",
+                        legacy: Callable[[Path], bool] | None = None) -> Path:
+    """Raise InputError unless `command` may write into `folder` and replace what it wrote there: the folder is
+    absent, empty, or carries `command`'s output marker (or, written before markers existed, `legacy(folder)`
+    recognises it). Reads only; call it before any long work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder}: is a file, not a folder; give a new or empty folder.")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return folder
+    found = output_command(folder)
+    if found == command or (found is None and legacy is not None and legacy(folder)):
+        return folder
+    whose = f"it was written by `{found}`" if found else f"it holds files that `{command}` did not write"
+    raise InputError(f"{option} {folder}: the folder is not empty and {whose}; `{command}` replaces its own output "
+                     "only, so that nothing else is deleted. Give a new or empty folder (or delete this one "
+                     "yourself if nothing in it is needed).")
+
+
+def claim_output_folder(folder: str | Path, command: str, *, option: str = "--out",
+                        legacy: Callable[[Path], bool] | None = None) -> Path:
+    """`check_output_folder`, then create `folder` and mark it as `command`'s output."""
+    folder = check_output_folder(folder, command, option=option, legacy=legacy)
+    folder.mkdir(parents=True, exist_ok=True)
+    if output_command(folder) != command:
+        mark_output(folder, command)
+    return folder
+
+
+@contextmanager
+def replace_output_folder(folder: str | Path, command: str, *, option: str = "--out",
+                          legacy: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield a new temporary folder beside `folder` to fill; when the block ends without an error it is marked as
+    `command`'s output and takes the place of `folder`. An existing `folder` is checked (`check_output_folder`)
+    before and again at the swap, so only a folder this command wrote is ever removed."""
+    folder = check_output_folder(folder, command, option=option, legacy=legacy).resolve()  # "." has no name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = folder.with_name(f".{folder.name}.{tag}.tmp"), folder.with_name(f".{folder.name}.{tag}.old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        mark_output(tmp, command)
+        check_output_folder(folder, command, option=option, legacy=legacy)  # it may have changed meanwhile
+        if folder.exists():
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if old.exists():
+                os.replace(old, folder)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
