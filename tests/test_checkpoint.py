@@ -213,3 +213,24 @@ def test_the_reference_options_travel_with_the_checkpoint(tiny_folder, tmp_path,
     loaded = load_model(tiny_folder, path, dtype="fp32")
     assert getattr(loaded.transformer.cue_config, option) is True
     assert getattr(load_model(tiny_folder, None, dtype="fp32").transformer.cue_config, option) is False
+
+
+def test_weights_holding_nan_or_inf_are_refused_at_load_naming_the_tensor(tiny_folder, tmp_path):
+    model = tiny_animator("1.0", randomize_cues=True)
+    name, param = next((n, p) for n, p in model.named_parameters() if ".fusion." in n)
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    path = save_checkpoint(tmp_path / "diverged.safetensors", model)
+    with pytest.raises(CheckpointError, match=r"diverged\.safetensors: tensor 'cue\..*' holds 1 NaN and 0 infinite"):
+        load_model(tiny_folder, path, dtype="fp32")  # refused before the backbone loads, naming the tensor
+
+
+def test_a_backbone_file_holding_inf_is_refused_naming_the_tensor(tmp_path):
+    backbone = tiny_backbone("1.5", seed=2)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    state["proj_out.weight"][0, 0] = float("inf")
+    weights = tmp_path / "tiny15.safetensors"
+    save_file(state, str(weights))
+    (tmp_path / "tiny15.json").write_text(json.dumps(tiny_backbone_config("1.5")))
+    with pytest.raises(CheckpointError, match=r"tiny15\.safetensors: tensor 'proj_out\.weight' holds 0 NaN and 1 inf"):
+        load_model(weights, vae=tmp_path)

@@ -89,6 +89,20 @@ def read_safetensors(path: str | Path, *, what: str = "checkpoint") -> tuple[dic
     return tensors, metadata
 
 
+def check_finite(tensors: Mapping[str, Tensor], *, what: str, fix: str = "") -> None:
+    """Raise CheckpointError naming the first floating tensor of `tensors` that holds NaN or infinite values (a
+    diverged training run saved them; sampling with them gives a black or noise video)."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            raise CheckpointError(
+                f"{what}: tensor {name!r} holds {nan} NaN and {inf} infinite values (of {value.numel()}); the "
+                "training that wrote it diverged, or the file is damaged. "
+                + (fix or "Use a checkpoint saved before the divergence (an earlier step), or retrain with a lower "
+                          "learning rate.")
+            )
+
+
 def safetensors_shapes(path: str | Path, *, what: str = "file") -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from the header only (no tensor data is read)."""
     check_safetensors_file(path, what=what)
@@ -233,6 +247,7 @@ def read_checkpoint(path: str | Path) -> DirectAnimatorCheckpoint:
             f"DirectAnimator checkpoint {path}: format version {version}, this code reads up to {FORMAT_VERSION}. "
             "Update the DirectAnimator package."
         )
+    check_finite(tensors, what=f"DirectAnimator checkpoint {path}")
     groups: dict[str, dict[str, Tensor]] = {"cue": {}, "lora": {}, "backbone": {}}
     for key, value in tensors.items():
         prefix, _, rest = key.partition(".")

@@ -23,6 +23,7 @@ from .checkpoint import (
     PICKLE_SUFFIXES,
     apply_checkpoint,
     check_compatible,
+    check_finite,
     check_safetensors_file,
     read_checkpoint,
     read_safetensors,
@@ -234,6 +235,7 @@ def load_backbone_file(path: str | Path, *, config: Mapping[str, Any] | None = N
             "must be converted with diffusers' conversion script first."
         )
     state, _ = read_safetensors(path, what="backbone file")
+    check_finite(state, what=f"backbone file {path}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(dtype).eval(), source
 
@@ -255,6 +257,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[CogVideoXTransformer
                                                            local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"backbone folder {root}: cannot load the transformer ({exc}).") from exc
+    check_finite(model.state_dict(), what=f"backbone folder {root}")
     vae = folder / "vae" if (folder / "vae" / "config.json").is_file() else None
     scheduler = folder / "scheduler" / "scheduler_config.json"
     return model.eval(), vae, scheduler if scheduler.is_file() else None
@@ -272,10 +275,12 @@ def _load_vae(source: str | Path, dtype: torch.dtype, *, cache_dir: str | None,
     if not (root / "config.json").is_file():
         raise CheckpointError(f"VAE {source}: no vae/config.json nor config.json found.")
     try:
-        return AutoencoderKLCogVideoX.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
-                                                      local_files_only=True).eval()
+        vae = AutoencoderKLCogVideoX.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
+                                                     local_files_only=True).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"VAE {root}: cannot load it ({exc}).") from exc
+    check_finite(vae.state_dict(), what=f"VAE {root}")
+    return vae
 
 
 def build_transformer(backbone: CogVideoXTransformer3DModel,
