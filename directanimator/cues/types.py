@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
+import numbers
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from ..errors import CueError
+from ..tensors import MAX_SIDE_PX, MIN_SIDE_PX
 
 FilterType = Literal["gaussian", "ideal", "butterworth"]
 SegmenterName = Literal["mediapipe", "sam", "given"]
 FaceDetectorName = Literal["auto", "mediapipe", "opencv", "given"]
 AnchorName = Literal["first", "clip"]
 ANCHORS: tuple[str, ...] = get_args(AnchorName)  # the location anchors, for checks and choices
+FILTERS: tuple[str, ...] = get_args(FilterType)
+SIDE_MULTIPLE = 16  # working sides: VAE factor 8 times patch size 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,44 +54,98 @@ class CueConfig:
     grid_blur: float = 4.0  # Gaussian sigma after gridding, px
     area_jump: float = 0.5  # relative mask-area change against neighbours that marks a frame bad
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "CueConfig":
-        """Raise CueError on an option out of range; return self."""
+        """Raise CueError naming the first option of the wrong type or out of range; return self.
+
+        Runs when the config is built; call it again after changing a field in place."""
         for name in ("height", "width"):
             value = getattr(self, name)
-            if value is not None and (value < 64 or value % 16):
-                raise CueError(f"CueConfig.{name}={value}: must be a multiple of 16 and at least 64.")
+            if value is None:
+                continue
+            if not _is_int(value) or value < MIN_SIDE_PX or value > MAX_SIDE_PX or value % SIDE_MULTIPLE:
+                nearest = min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(value / SIDE_MULTIPLE) * SIDE_MULTIPLE)) \
+                    if _is_number(value) and math.isfinite(value) else MIN_SIDE_PX
+                raise CueError(f"CueConfig.{name}={value!r}: must be a multiple of {SIDE_MULTIPLE} and at least "
+                               f"{MIN_SIDE_PX} px (at most {MAX_SIDE_PX}), e.g. {nearest}; or None to derive it "
+                               "from the driving video.")
+        for name in ("butterworth_order", "face_smooth", "max_face_gap", "grid_cell"):
+            if not _is_int(getattr(self, name)):
+                raise CueError(f"CueConfig.{name}={getattr(self, name)!r}: must be a whole number.")
+        for name in ("cutoff", "face_scale", "grid_blur", "area_jump"):
+            if not _is_number(getattr(self, name)):
+                raise CueError(f"CueConfig.{name}={getattr(self, name)!r}: must be a number.")
+        if not isinstance(self.align_pose, bool):
+            raise CueError(f"CueConfig.align_pose={self.align_pose!r}: must be true or false.")
+        if self.sam_checkpoint is not None and not isinstance(self.sam_checkpoint, (str, os.PathLike)):
+            raise CueError(f"CueConfig.sam_checkpoint={self.sam_checkpoint!r}: must be a file path or None.")
         if not 0.0 < self.cutoff <= 1.0:
             raise CueError(f"CueConfig.cutoff={self.cutoff}: must be in (0, 1], a fraction of Nyquist.")
-        if self.filter not in ("gaussian", "ideal", "butterworth"):
+        if self.filter not in FILTERS:
             raise CueError(f"CueConfig.filter={self.filter!r}: use 'gaussian', 'ideal' or 'butterworth'.")
-        if self.segmenter not in ("mediapipe", "sam", "given"):
+        if self.butterworth_order < 1:
+            raise CueError(f"CueConfig.butterworth_order={self.butterworth_order}: must be at least 1.")
+        if self.segmenter not in get_args(SegmenterName):
             raise CueError(f"CueConfig.segmenter={self.segmenter!r}: use 'mediapipe', 'sam' or 'given'.")
         if self.segmenter == "sam" and not self.sam_checkpoint:
             raise CueError("CueConfig.segmenter='sam' needs sam_checkpoint, the path of a segment-anything checkpoint.")
-        if self.face_detector not in ("auto", "mediapipe", "opencv", "given"):
+        if self.face_detector not in get_args(FaceDetectorName):
             raise CueError(
                 f"CueConfig.face_detector={self.face_detector!r}: use 'auto', 'mediapipe', 'opencv' or 'given'."
             )
         if self.anchor not in ANCHORS:
             raise CueError(f"CueConfig.anchor={self.anchor!r}: use 'first' (the first good driving frame) or 'clip' "
                            "(the median over the clip).")
-        if self.face_scale < 1.0:
+        if not self.face_scale >= 1.0:
             raise CueError(f"CueConfig.face_scale={self.face_scale}: must be at least 1.0.")
-        if self.grid_cell < 1 or self.grid_blur < 0 or self.face_smooth < 1 or self.max_face_gap < 0:
-            raise CueError("CueConfig: grid_cell and face_smooth must be >= 1; grid_blur and max_face_gap >= 0.")
-        if not 0.0 < self.area_jump:
-            raise CueError(f"CueConfig.area_jump={self.area_jump}: must be positive.")
+        if self.grid_cell < 1 or not self.grid_blur >= 0 or self.face_smooth < 1 or self.max_face_gap < 0:
+            raise CueError(f"CueConfig: grid_cell and face_smooth must be >= 1, grid_blur and max_face_gap >= 0; got "
+                           f"grid_cell={self.grid_cell}, face_smooth={self.face_smooth}, "
+                           f"grid_blur={self.grid_blur}, max_face_gap={self.max_face_gap}.")
+        if not 0.0 < self.area_jump < math.inf:
+            raise CueError(f"CueConfig.area_jump={self.area_jump}: must be a positive number.")
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_saved(cls, saved: dict | None) -> "CueConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, name: str = "cue config") -> "CueConfig":
+        """The config of `data` (a user's settings); a key that is not an option is a CueError naming it."""
+        if not isinstance(data, Mapping):
+            raise CueError(f"{name}: expected a mapping of CueConfig options, got {type(data).__name__}.")
+        known = list(cls.__dataclass_fields__)
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise CueError(f"{name}: unknown option {key!r}.{hint} CueConfig options: {', '.join(known)}.")
+        return cls(**data)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any] | None, *, name: str = "saved cue config") -> "CueConfig":
         """The config a checkpoint or training cache recorded (`to_dict`); keys this version does not know are
-        dropped, and options it did not record take their defaults."""
+        dropped with a warning naming them, and options it did not record take their defaults."""
+        saved = dict(saved or {})
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in (saved or {}).items() if k in known})
+        unknown = sorted(str(k) for k in saved if k not in known)
+        if unknown:
+            log.warning("%s: ignoring option(s) this version does not know: %s (made by another version?)", name,
+                        ", ".join(unknown))
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in known})
+        except CueError as error:
+            raise CueError(f"{name}: {error}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass
