@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,26 @@ DEFAULT_FACE_DETECTOR = "auto"
 # region, a square of this fraction of the person's height from the top of its box, enlarged to HEAD_VIEW_PX.
 HEAD_REGION = 0.4
 HEAD_VIEW_PX = 384
+# Float values above this are not the small overshoot of a bicubic resize (clamped to 1 as before) but 0..255 data
+# passed as float: refused, since clamping would turn the picture white.
+BYTE_SCALE_LIMIT = 2.0
+
+
+def _check_unit_scale(x, name: str) -> None:
+    """Raise CueError when float `x` holds values that look like 0..255 rather than 0..1 (uint8 is converted)."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+            return
+        peak = float(np.nanmax(x))
+    elif isinstance(x, Tensor):
+        if not x.is_floating_point() or x.numel() == 0:
+            return
+        peak = float(x.detach().amax())
+    else:
+        return  # as_frames / cue_masks name the wrong type
+    if peak > BYTE_SCALE_LIMIT:
+        raise CueError(f"{name}: float values up to {peak:g}, but frames and masks are 0..1 (ComfyUI IMAGE/MASK); "
+                       "these look like 0..255. Divide by 255 (or pass uint8 values).")
 
 
 def _content(plan: ResizePlan) -> Tensor:
@@ -242,7 +263,8 @@ def extract_cues(
     auto for the parts of the reference not given).
 
     No face in any driving frame is not an error: the face cue is black and the face location zero (a note says
-    so). No person in the reference or in every driving frame raises CueError. `on_frame(i)` is called once per
+    so). No person in the reference or in every driving frame raises CueError, and so do float frames or masks
+    with values above 2 (0..255 data: divide by 255). `on_frame(i)` is called once per
     driving frame index, in order, as the work advances, always from the calling thread.
 
     On the CPU, segmentation and face detection run at once (face detection in a worker thread), and then the
@@ -250,6 +272,9 @@ def extract_cues(
     Inputs already at the working size are not copied, so the triplet's ``reference`` may be `reference` itself.
     """
     config = (config or CueConfig()).validate()
+    for value, name in ((reference, "reference"), (driving, "driving"), (driving_mask, "driving_mask"),
+                        (reference_mask, "reference_mask")):
+        _check_unit_scale(value, name)
     reference = as_frames(reference, name="reference")
     driving = as_frames(driving, name="driving")
     if reference.shape[0] != 1:
