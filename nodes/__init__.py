@@ -1,8 +1,8 @@
 """DirectAnimator ComfyUI nodes: thin adapters over the `directanimator` library, one module per concern."""
 
-from . import cues, model, video
+from . import cues, media, model, video
 
-_MODULES = (cues, model, video)
+_MODULES = (cues, media, model, video)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
