@@ -89,6 +89,50 @@ def test_resume_skips_finished_stages_and_a_second_run_without_resume_is_refused
     assert f"This folder was made by `{card['run_as']}`" in text
 
 
+def test_a_rerun_replaces_its_own_model_folder(tiny_root, tmp_path):
+    work, out = tiny_root / "work", tmp_path / "model"
+    run_recipe(out, scale="tiny", work=work, resume=True)
+    (out / "stale.txt").write_text("left by the first run")
+    run_recipe(out, scale="tiny", work=work, resume=True)  # the recipe's own output: replaced, not refused
+    assert (out / CHECKPOINT_NAME).is_file() and not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary or old copy beside it
+
+
+def _precious(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "thesis.tex").write_text("years of work")
+    return folder
+
+
+@pytest.mark.parametrize("which", ["out", "work"])
+def test_a_folder_the_recipe_did_not_write_is_refused_before_any_work(tmp_path, which):
+    folders = {"out": tmp_path / "out", "work": tmp_path / "work"}
+    mine = _precious(folders[which])
+    with pytest.raises(InputError, match=rf"--{which} {mine}: the folder is not empty.*new or empty folder"):
+        run_recipe(folders["out"], scale="tiny", work=folders["work"])
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert not folders["work" if which == "out" else "out"].exists()
+
+
+def test_the_model_folder_and_the_work_folder_may_not_contain_each_other(tmp_path):
+    for out, work in ((tmp_path, tmp_path / "work"), (tmp_path / "w" / "m", tmp_path / "w"), (tmp_path, tmp_path)):
+        with pytest.raises(InputError, match="one lies inside the other"):
+            run_recipe(out, scale="tiny", work=work)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_written_before_output_markers_is_still_the_recipes(tmp_path):
+    from training.recipe import check_folders
+
+    old = tmp_path / "models" / "demo"
+    old.mkdir(parents=True)
+    (old / CARD_JSON).write_text(json.dumps({"command": "python -m training recipe --out models/demo"}))
+    check_folders(old, tmp_path / "work")  # accepted: its card names the recipe
+    (old / CARD_JSON).write_text(json.dumps({"command": "something else"}))
+    with pytest.raises(InputError, match="--out"):
+        check_folders(old, tmp_path / "work")
+
+
 def test_the_recipe_command_line_names_the_work_folder_and_resume_only_when_given():
     assert recipe_command("m", "demo", ["stage1.steps=5"], config_path="c.toml") == \
         "python -m training recipe --out m --scale demo --config c.toml --set stage1.steps=5"

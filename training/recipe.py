@@ -41,7 +41,8 @@ from typing import Callable
 
 import torch
 
-from directanimator.atomic import atomic_path
+from directanimator.atomic import (atomic_path, check_output_folder, claim_output_folder,
+                                  replace_output_folder)
 from directanimator.demo import CHECKPOINT as CHECKPOINT_NAME, DEMO_DIR, DEMO_JSON, TRUTH  # what the demo reads
 from directanimator.cues.types import ANCHORS
 from directanimator.errors import InputError
@@ -58,6 +59,10 @@ STAGES = ("synth", "vae", "backbone", "prepare", "stage1", "pseudo", "stage2", "
 CARD = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 ELAPSED = "recipe_elapsed.json"
+RECIPE_JSON = "recipe.json"
+# the output markers (directanimator.atomic) of the model folder and of the work folder: only these are replaced
+OUT_COMMAND = "python -m training recipe --out"
+WORK_COMMAND = "python -m training recipe --work"
 # WorldSpec fields passed to WorldConfig (and recorded in the synth marker) only when they differ from its defaults
 WORLD_OPTIONS = ("limb_thickness", "close_up_probability", "turn_probability", "moving_background_probability",
                  "plain_clothes", "reference_in_place")
@@ -526,10 +531,8 @@ def _card(recipe: RecipeConfig, work: Path, markers: Markers, out: Path, command
     card["megabytes"] = round(total, 3)
     (staging / CARD_JSON).write_text(json.dumps(card, indent=1) + "\n")
     (staging / CARD).write_text(model_card_text(card))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(staging, out)
+    with replace_output_folder(out, OUT_COMMAND, legacy=_is_model_folder) as tmp:
+        shutil.copytree(staging, tmp, dirs_exist_ok=True)
     return {"megabytes": round(total, 3), "out": str(out)}
 
 
@@ -643,12 +646,13 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
     run_as = recipe_command(out, scale, overrides, config_path=config_path, work=work, resume=resume)
     work = Path(work) if work is not None else Path("runs") / f"recipe_{scale}"
     out = Path(out)
+    check_folders(out, work)
     markers = Markers(work)
     if markers.folder.is_dir() and any(markers.folder.iterdir()) and not resume:
         raise InputError(f"work folder {work} holds a previous recipe run; pass --resume to continue it or choose "
                          "another --work folder.")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1) + "\n")
+    claim_output_folder(work, WORK_COMMAND, option="--work", legacy=_is_work_folder)
+    (work / RECIPE_JSON).write_text(json.dumps(asdict(recipe), indent=1) + "\n")
     steps: dict[str, Callable[[], dict]] = {
         "synth": lambda: _synth(recipe, work), "vae": lambda: _vae(recipe, work),
         "backbone": lambda: _backbone(recipe, work), "prepare": lambda: _prepare(recipe, work),
@@ -671,6 +675,33 @@ def run_recipe(out: str | Path, *, scale: str = "demo", overrides: list[str] | t
     log.info("recipe done: %s (%.1f MB); held-out PSNR %s dB (static reference %s), SSIM %s (%s)", out,
              card["megabytes"], val["psnr"], val["baseline_psnr"], val["ssim"], val["baseline_ssim"])
     return card
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A model folder the recipe wrote before folders carried output markers: its card names the recipe."""
+    try:
+        return json.loads((folder / CARD_JSON).read_text())["command"].startswith("python -m training recipe")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _is_work_folder(folder: Path) -> bool:
+    """A work folder the recipe wrote before folders carried output markers: its recipe.json is a recipe's."""
+    try:
+        return {"world", "vae", "stage1", "stage2"} <= set(json.loads((folder / RECIPE_JSON).read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_folders(out: Path, work: Path) -> None:
+    """Raise InputError, before any work, unless the model folder `out` and the work folder `work` are the recipe's
+    to write: each absent, empty or the recipe's own earlier output; and neither inside the other's place."""
+    a, b = out.resolve(), work.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise InputError(f"--out {out} and --work {work}: one lies inside the other, so replacing the model folder "
+                         "or cleaning the work folder would delete the other; give two separate folders.")
+    check_output_folder(out, OUT_COMMAND, legacy=_is_model_folder)
+    check_output_folder(work, WORK_COMMAND, option="--work", legacy=_is_work_folder)
 
 
 def recipe_command(out: str | Path, scale: str, overrides, *, config_path: str | Path | None = None,
