@@ -27,6 +27,7 @@ import math
 import os
 import re
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError, VideoError
-from .tensors import as_frames
+from .tensors import MAX_SIDE_PX, as_frames
 
 log = logging.getLogger(__name__)
 
@@ -278,23 +279,48 @@ def _load_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            return np.ascontiguousarray(_pil_to_rgb(img))
+        # Pillow only warns between its pixel limit and twice that; both are refused here, before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return np.ascontiguousarray(_pil_to_rgb(img))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise VideoError(
+            f"image {path}: too large to open safely ({exc}). If you trust the file, downscale it to at most "
+            f"{MAX_SIDE_PX} px per side (an image editor, or ffmpeg -i IN -vf "
+            f"scale={MAX_SIDE_PX}:{MAX_SIDE_PX}:force_original_aspect_ratio=decrease OUT.png) and pass that."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise VideoError(
             f"image {path}: cannot be read ({exc}). The file is damaged or not an image; re-export it as PNG or JPEG."
         ) from exc
 
 
-def read_image(path: str | os.PathLike, *, size: tuple[int, int] | None = None, resize: ResizeMode = "pad",
-               dtype: torch.dtype = torch.float32) -> Tensor:
-    """Read one image as ``[1, H, W, 3]`` in 0..1, optionally resized to ``size`` ``(height, width)``.
+def _fit_long_side(frame: Tensor, max_side: int, path: Path) -> Tensor:
+    """`frame` ``[1, H, W, 3]`` scaled down (aspect kept) so that its long side is at most `max_side` px."""
+    height, width = frame.shape[1:3]
+    if max(height, width) <= max_side:
+        return frame
+    scale = max_side / max(height, width)
+    size = (max(1, min(max_side, round(height * scale))), max(1, min(max_side, round(width * scale))))
+    log.info("image %s: %dx%d px scaled to %dx%d (long side at most %d px)", path, width, height, size[1], size[0],
+             max_side)
+    return resize_frames(frame, size, "stretch")
 
-    RGBA is composited onto black, greyscale is replicated to RGB, EXIF orientation is applied.
+
+def read_image(path: str | os.PathLike, *, size: tuple[int, int] | None = None, resize: ResizeMode = "pad",
+               dtype: torch.dtype = torch.float32, max_side: int | None = None) -> Tensor:
+    """Read one image as ``[1, H, W, 3]`` in 0..1, optionally resized to ``size`` ``(height, width)``, or (without
+    `size`) scaled down, aspect kept, so that its long side is at most `max_side` px.
+
+    RGBA is composited onto black, greyscale is replicated to RGB, EXIF orientation is applied. Images beyond
+    Pillow's decompression-bomb limit (about 89 megapixels) are refused with a VideoError.
     """
     path = Path(path)
     if size is not None:
         size = _check_size(size, f"size for {path}", VideoError)
+    if max_side is not None and not (isinstance(max_side, int) and not isinstance(max_side, bool) and max_side >= 1):
+        raise VideoError(f"image {path}: max_side must be a whole number of pixels >= 1 (or None), got {max_side!r}.")
     _check_mode(resize, f"resize for {path}", VideoError)
     _check_dtype(dtype, path)
     if not path.is_file():
@@ -307,6 +333,8 @@ def read_image(path: str | os.PathLike, *, size: tuple[int, int] | None = None, 
     frame = torch.from_numpy(_load_image(path))[None]
     if size is not None:
         frame = resize_frames(frame, size, resize)
+    elif max_side is not None:
+        frame = _fit_long_side(frame, max_side, path)
     return _to_dtype(frame, dtype)
 
 
