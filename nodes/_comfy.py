@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
+
+from directanimator.errors import InputError
 
 log = logging.getLogger("directanimator.nodes")
 
@@ -126,8 +129,14 @@ class DirectAnimatorVAE(_Holder):
     """The video VAE, as ComfyUI's model manager sees it."""
 
 
+# ComfyUI folder name -> its default sub-folder of models/, for messages that say where a model goes
+_SUBDIRS: dict[str, str] = {}
+MAX_LISTED = 12  # names shown in an error message
+
+
 def register_model_folder(name: str, default_subdir: str, extensions: set[str]) -> None:
     """Add ``models/<default_subdir>`` to ComfyUI's model folders under `name` (idempotent)."""
+    _SUBDIRS.setdefault(name, default_subdir)
     if _fp is None:
         return
     path = os.path.join(_fp.models_dir, default_subdir)
@@ -143,6 +152,16 @@ def register_model_folder(name: str, default_subdir: str, extensions: set[str]) 
         _fp.folder_names_and_paths[name] = ([path], set(extensions))
 
 
+def _roots(name: str) -> list[str]:
+    """ComfyUI's folders for the model folder `name` (models/<subdir> and extra_model_paths); none outside it."""
+    if _fp is None:
+        return []
+    try:
+        return list(_fp.get_folder_paths(name))
+    except KeyError:
+        return []
+
+
 def model_files(name: str) -> list[str]:
     """Files ComfyUI knows in the model folder `name`; empty outside ComfyUI."""
     if _fp is None:
@@ -156,10 +175,8 @@ def model_files(name: str) -> list[str]:
 def model_folders(name: str) -> list[str]:
     """Sub-folders of ComfyUI's model folder `name` that hold a diffusers model (a model_index.json or a
     transformer/ folder); empty outside ComfyUI."""
-    if _fp is None:
-        return []
     found = []
-    for root in _fp.get_folder_paths(name):
+    for root in _roots(name):
         if not os.path.isdir(root):
             continue
         for entry in sorted(os.listdir(root)):
@@ -169,13 +186,52 @@ def model_folders(name: str) -> list[str]:
     return found
 
 
-def model_path(name: str, filename: str) -> str | None:
-    """Full path of `filename` in ComfyUI's model folder `name`, or None."""
-    if _fp is None:
-        return None
-    path = _fp.get_full_path(name, filename)
-    if path is None:  # folders (diffusers models) are not files
-        for root in _fp.get_folder_paths(name):
-            if os.path.isdir(os.path.join(root, filename)):
-                return os.path.join(root, filename)
-    return path
+def folder_hint(name: str) -> str:
+    """Where a user puts models of ComfyUI's model folder `name`, for messages."""
+    return f"ComfyUI/models/{_SUBDIRS.get(name, name)}"
+
+
+def is_plain_name(value: str) -> bool:
+    """True for a relative name made of ordinary parts: not absolute, no drive, no '.', '..' or empty part."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return False
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or os.path.isabs(value):
+        return False
+    return all(part not in ("", ".", "..") for part in re.split(r"[\\/]", value))
+
+
+def find_model(name: str, value: str, *, what: str, folders: bool = False) -> str:
+    """Full path of `value`, one of the names listed for ComfyUI's model folder `name` (sub-folders holding a
+    diffusers model when `folders`, else files); the path is inside one of that folder's roots.
+
+    Anything else (an absolute path, '..', a name not listed) raises InputError naming the folder to use. Nothing
+    outside the model folders is looked at, so the message cannot tell whether a path elsewhere exists.
+    """
+    hint = folder_hint(name)
+    listed = model_folders(name) if folders else model_files(name)
+    if is_plain_name(value) and value in listed:
+        for root in _roots(name):
+            path = os.path.join(root, value)
+            if os.path.isdir(path) if folders else os.path.isfile(path):
+                return path
+    kind = "a diffusers model folder" if folders else "a model file"
+    shown = ", ".join(listed[:MAX_LISTED]) + (", ..." if len(listed) > MAX_LISTED else "")
+    found = f"it has: {shown}" if listed else "it is empty" if _fp is not None else "ComfyUI is not running"
+    raise InputError(f"{what} {value!r} is not {kind} in {hint} ({found}). Put it in {hint} and refresh the page "
+                     "(R), then pick it from the list; paths elsewhere are not loaded.")
+
+
+# Hugging Face repo ids: owner/name, each part of letters, digits, '-', '_', '.', not starting or ending with '-'
+# or '.', no '--' or '..', at most 96 characters (huggingface_hub's validate_repo_id).
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+
+
+def check_repo_id(value: str, *, what: str = "repo_id") -> str:
+    """`value` stripped when it has the form of a Hugging Face repo id (owner/name); else InputError."""
+    repo = value.strip()
+    if not _REPO_ID.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
+        raise InputError(f"{what} {value!r} is not a Hugging Face repo id: use owner/name, e.g. "
+                         "THUDM/CogVideoX-5b-I2V (letters, digits, '-', '_', '.'). For a model on disk, put its "
+                         f"folder in {folder_hint('diffusers')} and pick it as the backbone.")
+    return repo

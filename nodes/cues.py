@@ -16,9 +16,10 @@ from directanimator.cues.face_detection import detect_faces
 from directanimator.cues.segmentation import bad_frames, segment_person
 from directanimator.cues.preview import contact_sheet, overlay_location
 from directanimator.cues.types import ANCHORS
+from directanimator.errors import InputError
 from directanimator.tensors import as_frames, as_masks
 
-from ._comfy import comfy_progress, model_files, model_path, register_model_folder
+from ._comfy import comfy_progress, find_model, model_files, register_model_folder
 
 CATEGORY = "DirectAnimator/cues"
 FACES = "DA_FACES"  # a FaceTrack: per-frame face boxes in pixels of the frames they came from
@@ -59,9 +60,21 @@ def _sam_input():
 
 
 def _sam_path(name: str) -> str | None:
+    """The file of `name`, listed in models/sams; InputError for anything else (absolute paths, '..')."""
     if not name or name == NO_SAM:
         return None
-    return model_path("sams", name) or name
+    return find_model("sams", name, what="sam_checkpoint")
+
+
+def _validate_sam(sam_checkpoint=None):
+    """VALIDATE_INPUTS of the nodes with a sam_checkpoint input: taking it, ComfyUI leaves its list check to us."""
+    if sam_checkpoint is None:  # linked from another node: checked when it runs
+        return True
+    try:
+        _sam_path(sam_checkpoint)
+    except InputError as exc:
+        return str(exc)
+    return True
 
 
 class DirectAnimatorPersonMask:
@@ -80,6 +93,10 @@ class DirectAnimatorPersonMask:
             "segmenter": _SEGMENTER,
             "sam_checkpoint": _sam_input(),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_checkpoint=None):
+        return _validate_sam(sam_checkpoint)
 
     def run(self, frames, segmenter, sam_checkpoint):
         with comfy_progress(len(frames)) as progress:
@@ -234,6 +251,10 @@ class DirectAnimatorCueTriplet:
                 "reference_mask": ("MASK", {"tooltip": "Person mask of the reference; replaces the segmenter."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_checkpoint=None):
+        return _validate_sam(sam_checkpoint)
 
     def run(self, reference, frames, cutoff, filter, segmenter, sam_checkpoint, detector, face_scale, grid_cell,
             grid_blur, anchor="first", mask=None, reference_mask=None):

@@ -13,17 +13,20 @@ from directanimator.demo import CHECKPOINT as BUNDLED_CHECKPOINT
 from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, load_model
+from directanimator.models.loader import download_backbone
 from directanimator.sampling import SCHEDULERS, sample_latents
 from directanimator.text import fit_text_embeddings
 from directanimator.vae_io import decode_latents
 
 from ._comfy import (
+    check_repo_id,
     comfy_progress,
     default_device,
+    find_model,
+    folder_hint,
     manages_models,
     model_files,
     model_folders,
-    model_path,
     prepare_parts,
     register_model_folder,
 )
@@ -48,7 +51,9 @@ register_model_folder("sams", "sams", {".pth", ".pt", ".safetensors"})
 
 
 def _file_stamp(path: str) -> str:
-    """Modification time and size of a file, or of the newest file in a folder (a diffusers model)."""
+    """Modification time and size of a file, or of the newest file in a folder (a diffusers model).
+
+    Only ever given paths that `_backbone_source` / `_checkpoint_source` resolved inside the model folders."""
     if os.path.isdir(path):
         stamps = [os.stat(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names]
         if not stamps:
@@ -65,17 +70,24 @@ def _bundled() -> list[str]:
 
 
 def _backbone_source(backbone: str) -> str:
+    """The folder of `backbone`: the bundled demo or a diffusers folder listed in models/diffusers; InputError
+    for anything else (absolute paths, '..', names not in the list)."""
     if backbone == BUNDLED:
+        if not _bundled():
+            raise InputError(f"backbone: the bundled demo model is missing from {BUNDLED_DIR}; reinstall the pack.")
         return str(BUNDLED_DIR)
-    return model_path("diffusers", backbone) or backbone
+    return find_model("diffusers", backbone, what="backbone", folders=True)
 
 
 def _checkpoint_source(checkpoint: str) -> str | None:
+    """The file of `checkpoint`: none, the bundled demo's, or a file listed in models/directanimator."""
     if checkpoint == NO_CHECKPOINT:
         return None
     if checkpoint == BUNDLED:
+        if not _bundled():
+            raise InputError(f"checkpoint: the bundled demo model is missing from {BUNDLED_DIR}; reinstall the pack.")
         return str(BUNDLED_DIR / BUNDLED_CHECKPOINT)
-    return model_path("directanimator", checkpoint) or checkpoint
+    return find_model("directanimator", checkpoint, what="checkpoint")
 
 
 class DirectAnimatorModelLoader:
@@ -111,36 +123,47 @@ class DirectAnimatorModelLoader:
         }
 
     # Named arguments only: ComfyUI skips its own checks (ranges, combo lists) for every input a VALIDATE_INPUTS
-    # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None.
+    # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None. Backbone and checkpoint are
+    # taken so that their list check names the folder to use; nothing outside the model folders is looked at.
     @classmethod
-    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None):
-        if backbone is None or repo_id is None:
-            return True
-        if backbone == NO_FOLDER:
-            if not repo_id.strip():
-                return "Choose a backbone folder from models/diffusers, or type a Hugging Face repo id."
-            return True
-        if backbone == BUNDLED:
-            return True if _bundled() else f"The bundled demo model is missing from {BUNDLED_DIR}; reinstall the pack."
-        folders = model_folders("diffusers")
-        if folders and backbone not in folders:
-            return (f"backbone '{backbone}' is not in models/diffusers (found: {', '.join(folders)}). Put the "
-                    "CogVideoX image-to-video diffusers folder there and refresh the page, or pick another.")
+    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None):
+        try:
+            if backbone == NO_FOLDER and repo_id is not None:
+                if not repo_id.strip():
+                    return (f"Choose a backbone folder from {folder_hint('diffusers')}, or type a Hugging Face repo "
+                            "id (owner/name).")
+                check_repo_id(repo_id)
+            elif backbone is not None and backbone != NO_FOLDER:
+                _backbone_source(backbone)
+            if checkpoint is not None:
+                _checkpoint_source(checkpoint)
+        except InputError as exc:
+            return str(exc)
         return True
 
     @classmethod
     def IS_CHANGED(cls, backbone, repo_id, checkpoint, precision, offload):
-        """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it."""
-        paths = []
-        if backbone != NO_FOLDER:
-            paths.append(_backbone_source(backbone))
-        if checkpoint != NO_CHECKPOINT:
-            paths.append(_checkpoint_source(checkpoint))
-        return "|".join(_file_stamp(p) for p in paths) + f"|{repo_id.strip()}|{precision}|{offload}"
+        """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it.
+
+        Only files inside the model folders are looked at; a name that does not resolve there stamps as itself
+        (validation refuses it, and `load` raises)."""
+        stamps = []
+        for name, none, resolve in ((backbone, NO_FOLDER, _backbone_source),
+                                    (checkpoint, NO_CHECKPOINT, _checkpoint_source)):
+            if name == none:
+                continue
+            try:
+                stamps.append(_file_stamp(resolve(name)))
+            except InputError:
+                stamps.append(f"refused:{name}")
+        return "|".join(stamps) + f"|{repo_id.strip()}|{precision}|{offload}"
 
     def load(self, backbone, repo_id, checkpoint, precision, offload):
-        source = _backbone_source(backbone) if backbone != NO_FOLDER else repo_id.strip()
         ckpt = _checkpoint_source(checkpoint)
+        if backbone != NO_FOLDER:
+            source = _backbone_source(backbone)
+        else:  # fetched (or found in the HF cache) by repo id, never read as a path relative to ComfyUI's folder
+            source = download_backbone(check_repo_id(repo_id))
         device = default_device()
         if offload or not manages_models():
             return (load_model(source, ckpt, dtype=precision, device=device, offload=offload),)

@@ -124,3 +124,53 @@ def test_face_crop_and_triplet_nodes_on_a_real_person(real_reference):
     assert cues.record.face_valid.all()
     (sheet,) = DirectAnimatorCuePreview().run(columns=3, cues=cues, frames=frames)
     assert sheet.shape[0] == 1
+
+
+# --- file names: only what the model folders list -----------------------------------------------------------------
+
+
+def test_sam_checkpoint_outside_models_sams_is_refused_at_validation_and_at_run(tmp_path):
+    from comfy_folders import comfy_model_folders
+    from nodes.cues import NO_SAM, DirectAnimatorPersonMask
+
+    (tmp_path / "sam_vit_b.pth").write_bytes(b"not a model")  # outside the model folders
+    with comfy_model_folders(tmp_path / "models") as models:
+        (models / "sams" / "sam_vit_b.pth").write_bytes(b"not a model either")
+        for node in (DirectAnimatorPersonMask, DirectAnimatorCueTriplet):
+            for name in (str(tmp_path / "sam_vit_b.pth"), "../../sam_vit_b.pth", "/etc/passwd", "..", "other.pth"):
+                message = node.VALIDATE_INPUTS(sam_checkpoint=name)
+                assert isinstance(message, str) and "ComfyUI/models/sams" in message, (node, name)
+            for name in (NO_SAM, "sam_vit_b.pth", None):  # None: linked, checked when it runs
+                assert node.VALIDATE_INPUTS(sam_checkpoint=name) is True, (node, name)
+        frames, _, _ = puppet(2)
+        with pytest.raises(InputError, match="ComfyUI/models/sams"):
+            DirectAnimatorPersonMask().run(frames, "sam", str(tmp_path / "sam_vit_b.pth"))
+
+
+def test_every_node_input_that_names_a_model_file_is_checked_against_the_model_folders(tmp_path):
+    """Whatever node lists files of a model folder refuses, at validation, a name that is not in that folder."""
+    import inspect
+
+    from comfy_folders import comfy_model_folders
+    from nodes import NODE_CLASS_MAPPINGS
+
+    with comfy_model_folders(tmp_path / "models") as models:
+        (models / "sams" / "sentinel.pth").write_bytes(b"x")
+        (models / "directanimator" / "sentinel.safetensors").write_bytes(b"x")
+        (models / "diffusers" / "sentinel").mkdir()
+        (models / "diffusers" / "sentinel" / "model_index.json").write_text("{}")
+        checked = []
+        for key, cls in NODE_CLASS_MAPPINGS.items():
+            spec = cls.INPUT_TYPES()
+            for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+                if not (isinstance(entry[0], list) and any(str(o).startswith("sentinel") for o in entry[0])):
+                    continue
+                validate = getattr(cls, "VALIDATE_INPUTS", None)
+                assert validate is not None and name in inspect.signature(validate).parameters, \
+                    f"{key}.{name} lists model files but VALIDATE_INPUTS does not check it"
+                for outside in ("/etc/passwd", "../../../etc/passwd", str(tmp_path)):
+                    message = validate(**{name: outside})
+                    assert isinstance(message, str) and "ComfyUI/models/" in message, (key, name, outside)
+                checked.append(f"{key}.{name}")
+    assert {"DirectAnimatorModelLoader.backbone", "DirectAnimatorModelLoader.checkpoint",
+            "DirectAnimatorPersonMask.sam_checkpoint", "DirectAnimatorCueTriplet.sam_checkpoint"} <= set(checked)

@@ -1,10 +1,13 @@
 """The model nodes chain loader -> encode -> sampler -> decode on a tiny saved model, as a ComfyUI graph would."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 import nodes._comfy as comfy_shim
-from directanimator.errors import InputError
+from directanimator.errors import CheckpointError, InputError
 from directanimator.models import load_model
 from nodes.model import (
     NO_CHECKPOINT,
@@ -14,8 +17,9 @@ from nodes.model import (
     DirectAnimatorModelLoader,
     DirectAnimatorSampler,
 )
+from tests.comfy_folders import comfy_model_folders
 from tests.test_pipeline import SMALL, synthetic_triplet
-from tests.tiny import TEXT_DIM, TEXT_LEN, save_tiny_diffusers
+from tests.tiny import TEXT_DIM, TEXT_LEN, save_tiny_diffusers, tiny_animator
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +30,20 @@ def like_comfyui():
 
 
 FRAMES = 7  # not 4k+1: padded to 9 and trimmed back
+TINY = "cogvideox-tiny"  # in models/diffusers
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = save_tiny_diffusers(tmp_path_factory.mktemp("tiny") / "cogvideox-tiny", "1.5")
-    (loaded,) = DirectAnimatorModelLoader().load(str(folder), "", NO_CHECKPOINT, "fp32", False)
+def models_dir(tmp_path_factory):
+    """A ComfyUI models folder with a tiny diffusers model in models/diffusers, as the loader sees it."""
+    with comfy_model_folders(tmp_path_factory.mktemp("comfy") / "models") as models:
+        save_tiny_diffusers(models / "diffusers" / TINY, "1.5")
+        yield models
+
+
+@pytest.fixture(scope="module")
+def model(models_dir):
+    (loaded,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", False)
     return loaded
 
 
@@ -138,20 +150,19 @@ def test_model_folders_register_into_comfyuis_own_folder_table(monkeypatch, tmp_
     assert table["directanimator"] == ([str(tmp_path / "directanimator")], {".safetensors"})
 
 
-def test_loader_is_unchanged_until_a_model_file_changes(tmp_path):
-    folder = save_tiny_diffusers(tmp_path / "tiny", "1.5")
-    stamp = lambda: DirectAnimatorModelLoader.IS_CHANGED(str(folder), "", NO_CHECKPOINT, "fp32", False)
+def test_loader_is_unchanged_until_a_model_file_changes(models_dir):
+    folder = save_tiny_diffusers(models_dir / "diffusers" / "changing", "1.5")
+    stamp = lambda: DirectAnimatorModelLoader.IS_CHANGED("changing", "", NO_CHECKPOINT, "fp32", False)
     first = stamp()
     assert stamp() == first
     config = folder / "transformer" / "config.json"
     config.write_text(config.read_text() + " ")
     assert stamp() != first
-    assert DirectAnimatorModelLoader.IS_CHANGED(str(folder), "", NO_CHECKPOINT, "fp32", True) != stamp()
+    assert DirectAnimatorModelLoader.IS_CHANGED("changing", "", NO_CHECKPOINT, "fp32", True) != stamp()
 
 
-def test_offload_keeps_the_weights_on_the_cpu_between_runs_and_onloads_per_part(tmp_path, monkeypatch):
-    folder = save_tiny_diffusers(tmp_path / "tiny", "1.5")
-    (model,) = DirectAnimatorModelLoader().load(str(folder), "", NO_CHECKPOINT, "fp32", True)
+def test_offload_keeps_the_weights_on_the_cpu_between_runs_and_onloads_per_part(models_dir, monkeypatch):
+    (model,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", True)
     used = []
     original = type(model).use
 
@@ -169,10 +180,11 @@ def test_offload_keeps_the_weights_on_the_cpu_between_runs_and_onloads_per_part(
     assert devices == {"cpu"}
 
 
-def test_validation_keeps_comfyuis_range_checks_and_checks_what_it_skips():
+def test_validation_keeps_comfyuis_range_checks_and_checks_what_it_skips(models_dir):
     assert DirectAnimatorSampler.VALIDATE_INPUTS(window=None, overlap=2) is True  # linked: checked at run time
     assert "up to" in DirectAnimatorSampler.VALIDATE_INPUTS(window=999, overlap=2)
-    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone="CogVideoX-5b-I2V", repo_id="") is True
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", checkpoint=NO_CHECKPOINT) is True
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=None, repo_id=None, checkpoint=None) is True  # linked
 
 
 def test_bundled_demo_model_is_offered_and_loads_from_the_pack(tmp_path_factory, monkeypatch):
@@ -195,3 +207,117 @@ def test_bundled_demo_model_is_offered_and_loads_from_the_pack(tmp_path_factory,
     cue = dict(loaded.transformer.named_parameters())
     assert any(("cue" in name or "fusion" in name) and p.abs().max() > 0 for name, p in cue.items())
     assert loaded.cue_config and not bare.cue_config
+
+
+# --- model names: only what the model folders list ---------------------------------------------------------------
+
+OUTSIDE = ["/", "/etc", "../../etc", "..", "diffusers/../..", "C:\\Windows", "\\\\server\\share", "./x", ""]
+
+
+def test_backbone_outside_models_diffusers_is_refused_naming_the_folder_even_when_it_is_empty(tmp_path):
+    outside = save_tiny_diffusers(tmp_path / "elsewhere", "1.5")  # a loadable model, but not in models/diffusers
+    with comfy_model_folders(tmp_path / "models"):  # models/diffusers empty
+        for name in [str(outside), "../../elsewhere", *OUTSIDE]:
+            message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=name, repo_id="")
+            assert isinstance(message, str) and "ComfyUI/models/diffusers" in message, name
+            with pytest.raises(InputError, match="ComfyUI/models/diffusers"):
+                DirectAnimatorModelLoader().load(name, "", NO_CHECKPOINT, "fp32", False)
+        save_tiny_diffusers(tmp_path / "models" / "diffusers" / "mine", "1.5")
+        message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone="other", repo_id="")
+        assert "mine" in message  # names what the folder has
+        assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone="mine", repo_id="") is True
+
+
+def test_refusals_say_the_same_whether_or_not_the_path_exists(tmp_path):
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "weights.safetensors").write_bytes(b"x" * 1234)
+    with comfy_model_folders(tmp_path / "models"):
+        for existing, missing in [(tmp_path / "secret", tmp_path / "nothing"),
+                                  (tmp_path / "secret" / "weights.safetensors", tmp_path / "secret" / "no.safetensors")]:
+            said = [DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=NO_FOLDER, repo_id="a/b", checkpoint=str(p))
+                    for p in (existing, missing)] + [
+                    DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=str(p), repo_id="", checkpoint=NO_CHECKPOINT)
+                    for p in (existing, missing)]
+            assert said[0].replace(str(existing), "X") == said[1].replace(str(missing), "X")
+            assert said[2].replace(str(existing), "X") == said[3].replace(str(missing), "X")
+            assert not any("1234" in message for message in said)
+
+
+def test_checkpoint_must_be_a_file_listed_in_models_directanimator(tmp_path):
+    from directanimator.models import save_checkpoint
+
+    with comfy_model_folders(tmp_path / "models") as models:
+        save_tiny_diffusers(models / "diffusers" / TINY, "1.5")
+        outside = tmp_path / "outside.safetensors"
+        save_checkpoint(outside, tiny_animator("1.5"), weights="none", backbone_name=TINY)
+        for name in [str(outside), "../../outside.safetensors", *OUTSIDE]:
+            message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", checkpoint=name)
+            assert isinstance(message, str) and "ComfyUI/models/directanimator" in message, name
+            with pytest.raises(InputError, match="ComfyUI/models/directanimator"):
+                DirectAnimatorModelLoader().load(TINY, "", name, "fp32", False)
+        (models / "directanimator" / "sub").mkdir()
+        save_checkpoint(models / "directanimator" / "sub" / "mine.safetensors", tiny_animator("1.5"),
+                        weights="none", backbone_name=TINY)
+        assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", checkpoint="sub/mine.safetensors")
+
+
+@pytest.fixture
+def stat_log(monkeypatch):
+    """Every path os.stat (and so os.path.isfile/isdir/exists) or os.scandir (os.walk) is asked about."""
+    seen = []
+    stat, scandir = os.stat, os.scandir
+
+    def logged_stat(path, *args, **kwargs):
+        seen.append(os.fspath(path))
+        return stat(path, *args, **kwargs)
+
+    def logged_scandir(path=".", *args, **kwargs):
+        seen.append(os.fspath(path))
+        return scandir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", logged_stat)
+    monkeypatch.setattr(os, "scandir", logged_scandir)
+    return seen
+
+
+def test_is_changed_never_looks_outside_the_model_folders(tmp_path, stat_log):
+    with comfy_model_folders(tmp_path / "models") as models:
+        save_tiny_diffusers(models / "diffusers" / TINY, "1.5")
+        stat_log.clear()
+        for name in [str(tmp_path), "/", "../..", *OUTSIDE]:
+            DirectAnimatorModelLoader.IS_CHANGED(name, "", name, "fp32", False)
+            DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=name, repo_id="")
+        stamp = DirectAnimatorModelLoader.IS_CHANGED(TINY, "", NO_CHECKPOINT, "fp32", False)
+    inside = os.path.join(str(models), "")
+    assert stat_log and all(os.path.abspath(p).startswith(inside) for p in stat_log), \
+        sorted({p for p in stat_log if not os.path.abspath(p).startswith(inside)})
+    assert any(p.startswith(str(models / "diffusers" / TINY)) for p in stat_log) and TINY in stamp
+
+
+@pytest.mark.parametrize("repo_id", ["THUDM/CogVideoX-5b-I2V", "a/b", "user_1/model.v2-final"])
+def test_a_repo_id_of_the_form_owner_name_passes_validation(repo_id):
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=NO_FOLDER, repo_id=repo_id) is True
+
+
+@pytest.mark.parametrize("repo_id", ["/etc", "../../etc", "a/../b", "a/b/c", "owner/", "/owner/name", "owner/na me",
+                                     "-owner/name", "owner/name.", "own--er/name", "owner/name.git", "C:\\x/y",
+                                     "owner\\name", "owner/" + "n" * 97])
+def test_a_repo_id_not_of_the_form_owner_name_is_refused_before_anything_downloads(repo_id, monkeypatch):
+    import nodes.model as model_nodes
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(model_nodes, "download_backbone", no_download, raising=False)
+    message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=NO_FOLDER, repo_id=repo_id)
+    assert isinstance(message, str) and "owner/name" in message
+    with pytest.raises(InputError, match="owner/name"):
+        DirectAnimatorModelLoader().load(NO_FOLDER, repo_id, NO_CHECKPOINT, "fp32", False)
+
+
+def test_a_repo_id_is_never_read_as_a_folder_relative_to_comfyuis_working_directory(tmp_path, monkeypatch):
+    save_tiny_diffusers(tmp_path / "output" / "model", "1.5")  # e.g. something another node wrote
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="Hugging Face cache"):
+        DirectAnimatorModelLoader().load(NO_FOLDER, "output/model", NO_CHECKPOINT, "fp32", False)
