@@ -257,3 +257,37 @@ def test_a_full_backbone_run_exports_its_trained_backbone_by_default(backbone_fo
     loaded = load_model(backbone_folder, path, dtype="fp32")
     assert loaded.info["weights"] == "full"
     torch.testing.assert_close(_output(loaded.transformer), _output(animator.transformer), rtol=1e-5, atol=1e-5)
+
+
+def test_export_refuses_a_checkpoint_file_changed_since_it_was_saved(backbone_folder, tmp_path):
+    trained = _trained(backbone_folder, seed=1)
+    trainable = {n: p for n, p in trained.transformer.named_parameters() if p.requires_grad}
+    step = save_training_checkpoint(
+        tmp_path / "run", 3, trainable=trainable, ema=trainable, state={"step": 3},
+        write_model=lambda p: save_checkpoint(p, trained.transformer, null_text=trained.null_text))
+    for name, use_ema in (("model.safetensors", True), ("trainable.safetensors", False)):
+        original = (step / name).read_bytes()
+        damaged = bytearray(original)
+        damaged[-1] ^= 0xFF  # a value changed; the file still parses
+        (step / name).write_bytes(bytes(damaged))
+        with pytest.raises(CheckpointError, match=rf"step_000003: {name} differs from the sha256"):
+            export_training_checkpoint(step, tmp_path / "out.safetensors", backbone=backbone_folder, use_ema=use_ema)
+        assert not (tmp_path / "out.safetensors").exists()
+        (step / name).write_bytes(original)
+    export_training_checkpoint(step, tmp_path / "out.safetensors", backbone=backbone_folder)  # intact: exports
+
+
+def test_pseudo_datasets_are_written_only_into_new_or_their_own_folders(world, tmp_path):
+    made = tmp_path / "other_animator"
+    made.mkdir()
+    stem = Path(read_entries(world)[0]["clip"]).name
+    write_video(made / f"{stem}.mp4", torch.rand(WORLD.num_frames, PIXELS, PIXELS, 3), 12.0)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metadata.jsonl").write_text('{"clip": "my.mp4"}\n')  # another dataset: not overwritten
+    with pytest.raises(InputError, match=r"--out .*mine: the folder is not empty"):
+        ingest_pseudo(world, made, mine)
+    assert (mine / "metadata.jsonl").read_text() == '{"clip": "my.mp4"}\n'
+    ingest_pseudo(world, made, tmp_path / "set")
+    entries = ingest_pseudo(world, made, tmp_path / "set", identity="again")  # its own output: replaced
+    assert entries[0]["pseudo_identity"] == "again" == read_entries(tmp_path / "set")[0]["pseudo_identity"]

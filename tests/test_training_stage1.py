@@ -269,3 +269,15 @@ def test_a_residual_model_is_trained_on_the_clip_minus_the_reference_in_every_fr
     torch.testing.assert_close((residual.target - plain.target)[0],
                                ((1 - alpha).sqrt() * base)[0].expand_as(plain.target[0]), rtol=0, atol=1e-5)
     assert torch.equal(residual.timesteps, plain.timesteps)
+
+
+def test_a_run_folder_the_trainer_did_not_write_is_refused_before_training(world):
+    root, data, model = world
+    mine = root / "runs" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "config.json").write_text("{\"my\": \"settings\"}")  # a folder of someone else's, same file name
+    config = load_config(CONFIG, overrides(root, data, model, "run.name='notes'", "run.steps=2"))
+    with pytest.raises(InputError, match=r"run folder \(run.out_dir/run.name\) .*notes: the folder is not empty"):
+        train_stage1(config)
+    assert [p.name for p in mine.iterdir()] == ["config.json"]
+    assert json.loads((mine / "config.json").read_text()) == {"my": "settings"}

@@ -6,11 +6,14 @@
   ``model.safetensors``      a DirectAnimator checkpoint (EMA weights when enabled) for sampling, export and stage 2;
   ``state.safetensors`` + ``state.json``  optimizer, LR scheduler, RNG states (python, numpy, torch, the training
   generator), data position and step: tensors in the first, the structure (with tensor references) in the second.
-A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete. No pickles.
+  ``digests.json``          the sha256 of every other file, checked at resume and at export.
+A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete; the ``.tmp-step_*``
+folders a killed write leaves are removed when the run starts again. No pickles.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,16 +28,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from directanimator.atomic import atomic_path
 from directanimator.errors import CheckpointError, InputError
+from directanimator.models.checkpoint import check_finite
 
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
+PARTIAL_DIR = re.compile(r"^\.tmp-step_\d+-\d+$")  # a write killed before its rename (save_training_checkpoint)
 TRAINABLE = "trainable.safetensors"
 EMA = "ema.safetensors"
 MODEL = "model.safetensors"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
+DIGESTS = "digests.json"
 _TENSOR_REF = "__tensor__"
 
 
@@ -100,6 +107,96 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def remove_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Delete the ``.tmp-step_*`` folders that killed writes left in the run's own checkpoint folder (nothing
+    else); returns their names."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and PARTIAL_DIR.match(p.name)) if folder.is_dir() else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    if found:
+        log.info("removed %d unfinished checkpoint folder(s) of a killed run in %s: %s", len(found), folder,
+                 ", ".join(p.name for p in found))
+    return [p.name for p in found]
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_digests(folder: Path) -> None:
+    """Record the sha256 of every file of a checkpoint folder being written."""
+    digests = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGESTS}
+    (folder / DIGESTS).write_text(json.dumps({"sha256": digests}, indent=1) + "\n")
+
+
+def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None) -> None:
+    """Raise CheckpointError when a file of checkpoint `folder` (those of `names` only, when given) differs from the
+    sha256 recorded when it was saved. A checkpoint written before digests were recorded is accepted (one log line)."""
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / DIGESTS).read_text())["sha256"]
+    except FileNotFoundError:
+        log.info("checkpoint %s has no %s (written before digests were recorded); its files are not verified",
+                 folder, DIGESTS)
+        return
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"checkpoint {folder}: {DIGESTS} is unreadable ({error}); the folder is damaged. "
+                              f"{_older_hint(folder)}") from error
+    for name, expected in recorded.items():
+        if names is not None and name not in names:
+            continue
+        path = folder / name
+        found = file_digest(path) if path.is_file() else None
+        if found != expected:
+            what = "is missing" if found is None else "differs from the sha256 recorded when it was saved"
+            raise CheckpointError(f"checkpoint {folder}: {name} {what} (changed or damaged on disk since). "
+                                  f"{_older_hint(folder)}")
+
+
+def _older_hint(folder: Path) -> str:
+    """What to do with a damaged checkpoint folder: the older checkpoints of its run, if any."""
+    run = folder.parent.parent
+    older = [p for _, p in step_dirs(run) if p.name < folder.name]
+    if older:
+        return (f"Resume or export from an older checkpoint ({', '.join(str(p) for p in older[-2:])}), after "
+                f"moving {folder.name} out of {folder.parent}.")
+    return f"Move {folder} away and train again (or restore it from a copy)."
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records of a metrics.jsonl up to `step` (a killed run may have logged steps after its last
+    checkpoint, or died while writing a line: a torn last line is dropped with a warning)."""
+    if not path.is_file():
+        return
+    keep = [json.dumps(r) for r in read_jsonl(path) if r["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines log; a torn last line (a write cut short by a kill) is dropped with a warning,
+    any other unreadable line raises InputError naming it."""
+    lines = [(n, line) for n, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if i == len(lines) - 1:
+                log.warning("%s: dropping its last line %d, cut short by an interrupted write (%s)", path, number,
+                            error)
+                break
+            raise InputError(f"{path}: line {number} is not JSON ({error}); delete that line (or the file: it is "
+                             "the training log, the checkpoints do not need it).") from error
+    return records
+
+
 def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     """``None``/"" -> None; ``"latest"`` -> the newest checkpoint of the run (None when there is none yet);
     a path -> that checkpoint folder (checked)."""
@@ -136,6 +233,7 @@ def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, T
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "state": structure}))
         if write_model is not None:
             write_model(tmp / MODEL)
+        write_digests(tmp)
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -151,6 +249,7 @@ def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, T
 def load_training_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Tensor] | None, dict]:
     """``(step, trainable, ema or None, state)`` of a checkpoint folder."""
     path = Path(path)
+    verify_checkpoint(path)
     try:
         meta = json.loads((path / STATE_JSON).read_text())
         state = unflatten_state(meta["state"], load_file(str(path / STATE_TENSORS)))
@@ -158,4 +257,7 @@ def load_training_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[s
         ema = load_file(str(path / EMA)) if (path / EMA).is_file() else None
     except (OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path}: cannot read it ({error}); resume from an older one.") from error
+    for name, tensors in ((TRAINABLE, trainable), (EMA, ema or {})):
+        check_finite(tensors, what=f"checkpoint {path / name}", fix=_older_hint(path) + " Lower optim.lr or "
+                     "raise optim.warmup_steps if training diverges again.")
     return int(meta["step"]), trainable, ema, state

@@ -20,9 +20,10 @@ from torch import Tensor
 
 from directanimator.errors import CheckpointError, InputError
 from directanimator.models import DirectAnimatorTransformer, read_checkpoint, save_checkpoint
+from directanimator.models.checkpoint import check_finite
 from directanimator.models.loader import resolve_dtype
 
-from .checkpointing import EMA, MODEL, STATE_JSON, TRAINABLE, resolve_resume
+from .checkpointing import EMA, MODEL, STATE_JSON, TRAINABLE, resolve_resume, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,17 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
             f"training checkpoint {folder}: no {MODEL}. Give RUN/checkpoints/step_N (or the run folder for its "
             "latest checkpoint) of a run that writes model files."
         )
+    raw = not use_ema and (folder / EMA).is_file()
+    verify_checkpoint(folder, (MODEL, TRAINABLE) if raw else (MODEL,))  # the files read, as they were saved
     ckpt = read_checkpoint(model_file)  # fail fast, before loading the backbone
     if weights == "auto":
         weights = ckpt.weights
     model = load_model(backbone, model_file, dtype="fp32")
     transformer = model.transformer
-    if not use_ema and (folder / EMA).is_file():
-        count = load_trained_weights(transformer, load_file(str(folder / TRAINABLE)), source=str(folder / TRAINABLE))
+    if raw:
+        trained = load_file(str(folder / TRAINABLE))
+        check_finite(trained, what=f"training checkpoint {folder / TRAINABLE}")
+        count = load_trained_weights(transformer, trained, source=str(folder / TRAINABLE))
         log.info("export: raw trained weights (%d tensors) instead of the EMA", count)
     extra = {**ckpt.extra, "exported_from": str(folder), "ema": bool(use_ema and (folder / EMA).is_file())}
     return export_model(transformer, path, weights=weights, null_text=model.null_text,

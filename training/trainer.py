@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from directanimator.atomic import atomic_path
+from directanimator.atomic import check_output_folder, claim_output_folder
 from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
-from .checkpointing import load_training_checkpoint, resolve_resume, save_training_checkpoint, set_rng_state, rng_state
+from .checkpointing import (DIGESTS, load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume,
+                            rng_state, save_training_checkpoint, set_rng_state, truncate_metrics, verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .precision import warn_without_native_bf16
@@ -36,6 +37,7 @@ from .precision import warn_without_native_bf16
 log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
+RUN_COMMAND = "python -m training stage1/stage2"  # the output marker of a run folder (directanimator.atomic)
 LossFn = Callable[["Trainer", Batch, int], "tuple[Tensor, dict[str, float]]"]
 
 
@@ -53,6 +55,8 @@ def load_student(config: TrainConfig, *, checkpoint: str | None = None) -> Loade
     """The backbone (+ `model.checkpoint` or `checkpoint`) as a DirectAnimatorTransformer on the CPU."""
     m = config.model
     ckpt = checkpoint if checkpoint is not None else (m.checkpoint or None)
+    if ckpt and (Path(ckpt).parent / DIGESTS).is_file():  # a training checkpoint's model file, e.g. stage 1's
+        verify_checkpoint(Path(ckpt).parent, (Path(ckpt).name,))
     seed_everything(config.run.seed)  # fresh CueFusion down-projections are random: same seed, same start
     animator = load_model(m.backbone, ckpt, dtype=m.dtype, vae=m.vae or None,
                           cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank,
@@ -372,6 +376,10 @@ class Trainer:
         from tqdm import tqdm
 
         r = self.config.run
+        main = self.accelerator.is_main_process
+        check_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+        if main:
+            remove_partial_checkpoints(self.run_dir)
         path = resolve_resume(self.run_dir, resume)
         if path is None and resume not in (None, "", "latest"):
             raise InputError(f"--resume {resume}: no checkpoint found.")
@@ -381,12 +389,11 @@ class Trainer:
                              "to continue it, or choose another run.name.")
         if path is not None:
             self.restore(path)
-        main = self.accelerator.is_main_process
         metrics = self.run_dir / METRICS
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            claim_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
             save_config(self.config, self.run_dir / "config.json")
-            _truncate_metrics(metrics, self.step)
+            truncate_metrics(metrics, self.step)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1 if self.step else None) if main \
             else None
         records = []
@@ -447,13 +454,9 @@ class Trainer:
         return records
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only records up to `step` (a killed run may have logged steps after its last checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
+def _is_run(folder: Path) -> bool:
+    """A run folder written before folders carried output markers: its config and checkpoints or log."""
+    return (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / METRICS).is_file())
 
 
 def add_training_arguments(parser) -> None:
@@ -474,4 +477,4 @@ def run_training(args, train: Callable[..., list[dict]]) -> int:
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl."""
     path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return read_jsonl(path) if path.is_file() else []

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from directanimator.atomic import check_output_folder, claim_output_folder
 from directanimator.errors import InputError
 
-from .checkpointing import (load_training_checkpoint, resolve_resume, rng_state, save_training_checkpoint,
-                            set_rng_state)
+from .checkpointing import (load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume,
+                            rng_state, save_training_checkpoint, set_rng_state, truncate_metrics)
 from .config import _apply, _build, parse_override
 from directanimator.metrics import psnr
 
@@ -37,6 +38,7 @@ VAE_DIR = "vae"
 REPORT = "report.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+VAE_COMMAND = "python -m training vae"  # the output marker of a VAE run folder (directanimator.atomic)
 SPATIAL_DOWNSAMPLES = 3  # 4 blocks -> 8x spatial compression, as CogVideoX
 LATENT_CHANNELS = 16  # the real CogVideoX VAE's latent width, which the transformer's in_channels follow
 SCALE_SAMPLES = 16  # training windows encoded to measure the latent std
@@ -264,7 +266,7 @@ def train_vae(pool: ClipPool, out: str | Path, config: VaeTrainConfig, *, resume
     """
     config.validate()
     check_pool(pool, config)
-    out = Path(out)
+    out = check_output_folder(out, VAE_COMMAND, legacy=_is_vae_run)
     if resume and (out / REPORT).is_file() and (out / VAE_DIR / "config.json").is_file():
         report = json.loads((out / REPORT).read_text())
         if report["steps"] >= config.steps:
@@ -274,7 +276,8 @@ def train_vae(pool: ClipPool, out: str | Path, config: VaeTrainConfig, *, resume
     if latest is not None and not resume:
         raise InputError(f"VAE run {out} already has checkpoints ({latest.name}); pass --resume to continue it or "
                          "choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, VAE_COMMAND, legacy=_is_vae_run)
+    remove_partial_checkpoints(out)
     (out / CONFIG).write_text(json.dumps(asdict(config), indent=1) + "\n")
     vae = build_vae(config, seed=config.seed).train()
     params = [p for p in vae.parameters()]
@@ -292,7 +295,7 @@ def train_vae(pool: ClipPool, out: str | Path, config: VaeTrainConfig, *, resume
         elapsed_before = float(state["elapsed"])
         log.info("VAE: resumed from %s at step %d", latest, step)
     metrics = out / METRICS
-    _keep_metrics(metrics, step)
+    truncate_metrics(metrics, step)
     started = time.perf_counter()
     deadline = started + config.budget_minutes * 60 - elapsed_before if config.budget_minutes else math.inf
     params_count = sum(p.numel() for p in params)
@@ -334,18 +337,15 @@ def train_vae(pool: ClipPool, out: str | Path, config: VaeTrainConfig, *, resume
         if step % config.save_every == 0 or step == config.steps:
             save()
     if not last:  # resumed at the last step: recover the final losses from the log
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-            if metrics.is_file() else []
+        records = read_jsonl(metrics) if metrics.is_file() else []
         last = records[-1] if records else {}
     return finalize(vae.eval(), pool, out, config, step=step, last=last, stopped_early=stopped_early,
                     seconds=elapsed_before + time.perf_counter() - started)
 
 
-def _keep_metrics(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))
+def _is_vae_run(folder: Path) -> bool:
+    """A VAE run folder written before folders carried output markers: its config and checkpoints or report."""
+    return (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / REPORT).is_file())
 
 
 def finalize(vae, pool: ClipPool, out: Path, config: VaeTrainConfig, *, step: int, last: dict,
