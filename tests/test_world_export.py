@@ -109,3 +109,17 @@ def test_cli_lists_synth_and_its_options():
     args = parser.parse_args(["synth", "--out", "x"])
     assert (args.clips, args.size, args.frames, args.format) == (16, 128, 17, "mp4")
     assert "synth" in parser.format_help()
+
+
+def test_synth_never_writes_into_a_folder_it_did_not_make(tmp_path, caplog):
+    mine = tmp_path / "dataset"
+    (mine / "videos" / "000000").mkdir(parents=True)  # someone's own PNG clip, named like the export's first
+    (mine / "videos" / "000000" / "00000.png").write_bytes(b"my frame")
+    (mine / "metadata.jsonl").write_text('{"clip": "videos/000000"}\n')
+    for extra in ([], ["--overwrite"]):
+        caplog.clear()
+        assert main(["synth", "--out", str(mine), "--clips", "1", "--size", "64", "--frames", "1", "--no-progress",
+                     "--format", "png", *extra]) == 2
+        assert f"--out {mine}: the folder is not empty" in caplog.text
+    assert (mine / "videos" / "000000" / "00000.png").read_bytes() == b"my frame"
+    assert (mine / "metadata.jsonl").read_text() == '{"clip": "videos/000000"}\n'

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
+from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
 from directanimator.errors import InputError
 from directanimator.tensors import as_frames
 from directanimator.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, probe_video, read_image, read_video, write_video
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PATH_KEYS = ("clip", "reference", "driving", "pseudo_driving", "cross_reference", "cross_target", "ground_truth")
 PSEUDO_DIR = "pseudo"
+PSEUDO_COMMAND = "python -m training pseudo"  # the output marker of a pseudo dataset folder (directanimator.atomic)
 
 
 # ------------------------------------------------------------------------------------------------ metadata
@@ -53,17 +55,24 @@ def _rebased(entry: dict, source_root: Path, out_root: Path) -> dict:
 
 
 def _write_metadata(out_root: Path, entries: list[dict]) -> Path:
-    out_root.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
     path = out_root / METADATA
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
     return path
 
 
+def _is_pseudo_set(folder: Path) -> bool:
+    """A pseudo dataset written before folders carried output markers: its metadata names pseudo sources."""
+    path = folder / METADATA
+    return path.is_file() and '"pseudo_source"' in path.read_text()
+
+
 def _check_out(source: Path, out_root: Path) -> None:
+    """Refuse, before any work, an output folder holding the source or files this command did not write."""
     if (out_root / METADATA).resolve() == source.resolve():
         raise InputError(f"out: {out_root} holds the source metadata; write the pseudo dataset to a new folder.")
+    check_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
 
 
 def _stem(name: str) -> str:
@@ -106,7 +115,8 @@ def render_pseudo(model, metadata_path: str | Path, out_dir: str | Path, *, step
     if not todo:
         raise InputError(f"{source}: no entries with split {split!r} to make pseudo clips for.")
     config = _cue_config(model, None)
-    (out_root / PSEUDO_DIR).mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
+    (out_root / PSEUDO_DIR).mkdir(exist_ok=True)
     made: dict[int, tuple[str, str]] = {}
     for i in todo:
         entry, partner = entries[i], partners[i]
@@ -294,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from directanimator.models import load_model
 
-        metadata_file(args.data)
+        _check_out(metadata_file(args.data), Path(args.out))  # before loading the model
         model = load_model(args.model, args.checkpoint, dtype=args.dtype, device=args.device)
         entries = render_pseudo(model, args.data, args.out, steps=args.steps, guidance=args.guidance,
                                 seed=args.seed, split=None if args.split == "all" else args.split,

@@ -16,7 +16,7 @@ from typing import Callable
 from safetensors.torch import save_file
 from torch import Tensor
 
-from directanimator.atomic import atomic_path
+from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
 from directanimator.errors import InputError
 from directanimator.video import write_image, write_video
 
@@ -32,6 +32,7 @@ FORMAT_VERSION = "1"
 FORMATS = ("mp4", "png")
 PREVIEW = "preview.png"
 WORLD_CONFIG = "world.json"
+WORLD_COMMAND = "python -m training synth"  # the output marker of an export folder (directanimator.atomic)
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -126,9 +127,11 @@ def export_world(root: str | Path, config: WorldConfig, *, clips: int, seed: int
         raise InputError(f"val_clips={val_clips}: must be between 0 and the number of clips ({clips}).")
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    # files of an earlier export are overwritten (and PNG clip folders replaced): only in a folder it wrote
+    check_output_folder(root, WORLD_COMMAND, legacy=lambda folder: (folder / WORLD_CONFIG).is_file())
     if (root / METADATA).exists() and not overwrite:
         raise InputError(f"{root / METADATA} already exists. Choose another --out folder or pass --overwrite.")
-    root.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(root, WORLD_COMMAND, legacy=lambda folder: (folder / WORLD_CONFIG).is_file())
     entries, previews = [], []
     for index in range(clips):
         sample = make_sample(index, config, seed=seed)
