@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import types
+
 import pytest
 import torch
 
@@ -20,6 +24,13 @@ def dance():
 
 
 reference = real_reference
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch):
+    """Each test starts as a new process would: no cascade loaded yet, no backend reported missing."""
+    monkeypatch.setattr(face_detection, "_cascade", None)
+    monkeypatch.setattr(face_detection, "_said_off", set())
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,6 +105,52 @@ def test_no_backend_at_all_names_both_installs(monkeypatch):
     monkeypatch.setattr(face_detection, "_opencv_cascade", opencv_missing)
     with pytest.raises(BackendUnavailableError, match=r"mediapipe.*opencv"):
         detect_faces(torch.zeros(1, 64, 64, 3), backend="auto")
+
+
+def opencv_5():
+    """The installed cv2 as OpenCV 5 wheels have it (e.g. VideoHelperSuite's opencv-python 5.1 beside the pack):
+    no cv2.data with the Haar cascade files and no CascadeClassifier; everything else as it is."""
+    import cv2
+
+    module = types.ModuleType("cv2")
+    module.__version__ = "5.1.0"
+    gone = {"data", "CascadeClassifier"}
+
+    def attribute(name):
+        if name in gone:
+            raise AttributeError(f"module 'cv2' has no attribute '{name}'")
+        return getattr(cv2, name)
+
+    module.__getattr__ = attribute
+    return module
+
+
+def test_opencv_5_turns_the_fallback_off_with_one_warning_per_process(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "cv2", opencv_5())
+    loads = []
+    load = face_detection._opencv_cascade
+    monkeypatch.setattr(face_detection, "_opencv_cascade", lambda: loads.append(1) or load())
+    caplog.set_level(logging.DEBUG, logger=face_detection.__name__)
+    for _ in range(3):  # e.g. three clips, or the face node run three times
+        track = detect_faces(torch.zeros(2, 64, 64, 3), backend="auto")  # mediapipe alone, no error
+        assert track.boxes.shape == (2, 4)
+    said = [r for r in caplog.records if "OpenCV" in r.getMessage() or "opencv" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert said[0].levelno == logging.WARNING
+    assert "5.1.0" in said[0].getMessage() and "Haar" in said[0].getMessage()  # why, and what to install
+    assert len(loads) == 1  # the cascade is not looked for again on every call
+    with pytest.raises(BackendUnavailableError, match="OpenCV 4"):  # asked for by name: an error, every time
+        detect_faces(torch.zeros(1, 64, 64, 3), backend="opencv")
+
+
+def test_the_cascade_is_loaded_once_per_process(monkeypatch):
+    loads = []
+    load = face_detection._opencv_cascade
+    monkeypatch.setattr(face_detection, "_opencv_cascade", lambda: loads.append(1) or load())
+    for _ in range(3):
+        detect_faces(torch.zeros(1, 64, 64, 3), backend="opencv")
+        detect_faces(torch.zeros(1, 64, 64, 3), backend="auto")
+    assert len(loads) == 1
 
 
 # --- real footage --------------------------------------------------------------------------------------------------

@@ -41,24 +41,41 @@ HAAR_MAX_SIDE_PX = 1024  # larger frames are downscaled first: the cascade's cos
 HAAR_SIDE_TO_TIGHT = 1.0 / 1.22
 HAAR_CENTRE_SHIFT_DOWN = 0.135  # in tight-box sides
 
+# OpenCV 4.12 and later need numpy 2, which mediapipe 0.10.21 refuses: 4.11 is the OpenCV 4 that fits beside it
 OPENCV_INSTALL_HINT = (
-    'install OpenCV 4 (`pip install "opencv-python-headless>=4.8,<5"`; OpenCV 5 wheels ship no Haar cascades)'
+    'install OpenCV 4 (`pip install "opencv-python-headless>=4.8,<4.12"`; OpenCV 5 wheels ship no Haar cascades)'
+)
+# when another package's OpenCV 5 (VideoHelperSuite's opencv-python 5.x) has overwritten cv2/: both wheels write
+# it, the last installed wins, and pip sees the pack's OpenCV 4 as installed already
+OPENCV_RESTORE_HINT = (
+    'put OpenCV 4 back with `pip install --force-reinstall --no-deps "opencv-python-headless>=4.8,<4.12"` '
+    "(the packages that installed OpenCV 5 run on 4.x too)"
 )
 
 
 def _opencv_cascade():
     try:
         import cv2
-
+    except Exception as exc:  # not installed, or a broken install
+        raise BackendUnavailableError(
+            f"OpenCV face detection is unavailable (cv2 does not import: {type(exc).__name__}: {exc}); "
+            f"{OPENCV_INSTALL_HINT}."
+        ) from exc
+    version = str(getattr(cv2, "__version__", "of unknown version"))
+    try:
         path = cv2.data.haarcascades + HAAR_CASCADE
         cascade = cv2.CascadeClassifier(path)
-    except Exception as exc:  # no cv2, no cv2.data (OpenCV 5), no CascadeClassifier (headless 5)
+    except Exception as exc:  # no cv2.data (OpenCV 5), no CascadeClassifier (headless 5)
+        hint = OPENCV_RESTORE_HINT if version.startswith("5") else OPENCV_INSTALL_HINT
         raise BackendUnavailableError(
-            f"OpenCV face detection is unavailable ({type(exc).__name__}: {exc}); {OPENCV_INSTALL_HINT}."
+            f"OpenCV face detection is unavailable: the installed cv2 {version} has no Haar cascade "
+            f"({type(exc).__name__}: {exc}); OpenCV 5 wheels ship none, and they replace the pack's OpenCV 4 when "
+            f"another package (e.g. VideoHelperSuite) installs one. Use OpenCV 4: {hint}."
         ) from exc
     if cascade.empty():
         raise BackendUnavailableError(
-            f"OpenCV face detection: the cascade {HAAR_CASCADE} could not be loaded from {path}; {OPENCV_INSTALL_HINT}."
+            f"OpenCV face detection: the cascade {HAAR_CASCADE} could not be loaded from {path} (cv2 {version}); "
+            f"{OPENCV_INSTALL_HINT}."
         )
     return cascade
 
@@ -101,8 +118,26 @@ def mediapipe_face_detector() -> Iterator[Detector]:
         yield detect
 
 
-_cascade_lock = threading.Lock()
-_cascade = None
+_cascade_lock = threading.Lock()  # one user of the cascade at a time
+_cascade_load_lock = threading.Lock()
+# The cascade of this process, or why it cannot load. OpenCV does not change under a running process, so the
+# cascade file is read once, and an unavailable fallback is reported once rather than on every call.
+_cascade: tuple[object | None, str | None] | None = None
+
+
+def _shared_cascade():
+    """This process's cascade, loaded on first use; BackendUnavailableError with the reason when it cannot be."""
+    global _cascade
+    with _cascade_load_lock:
+        if _cascade is None:
+            try:
+                _cascade = (_opencv_cascade(), None)
+            except BackendUnavailableError as exc:
+                _cascade = (None, str(exc))
+        cascade, reason = _cascade
+    if cascade is None:
+        raise BackendUnavailableError(reason)
+    return cascade
 
 
 @contextmanager
@@ -111,34 +146,31 @@ def opencv_face_detector() -> Iterator[Detector]:
 
     Boxes are converted to mediapipe-like tight boxes; the score is the cascade's level weight (not 0..1).
     """
-    global _cascade
+    cascade = _shared_cascade()
+    import cv2
+
+    def detect(image: np.ndarray) -> Detection | None:
+        height, width = image.shape[:2]
+        scale = min(1.0, HAAR_MAX_SIDE_PX / max(height, width))
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        if scale < 1.0:
+            grey = cv2.resize(grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        grey = cv2.equalizeHist(grey)
+        rects, _, weights = cascade.detectMultiScale3(
+            grey, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=HAAR_MIN_NEIGHBORS,
+            minSize=(HAAR_MIN_FACE_PX, HAAR_MIN_FACE_PX), outputRejectLevels=True,
+        )
+        candidates = []
+        for (x, y, w, h), weight in zip(np.asarray(rects, np.float64).reshape(-1, 4), np.ravel(weights)):
+            side = w / scale * HAAR_SIDE_TO_TIGHT
+            cx = (x + w / 2) / scale
+            cy = (y + h / 2) / scale + HAAR_CENTRE_SHIFT_DOWN * side
+            box = _clip_box(np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), height, width)
+            if box is not None:
+                candidates.append((box, float(weight)))
+        return _best(candidates)
+
     with _cascade_lock:
-        if _cascade is None:
-            _cascade = _opencv_cascade()
-        cascade = _cascade
-        import cv2
-
-        def detect(image: np.ndarray) -> Detection | None:
-            height, width = image.shape[:2]
-            scale = min(1.0, HAAR_MAX_SIDE_PX / max(height, width))
-            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-            if scale < 1.0:
-                grey = cv2.resize(grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-            grey = cv2.equalizeHist(grey)
-            rects, _, weights = cascade.detectMultiScale3(
-                grey, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=HAAR_MIN_NEIGHBORS,
-                minSize=(HAAR_MIN_FACE_PX, HAAR_MIN_FACE_PX), outputRejectLevels=True,
-            )
-            candidates = []
-            for (x, y, w, h), weight in zip(np.asarray(rects, np.float64).reshape(-1, 4), np.ravel(weights)):
-                side = w / scale * HAAR_SIDE_TO_TIGHT
-                cx = (x + w / 2) / scale
-                cy = (y + h / 2) / scale + HAAR_CENTRE_SHIFT_DOWN * side
-                box = _clip_box(np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]), height, width)
-                if box is not None:
-                    candidates.append((box, float(weight)))
-            return _best(candidates)
-
         yield detect
 
 
@@ -167,7 +199,7 @@ def _detect_faces(
         raise CueError(f"detect_faces: backend={backend!r} is not known; use 'auto', 'mediapipe' or 'opencv'.")
     names = ["mediapipe", "opencv"] if backend == "auto" else [backend]
     if backend == "auto":
-        names = [n for n in names if _check(f"face/{n}", _FACE_PROBES[n])]
+        names = [n for n in names if _usable(n)]
         if not names:
             raise BackendUnavailableError(
                 f"detect_faces: no face detector can run here; {MEDIAPIPE_INSTALL_HINT} or {OPENCV_INSTALL_HINT}."
@@ -215,8 +247,22 @@ def _check(name: str, probe: Callable[[], object]) -> bool:
 
 _FACE_PROBES: dict[str, Callable[[], object]] = {
     "mediapipe": lambda: mediapipe_solution("face_detection"),
-    "opencv": lambda: _opencv_cascade(),
+    "opencv": lambda: _shared_cascade(),
 }
+_said_off: set[str] = set()  # face backends whose absence "auto" has already logged in this process
+
+
+def _usable(name: str) -> bool:
+    """Whether face backend `name` can run; the first time it cannot, a warning says why (once per process:
+    "auto" runs per clip and per node, and OpenCV 5 beside the pack, e.g. from VideoHelperSuite, stays)."""
+    try:
+        _FACE_PROBES[name]()
+    except BackendUnavailableError as exc:
+        if name not in _said_off:
+            _said_off.add(name)
+            log.warning("Face detection 'auto' runs without %s in this process: %s", name, exc)
+        return False
+    return True
 
 
 def available_backends() -> dict[str, bool]:
