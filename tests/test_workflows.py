@@ -5,12 +5,16 @@ from a real server (tests/integration checks the recording against the live /obj
 """
 
 import copy
+import hashlib
 import importlib.util
 import inspect
+import itertools
 import json
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,11 +37,11 @@ def defs():
 
 
 def load_ui(name):
-    return json.loads((build.HERE / f"{name}.json").read_text())
+    return json.loads(build.ui_path(name).read_text())
 
 
 def load_api(name):
-    return json.loads((build.API_DIR / f"{name}.json").read_text())
+    return json.loads(build.api_path(name).read_text())
 
 
 # ------------------------------------------------------------------------------------------- the checker
@@ -131,6 +135,86 @@ def api_problems(prompt: dict, defs: dict) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------------------- what the editor draws
+def upstream(workflow: dict, node: dict):
+    """Nodes that feed `node`, nearest first."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    sources = {link[0]: link[1] for link in workflow["links"]}
+    queue, seen = [node], {node["id"]}
+    while queue:
+        current = queue.pop(0)
+        for slot in current["inputs"]:
+            source = nodes[sources[slot["link"]]] if slot.get("link") is not None else None
+            if source is not None and source["id"] not in seen:
+                seen.add(source["id"])
+                queue.append(source)
+                yield source
+
+
+def frame_size(workflow: dict, node: dict) -> tuple[int, int]:
+    """``(width, height)`` of the frames reaching `node`: those of the nearest DirectAnimator Driving Video."""
+    driving = next(n for n in upstream(workflow, node) if n["type"] == "DirectAnimatorDrivingVideo")
+    return tuple(driving["widgets_values"][:2])
+
+
+def shown_media(workflow: dict, node: dict) -> tuple[int, int] | None:
+    """``(width, height)`` of what `node` will preview: the user's media, frames, or a Cue Preview sheet."""
+    kind = node["type"]
+    if kind in ("LoadVideo", "LoadImage"):
+        return build.USER_MEDIA
+    if kind in ("SaveVideo", "DirectAnimatorSampler"):
+        return frame_size(workflow, node)
+    if kind in ("PreviewImage", "SaveImage"):
+        source = next(upstream(workflow, node))
+        if source["type"] != "DirectAnimatorCuePreview":
+            return frame_size(workflow, node)
+        linked = {i["name"] for i in source["inputs"] if i.get("link") is not None}
+        rows = (("driving",) if "frames" in linked else ()) + (
+            ("pose", "face", "location") if "cues" in linked else
+            tuple(name for name in ("pose_cue", "face_cue") if name in linked))
+        return build.sheet_size(rows, frame_size(workflow, source), source["widgets_values"][0])
+    return None
+
+
+def drawn_rect(workflow: dict, node: dict) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` the editor draws for `node`: title bar, slots, widgets, and the preview a video or image
+    node grows by once it shows its media at its own width."""
+    (x, y), (width, height) = node["pos"], node["size"]
+    slots = max(1, len(node["outputs"]), sum(1 for i in node["inputs"] if "widget" not in i))
+    content = slots * build.SLOT_HEIGHT + len(node["widgets_values"]) * build.WIDGET_HEIGHT + build.WIDGETS_PADDING
+    content += build.preview_height(node["type"], width, shown_media(workflow, node))
+    return x, y - build.TITLE_HEIGHT, x + width, y + max(height, content)
+
+
+def layout_problems(workflow: dict, defs: dict) -> list[str]:
+    """What a user sees wrong in the editor: nodes drawn over each other, notes that scroll, seeds that change."""
+    problems = []
+    rects = {n["id"]: drawn_rect(workflow, n) for n in workflow["nodes"]}
+    name = {n["id"]: f"node {n['id']} ({n.get('title', n['type'])})" for n in workflow["nodes"]}
+    for a, b in itertools.combinations(rects, 2):
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = rects[a], rects[b]
+        if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+            problems.append(f"{name[a]} {rects[a]} and {name[b]} {rects[b]} overlap")
+    for node in workflow["nodes"]:
+        if node["type"] in build.FRONTEND_ONLY:
+            needed = build.note_height(node["widgets_values"][0], node["size"][0])
+            if node["size"][1] < needed:
+                problems.append(f"{name[node['id']]}: {node['size'][1]} px tall, its text needs {needed}")
+            continue
+        values = list(node["widgets_values"])
+        for input_name, _section in build.ordered_inputs(defs[node["type"]]):
+            kind, options = build.input_spec(defs[node["type"]], input_name)
+            if not build.is_widget(kind, options):
+                continue
+            values.pop(0)
+            if build.widget_extras(input_name, kind, options):
+                control = values.pop(0)
+                if kind == "INT" and control != "fixed":
+                    problems.append(f"{name[node['id']]}.{input_name}: control_after_generate {control!r}, not "
+                                    "'fixed': the shipped value changes after every run")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------- the tests
 def test_committed_files_are_what_build_py_writes():
     for path, text in build.render().items():
@@ -142,13 +226,53 @@ def test_template_browser_lists_each_workflow_once_with_a_jpg_thumbnail():
     from PIL import Image
 
     listed = sorted(p.stem for folder in SCANNED_FOLDERS for p in (ROOT / folder).glob("*.json"))
-    assert listed == WORKFLOWS  # only top-level files count: the API copies in workflows/api stay out
+    assert listed == sorted(w.title for w in build.WORKFLOWS.values())  # the API copies in workflows/api stay out
     for name in WORKFLOWS:
-        thumb = build.HERE / f"{name}.jpg"  # the frontend asks for <pack>/<name>.jpg
+        thumb = build.thumbnail_path(name)  # the frontend asks for <pack>/<file name>.jpg
         assert thumb.is_file(), f"no thumbnail {thumb.name}: run python workflows/build.py --thumbnails"
         assert 5_000 < thumb.stat().st_size < 120_000
         with Image.open(thumb) as image:
             assert image.format == "JPEG" and image.width == build.THUMB_WIDTH and image.height > 100
+
+
+CARD_TITLE_CHARS = 24  # a template card's title: 2 lines (line-clamp-2) of 18 px text in 224 px
+
+
+def test_template_browser_shows_readable_titles_and_thumbnails_that_tell_workflows_apart():
+    """Frontend 1.27.10 names a pack's template by its file name, and describes it by the same name with - and _ as
+    spaces: titles must be words that wrap into the card, and the thumbnails must differ at a glance."""
+    from PIL import Image
+
+    for workflow in build.WORKFLOWS.values():
+        description = workflow.title.replace("-", " ").replace("_", " ")
+        assert "_" not in workflow.title and len(description.split()) >= 3, workflow.title
+        assert len(textwrap.wrap(workflow.title, CARD_TITLE_CHARS, break_long_words=False)) <= 2, workflow.title
+    thumbs = {name: build.thumbnail_path(name) for name in WORKFLOWS}
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in thumbs.values()}) == len(thumbs)
+    small = {}
+    for name, path in thumbs.items():  # what a card shows: the picture fitted into 256 x 256 px, seen as a whole
+        with Image.open(path) as image:
+            small[name] = torch.from_numpy(np.asarray(image.convert("L").resize((32, 32)), dtype=np.float32)) / 255
+    for a, b in itertools.combinations(small, 2):
+        assert (small[a] - small[b]).abs().mean() > 0.05, f"the thumbnails of {a} and {b} look alike"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_looks_right_in_the_editor_once_previews_show(name, defs):
+    assert layout_problems(load_ui(name), defs) == []
+
+
+def test_layout_check_sees_a_video_preview_grow_over_the_node_below(defs):
+    workflow = load_ui("inspect_cue_triplet_tune_cutoff")
+    video = next(n for n in workflow["nodes"] if n["type"] == "LoadVideo")
+    below = next(n for n in workflow["nodes"] if n["type"] == "LoadImage")
+    video["size"][1] = 100  # as saved before the clip loads: the 1080x1920 preview still grows it to 650 px
+    below["pos"][1] = video["pos"][1] + 100 + build.TITLE_HEIGHT + 10
+    problems = layout_problems(workflow, defs)
+    assert any("overlap" in p and "Load Video" in p and "Load Image" in p for p in problems), problems
+    note = next(n for n in workflow["nodes"] if n["type"] == "Note")
+    note["size"][1] = 60
+    assert any("its text needs" in p for p in layout_problems(workflow, defs))
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -170,9 +294,18 @@ def test_api_copy_matches_the_node_definitions_and_passes_cross_field_checks(nam
         if cls is None or not hasattr(cls, "VALIDATE_INPUTS"):
             continue
         args = inspect.getfullargspec(cls.VALIDATE_INPUTS).args[1:]
-        given = {a: (None if isinstance(node["inputs"].get(a), list) else node["inputs"].get(a))
-                 for a in args if a in node["inputs"]}
+        given = {a: given_value(node["class_type"], a, node["inputs"][a], defs) for a in args if a in node["inputs"]}
         assert cls.VALIDATE_INPUTS(**given) is True, (node["class_type"], given)
+
+
+def given_value(node_type: str, name: str, value, defs: dict):
+    """What ComfyUI hands VALIDATE_INPUTS: None for a linked input; here also None for a file the user provides
+    (a model or picture not on this machine until they put it there; the bundled demo model is)."""
+    if isinstance(value, list):
+        return None
+    if (node_type, name) in build.FILE_WIDGETS and value not in build.input_spec(defs[node_type], name)[1]["options"]:
+        return None
+    return value
 
 
 def test_checker_finds_a_bad_value_a_wrong_link_and_a_missing_seed_control(defs):
@@ -185,7 +318,7 @@ def test_checker_finds_a_bad_value_a_wrong_link_and_a_missing_seed_control(defs)
     assert any("steps" in p and "outside" in p for p in ui_problems(too_many_steps, defs))
 
     no_control = copy.deepcopy(good)
-    del no_control["nodes"][index]["widgets_values"][3]  # "randomize" after the seed
+    del no_control["nodes"][index]["widgets_values"][3]  # "fixed" after the seed
     assert ui_problems(no_control, defs)
 
     wrong_link = copy.deepcopy(good)

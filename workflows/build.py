@@ -1,19 +1,23 @@
 """The example workflows, described once and written in both of ComfyUI's formats, so the two cannot drift.
 
-- ``workflows/<name>.json``: the UI format the frontend saves and loads by drag and drop. ComfyUI's template
+- ``workflows/<title>.json``: the UI format the frontend saves and loads by drag and drop. ComfyUI's template
   browser lists a pack's ``workflows/*.json`` (app/custom_node_manager.py scans ``example_workflows``, ``example``,
-  ``examples``, ``workflow`` and ``workflows``; only top-level files) and shows ``<name>.jpg`` beside each as its
-  thumbnail (the frontend asks for ``/api/workflow_templates/<pack>/<name>.jpg``).
+  ``examples``, ``workflow`` and ``workflows``; only top-level files), shows ``<title>.jpg`` beside each as its
+  thumbnail (the frontend asks for ``/api/workflow_templates/<pack>/<title>.jpg``) and the file name as its title and
+  description: frontend 1.27.10 reads no other metadata for a pack's templates (no index.json, no workflow field).
 - ``workflows/api/<name>.json``: the API format ``POST /prompt`` takes; the tests run these.
 - ``workflows/api/core_nodes.json``: the definitions of the core ComfyUI nodes the workflows use, recorded from a
   running server's ``/object_info`` (the integration tests check that it still matches).
+
+Nodes are laid out for what the editor draws once media load: a video or image preview grows its node by the media
+at the node's width (a portrait clip makes Load Video about 650 px tall), and notes are as tall as their text.
 
 Usage (from the project root, with the project's Python)::
 
     python workflows/build.py                 # write the UI and API files
     python workflows/build.py --check         # exit 1 when the committed files differ from the description
     python workflows/build.py --core-from http://127.0.0.1:8188   # re-record core_nodes.json
-    python workflows/build.py --thumbnails    # render <name>.jpg from real runs (--only NAME for one)
+    python workflows/build.py --thumbnails    # render <title>.jpg from real runs (--only NAME for one)
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,175 +59,268 @@ CORE_TYPES = ("LoadVideo", "GetVideoComponents", "LoadImage", "CreateVideo", "Sa
               "PreviewImage", "ImageToMask", "GrowMask")
 
 
+# ------------------------------------------------------------------------------------------- how the editor draws
+# What ComfyUI's frontend (1.27.10: litegraph LGraphNode.computeSize, useNodeVideo, useImagePreviewWidget, the Note
+# node's textarea) draws for a node. The layout below places nodes by it, and tests/test_workflows.py checks the
+# written files against it.
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: the title bar is drawn above a node's pos
+SLOT_HEIGHT = 20  # one row of input slots (not widgets) and outputs
+WIDGET_HEIGHT = 24  # LiteGraph.NODE_WIDGET_HEIGHT and the 4 px computeSize adds after each widget
+WIDGETS_PADDING = 8
+PREVIEW_SPACING = 4  # the preview is a widget too
+VIDEO_PREVIEW_MIN = 64  # fitDimensionsToNodeWidth: a video spans the node's width at its aspect ratio
+IMAGE_PREVIEW_MIN = 220  # the canvas image preview's minHeight; the image is fitted into the node below the widgets
+VIDEO_PREVIEWS = ("LoadVideo", "SaveVideo")
+IMAGE_PREVIEWS = ("LoadImage", "PreviewImage", "SaveImage", "DirectAnimatorSampler")  # the sampler: latent previews
+USER_MEDIA = (1080, 1920)  # (width, height) assumed for a user's clip or picture: portrait phone footage
+NOTE_CHAR_PX = 6.0  # the Note textarea's default 10 px font (Comfy.TextareaWidget.FontSize), monospace at worst
+NOTE_LINE_PX = 14
+NOTE_PADDING = 10
+GAP = 40  # px between neighbouring nodes' drawn rectangles
+
+
+def preview_height(kind: str, width: int, media: tuple[int, int] | None) -> int:
+    """What a node's media preview adds below its widgets: `media` ``(width, height)`` drawn at the node's width."""
+    if media is None or kind not in VIDEO_PREVIEWS + IMAGE_PREVIEWS:
+        return 0
+    least = VIDEO_PREVIEW_MIN if kind in VIDEO_PREVIEWS else IMAGE_PREVIEW_MIN
+    return max(least, math.ceil(width * media[1] / media[0])) + PREVIEW_SPACING
+
+
+def note_height(text: str, width: int) -> int:
+    """Height a Note of `width` px needs to show `text` without scrolling."""
+    per_line = int((width - 2 * NOTE_PADDING) // NOTE_CHAR_PX)
+    lines = sum(max(1, len(textwrap.wrap(paragraph, per_line))) for paragraph in text.split("\n"))
+    return lines * NOTE_LINE_PX + 2 * NOTE_PADDING
+
+
+def sheet_size(rows: tuple[str, ...], frame: tuple[int, int], columns: int) -> tuple[int, int]:
+    """``(width, height)`` of the contact sheet DirectAnimator Cue Preview draws: `rows` of `frame`-sized frames."""
+    import torch
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from directanimator.cues.preview import contact_sheet
+
+    sheet = contact_sheet([(name, torch.zeros(columns, frame[1], frame[0], 3)) for name in rows], columns=columns)
+    return int(sheet.shape[2]), int(sheet.shape[1])
+
+
 # ------------------------------------------------------------------------------------------- description
 @dataclass
 class Node:
-    """One node: its widget values by input name and its links as ``input name -> (node id, output slot)``."""
+    """One node: its widget values by input name, its links as ``input name -> (node id, output slot)``, and the
+    ``(width, height)`` of the media its preview will show (videos, pictures, sheets, latent previews)."""
 
     id: int
     type: str
-    pos: tuple[int, int]
     widgets: dict[str, Any] = field(default_factory=dict)
     links: dict[str, tuple[int, int]] = field(default_factory=dict)
     title: str | None = None
     width: int = 320
+    media: tuple[int, int] | None = None
+    color: tuple[str, str] | None = None  # (title bar, body): marks the node a user is meant to replace
+    pos: tuple[int, int] = (0, 0)  # set by `arrange`
 
 
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow and the title it goes by. ComfyUI 0.3.64's template browser (frontend 1.27.10) reads nothing but
+    the file name of a pack's template: it shows it as the title, and again with - and _ as spaces as the
+    description, so the UI file is named by its title; the API copy keeps the short `name`."""
+
+    title: str
+    columns: Callable[[], list[list[Node]]]  # nodes top to bottom in columns left to right
+
+
+DRIVING = "driving.mp4"  # what the user's own clip and picture are called until they upload theirs
 REFERENCE = "reference.png"
-DRIVING = "driving.mp4"
-
-DEMO_REFERENCE = "directanimator_demo_reference.png"
-DEMO_DRIVING = "directanimator_demo_driving.mp4"
 BUNDLED = "directanimator-demo (bundled)"  # nodes.model.BUNDLED
+REPLACE_ME = ("#353", "#232")  # the frontend's "green": the node to replace with the user's own
 
-NOTE_A = ("Animate with the demo model bundled in this pack.\n\n"
-          "1. Copy the bundled inputs into ComfyUI/input: models/demo/demo/driving.mp4 of this pack as "
-          f"{DEMO_DRIVING} and models/demo/demo/reference.png as {DEMO_REFERENCE} (or load any clip and picture).\n"
-          "2. Queue. The cues are detected (mediapipe) from the loaded video, then the small model trained on the "
-          "procedural world animates the puppet at 128x128 px on the CPU in seconds (one DDIM step, the "
-          "setting it was validated with: it was trained on the noisiest timesteps only, so more steps make it "
-          "worse).\n"
+NOTE_A = ("Animate with the demo model bundled in this pack. Queue: nothing to download or copy.\n\n"
+          "DirectAnimator Bundled Media loads the reference picture and the driving clip shipped with the pack "
+          "(models/demo/demo). The cues are detected (mediapipe) from the clip, then the small model trained on the "
+          "procedural world animates the puppet at 128x128 px on the CPU in seconds (one DDIM step, the setting it "
+          "was validated with: it was trained on the noisiest timesteps only, so more steps make it worse). Save "
+          "Video keeps the result; the cue sheet shows what the model was given.\n\n"
           "It knows only puppets; real people work through the same nodes with a real backbone (the long-video "
-          "workflow).")
+          "workflow). To feed it your own media anyway, replace Bundled Media with Load Video -> DirectAnimator "
+          "Driving Video and Load Image.")
 NOTE_B = ("Animate a reference with CogVideoX-5B-I2V and a DirectAnimator checkpoint.\n\n"
           "1. Put the diffusers folder CogVideoX-5b-I2V (transformer/, vae/, scheduler/) in models/diffusers and "
-          "the DirectAnimator checkpoint in models/directanimator.\n"
-          "2. Load your driving video and reference image.\n"
+          "your DirectAnimator checkpoint in models/directanimator, press R to refresh, and pick both in "
+          "DirectAnimator Model Loader.\n"
+          "2. In Load Video (driving) and Load Image (reference), click 'choose file to upload' and pick your "
+          "driving clip and your character.\n"
+          "3. Queue. Save Video writes output/directanimator/animation*.mp4.\n\n"
           "CogVideoX-5B-I2V only takes 720x480 and learned 13 latent frames: the sampler runs windows of 12 latent "
           "frames (48 video frames) plus the reference, overlapping by 3, so any length works; memory depends on "
           "the window. Offload keeps the model on the CPU between runs.")
 NOTE_C = ("Inspect the Driving Cue Triplet and tune the pose-cue cutoff.\n\n"
-          "The sheet shows driving frames, pose cue, face cue and location cue. The two pose cues below compare a "
-          "low cutoff (hides more of the driver's clothing and identity) with a high one (keeps more motion "
-          "detail). Pick a cutoff, then use it in the Cue Triplet of the animation workflow.")
+          "1. In Load Video (driving) and Load Image (reference), click 'choose file to upload' and pick your "
+          "driving clip and your character.\n"
+          "2. Queue.\n\n"
+          "Save Image keeps the sheet of driving frames, pose cue, face cue and location cue. The two Preview "
+          "Images side by side compare the pose cue at a low cutoff (0.05: hides more of the driver's clothing and "
+          "identity) with a high one (0.30: keeps more motion detail). Pick a cutoff, then set it in the Cue "
+          "Triplet of an animation workflow.")
 NOTE_D = ("Bring your own person mask.\n\n"
-          "Any MASK batch with the driving frames' count and size can replace the built-in segmentation: replace "
-          "Load Video (mask) -> Get Video Components -> Driving Video -> Convert Image to Mask with your mask "
-          "pack's node (SAM2, rembg, BiRefNet, ...) fed with the driving frames. Keep start, stride and size equal "
-          "in both Driving Video nodes so the frames and the mask line up.")
-
+          "1. In Load Video (driving) and Load Image (reference), click 'choose file to upload' and pick your "
+          "driving clip and your character.\n"
+          "2. Queue. As shipped, the mask comes from the green node, DirectAnimator Person Mask (mediapipe).\n"
+          "3. Replace the green node with your mask pack's node (SAM2, rembg, BiRefNet, ...), fed with the frames "
+          "of DirectAnimator Driving Video, and connect its MASK to Grow Mask. Any MASK batch with the driving "
+          "frames' count and size works. A mask video works too: Load Video -> Get Video Components -> "
+          "DirectAnimator Driving Video (the same start, stride and size) -> Convert Image to Mask.")
+NOTE_WIDTH = 400
 
 # the Cue Triplet's widget values, the same in every workflow
 TRIPLET = {"cutoff": 0.12, "filter": "gaussian", "segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)",
            "detector": "auto", "face_scale": 1.5, "grid_cell": 16, "grid_blur": 4.0, "anchor": "first"}
+SHEET_COLUMNS = 6  # DirectAnimator Cue Preview's columns in every workflow
+TRIPLET_ROWS = ("driving", "pose", "face", "location")  # a Cue Preview of a triplet and its driving frames
+POSE_ROWS = ("driving", "pose")
 
 
-def _animation(note: str, *, fps: float, loader: dict, sampler: dict, tiled: bool, prefix: str) -> list[Node]:
-    """Nodes 5-13 of an animation workflow: load the model, encode the cues (node 4) at the driving fps (node 2),
-    sample, decode, save the video, preview the cues, and the note."""
+def _frames(width: int, height: int, *, stride: int = 1, max_frames: int = 0, fps: float = 24.0) -> dict:
+    """DirectAnimator Driving Video's widget values."""
+    return {"width": width, "height": height, "resize": "pad", "start": 0, "stride": stride,
+            "max_frames": max_frames, "frames_fps": fps}
+
+
+def _animation(*, size: tuple[int, int], fps: float, sampler: dict, tiled: bool, prefix: str) -> list[list[Node]]:
+    """The last three columns of an animation workflow (nodes 6-12): encode the cues (node 4) for the model (node 5)
+    at the driving fps (node 2), sample, decode, save the video, and the cue sheet."""
     return [
-        Node(5, "DirectAnimatorModelLoader", (720, 520), loader),
-        Node(6, "DirectAnimatorEncode", (1080, 0), {"fps": fps, "tiled": tiled},
-             {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
-        Node(7, "DirectAnimatorSampler", (1080, 260), sampler, {"model": (5, 0), "conditioning": (6, 0)}),
-        Node(8, "DirectAnimatorDecode", (1440, 0), {"tiled": tiled}, {"model": (5, 0), "latent": (7, 0)}),
-        Node(9, "CreateVideo", (1440, 200), {"fps": fps}, {"images": (8, 0), "fps": (8, 1)}),
-        Node(10, "SaveVideo", (1800, 200),
-             {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, {"video": (9, 0)}),
-        Node(11, "DirectAnimatorCuePreview", (1080, 700), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
-        Node(12, "PreviewImage", (1440, 700), {}, {"images": (11, 0)}),
-        Node(13, "Note", (0, 820), {"text": note}, title="About", width=400),
+        [Node(6, "DirectAnimatorEncode", {"fps": fps, "tiled": tiled},
+              {"model": (5, 0), "cues": (4, 0), "fps": (2, 1)}),
+         Node(7, "DirectAnimatorSampler", sampler, {"model": (5, 0), "conditioning": (6, 0)}, media=size)],
+        [Node(8, "DirectAnimatorDecode", {"tiled": tiled}, {"model": (5, 0), "latent": (7, 0)}),
+         Node(9, "CreateVideo", {"fps": fps}, {"images": (8, 0), "fps": (8, 1)}),
+         Node(11, "DirectAnimatorCuePreview", {"columns": SHEET_COLUMNS}, {"cues": (4, 0), "frames": (2, 0)})],
+        [Node(10, "SaveVideo", {"filename_prefix": prefix, "format": "auto", "codec": "auto"}, {"video": (9, 0)},
+              media=size),
+         Node(12, "PreviewImage", {}, {"images": (11, 0)}, width=400,
+              media=sheet_size(TRIPLET_ROWS, size, SHEET_COLUMNS))],
     ]
 
 
-def _animate_demo() -> list[Node]:
+def _animate_demo() -> list[list[Node]]:
+    size = (128, 128)  # the demo model's working size (demo.json)
     return [
-        Node(1, "LoadVideo", (0, 0), {"file": DEMO_DRIVING}, title="Load Video (driving)"),
-        Node(2, "DirectAnimatorDrivingVideo", (360, 0),
-             {"width": 128, "height": 128, "resize": "pad", "start": 0, "stride": 1, "max_frames": 0,
-              "frames_fps": 12.0}, {"video": (1, 0)}),
-        Node(3, "LoadImage", (0, 420), {"image": DEMO_REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
-        *_animation(NOTE_A, fps=12.0, tiled=False, prefix="directanimator/demo",
-                    loader={"backbone": BUNDLED, "repo_id": "", "checkpoint": BUNDLED, "precision": "fp32",
-                            "offload": False},
-                    # the demo model's sampling setting (demo.json)
+        [Node(13, "Note", {"text": NOTE_A}, title="About", width=NOTE_WIDTH),
+         Node(1, "DirectAnimatorBundledMedia", {"reference": "demo/reference.png", "driving": "demo/driving.mp4"})],
+        [Node(2, "DirectAnimatorDrivingVideo", _frames(*size, fps=12.0), {"frames": (1, 1), "frames_fps": (1, 2)}),
+         Node(5, "DirectAnimatorModelLoader", {"backbone": BUNDLED, "repo_id": "", "checkpoint": BUNDLED,
+                                               "precision": "fp32", "offload": False})],
+        [Node(4, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (1, 0), "frames": (2, 0)})],
+        # the demo model's sampling setting (demo.json)
+        *_animation(size=size, fps=12.0, tiled=False, prefix="directanimator/demo",
                     sampler={"steps": 1, "guidance": 1.0, "seed": 0, "scheduler": "ddim", "window": 0, "overlap": 0,
                              "denoise": 1.0, "average_of": 4}),
     ]
 
 
-def _animate_long() -> list[Node]:
+def _animate_long() -> list[list[Node]]:
+    size = (720, 480)
     return [
-        Node(1, "LoadVideo", (0, 0), {"file": DRIVING}, title="Load Video (driving)"),
-        Node(2, "DirectAnimatorDrivingVideo", (360, 0),
-             {"width": 720, "height": 480, "resize": "pad", "start": 0, "stride": 1, "max_frames": 0,
-              "frames_fps": 24.0}, {"video": (1, 0)}),
-        Node(3, "LoadImage", (0, 420), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
-        *_animation(NOTE_B, fps=24.0, tiled=True, prefix="directanimator/animation",
-                    loader={"backbone": "CogVideoX-5b-I2V", "repo_id": "",
-                            "checkpoint": "directanimator_cogvideox_5b_i2v.safetensors", "precision": "bf16",
-                            "offload": True},
+        [Node(13, "Note", {"text": NOTE_B}, title="About", width=NOTE_WIDTH),
+         Node(1, "LoadVideo", {"file": DRIVING}, title="Load Video (driving)", media=USER_MEDIA),
+         Node(3, "LoadImage", {"image": REFERENCE}, title="Load Image (reference)", media=USER_MEDIA)],
+        [Node(2, "DirectAnimatorDrivingVideo", _frames(*size), {"video": (1, 0)}),
+         Node(5, "DirectAnimatorModelLoader", {"backbone": "CogVideoX-5b-I2V", "repo_id": "",
+                                               "checkpoint": "directanimator_cogvideox_5b_i2v.safetensors",
+                                               "precision": "bf16", "offload": True})],
+        [Node(4, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)})],
+        *_animation(size=size, fps=24.0, tiled=True, prefix="directanimator/animation",
                     sampler={"steps": 25, "guidance": 3.0, "seed": 42, "scheduler": "dpm", "window": 12,
                              "overlap": 3, "denoise": 1.0, "average_of": 1}),
     ]
 
 
-def _inspect_cues() -> list[Node]:
+def _inspect_cues() -> list[list[Node]]:
+    size = (512, 896)
+
+    def pose(node_id: int, cutoff: float, label: str) -> Node:
+        return Node(node_id, "DirectAnimatorPoseCue",
+                    {"cutoff": cutoff, "filter": "gaussian", "blank_bad_frames": True},
+                    {"frames": (2, 0), "mask": (9, 0)}, title=f"Pose Cue ({label} cutoff {cutoff:.2f})")
+
+    def pose_sheet(node_id: int, cue: int) -> Node:
+        return Node(node_id, "DirectAnimatorCuePreview", {"columns": SHEET_COLUMNS},
+                    {"frames": (2, 0), "pose_cue": (cue, 0)})
+
+    def preview(node_id: int, sheet: int, label: str) -> Node:
+        return Node(node_id, "PreviewImage", {}, {"images": (sheet, 0)}, title=f"Preview Image ({label} cutoff)",
+                    width=400, media=sheet_size(POSE_ROWS, size, SHEET_COLUMNS))
+
     return [
-        Node(1, "LoadVideo", (0, 0), {"file": DRIVING}, title="Load Video (driving)"),
-        Node(2, "DirectAnimatorDrivingVideo", (360, 0),
-             {"width": 512, "height": 896, "resize": "pad", "start": 0, "stride": 2, "max_frames": 49,
-              "frames_fps": 24.0}, {"video": (1, 0)}),
-        Node(3, "LoadImage", (0, 420), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(4, "DirectAnimatorCueTriplet", (720, 0), dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
-        Node(5, "DirectAnimatorCuePreview", (1080, 0), {"columns": 6}, {"cues": (4, 0), "frames": (2, 0)}),
-        Node(6, "SaveImage", (1440, 0), {"filename_prefix": "directanimator/cue_sheet"}, {"images": (5, 0)}),
-        Node(7, "CreateVideo", (1080, 300), {"fps": 24.0}, {"images": (4, 1), "fps": (2, 1)}),
-        Node(8, "SaveVideo", (1440, 380),
-             {"filename_prefix": "directanimator/pose_cue", "format": "auto", "codec": "auto"}, {"video": (7, 0)}),
-        Node(9, "DirectAnimatorPersonMask", (360, 520),
-             {"segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)"}, {"frames": (2, 0)}),
-        Node(10, "DirectAnimatorPoseCue", (720, 620),
-             {"cutoff": 0.05, "filter": "gaussian", "blank_bad_frames": True}, {"frames": (2, 0), "mask": (9, 0)},
-             title="Pose Cue (low cutoff 0.05)"),
-        Node(11, "DirectAnimatorPoseCue", (720, 860),
-             {"cutoff": 0.3, "filter": "gaussian", "blank_bad_frames": True}, {"frames": (2, 0), "mask": (9, 0)},
-             title="Pose Cue (high cutoff 0.30)"),
-        Node(12, "DirectAnimatorCuePreview", (1080, 620), {"columns": 6}, {"frames": (2, 0), "pose_cue": (10, 0)}),
-        Node(13, "PreviewImage", (1440, 620), {}, {"images": (12, 0)}),
-        Node(14, "DirectAnimatorCuePreview", (1080, 860), {"columns": 6}, {"frames": (2, 0), "pose_cue": (11, 0)}),
-        Node(15, "PreviewImage", (1440, 860), {}, {"images": (14, 0)}),
-        Node(16, "Note", (0, 820), {"text": NOTE_C}, title="About", width=400),
+        [Node(16, "Note", {"text": NOTE_C}, title="About", width=NOTE_WIDTH),
+         Node(1, "LoadVideo", {"file": DRIVING}, title="Load Video (driving)", media=USER_MEDIA),
+         Node(3, "LoadImage", {"image": REFERENCE}, title="Load Image (reference)", media=USER_MEDIA)],
+        [Node(2, "DirectAnimatorDrivingVideo", _frames(*size, stride=2, max_frames=49), {"video": (1, 0)}),
+         Node(9, "DirectAnimatorPersonMask", {"segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)"},
+              {"frames": (2, 0)}),
+         pose(10, 0.05, "low"), pose(11, 0.3, "high")],
+        [Node(4, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)}),
+         Node(5, "DirectAnimatorCuePreview", {"columns": SHEET_COLUMNS}, {"cues": (4, 0), "frames": (2, 0)}),
+         Node(7, "CreateVideo", {"fps": 24.0}, {"images": (4, 1), "fps": (2, 1)}),
+         pose_sheet(12, 10), pose_sheet(14, 11)],
+        [Node(6, "SaveImage", {"filename_prefix": "directanimator/cue_sheet"}, {"images": (5, 0)}, width=400,
+              media=sheet_size(TRIPLET_ROWS, size, SHEET_COLUMNS)),
+         Node(8, "SaveVideo", {"filename_prefix": "directanimator/pose_cue", "format": "auto", "codec": "auto"},
+              {"video": (7, 0)}, media=size)],
+        [preview(13, 12, "low")],
+        [preview(15, 14, "high")],
     ]
 
 
-def _own_mask() -> list[Node]:
-    frames = {"width": 512, "height": 896, "resize": "pad", "start": 0, "stride": 2, "max_frames": 49,
-              "frames_fps": 24.0}
+def _own_mask() -> list[list[Node]]:
+    size = (512, 896)
     return [
-        Node(1, "LoadVideo", (0, 0), {"file": DRIVING}, title="Load Video (driving)"),
-        Node(2, "GetVideoComponents", (360, 0), {}, {"video": (1, 0)}),
-        Node(3, "DirectAnimatorDrivingVideo", (720, 0), dict(frames),
-             {"frames": (2, 0), "frames_fps": (2, 2)}),
-        Node(4, "LoadVideo", (0, 480), {"file": "driving_mask.mp4"}, title="Load Video (person mask, white = person)"),
-        Node(5, "GetVideoComponents", (360, 480), {}, {"video": (4, 0)}),
-        Node(6, "DirectAnimatorDrivingVideo", (720, 480), dict(frames),
-             {"frames": (5, 0), "frames_fps": (5, 2)}, title="DirectAnimator Driving Video (mask)"),
-        Node(7, "ImageToMask", (1080, 480), {"channel": "red"}, {"image": (6, 0)}),
-        Node(8, "GrowMask", (1080, 620), {"expand": 4, "tapered_corners": True}, {"mask": (7, 0)}),
-        Node(9, "LoadImage", (0, 960), {"image": REFERENCE}, title="Load Image (reference)"),
-        Node(10, "DirectAnimatorCueTriplet", (1440, 0), dict(TRIPLET),
-             {"reference": (9, 0), "frames": (3, 0), "mask": (8, 0)}),
-        Node(11, "DirectAnimatorPoseCue", (1440, 560), {"cutoff": 0.12, "filter": "gaussian", "blank_bad_frames": True},
-             {"frames": (3, 0), "mask": (8, 0)}),
-        Node(12, "DirectAnimatorCuePreview", (1800, 0), {"columns": 6}, {"cues": (10, 0), "frames": (3, 0)}),
-        Node(13, "SaveImage", (2160, 0), {"filename_prefix": "directanimator/own_mask_sheet"}, {"images": (12, 0)}),
-        Node(14, "CreateVideo", (1800, 560), {"fps": 24.0}, {"images": (11, 0), "fps": (3, 1)}),
-        Node(15, "SaveVideo", (2160, 560),
-             {"filename_prefix": "directanimator/own_mask_pose", "format": "auto", "codec": "auto"},
-             {"video": (14, 0)}),
-        Node(16, "Note", (360, 960), {"text": NOTE_D}, title="About", width=400),
+        [Node(12, "Note", {"text": NOTE_D}, title="About", width=NOTE_WIDTH),
+         Node(1, "LoadVideo", {"file": DRIVING}, title="Load Video (driving)", media=USER_MEDIA),
+         Node(3, "LoadImage", {"image": REFERENCE}, title="Load Image (reference)", media=USER_MEDIA)],
+        [Node(2, "DirectAnimatorDrivingVideo", _frames(*size, stride=2, max_frames=49), {"video": (1, 0)}),
+         Node(4, "DirectAnimatorPersonMask", {"segmenter": "mediapipe", "sam_checkpoint": "none (use mediapipe)"},
+              {"frames": (2, 0)}, title="Person Mask (replace with your mask node)", color=REPLACE_ME),
+         Node(5, "GrowMask", {"expand": 4, "tapered_corners": True}, {"mask": (4, 0)})],
+        [Node(6, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0), "mask": (5, 0)}),
+         Node(7, "DirectAnimatorPoseCue", {"cutoff": 0.12, "filter": "gaussian", "blank_bad_frames": True},
+              {"frames": (2, 0), "mask": (5, 0)})],
+        [Node(8, "DirectAnimatorCuePreview", {"columns": SHEET_COLUMNS}, {"cues": (6, 0), "frames": (2, 0)}),
+         Node(10, "CreateVideo", {"fps": 24.0}, {"images": (7, 0), "fps": (2, 1)})],
+        [Node(9, "SaveImage", {"filename_prefix": "directanimator/own_mask_sheet"}, {"images": (8, 0)}, width=400,
+              media=sheet_size(TRIPLET_ROWS, size, SHEET_COLUMNS)),
+         Node(11, "SaveVideo", {"filename_prefix": "directanimator/own_mask_pose", "format": "auto", "codec": "auto"},
+              {"video": (10, 0)}, media=size)],
     ]
 
 
 WORKFLOWS = {
-    "animate_bundled_demo_model": _animate_demo,
-    "animate_cogvideox_5b_i2v_long_video": _animate_long,
-    "inspect_cue_triplet_tune_cutoff": _inspect_cues,
-    "bring_your_own_person_mask": _own_mask,
+    "animate_bundled_demo_model": Workflow("Animate the bundled demo model on the CPU", _animate_demo),
+    "animate_cogvideox_5b_i2v_long_video": Workflow("Animate a long video with CogVideoX-5B-I2V", _animate_long),
+    "inspect_cue_triplet_tune_cutoff": Workflow("Inspect the cue triplet and tune the cutoff", _inspect_cues),
+    "bring_your_own_person_mask": Workflow("Bring your own person mask", _own_mask),
 }
+
+
+def ui_path(name: str) -> Path:
+    """The UI file of workflow `name`: the template browser's title."""
+    return HERE / f"{WORKFLOWS[name].title}.json"
+
+
+def thumbnail_path(name: str) -> Path:
+    return HERE / f"{WORKFLOWS[name].title}.jpg"  # the frontend asks for /api/workflow_templates/<pack>/<title>.jpg
+
+
+def api_path(name: str) -> Path:
+    return API_DIR / f"{name}.json"
+
+
+def nodes_of(columns: list[list[Node]]) -> list[Node]:
+    return sorted((node for column in columns for node in column), key=lambda n: n.id)
 
 
 # ------------------------------------------------------------------------------------------- node definitions
@@ -297,8 +396,9 @@ def default_value(kind: Any, options: dict) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- the two formats
-def to_ui(nodes: list[Node], defs: dict[str, dict]) -> dict:
-    """The frontend's saved-workflow format (version 0.4)."""
+def to_ui(columns: list[list[Node]], defs: dict[str, dict]) -> dict:
+    """The frontend's saved-workflow format (version 0.4), nodes placed by `arrange`."""
+    nodes = nodes_of(columns)
     by_id = {n.id: n for n in nodes}
     links: list[list] = []
     link_of: dict[tuple[int, str], int] = {}
@@ -310,12 +410,11 @@ def to_ui(nodes: list[Node], defs: dict[str, dict]) -> dict:
             links.append([link_id, src, slot, node.id, None, kind])
             link_of[(node.id, name)] = link_id
             out_links.setdefault((src, slot), []).append(link_id)
-    order = _topological(nodes)
-    ui_nodes = []
+    parts = {}
     for node in nodes:
         if node.type in FRONTEND_ONLY:
             values = [node.widgets[k] for k in FRONTEND_ONLY[node.type]]
-            ui_nodes.append(_ui_node(node, order, [], [], values, 60 + 12 * node.widgets["text"].count("\n")))
+            parts[node.id] = ([], [], values, note_height(node.widgets["text"], node.width))
             continue
         definition = defs[node.type]
         inputs, values = [], []
@@ -325,7 +424,7 @@ def to_ui(nodes: list[Node], defs: dict[str, dict]) -> dict:
             if is_widget(kind, options):
                 values.append(node.widgets.get(name, default_value(kind, options)))
                 if widget_extras(name, kind, options):
-                    values.append("randomize" if kind == "INT" else "image")
+                    values.append("fixed" if kind == "INT" else "image")  # a shipped seed stays as shipped
                 if linked is not None:
                     inputs.append({"name": name, "type": kind, "widget": {"name": name}, "link": linked})
             else:
@@ -334,18 +433,34 @@ def to_ui(nodes: list[Node], defs: dict[str, dict]) -> dict:
                 links[linked - 1][4] = len(inputs) - 1
         outputs = [{"name": oname, "type": otype, "links": out_links.get((node.id, i), []), "slot_index": i}
                    for i, (otype, oname) in enumerate(zip(definition["output"], definition["output_name"]))]
-        height = 46 + 22 * max(len(inputs), len(outputs)) + 24 * len(values)
-        ui_nodes.append(_ui_node(node, order, inputs, outputs, values, height))
+        slots = max(1, len(outputs), sum(1 for i in inputs if "widget" not in i))
+        height = (slots * SLOT_HEIGHT + len(values) * WIDGET_HEIGHT + WIDGETS_PADDING
+                  + preview_height(node.type, node.width, node.media))
+        parts[node.id] = (inputs, outputs, values, height)
+    arrange(columns, {node_id: part[3] for node_id, part in parts.items()})
+    order = _topological(nodes)
     return {
         "last_node_id": max(n.id for n in nodes),
         "last_link_id": len(links),
-        "nodes": ui_nodes,
+        "nodes": [_ui_node(node, order, *parts[node.id]) for node in nodes],
         "links": links,
         "groups": [],
         "config": {},
         "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}},
         "version": 0.4,
     }
+
+
+def arrange(columns: list[list[Node]], heights: dict[int, int]) -> None:
+    """Set each node's pos: columns left to right, nodes top to bottom, `GAP` px between drawn rectangles (title
+    bar included; a column is as wide as its widest node)."""
+    x = 0
+    for column in columns:
+        y = TITLE_HEIGHT
+        for node in column:
+            node.pos = (x, y)
+            y += heights[node.id] + GAP + TITLE_HEIGHT
+        x += max(node.width for node in column) + GAP
 
 
 def _ui_node(node: Node, order: dict[int, int], inputs, outputs, values, height: int) -> dict:
@@ -364,6 +479,8 @@ def _ui_node(node: Node, order: dict[int, int], inputs, outputs, values, height:
     }
     if node.title:
         out["title"] = node.title
+    if node.color:
+        out["color"], out["bgcolor"] = node.color
     return out
 
 
@@ -404,10 +521,10 @@ def render(defs: dict[str, dict] | None = None) -> dict[Path, str]:
     """Every generated file and its text."""
     defs = defs or definitions()
     files = {}
-    for name, make in WORKFLOWS.items():
-        nodes = make()
-        files[HERE / f"{name}.json"] = json.dumps(to_ui(nodes, defs), indent=2) + "\n"
-        files[API_DIR / f"{name}.json"] = json.dumps(to_api(nodes, defs), indent=2) + "\n"
+    for name, workflow in WORKFLOWS.items():
+        columns = workflow.columns()
+        files[ui_path(name)] = json.dumps(to_ui(columns, defs), indent=2) + "\n"
+        files[api_path(name)] = json.dumps(to_api(nodes_of(columns), defs), indent=2) + "\n"
     return files
 
 
@@ -437,29 +554,50 @@ THUMB_WIDTH = 512
 
 
 def render_thumbnails(only: list[str] | None = None) -> None:
-    """Render each workflow's thumbnail (or those named in `only`) from a real run: the cue branch on the real
-    footage, or the bundled demo model's own sheet."""
+    """Render each workflow's thumbnail (or those named in `only`) from a real run of what it shows: the bundled demo
+    model's own sheet, the cue triplet, the pose cue at a low and a high cutoff, the brought mask and its cues."""
     import torch
     from PIL import Image
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from directanimator.cues.preview import contact_sheet, location_overlay
     from directanimator.video import read_image, read_video
-    from nodes.cues import DirectAnimatorCuePreview, DirectAnimatorCueTriplet, DirectAnimatorPersonMask
+    from nodes.cues import DirectAnimatorCuePreview, DirectAnimatorCueTriplet, DirectAnimatorPersonMask, \
+        DirectAnimatorPoseCue
 
     if not REAL_DATA.is_dir():
         raise SystemExit(f"real footage not found at {REAL_DATA}; thumbnails are rendered from it.")
     reference = read_image(REAL_DATA / "ref_anime_character.jpg")
-    triplet = DirectAnimatorCueTriplet()
+    columns = 4  # frames per row: the thumbnail is seen at 256 px
 
-    def cue_sheet(size: tuple[int, int], mask: bool) -> torch.Tensor:
-        clip = read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", stride=8, max_frames=25, size=size)
-        person = DirectAnimatorPersonMask().run(clip.frames, "mediapipe", "none (use mediapipe)")[0] if mask else None
-        if person is not None:  # a mask from "another pack": the mediapipe mask, grown by 4 px
-            person = torch.nn.functional.max_pool2d(person[:, None], 9, 1, 4)[:, 0]
-        cues = triplet.run(reference, clip.frames, 0.12, "gaussian", "mediapipe", "none (use mediapipe)", "auto",
-                           1.5, 16, 4.0, mask=person)[0]
-        return DirectAnimatorCuePreview().run(4, cues=cues, frames=clip.frames)[0]
+    def clip(size: tuple[int, int]) -> torch.Tensor:
+        return read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", stride=8, max_frames=25, size=size).frames
+
+    def triplet(frames: torch.Tensor, mask: torch.Tensor | None = None):
+        return DirectAnimatorCueTriplet().run(reference, frames, 0.12, "gaussian", "mediapipe", "none (use mediapipe)",
+                                              "auto", 1.5, 16, 4.0, mask=mask)[0]
+
+    def cue_sheet() -> torch.Tensor:
+        frames = clip((480, 720))
+        return DirectAnimatorCuePreview().run(columns, cues=triplet(frames), frames=frames)[0]
+
+    def cutoff_sheet() -> torch.Tensor:
+        """Driving frames, then the pose cue at the workflow's low (coarse) and high (detailed) cutoff."""
+        frames = clip((896, 512))
+        mask = DirectAnimatorPersonMask().run(frames, "mediapipe", "none (use mediapipe)")[0]
+        poses = [DirectAnimatorPoseCue().run(frames, cutoff, "gaussian", True, mask=mask)[0] for cutoff in (0.05, 0.3)]
+        return contact_sheet([("driving", frames), ("coarse", poses[0]), ("detail", poses[1])], columns=columns)
+
+    def mask_sheet() -> torch.Tensor:
+        """Driving frames, the brought person mask (mediapipe's grown by 4 px, as the workflow's Grow Mask), and the
+        pose and location cues made with it."""
+        frames = clip((896, 512))
+        person = DirectAnimatorPersonMask().run(frames, "mediapipe", "none (use mediapipe)")[0]
+        person = torch.nn.functional.max_pool2d(person[:, None], 9, 1, 4)[:, 0]
+        cues = triplet(frames, person)
+        return contact_sheet([("driving", frames), ("person", person), ("pose", cues.pose),
+                              ("location", location_overlay(cues))], columns=columns)
 
     def demo_sheet() -> torch.Tensor:
         """The bundled model's own demo run: reference, driving frames, cues, result and ground truth."""
@@ -474,9 +612,9 @@ def render_thumbnails(only: list[str] | None = None) -> None:
 
     makers = {
         "animate_bundled_demo_model": demo_sheet,
-        "animate_cogvideox_5b_i2v_long_video": lambda: cue_sheet((480, 720), mask=False),
-        "inspect_cue_triplet_tune_cutoff": lambda: cue_sheet((896, 512), mask=False),
-        "bring_your_own_person_mask": lambda: cue_sheet((896, 512), mask=True),
+        "animate_cogvideox_5b_i2v_long_video": cue_sheet,
+        "inspect_cue_triplet_tune_cutoff": cutoff_sheet,
+        "bring_your_own_person_mask": mask_sheet,
     }
     unknown = sorted(set(only or ()) - set(makers))
     if unknown:
@@ -487,8 +625,9 @@ def render_thumbnails(only: list[str] | None = None) -> None:
         sheet = make()
         image = Image.fromarray(sheet[0].clamp(0, 1).mul(255).byte().numpy())
         image = image.resize((THUMB_WIDTH, round(image.height * THUMB_WIDTH / image.width)), Image.LANCZOS)
-        image.save(HERE / f"{name}.jpg", quality=80, optimize=True)
-        log.info("wrote %s (%dx%d)", HERE / f"{name}.jpg", image.width, image.height)
+        path = thumbnail_path(name)
+        image.save(path, quality=80, optimize=True)
+        log.info("wrote %s (%dx%d)", path.relative_to(ROOT), image.width, image.height)
 
 
 def main(argv: list[str] | None = None) -> int:

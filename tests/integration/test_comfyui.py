@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -32,14 +33,11 @@ def media(comfy):
     """The files the workflows name, in the server's input folder, cut from the real footage."""
     if not REAL_DATA.is_dir():
         pytest.skip(f"real footage not found at {REAL_DATA} (shared/data/real): the cue nodes need real people")
-    from directanimator.cues.segmentation import segment_person
     from directanimator.video import read_image, read_video, write_image, write_video
 
     clip = read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", start=48, stride=2, max_frames=CLIP_FRAMES,
                       size=CLIP_SIZE)
     write_video(comfy.input_dir / build.DRIVING, clip.frames, fps=CLIP_FPS)
-    mask = segment_person(clip.frames)
-    write_video(comfy.input_dir / "driving_mask.mp4", mask[..., None].expand(-1, -1, -1, 3), fps=CLIP_FPS)
     write_image(comfy.input_dir / build.REFERENCE, read_image(REAL_DATA / "ref_anime_character.jpg",
                                                               size=(448, 256)))
     return clip
@@ -59,7 +57,7 @@ def tiny_model(comfy):
 
 
 def api(name: str) -> dict:
-    return json.loads((build.API_DIR / f"{name}.json").read_text())
+    return json.loads(build.api_path(name).read_text())
 
 
 def animate_prompt(*, seed: int = 1, steps: int = 2, offload: bool = True) -> dict:
@@ -109,13 +107,15 @@ def test_object_info_lists_every_node_with_its_declared_types(comfy):
         assert live["output"] == recorded["output"] and live["input_order"] == recorded["input_order"], name
 
 
-def test_template_browser_lists_the_workflows_and_serves_them(comfy):
+def test_template_browser_lists_the_workflows_by_title_and_serves_them_with_their_thumbnails(comfy):
     templates = comfy.get("/workflow_templates")
-    assert sorted(templates.get(comfy.pack_name, [])) == sorted(build.WORKFLOWS)
-    for name in build.WORKFLOWS:
-        served = comfy.get(f"/api/workflow_templates/{comfy.pack_name}/{name}.json")
+    assert sorted(templates.get(comfy.pack_name, [])) == sorted(w.title for w in build.WORKFLOWS.values())
+    for name, workflow in build.WORKFLOWS.items():
+        base = f"/api/workflow_templates/{quote(comfy.pack_name)}/{quote(workflow.title)}"  # what the frontend asks
+        served = comfy.get(f"{base}.json")
         served = served if isinstance(served, dict) else json.loads(served)
-        assert served == json.loads((build.HERE / f"{name}.json").read_text())
+        assert served == json.loads(build.ui_path(name).read_text())
+        assert comfy.get(f"{base}.jpg") == build.thumbnail_path(name).read_bytes()
 
 
 def test_inspect_cues_workflow_saves_a_sheet_and_the_pose_cue_video(comfy, media):
@@ -127,11 +127,13 @@ def test_inspect_cues_workflow_saves_a_sheet_and_the_pose_cue_video(comfy, media
     assert video_facts(video) == (kept, pytest.approx(CLIP_FPS / 2), (896, 512))
 
 
-def test_own_mask_workflow_uses_the_mask_video(comfy, media):
-    result = run(comfy, api("bring_your_own_person_mask"))
+def test_own_mask_workflow_runs_as_shipped_with_the_mask_from_its_stand_in_node(comfy, media):
+    prompt = api("bring_your_own_person_mask")
+    assert prompt["4"]["class_type"] == "DirectAnimatorPersonMask" and prompt["5"]["inputs"]["mask"] == ["4", 0]
+    result = run(comfy, prompt)
     assert result.status == "success", result.error
-    assert {"6", "7", "8"} <= set(result.executed)  # the mask branch ran
-    (video,) = comfy.output_files(result, "15")
+    assert {"4", "5", "6", "7"} <= set(result.executed)  # the mask, grown, into the triplet and the pose cue
+    (video,) = comfy.output_files(result, "11")
     assert video_facts(video)[:2] == ((CLIP_FRAMES + 1) // 2, pytest.approx(CLIP_FPS / 2))
 
 
