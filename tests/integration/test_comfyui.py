@@ -132,7 +132,8 @@ def test_own_mask_workflow_runs_as_shipped_with_the_mask_from_its_stand_in_node(
     assert prompt["4"]["class_type"] == "DirectAnimatorPersonMask" and prompt["5"]["inputs"]["mask"] == ["4", 0]
     result = run(comfy, prompt)
     assert result.status == "success", result.error
-    assert {"4", "5", "6", "7"} <= set(result.executed)  # the mask, grown, into the triplet and the pose cue
+    # the mask (its node may be served from cache: the cue workflow ran the same one), grown, into the cues
+    assert "4" in result.executed + result.cached and {"5", "6", "7"} <= set(result.executed)
     (video,) = comfy.output_files(result, "11")
     assert video_facts(video)[:2] == ((CLIP_FRAMES + 1) // 2, pytest.approx(CLIP_FPS / 2))
 
