@@ -1,0 +1,59 @@
+"""A real ComfyUI refuses, at validation, model names that are not in its model folders. Skipped unless COMFYUI_DIR
+is set (see conftest.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
+build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(build)
+
+LOADER = "5"  # the Model Loader's id in the animate workflows
+
+
+def node_errors(comfy, prompt: dict) -> dict:
+    """ComfyUI's validation answer to `prompt` (POST /prompt answers 400 when no output can run)."""
+    request = urllib.request.Request(comfy.url + "/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        answer = json.loads(exc.read())
+    return answer.get("node_errors", {})
+
+
+def loader_prompt(**inputs) -> dict:
+    prompt = json.loads(build.api_path("animate_cogvideox_5b_i2v_long_video").read_text())
+    prompt[LOADER]["inputs"].update(inputs)
+    return prompt
+
+
+@pytest.mark.parametrize("backbone", ["/", "/etc", "../../..", "diffusers/../../..", "not-there"])
+def test_backbone_not_in_models_diffusers_is_refused_with_the_folder_to_use(comfy, backbone):
+    errors = node_errors(comfy, loader_prompt(backbone=backbone, repo_id=""))
+    assert LOADER in errors, errors
+    said = json.dumps(errors[LOADER])
+    assert "ComfyUI/models/diffusers" in said
+
+
+def test_checkpoint_outside_models_directanimator_is_refused(comfy, tmp_path):
+    outside = tmp_path / "weights.safetensors"
+    outside.write_bytes(b"x")
+    errors = node_errors(comfy, loader_prompt(backbone="none (use repo_id)", repo_id="THUDM/CogVideoX-5b-I2V",
+                                              checkpoint=str(outside)))
+    assert "ComfyUI/models/directanimator" in json.dumps(errors.get(LOADER)), errors
+
+
+def test_repo_id_not_of_the_form_owner_name_is_refused(comfy):
+    errors = node_errors(comfy, loader_prompt(backbone="none (use repo_id)", repo_id="../../etc"))
+    assert "owner/name" in json.dumps(errors.get(LOADER)), errors
