@@ -68,7 +68,8 @@ def check_output_folder(folder: str | Path, command: str, *, option: str = "--ou
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{option} {folder}: is a file, not a folder; give a new or empty folder.")
-    if not folder.is_dir() or not any(folder.iterdir()):
+    # the marker's own temporary (another process marking the folder right now) does not make it non-empty
+    if not folder.is_dir() or all(p.name.startswith(f".{OUTPUT_MARKER}.") for p in folder.iterdir()):
         return folder
     found = output_command(folder)
     if found == command or (found is None and legacy is not None and legacy(folder)):

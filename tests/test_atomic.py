@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from directanimator.atomic import (atomic_path, check_output_folder, claim_output_folder, output_command,
+from directanimator.atomic import (OUTPUT_MARKER, atomic_path, check_output_folder, claim_output_folder, output_command,
                                   replace_output_folder, save_safetensors)
 from directanimator.errors import InputError
 
@@ -81,3 +81,10 @@ def test_a_failed_replacement_keeps_the_previous_output(tmp_path):
             (tmp / "a").write_text("half")
             raise RuntimeError("killed")
     assert (out / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_folder_being_marked_by_another_process_counts_as_empty(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{OUTPUT_MARKER}.123-abcd.tmp").write_text("")  # atomic_path's temporary, before its rename
+    check_output_folder(out, "cmd")
