@@ -29,15 +29,20 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _add_cue_options(p: argparse.ArgumentParser) -> None:
+    # --cutoff, --filter and --grid-cell default to None: the model's own setting (animate, demo), else CueConfig's
     p.add_argument("--frames", type=int, default=None, help="read at most this many driving frames (after stride)")
     p.add_argument("--stride", type=int, default=1, help="keep every n-th driving frame")
-    p.add_argument("--size", type=_size, default=None, help="working size HEIGHTxWIDTH, multiples of 16")
-    p.add_argument("--cutoff", type=float, default=0.12, help="pose-cue low-pass cutoff, fraction of Nyquist")
-    p.add_argument("--filter", choices=["gaussian", "ideal", "butterworth"], default="gaussian")
+    p.add_argument("--size", type=_size, default=None,
+                   help="working size HEIGHTxWIDTH, multiples of 16 from 64 to 4096")
+    p.add_argument("--cutoff", type=float, default=None,
+                   help="pose-cue low-pass cutoff, fraction of Nyquist (default: the model's, else 0.12)")
+    p.add_argument("--filter", choices=["gaussian", "ideal", "butterworth"], default=None,
+                   help="pose-cue low-pass filter (default: the model's, else gaussian)")
     p.add_argument("--segmenter", choices=["mediapipe", "sam"], default="mediapipe")
     p.add_argument("--sam-checkpoint", default=None, help="segment-anything checkpoint for --segmenter sam")
     p.add_argument("--face-detector", choices=["auto", "mediapipe", "opencv"], default="auto")
-    p.add_argument("--grid-cell", type=int, default=16, help="location-cue grid cell in pixels")
+    p.add_argument("--grid-cell", type=int, default=None,
+                   help="location-cue grid cell in pixels (default: the model's, else 16)")
     p.add_argument("--anchor", choices=["first", "clip"], default=None,  # cues.types.ANCHORS (no torch here)
                    help="driving frames the location cue puts onto the reference: the first good one, or the median "
                         "over the clip (default: the model's own setting, else first)")
@@ -103,26 +108,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the command-line flag of each CueConfig field it sets, for messages
+CUE_FLAGS = {"height": "--size", "width": "--size", "cutoff": "--cutoff", "filter": "--filter",
+             "grid_cell": "--grid-cell"}
+
+
+def cue_options(args: argparse.Namespace) -> dict:
+    """The CueConfig fields given on the command line (--size, --cutoff, --filter, --grid-cell), each checked, so
+    a bad one fails before any file is read or model loaded; options left out are not in the result."""
+    from .cues.types import SIDE_MULTIPLE, CueConfig
+    from .errors import CueError, InputError
+    from .tensors import MAX_SIDE_PX, MIN_SIDE_PX
+
+    options = {}
+    if args.size is not None:
+        height, width = args.size
+        if any(v < MIN_SIDE_PX or v > MAX_SIDE_PX or v % SIDE_MULTIPLE for v in args.size):
+            def near(v: int) -> int:
+                return min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / SIDE_MULTIPLE) * SIDE_MULTIPLE))
+
+            raise InputError(f"--size {height}x{width}: each side must be a multiple of {SIDE_MULTIPLE} from "
+                             f"{MIN_SIDE_PX} to {MAX_SIDE_PX} px, e.g. --size {near(height)}x{near(width)}.")
+        options.update(height=height, width=width)
+    for key in ("cutoff", "filter", "grid_cell"):
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        try:
+            CueConfig(**{key: value})
+        except CueError as error:
+            raise InputError(f"{CUE_FLAGS[key]} {value}: {error}") from None
+        options[key] = value
+    try:
+        CueConfig(segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint, face_detector=args.face_detector)
+    except CueError as error:
+        raise InputError(f"--segmenter {args.segmenter}: {error} Pass it with --sam-checkpoint.") from None
+    if args.sam_checkpoint and not Path(args.sam_checkpoint).is_file():
+        raise InputError(f"--sam-checkpoint {args.sam_checkpoint}: no such file. Give a segment-anything checkpoint "
+                         "(e.g. models/sams/sam_vit_b_01ec64.pth).")
+    return options
+
+
+def check_clip_options(args: argparse.Namespace) -> None:
+    """--stride and --frames, checked before anything is read."""
+    from .errors import InputError
+
+    if args.stride is not None and args.stride < 1:
+        raise InputError(f"--stride {args.stride}: keep every n-th driving frame with n >= 1 (1 keeps every frame).")
+    if args.frames is not None and args.frames < 1:
+        raise InputError(f"--frames {args.frames}: read at most this many driving frames, at least 1 (leave it out "
+                         "for the whole clip).")
+
+
 def run_cues(args: argparse.Namespace) -> Path:
     """Extract the cue triplet and write pose.mp4, face.mp4, location.mp4 and cues.png into args.out."""
     from tqdm import tqdm
 
     from .cues import CueConfig, cue_sheet, extract_cues, location_overlay
+    from .demo import check_output
+    from .tensors import MAX_SIDE_PX
     from .video import read_image, read_video, write_image, write_video
 
-    config = CueConfig(
-        height=args.size[0] if args.size else None,
-        width=args.size[1] if args.size else None,
-        segmenter=args.segmenter,
-        sam_checkpoint=args.sam_checkpoint,
-        face_detector=args.face_detector,
-        cutoff=args.cutoff,
-        filter=args.filter,
-        grid_cell=args.grid_cell,
-        anchor=args.anchor or CueConfig.anchor,
-    ).validate()
-    out = Path(args.out)
-    reference = read_image(args.reference)
+    options = cue_options(args)
+    check_clip_options(args)
+    out = check_output(args.out, name="--out", folder=True)
+    config = CueConfig(segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint, face_detector=args.face_detector,
+                       anchor=args.anchor or CueConfig.anchor, **options)
+    reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     log.info("driving: %d frames at %.3g fps, %dx%d", clip.frames.shape[0], clip.fps,
              clip.frames.shape[2], clip.frames.shape[1])
@@ -151,6 +203,8 @@ def run_demo(args: argparse.Namespace) -> Path:
     from .demo import is_model_folder
 
     folder = Path(args.model) if args.model else DEMO_MODEL
+    options = cue_options(args)
+    check_clip_options(args)
     if args.model is None and not is_model_folder(folder):
         log.warning("no bundled demo model at %s yet (it is trained by `python -m training recipe --out "
                     "models/demo --scale demo`, docs/demo_model.md); showing the cue triplet of the real footage "
@@ -174,10 +228,10 @@ def run_demo(args: argparse.Namespace) -> Path:
 
     try:
         result = demo(folder, out=args.out, reference=args.reference, driving=args.driving, frames=args.frames,
-                      stride=args.stride or 1, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      scheduler=args.scheduler, samples=args.samples, device=args.device, segmenter=args.segmenter,
-                      face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint, anchor=args.anchor,
-                      on_step=advance)
+                      stride=1 if args.stride is None else args.stride, steps=args.steps, guidance=args.guidance,
+                      seed=args.seed, scheduler=args.scheduler, samples=args.samples, device=args.device,
+                      segmenter=args.segmenter, face_detector=args.face_detector, sam_checkpoint=args.sam_checkpoint,
+                      anchor=args.anchor, cues=options, on_step=advance)
     finally:
         for b in bar:
             b.close()
@@ -197,7 +251,10 @@ def run_demo(args: argparse.Namespace) -> Path:
 def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     import torch
 
+    from .demo import usable_device
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    usable_device(device, name="--device")
     dtype = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
     return device, dtype
 
@@ -207,16 +264,21 @@ def run_animate(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
+    from .demo import check_output
     from .models import load_model
     from .pipeline import animate
+    from .tensors import MAX_SIDE_PX
     from .video import read_image, read_video, resize_frames, write_video
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".webm", ".gif", ".mov", ".mkv"):
         raise_input(f"--out {out}: give a video file name ending in .mp4, .webm or .gif.")
-    reference = read_image(args.reference)
-    clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
+    check_output(out, name="--out", folder=False)
     device, dtype = _device_and_dtype(args)
+    cue_options(args)
+    check_clip_options(args)
+    reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
+    clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
                        cache_dir=args.cache_dir, vae=args.vae)
     config = _cue_config(args, model)
@@ -254,16 +316,14 @@ def raise_input(message: str) -> None:
 
 
 def _cue_config(args: argparse.Namespace, model=None):
+    """The model's cue options with those given on the command line put in."""
+    from dataclasses import replace
+
     from .cues import CueConfig
 
-    config = CueConfig.from_saved(getattr(model, "cue_config", None))
-    config.height, config.width = (args.size if args.size else (config.height, config.width))
-    config.segmenter, config.sam_checkpoint = args.segmenter, args.sam_checkpoint
-    config.face_detector, config.cutoff, config.filter = args.face_detector, args.cutoff, args.filter
-    config.grid_cell = args.grid_cell
-    if args.anchor:
-        config.anchor = args.anchor
-    return config.validate()
+    config = CueConfig.from_saved(getattr(model, "cue_config", None), name="the model's cue options")
+    return replace(config, segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint,
+                   face_detector=args.face_detector, anchor=args.anchor or config.anchor, **cue_options(args))
 
 
 def run_info(args: argparse.Namespace) -> str:

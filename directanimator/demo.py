@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
 
 from .errors import InputError
 from .metrics import moving_difference, moving_pixels, static_baseline, static_frames, summary
+
+if TYPE_CHECKING:
+    from .cues import CueConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,59 @@ class DemoSettings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
+def usable_device(device: str | torch.device, *, name: str = "--device") -> torch.device:
+    """`device` as a torch.device, or an InputError when this machine cannot run on it (an unknown name, CUDA
+    without a usable GPU, a GPU index that is not there): checked before any model loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"{name} {device!r}: not a device; use cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{name} {device}: no CUDA GPU is usable here (PyTorch {torch.__version__}, "
+                             f"{'built without CUDA' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}"
+                             "); use --device cpu, or check the GPU driver and install a CUDA build of PyTorch.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"{name} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of them.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{name} {device}: Apple's MPS is not available here; use --device cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{name} {device}: not a device this pack runs on; use cpu, cuda or cuda:N.")
+    return dev
+
+
+def check_output(path: str | Path, *, name: str = "--out", folder: bool = True) -> Path:
+    """`path` as a Path, or an InputError when nothing can be written there: an existing file where a `folder` is
+    written, an existing folder where a file is, or a file where a parent folder would have to be made."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{name} {path}: is an existing file, but this writes a folder there. Give a folder path "
+                         "(a new or an existing folder).")
+    if not folder and path.is_dir():
+        raise InputError(f"{name} {path}: is an existing folder, but this writes a file there. Give a file name, "
+                         f"e.g. {path / 'result.mp4'}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{name} {path}: {parent} is a file, so no folder can be made there. Choose another path.")
+    return path
+
+
+def demo_cue_config(saved: dict | None, settings: DemoSettings, cues: Mapping[str, Any] | None = None) -> CueConfig:
+    """The cue options the demo samples with: the model's (`saved`), its demo settings' anchor and size (when the
+    model names no size), then the caller's `cues` options (CueConfig fields, e.g. from --size, --cutoff)."""
+    from .cues import CueConfig
+
+    config = CueConfig.from_saved(saved)
+    if settings.anchor is not None:
+        config = replace(config, anchor=settings.anchor)
+    if config.height is None and settings.size:
+        config = replace(config, height=settings.size, width=settings.size)
+    return replace(config, **dict(cues or {}))
+
+
 def is_model_folder(path: str | Path) -> bool:
     """True when `path` holds a demo model: transformer/, vae/ and the DirectAnimator checkpoint."""
     path = Path(path)
@@ -162,20 +219,34 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
              scheduler: str | None = None, samples: int | None = None, device: str = "cpu",
              segmenter: str = "mediapipe",
              face_detector: str = "auto", sam_checkpoint: str | None = None, anchor: str | None = None,
+             cues: Mapping[str, Any] | None = None,
              on_step: Callable[[int, int], None] | None = None) -> DemoResult:
     """Animate with the model folder `model_dir`: its bundled inputs by default (exact cues from their ground
     truth, scored against the ground-truth target and the static-reference baseline), or `reference` / `driving`
-    files (cue detectors: the real path). `anchor` overrides the model's location anchor (`CueConfig.anchor`).
-    Writes ``result.mp4``, ``sheet.png`` and ``metrics.json`` into `out`."""
+    files (cue detectors: the real path). `anchor` overrides the model's location anchor (`CueConfig.anchor`);
+    `cues` overrides any other of its cue options (CueConfig fields: height and width, cutoff, filter, grid_cell).
+    Every option and path is checked before the model loads. Writes ``result.mp4``, ``sheet.png`` and
+    ``metrics.json`` into `out`."""
     from .cues import CueConfig, extract_cues
     from .models import load_model
     from .pipeline import animate_triplet
+    from .tensors import MAX_SIDE_PX
     from .video import read_image, read_video, resize_frames, write_image, write_video
 
     model_dir = Path(model_dir)
     if not is_model_folder(model_dir):
         raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
                          "Make one with `python -m training recipe --out models/demo`.")
+    out = check_output(out, name="--out", folder=True)
+    usable_device(device)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise InputError(f"--stride {stride!r}: keep every n-th driving frame with n a whole number >= 1 (1 keeps "
+                         "every frame).")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+        raise InputError(f"--frames {frames!r}: read at most this many driving frames, a whole number >= 1.")
+    cues = dict(cues or {})
+    CueConfig.from_dict(cues, name="cue options")  # unknown names and bad values fail here, not after loading
+    CueConfig(segmenter=segmenter, face_detector=face_detector, sam_checkpoint=sam_checkpoint)
     bundle = model_dir / DEMO_DIR
     settings = DemoSettings.read(bundle / DEMO_JSON).override(steps=steps, guidance=guidance, seed=seed,
                                                              scheduler=scheduler, samples=samples, frames=frames,
@@ -187,15 +258,11 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
         if not path.exists():
             raise InputError(f"{name} {path}: no such file. Give an existing file, or leave it out to use the model "
                              f"folder's bundled input in {bundle}.")
-    reference_image = read_image(reference_path)
+    reference_image = read_image(reference_path, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     clip = read_video(driving_path, max_frames=settings.frames, stride=stride)
     fps = float(clip.fps or settings.fps)
     model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)
-    config = CueConfig.from_saved(model.cue_config)
-    if settings.anchor is not None:
-        config = replace(config, anchor=settings.anchor)
-    if config.height is None and settings.size:
-        config = replace(config, height=settings.size, width=settings.size)
+    config = demo_cue_config(model.cue_config, settings, cues)
     truth_file = bundle / TRUTH
     exact = bundled and truth_file.is_file()
     if exact:
@@ -230,7 +297,6 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
                                            steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
                                            fps=fps, scheduler=settings.scheduler, samples=settings.samples).frames
         metrics.update(motion_scores(reference_image, target, frames_out, without_pose[: frames_out.shape[0]]))
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_video(out / RESULT, frames_out, fps)
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
