@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from directanimator.atomic import atomic_path
 from directanimator.cues.types import CueConfig
-from directanimator.errors import InputError
+from directanimator.errors import CueError, InputError
 
 TRAIN_MODES = ("lora", "full", "cue")
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -26,6 +28,7 @@ POSE_SOURCES = ("cues", "skeleton")
 PRECISIONS = ("auto", "no", "bf16")
 ENCODE_PRECISIONS = ("fp32", "bf16")
 METADATA = "metadata.jsonl"
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as directanimator.models.loader reads it
 
 
 @dataclass
@@ -211,7 +214,10 @@ def _build(cls, data: dict, where: str):
         default = getattr(cls(), key)
         kwargs[key] = _build(type(default), value, name) if is_dataclass(default) else _check_value(name, value,
                                                                                                    default)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except CueError as error:  # CueConfig checks its values when built
+        raise InputError(f"config [{where}]: {error}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -311,6 +317,9 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
     need(o.adamw_8bit in ("auto", "yes", "no"), f"optim.adamw_8bit={o.adamw_8bit!r}: 'auto', 'yes' or 'no'.")
     need(bool(r.name) and "/" not in r.name and r.name not in (".", ".."),
          f"run.name={r.name!r}: a plain folder name.")
+    file = _file_on_the_way(config.run_dir)
+    need(file is None, f"run.out_dir={r.out_dir!r}: {file} is a file, but the run folder {config.run_dir} goes "
+                       "there. Give run.out_dir a folder path (new or existing).")
     need(r.steps >= 1 and r.batch_size >= 1 and r.grad_accum >= 1,
          "run.steps, run.batch_size and run.grad_accum must be >= 1.")
     need(r.save_every >= 1 and r.keep_last >= 1 and r.log_every >= 1 and r.validate_every >= 0
@@ -330,6 +339,58 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
         need(config.metadata_path.is_file(),
              f"data.metadata={d.metadata!r}: {config.metadata_path} does not exist. Export data first "
              "(python -m training synth --out DIR) or fix the path.")
+        check_model_sources(config)
+    return config
+
+
+def _file_on_the_way(folder: Path) -> Path | None:
+    """The existing file at `folder` or at one of its parents (where a folder would have to be made), if any."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _source_problem(source: str) -> str | None:
+    """Why the backbone or VAE `source` (a local folder or file, or a Hugging Face repo id) cannot be used, or None.
+
+    A repo id is looked up in the Hugging Face cache only when downloading is off (HF_HUB_OFFLINE); online it is
+    left to the loader. A path whose first folder exists here is taken as a local path, not as a repo id."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return None
+    first = Path(source).parts[0] if Path(source).parts else ""
+    looks_like_repo = bool(REPO_ID.match(source)) and not source.startswith((".", "/", "~")) and \
+        not Path(first).is_dir()
+    if not looks_like_repo:
+        return "no such file or folder. Give a diffusers folder (transformer/, vae/) or a Hugging Face repo id."
+    if not _hub_offline():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(source, name), str)
+           for name in ("transformer/config.json", "vae/config.json", "config.json")):
+        return None
+    return (f"no local folder of that name, and the Hugging Face repo {source!r} is not in the cache while "
+            f"downloading is off (HF_HUB_OFFLINE). Download it where there is network (`hf download {source}`) or "
+            "give a local diffusers folder.")
+
+
+def check_model_sources(config: TrainConfig) -> TrainConfig:
+    """Raise InputError when model.backbone, model.vae or model.checkpoint names nothing usable: checked before any
+    cache or model is touched. Returns `config`."""
+    m = config.model
+    for key, value in (("model.backbone", m.backbone), ("model.vae", m.vae)):
+        problem = _source_problem(value) if value else None
+        if problem:
+            raise InputError(f"config {key}={value!r}: {problem}")
+    if m.checkpoint and not Path(m.checkpoint).is_file():
+        raise InputError(f"config model.checkpoint={m.checkpoint!r}: no such file. Give a DirectAnimator checkpoint "
+                         "(.safetensors), e.g. the stage-1 export, or leave it empty to start fresh.")
     return config
 
 

@@ -323,11 +323,21 @@ def _caption(root: Path, entry: dict, bc: dict) -> Tensor | None:
                                name=f"{entry['text_embeds']}")[0]
 
 
+def entries_to_prepare(config: TrainConfig, limit: int | None = None) -> list[dict]:
+    """The metadata entries prepare works on (the first `limit`); InputError when there are none."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: prepare at least one metadata entry (leave it out for all of them).")
+    entries = read_metadata(config.data_root)
+    if not entries:
+        raise InputError(f"data.metadata: {config.metadata_path} has no entries (one JSON object per line, "
+                         "docs/data_format.md). Export data into it first (python -m training synth --out DIR) or "
+                         "point data.metadata at a filled one.")
+    return entries if limit is None else entries[:limit]
+
+
 def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     """Fill the cache of `config`; returns counts ``{"cached", "done", "skipped", "folder"}``."""
-    entries = read_metadata(config.data_root)
-    if limit is not None:
-        entries = entries[:limit]
+    entries = entries_to_prepare(config, limit)
     bc = read_backbone_config(config)
     check_frames(config, bc)
     folder = cache_folder(config)
@@ -401,6 +411,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    entries_to_prepare(config, args.limit)  # an empty training set fails before the cache folder is made
     save_config(config, cache_folder(config) / "config.json")
     result = prepare(config, limit=args.limit)
-    return 0 if result["done"] + result["cached"] > 0 else 1
+    if result["done"] + result["cached"] == 0:
+        raise InputError(f"prepare: none of the {result['skipped']} clips could be prepared; the reason for each "
+                         f"is in {Path(result['folder']) / SKIPPED}.")
+    return 0

@@ -10,7 +10,7 @@ import argparse
 
 from torch import Tensor
 
-from .config import TrainConfig
+from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
 from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
 
@@ -26,6 +26,7 @@ def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict
 
 def train_stage1(config: TrainConfig, *, resume: str | None = None) -> list[dict]:
     """Run stage 1 for `config`; returns the logged records."""
+    check_model_sources(config)  # a missing backbone is named as such, not as a cache never prepared for it
     data = CachedClips(config, stage=1)  # fails before any model is loaded when the cache is missing
     trainer = Trainer(config, load_student(config), data, stage1_loss, stage=1)
     return trainer.fit(resume=resume)
