@@ -1,0 +1,79 @@
+"""The cue options of the command line mean the same in `demo`, `cues` and `animate`: given, they are honoured;
+left out, the model's own setting holds (CueConfig's default without a model)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from directanimator.cli import _cue_config, build_parser, main
+from directanimator.cues import CueConfig
+from directanimator.demo import DemoResult, DemoSettings, demo_cue_config
+from directanimator.tensors import MAX_SIDE_PX, as_frames
+from directanimator.video import read_image
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo"
+ANIMATE = ["animate", "--reference", "r.png", "--driving", "d.mp4", "--model", "m", "--out", "o.mp4"]
+
+
+def test_demo_passes_size_cutoff_filter_grid_cell_and_stride_to_the_demo(monkeypatch, tmp_path):
+    import directanimator.demo as demo
+
+    seen = {}
+
+    def fake_run_demo(model_dir, **kwargs):
+        seen.update(kwargs)
+        return DemoResult(out=tmp_path, frames=torch.zeros(1, 64, 64, 3), fps=12.0, exact_cues=True)
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    code = main(["demo", "--model", str(DEMO_MODEL), "--out", str(tmp_path / "o"), "--size", "128x96",
+                 "--cutoff", "0.3", "--filter", "ideal", "--grid-cell", "8", "--stride", "3"])
+    assert code == 0
+    assert seen["cues"] == {"height": 128, "width": 96, "cutoff": 0.3, "filter": "ideal", "grid_cell": 8}
+    assert seen["stride"] == 3
+    seen.clear()
+    assert main(["demo", "--model", str(DEMO_MODEL), "--out", str(tmp_path / "o")]) == 0
+    assert seen["cues"] == {} and seen["stride"] == 1  # nothing given: the model's settings, every frame
+
+
+def test_the_demo_samples_with_the_models_cue_options_unless_given():
+    saved = CueConfig(cutoff=0.3, grid_cell=8, anchor="clip").to_dict()
+    settings = DemoSettings(size=128, anchor="first")
+    plain = demo_cue_config(saved, settings)
+    assert (plain.height, plain.width, plain.cutoff, plain.grid_cell, plain.anchor) == (128, 128, 0.3, 8, "first")
+    given = demo_cue_config(saved, settings, {"height": 96, "width": 64, "cutoff": 0.2, "filter": "butterworth",
+                                              "grid_cell": 4})
+    assert (given.height, given.width, given.cutoff, given.filter, given.grid_cell) == (96, 64, 0.2, "butterworth", 4)
+
+
+def test_animate_keeps_the_models_cue_options_unless_given():
+    trained = SimpleNamespace(cue_config=CueConfig(cutoff=0.3, filter="ideal", grid_cell=8).to_dict())
+    plain = _cue_config(build_parser().parse_args(ANIMATE), trained)
+    assert (plain.cutoff, plain.filter, plain.grid_cell) == (0.3, "ideal", 8)
+    given = _cue_config(build_parser().parse_args([*ANIMATE, "--cutoff", "0.2", "--grid-cell", "16",
+                                                   "--size", "128x64"]), trained)
+    assert (given.cutoff, given.filter, given.grid_cell, given.height, given.width) == (0.2, "ideal", 16, 128, 64)
+    untrained = _cue_config(build_parser().parse_args(ANIMATE), SimpleNamespace(cue_config=None))
+    assert (untrained.cutoff, untrained.filter, untrained.grid_cell) == (0.12, "gaussian", 16)
+
+
+def test_a_reference_larger_than_4096_px_is_scaled_down_for_the_cues(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "tall.png"
+    Image.fromarray(np.full((MAX_SIDE_PX + 200, 100, 3), 200, np.uint8)).save(path)
+    image = read_image(path, max_side=MAX_SIDE_PX)
+    assert image.shape == (1, MAX_SIDE_PX, 95, 3)  # aspect kept
+    assert as_frames(image, name="reference").shape == image.shape  # what extract_cues takes
+    assert read_image(path, size=(128, 64), max_side=MAX_SIDE_PX).shape == (1, 128, 64, 3)  # size wins
+
+
+def test_saved_cue_options_this_version_does_not_know_are_named(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = CueConfig.from_saved({"grid_cell": 8, "removed_option": 1}, name="checkpoint a.safetensors")
+    assert config.grid_cell == 8
+    assert "checkpoint a.safetensors" in caplog.text and "removed_option" in caplog.text
