@@ -100,10 +100,10 @@ class CueConfig:
                            "(the median over the clip).")
         if not self.face_scale >= 1.0:
             raise CueError(f"CueConfig.face_scale={self.face_scale}: must be at least 1.0.")
-        if self.grid_cell < 1 or not self.grid_blur >= 0 or self.face_smooth < 1 or self.max_face_gap < 0:
-            raise CueError(f"CueConfig: grid_cell and face_smooth must be >= 1, grid_blur and max_face_gap >= 0; got "
-                           f"grid_cell={self.grid_cell}, face_smooth={self.face_smooth}, "
-                           f"grid_blur={self.grid_blur}, max_face_gap={self.max_face_gap}.")
+        for name, low, what in (("grid_cell", 1, "px"), ("face_smooth", 1, "frames"), ("grid_blur", 0, "px"),
+                                ("max_face_gap", 0, "frames")):
+            if not getattr(self, name) >= low:
+                raise CueError(f"CueConfig.{name}={getattr(self, name)}: must be at least {low} ({what}).")
         if not 0.0 < self.area_jump < math.inf:
             raise CueError(f"CueConfig.area_jump={self.area_jump}: must be a positive number.")
         return self
