@@ -191,7 +191,7 @@ def folder_hint(name: str) -> str:
     return f"ComfyUI/models/{_SUBDIRS.get(name, name)}"
 
 
-def is_plain_name(value: str) -> bool:
+def _is_plain_name(value: str) -> bool:
     """True for a relative name made of ordinary parts: not absolute, no drive, no '.', '..' or empty part."""
     if not isinstance(value, str) or not value or "\0" in value:
         return False
@@ -209,7 +209,7 @@ def find_model(name: str, value: str, *, what: str, folders: bool = False) -> st
     """
     hint = folder_hint(name)
     listed = model_folders(name) if folders else model_files(name)
-    if is_plain_name(value) and value in listed:
+    if _is_plain_name(value) and value in listed:
         for root in _roots(name):
             path = os.path.join(root, value)
             if os.path.isdir(path) if folders else os.path.isfile(path):
