@@ -137,8 +137,8 @@ def check_output(path: str | Path, *, name: str = "--out", folder: bool = True) 
         raise InputError(f"{name} {path}: is an existing file, but this writes a folder there. Give a folder path "
                          "(a new or an existing folder).")
     if not folder and path.is_dir():
-        raise InputError(f"{name} {path}: is an existing folder, but this writes a file there. Give a file name, "
-                         f"e.g. {path / 'result.mp4'}.")
+        raise InputError(f"{name} {path}: is an existing folder, but this writes a file there. Give a file path "
+                         "(e.g. one inside that folder).")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# what --out names, for the commands that have one: a folder the command writes into, or a file; an existing path of
+# the other kind is refused before the command starts
+OUT_KINDS: dict[str, str] = {"synth": "folder", "pseudo": "folder", "recipe": "folder", "vae": "folder",
+                             "validate": "folder", "export": "file"}
+
+
 def _chosen(argv: list[str]) -> str | None:
     """The command named in `argv` (first token that is one), or None."""
     return next((token for token in argv if token in COMMANDS), None)
@@ -57,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     from directanimator.errors import DirectAnimatorError
 
     try:
+        if args.command in OUT_KINDS and getattr(args, "out", None):
+            from directanimator.demo import check_output
+
+            check_output(args.out, name="--out", folder=OUT_KINDS[args.command] == "folder")
+        if getattr(args, "device", None):  # pseudo render, validate
+            from directanimator.demo import usable_device
+
+            usable_device(args.device, name="--device")
         return int(args.run(args) or 0)
     except DirectAnimatorError as exc:
         log.error("%s", exc)
