@@ -181,7 +181,8 @@ def drawn_rect(workflow: dict, node: dict) -> tuple[int, int, int, int]:
     node grows by once it shows its media at its own width."""
     (x, y), (width, height) = node["pos"], node["size"]
     slots = max(1, len(node["outputs"]), sum(1 for i in node["inputs"] if "widget" not in i))
-    content = slots * build.SLOT_HEIGHT + len(node["widgets_values"]) * build.WIDGET_HEIGHT + build.WIDGETS_PADDING
+    content = (slots * build.SLOT_HEIGHT + len(node["widgets_values"]) * build.WIDGET_HEIGHT + build.WIDGETS_PADDING
+               + build.NODE_MARGIN)
     content += build.preview_height(node["type"], width, shown_media(workflow, node))
     return x, y - build.TITLE_HEIGHT, x + width, y + max(height, content)
 

@@ -67,6 +67,7 @@ TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: the title bar is drawn above a
 SLOT_HEIGHT = 20  # one row of input slots (not widgets) and outputs
 WIDGET_HEIGHT = 24  # LiteGraph.NODE_WIDGET_HEIGHT and the 4 px computeSize adds after each widget
 WIDGETS_PADDING = 8
+NODE_MARGIN = 6  # computeSize's bottom margin
 PREVIEW_SPACING = 4  # the preview is a widget too
 VIDEO_PREVIEW_MIN = 64  # fitDimensionsToNodeWidth: a video spans the node's width at its aspect ratio
 IMAGE_PREVIEW_MIN = 220  # the canvas image preview's minHeight; the image is fitted into the node below the widgets
@@ -434,7 +435,7 @@ def to_ui(columns: list[list[Node]], defs: dict[str, dict]) -> dict:
         outputs = [{"name": oname, "type": otype, "links": out_links.get((node.id, i), []), "slot_index": i}
                    for i, (otype, oname) in enumerate(zip(definition["output"], definition["output_name"]))]
         slots = max(1, len(outputs), sum(1 for i in inputs if "widget" not in i))
-        height = (slots * SLOT_HEIGHT + len(values) * WIDGET_HEIGHT + WIDGETS_PADDING
+        height = (slots * SLOT_HEIGHT + len(values) * WIDGET_HEIGHT + WIDGETS_PADDING + NODE_MARGIN
                   + preview_height(node.type, node.width, node.media))
         parts[node.id] = (inputs, outputs, values, height)
     arrange(columns, {node_id: part[3] for node_id, part in parts.items()})
