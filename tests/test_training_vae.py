@@ -134,3 +134,22 @@ def test_clips_shorter_than_the_window_are_refused_with_the_fix(tmp_path):
     with pytest.raises(InputError, match="frames=9.*--set frames"):
         train_vae(short, tmp_path / "run", load_vae_config(["frames=9"]))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_the_vae_command_did_not_write_is_refused_before_training(pool, tmp_path):
+    mine = tmp_path / "models"
+    (mine / VAE_DIR).mkdir(parents=True)  # someone's VAE folder, where a finished run would replace its own vae/
+    (mine / VAE_DIR / "config.json").write_text("{}")
+    with pytest.raises(InputError, match=r"--out .*models: the folder is not empty"):
+        train_vae(pool, mine, load_vae_config([*MICRO, "steps=1"]))
+    assert [p.name for p in mine.rglob("*")] == [VAE_DIR, "config.json"]
+
+
+def test_a_vae_run_written_before_output_markers_still_resumes(pool, tmp_path):
+    from directanimator.atomic import OUTPUT_MARKER
+
+    common = [*MICRO, "save_every=1"]
+    train_vae(pool, tmp_path / "run", load_vae_config([*common, "steps=1"]))
+    (tmp_path / "run" / OUTPUT_MARKER).unlink()  # as an older version left it
+    report = train_vae(pool, tmp_path / "run", load_vae_config([*common, "steps=2"]), resume=True)
+    assert report["steps"] == 2
