@@ -5,6 +5,8 @@ Set ``COMFYUI_DIR`` to a ComfyUI checkout (and ``COMFYUI_PYTHON`` to a Python wi
 requirements; default: the Python running pytest). Without ``COMFYUI_DIR`` every test here is skipped. Set
 ``VHS_DIR`` to a ComfyUI-VideoHelperSuite checkout (its requirements installed in that Python) to link it into
 custom_nodes too, for the interop tests; without it (and without VideoHelperSuite already installed) they skip.
+Set ``COMFYUI_FRONTEND=1`` to serve the frontend installed with ComfyUI (for test_frontend.py, which also needs
+``CHROMIUM`` and playwright).
 """
 
 from __future__ import annotations
@@ -238,8 +240,10 @@ def comfy(tmp_path_factory) -> Server:
             links.append(_link_pack(comfy_dir / "custom_nodes", Path(vhs_dir).resolve(), "videohelpersuite")[1])
         port = _free_port()
         log_path = base / "comfyui.log"
+        # no frontend unless a browser test asks for the one installed with ComfyUI (test_frontend.py)
+        frontend = [] if os.environ.get("COMFYUI_FRONTEND") else ["--front-end-root", str(dirs["frontend"])]
         command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                   "--front-end-root", str(dirs["frontend"]), "--input-directory", str(dirs["input"]),
+                   *frontend, "--input-directory", str(dirs["input"]),
                    "--output-directory", str(dirs["output"]), "--temp-directory", str(dirs["temp"]),
                    "--user-directory", str(dirs["user"]), "--extra-model-paths-config", str(paths_yaml)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
