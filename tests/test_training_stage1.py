@@ -281,3 +281,16 @@ def test_a_run_folder_the_trainer_did_not_write_is_refused_before_training(world
         train_stage1(config)
     assert [p.name for p in mine.iterdir()] == ["config.json"]
     assert json.loads((mine / "config.json").read_text()) == {"my": "settings"}
+
+
+def test_the_command_refuses_the_run_folder_before_loading_the_model(world, monkeypatch, caplog):
+    import training.stage1
+    from training.cli import main
+
+    root, data, model = world
+    (root / "runs" / "papers").mkdir(parents=True)
+    (root / "runs" / "papers" / "draft.tex").write_text("...")
+    monkeypatch.setattr(training.stage1, "load_student", lambda *a, **k: pytest.fail("the model was loaded"))
+    args = [item for o in overrides(root, data, model, "run.name='papers'") for item in ("--set", o)]
+    assert main(["stage1", str(CONFIG), *args]) == 2
+    assert "papers: the folder is not empty" in caplog.text

@@ -377,16 +377,9 @@ class Trainer:
 
         r = self.config.run
         main = self.accelerator.is_main_process
-        check_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+        path = check_run_folder(self.config, resume)
         if main:
             remove_partial_checkpoints(self.run_dir)
-        path = resolve_resume(self.run_dir, resume)
-        if path is None and resume not in (None, "", "latest"):
-            raise InputError(f"--resume {resume}: no checkpoint found.")
-        existing = resolve_resume(self.run_dir, "latest")
-        if path is None and existing is not None:
-            raise InputError(f"run folder {self.run_dir} already has checkpoints ({existing.name}); pass --resume latest "
-                             "to continue it, or choose another run.name.")
         if path is not None:
             self.restore(path)
         metrics = self.run_dir / METRICS
@@ -454,6 +447,21 @@ class Trainer:
         return records
 
 
+def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start), after checking that the run folder may be written:
+    new, empty or a run's own, and without checkpoints unless resuming. Reads only; raises InputError."""
+    run_dir = config.run_dir
+    check_output_folder(run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+    path = resolve_resume(run_dir, resume)
+    if path is None and resume not in (None, "", "latest"):
+        raise InputError(f"--resume {resume}: no checkpoint found.")
+    existing = resolve_resume(run_dir, "latest")
+    if path is None and existing is not None:
+        raise InputError(f"run folder {run_dir} already has checkpoints ({existing.name}); pass --resume latest "
+                         "to continue it, or choose another run.name.")
+    return path
+
+
 def _is_run(folder: Path) -> bool:
     """A run folder written before folders carried output markers: its config and checkpoints or log."""
     return (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / METRICS).is_file())
@@ -470,6 +478,7 @@ def run_training(args, train: Callable[..., list[dict]]) -> int:
     """Load and validate the config (printing it resolved), then ``train(config, resume=...)``."""
     config = load_config(args.config, args.overrides)
     log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
+    check_run_folder(config, args.resume)  # before the model loads (minutes for a real backbone)
     train(config, resume=args.resume)
     return 0
 
