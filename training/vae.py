@@ -394,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
         if flag is not None:
             overrides.append(f"{key}={flag}")
     config = load_vae_config(overrides)
+    check_output_folder(args.out, VAE_COMMAND, legacy=_is_vae_run)  # before the clips are read or rendered
     if args.data is not None:
         pool = clips_from_folder(args.data, max_clips=config.max_clips, val_clips=config.val_clips)
     else:
