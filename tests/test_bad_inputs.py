@@ -411,19 +411,20 @@ ROWS = [
         ctx, f"run.out_dir={json.dumps(str(a_file(ctx)))}")), InputError, r"run\.out_dir=.*taken is a file"),
     Bad("training", "out-dir-under-a-file", call(lambda ctx: load_train_config(
         ctx, f"run.out_dir={json.dumps(str(a_file(ctx) / 'runs'))}")), InputError, r"taken is a file"),
-    Bad("training", "missing-backbone-folder",
-        call(lambda ctx: load_train_config(ctx, backbone=str(ctx.tmp / "no_backbone"))), InputError,
+    Bad("training", "stage1-missing-backbone-folder",
+        call(lambda ctx: stage1_with(ctx, backbone=str(ctx.tmp / "no_backbone"))), InputError,
         r"model\.backbone=.*no_backbone.*no such file or folder"),
-    Bad("training", "missing-backbone-repo-offline",
-        call(lambda ctx: _offline(ctx) and load_train_config(ctx, backbone="tiny-org/absent-backbone")), InputError,
+    Bad("training", "stage1-missing-backbone-repo-offline",
+        call(lambda ctx: _offline(ctx) and stage1_with(ctx, backbone="tiny-org/absent-backbone")), InputError,
         r"model\.backbone='tiny-org/absent-backbone'.*not in the cache.*hf download"),
-    Bad("training", "missing-vae", call(lambda ctx: load_train_config(
-        ctx, f"model.vae={json.dumps(str(ctx.tmp / 'no_vae'))}")), InputError, r"model\.vae=.*no_vae"),
-    Bad("training", "missing-checkpoint", call(lambda ctx: load_train_config(
-        ctx, f"model.checkpoint={json.dumps(str(ctx.tmp / 'x.safetensors'))}")), InputError,
+    Bad("training", "stage1-missing-vae", call(lambda ctx: stage1_with(ctx, vae=str(ctx.tmp / "no_vae"))),
+        InputError, r"model\.vae=.*no_vae"),
+    Bad("training", "stage1-missing-checkpoint",
+        call(lambda ctx: stage1_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors"))), InputError,
         r"model\.checkpoint=.*x\.safetensors.*no such file"),
-    Bad("training", "stage1-missing-backbone", call(lambda ctx: _stage1_without_backbone(ctx)), InputError,
-        r"model\.backbone=.*no_backbone.*no such file or folder"),
+    Bad("training", "prepare-missing-backbone",
+        call(lambda ctx: _training_prepare().prepare(load_train_config(ctx, backbone=str(ctx.tmp / "no_backbone")))),
+        InputError, r"model\.backbone=.*no_backbone.*no such file or folder"),
     Bad("training", "prepare-empty-metadata", call(lambda ctx: _training_prepare().prepare(
         load_train_config(ctx, entries=0))), InputError, r"has no entries"),
     Bad("training", "cues-value", call(lambda ctx: load_train_config(ctx, "cues.cutoff=2.0")), InputError,
@@ -466,12 +467,13 @@ def _offline(ctx: Context) -> bool:
     return True
 
 
-def _stage1_without_backbone(ctx: Context):
-    """train_stage1 with a config whose backbone vanished after it was loaded: named, not "cache not prepared"."""
+def stage1_with(ctx: Context, **model: str):
+    """train_stage1 with these model.* settings: a missing source is named, not taken for a cache never prepared."""
     from training.stage1 import train_stage1
 
     config = load_train_config(ctx)
-    config.model.backbone = str(ctx.tmp / "no_backbone")
+    for key, value in model.items():
+        setattr(config.model, key, value)
     return train_stage1(config)
 
 

@@ -339,7 +339,6 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
         need(config.metadata_path.is_file(),
              f"data.metadata={d.metadata!r}: {config.metadata_path} does not exist. Export data first "
              "(python -m training synth --out DIR) or fix the path.")
-        check_model_sources(config)
     return config
 
 
@@ -380,15 +379,16 @@ def _source_problem(source: str) -> str | None:
             "give a local diffusers folder.")
 
 
-def check_model_sources(config: TrainConfig) -> TrainConfig:
-    """Raise InputError when model.backbone, model.vae or model.checkpoint names nothing usable: checked before any
-    cache or model is touched. Returns `config`."""
+def check_model_sources(config: TrainConfig, *, checkpoint: bool = True) -> TrainConfig:
+    """Raise InputError when model.backbone, model.vae or (with `checkpoint`) model.checkpoint names nothing usable.
+    Training stages and prepare call it before any cache or model is touched (`validate` does not: a config may be
+    written before its backbone). Returns `config`."""
     m = config.model
     for key, value in (("model.backbone", m.backbone), ("model.vae", m.vae)):
         problem = _source_problem(value) if value else None
         if problem:
             raise InputError(f"config {key}={value!r}: {problem}")
-    if m.checkpoint and not Path(m.checkpoint).is_file():
+    if checkpoint and m.checkpoint and not Path(m.checkpoint).is_file():
         raise InputError(f"config model.checkpoint={m.checkpoint!r}: no such file. Give a DirectAnimator checkpoint "
                          "(.safetensors), e.g. the stage-1 export, or leave it empty to start fresh.")
     return config

@@ -33,7 +33,7 @@ from directanimator.models.configs import backbone_config
 from directanimator.vae_io import encode_frames
 from directanimator.video import read_image, read_video, resize_frames
 
-from .config import TrainConfig, add_config_arguments, load_config, save_config
+from .config import TrainConfig, add_config_arguments, check_model_sources, load_config, save_config
 from .data import (
     NULL_TEXT,
     PREPARE_INFO,
@@ -338,6 +338,7 @@ def entries_to_prepare(config: TrainConfig, limit: int | None = None) -> list[di
 def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     """Fill the cache of `config`; returns counts ``{"cached", "done", "skipped", "folder"}``."""
     entries = entries_to_prepare(config, limit)
+    check_model_sources(config, checkpoint=False)  # prepare needs the backbone's VAE and config, not a checkpoint
     bc = read_backbone_config(config)
     check_frames(config, bc)
     folder = cache_folder(config)
