@@ -15,6 +15,15 @@ from .errors import InputError
 
 MIN_SIDE_PX = 64
 MAX_SIDE_PX = 4096
+# Float values above this are not the small overshoot of a bicubic resize (clamped to 1) but 0..255 data passed as
+# float: refused, since clamping would turn the picture white.
+BYTE_SCALE_LIMIT = 2.0
+
+
+def byte_scale_message(name: str, peak: float) -> str:
+    """The error text for float frames or masks whose values (up to `peak`) look like 0..255."""
+    return (f"{name}: float values up to {peak:g}, but frames and masks are 0..1 (ComfyUI IMAGE/MASK); these look "
+            "like 0..255. Divide by 255 (or pass uint8 values).")
 
 
 def _to_tensor(x, name: str) -> Tensor:
@@ -48,7 +57,7 @@ def check_size(height: int, width: int, name: str) -> None:
 
 
 def _checked_unit_range(t: Tensor, name: str) -> Tensor:
-    """Raise on NaN/inf; clamp to 0..1 only when needed; contiguous. Returns `t` itself when nothing changes.
+    """Raise on NaN/inf and on 0..255 data; clamp to 0..1 only when needed; contiguous. Returns `t` itself when nothing changes.
 
     One read-only pass (``aminmax``; NaN propagates to both ends) instead of ``isfinite`` + ``clamp``, which each
     wrote a full-size copy: every cue stage validates its inputs, and those copies cost ~20 ms per 512x896 frame.
@@ -58,6 +67,8 @@ def _checked_unit_range(t: Tensor, name: str) -> Tensor:
     lo, hi = (float(v) for v in torch.aminmax(t.detach()))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError(f"{name}: contains NaN or infinite values.")
+    if hi > BYTE_SCALE_LIMIT:
+        raise InputError(byte_scale_message(name, hi))
     if lo < 0.0 or hi > 1.0:
         t = t.clamp(0.0, 1.0)
     return t.contiguous()

@@ -158,6 +158,12 @@ def call(fn: Callable[[Context], object]) -> Callable[[Context], object]:
     return fn
 
 
+def pose_cue_node(driving: torch.Tensor, mask: torch.Tensor):
+    from nodes.cues import DirectAnimatorPoseCue
+
+    return DirectAnimatorPoseCue().run(driving, cutoff=0.12, filter="gaussian", blank_bad_frames=True, mask=mask)
+
+
 def cue_triplet_node(reference: torch.Tensor, driving: torch.Tensor, **options):
     from nodes.cues import DirectAnimatorCueTriplet
 
@@ -408,6 +414,10 @@ ROWS = [
         Refused, r"Choose a backbone folder"),
     Bad("node", "cue-triplet-0-255-reference", call(lambda ctx: cue_triplet_node(frames(1) * 255, frames())),
         CueError, r"reference: .*Divide by 255"),
+    Bad("node", "cue-triplet-0-255-driving", call(lambda ctx: cue_triplet_node(frames(1), frames() * 255)),
+        InputError, r"frames: float values up to 127\.5.*Divide by 255"),
+    Bad("node", "pose-cue-0-255-mask", call(lambda ctx: pose_cue_node(frames(), torch.full((5, *SIZE), 255.0))),
+        InputError, r"mask: .*Divide by 255"),
     Bad("node", "cue-triplet-odd-frame-size", call(lambda ctx: cue_triplet_node(frames(1), frames(5, (100, 64)))),
         CueError, r"multiple of 16"),
 

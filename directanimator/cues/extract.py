@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CueError
-from ..tensors import as_frames
+from ..tensors import BYTE_SCALE_LIMIT, as_frames, byte_scale_message
 from ..video import ResizePlan, resize_frames, resize_plan
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
@@ -42,9 +42,6 @@ DEFAULT_FACE_DETECTOR = "auto"
 # region, a square of this fraction of the person's height from the top of its box, enlarged to HEAD_VIEW_PX.
 HEAD_REGION = 0.4
 HEAD_VIEW_PX = 384
-# Float values above this are not the small overshoot of a bicubic resize (clamped to 1 as before) but 0..255 data
-# passed as float: refused, since clamping would turn the picture white.
-BYTE_SCALE_LIMIT = 2.0
 
 
 def _check_unit_scale(x, name: str) -> None:
@@ -60,8 +57,7 @@ def _check_unit_scale(x, name: str) -> None:
     else:
         return  # as_frames / cue_masks name the wrong type
     if peak > BYTE_SCALE_LIMIT:
-        raise CueError(f"{name}: float values up to {peak:g}, but frames and masks are 0..1 (ComfyUI IMAGE/MASK); "
-                       "these look like 0..255. Divide by 255 (or pass uint8 values).")
+        raise CueError(byte_scale_message(name, peak))
 
 
 def _content(plan: ResizePlan) -> Tensor:
