@@ -437,6 +437,15 @@ ROWS = [
     Bad("training", "stage1-missing-checkpoint",
         call(lambda ctx: stage1_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors"))), InputError,
         r"model\.checkpoint=.*x\.safetensors.*no such file"),
+    Bad("training", "stage2-missing-backbone-folder", call(lambda ctx: stage2_with(
+        ctx, backbone=str(ctx.tmp / "no_backbone"), checkpoint=str(a_file(ctx)))), InputError,
+        r"model\.backbone=.*no_backbone.*no such file or folder"),
+    Bad("training", "stage2-missing-checkpoint",
+        call(lambda ctx: stage2_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors"))), InputError,
+        r"model\.checkpoint=.*x\.safetensors.*no such file"),
+    Bad("training", "stage2-missing-teacher", call(lambda ctx: stage2_with(
+        ctx, checkpoint=str(a_file(ctx)), teacher=str(ctx.tmp / "t.safetensors"))), InputError,
+        r"stage2\.teacher=.*t\.safetensors.*no such file"),
     Bad("training", "prepare-missing-backbone",
         call(lambda ctx: _training_prepare().prepare(load_train_config(ctx, backbone=str(ctx.tmp / "no_backbone")))),
         InputError, r"model\.backbone=.*no_backbone.*no such file or folder"),
@@ -490,6 +499,17 @@ def stage1_with(ctx: Context, **model: str):
     for key, value in model.items():
         setattr(config.model, key, value)
     return train_stage1(config)
+
+
+def stage2_with(ctx: Context, teacher: str = "", **model: str):
+    """train_stage2 with these model.* settings (and stage2.teacher): missing sources are named before the cache."""
+    from training.stage2 import train_stage2
+
+    config = load_train_config(ctx)
+    for key, value in model.items():
+        setattr(config.model, key, value)
+    config.stage2.teacher = teacher
+    return train_stage2(config)
 
 
 _LOADERS: dict[str, Callable] = {}

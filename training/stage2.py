@@ -9,12 +9,13 @@ teacher tokens after block D); both terms are logged.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from torch import Tensor
 
 from directanimator.errors import InputError
 
-from .config import TrainConfig
+from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
 from .s2x import S2XTeacher, capture_block_output, s2x_loss
 from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
@@ -50,6 +51,10 @@ def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict
     if s.teacher_mode == "lora_disabled" and config.model.train != "lora":
         raise InputError(f"config stage2.teacher_mode='lora_disabled' needs model.train='lora' (got "
                          f"{config.model.train!r}); the teacher is the student without its stage-2 LoRA.")
+    check_model_sources(config)  # a missing backbone or checkpoint is named as such, not as an unprepared cache
+    if s.teacher and not Path(s.teacher).is_file():
+        raise InputError(f"config stage2.teacher={s.teacher!r}: no such file. Give the stage-1 checkpoint "
+                         "(.safetensors) the teacher is frozen from, or leave it empty to use model.checkpoint.")
     data = CachedClips(config, stage=2)
     student = load_student(config)
     if student.transformer.num_layers <= s.depth:
