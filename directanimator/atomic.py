@@ -43,6 +43,24 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dic
 
 
 # --------------------------------------------------------------------------- output folders
+def check_output(path: str | Path, *, name: str = "--out", folder: bool = True) -> Path:
+    """`path` as a Path, or an InputError when nothing can be written there: an existing file where a `folder` is
+    written, an existing folder where a file is, or a file where a parent folder would have to be made."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{name} {path}: is an existing file, but this writes a folder there. Give a folder path "
+                         "(a new or an existing folder).")
+    if not folder and path.is_dir():
+        raise InputError(f"{name} {path}: is an existing folder, but this writes a file there. Give a file path "
+                         "(e.g. one inside that folder).")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{name} {path}: {parent} is a file, so no folder can be made there. Choose another path.")
+    return path
+
+
 OUTPUT_MARKER = ".directanimator-output.json"  # {"command": ...}: this folder is that command's to replace
 
 

@@ -160,18 +160,27 @@ def check_clip_options(args: argparse.Namespace) -> None:
                          "for the whole clip).")
 
 
+CUES_COMMAND = "python -m directanimator cues"  # the output marker of the folder `cues` writes
+
+
+def _is_cues_folder(folder: Path) -> bool:
+    """A folder `cues` wrote before folders carried output markers: its sheet and three videos."""
+    return all((folder / name).is_file() for name in ("pose.mp4", "face.mp4", "location.mp4", "cues.png"))
+
+
 def run_cues(args: argparse.Namespace) -> Path:
     """Extract the cue triplet and write pose.mp4, face.mp4, location.mp4 and cues.png into args.out."""
     from tqdm import tqdm
 
+    from .atomic import check_output, check_output_folder, claim_output_folder
     from .cues import CueConfig, cue_sheet, extract_cues, location_overlay
-    from .demo import check_output
     from .tensors import MAX_SIDE_PX
     from .video import read_image, read_video, write_image, write_video
 
     options = cue_options(args)
     check_clip_options(args)
     out = check_output(args.out, name="--out", folder=True)
+    check_output_folder(out, CUES_COMMAND, legacy=_is_cues_folder)
     config = CueConfig(segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint, face_detector=args.face_detector,
                        anchor=args.anchor or CueConfig.anchor, **options)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
@@ -182,7 +191,7 @@ def run_cues(args: argparse.Namespace) -> Path:
     with tqdm(total=len(clip.frames), desc="cues", unit="frame") as bar:
         triplet = extract_cues(reference, clip.frames, config, on_frame=lambda i: bar.update(1))
     elapsed = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, CUES_COMMAND, legacy=_is_cues_folder)
     write_video(out / "pose.mp4", triplet.pose, clip.fps)
     write_video(out / "face.mp4", triplet.face, clip.fps)
     write_video(out / "location.mp4", location_overlay(triplet), clip.fps)
@@ -251,7 +260,7 @@ def run_demo(args: argparse.Namespace) -> Path:
 def _device_and_dtype(args: argparse.Namespace) -> tuple[str, str]:
     import torch
 
-    from .demo import usable_device
+    from .devices import usable_device
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     usable_device(device, name="--device")
@@ -264,7 +273,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     import torch
     from tqdm import tqdm
 
-    from .demo import check_output
+    from .atomic import check_output
     from .models import load_model
     from .pipeline import animate
     from .tensors import MAX_SIDE_PX

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
+from .atomic import check_output, check_output_folder, claim_output_folder
+from .devices import usable_device
 from .errors import InputError
 from .metrics import moving_difference, moving_pixels, static_baseline, static_frames, summary
 
@@ -107,46 +109,6 @@ class DemoSettings:
         return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
-def usable_device(device: str | torch.device, *, name: str = "--device") -> torch.device:
-    """`device` as a torch.device, or an InputError when this machine cannot run on it (an unknown name, CUDA
-    without a usable GPU, a GPU index that is not there): checked before any model loads."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"{name} {device!r}: not a device; use cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"{name} {device}: no CUDA GPU is usable here (PyTorch {torch.__version__}, "
-                             f"{'built without CUDA' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}"
-                             "); use --device cpu, or check the GPU driver and install a CUDA build of PyTorch.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"{name} {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of them.")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"{name} {device}: Apple's MPS is not available here; use --device cpu.")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"{name} {device}: not a device this pack runs on; use cpu, cuda or cuda:N.")
-    return dev
-
-
-def check_output(path: str | Path, *, name: str = "--out", folder: bool = True) -> Path:
-    """`path` as a Path, or an InputError when nothing can be written there: an existing file where a `folder` is
-    written, an existing folder where a file is, or a file where a parent folder would have to be made."""
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise InputError(f"{name} {path}: is an existing file, but this writes a folder there. Give a folder path "
-                         "(a new or an existing folder).")
-    if not folder and path.is_dir():
-        raise InputError(f"{name} {path}: is an existing folder, but this writes a file there. Give a file path "
-                         "(e.g. one inside that folder).")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{name} {path}: {parent} is a file, so no folder can be made there. Choose another path.")
-    return path
-
-
 def demo_cue_config(saved: dict | None, settings: DemoSettings, cues: Mapping[str, Any] | None = None) -> CueConfig:
     """The cue options the demo samples with: the model's (`saved`), its demo settings' anchor and size (when the
     model names no size), then the caller's `cues` options (CueConfig fields, e.g. from --size, --cutoff)."""
@@ -213,6 +175,14 @@ def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, targ
     return contact_sheet(rows, columns=columns, size=size)
 
 
+DEMO_COMMAND = "python -m directanimator demo"  # the output marker of the folder the demo writes
+
+
+def _is_demo_output(folder: Path) -> bool:
+    """A folder the demo wrote before folders carried output markers: its result, sheet and metrics."""
+    return all((folder / name).is_file() for name in (RESULT, SHEET, METRICS))
+
+
 def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
              driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
@@ -237,7 +207,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     if not is_model_folder(model_dir):
         raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
                          "Make one with `python -m training recipe --out models/demo`.")
-    out = check_output(out, name="--out", folder=True)
+    out = check_output_folder(check_output(out, name="--out", folder=True), DEMO_COMMAND, legacy=_is_demo_output)
     usable_device(device)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise InputError(f"--stride {stride!r}: keep every n-th driving frame with n a whole number >= 1 (1 keeps "
@@ -297,7 +267,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
                                            steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
                                            fps=fps, scheduler=settings.scheduler, samples=settings.samples).frames
         metrics.update(motion_scores(reference_image, target, frames_out, without_pose[: frames_out.shape[0]]))
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, DEMO_COMMAND, legacy=_is_demo_output)
     write_video(out / RESULT, frames_out, fps)
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
     record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),

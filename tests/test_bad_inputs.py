@@ -212,6 +212,14 @@ def bomb(ctx: Context, limit_share: float) -> Path:
     return path
 
 
+def foreign_folder(ctx: Context) -> Path:
+    """A folder of the user's that holds a file no command wrote: a command writing there must refuse it."""
+    folder = ctx.tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    return folder
+
+
 def no_gpu_device() -> str:
     return f"cuda:{torch.cuda.device_count() + 7}"  # never there: a GPU index too high, or no GPU at all
 
@@ -298,6 +306,13 @@ ROWS = [
     Bad("cli", "training-validate-device-without-that-gpu",
         cli("validate", "--model", "m", "--data", "d", "--out", lambda ctx: ctx.tmp / "v", "--device",
             no_gpu_device(), training=True), InputError, r"--device cuda:\d+"),
+    Bad("cli", "cues-out-a-folder-it-did-not-write", cli("cues", "--reference", png, "--driving", mp4, "--out",
+        foreign_folder), InputError, r"--out .*mine: the folder is not empty.*python -m directanimator cues"),
+    Bad("cli", "demo-out-a-folder-it-did-not-write", cli("demo", "--model", str(DEMO_MODEL), "--out", foreign_folder),
+        InputError, r"--out .*mine: the folder is not empty.*python -m directanimator demo"),
+    Bad("cli", "training-validate-out-a-folder-it-did-not-write",
+        cli("validate", "--model", "m", "--data", world_data, "--out", foreign_folder, training=True), InputError,
+        r"--out .*mine: the folder is not empty.*python -m training validate"),
     Bad("cli", "training-missing-config", cli("stage1", "absent.toml", training=True), InputError,
         r"config absent\.toml: no such file"),
     Bad("cli", "training-unknown-key", cli("stage1", str(TRAIN_CONFIG), "--set", "optim.warmup=10", training=True),
@@ -395,8 +410,11 @@ ROWS = [
         CueError, r"CueConfig\.height=40"),
     Bad("library", "run-demo-out-is-a-file", call(lambda ctx: _demo().run_demo(DEMO_MODEL, out=a_file(ctx))),
         InputError, r"is an existing file"),
-    Bad("library", "usable-device-cuda-index", call(lambda ctx: _demo().usable_device(no_gpu_device())), InputError,
+    Bad("library", "usable-device-cuda-index", call(lambda ctx: _devices().usable_device(no_gpu_device())), InputError,
         r"cuda:\d+"),
+    Bad("library", "load-model-device-without-that-gpu",
+        call(lambda ctx: _real_load_model()(DEMO_MODEL, device=no_gpu_device())), InputError,
+        r"device cuda:\d+: (no CUDA GPU is usable here|this machine has)"),
     Bad("library", "demo-settings-not-json", call(lambda ctx: _demo().DemoSettings.read(a_file(ctx, "demo.json"))),
         InputError, r"demo\.json: not valid JSON"),
 
@@ -468,6 +486,12 @@ def _video():
     import directanimator.video as video
 
     return video
+
+
+def _devices():
+    import directanimator.devices as devices
+
+    return devices
 
 
 def _demo():

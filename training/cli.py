@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in OUT_KINDS and getattr(args, "out", None):
-            from directanimator.demo import check_output
+            from directanimator.atomic import check_output
 
             check_output(args.out, name="--out", folder=OUT_KINDS[args.command] == "folder")
         if getattr(args, "device", None):  # pseudo render, validate
-            from directanimator.demo import usable_device
+            from directanimator.devices import usable_device
 
             usable_device(args.device, name="--device")
         return int(args.run(args) or 0)

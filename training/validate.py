@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from directanimator.atomic import atomic_path
+from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
 from directanimator.conditioning import backbone_config, fixed_latent_frames
 from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.errors import InputError
@@ -194,11 +194,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+VALIDATE_COMMAND = "python -m training validate"  # the output marker of a --out folder validate wrote
+
+
+def _is_validation_folder(folder: Path) -> bool:
+    """A --out folder validate wrote before folders carried output markers: it holds validation.jsonl."""
+    return (folder / RESULTS).is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     from directanimator.models import load_model
 
     metadata_file(args.data)  # fail before loading the model
+    check_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
     model = load_model(args.model, args.checkpoint, dtype=args.dtype, device=args.device)
+    claim_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
     records = validate_model(model, args.data, args.out, max_clips=args.max_clips, steps=args.steps,
                              seed=args.seed, guidance=args.guidance, scheduler=args.scheduler, samples=args.samples)
     scored = [r for r in records if r.get("psnr") is not None]

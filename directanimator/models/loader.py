@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from torch import Tensor
 
+from ..devices import usable_device
 from ..errors import CheckpointError, InputError
 from .checkpoint import (
     FORMAT_NAME,
@@ -304,7 +305,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     CueFusion modules when there is no checkpoint (training from scratch).
     """
     torch_dtype = resolve_dtype(dtype)
-    device = torch.device(device)
+    device = usable_device(device, name="device")  # before anything loads
     if checkpoint is not None:
         refuse_pickle(checkpoint, what="DirectAnimator checkpoint")
         ckpt = read_checkpoint(checkpoint)  # fail fast, before loading gigabytes of backbone
