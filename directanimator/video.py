@@ -30,6 +30,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -275,21 +276,33 @@ def _pil_to_rgb(img) -> np.ndarray:
     return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
-def _load_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+@contextmanager
+def _open_checked(path: Path):
+    """`PIL.Image.open(path)`, with Pillow's decompression-bomb limit as a VideoError naming the file and the fix.
+    Pillow only warns between its pixel limit and twice that; both are refused here, before decoding."""
+    from PIL import Image
 
     try:
-        # Pillow only warns between its pixel limit and twice that; both are refused here, before decoding
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return np.ascontiguousarray(_pil_to_rgb(img))
+                yield img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise VideoError(
             f"image {path}: too large to open safely ({exc}). If you trust the file, downscale it to at most "
             f"{MAX_SIDE_PX} px per side (an image editor, or ffmpeg -i IN -vf "
-            f"scale={MAX_SIDE_PX}:{MAX_SIDE_PX}:force_original_aspect_ratio=decrease OUT.png) and pass that."
+            f"scale={MAX_SIDE_PX}:{MAX_SIDE_PX}:force_original_aspect_ratio=decrease OUT) and pass that."
         ) from None
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open_checked(path) as img:
+            return np.ascontiguousarray(_pil_to_rgb(img))
+    except VideoError:  # a ValueError too: not "damaged"
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise VideoError(
             f"image {path}: cannot be read ({exc}). The file is damaged or not an image; re-export it as PNG or JPEG."
@@ -361,14 +374,16 @@ def _video_rate(stream) -> Fraction | None:
 
 def _gif_delays(path: Path) -> list[int]:
     """Per-frame delays in ms as browsers show them."""
-    from PIL import Image, ImageSequence, UnidentifiedImageError
+    from PIL import ImageSequence, UnidentifiedImageError
 
     delays = []
     try:
-        with Image.open(path) as img:
+        with _open_checked(path) as img:  # read before any frame: a decompression bomb stops here
             for frame in ImageSequence.Iterator(img):
                 delay = int(frame.info.get("duration") or 0)
                 delays.append(delay if delay >= GIF_MIN_DELAY_MS else GIF_FALLBACK_DELAY_MS)
+    except VideoError:  # a ValueError too: not "damaged"
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _corrupt(path, exc) from exc
     return delays

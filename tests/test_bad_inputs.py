@@ -212,6 +212,17 @@ def bomb(ctx: Context, limit_share: float) -> Path:
     return path
 
 
+def gif_bomb(ctx: Context) -> Path:
+    """A small two-frame GIF read with Pillow's decompression-bomb limit lowered so that it counts as one."""
+    from PIL import Image
+
+    path = ctx.tmp / "huge.gif"
+    first, second = (Image.fromarray(np.full((100, 100, 3), v, np.uint8)) for v in (40, 200))
+    first.save(path, save_all=True, append_images=[second], duration=40)
+    ctx.monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 3)
+    return path
+
+
 def foreign_folder(ctx: Context) -> Path:
     """A folder of the user's that holds a file no command wrote: a command writing there must refuse it."""
     folder = ctx.tmp / "mine"
@@ -379,6 +390,8 @@ ROWS = [
         VideoError, r"huge\.png: too large to open safely.*at most 4096 px per side"),
     Bad("library", "read-image-decompression-bomb-warning", call(lambda ctx: _video().read_image(bomb(ctx, 0.8))),
         VideoError, r"huge\.png: too large to open safely"),
+    Bad("library", "read-video-gif-decompression-bomb", call(lambda ctx: _video().read_video(gif_bomb(ctx))),
+        VideoError, r"huge\.gif: too large to open safely"),
     Bad("library", "read-image-max-side-0", call(lambda ctx: _video().read_image(png(ctx), max_side=0)), VideoError,
         r"max_side must be a whole number"),
     Bad("library", "read-video-missing", call(lambda ctx: _video().read_video(ctx.tmp / "absent.mp4")), VideoError,
