@@ -175,7 +175,7 @@ def run_cues(args: argparse.Namespace) -> Path:
     from .atomic import check_output, check_output_folder, claim_output_folder
     from .cues import CueConfig, cue_sheet, extract_cues, location_overlay
     from .tensors import MAX_SIDE_PX
-    from .video import read_image, read_video, write_image, write_video
+    from .video import check_video_sides, read_image, read_video, write_image, write_video
 
     options = cue_options(args)
     check_clip_options(args)
@@ -184,6 +184,8 @@ def run_cues(args: argparse.Namespace) -> Path:
     config = CueConfig(segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint, face_detector=args.face_detector,
                        anchor=args.anchor or CueConfig.anchor, **options)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
+    if args.size is None:  # refused before decoding a clip too large to handle at its own size
+        check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     log.info("driving: %d frames at %.3g fps, %dx%d", clip.frames.shape[0], clip.fps,
              clip.frames.shape[2], clip.frames.shape[1])
@@ -277,7 +279,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     from .models import load_model
     from .pipeline import animate
     from .tensors import MAX_SIDE_PX
-    from .video import read_image, read_video, resize_frames, write_video
+    from .video import check_video_sides, read_image, read_video, resize_frames, write_video
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".webm", ".gif", ".mov", ".mkv"):
@@ -287,6 +289,8 @@ def run_animate(args: argparse.Namespace) -> Path:
     cue_options(args)
     check_clip_options(args)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
+    if args.size is None:  # refused before decoding a clip too large to handle at its own size
+        check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
                        cache_dir=args.cache_dir, vae=args.vae)

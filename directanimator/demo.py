@@ -201,7 +201,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     from .models import load_model
     from .pipeline import animate_triplet
     from .tensors import MAX_SIDE_PX
-    from .video import read_image, read_video, resize_frames, write_image, write_video
+    from .video import check_video_sides, read_image, read_video, resize_frames, write_image, write_video
 
     model_dir = Path(model_dir)
     if not is_model_folder(model_dir):
@@ -229,6 +229,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
             raise InputError(f"{name} {path}: no such file. Give an existing file, or leave it out to use the model "
                              f"folder's bundled input in {bundle}.")
     reference_image = read_image(reference_path, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
+    check_video_sides(driving_path, name="--driving")  # before the model loads and before decoding
     clip = read_video(driving_path, max_frames=settings.frames, stride=stride)
     fps = float(clip.fps or settings.fps)
     model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)

@@ -453,6 +453,20 @@ def probe_video(path: str | os.PathLike, *, fps: float | None = None) -> dict:
     return info
 
 
+def check_video_sides(path: str | os.PathLike, *, name: str = "driving video", hint: str = "") -> dict:
+    """Probe `path` and raise VideoError, before any frame is decoded, when its frames are larger than the
+    project handles (MAX_SIDE_PX per side); `hint` names the caller's own way to read it smaller. Returns the
+    probe."""
+    info = probe_video(path)
+    if max(info["width"], info["height"]) > MAX_SIDE_PX:
+        raise VideoError(
+            f"{name} {path}: frames are {info['width']}x{info['height']} px; at most {MAX_SIDE_PX} px per side is "
+            f"supported. {hint or 'Downscale it first'} (or ffmpeg -i IN -vf "
+            f"scale={MAX_SIDE_PX}:{MAX_SIDE_PX}:force_original_aspect_ratio=decrease OUT.mp4)."
+        )
+    return info
+
+
 def _probe_dict(kind, path, fps, count, exact, width, height, duration) -> dict:
     return {"kind": kind, "path": str(path), "fps": fps, "frame_count": count, "frame_count_exact": exact,
             "width": int(width), "height": int(height), "duration": duration}

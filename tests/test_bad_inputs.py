@@ -223,6 +223,17 @@ def gif_bomb(ctx: Context) -> Path:
     return path
 
 
+def wide_frames(ctx: Context) -> Path:
+    """A driving video as an image folder of two 4112x64 frames: wider than the 4096 px the project handles."""
+    from PIL import Image
+
+    folder = ctx.tmp / "wide"
+    folder.mkdir()
+    for index in range(2):
+        Image.fromarray(np.full((64, 4112, 3), 100, np.uint8)).save(folder / f"{index:03d}.png")
+    return folder
+
+
 def foreign_folder(ctx: Context) -> Path:
     """A folder of the user's that holds a file no command wrote: a command writing there must refuse it."""
     folder = ctx.tmp / "mine"
@@ -324,6 +335,10 @@ ROWS = [
     Bad("cli", "training-validate-out-a-folder-it-did-not-write",
         cli("validate", "--model", "m", "--data", world_data, "--out", foreign_folder, training=True), InputError,
         r"--out .*mine: the folder is not empty.*python -m training validate"),
+    Bad("cli", "cues-driving-over-4096-px", cli("cues", "--reference", png, "--driving", wide_frames, "--out",
+        lambda ctx: ctx.tmp / "o"), VideoError, r"--driving .*wide: frames are 4112x64 px.*Pass --size"),
+    Bad("cli", "demo-driving-over-4096-px", demo_cli("--driving", wide_frames), VideoError,
+        r"--driving .*wide: frames are 4112x64 px.*at most 4096"),
     Bad("cli", "training-missing-config", cli("stage1", "absent.toml", training=True), InputError,
         r"config absent\.toml: no such file"),
     Bad("cli", "training-unknown-key", cli("stage1", str(TRAIN_CONFIG), "--set", "optim.warmup=10", training=True),
