@@ -1,14 +1,6 @@
-"""Reading and writing videos, image folders and single images; frame rates; resizing.
-
-Conventions:
+"""Reading video files, animated GIFs, image folders and single images; probing them without decoding.
 
 - Frames are ``[F, H, W, 3]`` float32 in 0..1 (ComfyUI IMAGE), a single image is ``[1, H, W, 3]``.
-- Sizes are ``(height, width)`` in pixels, like tensor shapes (the CLI spells them ``HEIGHTxWIDTH``).
-- Resize modes, defined once in :func:`resize_plan` / :func:`resize_frames` and used everywhere:
-  ``"stretch"`` scales each axis to the target independently (the aspect ratio changes);
-  ``"crop"`` scales uniformly to cover the target, then crops the centre (nothing distorted, edges lost);
-  ``"pad"`` scales uniformly to fit inside the target and letterboxes with black (nothing distorted or lost).
-  Resampling is bilinear with antialiasing, so downscaling does not alias.
 - ``fps`` of a :class:`VideoClip` is the rate of the frames it holds: the source rate divided by ``stride``.
 - Sources: video files (mp4, mov, mkv, webm, avi, m4v; decoded with PyAV, the video stream only, display
   rotation applied), animated GIFs (read as a constant-rate video: the commonest frame duration sets the rate
@@ -16,8 +8,6 @@ Conventions:
   ``frame2`` comes before ``frame10``; the caller gives the rate).
 - Memory: frames are resized as they are decoded, kept as uint8 until the end and only then converted to
   float, so reading 288 frames of 1080x1920 at 896x512 needs about the output's size, not 7 GB.
-- Writing is atomic: data goes to a hidden temporary file in the target folder, which replaces the target
-  only when complete and is removed on any error.
 """
 
 from __future__ import annotations
@@ -26,7 +16,6 @@ import logging
 import math
 import os
 import re
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,24 +23,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import InputError, VideoError
-from .tensors import MAX_SIDE_PX, as_frames
+from ..errors import VideoError
+from ..tensors import MAX_SIDE_PX
+from .geometry import ResizeMode, ResizePlan, _check_mode, _check_size, resize_frames, resize_plan
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "directanimator.video", as before the split
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 GIF_EXTENSIONS = (".gif",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-WRITE_VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".gif")
-RESIZE_MODES = ("stretch", "crop", "pad")
-ResizeMode = Literal["stretch", "crop", "pad"]
 
 DEFAULT_FOLDER_FPS = 24.0
 # Browsers show GIF frames with a delay of 10 ms or less (or none) for 100 ms; do the same.
@@ -59,119 +44,7 @@ GIF_MIN_DELAY_MS = 20
 GIF_FALLBACK_DELAY_MS = 100
 # Frames resized together: large enough to batch, small enough that full-size decoded frames stay few.
 DECODE_CHUNK = 8
-WRITE_CHUNK = 8
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
-
-
-# --------------------------------------------------------------------------------------------- resizing
-
-
-@dataclass(frozen=True)
-class ResizePlan:
-    """How a ``source_size`` image maps onto ``size``: scale to ``scaled_size``, place its top-left at ``offset``.
-
-    Sizes are ``(height, width)``; ``offset`` is ``(top, left)`` in target pixels and is negative for "crop"
-    (the scaled image overhangs the target) and non-negative for "pad" (black bars).
-    """
-
-    source_size: tuple[int, int]
-    size: tuple[int, int]
-    mode: str
-    scaled_size: tuple[int, int]
-    offset: tuple[int, int]
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        """Scale factors ``(y, x)`` from source pixels to target pixels."""
-        return (self.scaled_size[0] / self.source_size[0], self.scaled_size[1] / self.source_size[1])
-
-    @property
-    def is_identity(self) -> bool:
-        return self.source_size == self.size
-
-    def map_boxes(self, boxes: Tensor) -> Tensor:
-        """Map boxes ``[..., 4]`` ``(x0, y0, x1, y1)`` in source pixels to target pixels."""
-        sy, sx = self.scale
-        top, left = self.offset
-        mul = boxes.new_tensor([sx, sy, sx, sy])
-        add = boxes.new_tensor([left, top, left, top])
-        return boxes * mul + add
-
-    def unmap_boxes(self, boxes: Tensor) -> Tensor:
-        """Inverse of :meth:`map_boxes`: target pixels back to source pixels."""
-        sy, sx = self.scale
-        top, left = self.offset
-        mul = boxes.new_tensor([sx, sy, sx, sy])
-        add = boxes.new_tensor([left, top, left, top])
-        return (boxes - add) / mul
-
-
-def _check_size(size, name: str, error: type[InputError] = InputError) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-        ok = height >= 1 and width >= 1 and (height, width) == tuple(size)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise error(f"{name}: expected (height, width) as two positive whole numbers of pixels, got {size!r}.")
-    return height, width
-
-
-def _check_mode(mode, name: str, error: type[InputError] = InputError) -> str:
-    if mode not in RESIZE_MODES:
-        raise error(f"{name}: unknown resize mode {mode!r}; use one of {', '.join(RESIZE_MODES)}.")
-    return mode
-
-
-def resize_plan(source_size: tuple[int, int], size: tuple[int, int], mode: ResizeMode = "pad") -> ResizePlan:
-    """Geometry of resizing a ``source_size`` image to ``size`` (both ``(height, width)``) with ``mode``."""
-    h, w = _check_size(source_size, "source_size")
-    th, tw = _check_size(size, "size")
-    _check_mode(mode, "mode")
-    if mode == "stretch" or (h, w) == (th, tw):
-        return ResizePlan((h, w), (th, tw), mode, (th, tw), (0, 0))
-    if mode == "crop":
-        s = max(th / h, tw / w)
-        sh, sw = max(th, round(h * s)), max(tw, round(w * s))
-        return ResizePlan((h, w), (th, tw), mode, (sh, sw), (-((sh - th) // 2), -((sw - tw) // 2)))
-    s = min(th / h, tw / w)
-    sh, sw = min(th, max(1, round(h * s))), min(tw, max(1, round(w * s)))
-    return ResizePlan((h, w), (th, tw), mode, (sh, sw), ((th - sh) // 2, (tw - sw) // 2))
-
-
-def resize_frames(frames: Tensor, size: tuple[int, int], mode: ResizeMode = "pad", *, fill: float = 0.0) -> Tensor:
-    """Resize frames ``[F, H, W, C]`` (or masks ``[F, H, W]``) to ``size`` ``(height, width)``.
-
-    ``mode`` is "stretch", "crop" (cover, centre crop) or "pad" (fit, letterbox with ``fill`` in 0..1); see
-    :func:`resize_plan` for the exact geometry. Float or uint8 input; the result has the input's dtype.
-    """
-    if not isinstance(frames, Tensor):
-        raise InputError(f"frames: expected a torch tensor, got {type(frames).__name__}.")
-    masks = frames.ndim == 3
-    x = frames[..., None] if masks else frames
-    if x.ndim != 4:
-        raise InputError(
-            f"frames: expected [F, H, W, C] frames or [F, H, W] masks, got shape {tuple(frames.shape)}."
-        )
-    if not (x.is_floating_point() or x.dtype == torch.uint8):
-        raise InputError(f"frames: expected float (0..1) or uint8 values, got dtype {x.dtype}.")
-    plan = resize_plan((x.shape[1], x.shape[2]), size, mode)
-    if plan.is_identity:
-        return frames
-    y = x.permute(0, 3, 1, 2)  # channels-last memory: the fast path of antialiased interpolate, uint8 included
-    if plan.scaled_size != plan.source_size:
-        y = F.interpolate(y, size=plan.scaled_size, mode="bilinear", antialias=True, align_corners=False)
-    (th, tw), (top, left), (sh, sw) = plan.size, plan.offset, plan.scaled_size
-    if top < 0 or left < 0:
-        y = y[:, :, -top : -top + th, -left : -left + tw]
-    elif (sh, sw) != (th, tw):
-        value = round(fill * 255) if y.dtype == torch.uint8 else fill
-        canvas = y.new_full((y.shape[0], y.shape[1], th, tw), value)
-        canvas[:, :, top : top + sh, left : left + sw] = y
-        y = canvas
-    out = y.permute(0, 2, 3, 1).contiguous()
-    return out[..., 0] if masks else out
-
 
 # ------------------------------------------------------------------------------------------------ clips
 
@@ -723,167 +596,3 @@ def _start_error(path: Path, start: int, count: int) -> VideoError:
     return VideoError(
         f"video {path}: start={start} but the video has only {count} frames (0..{count - 1}). Pass a smaller start."
     )
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def _temporary(path: Path) -> Path:
-    # Hidden, unique, in the same folder (so os.replace is atomic), keeping the extension for the writers.
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VideoError(
-            f"{path}: cannot create the folder {path.parent} ({exc}). Choose a writable location."
-        ) from exc
-    tmp = _temporary(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, VideoError) or not isinstance(exc, Exception):
-            raise
-        av = _av()
-        if isinstance(exc, (OSError, av.error.FFmpegError)):
-            raise VideoError(
-                f"{path}: writing failed ({exc}). Check the folder is writable and has free space."
-            ) from exc
-        raise
-    return path
-
-
-def _frames_for_writing(frames, path: Path) -> Tensor:
-    """Validate shape and dtype without copying; values are checked chunk by chunk while writing."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if not isinstance(frames, Tensor):
-        raise VideoError(f"frames for {path}: expected a torch tensor or numpy array, got {type(frames).__name__}.")
-    if frames.ndim == 3 and frames.shape[-1] in (1, 3, 4):
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4) or frames.shape[0] < 1 or min(frames.shape[1:3]) < 1:
-        raise VideoError(
-            f"frames for {path}: expected [F, H, W, 3] with F >= 1 (channels last), got shape {tuple(frames.shape)}. "
-            "Permute channels-first tensors and pass at least one frame."
-        )
-    if not (frames.is_floating_point() or frames.dtype == torch.uint8):
-        raise VideoError(
-            f"frames for {path}: expected float (0..1) or uint8 (0..255) values, got dtype {frames.dtype}."
-        )
-    return frames
-
-
-def _uint8_chunks(frames: Tensor, path: Path, *, even: bool) -> Iterator[np.ndarray]:
-    """Yield ``[n, H, W, 3]`` uint8 arrays; with ``even`` odd sizes are padded by repeating the last row/column."""
-    height, width = frames.shape[1:3]
-    pad_h, pad_w = (height % 2, width % 2) if even else (0, 0)
-    if pad_h or pad_w:
-        log.info("%s: frames are %dx%d px; padded to %dx%d (the encoder needs even sizes) by repeating the edge",
-                 path, width, height, width + pad_w, height + pad_h)
-    for at in range(0, frames.shape[0], WRITE_CHUNK):
-        chunk = frames[at : at + WRITE_CHUNK]
-        if chunk.dtype != torch.uint8:
-            try:
-                chunk = as_frames(chunk, name=f"frames {at}..{at + len(chunk) - 1} for {path}", check_sizes=False)
-            except InputError as exc:
-                raise VideoError(str(exc)) from exc
-            chunk = (chunk * 255.0).round_().to(torch.uint8)
-        elif chunk.shape[-1] != 3:
-            chunk = (as_frames(chunk, check_sizes=False) * 255.0).round_().to(torch.uint8)
-        arr = chunk.cpu().numpy()
-        if pad_h or pad_w:
-            arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        yield arr
-
-
-def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18) -> Path:
-    """Write frames ``[F, H, W, 3]`` (0..1 float or uint8, tensor or numpy) as .mp4/.mov/.mkv, .webm or .gif.
-
-    Codecs: H.264 (libx264, yuv420p) for mp4/mov/mkv, VP9 for webm, Pillow's adaptive palettes for GIF.
-
-    ``crf`` is the quality (lower is better; 18 is visually lossless for H.264). Odd sizes are padded to even
-    for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to one (10 fps stays exact, 24 becomes
-    25). Atomic: the file appears complete or not at all. Returns ``path``.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in WRITE_VIDEO_EXTENSIONS:
-        raise VideoError(
-            f"{path}: cannot write {path.suffix!r} videos; use one of {', '.join(WRITE_VIDEO_EXTENSIONS)}."
-        )
-    _check_fps(fps, path)
-    if fps is None:
-        raise VideoError(f"{path}: fps is required (frames per second, e.g. 24).")
-    if not isinstance(crf, int) or not 0 <= crf <= 51:
-        raise VideoError(
-            f"{path}: crf must be a whole number from 0 (lossless) to 51 (worst), got {crf!r}; 18 is a good default."
-        )
-    frames = _frames_for_writing(frames, path)
-    if suffix == ".gif":
-        return _atomic_write(path, lambda tmp: _write_gif(tmp, frames, fps, path))
-    return _atomic_write(path, lambda tmp: _write_av(tmp, frames, fps, crf, path))
-
-
-def _write_av(tmp: Path, frames: Tensor, fps: float, crf: int, path: Path) -> None:
-    av = _av()
-    suffix = path.suffix.lower()
-    rate = Fraction(fps).limit_denominator(1001)
-    height, width = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
-    if suffix == ".webm":
-        # b=0 makes crf a constant-quality target; cpu-used 4 keeps encoding fast on small machines.
-        options = {"crf": str(crf), "b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"}
-        fmt, codec = "webm", "libvpx-vp9"
-    else:
-        fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[suffix]
-        codec, options = "libx264", {"crf": str(crf), "preset": "medium"}
-    container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-    with av.open(str(tmp), mode="w", format=fmt, container_options=container_options) as container:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        index = 0
-        for chunk in _uint8_chunks(frames, path, even=True):
-            for rgb in chunk:
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts = index
-                index += 1
-                container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    log.debug("wrote %s: %d frames %dx%d at %s fps (%s, crf %d)", path, index, width, height, rate, codec, crf)
-
-
-def _write_gif(tmp: Path, frames: Tensor, fps: float, path: Path) -> None:
-    from PIL import Image
-
-    centiseconds = max(GIF_MIN_DELAY_MS // 10, round(100.0 / fps))
-    if abs(100.0 / centiseconds - fps) > 1e-6:
-        log.info("%s: GIF delays are whole centiseconds; writing %.4g fps as %.4g fps", path, fps, 100.0 / centiseconds)
-    images = [Image.fromarray(rgb) for chunk in _uint8_chunks(frames, path, even=False) for rgb in chunk]
-    # Pillow merges identical consecutive frames into one longer frame; read_video expands them again.
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=centiseconds * 10, loop=0)
-
-
-def write_image(path: str | os.PathLike, image) -> Path:
-    """Write one image ``[1, H, W, 3]`` or ``[H, W, 3]`` (0..1 float or uint8) as PNG (or JPEG/WebP/BMP by extension).
-
-    Atomic like :func:`write_video`. Returns ``path``.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS:
-        raise VideoError(f"{path}: cannot write {path.suffix!r} images; use one of {', '.join(IMAGE_EXTENSIONS)}.")
-    frames = _frames_for_writing(image, path)
-    if frames.shape[0] != 1:
-        raise VideoError(
-            f"image for {path}: got {frames.shape[0]} frames; pass one image ([1, H, W, 3] or [H, W, 3]), "
-            "e.g. frames[0], or use write_video."
-        )
-    rgb = next(_uint8_chunks(frames, path, even=False))[0]
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}[suffix]
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    return _atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format=fmt, **options))
