@@ -8,7 +8,7 @@ the reference and the cue triplet), `sampling` (scheduler loop, guidance, contex
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -23,6 +23,7 @@ from .conditioning import (
 )
 from .cues.types import CueConfig, CueTriplet
 from .errors import InputError
+from .plan import SamplingPlan, frames_from_latents, sampling_plan
 from .sampling import (
     SCHEDULERS,
     StepCallback,
@@ -39,15 +40,14 @@ from .vae_io import (
     latent_frames_for,
     latent_preview,
     masks_to_latent_grid,
-    spatial_compression,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AnimationResult", "Conditioning", "SCHEDULERS", "WindowPlan", "animate", "animate_triplet",
-    "decode_latents", "encode_conditioning", "encode_frames", "latent_preview", "make_scheduler",
-    "masks_to_latent_grid", "plan_frame_count", "plan_windows", "sample_latents",
+    "AnimationResult", "Conditioning", "SCHEDULERS", "SamplingPlan", "WindowPlan", "animate", "animate_triplet",
+    "decode_latents", "encode_conditioning", "encode_frames", "frames_from_latents", "latent_preview",
+    "make_scheduler", "masks_to_latent_grid", "plan_frame_count", "plan_windows", "sample_latents", "sampling_plan",
 ]
 
 
@@ -64,14 +64,6 @@ class AnimationResult:
     latents: Tensor | None = None
 
 
-def _cue_config(model, cue_config: CueConfig | None) -> CueConfig:
-    if cue_config is not None:
-        if not isinstance(cue_config, CueConfig):
-            raise InputError(f"cue_config: expected a CueConfig, got {type(cue_config).__name__}.")
-        return cue_config.validate()
-    return CueConfig.from_saved(getattr(model, "cue_config", None)).validate()
-
-
 def _video_latents(model, num_frames: int) -> int:
     config = backbone_config(model)
     fixed = fixed_latent_frames(config)
@@ -86,9 +78,10 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
             tiling: bool | None = None, on_cue_frame=None, samples: int = 1) -> AnimationResult:
     """Animate `reference` ``[1, H, W, 3]`` with the motion of `driving` ``[F, H', W', 3]`` (or a VideoClip).
 
-    Extracts the Driving Cue Triplet (`cue_config`, default the checkpoint's; a backbone with learned positional
-    embeddings sets the working size when the config leaves it open), then runs `animate_triplet`. Sampling
-    options and the working size are checked before the cue extraction starts; see `animate_triplet` for them.
+    Extracts the Driving Cue Triplet with the cue options of `sampling_plan` (`cue_config`, default the
+    checkpoint's; a backbone with learned positional embeddings sets the working size when they leave it open),
+    then runs `animate_triplet`. Sampling options and the working size are checked before the cue extraction
+    starts; see `animate_triplet` for them.
     """
     if hasattr(driving, "frames") and hasattr(driving, "fps"):  # a VideoClip
         fps = fps if fps is not None else float(driving.fps)
@@ -99,21 +92,11 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
                      samples=samples)
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
-    config = _cue_config(model, cue_config)
-    from .cues import extract_cues, working_size
+    plan = sampling_plan(model, cue_config=cue_config)
+    from .cues import extract_cues
 
-    backbone = backbone_config(model)
-    fixed = fixed_latent_frames(backbone)
-    if fixed and config.height is None and config.width is None:
-        # learned positional embeddings take one size only: make it the working size
-        factor = spatial_compression(model.vae)
-        config = replace(config, height=int(backbone.sample_height) * factor,
-                         width=int(backbone.sample_width) * factor)
-    (height, width), _ = working_size(tuple(driving.shape[1:3]), config)
-    factor = spatial_compression(model.vae)
-    model.transformer.check_latent_shape(fixed or 1 + _video_latents(model, int(driving.shape[0])),
-                                         height // factor, width // factor)
-    triplet = extract_cues(reference, driving, config, on_frame=on_cue_frame)
+    model.transformer.check_latent_shape(*plan.latent_shape(tuple(driving.shape[1:3]), int(driving.shape[0])))
+    triplet = extract_cues(reference, driving, plan.cue_config, on_frame=on_cue_frame)
     return animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                            window=window, overlap=overlap, fps=fps, callback=callback, denoise=denoise,
                            init_frames=init_frames, text_embeds=text_embeds, tiling=tiling, samples=samples)
@@ -175,6 +158,5 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
     latents = sample_latents(model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                              window=window, overlap=overlap, denoise=denoise, init_latents=init,
                              text_embeds=text_embeds, callback=callback, samples=samples)
-    with using(model, "vae") as vae:
-        frames = decode_latents(vae, latents[:, 1:], tiling=tiling)[: cond.num_frames]
+    frames = frames_from_latents(model, latents, num_frames=cond.num_frames, tiling=tiling)
     return AnimationResult(frames=frames, fps=fps, triplet=triplet, notes=notes, latents=latents.cpu())
