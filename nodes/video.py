@@ -12,14 +12,13 @@ from fractions import Fraction
 
 from directanimator.errors import InputError
 from directanimator.tensors import as_frames
-from directanimator.video import RESIZE_MODES, read_video, resize_frames
+from directanimator.video import RESIZE_MODES, SIZE_MULTIPLE, read_video, resize_frames, snap_size
 
 from ._comfy import comfy_progress
 
 log = logging.getLogger("directanimator.nodes")
 
 CATEGORY = "DirectAnimator/video"
-SIZE_MULTIPLE = 16  # the VAE (8) times the transformer's patch (2)
 DEFAULT_FPS = 24.0
 
 
@@ -27,16 +26,6 @@ def _side(default: int, what: str):
     return ("INT", {"default": default, "min": 0, "max": 4096, "step": SIZE_MULTIPLE,
                     "tooltip": f"Working {what} in pixels, a multiple of {SIZE_MULTIPLE}; 0 keeps the source "
                                f"{what} rounded down to a multiple of {SIZE_MULTIPLE}."})
-
-
-def working_size(source: tuple[int, int], height: int, width: int) -> tuple[int, int]:
-    """The (height, width) to resize to: the requested sides, or the source's rounded down to a multiple of 16."""
-    h = height or source[0] // SIZE_MULTIPLE * SIZE_MULTIPLE
-    w = width or source[1] // SIZE_MULTIPLE * SIZE_MULTIPLE
-    if h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
-        raise InputError(f"video: the source is {source[1]}x{source[0]} px, too small for a working size of "
-                         f"{SIZE_MULTIPLE} px multiples; use a larger video or set width and height.")
-    return h, w
 
 
 class DirectAnimatorDrivingVideo:
@@ -98,7 +87,7 @@ class DirectAnimatorDrivingVideo:
             source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
             if isinstance(source, str):  # a file: decode only the kept frames, resizing as they come
                 w, h = video.get_dimensions()
-                size = working_size((h, w), height, width)
+                size = snap_size((h, w), height, width, rule="source")
                 clip = read_video(source, start=start, stride=stride, max_frames=limit, size=size, resize=resize)
                 return (clip.frames, float(clip.fps), clip.num_frames)
             components = video.get_components()
@@ -110,7 +99,7 @@ class DirectAnimatorDrivingVideo:
             kept = kept[:limit]
         if kept.shape[0] == 0:
             raise InputError(f"start={start}: the driving video has only {all_frames.shape[0]} frames; lower start.")
-        size = working_size((int(kept.shape[1]), int(kept.shape[2])), height, width)
+        size = snap_size((int(kept.shape[1]), int(kept.shape[2])), height, width, rule="source")
         with comfy_progress(1) as progress:
             out = resize_frames(kept.float(), size, resize)
             progress(0)

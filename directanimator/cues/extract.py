@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from ..tensors import BYTE_SCALE_LIMIT, as_frames, byte_scale_message
-from ..video import ResizePlan, resize_frames, resize_plan
+from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, resize_plan, snap_size
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
@@ -25,11 +25,6 @@ from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
 
 log = logging.getLogger(__name__)
 
-# Default working size: the driving frames scaled so that the long side is at most this, sides rounded to
-# multiples of SIZE_MULTIPLE (VAE factor 8 times patch size 2).
-MAX_LONG_SIDE = 1024
-SIZE_MULTIPLE = 16
-MIN_SIDE = 64
 # Share of the progress reports given to each stage that runs per frame.
 SEGMENTATION_SHARE = 0.5
 FACE_DETECTION_SHARE = 0.3
@@ -80,29 +75,20 @@ def _geometry(plan: ResizePlan) -> dict:
 
 
 def working_size(driving_size: tuple[int, int], config: CueConfig) -> tuple[tuple[int, int], str]:
-    """The cue working size ``(H, W)`` and a note saying how it was chosen.
-
-    `config.height` and `config.width` when both are set; one of them alone keeps the driving aspect for the
-    other; neither: the driving size scaled down so that its long side is at most 1024 px. Derived sides are
-    rounded to the nearest multiple of 16 (at least 64).
-    """
-    src_h, src_w = driving_size
-
-    def snap(value: float) -> int:
-        return max(MIN_SIDE, int(round(value / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
-
+    """The cue working size ``(H, W)`` for `config`, by `snap_size`'s "aspect" rule, and a note saying how it was
+    chosen: `config.height` and `config.width` when both are set; one of them alone keeps the driving aspect for
+    the other; neither: the driving size scaled down so that its long side is at most 1024 px. Derived sides are
+    rounded to the nearest multiple of 16 (at least 64)."""
+    size = snap_size(driving_size, config.height or 0, config.width or 0, rule="aspect")
     if config.height and config.width:
-        return (config.height, config.width), f"working size {config.width}x{config.height} from the config"
+        return size, f"working size {config.width}x{config.height} from the config"
     if config.height:
-        size = (config.height, snap(config.height * src_w / src_h))
         return size, f"working size {size[1]}x{size[0]}: height from the config, width from the driving aspect"
     if config.width:
-        size = (snap(config.width * src_h / src_w), config.width)
         return size, f"working size {size[1]}x{size[0]}: width from the config, height from the driving aspect"
-    scale = min(1.0, MAX_LONG_SIDE / max(src_h, src_w))
-    size = (snap(src_h * scale), snap(src_w * scale))
-    return size, (f"working size {size[1]}x{size[0]}: driving {src_w}x{src_h} scaled by {scale:.4g} "
-                  f"(long side at most {MAX_LONG_SIDE}), sides rounded to multiples of {SIZE_MULTIPLE}")
+    scale = min(1.0, MAX_LONG_SIDE / max(driving_size))
+    return size, (f"working size {size[1]}x{size[0]}: driving {driving_size[1]}x{driving_size[0]} scaled by "
+                  f"{scale:.4g} (long side at most {MAX_LONG_SIDE}), sides rounded to multiples of {SIZE_MULTIPLE}")
 
 
 class _Progress:
