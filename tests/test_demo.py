@@ -15,14 +15,13 @@ from directanimator.demo import run_demo
 from directanimator.errors import InputError
 from directanimator.video import probe_video, read_image
 from tests.helpers import REAL_DATA
-from tests.test_recipe import build_tiny_model
 
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real footage not found at {REAL_DATA}")
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory) / "models" / "demo"
+def tiny_model(tiny_root):
+    return tiny_root / "models" / "demo"
 
 
 def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp_path, capsys):

@@ -18,8 +18,7 @@ from nodes.model import (
     DirectAnimatorSampler,
 )
 from tests.comfy_folders import comfy_model_folders
-from tests.test_pipeline import SMALL, synthetic_triplet
-from tests.tiny import TEXT_DIM, TEXT_LEN, save_tiny_diffusers, tiny_animator
+from tests.tiny import SMALL, TEXT_DIM, TEXT_LEN, save_tiny_diffusers, synthetic_triplet, tiny_animator
 
 
 @pytest.fixture(autouse=True)
@@ -187,18 +186,15 @@ def test_validation_keeps_comfyuis_range_checks_and_checks_what_it_skips(models_
     assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=None, repo_id=None, checkpoint=None) is True  # linked
 
 
-def test_bundled_demo_model_is_offered_and_loads_from_the_pack(tmp_path_factory, monkeypatch):
+def test_bundled_demo_model_is_offered_and_loads_from_the_pack(tiny_root, tmp_path_factory, monkeypatch):
     import nodes.model as model_nodes
-    from tests.test_recipe import build_tiny_model
 
     monkeypatch.setattr(model_nodes, "BUNDLED_DIR", tmp_path_factory.mktemp("none") / "models" / "demo")
     required = DirectAnimatorModelLoader.INPUT_TYPES()["required"]
     assert model_nodes.BUNDLED not in required["backbone"][0] and model_nodes.BUNDLED not in required["checkpoint"][0]
     assert "missing" in DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=model_nodes.BUNDLED, repo_id="")
 
-    with torch.inference_mode(False), torch.enable_grad():  # the recipe trains
-        root = build_tiny_model(tmp_path_factory)
-    monkeypatch.setattr(model_nodes, "BUNDLED_DIR", root / "models" / "demo")
+    monkeypatch.setattr(model_nodes, "BUNDLED_DIR", tiny_root / "models" / "demo")
     required = DirectAnimatorModelLoader.INPUT_TYPES()["required"]
     assert model_nodes.BUNDLED in required["backbone"][0] and model_nodes.BUNDLED in required["checkpoint"][0]
     assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=model_nodes.BUNDLED, repo_id="") is True

@@ -10,39 +10,15 @@ import pytest
 import torch
 
 from directanimator.conditioning import Conditioning, encode_conditioning, plan_frame_count
-from directanimator.cues.types import CueRecord, CueTriplet, Similarity
+from directanimator.cues.types import CueTriplet, Similarity
 from directanimator.errors import CueError, InputError
 from directanimator.models import CueLatents, DirectAnimatorTransformer
 from directanimator.pipeline import animate, animate_triplet, plan_windows, sample_latents
 from directanimator.vae_io import encode_frames, image_latent_scale, latent_scale
-from tests.tiny import LATENT_CHANNELS, PIXELS, tiny_animator_model, tiny_backbone
+from tests.tiny import LATENT_CHANNELS, PIXELS, SMALL, synthetic_triplet, tiny_animator_model, tiny_backbone
 
 STEPS = 3
-SMALL = 32  # frame side (px) for the 1.5 layout, which takes any grid: 4x4 latents keep the VAE cheap
 GRID = SMALL // 8
-
-
-def synthetic_triplet(frames: int, *, height: int = PIXELS, width: int = PIXELS, seed: int = 0) -> CueTriplet:
-    """A CueTriplet of random cue videos (the sampler only needs tensors of the right shapes)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen)
-
-    record = CueRecord(
-        person_boxes=torch.zeros(frames, 4), person_valid=torch.ones(frames, dtype=torch.bool),
-        face_boxes=torch.zeros(frames, 4), face_valid=torch.ones(frames, dtype=torch.bool),
-        bad_frames=torch.zeros(frames, dtype=torch.bool), transform=Similarity(),
-        reference_person_box=torch.zeros(4), reference_face_box=None,
-    )
-    return CueTriplet(
-        pose=rand(frames, height, width, 3), face=rand(frames, height, width, 3),
-        body_location=rand(frames, height, width), face_location=rand(frames, height, width),
-        reference=rand(1, height, width, 3), reference_mask=rand(1, height, width),
-        reference_pose=rand(1, height, width, 3), reference_face=rand(1, height, width, 3),
-        reference_body_location=rand(1, height, width), reference_face_location=rand(1, height, width),
-        record=record,
-    )
 
 
 class ForwardLog:

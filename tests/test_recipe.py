@@ -12,27 +12,7 @@ import torch
 from directanimator.errors import InputError
 from training.recipe import CARD, CARD_JSON, CHECKPOINT_NAME, STAGES, load_recipe, recipe_command, run_recipe
 
-_BUILT: dict[str, Path] = {}
-
-
-def build_tiny_model(tmp_path_factory) -> Path:
-    """`recipe --scale tiny` once per test session (shared with tests/test_demo.py); returns its root folder."""
-    if "root" not in _BUILT:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the 2-core machine is shared: one thread is faster for these small tensors
-        try:
-            torch.manual_seed(0)
-            root = tmp_path_factory.mktemp("recipe")
-            run_recipe(root / "models" / "demo", scale="tiny", work=root / "work")
-        finally:
-            torch.set_num_threads(threads)
-        _BUILT["root"] = root
-    return _BUILT["root"]
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory)
+# tiny_root (conftest.py): `recipe --scale tiny` run once per test session.
 
 
 def test_one_command_writes_a_loadable_model_folder_with_a_card(tiny_root):

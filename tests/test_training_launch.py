@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from directanimator.errors import InputError
-from tests.test_training_stage1 import CONFIG, make_world, overrides
+from tests.training_world import CONFIG, make_world, overrides
 from training.config import load_config
 from training.data import BucketBatchSampler
 from training.prepare import prepare

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.test_training_stage1 import CONFIG, make_world, overrides
+from tests.training_world import CONFIG, make_world, overrides
 from directanimator.errors import InputError
 from training.config import load_config
 from training.data import SKIPPED, CachedClips, cache_folder, clip_id

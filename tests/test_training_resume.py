@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from directanimator.errors import CheckpointError, InputError
-from tests.test_training_stage1 import CONFIG, make_world, overrides
+from tests.training_world import CONFIG, MICRO, make_world, overrides
 from training.checkpointing import (DIGESTS, STATE_JSON, STATE_TENSORS, TRAINABLE, load_training_checkpoint, rng_state,
                                    save_training_checkpoint, truncate_metrics)
 from training.config import load_config
@@ -122,7 +122,6 @@ def test_trained_weights_holding_nan_are_refused_at_resume_naming_the_tensor(tmp
 
 
 def test_the_next_start_removes_only_the_unfinished_checkpoint_folders_of_killed_writes(tmp_path):
-    from tests.test_training_vae import MICRO
     from training.vae import clips_from_world, load_vae_config, train_vae
 
     pool = clips_from_world(2, size=64, frames=9, val_clips=1, seed=0)
@@ -139,7 +138,6 @@ def test_the_next_start_removes_only_the_unfinished_checkpoint_folders_of_killed
 
 
 def test_a_torn_last_line_of_the_metrics_is_dropped_with_a_warning_at_resume(tmp_path, caplog):
-    from tests.test_training_vae import MICRO
     from training.vae import clips_from_world, load_vae_config, train_vae
 
     pool = clips_from_world(2, size=64, frames=9, val_clips=1, seed=0)

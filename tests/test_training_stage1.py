@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from directanimator.errors import InputError
-from tests.tiny import tiny_backbone
+from tests.training_world import CONFIG, make_world, overrides
 from training.config import load_config
 from training.data import CachedClips, make_batch
 from training.prepare import prepare
 from training.stage1 import stage1_loss, train_stage1
 from training.trainer import Trainer, denoising_loss, load_student, noised_batch, read_metrics
-from training.world import WorldConfig, export_world
-
-CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "world_tiny.toml"
-
-
-def micro_vae():
-    """A VAE of the real class, smaller than tests.tiny's, so that preparing a few clips takes seconds."""
-    from diffusers import AutoencoderKLCogVideoX
-
-    torch.manual_seed(0)
-    return AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                                  latent_channels=16, sample_height=64, sample_width=64).eval()
-
-
-def make_world(root: Path) -> tuple[Path, Path]:
-    """4 world clips (64 px, 5 frames; the last is the val split) and a tiny diffusers model folder."""
-    data, model = root / "world", root / "model"
-    export_world(data, WorldConfig(height=64, width=64, num_frames=5), clips=4, val_clips=1, fmt="png")
-    tiny_backbone("1.0", use_learned_positional_embeddings=False).save_pretrained(model / "transformer")
-    micro_vae().save_pretrained(model / "vae")
-    return data, model
-
-
-def overrides(root: Path, data: Path, model: Path, *extra: str) -> list[str]:
-    return [f"data.metadata={json.dumps(str(data))}", f"model.backbone={json.dumps(str(model))}",
-            f"run.out_dir={json.dumps(str(root / 'runs'))}", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_training_stage1 import CONFIG, make_world, overrides
+from tests.training_world import CONFIG, make_world, overrides
 from training.config import load_config
 from training.prepare import prepare
 from training.stage1 import train_stage1

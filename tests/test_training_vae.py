@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from directanimator.errors import InputError
+from tests.training_world import MICRO
 from training.cli import main
 from training.vae import (
     REPORT,
@@ -22,10 +23,6 @@ from training.vae import (
     vae_loss,
 )
 from training.world import WorldConfig, export_world
-
-# A micro architecture of the real class: 8x spatial, 4x temporal, 16 latent channels.
-MICRO = ["block_out_channels=[8, 8, 8, 8]", "norm_num_groups=4", "frames=9", "crop=32", "batch_size=2",
-         "warmup_steps=0", "log_every=1", "val_clips=1", "max_clips=8"]
 
 
 @pytest.fixture(scope="module")

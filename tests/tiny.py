@@ -1,5 +1,6 @@
 """Tiny models of the real classes, shared by every test: CogVideoX transformers in both layouts, the VAE,
-the DirectAnimator transformer and saved diffusers folders. Everything builds in milliseconds on the CPU.
+the DirectAnimator transformer, saved diffusers folders and random cue triplets. Everything builds in
+milliseconds on the CPU.
 
 Pixel frames of 64x64 give an 8x8 latent grid (VAE factor 8) and 4x4 patches (patch size 2).
 """
@@ -12,11 +13,14 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
+from directanimator.cues.types import CueRecord, CueTriplet, Similarity
+
 TEXT_DIM = 32
 TEXT_LEN = 8
 LATENT_CHANNELS = 16
 PIXELS = 64  # tiny frame side in pixels
 LATENT = PIXELS // 8
+SMALL = 32  # frame side (px) for the 1.5 layout, which takes any grid: 4x4 latents keep the VAE cheap
 
 # CogVideoX 1.0 image-to-video layout (like CogVideoX-5B-I2V): learned positional embeddings plus rotary,
 # fixed sample size: 8x8 latents and 13 pixel frames = 4 latent frames (reference + 9 driving frames).
@@ -169,4 +173,27 @@ def tiny_animator_model(layout: str = "1.0", *, seed: int = 0, randomize_cues: b
         scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG),
         cue_config={},
         name=f"tiny-{layout}",
+    )
+
+
+def synthetic_triplet(frames: int, *, height: int = PIXELS, width: int = PIXELS, seed: int = 0) -> CueTriplet:
+    """A CueTriplet of random cue videos (the sampler only needs tensors of the right shapes)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen)
+
+    record = CueRecord(
+        person_boxes=torch.zeros(frames, 4), person_valid=torch.ones(frames, dtype=torch.bool),
+        face_boxes=torch.zeros(frames, 4), face_valid=torch.ones(frames, dtype=torch.bool),
+        bad_frames=torch.zeros(frames, dtype=torch.bool), transform=Similarity(),
+        reference_person_box=torch.zeros(4), reference_face_box=None,
+    )
+    return CueTriplet(
+        pose=rand(frames, height, width, 3), face=rand(frames, height, width, 3),
+        body_location=rand(frames, height, width), face_location=rand(frames, height, width),
+        reference=rand(1, height, width, 3), reference_mask=rand(1, height, width),
+        reference_pose=rand(1, height, width, 3), reference_face=rand(1, height, width, 3),
+        reference_body_location=rand(1, height, width), reference_face_location=rand(1, height, width),
+        record=record,
     )
