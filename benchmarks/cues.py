@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from directanimator.cues import (  # noqa: E402
     CueConfig,
+    PersonGeometry,
     extract_cues,
     face_cue,
     fit_similarity,
@@ -120,10 +121,12 @@ def run(num_frames: int) -> tuple[list[tuple[str, float, str]], dict]:
     person_boxes, person_valid = mask_boxes(masks)
 
     def location():
+        frame = (0, 0, SIZE[1], SIZE[0])
         transform = fit_similarity(
-            person_boxes, person_valid, mask_boxes(reference_mask)[0][0],
-            driving_face=median_box(smooth.boxes, smooth.valid) if bool(smooth.valid.any()) else None,
-            reference_face=reference_face.boxes[0] if bool(reference_face.valid[0]) else None, image_size=SIZE,
+            PersonGeometry(person_boxes, person_valid, area=frame,
+                           face=median_box(smooth.boxes, smooth.valid) if bool(smooth.valid.any()) else None),
+            PersonGeometry.picture(mask_boxes(reference_mask)[0][0], area=frame,
+                                   face=reference_face.boxes[0] if bool(reference_face.valid[0]) else None),
         )
         return location_cue(masks, smooth.boxes, smooth.valid, transform, out_size=SIZE)
 

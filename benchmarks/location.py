@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from directanimator.cues import Similarity, anchor_frames, fit_similarity, mask_boxes, mask_centre_columns  # noqa: E402
+from directanimator.cues import PersonGeometry, Similarity, anchor_frames, fit_similarity, mask_boxes  # noqa: E402
+from directanimator.cues import mask_centre_columns  # noqa: E402
 from directanimator.cues import median_box  # noqa: E402
 from directanimator.cues import warp_masks  # noqa: E402
 from training.world import WorldConfig, cross_id_pair  # noqa: E402
@@ -47,20 +48,26 @@ def rules(pair, size: int) -> dict[str, Similarity]:
     drv, ref = pair.driving, pair.reference
     boxes, valid = mask_boxes(drv.person_masks)
     reference_box = mask_boxes(ref.person_masks)[0][0]
-    faces = dict(driving_face=median_box(drv.face_boxes, drv.face_valid) if bool(drv.face_valid.any()) else None,
-                 reference_face=ref.face_boxes[0] if bool(ref.face_valid[0]) else None, image_size=(size, size))
-    centres = dict(driving_centres=mask_centre_columns(drv.person_masks)[0],
-                   reference_centre=float(mask_centre_columns(ref.person_masks)[0][0]))
+    frame = (0, 0, size, size)
     first = anchor_frames(valid, "first")
-    first_faces = {**faces, "driving_face": (median_box(drv.face_boxes, drv.face_valid & first)
-                                             if bool((drv.face_valid & first).any()) else None)}
+    reference_face = ref.face_boxes[0] if bool(ref.face_valid[0]) else None
+    centres = mask_centre_columns(drv.person_masks)[0]
+
+    def driving(frames, face_frames, centres=None):
+        known = drv.face_valid & face_frames
+        face = median_box(drv.face_boxes, known) if bool(known.any()) else None
+        return PersonGeometry(boxes, frames, face=face, area=frame, centres=centres)
+
+    boxed = PersonGeometry.picture(reference_box, face=reference_face, area=frame)
+    centred = PersonGeometry.picture(reference_box, face=reference_face, area=frame,
+                                     centre=float(mask_centre_columns(ref.person_masks)[0][0]))
     a, b = drv.placement, ref.placement
     scale = b.height / a.height
     return {
         "as driven": Similarity(),  # no fit: where an unaligned pose cue stands
-        "box rule": fit_similarity(boxes, valid, reference_box, **faces),
-        "centre lines": fit_similarity(boxes, valid, reference_box, **faces, **centres),
-        "first frame": fit_similarity(boxes, first, reference_box, **first_faces, **centres),
+        "box rule": fit_similarity(driving(valid, drv.face_valid), boxed),
+        "centre lines": fit_similarity(driving(valid, drv.face_valid, centres), centred),
+        "first frame": fit_similarity(driving(first, first, centres), centred),
         "placement truth": Similarity(scale=scale, tx=(b.x - scale * a.x) * size, ty=(b.y - scale * a.y) * size),
     }
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from directanimator.cues import (
-    CueConfig, Similarity, anchor_frames, fit_similarity, grid_soften, location_cue, mask_boxes, mask_centre_columns, warp_masks,
+    CueConfig, PersonGeometry, Similarity, anchor_frames, fit_similarity, grid_soften, location_cue, mask_boxes,
+    mask_centre_columns, warp_masks,
 )
 from directanimator.cues.location_cue import render_ellipses
 from directanimator.errors import CueError
@@ -34,13 +35,15 @@ def test_transform_maps_the_driving_box_onto_the_reference_box(scale, shift):
     driving = torch.tensor([40.0, 20, 90, 120])
     reference = Similarity(scale, *shift).apply_boxes(driving)
     boxes, valid = clip_of(driving)
-    t = fit_similarity(boxes, valid, reference, image_size=(400, 400))
+    frame = (0, 0, 400, 400)
+    t = fit_similarity(PersonGeometry(boxes, valid, area=frame), PersonGeometry.picture(reference, area=frame))
     assert torch.allclose(t.apply_boxes(driving), reference, atol=1.0)
 
 
 def test_transform_uses_the_median_box_of_the_clip():
     boxes = torch.tensor([[40.0, 20, 90, 120], [42, 20, 92, 120], [38, 20, 88, 120], [200, 20, 250, 120]])
-    t = fit_similarity(boxes, torch.ones(4, dtype=torch.bool), torch.tensor([140.0, 20, 190, 120]))
+    t = fit_similarity(PersonGeometry(boxes, torch.ones(4, dtype=torch.bool)),
+                       PersonGeometry.picture(torch.tensor([140.0, 20, 190, 120])))
     assert t.scale == pytest.approx(1.0) and abs(t.tx - 99.0) < 1.0  # the outlier frame moved nothing
 
 
@@ -62,8 +65,8 @@ def test_the_first_frame_anchor_puts_the_drivers_start_on_the_reference():
     boxes = torch.tensor([[40.0 + 15 * i, 20, 90 + 15 * i, 120] for i in range(5)])
     valid = torch.ones(5, dtype=torch.bool)
     reference = torch.tensor([140.0, 20, 190, 120])
-    first = fit_similarity(boxes, anchor_frames(valid, "first"), reference)
-    clip = fit_similarity(boxes, anchor_frames(valid, "clip"), reference)
+    first = fit_similarity(PersonGeometry(boxes, anchor_frames(valid, "first")), PersonGeometry.picture(reference))
+    clip = fit_similarity(PersonGeometry(boxes, anchor_frames(valid, "clip")), PersonGeometry.picture(reference))
     assert torch.allclose(first.apply_boxes(boxes[0]), reference, atol=0.5)
     assert torch.allclose(clip.apply_boxes(boxes[2]), reference, atol=0.5)
     assert first.tx == pytest.approx(clip.tx + 30.0)
@@ -87,9 +90,11 @@ def test_legs_cut_by_the_bottom_edge_still_put_head_and_shoulders_on_the_referen
     assert bool(ok[0]) and float(reference_box[0, 3]) == 128.0  # touches the bottom edge
     boxes, valid = mask_boxes(driving_mask[None].expand(4, -1, -1))
     notes = []
+    frame = (0, 0, size[1], size[0])
     t = fit_similarity(
-        boxes, valid, reference_box[0], image_size=size, notes=notes,
-        driving_face=driving_face if with_faces else None, reference_face=reference_face if with_faces else None,
+        PersonGeometry(boxes, valid, face=driving_face if with_faces else None, area=frame),
+        PersonGeometry.picture(reference_box[0], face=reference_face if with_faces else None, area=frame),
+        notes=notes,
     )
     assert t.scale == pytest.approx(1.6, abs=0.03)
     assert ("face size" if with_faces else "body width") in notes[0]
@@ -108,8 +113,9 @@ def test_the_face_refines_horizontal_placement():
     reference_mask, reference_face = figure(size, top=10, centre_x=90, height=120)
     boxes, valid = mask_boxes(driving_mask[None])
     reference_box = mask_boxes(reference_mask[None])[0][0]
-    with_face = fit_similarity(boxes, valid, reference_box, driving_face=driving_face, reference_face=reference_face)
-    without = fit_similarity(boxes, valid, reference_box)
+    with_face = fit_similarity(PersonGeometry(boxes, valid, face=driving_face),
+                               PersonGeometry.picture(reference_box, face=reference_face))
+    without = fit_similarity(PersonGeometry(boxes, valid), PersonGeometry.picture(reference_box))
     assert torch.allclose(face_centre(with_face.apply_boxes(driving_face)), face_centre(reference_face), atol=1.0)
     assert with_face.scale == pytest.approx(1.2, abs=0.02)  # still from the body height
     # the box alone centres the outstretched arm's box, which puts the head off by several pixels
@@ -121,8 +127,8 @@ def test_a_face_pair_far_from_the_bodies_is_ignored():
     boxes, valid = clip_of(driving)
     reference = torch.tensor([140.0, 20, 190, 120])
     notes = []
-    t = fit_similarity(boxes, valid, reference, driving_face=torch.tensor([55.0, 20, 75, 40]),
-                       reference_face=torch.tensor([0.0, 0, 20, 20]), notes=notes)
+    t = fit_similarity(PersonGeometry(boxes, valid, face=torch.tensor([55.0, 20, 75, 40])),
+                       PersonGeometry.picture(reference, face=torch.tensor([0.0, 0, 20, 20])), notes=notes)
     assert torch.allclose(t.apply_boxes(driving), reference, atol=1.0)
     assert "ignored" in notes[0]
 
@@ -155,9 +161,9 @@ def test_body_centre_lines_put_the_torso_on_the_reference_when_an_arm_reaches_ou
     centres = mask_centre_columns(driving_mask[None])[0]
     reference_centre = float(mask_centre_columns(reference_mask[None])[0][0])
     notes = []
-    t = fit_similarity(boxes, valid, reference_box, driving_centres=centres, reference_centre=reference_centre,
-                       notes=notes)
-    boxed = fit_similarity(boxes, valid, reference_box)
+    t = fit_similarity(PersonGeometry(boxes, valid, centres=centres),
+                       PersonGeometry.picture(reference_box, centre=reference_centre), notes=notes)
+    boxed = fit_similarity(PersonGeometry(boxes, valid), PersonGeometry.picture(reference_box))
     assert "x: body centre lines" in notes[0]
     assert t.scale == pytest.approx(1.2, abs=0.02)  # the height still sets the scale
     # the torso's centre (x = 50) lands within 3 px of the reference's (x = 90): the arm's share of the mask
@@ -175,9 +181,11 @@ def test_body_centre_lines_hold_when_the_arm_leaves_the_picture():
     reference_mask, _ = figure(size, top=20, centre_x=60, height=100)
     boxes, valid = mask_boxes(driving_mask[None])
     notes = []
-    t = fit_similarity(boxes, valid, mask_boxes(reference_mask[None])[0][0], image_size=size,
-                       driving_centres=mask_centre_columns(driving_mask[None])[0],
-                       reference_centre=float(mask_centre_columns(reference_mask[None])[0][0]), notes=notes)
+    frame = (0, 0, size[1], size[0])
+    t = fit_similarity(PersonGeometry(boxes, valid, area=frame, centres=mask_centre_columns(driving_mask[None])[0]),
+                       PersonGeometry.picture(mask_boxes(reference_mask[None])[0][0], area=frame,
+                                              centre=float(mask_centre_columns(reference_mask[None])[0][0])),
+                       notes=notes)
     assert "x: body centre lines" in notes[0] and "right" in notes[0]  # the cut side is reported
     assert abs(110.0 * t.scale + t.tx - 60.0) < 3.0  # the torso still lands on the reference's
 
@@ -185,16 +193,17 @@ def test_body_centre_lines_hold_when_the_arm_leaves_the_picture():
 def test_body_centre_lines_must_match_the_frames():
     boxes, valid = clip_of(torch.tensor([40.0, 20, 90, 120]))
     with pytest.raises(CueError, match="driving centres"):
-        fit_similarity(boxes, valid, torch.tensor([10.0, 10, 60, 110]), driving_centres=torch.zeros(3),
-                       reference_centre=30.0)
+        fit_similarity(PersonGeometry(boxes, valid, centres=torch.zeros(3)),
+                       PersonGeometry.picture(torch.tensor([10.0, 10, 60, 110]), centre=30.0))
 
 
 def test_fit_similarity_rejects_clips_without_a_person():
     boxes, valid = clip_of(torch.tensor([40.0, 20, 90, 120]))
     with pytest.raises(CueError, match="no person"):
-        fit_similarity(boxes, torch.zeros_like(valid), torch.tensor([0.0, 0, 10, 10]))
-    with pytest.raises(CueError, match="reference_box"):
-        fit_similarity(boxes, valid, torch.tensor([10.0, 10, 10, 40]))
+        fit_similarity(PersonGeometry(boxes, torch.zeros_like(valid)),
+                       PersonGeometry.picture(torch.tensor([0.0, 0, 10, 10])))
+    with pytest.raises(CueError, match="reference box"):
+        fit_similarity(PersonGeometry(boxes, valid), PersonGeometry.picture(torch.tensor([10.0, 10, 10, 40])))
 
 
 @pytest.mark.parametrize(

@@ -325,7 +325,8 @@ def test_plain_clothes_dress_the_same_identity_in_one_colour_and_keep_the_scene(
 
 
 def test_a_reference_in_place_keeps_its_pose_and_stands_where_the_clip_starts():
-    from directanimator.cues import anchor_frames, fit_similarity, mask_boxes, mask_centre_columns, warp_masks
+    from directanimator.cues import PersonGeometry, anchor_frames, fit_similarity, mask_boxes, mask_centre_columns
+    from directanimator.cues import warp_masks
 
     config = WorldConfig(height=96, width=96, num_frames=9, close_up_probability=0.0, identities=50, pseudo=False)
     moved = []
@@ -342,9 +343,10 @@ def test_a_reference_in_place_keeps_its_pose_and_stands_where_the_clip_starts():
         # the location cue's first-frame anchor puts the clip's own masks nearly back onto themselves
         masks = still.clip.person_masks
         boxes, valid = mask_boxes(masks)
-        t = fit_similarity(boxes, anchor_frames(valid, "first"), mask_boxes(still.reference.person_masks)[0][0],
-                           driving_centres=mask_centre_columns(masks)[0],
-                           reference_centre=float(mask_centre_columns(still.reference.person_masks)[0][0]))
+        t = fit_similarity(
+            PersonGeometry(boxes, anchor_frames(valid, "first"), centres=mask_centre_columns(masks)[0]),
+            PersonGeometry.picture(mask_boxes(still.reference.person_masks)[0][0],
+                                   centre=float(mask_centre_columns(still.reference.person_masks)[0][0])))
         warped = warp_masks(masks, t, (96, 96)) > 0.5
         overlap = ((warped & (masks > 0.5)).sum((1, 2)) / (warped | (masks > 0.5)).sum((1, 2))).mean()
         assert overlap > 0.6, (index, float(overlap))

@@ -108,8 +108,8 @@ def test_the_first_frame_anchor_puts_the_location_cue_where_the_cross_identity_t
     (an arm stretched out widens the box, not the centre line), and better again when the driver's first frame is
     fitted instead of the clip's medians: world motions travel and zoom from where the clip is placed, and the
     reference shows its identity's first frame. extract_cues fits the first frame by default (CueConfig.anchor)."""
-    from directanimator.cues import anchor_frames, fit_similarity, mask_boxes, mask_centre_columns, median_box
-    from directanimator.cues import warp_masks
+    from directanimator.cues import PersonGeometry, anchor_frames, fit_similarity, mask_boxes, mask_centre_columns
+    from directanimator.cues import median_box, warp_masks
     from training.world import cross_id_pair
 
     config = WorldConfig(height=128, width=128, num_frames=9, close_up_probability=close_ups, pseudo=False)
@@ -126,17 +126,21 @@ def test_the_first_frame_anchor_puts_the_location_cue_where_the_cross_identity_t
         boxes, valid = mask_boxes(drv.person_masks)
         reference_box = mask_boxes(ref.person_masks)[0][0]
         first = anchor_frames(valid, "first")
-        centres = dict(driving_centres=mask_centre_columns(drv.person_masks)[0],
-                       reference_centre=float(mask_centre_columns(ref.person_masks)[0][0]))
+        frame = (0, 0, 128, 128)
+        reference_face = ref.face_boxes[0] if bool(ref.face_valid[0]) else None
+        centre = float(mask_centre_columns(ref.person_masks)[0][0])
 
-        def faces(frames):
+        def driving(frames, centres=None):
             known = drv.face_valid & frames
-            return dict(driving_face=median_box(drv.face_boxes, known) if bool(known.any()) else None,
-                        reference_face=ref.face_boxes[0] if bool(ref.face_valid[0]) else None, image_size=(128, 128))
+            return PersonGeometry(boxes, frames, face=median_box(drv.face_boxes, known) if bool(known.any()) else None,
+                                  area=frame, centres=centres)
 
-        rules = {"box": fit_similarity(boxes, valid, reference_box, **faces(valid)),
-                 "centre": fit_similarity(boxes, valid, reference_box, **faces(valid), **centres),
-                 "first": fit_similarity(boxes, first, reference_box, **faces(first), **centres)}
+        boxed = PersonGeometry.picture(reference_box, face=reference_face, area=frame)
+        centred = PersonGeometry.picture(reference_box, face=reference_face, area=frame, centre=centre)
+        driving_centres = mask_centre_columns(drv.person_masks)[0]
+        rules = {"box": fit_similarity(driving(valid), boxed),
+                 "centre": fit_similarity(driving(valid, driving_centres), centred),
+                 "first": fit_similarity(driving(first, driving_centres), centred)}
         # extract_cues fits these rules (on close-ups its smoothed face track refines x, so compare whole figures)
         for anchor, rule in (("first", rules["first"]), ("clip", rules["centre"])) if not close_ups else ():
             used = exact_cues(ref, drv, replace(GIVEN, anchor=anchor)).record.transform

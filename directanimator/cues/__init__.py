@@ -6,13 +6,14 @@ from .face_cue import face_cue
 from .location_cue import align_pose_cue, anchor_frames, fit_similarity, grid_soften, location_cue, warp_masks
 from .pose_cue import low_pass, pose_cue
 from .preview import contact_sheet, cue_sheet, location_overlay, overlay_location
-from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
+from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, PersonGeometry, Similarity
 
 __all__ = [
     "CueConfig",
     "CueRecord",
     "CueTriplet",
     "FaceTrack",
+    "PersonGeometry",
     "Similarity",
     "align_pose_cue",
     "anchor_frames",

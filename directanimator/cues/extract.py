@@ -21,7 +21,7 @@ from .face_detection import _detect_faces
 from .location_cue import ALIGNED_POSE_NOTE, _location_cue, aligned_pose, anchor_frames, fit_similarity
 from .pose_cue import _pose_cue
 from .segmentation import _segment_person, bad_frames
-from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, Similarity
+from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
 
@@ -370,12 +370,11 @@ def extract_cues(
                      "(the first good one; CueConfig.anchor)")
     anchored_face = face_valid.cpu() & anchored
     transform = fit_similarity(
-        person_boxes.cpu(), anchored, ref_person.cpu(),
-        driving_face=median_box(face_tight.cpu(), anchored_face) if bool(anchored_face.any()) else None,
-        reference_face=ref_face,
-        image_size=size, driving_area=_content(d_box), reference_area=_content(r_box),
-        driving_centres=mask_centre_columns(masks)[0].cpu(),
-        reference_centre=float(mask_centre_columns(ref_mask)[0][0]),
+        PersonGeometry(person_boxes.cpu(), anchored,
+                       face=median_box(face_tight.cpu(), anchored_face) if bool(anchored_face.any()) else None,
+                       area=_content(d_box), centres=mask_centre_columns(masks)[0].cpu()),
+        PersonGeometry.picture(ref_person.cpu(), face=ref_face, area=_content(r_box),
+                               centre=float(mask_centre_columns(ref_mask)[0][0])),
         notes=notes,
     )
     # the frames and masks were checked once above; the builders below take them as they are

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
-from .types import ANCHORS, CueTriplet, Similarity
+from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +71,31 @@ def _anchor_offset(d_lo: float, d_hi: float, r_lo: float, r_hi: float, scale: fl
     return (r_lo + r_hi) / 2 - scale * (d_lo + d_hi) / 2
 
 
-def _centre_pair(driving_centres, driving_valid: Tensor, reference_centre) -> tuple[float, float] | None:
-    """(median driving centre line, reference centre line) in px, or None when either is missing."""
-    if driving_centres is None or reference_centre is None:
-        return None
-    centres = torch.as_tensor(driving_centres, dtype=torch.float32).cpu().reshape(-1)
-    if centres.shape != driving_valid.shape:
-        raise CueError(f"driving centres: expected [{driving_valid.shape[0]}] values (one per frame), got "
-                       f"{tuple(centres.shape)}.")
-    reference_centre = float(reference_centre)
-    if not math.isfinite(reference_centre) or not bool(torch.isfinite(centres[driving_valid]).all()):
-        raise CueError("body centre lines: got a non-finite value; they come from mask_centre_columns.")
-    return float(centres[driving_valid].quantile(0.5)), reference_centre
+def _fitted(person: PersonGeometry, name: str) -> tuple[Tensor, Tensor | None, Tensor | None, float | None]:
+    """`person` reduced to what the fit compares: its (median) box, face box, content area, and (median) body centre
+    column, each checked."""
+    boxes = torch.as_tensor(person.boxes, dtype=torch.float32).cpu()
+    valid = (torch.ones(boxes.shape[:1], dtype=torch.bool) if person.valid is None or boxes.ndim != 2
+             else torch.as_tensor(person.valid).to(torch.bool).cpu())
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or valid.shape != boxes.shape[:1]:
+        raise CueError(
+            f"{name} boxes: expected boxes [F, 4] and valid [F], got {tuple(boxes.shape)} and {tuple(valid.shape)}."
+        )
+    if not bool(valid.any()):
+        raise CueError(f"{name} boxes: no person box in any {name} frame; check the {name} masks.")
+    box = _as_box(median_box(boxes, valid), f"{name} box" if boxes.shape[0] == 1 else f"{name} median box")
+    face = None if person.face is None else _as_box(torch.as_tensor(person.face).cpu(), f"{name} face")
+    area = None if person.area is None else torch.as_tensor(person.area, dtype=torch.float32).cpu()
+    centre = None
+    if person.centres is not None:
+        centres = torch.as_tensor(person.centres, dtype=torch.float32).cpu().reshape(-1)
+        if centres.shape != valid.shape:
+            raise CueError(f"{name} centres: expected [{valid.shape[0]}] values (one per frame), got "
+                           f"{tuple(centres.shape)}.")
+        if not bool(torch.isfinite(centres[valid]).all()):
+            raise CueError("body centre lines: got a non-finite value; they come from mask_centre_columns.")
+        centre = float(centres[valid].quantile(0.5))
+    return box, face, area, centre
 
 
 def anchor_frames(valid: Tensor, anchor: str = "first", *, bad: Tensor | None = None) -> Tensor:
@@ -105,57 +118,26 @@ def anchor_frames(valid: Tensor, anchor: str = "first", *, bad: Tensor | None = 
     return chosen
 
 
-def fit_similarity(
-    driving_boxes: Tensor,
-    driving_valid: Tensor,
-    reference_box: Tensor,
-    *,
-    driving_face: Tensor | None = None,
-    reference_face: Tensor | None = None,
-    image_size: tuple[int, int] | None = None,
-    driving_area: Tensor | None = None,
-    reference_area: Tensor | None = None,
-    driving_centres: Tensor | None = None,
-    reference_centre: float | None = None,
-    notes: list | None = None,
-) -> Similarity:
-    """One scale + translation for the clip, taking the driving person onto the reference person.
+def fit_similarity(driving: PersonGeometry, reference: PersonGeometry, *, notes: list | None = None) -> Similarity:
+    """One scale + translation for the clip, taking the `driving` person onto the `reference` person.
 
-    `driving_boxes` ``[F, 4]`` (with ``driving_valid [F]``, the frames to fit on: `anchor_frames` picks them) are
-    reduced to their median box D; R is
-    `reference_box`. A side of a box is "cut" when it touches the border of its picture: `driving_area` /
-    `reference_area` (content rectangles, e.g. inside a letterbox), default ``(0, 0, W, H)`` of `image_size`
-    ``(H, W)``; with neither, nothing counts as cut. `driving_face` / `reference_face` are face boxes (median over
-    the clip for the driving one), optional.
+    The driving boxes (over the frames `driving.valid` picks: `anchor_frames`) are reduced to their median box D;
+    R is the reference's box. A side of a box is "cut" when it touches the border of its picture's `area`; with
+    no area, nothing counts as cut. Faces are used when both geometries have one.
 
     Scale: body height ``R_h / D_h`` when no top or bottom is cut; else the face size ratio when both faces are
     known; else the width ratio when no left or right side is cut; else the visible height ratio.
-    Translation, horizontally: the body centre lines (`driving_centres` ``[F]``, median over the valid frames, and
-    `reference_centre`, from `mask_centre_columns`) when both are given: they follow the torso where box edges
-    follow an outstretched arm, also when the arm leaves the picture. Else the face centres when both faces are
-    known, else the uncut edge or the box centres. Vertically: the uncut edge (e.g. the tops when legs are cut
-    by the bottom edge) or the centres, or the face centres when the height could not be used. A face alignment
-    that would move the body by more than a quarter of the reference width (height) is ignored. The rule used
-    is appended to `notes`.
+    Translation, horizontally: the body centre lines (`centres`, the median over the fitted frames) when both
+    have them: they follow the torso where box edges follow an outstretched arm, also when the arm leaves the
+    picture. Else the face centres when both faces are known, else the uncut edge or the box centres.
+    Vertically: the uncut edge (e.g. the tops when legs are cut by the bottom edge) or the centres, or the face
+    centres when the height could not be used. A face alignment that would move the body by more than a quarter
+    of the reference width (height) is ignored. The rule used is appended to `notes`.
     """
-    driving_boxes = torch.as_tensor(driving_boxes, dtype=torch.float32).cpu()
-    driving_valid = torch.as_tensor(driving_valid).to(torch.bool).cpu()
-    if driving_boxes.ndim != 2 or driving_boxes.shape[1] != 4 or driving_valid.shape != driving_boxes.shape[:1]:
-        raise CueError(
-            f"driving boxes: expected boxes [F, 4] and valid [F], got {tuple(driving_boxes.shape)} and "
-            f"{tuple(driving_valid.shape)}."
-        )
-    if not bool(driving_valid.any()):
-        raise CueError("driving boxes: no person box in any driving frame; check the driving masks.")
-    d = _as_box(median_box(driving_boxes, driving_valid), "driving median box")
-    r = _as_box(torch.as_tensor(reference_box).cpu(), "reference_box")
-    d_face = None if driving_face is None else _as_box(torch.as_tensor(driving_face).cpu(), "driving_face")
-    r_face = None if reference_face is None else _as_box(torch.as_tensor(reference_face).cpu(), "reference_face")
+    d, d_face, d_area, d_centre_x = _fitted(driving, "driving")
+    r, r_face, r_area, r_centre_x = _fitted(reference, "reference")
     faces = d_face is not None and r_face is not None
 
-    full = None if image_size is None else torch.tensor([0.0, 0.0, float(image_size[1]), float(image_size[0])])
-    d_area = full if driving_area is None else torch.as_tensor(driving_area, dtype=torch.float32).cpu()
-    r_area = full if reference_area is None else torch.as_tensor(reference_area, dtype=torch.float32).cpu()
     none_cut = {"left": False, "top": False, "right": False, "bottom": False}
     d_cut = none_cut if d_area is None else _cut_edges(d, d_area)
     r_cut = none_cut if r_area is None else _cut_edges(r, r_area)
@@ -177,9 +159,8 @@ def fit_similarity(
     tx = _anchor_offset(float(d[0]), float(d[2]), float(r[0]), float(r[2]), scale, cut["left"], cut["right"])
     ty = _anchor_offset(float(d[1]), float(d[3]), float(r[1]), float(r[3]), scale, cut["top"], cut["bottom"])
     anchor_x, anchor_y = "box edges", "box edges"
-    centres = _centre_pair(driving_centres, driving_valid, reference_centre)
-    if centres is not None:
-        tx, anchor_x = centres[1] - scale * centres[0], "body centre lines"
+    if d_centre_x is not None and r_centre_x is not None:
+        tx, anchor_x = r_centre_x - scale * d_centre_x, "body centre lines"
     if faces:
         d_centre = (d_face[:2] + d_face[2:]) / 2
         r_centre = (r_face[:2] + r_face[2:]) / 2

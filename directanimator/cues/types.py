@@ -185,6 +185,29 @@ class Similarity:
         return Similarity(1.0 / self.scale, -self.tx / self.scale, -self.ty / self.scale)
 
 
+@dataclass(frozen=True)
+class PersonGeometry:
+    """Where a person stands, in working-frame pixels: what `fit_similarity` compares between driving and reference.
+
+    A clip has one box per frame and `valid` picks the frames the fit uses (`anchor_frames`), reduced to their
+    median; one picture (the reference) is a clip of one frame, made by :meth:`picture`.
+    """
+
+    boxes: Tensor  # [F, 4] person boxes (x0, y0, x1, y1) px
+    valid: Tensor | None = None  # [F] bool: the frames to fit on; None: every frame
+    face: Tensor | None = None  # one face box (x0, y0, x1, y1) px (a clip's: e.g. the median over `valid`)
+    # the content rectangle (x0, y0, x1, y1) px, e.g. inside a letterbox or (0, 0, W, H): a box side on its border
+    # is cut (the person goes on outside the picture); None: no side counts as cut
+    area: Tensor | tuple[float, float, float, float] | None = None
+    centres: Tensor | None = None  # [F] body centre columns px (`mask_centre_columns`); None: box rules only
+
+    @classmethod
+    def picture(cls, box, *, face=None, area=None, centre: float | None = None) -> "PersonGeometry":
+        """The person of one picture: its box ``(x0, y0, x1, y1)`` px and, optionally, face, area and centre column."""
+        return cls(boxes=torch.as_tensor(box, dtype=torch.float32).reshape(1, -1), face=face, area=area,
+                   centres=None if centre is None else torch.tensor([float(centre)]))
+
+
 @dataclass
 class CueRecord:
     """What cue extraction found and decided, for previews, debugging and training caches."""
