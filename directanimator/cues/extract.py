@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -96,8 +97,10 @@ class _Progress:
 
     def __init__(self, total: int, on_frame: Callable[[int], None] | None):
         self.total, self.on_frame, self.done = total, on_frame, 0
+        self.fraction = 0.0  # the furthest point reached, so that a later stage knows where its share starts
 
     def advance_to(self, fraction: float) -> None:
+        self.fraction = max(self.fraction, fraction)
         target = min(self.total, int(math.floor(fraction * self.total + 1e-9)))
         while self.done < target:
             if self.on_frame is not None:
@@ -222,6 +225,278 @@ def _reference_face(ref: Tensor, person_box: Tensor, backend: str) -> tuple[Tens
     return box, track.backend or backend, True
 
 
+# ------------------------------------------------------------------------------------------------ stages
+# extract_cues runs these in order; each takes what the earlier ones found and appends its decisions to `notes`.
+
+
+@dataclass
+class _Inputs:
+    """The caller's inputs, checked: frames on the driving device, given masks and face boxes at the inputs' sizes."""
+
+    reference: Tensor  # [1, h', w', 3]
+    driving: Tensor  # [F, h, w, 3]
+    driving_mask: Tensor | None
+    reference_mask: Tensor | None
+    driving_faces: FaceTrack | None  # source pixels
+    reference_face: Tensor | None  # (x0, y0, x1, y1) source pixels
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The working frame: its size and how each input is letterboxed into it."""
+
+    size: tuple[int, int]
+    driving: ResizePlan
+    reference: ResizePlan
+
+
+@dataclass
+class _Reference:
+    """The reference at the working size, its person mask and boxes, and the backends that found them."""
+
+    frame: Tensor  # [1, H, W, 3]
+    mask: Tensor  # [1, H, W]
+    person_box: Tensor  # [4] px
+    face_box: Tensor | None  # [4] px, None when no face was found
+    segmenter: str
+    face_detector: str
+
+
+@dataclass
+class _Driving:
+    """The driving frames at the working size, their person masks and boxes, and the face track."""
+
+    frames: Tensor  # [F, H, W, 3]
+    masks: Tensor  # [F, H, W]
+    person_boxes: Tensor  # [F, 4] px
+    person_valid: Tensor  # [F]
+    bad: Tensor  # [F] frames whose pose cue is blanked
+    track: FaceTrack  # gap-filled (and, when detected, smoothed)
+    face_valid: Tensor  # [F], on the frames' device
+    face_tight: Tensor  # [F, 4] face boxes px
+    face_crop: Tensor  # [F, 4] the squared, enlarged boxes the face cue crops
+    segmenter: str
+
+
+def _checked_inputs(reference, driving, config: CueConfig, driving_mask, driving_face_boxes, driving_face_valid,
+                    reference_mask, reference_face_box) -> _Inputs:
+    """Every input checked before any work, with an error naming it and the fix."""
+    for value, name in ((reference, "reference"), (driving, "driving"), (driving_mask, "driving_mask"),
+                        (reference_mask, "reference_mask")):
+        _check_unit_scale(value, name)
+    reference = as_frames(reference, name="reference")
+    driving = as_frames(driving, name="driving")
+    if reference.shape[0] != 1:
+        raise CueError(
+            f"reference: expected one image [1, H, W, 3], got {reference.shape[0]} frames. Pick one frame."
+        )
+    reference = reference.to(driving.device)
+    count = driving.shape[0]
+    if config.segmenter == "given" and driving_mask is None:
+        raise CueError("driving_mask: the segmenter is 'given' but no driving mask was passed. Pass one mask per "
+                       "driving frame, or choose the 'mediapipe' or 'sam' segmenter.")
+    if config.face_detector == "given" and driving_face_boxes is None:
+        raise CueError("driving_face_boxes: the face detector is 'given' but no boxes were passed. Pass one box per "
+                       "driving frame, or choose the 'auto', 'mediapipe' or 'opencv' face detector.")
+    d_mask = None if driving_mask is None else cue_masks(driving_mask, driving, name="driving_mask")
+    r_mask = None if reference_mask is None else cue_masks(reference_mask, reference, name="reference_mask")
+    d_track = None if driving_face_boxes is None else _face_track(
+        driving_face_boxes, driving_face_valid, count, "driving_face_boxes")
+    r_face = None
+    if reference_face_box is not None:
+        r_face = torch.as_tensor(reference_face_box, dtype=torch.float32).cpu().reshape(-1)
+        if r_face.shape[0] != 4 or not (r_face[2] > r_face[0] and r_face[3] > r_face[1]):
+            raise CueError(f"reference_face_box: expected one box (x0, y0, x1, y1) px with area, got "
+                           f"{r_face.tolist()}.")
+    return _Inputs(reference, driving, d_mask, r_mask, d_track, r_face)
+
+
+def _working_frame(inputs: _Inputs, config: CueConfig, notes: list[str]) -> _Frame:
+    """The working size (`working_size`) and the letterbox of each input into it."""
+    size, size_note = working_size(tuple(inputs.driving.shape[1:3]), config)
+    frame = _Frame(size, resize_plan(tuple(inputs.driving.shape[1:3]), size, "pad"),
+                   resize_plan(tuple(inputs.reference.shape[1:3]), size, "pad"))
+    notes += [size_note, _describe(frame.driving, "driving"), _describe(frame.reference, "reference")]
+    return frame
+
+
+def _reference_backends(config: CueConfig) -> tuple[str, str]:
+    """The segmenter and face detector for the parts of the reference not given ("given" falls back)."""
+    return (config.segmenter if config.segmenter != "given" else DEFAULT_SEGMENTER,
+            config.face_detector if config.face_detector != "given" else DEFAULT_FACE_DETECTOR)
+
+
+def _analyse_reference(inputs: _Inputs, frame: _Frame, config: CueConfig, notes: list[str]) -> _Reference:
+    """Mask, person box and face box of the reference; first, so that no person there fails before the driving
+    work."""
+    seg_backend, face_backend = _reference_backends(config)
+    ref = resize_frames(inputs.reference, frame.size, "pad")
+    if inputs.reference_mask is not None:
+        mask, segmenter = _resized_masks(inputs.reference_mask, frame.reference), "given"
+    else:
+        mask = _segment_person(ref, backend=seg_backend, sam_checkpoint=config.sam_checkpoint)
+        mask, segmenter = mask.to(inputs.driving.device), seg_backend
+    person, has_person = mask_boxes(mask)
+    if not bool(has_person[0]):
+        raise CueError("no person found in the reference; pass a reference mask or choose an image with a "
+                       "visible person")
+    person = person[0]
+    if inputs.reference_face is not None:
+        face, face_detector = frame.reference.map_boxes(inputs.reference_face), "given"
+    else:
+        face, face_detector, found_in_head = _reference_face(ref, person, face_backend)
+        if found_in_head:
+            notes.append("reference: face found in the enlarged head region (not in the whole picture)")
+        if face is None:
+            notes.append("reference: no face found; the location transform uses the body boxes only and the "
+                         "reference face cue is black")
+    return _Reference(ref, mask, person, face, segmenter, face_detector)
+
+
+def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress: _Progress,
+                     notes: list[str]) -> _Driving:
+    """Person masks, bad frames and the face track of the driving frames: segmentation and face detection (at
+    once, when both run), reported as SEGMENTATION_SHARE and FACE_DETECTION_SHARE of the progress."""
+    device, count = inputs.driving.device, inputs.driving.shape[0]
+    seg_backend = _reference_backends(config)[0]
+    drv = resize_frames(inputs.driving, frame.size, "pad")
+    detecting = inputs.driving_faces is None
+    seg_end = SEGMENTATION_SHARE if inputs.driving_mask is None else 0.0
+    face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
+    raw = None
+    if inputs.driving_mask is not None:
+        masks, segmenter = _resized_masks(inputs.driving_mask, frame.driving), "given"
+    else:
+        def segment(report: Callable[[int], None]) -> Tensor:
+            return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report)
+
+        if detecting:  # both detectors at once; the segmentation's progress stands for both
+            masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end))
+        else:
+            masks = segment(progress.stage(0.0, seg_end))
+        masks, segmenter = masks.to(device), seg_backend
+    progress.advance_to(seg_end)
+    person_boxes, person_valid = mask_boxes(masks)
+    if not bool(person_valid.any()):
+        raise CueError(f"driving: no person found in any of the {count} frames. Pass a driving mask, or use a "
+                       "video in which a person is visible (try the other segmenter).")
+    bad = bad_frames(masks, area_jump=config.area_jump).to(device=device, dtype=torch.bool).reshape(-1)
+    if bool(bad.any()):
+        notes.append(f"driving: {int(bad.sum())} of {count} frames have an empty or jumping person mask; "
+                     "their pose cue is blank")
+
+    if not detecting:
+        given = inputs.driving_faces
+        raw = FaceTrack(frame.driving.map_boxes(given.boxes.float().cpu()), given.valid.cpu().to(torch.bool),
+                        detected=given.detected.cpu(), backend=given.backend or "given")
+        track = smooth_track(raw, window=1, max_gap=config.max_face_gap)
+    else:
+        if raw is None:
+            raw = _detect_faces(drv, backend=config.face_detector, on_frame=progress.stage(seg_end, face_end))
+        track = smooth_track(FaceTrack(raw.boxes.float().cpu(), raw.valid.cpu().to(torch.bool),
+                                       detected=raw.detected.cpu(), backend=raw.backend),
+                             window=config.face_smooth, max_gap=config.max_face_gap)
+    progress.advance_to(face_end)
+    face_valid = track.valid.to(device)
+    face_tight = track.boxes.to(device)
+    if not bool(face_valid.any()):
+        notes.append("driving: no face found in any frame; the face cue is black and the face location zero")
+    else:
+        filled = int(face_valid.sum()) - int((track.detected.to(torch.bool) & track.valid).sum())
+        if filled:
+            notes.append(f"driving: face boxes filled across short gaps in {filled} frames")
+    return _Driving(drv, masks, person_boxes, person_valid, bad, track, face_valid, face_tight,
+                    square_boxes(face_tight, scale=config.face_scale), segmenter)
+
+
+def _fit_location(driving: _Driving, reference: _Reference, frame: _Frame, config: CueConfig,
+                  notes: list[str]) -> Similarity:
+    """The location transform: the driving person (on the anchor frames) onto the reference person."""
+    anchored = anchor_frames(driving.person_valid, config.anchor, bad=driving.bad)
+    if config.anchor == "first":
+        notes.append(f"location transform: anchored on driving frame {int(torch.nonzero(anchored)[0, 0])} "
+                     "(the first good one; CueConfig.anchor)")
+    anchored_face = driving.face_valid.cpu() & anchored
+    return fit_similarity(
+        PersonGeometry(driving.person_boxes.cpu(), anchored,
+                       face=(median_box(driving.face_tight.cpu(), anchored_face) if bool(anchored_face.any())
+                             else None),
+                       area=_content(frame.driving), centres=mask_centre_columns(driving.masks)[0].cpu()),
+        PersonGeometry.picture(reference.person_box.cpu(), face=reference.face_box, area=_content(frame.reference),
+                               centre=float(mask_centre_columns(reference.mask)[0][0])),
+        notes=notes,
+    )
+
+
+def _filtering(config: CueConfig) -> dict:
+    """The pose cue's low-pass options."""
+    return dict(cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order)
+
+
+def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int], config: CueConfig,
+                  progress: _Progress) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pose, face, body-location and face-location cues of the driving frames, the two halves of the clip at once
+    on the CPU; the rest of the progress."""
+    drv, masks, bad = driving.frames, driving.masks, driving.bad
+    count, device, start = drv.shape[0], drv.device, progress.fraction
+    # the frames and masks were checked once; the builders take them as they are
+    filtering = _filtering(config)
+    pose = torch.empty(count, *size, 3, device=device)
+    face = torch.empty(count, *size, 3, device=device)
+    body_location = torch.empty(count, *size, device=device)
+    face_location = torch.empty(count, *size, device=device)
+
+    def build(first: int, stop: int) -> None:
+        part = slice(first, stop)
+        report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
+        _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
+        if config.align_pose:
+            pose[part] = aligned_pose(pose[part], transform)
+        if report:
+            progress.advance_to(start + (1.0 - start) / 3)
+        _face_cue(drv[part], driving.face_crop[part], driving.face_valid[part], out=face[part])
+        if report:
+            progress.advance_to(start + 2 * (1.0 - start) / 3)
+        _location_cue(masks[part], driving.face_tight[part], driving.face_valid[part], transform, out_size=size,
+                      cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]))
+
+    _in_two_halves(count, build, parallel=device.type == "cpu")
+    return pose, face, body_location, face_location
+
+
+def _reference_cues(reference: _Reference, size: tuple[int, int], config: CueConfig,
+                    device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The reference's own pose, face and location cues (its location transform is the identity)."""
+    face_box = torch.zeros(1, 4, device=device) if reference.face_box is None else reference.face_box.to(device)[None]
+    face_ok = torch.tensor([reference.face_box is not None], device=device)
+    pose = _pose_cue(reference.frame, reference.mask, bad=None, on_frame=None, **_filtering(config))
+    face = _face_cue(reference.frame, square_boxes(face_box, scale=config.face_scale), face_ok)
+    body_location, face_location = _location_cue(reference.mask, face_box, face_ok, Similarity(), out_size=size,
+                                                  cell=config.grid_cell, blur=config.grid_blur)
+    return pose, face, body_location, face_location
+
+
+def _record(driving: _Driving, reference: _Reference, frame: _Frame, transform: Similarity, config: CueConfig,
+            notes: list[str]) -> CueRecord:
+    face_crop, face_valid = driving.face_crop, driving.face_valid
+    return CueRecord(
+        person_boxes=driving.person_boxes.cpu(),
+        person_valid=driving.person_valid.cpu(),
+        face_boxes=torch.where(face_valid[:, None], face_crop, torch.zeros_like(face_crop)).cpu(),
+        face_valid=face_valid.cpu(),
+        bad_frames=driving.bad.cpu(),
+        transform=transform,
+        reference_person_box=reference.person_box.cpu(),
+        reference_face_box=None if reference.face_box is None else reference.face_box.cpu(),
+        backends={"segmenter": driving.segmenter, "face_detector": driving.track.backend or "given",
+                  "reference_segmenter": reference.segmenter, "reference_face_detector": reference.face_detector},
+        notes=notes,
+        pose_aligned=config.align_pose,
+        geometry={"working_size": list(frame.size), "driving": _geometry(frame.driving),
+                  "reference": _geometry(frame.reference)},
+    )
+
+
 def extract_cues(
     reference: Tensor,
     driving: Tensor,
@@ -254,181 +529,25 @@ def extract_cues(
     Inputs already at the working size are not copied, so the triplet's ``reference`` may be `reference` itself.
     """
     config = (config or CueConfig()).validate()
-    for value, name in ((reference, "reference"), (driving, "driving"), (driving_mask, "driving_mask"),
-                        (reference_mask, "reference_mask")):
-        _check_unit_scale(value, name)
-    reference = as_frames(reference, name="reference")
-    driving = as_frames(driving, name="driving")
-    if reference.shape[0] != 1:
-        raise CueError(
-            f"reference: expected one image [1, H, W, 3], got {reference.shape[0]} frames. Pick one frame."
-        )
-    device = driving.device
-    reference = reference.to(device)
-    count = driving.shape[0]
-    if config.segmenter == "given" and driving_mask is None:
-        raise CueError("driving_mask: the segmenter is 'given' but no driving mask was passed. Pass one mask per "
-                       "driving frame, or choose the 'mediapipe' or 'sam' segmenter.")
-    if config.face_detector == "given" and driving_face_boxes is None:
-        raise CueError("driving_face_boxes: the face detector is 'given' but no boxes were passed. Pass one box per "
-                       "driving frame, or choose the 'auto', 'mediapipe' or 'opencv' face detector.")
-    d_mask_in = None if driving_mask is None else cue_masks(driving_mask, driving, name="driving_mask")
-    r_mask_in = None if reference_mask is None else cue_masks(reference_mask, reference, name="reference_mask")
-    d_track_in = None if driving_face_boxes is None else _face_track(
-        driving_face_boxes, driving_face_valid, count, "driving_face_boxes")
-    r_face_in = None
-    if reference_face_box is not None:
-        r_face_in = torch.as_tensor(reference_face_box, dtype=torch.float32).cpu().reshape(-1)
-        if r_face_in.shape[0] != 4 or not (r_face_in[2] > r_face_in[0] and r_face_in[3] > r_face_in[1]):
-            raise CueError(f"reference_face_box: expected one box (x0, y0, x1, y1) px with area, got "
-                           f"{r_face_in.tolist()}.")
-
+    inputs = _checked_inputs(reference, driving, config, driving_mask, driving_face_boxes, driving_face_valid,
+                             reference_mask, reference_face_box)
     notes: list[str] = []
-    size, size_note = working_size(tuple(driving.shape[1:3]), config)
-    notes.append(size_note)
-    d_box = resize_plan(tuple(driving.shape[1:3]), size, "pad")
-    r_box = resize_plan(tuple(reference.shape[1:3]), size, "pad")
-    notes += [_describe(d_box, "driving"), _describe(r_box, "reference")]
-    seg_backend = config.segmenter if config.segmenter != "given" else DEFAULT_SEGMENTER
-    face_backend = config.face_detector if config.face_detector != "given" else DEFAULT_FACE_DETECTOR
-    progress = _Progress(count, on_frame)
-
-    # the reference first: one frame, and a missing person there must fail before the driving work
-    ref = resize_frames(reference, size, "pad")
-    if r_mask_in is not None:
-        ref_mask, ref_seg = _resized_masks(r_mask_in, r_box), "given"
-    else:
-        ref_mask = _segment_person(ref, backend=seg_backend, sam_checkpoint=config.sam_checkpoint).to(device)
-        ref_seg = seg_backend
-    ref_person, ref_has_person = mask_boxes(ref_mask)
-    if not bool(ref_has_person[0]):
-        raise CueError("no person found in the reference; pass a reference mask or choose an image with a "
-                       "visible person")
-    ref_person = ref_person[0]
-    if r_face_in is not None:
-        ref_face, ref_face_backend = r_box.map_boxes(r_face_in), "given"
-    else:
-        ref_face, ref_face_backend, found_in_head = _reference_face(ref, ref_person, face_backend)
-        if found_in_head:
-            notes.append("reference: face found in the enlarged head region (not in the whole picture)")
-        if ref_face is None:
-            notes.append("reference: no face found; the location transform uses the body boxes only and the "
-                         "reference face cue is black")
-
-    drv = resize_frames(driving, size, "pad")
-    segmenting = d_mask_in is None
-    detecting = d_track_in is None
-    seg_end = SEGMENTATION_SHARE if segmenting else 0.0
-    face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
-    raw = None
-    if d_mask_in is not None:
-        masks, drv_seg = _resized_masks(d_mask_in, d_box), "given"
-    else:
-        def segment(report: Callable[[int], None]) -> Tensor:
-            return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report)
-
-        if detecting:  # both detectors at once; the segmentation's progress stands for both
-            masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end))
-        else:
-            masks = segment(progress.stage(0.0, seg_end))
-        masks = masks.to(device)
-        drv_seg = seg_backend
-    progress.advance_to(seg_end)
-    person_boxes, person_valid = mask_boxes(masks)
-    if not bool(person_valid.any()):
-        raise CueError(f"driving: no person found in any of the {count} frames. Pass a driving mask, or use a "
-                       "video in which a person is visible (try the other segmenter).")
-    bad = bad_frames(masks, area_jump=config.area_jump).to(device=device, dtype=torch.bool).reshape(-1)
-    if bool(bad.any()):
-        notes.append(f"driving: {int(bad.sum())} of {count} frames have an empty or jumping person mask; "
-                     "their pose cue is blank")
-
-    if d_track_in is not None:
-        raw = FaceTrack(d_box.map_boxes(d_track_in.boxes.float().cpu()), d_track_in.valid.cpu().to(torch.bool),
-                        detected=d_track_in.detected.cpu(), backend=d_track_in.backend or "given")
-        track = smooth_track(raw, window=1, max_gap=config.max_face_gap)
-    else:
-        if raw is None:
-            raw = _detect_faces(drv, backend=config.face_detector, on_frame=progress.stage(seg_end, face_end))
-        track = smooth_track(FaceTrack(raw.boxes.float().cpu(), raw.valid.cpu().to(torch.bool),
-                                       detected=raw.detected.cpu(), backend=raw.backend),
-                             window=config.face_smooth, max_gap=config.max_face_gap)
-    progress.advance_to(face_end)
-    face_valid = track.valid.to(device)
-    face_tight = track.boxes.to(device)
-    face_crop = square_boxes(face_tight, scale=config.face_scale)
-    if not bool(face_valid.any()):
-        notes.append("driving: no face found in any frame; the face cue is black and the face location zero")
-    else:
-        filled = int(face_valid.sum()) - int((track.detected.to(torch.bool) & track.valid).sum())
-        if filled:
-            notes.append(f"driving: face boxes filled across short gaps in {filled} frames")
-
-    anchored = anchor_frames(person_valid, config.anchor, bad=bad)
-    if config.anchor == "first":
-        notes.append(f"location transform: anchored on driving frame {int(torch.nonzero(anchored)[0, 0])} "
-                     "(the first good one; CueConfig.anchor)")
-    anchored_face = face_valid.cpu() & anchored
-    transform = fit_similarity(
-        PersonGeometry(person_boxes.cpu(), anchored,
-                       face=median_box(face_tight.cpu(), anchored_face) if bool(anchored_face.any()) else None,
-                       area=_content(d_box), centres=mask_centre_columns(masks)[0].cpu()),
-        PersonGeometry.picture(ref_person.cpu(), face=ref_face, area=_content(r_box),
-                               centre=float(mask_centre_columns(ref_mask)[0][0])),
-        notes=notes,
-    )
-    # the frames and masks were checked once above; the builders below take them as they are
-    filtering = dict(cutoff=config.cutoff, filter=config.filter, order=config.butterworth_order)
-    pose = torch.empty(count, *size, 3, device=device)
-    face = torch.empty(count, *size, 3, device=device)
-    body_location = torch.empty(count, *size, device=device)
-    face_location = torch.empty(count, *size, device=device)
-
-    def build(start: int, stop: int) -> None:
-        part = slice(start, stop)
-        report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
-        _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
-        if config.align_pose:
-            pose[part] = aligned_pose(pose[part], transform)
-        if report:
-            progress.advance_to(face_end + (1.0 - face_end) / 3)
-        _face_cue(drv[part], face_crop[part], face_valid[part], out=face[part])
-        if report:
-            progress.advance_to(face_end + 2 * (1.0 - face_end) / 3)
-        _location_cue(masks[part], face_tight[part], face_valid[part], transform, out_size=size,
-                      cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]))
-
-    _in_two_halves(count, build, parallel=device.type == "cpu")
-
+    frame = _working_frame(inputs, config, notes)
+    progress = _Progress(inputs.driving.shape[0], on_frame)
+    ref = _analyse_reference(inputs, frame, config, notes)
+    drv = _analyse_driving(inputs, frame, config, progress, notes)
+    transform = _fit_location(drv, ref, frame, config, notes)
+    pose, face, body_location, face_location = _driving_cues(drv, transform, frame.size, config, progress)
     if config.align_pose:
         notes.append(ALIGNED_POSE_NOTE)
-    ref_face_t = torch.zeros(1, 4, device=device) if ref_face is None else ref_face.to(device)[None]
-    ref_face_ok = torch.tensor([ref_face is not None], device=device)
-    reference_pose = _pose_cue(ref, ref_mask, bad=None, on_frame=None, **filtering)
-    reference_face = _face_cue(ref, square_boxes(ref_face_t, scale=config.face_scale), ref_face_ok)
-    ref_body_loc, ref_face_loc = _location_cue(ref_mask, ref_face_t, ref_face_ok, Similarity(), out_size=size,
-                                              cell=config.grid_cell, blur=config.grid_blur)
+    ref_pose, ref_face, ref_body_location, ref_face_location = _reference_cues(ref, frame.size, config,
+                                                                               inputs.driving.device)
     progress.advance_to(1.0)
-
-    record = CueRecord(
-        person_boxes=person_boxes.cpu(),
-        person_valid=person_valid.cpu(),
-        face_boxes=torch.where(face_valid[:, None], face_crop, torch.zeros_like(face_crop)).cpu(),
-        face_valid=face_valid.cpu(),
-        bad_frames=bad.cpu(),
-        transform=transform,
-        reference_person_box=ref_person.cpu(),
-        reference_face_box=None if ref_face is None else ref_face.cpu(),
-        backends={"segmenter": drv_seg, "face_detector": track.backend or "given",
-                  "reference_segmenter": ref_seg, "reference_face_detector": ref_face_backend},
-        notes=notes,
-        pose_aligned=config.align_pose,
-        geometry={"working_size": list(size), "driving": _geometry(d_box), "reference": _geometry(r_box)},
-    )
     for note in notes:
         log.debug("cues: %s", note)
     return CueTriplet(
         pose=pose, face=face, body_location=body_location, face_location=face_location,
-        reference=ref, reference_mask=ref_mask, reference_pose=reference_pose, reference_face=reference_face,
-        reference_body_location=ref_body_loc, reference_face_location=ref_face_loc, record=record,
+        reference=ref.frame, reference_mask=ref.mask, reference_pose=ref_pose, reference_face=ref_face,
+        reference_body_location=ref_body_location, reference_face_location=ref_face_location,
+        record=_record(drv, ref, frame, transform, config, notes),
     )
