@@ -268,8 +268,8 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
     from directanimator.errors import CueError
     from directanimator.metrics import summary
     from directanimator.pipeline import animate_triplet
+    from directanimator.plan import sampling_plan
     from training.evidence import cue_path_triplet, mediapipe_skeleton
-    from training.validate import _cue_config
     from training.world.cues import exact_cues
     from training.world.degrade import Degradation
     from training.world.pairs import make_sample
@@ -277,7 +277,7 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
 
     w, size = recipe.world, recipe.world.size
     cue_model, skeleton_model = _model(work, runs["stage1"]), _model(work, runs["stage1_skeleton"])
-    config = _cue_config(cue_model, None)
+    config = sampling_plan(cue_model).cue_config
     detect = (spec.detect_size, spec.detect_size)
     rows = []
     settings = [(name, s) for name in spec.degradations for s in spec.strengths if s > 0] + [("clean", 0.0)]
@@ -317,7 +317,8 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
 
 def measure_cutoff(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) -> dict:
     from training.evidence import colour_histogram, colour_similarity, cross_pairs, foreground_iou, sample_scores
-    from training.validate import held_out_entries, pair_triplet, read_entries, _cue_config
+    from directanimator.plan import sampling_plan
+    from training.validate import held_out_entries, pair_triplet, read_entries
     from training.world.background import render_background
     from training.world.pairs import make_sample
 
@@ -337,7 +338,7 @@ def measure_cutoff(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dic
         truths.append({"target_masks": masks, "driving": colour_histogram(item.pair.driving.float(), driving_masks),
                        "reference": colour_histogram(item.target, masks)})
         plates.append(plate)
-    base = _cue_config(model, None)
+    base = sampling_plan(model).cue_config
     rows = []
     for cutoff in tqdm(spec.cutoffs, desc="cutoff", unit="cutoff"):
         config = replace(base, cutoff=float(cutoff))

@@ -42,7 +42,8 @@ from directanimator.metrics import moving_pixels  # noqa: E402
 from directanimator.models import load_model  # noqa: E402
 from directanimator.pipeline import animate_triplet  # noqa: E402
 from directanimator.vae_io import decode_latents, encode_frames  # noqa: E402
-from training.validate import _cue_config, load_pair, pair_triplet, read_entries  # noqa: E402
+from directanimator.plan import sampling_plan  # noqa: E402
+from training.validate import load_pair, pair_triplet, read_entries  # noqa: E402
 
 
 def round_trip(model, frames: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,7 @@ def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, kind: 
     entries = scored_entries(world, pairs, kind=kind)
     if not entries:
         raise SystemExit(f"{world}: no {KINDS[kind]} (export the world with val clips, references and cross_id)")
-    config = _cue_config(model, None)
+    config = sampling_plan(model).cue_config
     totals: dict[str, list[float]] = {}
     with torch.no_grad():
         for entry in entries:

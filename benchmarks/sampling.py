@@ -71,8 +71,8 @@ def run_case(args: argparse.Namespace) -> dict:
     from directanimator.conditioning import encode_conditioning
     from directanimator.models import DirectAnimatorTransformer
     from directanimator.models.loader import DEFAULT_SCHEDULER_CONFIG, AnimatorModel
+    from directanimator.plan import frames_from_latents
     from directanimator.sampling import plan_windows, sample_latents
-    from directanimator.vae_io import decode_latents
     from tests.test_pipeline import synthetic_triplet
     from tests.tiny import TEXT_DIM, TEXT_LEN, randomize_cue_modules, tiny_backbone, tiny_vae
 
@@ -101,7 +101,7 @@ def run_case(args: argparse.Namespace) -> dict:
     _reset_peak()
     rss_mid = _status_kib("VmRSS")
     start = time.perf_counter()
-    video = decode_latents(model.vae, latents[:, 1:], tiling=tiling, tile=tile)
+    video = frames_from_latents(model, latents, tiling=tiling, tile=tile)
     decode_s = time.perf_counter() - start
     decode_peak = _status_kib("VmHWM")
     return {

@@ -278,6 +278,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     from .atomic import check_output
     from .models import load_model
     from .pipeline import animate
+    from .plan import sampling_plan
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, resize_frames, write_video
 
@@ -294,7 +295,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
                        cache_dir=args.cache_dir, vae=args.vae)
-    config = _cue_config(args, model)
+    plan = sampling_plan(model, anchor=args.anchor, options=_cue_settings(args))
     bars: dict[str, tqdm] = {}
 
     def advance(name: str, total: int) -> None:
@@ -303,7 +304,7 @@ def run_animate(args: argparse.Namespace) -> Path:
         bars[name].update(1)
 
     try:
-        result = animate(model, reference, clip, cue_config=config, steps=args.steps, guidance=args.guidance,
+        result = animate(model, reference, clip, cue_config=plan.cue_config, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, scheduler=args.scheduler, window=args.window, overlap=args.overlap,
                          samples=args.samples, on_cue_frame=lambda i: advance("cues", len(clip.frames)),
                          callback=lambda step, total, preview: advance("sampling", total))
@@ -328,15 +329,18 @@ def raise_input(message: str) -> None:
     raise InputError(message)
 
 
+def _cue_settings(args: argparse.Namespace) -> dict:
+    """Every CueConfig field the command line sets: the detectors and the options given (`cue_options`)."""
+    return {"segmenter": args.segmenter, "sam_checkpoint": args.sam_checkpoint, "face_detector": args.face_detector,
+            **cue_options(args)}
+
+
 def _cue_config(args: argparse.Namespace, model=None):
-    """The model's cue options with those given on the command line put in."""
-    from dataclasses import replace
+    """The model's cue options with those given on the command line put in (`plan.cue_config_for`; `run_animate`
+    adds the backbone's size rule through `sampling_plan`)."""
+    from .plan import cue_config_for
 
-    from .cues import CueConfig
-
-    config = CueConfig.from_saved(getattr(model, "cue_config", None), name="the model's cue options")
-    return replace(config, segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint,
-                   face_detector=args.face_detector, anchor=args.anchor or config.anchor, **cue_options(args))
+    return cue_config_for(getattr(model, "cue_config", None), anchor=args.anchor, options=_cue_settings(args))
 
 
 def run_info(args: argparse.Namespace) -> str:

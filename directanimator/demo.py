@@ -111,15 +111,11 @@ class DemoSettings:
 
 def demo_cue_config(saved: dict | None, settings: DemoSettings, cues: Mapping[str, Any] | None = None) -> CueConfig:
     """The cue options the demo samples with: the model's (`saved`), its demo settings' anchor and size (when the
-    model names no size), then the caller's `cues` options (CueConfig fields, e.g. from --size, --cutoff)."""
-    from .cues import CueConfig
+    model names no size), then the caller's `cues` options (CueConfig fields, e.g. from --size, --cutoff); `run_demo`
+    adds the backbone's size rule through `plan.sampling_plan`."""
+    from .plan import cue_config_for
 
-    config = CueConfig.from_saved(saved)
-    if settings.anchor is not None:
-        config = replace(config, anchor=settings.anchor)
-    if config.height is None and settings.size:
-        config = replace(config, height=settings.size, width=settings.size)
-    return replace(config, **dict(cues or {}))
+    return cue_config_for(saved, anchor=settings.anchor, default_size=settings.size, options=cues)
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -200,6 +196,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     from .cues import CueConfig, extract_cues
     from .models import load_model
     from .pipeline import animate_triplet
+    from .plan import sampling_plan
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, resize_frames, write_image, write_video
 
@@ -233,7 +230,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     clip = read_video(driving_path, max_frames=settings.frames, stride=stride)
     fps = float(clip.fps or settings.fps)
     model = load_model(model_dir, model_dir / CHECKPOINT, dtype="fp32", device=device)
-    config = demo_cue_config(model.cue_config, settings, cues)
+    config = sampling_plan(model, anchor=settings.anchor, default_size=settings.size, options=cues).cue_config
     truth_file = bundle / TRUTH
     exact = bundled and truth_file.is_file()
     if exact:

@@ -14,9 +14,9 @@ from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, load_model
 from directanimator.models.loader import download_backbone
+from directanimator.plan import frames_from_latents
 from directanimator.sampling import SCHEDULERS, sample_latents
 from directanimator.text import fit_text_embeddings
-from directanimator.vae_io import decode_latents
 
 from ._comfy import (
     check_repo_id,
@@ -302,11 +302,11 @@ class DirectAnimatorDecode:
         samples = to_transformer_layout(latent["samples"])
         chunks = max(1, samples.shape[1] - 1)
         prepare_parts(model, "vae")
-        with comfy_progress(chunks) as progress, model.use("vae") as vae:
-            frames = decode_latents(vae, samples[:, 1:], tiling=tiled or None,
-                                    on_chunk=lambda done, total: progress(max(0, done - 1), total=total))
-        count = latent.get("num_frames") or frames.shape[0]
-        return (frames[:count], float(latent.get("fps") or 24.0))
+        with comfy_progress(chunks) as progress:
+            frames = frames_from_latents(model, samples, num_frames=latent.get("num_frames") or None,
+                                         tiling=tiled or None,
+                                         on_chunk=lambda done, total: progress(max(0, done - 1), total=total))
+        return (frames, float(latent.get("fps") or 24.0))
 
 
 def to_comfy_layout(samples: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from directanimator.cues.segmentation import frame_uint8, mediapipe_solution, se
 from directanimator.errors import InputError
 from directanimator.metrics import static_baseline, summary
 from directanimator.pipeline import animate_triplet
+from directanimator.plan import sampling_plan
 from directanimator.sampling import make_scheduler
 from directanimator.tensors import as_frames, as_masks
 from directanimator.vae_io import encode_frames
@@ -33,7 +34,7 @@ from directanimator.video import resize_frames
 
 from .data import Batch
 from .trainer import denoising_loss, noised_batch
-from .validate import ValidationPair, _cue_config, held_out_entries, load_pair, pair_triplet, read_entries
+from .validate import ValidationPair, held_out_entries, load_pair, pair_triplet, read_entries
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def cross_pairs(model, world: str | Path, *, count: int) -> list[EvalPair]:
     entries = [e for e in held_out_entries(read_entries(root), max_clips=10**6) if "cross_target" in e][:count]
     if not entries:
         raise InputError(f"{root}: no held-out cross-identity pairs; export the world with val clips and cross_id.")
-    config = _cue_config(model, None)
+    config = sampling_plan(model).cue_config
     out = []
     with torch.no_grad():
         for entry in entries:

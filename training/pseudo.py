@@ -29,10 +29,11 @@ from torch import Tensor
 
 from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
 from directanimator.errors import InputError
+from directanimator.plan import sampling_plan
 from directanimator.tensors import as_frames
 from directanimator.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, probe_video, read_image, read_video, write_video
 
-from .validate import METADATA, _cue_config, metadata_file, read_entries
+from .validate import METADATA, metadata_file, read_entries
 from .world.cues import truth_cue_inputs
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def render_pseudo(model, metadata_path: str | Path, out_dir: str | Path, *, step
     partners = choose_partners(entries, seed=seed)
     if not todo:
         raise InputError(f"{source}: no entries with split {split!r} to make pseudo clips for.")
-    config = _cue_config(model, None)
+    config = sampling_plan(model).cue_config
     claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
     (out_root / PSEUDO_DIR).mkdir(exist_ok=True)
     made: dict[int, tuple[str, str]] = {}

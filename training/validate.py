@@ -23,11 +23,10 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
-from directanimator.conditioning import backbone_config, fixed_latent_frames
 from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.errors import InputError
 from directanimator.pipeline import animate_triplet
-from directanimator.vae_io import spatial_compression
+from directanimator.plan import sampling_plan
 from directanimator.video import read_image, read_video, resize_frames, write_image, write_video
 
 from directanimator.metrics import summary
@@ -78,17 +77,6 @@ def load_pair(root: Path, entry: dict) -> ValidationPair:
     return ValidationPair(name, "same", reference, driving, clip, fps, cue_inputs)
 
 
-def _cue_config(model, cue_config: CueConfig | None) -> CueConfig:
-    if cue_config is None:
-        cue_config = CueConfig.from_saved(model.cue_config)
-    config = backbone_config(model)
-    if fixed_latent_frames(config) and cue_config.height is None and cue_config.width is None:
-        factor = spatial_compression(model.vae)  # learned positions take one size only
-        cue_config = replace(cue_config, height=int(config.sample_height) * factor,
-                             width=int(config.sample_width) * factor)
-    return cue_config.validate()
-
-
 def pair_triplet(pair: ValidationPair, config: CueConfig) -> CueTriplet:
     """The pair's cue triplet: from ground truth when known (no detector runs), else from the config's detectors."""
     if pair.truth is None:
@@ -132,9 +120,7 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             f"{file}: no held-out pairs: no entry has \"split\": \"val\" or a cross-identity pair. Export validation "
             "clips (python -m training synth --val-clips N) or mark entries as val."
         )
-    config = _cue_config(model, cue_config)
-    if anchor:
-        config = replace(config, anchor=anchor).validate()
+    config = sampling_plan(model, cue_config=cue_config, anchor=anchor or None).cue_config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"step{step:07d}_" if step is not None else ""
