@@ -19,6 +19,7 @@ from directanimator.video import (
     read_video,
     resize_frames,
     resize_plan,
+    snap_size,
     write_image,
     write_video,
 )
@@ -299,6 +300,21 @@ def test_read_image_composites_rgba_onto_black(tmp_path):
     assert image[0, 0, 0, 0].item() == pytest.approx(200 / 255, abs=1 / 255)
     assert image[0, 0, 40, 0].item() == pytest.approx(100 / 255, abs=1 / 255)
     assert image[0, :, 48:].abs().max() == 0
+
+
+def test_snap_size_has_one_rule_in_two_modes():
+    # both sides given: taken as they are, in either mode
+    assert snap_size((1080, 1920), 480, 720) == snap_size((1080, 1920), 480, 720, rule="source") == (480, 720)
+    # "aspect" (cues, CLI): the other side follows the aspect, nearest multiple of 16; long side at most 1024
+    assert snap_size((1080, 1920), 480) == (480, 848)
+    assert snap_size((1920, 1080)) == (1024, 576)
+    assert snap_size((100, 130)) == (96, 128)  # never upscaled
+    assert snap_size((20, 400)) == (64, 400)  # at least 64
+    # "source" (the Driving Video node, which pads or crops into the size): the source's own side, rounded down
+    assert snap_size((1080, 1920), 480, rule="source") == (480, 1920)
+    assert snap_size((1919, 1081), rule="source") == (1904, 1072)
+    with pytest.raises(InputError, match="too small"):
+        snap_size((15, 400), rule="source")
 
 
 def test_read_image_replicates_greyscale_and_resizes(tmp_path):
