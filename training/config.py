@@ -6,6 +6,7 @@ configuration is written into the run folder, so a run can be repeated from its 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import math
@@ -193,6 +194,8 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
         ok = isinstance(value, str)
     elif isinstance(default, list):
         ok = isinstance(value, list)
+    elif isinstance(default, dict):  # a raw table checked where it is used (e.g. a recipe stage's TrainConfig tables)
+        ok = isinstance(value, dict)
     else:  # None defaults (optional numbers or strings)
         ok = value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool)
     if not ok:
@@ -201,7 +204,9 @@ def _check_value(where: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _build(cls, data: dict, where: str):
+def build_config(cls, data: dict, where: str = ""):
+    """The dataclass `cls` from the table `data` (nested tables build nested dataclasses), every key and type checked;
+    `where` names the table in messages ("" for the top level)."""
     if not isinstance(data, dict):
         raise InputError(f"config [{where}]: expected a table of keys, got {data!r}.")
     known = {f.name: f for f in fields(cls)}
@@ -212,8 +217,8 @@ def _build(cls, data: dict, where: str):
             raise InputError(f"config: unknown key {name!r}.{_suggest(key, list(known))} "
                              f"Known keys of [{where or 'top level'}]: {', '.join(known)}.")
         default = getattr(cls(), key)
-        kwargs[key] = _build(type(default), value, name) if is_dataclass(default) else _check_value(name, value,
-                                                                                                   default)
+        kwargs[key] = build_config(type(default), value, name) if is_dataclass(default) else _check_value(
+            name, value, default)
     try:
         return cls(**kwargs)
     except CueError as error:  # CueConfig checks its values when built
@@ -232,13 +237,42 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _apply(data: dict, path: list[str], value: Any) -> None:
+def set_value(data: dict, key: str | list[str], value: Any) -> dict:
+    """Set the dotted `key` (``"optim.lr"`` or ``["optim", "lr"]``) of the raw table `data` to `value`, making the
+    tables on the way; returns `data`, changed in place."""
+    path = key.split(".") if isinstance(key, str) else list(key)
     node = data
     for part in path[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise InputError(f"--set {'.'.join(path)}: {part!r} is a value, not a table.")
     node[path[-1]] = value
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Apply ``KEY.SUB=VALUE`` strings (TOML values, `parse_override`) to the raw table `data`, in order; returns
+    `data`, changed in place."""
+    for text in overrides:
+        set_value(data, *parse_override(text))
+    return data
+
+
+def merge_tables(base: dict, over: dict) -> dict:
+    """A new table: `base` with every value of `over` put over it, tables merged key by key (a value that is not a
+    table replaces the base's whole)."""
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+# the names training.vae still imports (before build_config and set_value were public)
+_build = build_config
+_apply = set_value
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -256,11 +290,8 @@ def read_config_file(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
                 check_paths: bool = True) -> TrainConfig:
     """Build and validate a TrainConfig from a TOML/JSON file and ``KEY.SUB=VALUE`` overrides (applied in order)."""
-    data = read_config_file(path) if path is not None else {}
-    for text in overrides:
-        _apply(data, *parse_override(text))
-    config = _build(TrainConfig, data, "")
-    return validate(config, check_paths=check_paths)
+    data = apply_overrides(read_config_file(path) if path is not None else {}, overrides)
+    return validate(build_config(TrainConfig, data), check_paths=check_paths)
 
 
 def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
