@@ -61,7 +61,7 @@ DEFAULT_VAE = ROOT / "models" / "demo" / "vae"
 @dataclass
 class ClaimsSpec:
     seeds: int = 3
-    s2x_lambda: float = 0.5  # (stage2.lambda_value of the S2X runs comes from [stage2] set; this is a check)
+    s2x_lambda: float = 0.5  # (stage2.lambda_value of the S2X runs comes from [stage2.stage2]; this is a check)
     eval_pairs: int = 8
     eval_timesteps: list = field(default_factory=lambda: [100, 300, 500, 700, 900])
     sample_steps: int = 20
@@ -74,10 +74,10 @@ class ClaimsSpec:
 
 
 def load_claims(path: Path, overrides: list[str]) -> tuple[RecipeConfig, ClaimsSpec]:
-    data = read_config_file(path)
-    for text in overrides:
-        _apply(data, *parse_override(text))
-    spec = _build(ClaimsSpec, data.pop("claims", {}), "claims")
+    from training.config import apply_overrides, build_config
+
+    data = apply_overrides(read_config_file(path), overrides)
+    spec = build_config(ClaimsSpec, data.pop("claims", {}), "claims")
     if spec.seeds < 1 or spec.eval_pairs < 1 or spec.robust_clips < 1 or not spec.eval_timesteps:
         raise InputError("claims.seeds, eval_pairs, robust_clips must be >= 1 and eval_timesteps non-empty.")
     if spec.detect_size % 16 or spec.detect_size < 64:
@@ -107,7 +107,7 @@ class Results:
 # --------------------------------------------------------------------------- training
 def setup(recipe: RecipeConfig, work: Path, vae: Path) -> None:
     """World, the given VAE, a fresh backbone and the cue cache (each once)."""
-    from training import recipe as R
+    from training.recipe import stages as R
 
     if not (vae / "config.json").is_file():
         raise InputError(f"--vae {vae}: not a diffusers VAE folder (no config.json). Train the demo model first "
@@ -164,7 +164,7 @@ def train_all(recipe: RecipeConfig, spec: ClaimsSpec, work: Path) -> dict:
             if mode == "plain":
                 config.stage2.lambda_value = 0.0
             elif config.stage2.lambda_value <= 0:
-                raise InputError("claims: [stage2] set must give stage2.lambda_value > 0 for the S2X runs.")
+                raise InputError("claims: [stage2.stage2] must give lambda_value > 0 for the S2X runs.")
             validate(config)
             prepare(config)  # (already cached by the recipe's prepare: same key)
             runs[config.run.name] = str(train(config, train_stage2, recipe.stage2.steps))

@@ -47,6 +47,9 @@ def test_model_card_records_every_stage_and_the_numbers(tiny_root):
     assert all(isinstance(val[k], float) for k in ("psnr", "ssim", "baseline_psnr", "baseline_ssim"))
     assert card["stages"]["vae"]["held_out_psnr"] > 0
     assert 0 < card["megabytes"] < 30
+    for stage in ("stage1", "stage2"):  # relative to the work folder: the card names no folder of the machine
+        checkpoint = card["stages"][stage]["checkpoint"]
+        assert not Path(checkpoint).is_absolute() and (tiny_root / "work" / checkpoint).is_file()
     assert card["command"].startswith("python -m training recipe --out ") and "--scale tiny" in card["command"]
     text = (out / CARD).read_text()
     for phrase in ("Reproduce (one command)", "static reference", "stage 2 (cross-ID, S2X)", "VAE held-out"):
@@ -61,7 +64,11 @@ def test_resume_skips_finished_stages_and_a_second_run_without_resume_is_refused
     card = run_recipe(out, scale="tiny", work=work, resume=True)  # only the card stage runs again
     after = {s: json.loads((work / "markers" / f"{s}.json").read_text()) for s in STAGES if s != "card"}
     assert before == after
-    assert (out / CHECKPOINT_NAME).is_file() and card["stages"]["stage1"] == before["stage1"]
+    assert (out / CHECKPOINT_NAME).is_file()
+    # the card holds the marker's numbers, and its checkpoint relative to the work folder
+    checkpoint = card["stages"]["stage1"]["checkpoint"]
+    assert card["stages"]["stage1"] == {**before["stage1"], "checkpoint": checkpoint}
+    assert (work / checkpoint).resolve() == Path(before["stage1"]["checkpoint"]).resolve()
     # the card's reproduce line is the machine-free command; the command as run is recorded beside it
     assert card["command"] == f"python -m training recipe --out {out} --scale tiny"
     text = (out / CARD).read_text()
@@ -189,13 +196,15 @@ def test_the_demo_pair_is_the_first_held_out_pair_with_whole_figures(tmp_path):
 def test_a_stage_budget_and_its_wall_time_span_resumed_invocations(tmp_path, monkeypatch):
     """A recipe killed mid-stage and run again with --resume continues the stage's clock: the budget holds over
     both invocations and the card records the whole training time, not only the last invocation's."""
+    import time
+
     import training.recipe as recipe_module
 
     recipe = load_recipe("tiny", ["stage1.steps=1000", "stage1.budget_minutes=0.01"])  # a 0.6 s budget
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "metadata.jsonl").write_text("{}\n")
     now = [0.0]
-    monkeypatch.setattr(recipe_module.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
 
     def train(config, resume=None):  # one chunk: its checkpoint folder and metrics line, after 0.4 s of training
         now[0] += 0.4
@@ -283,11 +292,12 @@ def test_world_settings_of_a_recipe_reach_the_rendered_world(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize("stage2_set, caches", [([], 1), (["cues.align_pose=true"], 2), (["optim.lr=1e-4"], 1)])
-def test_prepare_makes_a_cache_for_each_stage_whose_overrides_change_the_cached_tensors(tmp_path, monkeypatch,
-                                                                                        stage2_set, caches):
+@pytest.mark.parametrize("stage2_tables, caches", [([], 1), (["stage2.cues.align_pose=true"], 2),
+                                                   (["stage2.optim.lr=1e-4"], 1)])
+def test_prepare_makes_a_cache_for_each_stage_whose_tables_change_the_cached_tensors(tmp_path, monkeypatch,
+                                                                                     stage2_tables, caches):
     import training.prepare
-    from training.recipe import _prepare
+    from training.recipe.stages import _prepare
 
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "metadata.jsonl").write_text("")
@@ -298,7 +308,7 @@ def test_prepare_makes_a_cache_for_each_stage_whose_overrides_change_the_cached_
         return {"cached": 1, "done": 2, "skipped": 0, "folder": "unused"}
 
     monkeypatch.setattr(training.prepare, "prepare", fake_prepare)
-    recipe = load_recipe("tiny", [f"stage2.set={json.dumps(stage2_set)}"])
+    recipe = load_recipe("tiny", stage2_tables)
     counts = _prepare(recipe, tmp_path)
     assert len(prepared) == len(counts) == caches
     assert prepared == [False, True][:caches]  # stage 1's cache first, then stage 2's own
