@@ -33,6 +33,35 @@ OUT_KINDS: dict[str, str] = {"synth": "folder", "pseudo": "folder", "recipe": "f
                              "validate": "folder", "export": "file"}
 
 
+# flags renamed after the config keys they stand for, answering to the old name for one release: (new, old, key)
+DEPRECATED = "_deprecated_flags"
+
+
+class _RenamedFlag(argparse.Action):
+    """Stores its value; when given under its old name, notes a deprecation message that `main` logs."""
+
+    def __init__(self, option_strings, dest, *, old: str, key: str, **kwargs):
+        self.old, self.key = old, key
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if option_string == self.old:
+            new = next(s for s in self.option_strings if s != self.old)
+            notes = getattr(namespace, DEPRECATED, None) or []
+            notes.append(f"{self.old} is deprecated and will be removed in the next release: use {new} (named after "
+                         f"the config key {self.key}).")
+            setattr(namespace, DEPRECATED, notes)
+
+
+def add_renamed_argument(parser: argparse.ArgumentParser, flag: str, *, old: str, key: str, help: str,
+                         **kwargs) -> None:
+    """Option `flag`, named after the config key `key` (``--backbone`` for ``model.backbone``), that also answers to
+    its old name `old` for one release, with a deprecation message when used so."""
+    parser.add_argument(flag, old, action=_RenamedFlag, old=old, key=key, dest=flag.lstrip("-").replace("-", "_"),
+                        help=f"{help} ({key}; {old}: its old name, deprecated)", **kwargs)
+
+
 def _chosen(argv: list[str]) -> str | None:
     """The command named in `argv` (first token that is one), or None."""
     return next((token for token in argv if token in COMMANDS), None)
@@ -60,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_chosen(argv) or "").parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    for note in getattr(args, DEPRECATED, None) or []:
+        log.warning("%s", note)
     from directanimator.errors import DirectAnimatorError
 
     try:

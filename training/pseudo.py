@@ -277,12 +277,16 @@ def perturb_face_cue(face: Tensor, *, strength: float = 1.0, generator: torch.Ge
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_renamed_argument
+
     sub = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     render = sub.add_parser("render", help="re-render each clip's motion with another identity (stage-1 model)",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    render.add_argument("--model", required=True, help="backbone: diffusers folder, single file or repo id")
+    add_renamed_argument(render, "--backbone", old="--model", key="model.backbone", required=True,
+                         help="backbone: diffusers folder, single file or repo id")
     render.add_argument("--checkpoint", default=None, help="stage-1 DirectAnimator checkpoint (.safetensors)")
-    render.add_argument("--data", required=True, help="dataset folder or its metadata.jsonl")
+    add_renamed_argument(render, "--metadata", old="--data", key="data.metadata", required=True,
+                         help="dataset folder or its metadata.jsonl")
     render.add_argument("--out", required=True, help="new dataset folder (pseudo clips + metadata.jsonl)")
     render.add_argument("--steps", type=int, default=25)
     render.add_argument("--guidance", type=float, default=3.0)
@@ -293,7 +297,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--device", default="cpu")
     ingest = sub.add_parser("ingest", help="attach clips made by another animator, matched by file stem",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ingest.add_argument("--data", required=True, help="dataset folder or its metadata.jsonl")
+    add_renamed_argument(ingest, "--metadata", old="--data", key="data.metadata", required=True,
+                         help="dataset folder or its metadata.jsonl")
     ingest.add_argument("--folder", required=True, help="folder of generated clips named like the dataset's clips")
     ingest.add_argument("--out", required=True, help="new dataset folder (metadata.jsonl)")
     ingest.add_argument("--identity", default=None, help="label of the pseudo performer (default: folder name)")
@@ -301,13 +306,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.mode == "ingest":
-        entries = ingest_pseudo(args.data, args.folder, args.out, identity=args.identity)
+        entries = ingest_pseudo(args.metadata, args.folder, args.out, identity=args.identity)
     else:
         from directanimator.models import load_model
 
-        _check_out(metadata_file(args.data), Path(args.out))  # before loading the model
-        model = load_model(args.model, args.checkpoint, dtype=args.dtype, device=args.device)
-        entries = render_pseudo(model, args.data, args.out, steps=args.steps, guidance=args.guidance,
+        _check_out(metadata_file(args.metadata), Path(args.out))  # before loading the model
+        model = load_model(args.backbone, args.checkpoint, dtype=args.dtype, device=args.device)
+        entries = render_pseudo(model, args.metadata, args.out, steps=args.steps, guidance=args.guidance,
                                 seed=args.seed, split=None if args.split == "all" else args.split,
                                 max_clips=args.max_clips)
     log.info("wrote %s (%d entries, %d with pseudo clips)", Path(args.out) / METADATA, len(entries),

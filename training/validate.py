@@ -165,9 +165,13 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="backbone: diffusers folder, single file or repo id")
+    from .cli import add_renamed_argument
+
+    add_renamed_argument(parser, "--backbone", old="--model", key="model.backbone", required=True,
+                         help="backbone: diffusers folder, single file or repo id")
     parser.add_argument("--checkpoint", default=None, help="DirectAnimator checkpoint (.safetensors)")
-    parser.add_argument("--data", required=True, help="dataset folder or its metadata.jsonl")
+    add_renamed_argument(parser, "--metadata", old="--data", key="data.metadata", required=True,
+                         help="dataset folder or its metadata.jsonl")
     parser.add_argument("--out", required=True, help="output folder (videos, sheets, validation.jsonl)")
     parser.add_argument("--max-clips", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)
@@ -191,11 +195,11 @@ def _is_validation_folder(folder: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from directanimator.models import load_model
 
-    metadata_file(args.data)  # fail before loading the model
+    metadata_file(args.metadata)  # fail before loading the model
     check_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
-    model = load_model(args.model, args.checkpoint, dtype=args.dtype, device=args.device)
+    model = load_model(args.backbone, args.checkpoint, dtype=args.dtype, device=args.device)
     claim_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
-    records = validate_model(model, args.data, args.out, max_clips=args.max_clips, steps=args.steps,
+    records = validate_model(model, args.metadata, args.out, max_clips=args.max_clips, steps=args.steps,
                              seed=args.seed, guidance=args.guidance, scheduler=args.scheduler, samples=args.samples)
     scored = [r for r in records if r.get("psnr") is not None]
     if scored:
