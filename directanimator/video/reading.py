@@ -46,6 +46,7 @@ GIF_FALLBACK_DELAY_MS = 100
 DECODE_CHUNK = 8
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
 
+
 # ------------------------------------------------------------------------------------------------ clips
 
 
