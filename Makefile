@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # torch on 2 busy cores: idle OpenMP threads that spin slow small ops 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test demo demo-real claims bench clean
+.PHONY: setup test test-fast demo demo-real claims bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -23,6 +23,10 @@ $(VENV)/.setup-done: requirements.txt requirements-train.txt requirements-dev.tx
 test: setup
 	$(PY) -m pytest -q
 
+# the tests not marked slow (pyproject.toml's `slow` marker): under two minutes on 2 CPU cores
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
 demo: setup
 	$(PY) -m directanimator demo --out $(OUT)
 
@@ -32,13 +36,13 @@ demo-real: setup
 
 # docs/evidence.md: the paper's claims measured on ground truth (about 20 minutes on 2 CPU cores)
 claims: setup
-	$(PY) benchmarks/claims.py
+	$(PY) -m benchmarks.claims
 
 bench: setup
-	$(PY) benchmarks/cues.py
-	$(PY) benchmarks/world.py
-	$(PY) benchmarks/prepare.py
-	$(PY) benchmarks/precision.py
+	$(PY) -m benchmarks.cues
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.world
+	$(PY) -m benchmarks.prepare
+	$(PY) -m benchmarks.precision
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

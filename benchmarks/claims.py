@@ -1,7 +1,7 @@
 """The paper's claims measured on the procedural world's ground truth, every number side by side in one run.
 
-    python benchmarks/claims.py                      # full size (about an hour on 2 CPU cores); writes docs/evidence.md
-    python benchmarks/claims.py --scale tiny --work /tmp/claims --out /tmp/evidence --vae DIR   # smoke test
+    python -m benchmarks.claims                      # full size (about an hour on 2 CPU cores); writes docs/evidence.md
+    python -m benchmarks.claims --scale tiny --work /tmp/claims --out /tmp/evidence --vae DIR   # smoke test
 
 One recipe (training/recipe.py) at 64x64 px and 9 frames (benchmarks/claims_full.toml) with the bundled demo
 model's VAE, then:
@@ -37,21 +37,20 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from directanimator.errors import InputError
+from directanimator.models import load_model
+from directanimator.video import resize_frames
+from training.checkpointing import step_dirs
+from training.config import read_config_file, validate
+from training.recipe import Markers, RecipeConfig, recipe_from_data, stage_config
+from training.vae import VAE_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from directanimator.errors import InputError  # noqa: E402
-from directanimator.models import load_model  # noqa: E402
-from directanimator.video import resize_frames  # noqa: E402
-from training.checkpointing import step_dirs  # noqa: E402
-from training.config import _apply, _build, parse_override, read_config_file, validate  # noqa: E402
-from training.recipe import Markers, RecipeConfig, recipe_from_data, stage_config  # noqa: E402
-from training.vae import VAE_DIR  # noqa: E402
 
 log = logging.getLogger("claims")
 CONFIGS = {"full": ROOT / "benchmarks" / "claims_full.toml", "tiny": ROOT / "benchmarks" / "claims_tiny.toml"}
@@ -186,7 +185,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def measure_s2x(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) -> dict:
-    from training.evidence import cross_pairs, eval_loss, sample_scores, steps_to_level
+    from benchmarks.evidence import cross_pairs, eval_loss, sample_scores, steps_to_level
     from training.prepare import reference_to_latent
 
     base = _model(work, runs["stage1"])
@@ -229,7 +228,7 @@ def measure_s2x(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) 
 def measure_cross(spec: ClaimsSpec, work: Path, runs: dict, sampled: dict | None = None) -> dict:
     """Stage 1 against stage 1 + 2 on the held-out cross-ID pairs; `sampled` holds the scores of checkpoints
     already sampled on the same pairs (measure_s2x's), which are not sampled again."""
-    from training.evidence import cross_pairs, sample_scores, static_scores
+    from benchmarks.evidence import cross_pairs, sample_scores, static_scores
 
     out: dict = {}
     stage1 = _model(work, runs["stage1"])
@@ -265,11 +264,11 @@ def robust_clips(recipe: RecipeConfig, spec: ClaimsSpec, work: Path) -> list[int
 
 
 def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) -> dict:
+    from benchmarks.evidence import cue_path_triplet, mediapipe_skeleton
     from directanimator.errors import CueError
     from directanimator.metrics import summary
     from directanimator.pipeline import animate_triplet
     from directanimator.plan import sampling_plan
-    from training.evidence import cue_path_triplet, mediapipe_skeleton
     from training.world.cues import exact_cues
     from training.world.degrade import Degradation
     from training.world.pairs import make_sample
@@ -316,7 +315,7 @@ def measure_robustness(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs:
 
 
 def measure_cutoff(recipe: RecipeConfig, spec: ClaimsSpec, work: Path, runs: dict) -> dict:
-    from training.evidence import colour_histogram, colour_similarity, cross_pairs, foreground_iou, sample_scores
+    from benchmarks.evidence import colour_histogram, colour_similarity, cross_pairs, foreground_iou, sample_scores
     from directanimator.plan import sampling_plan
     from training.validate import held_out_entries, pair_triplet, read_entries
     from training.world.background import render_background
@@ -634,7 +633,7 @@ def run_claims(*, scale: str = "full", config: Path | None = None, work: Path, o
     out.mkdir(parents=True, exist_ok=True)
     total = sum(r.get("seconds", 0) for r in (runs, s2x, cross, robust, cutoff)) or time.perf_counter() - started
     path = report(out, work, recipe, spec, runs, s2x, cross, robust, cutoff,
-                  command or f"python benchmarks/claims.py --scale {scale}", total)
+                  command or f"python -m benchmarks.claims --scale {scale}", total)
     log.info("wrote %s", path)
     return path
 
@@ -658,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_claims(scale=args.scale, config=args.config, work=work, out=args.out, vae=args.vae,
                    overrides=args.overrides, fresh=args.fresh,
-                   command=" ".join(["python benchmarks/claims.py", *(argv if argv is not None else sys.argv[1:])]))
+                   command=" ".join(["python -m benchmarks.claims", *(argv if argv is not None else sys.argv[1:])]))
     except InputError as error:
         log.error("%s", error)
         return 2

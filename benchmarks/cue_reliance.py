@@ -1,6 +1,6 @@
 """Does a model animate from its cues? How much its result changes when each cue is blanked.
 
-Run: ``.venv/bin/python benchmarks/cue_reliance.py --model models/demo --world runs/recipe_demo/world
+Run: ``.venv/bin/python -m benchmarks.cue_reliance --model models/demo --world runs/recipe_demo/world
 [--checkpoint FILE] [--pairs 4] [--steps 1] [--samples 2] [--kind cross|same|train]``.
 
 On held-out cross-identity pairs of an exported world, the model samples each pair with its exact cues, then again
@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from directanimator.conditioning import pad_frames, plan_frame_count, using  # noqa: E402
-from directanimator.cues import CueTriplet  # noqa: E402
-from directanimator.cues.types import BLANKABLE  # noqa: E402
-from directanimator.metrics import moving_pixels  # noqa: E402
-from directanimator.models import load_model  # noqa: E402
-from directanimator.pipeline import animate_triplet  # noqa: E402
-from directanimator.vae_io import decode_latents, encode_frames  # noqa: E402
-from directanimator.plan import sampling_plan  # noqa: E402
-from training.validate import load_pair, pair_triplet, read_entries  # noqa: E402
+from directanimator.conditioning import pad_frames, plan_frame_count, using
+from directanimator.cues import CueTriplet
+from directanimator.cues.types import BLANKABLE
+from directanimator.metrics import moving_pixels
+from directanimator.models import load_model
+from directanimator.pipeline import animate_triplet
+from directanimator.plan import sampling_plan
+from directanimator.vae_io import decode_latents, encode_frames
+from training.validate import load_pair, pair_triplet, read_entries
 
 
 def round_trip(model, frames: torch.Tensor) -> torch.Tensor:
@@ -105,6 +101,7 @@ def reliance(model, world: Path, *, pairs: int, steps: int, samples: int, kind: 
 
 
 def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local model folders only; read by load_model when it loads
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model folder (backbone with transformer/, vae/, scheduler/)")
     parser.add_argument("--checkpoint", help="DirectAnimator checkpoint (default: MODEL/directanimator.safetensors)")

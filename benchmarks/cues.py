@@ -1,6 +1,6 @@
 """Frames per second of Driving Cue Triplet extraction on the real dance video, next to skeleton extraction.
 
-    python benchmarks/cues.py [--frames 96] [--markdown]
+    python -m benchmarks.cues [--frames 96] [--markdown]
 
 Decodes the first `--frames` frames of ../shared/data/real/dance_1080x1920_24fps.mp4 at 512x896 (width x
 height), then times each stage on them with 2 torch and 2 OpenCV threads: segmentation, face detection, the three
@@ -19,18 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-# OpenMP threads that spin while waiting (the default) lose 10 to 60x on elementwise torch ops when the 2 cores
-# are shared with other processes; passive waiting costs nothing on an idle machine. Set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import cv2
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import torch  # noqa: E402
-
-from directanimator.cues import (  # noqa: E402
+from directanimator.cues import (
     CueConfig,
     PersonGeometry,
     extract_cues,
@@ -43,9 +35,11 @@ from directanimator.cues import (  # noqa: E402
     smooth_track,
     square_boxes,
 )
-from directanimator.cues.face_detection import detect_faces  # noqa: E402
-from directanimator.cues.segmentation import bad_frames, frame_uint8, mediapipe_solution, segment_person  # noqa: E402
-from directanimator.video import read_image, read_video  # noqa: E402
+from directanimator.cues.face_detection import detect_faces
+from directanimator.cues.segmentation import bad_frames, frame_uint8, mediapipe_solution, segment_person
+from directanimator.video import read_image, read_video
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 VIDEO = REAL / "dance_1080x1920_24fps.mp4"
@@ -187,7 +181,7 @@ def write_section(markdown_table: str, info: dict, rows) -> None:
     section = "\n".join([
         SECTION,
         "",
-        f"`python benchmarks/cues.py --frames {count} --repeats {info['repeats']}`: the first {count} frames of the "
+        f"`python -m benchmarks.cues --frames {count} --repeats {info['repeats']}`: the first {count} frames of the "
         f"real dance video (1080x1920, 24 fps) at {info['size']}; {info['cpu']}; {info['threads']} torch and OpenCV "
         f"threads, OMP_WAIT_POLICY={info['omp_wait_policy']}; torch {info['torch']}, OpenCV {info['opencv']}; "
         f"{info['date']}, load average {info['load']} at the end (other jobs shared the machine). Each stage runs "

@@ -1,6 +1,6 @@
 """How well the location cue's similarity fit puts the driving person where the cross-identity target stands.
 
-Run: ``.venv/bin/python benchmarks/location.py [--pairs 120] [--size 128] [--frames 17] [--seed 0]``.
+Run: ``.venv/bin/python -m benchmarks.location [--pairs 120] [--size 128] [--frames 17] [--seed 0]``.
 
 On world cross-identity pairs (B's reference, A's driving clip, and B performing A's motion at B's placement as
 ground truth) the driving masks are warped onto the reference by each rule and compared with the target's masks
@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from directanimator.cues import PersonGeometry, Similarity, anchor_frames, fit_similarity, mask_boxes  # noqa: E402
-from directanimator.cues import mask_centre_columns  # noqa: E402
-from directanimator.cues import median_box  # noqa: E402
-from directanimator.cues import warp_masks  # noqa: E402
-from training.world import WorldConfig, cross_id_pair  # noqa: E402
+from directanimator.cues import PersonGeometry, Similarity, anchor_frames, fit_similarity, mask_boxes
+from directanimator.cues import mask_centre_columns
+from directanimator.cues import median_box
+from directanimator.cues import warp_masks
+from training.world import WorldConfig, cross_id_pair
 
 
 def overlap(driving: torch.Tensor, target: torch.Tensor, transform: Similarity) -> float:
@@ -79,6 +74,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one core unless the caller says otherwise
     config = WorldConfig(height=args.size, width=args.size, num_frames=args.frames, identities=200, pseudo=False)
     scores: dict[str, dict[str, list[float]]] = {}
     for index in range(args.pairs):

@@ -1,8 +1,8 @@
 """Model benchmark: CF-DiT forward against the bare CogVideoX forward at the same configuration and token count,
 and the cue parameters against the real 5B backbones (from `size_report`, on the meta device).
 
-    python benchmarks/model.py                 # prints the table and writes the "Model" section of docs/benchmarks.md
-    python benchmarks/model.py --no-write --repeats 3
+    python -m benchmarks.model                 # prints the table and writes the "Model" section of docs/benchmarks.md
+    python -m benchmarks.model --no-write --repeats 3
 
 The timed configuration is mid-size so that attention and MLPs dominate as they do at 5B; both models run in one
 process, interleaved, from the same weights, and the median of the repeats is compared.
@@ -15,20 +15,18 @@ import copy
 import datetime
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+from diffusers import CogVideoXTransformer3DModel
+
+from benchmarks.report import write_section
+from directanimator.models import CueLatents, DirectAnimatorTransformer
+from directanimator.models.transformer import CueTokens
+from directanimator.models.info import size_report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from diffusers import CogVideoXTransformer3DModel  # noqa: E402
-
-from benchmarks.report import write_section  # noqa: E402
-from directanimator.models import CueLatents, DirectAnimatorTransformer  # noqa: E402
-from directanimator.models.transformer import CueTokens  # noqa: E402
-from directanimator.models.info import size_report  # noqa: E402
 
 SECTION = "## Model"
 
@@ -126,7 +124,7 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"`python benchmarks/model.py` ({date}; {platform.machine()}, {args.threads} torch threads, torch "
+        f"`python -m benchmarks.model` ({date}; {platform.machine()}, {args.threads} torch threads, torch "
         f"{torch.__version__}). Forward pass, batch 1, inference mode, median of {args.repeats} interleaved runs "
         "(order alternating) after a warm-up; same weights, same inputs, scaled-dot-product attention in both.",
         "",

@@ -1,7 +1,7 @@
 """A stage-1 training step of the bundled demo model: fp32 against bf16 autocast (`run.mixed_precision`), and the
 fused AdamW the trainer uses against torch's default CPU AdamW.
 
-    python benchmarks/precision.py [--repeats 5] [--steps 10] [--no-write]
+    python -m benchmarks.precision [--repeats 5] [--steps 10] [--no-write]
 
 Loads the bundled demo model (`models/demo`: the CogVideoX 1.5-layout transformer with its CueFusion weights) and
 trains all of it as the recipe's stage 1 does: batch 2, one 128x128 px clip of 17 frames (the reference and 5
@@ -14,21 +14,17 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cues.py
+import torch
+import torch.nn.functional as F
+
+from benchmarks.report import benchmark_parser, machine_line, publish
+from directanimator.models import CueLatents, load_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.report import benchmark_parser, machine_line, publish  # noqa: E402
-from directanimator.models import CueLatents, load_model  # noqa: E402
 
 SECTION = "## Training precision"
 MODEL = ROOT / "models" / "demo"
@@ -93,7 +89,7 @@ def main() -> None:
             f"{f'{100 * error:.2f} % rms' if autocast == 'bf16' else ''} |" for label, autocast, _ in cases]
     text = "\n".join([
         SECTION, "",
-        f"`python benchmarks/precision.py` (the bundled demo model, {parameters / 1e6:.2f} M parameters, all trained; "
+        f"`python -m benchmarks.precision` (the bundled demo model, {parameters / 1e6:.2f} M parameters, all trained; "
         f"batch {BATCH}, {FRAMES} latent frames of {SIDE}x{SIDE} cells: a 17-frame 128x128 px clip; median "
         f"of {args.repeats} interleaved repeats of {args.steps} steps); {machine_line(args.threads)}.", "",
         "| step | s per step | steps per minute | speed-up | prediction's error against fp32 |",

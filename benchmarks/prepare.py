@@ -1,6 +1,6 @@
 """Prepare's VAE encoding in fp32 against bf16 autocast (`data.encode_precision`), side by side in one run.
 
-    python benchmarks/prepare.py [--clips 6] [--repeats 3] [--no-write]
+    python -m benchmarks.prepare [--clips 6] [--repeats 3] [--no-write]
 
 Renders `--clips` world samples (128x128 px, 17 frames: the bundled demo model's working size), extracts their
 exact cue triplets (the clip's own and a pseudo driving clip's, as prepare caches them) and encodes each clip with
@@ -12,23 +12,19 @@ Prints the table and writes the "Prepare" section of docs/benchmarks.md.
 
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/cues.py
+import torch
+
+from benchmarks.report import benchmark_parser, machine_line, publish
+from directanimator.models.configs import backbone_config
+from training.prepare import encode_autocast, encode_clip, meta_transformer
+from training.world import WorldConfig, exact_cues, make_sample
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from benchmarks.report import benchmark_parser, machine_line, publish  # noqa: E402
-from directanimator.models.configs import backbone_config  # noqa: E402
-from training.prepare import encode_autocast, encode_clip, meta_transformer  # noqa: E402
-from training.world import WorldConfig, exact_cues, make_sample  # noqa: E402
 
 SECTION = "## Prepare"
 MODEL = ROOT / "models" / "demo"
@@ -90,7 +86,7 @@ def main() -> None:
     ])
     text = "\n".join([
         SECTION, "",
-        f"`python benchmarks/prepare.py` ({args.clips} world clips at 128x128 px, 17 frames, their exact cues and a "
+        f"`python -m benchmarks.prepare` ({args.clips} world clips at 128x128 px, 17 frames, their exact cues and a "
         f"pseudo driving clip's, encoded by the bundled demo model's VAE as prepare caches them; median of "
         f"{args.repeats} interleaved repeats); {machine_line(args.threads)}.", "",
         table, "",

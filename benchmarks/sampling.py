@@ -1,8 +1,8 @@
 """Sampling benchmark: peak memory of sampling + decoding a video four context windows long against one window,
 and denoising speed.
 
-    python benchmarks/sampling.py     # prints the table and writes the "Sampling" section of docs/benchmarks.md
-    python benchmarks/sampling.py --no-write --steps 2
+    python -m benchmarks.sampling     # prints the table and writes the "Sampling" section of docs/benchmarks.md
+    python -m benchmarks.sampling --no-write --steps 2
 
 Each case runs in a fresh child process: it builds the same seeded model (CogVideoX 1.5 layout, small), encodes
 a synthetic cue triplet, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads
@@ -25,10 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks import report
 
-from benchmarks import report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SECTION = "## Sampling"
 MIB = 1024 * 1024
@@ -68,27 +67,18 @@ def run_case(args: argparse.Namespace) -> dict:
     """Child process: one video of ``args.child`` video latent frames; returns memory and timings."""
     import torch
 
+    from benchmarks.synthetic import random_animator, random_triplet
     from directanimator.conditioning import encode_conditioning
-    from directanimator.models import DirectAnimatorTransformer
-    from directanimator.models.loader import DEFAULT_SCHEDULER_CONFIG, AnimatorModel
     from directanimator.plan import frames_from_latents
     from directanimator.sampling import plan_windows, sample_latents
-    from tests.test_pipeline import synthetic_triplet
-    from tests.tiny import TEXT_DIM, TEXT_LEN, randomize_cue_modules, tiny_backbone, tiny_vae
 
     torch.set_num_threads(args.threads)
-    latent_side = args.size // 8
-    backbone = tiny_backbone("1.5", seed=0, num_attention_heads=args.heads, attention_head_dim=args.head_dim,
-                             num_layers=args.layers, sample_height=latent_side, sample_width=latent_side)
-    transformer = DirectAnimatorTransformer(backbone).eval()
-    randomize_cue_modules(transformer, seed=1)
-    model = AnimatorModel(transformer=transformer, vae=tiny_vae(seed=0), null_text=torch.zeros(1, TEXT_LEN, TEXT_DIM),
-                          scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG), cue_config={}, name="bench")
+    model = random_animator(size=args.size, heads=args.heads, head_dim=args.head_dim, layers=args.layers)
     num_latents = args.child
     frames = 4 * (num_latents - 1) + 1
     tiling = {"auto": None, "on": True, "off": False}[args.tiling]
     tile = (args.tile, args.tile)
-    cond = encode_conditioning(model, synthetic_triplet(frames, height=args.size, width=args.size), tiling=False)
+    cond = encode_conditioning(model, random_triplet(frames, size=args.size), tiling=False)
     windows = len(plan_windows(num_latents, args.window, args.overlap).spans)
 
     _reset_peak()
@@ -120,8 +110,8 @@ def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
     # instead of a heap high-water mark left by earlier phases.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
                MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
-    out = subprocess.run([sys.executable, __file__, *argv, "--child", str(num_latents)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "benchmarks.sampling", *argv, "--child", str(num_latents)]
+    out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"benchmark case with {num_latents} latents failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -162,7 +152,7 @@ def main() -> None:
     text = "\n".join([
         SECTION,
         "",
-        f"`python benchmarks/sampling.py` ({args.size}x{args.size} px, CogVideoX 1.5 layout with {args.layers} layers "
+        f"`python -m benchmarks.sampling` ({args.size}x{args.size} px, CogVideoX 1.5 layout with {args.layers} layers "
         f"of {args.heads}x{args.head_dim} heads, tiny VAE, window {args.window} video latents + the reference, "
         f"overlap {args.overlap}, {args.steps} DPM steps, guidance {args.guidance}, VAE tiling {args.tiling} with "
         f"{args.tile}x{args.tile}-cell tiles); "

@@ -2,8 +2,8 @@
 step on one tiny-but-not-trivial CF-DiT, side by side in one process; and the memory plan of CogVideoX-5B-I2V
 training on one 24, 48 and 80 GB GPU from its real configuration (`size_report`).
 
-    python benchmarks/training.py               # prints the tables and writes the "Training" section of docs/benchmarks.md
-    python benchmarks/training.py --no-write --repeats 3
+    python -m benchmarks.training               # prints the tables and writes the "Training" section of docs/benchmarks.md
+    python -m benchmarks.training --no-write --repeats 3
 
 Both steps: LoRA (rank 16, attention projections) + CueFusion trained in fp32, gradient checkpointing on, AdamW,
 batch 2. Stage 2 adds a frozen teacher copy run through blocks 0..D without gradients and the S2X capture. The
@@ -20,17 +20,15 @@ import multiprocessing as mp
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from benchmarks.report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.report import write_section  # noqa: E402
 
 SECTION = "## Training"
 GIB = 1024 ** 3
@@ -211,7 +209,7 @@ def render(timing: dict, peaks: dict, rows: list[dict], report: dict, threads: i
     when = datetime.date.today().isoformat()
     lines = [
         SECTION, "",
-        f"`python benchmarks/training.py` ({when}, {platform.machine()}, torch {torch.__version__}, {threads} threads, "
+        f"`python -m benchmarks.training` ({when}, {platform.machine()}, torch {torch.__version__}, {threads} threads, "
         "CPU, fp32; other jobs shared the 2 cores, so absolute times are loose, the ratio is the result).", "",
         f"Timed model: CF-DiT of {layers} blocks, 4 heads x 32, {timing['parameters'] / 1e6:.2f} M parameters "
         f"({timing['trainable'] / 1e6:.2f} M trained: LoRA rank {LORA_RANK} + CueFusion), 128x128 px, "

@@ -1,6 +1,6 @@
 """Rendering speed of the procedural world on one core: frames per second by size, and samples per second.
 
-Run: ``.venv/bin/python benchmarks/world.py [--sizes 64 128 256 512] [--frames 17] [--clips 6] [--detectors]``.
+Run: ``.venv/bin/python -m benchmarks.world [--sizes 64 128 256 512] [--frames 17] [--clips 6] [--detectors]``.
 Prints a table; the goal is 200 frames per second or more at 128x128 (docs/world.md). ``--detectors`` adds a
 table of how often the cue backends (mediapipe selfie segmentation and face detection, OpenCV Haar) find the
 puppets, against the ground truth.
@@ -12,15 +12,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, before numpy/torch load their thread pools
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import torch
 
-import cv2  # noqa: E402
-import torch  # noqa: E402
-
-from training.world import WorldConfig, make_sample, render_scene, role_rng, sample_scene  # noqa: E402
+from training.world import WorldConfig, make_sample, render_scene, role_rng, sample_scene
 
 
 def _best_of(repeats: int, work) -> float:

@@ -1,26 +1,17 @@
-"""benchmarks/claims.py end to end at smoke-test size: every experiment trains, measures and reports."""
+"""benchmarks.claims end to end at smoke-test size: every experiment trains, measures and reports."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import claims
 from tests.tiny import tiny_vae
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _claims_module():
-    spec = importlib.util.spec_from_file_location("claims", ROOT / "benchmarks" / "claims.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["claims"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +22,6 @@ def claims_run(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("claims")
     tiny_vae().save_pretrained(root / "vae", safe_serialization=True)
-    claims = _claims_module()
     report = claims.run_claims(scale="tiny", work=root / "work", out=root / "out", vae=root / "vae")
     yield claims, root, report
     torch.set_num_threads(threads)
@@ -103,7 +93,6 @@ def test_a_second_run_reuses_the_measurements(claims_run):
 def test_missing_vae_is_refused_before_any_work(tmp_path):
     from directanimator.errors import InputError
 
-    claims = _claims_module()
     with pytest.raises(InputError, match="--vae"):
         claims.run_claims(scale="tiny", work=tmp_path / "work", out=tmp_path / "out", vae=tmp_path / "nothing")
     assert not (tmp_path / "work" / "world").exists()
@@ -126,6 +115,5 @@ def test_world_config_renders_the_exported_clips_again(claims_run):
 
 def test_the_report_shows_paths_inside_the_checkout_relative_to_it(tmp_path):
     """docs/evidence.md is committed: the default VAE (models/demo/vae) must not show this machine's folders."""
-    claims = _claims_module()
     assert claims._shown(str(ROOT / "models" / "demo" / "vae")) == str(Path("models") / "demo" / "vae")
     assert claims._shown(str(tmp_path / "vae")) == str(tmp_path / "vae")

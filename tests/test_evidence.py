@@ -1,4 +1,4 @@
-"""training.evidence: the measurements behind benchmarks/claims.py, checked on inputs with known answers."""
+"""benchmarks.evidence: the measurements behind benchmarks.claims, checked on inputs with known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.evidence import (colour_histogram, colour_similarity, foreground_iou, mediapipe_skeleton,
+from benchmarks.evidence import (colour_histogram, colour_similarity, foreground_iou, mediapipe_skeleton,
                                steps_to_level)
 
 

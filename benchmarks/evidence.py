@@ -1,4 +1,4 @@
-"""Measurements behind `benchmarks/claims.py`: scores of trained models against the procedural world's ground truth.
+"""Measurements behind `benchmarks.claims`: scores of trained models against the procedural world's ground truth.
 
 - `EvalPair` / `cross_pairs`: held-out cross-identity pairs, encoded once (cues, reference and target latents).
 - `eval_loss`: the denoising loss of a transformer on those pairs at fixed timesteps and fixed noise, so curves of
@@ -32,9 +32,9 @@ from directanimator.tensors import as_frames, as_masks
 from directanimator.vae_io import encode_frames
 from directanimator.video import resize_frames
 
-from .data import Batch
-from .trainer import denoising_loss, noised_batch
-from .validate import ValidationPair, held_out_entries, load_pair, pair_triplet, read_entries
+from training.data import Batch
+from training.trainer import denoising_loss, noised_batch
+from training.validate import ValidationPair, held_out_entries, load_pair, pair_triplet, read_entries
 
 log = logging.getLogger(__name__)
 
