@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="a recipe TOML instead of the --scale one")
     parser.add_argument("--work", default=None, help="work folder (default runs/recipe_<scale>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set stage1.steps=200 --set train.optim.lr=1e-3")
+                        help="override a recipe value, e.g. --set stage1.steps=200 --set train.optim.lr=1e-3 "
+                             "(both stages) --set stage2.optim.lr=2e-4 (stage 2 only)")
     parser.add_argument("--resume", action="store_true", help="continue a previous run in the work folder")
 
 
