@@ -31,6 +31,7 @@ def _result(root: Path, name: str) -> dict:
     return json.loads((root / "work" / "results" / f"{name}.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_has_every_claim_with_its_plot(claims_run):
     _, root, report = claims_run
     text = report.read_text()
@@ -43,6 +44,7 @@ def test_report_has_every_claim_with_its_plot(claims_run):
         assert f"evidence/{name}.png" in text
 
 
+@pytest.mark.slow
 def test_s2x_runs_share_the_start_and_the_loss_changes_their_training(claims_run):
     _, root, _ = claims_run
     s2x = _result(root, "s2x")
@@ -55,6 +57,7 @@ def test_s2x_runs_share_the_start_and_the_loss_changes_their_training(claims_run
     assert [s["seed"] for s in s2x["per_seed"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_robustness_scores_both_models_on_every_setting(claims_run):
     _, root, _ = claims_run
     rows = _result(root, "robustness")["rows"]
@@ -64,6 +67,7 @@ def test_robustness_scores_both_models_on_every_setting(claims_run):
     assert rows[0]["cues_psnr"] != rows[1]["cues_psnr"]  # the degradation reached the cue path
 
 
+@pytest.mark.slow
 def test_cutoff_changes_the_pose_cue_and_so_the_result(claims_run):
     _, root, _ = claims_run
     rows = _result(root, "cutoff")["rows"]
@@ -73,6 +77,7 @@ def test_cutoff_changes_the_pose_cue_and_so_the_result(claims_run):
         assert 0.0 <= row["iou"] <= 1.0 and 0.0 <= row["driving_similarity"] <= 1.0
 
 
+@pytest.mark.slow
 def test_cross_id_takes_the_stage2_scores_sampled_for_the_s2x_measurement(claims_run):
     _, root, _ = claims_run
     runs, s2x, cross = _result(root, "runs"), _result(root, "s2x"), _result(root, "cross")
@@ -83,6 +88,7 @@ def test_cross_id_takes_the_stage2_scores_sampled_for_the_s2x_measurement(claims
         assert cross["models"][label]["ssim"] == [r["ssim"] for r in found]
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_measurements(claims_run):
     claims, root, report = claims_run
     before = _result(root, "s2x")
@@ -98,6 +104,7 @@ def test_missing_vae_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "work" / "world").exists()
 
 
+@pytest.mark.slow
 def test_world_config_renders_the_exported_clips_again(claims_run):
     from safetensors.torch import load_file
 

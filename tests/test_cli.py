@@ -27,6 +27,7 @@ def test_info_says_when_a_window_does_not_fit(capsys):
 
 
 @needs_real
+@pytest.mark.slow
 def test_cues_command_writes_three_cue_videos_and_a_sheet(tmp_path):
     out = tmp_path / "cues"
     code = main(["cues", "--reference", str(REAL_DATA / "ref_anime_character.jpg"),
@@ -41,6 +42,7 @@ def test_cues_command_writes_three_cue_videos_and_a_sheet(tmp_path):
 
 
 @needs_real
+@pytest.mark.slow
 def test_animate_writes_the_driving_frame_count_at_the_driving_fps(tmp_path):
     model = save_tiny_diffusers(tmp_path / "tiny", "1.5")
     out = tmp_path / "result.mp4"

@@ -23,6 +23,7 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_model_without_cue_weights_is_not_moved_by_any_blanked_cue(world):
     scores = cue_reliance.reliance(tiny_animator_model("1.0"), world, pairs=1, steps=1, samples=1)
     assert list(scores) == ROWS
@@ -31,18 +32,21 @@ def test_a_model_without_cue_weights_is_not_moved_by_any_blanked_cue(world):
     assert [scores[row] for row in ROWS[4:]] == [0.0, 0.0, 0.0]  # zero CueFusion: the cues cannot matter
 
 
+@pytest.mark.slow
 def test_a_model_that_reads_its_cues_is_moved_by_blanking_them(world):
     scores = cue_reliance.reliance(tiny_animator_model("1.0", randomize_cues=True), world, pairs=1, steps=1,
                                    samples=1)
     assert all(scores[row] > 1e-3 for row in ROWS[4:]), scores
 
 
+@pytest.mark.slow
 def test_the_round_trip_keeps_the_frame_count_of_any_clip(world):
     frames = cue_reliance.load_pair(world, cue_reliance.scored_entries(world, 1)[0]).target.float()
     for count in (1, 4, 5):  # 4 is padded to the VAE's 5 frames, then trimmed
         assert cue_reliance.round_trip(tiny_animator_model("1.0"), frames[:count]).shape == frames[:count].shape
 
 
+@pytest.mark.slow
 def test_training_and_held_out_clips_are_scored_as_same_identity_pairs(world):
     entries = cue_reliance.scored_entries(world, 5, kind="train")
     assert [e["split"] for e in entries] == ["train", "train"]  # 3 clips, one of them held out

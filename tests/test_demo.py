@@ -24,6 +24,7 @@ def tiny_model(tiny_root):
     return tiny_root / "models" / "demo"
 
 
+@pytest.mark.slow
 def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--model", str(tiny_model), "--out", str(out)]) == 0
@@ -45,12 +46,14 @@ def test_demo_on_the_bundled_clip_writes_result_sheet_and_scores(tiny_model, tmp
     assert f"blanking the pose cue moves the result by {metrics['pose_moves']:.3f}" in printed
 
 
+@pytest.mark.slow
 def test_demo_is_reproducible_with_the_same_seed(tiny_model, tmp_path):
     first = run_demo(tiny_model, out=tmp_path / "a", steps=2, seed=3)
     second = run_demo(tiny_model, out=tmp_path / "b", steps=2, seed=3)
     assert torch.equal(first.frames, second.frames) and first.metrics == second.metrics
 
 
+@pytest.mark.slow
 def test_the_sampler_is_the_bundled_setting_unless_given(tiny_model, tmp_path):
     bundled = json.loads((tiny_model / "demo" / "demo.json").read_text())
     default = run_demo(tiny_model, out=tmp_path / "default", steps=2)
@@ -97,6 +100,7 @@ def test_missing_driving_file_is_named_before_the_model_loads(tiny_model, tmp_pa
 
 
 @needs_real
+@pytest.mark.slow
 def test_driving_with_the_real_dance_runs_the_detector_path(tiny_model, tmp_path):
     out = tmp_path / "real"
     code = main(["demo", "--model", str(tiny_model), "--driving", str(REAL_DATA / "dance_1080x1920_24fps.mp4"),
@@ -110,6 +114,7 @@ def test_driving_with_the_real_dance_runs_the_detector_path(tiny_model, tmp_path
 
 
 @needs_real
+@pytest.mark.slow
 def test_without_a_model_folder_the_demo_writes_the_real_cue_triplet(tmp_path, caplog, monkeypatch):
     import directanimator.cli as cli
 
@@ -125,6 +130,7 @@ def test_without_a_model_folder_the_demo_writes_the_real_cue_triplet(tmp_path, c
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 
+@pytest.mark.slow
 def test_the_bundled_model_loads_and_animates_its_clip(tmp_path):
     """CI runs the committed model end to end exactly as `make demo` does (its bundled sampling settings)."""
     from directanimator.demo import is_model_folder
@@ -168,6 +174,7 @@ def test_the_bundled_card_is_the_text_of_its_numbers():
         assert demo_settings[key] == validate[key] == card["stages"]["validate"][key], key
 
 
+@pytest.mark.slow
 def test_the_location_anchor_comes_from_demo_json_unless_given(tiny_model, tmp_path):
     """demo.json's anchor reaches cue extraction, and the argument overrides it (the default would hide both)."""
     import shutil

@@ -320,6 +320,7 @@ def test_a_face_detector_failure_in_the_worker_reaches_the_caller(monkeypatch):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_concurrent_detection_gives_what_the_detectors_give_one_after_the_other(dance_clip):
     from directanimator.cues import mask_boxes, smooth_track, square_boxes
     from directanimator.cues.face_detection import detect_faces
@@ -337,6 +338,7 @@ def test_concurrent_detection_gives_what_the_detectors_give_one_after_the_other(
     assert torch.allclose(triplet.record.face_boxes[track.valid], crop)
 
 
+@pytest.mark.slow
 def test_reference_face_missed_in_the_whole_picture_is_found_in_the_head_region(dance_clip):
     """mediapipe misses the anime reference's face at 512x896 in the whole picture; the head view finds it."""
     from directanimator.cues.face_detection import detect_faces

@@ -157,6 +157,7 @@ def test_the_cascade_is_loaded_once_per_process(monkeypatch):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_dancer_face_is_found_in_nearly_every_frame(dance):
     track = detect_faces(dance)  # auto
     assert track.backend.startswith("mediapipe")
@@ -175,6 +176,7 @@ def test_dancer_face_is_found_in_nearly_every_frame(dance):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_opencv_boxes_match_mediapipe_tightness(dance):
     frames = dance[::12]  # 8 frames: the cascade is the slow one
     haar = detect_faces(frames, backend="opencv")

@@ -25,6 +25,7 @@ def test_real_configs_report_5b_parameters_and_cheap_cues(name):
     assert report["fits_positional_embeddings"]
 
 
+@pytest.mark.slow
 def test_5b_i2v_window_is_13_latent_frames_at_480x720():
     report = size_report("cogvideox-5b-i2v")
     window = report["window"]

@@ -75,6 +75,7 @@ def test_window_blending_is_exact_for_a_model_without_context():
     torch.testing.assert_close(windowed, single, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_video_four_windows_long_runs_in_window_sized_forwards_and_keeps_its_frame_count(model15):
     plan = plan_windows(9, 3, 1)
     assert len(plan.spans) == 4
@@ -91,6 +92,7 @@ def test_a_video_four_windows_long_runs_in_window_sized_forwards_and_keeps_its_f
     assert any("4 context windows" in note for note in result.notes)
 
 
+@pytest.mark.slow
 def test_a_fixed_length_backbone_samples_longer_clips_in_windows_of_its_length():
     model = tiny_animator_model("1.0", randomize_cues=True)  # learned positions: exactly 1 + 3 latent frames
     cond = encode_conditioning(model, synthetic_triplet(17), tiling=False)  # 5 video latents
@@ -204,6 +206,7 @@ def test_conditioning_holds_the_reference_frame_then_the_driving_cues(model15):
     torch.testing.assert_close(cond.cues.body_mask[0, 0, 0].mean(), triplet.reference_body_location.mean())
 
 
+@pytest.mark.slow
 def test_the_pose_cue_is_encoded_in_the_layout_the_checkpoint_was_trained_on(model15, caplog):
     from directanimator.cues import align_pose_cue
 
@@ -301,6 +304,7 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_animate_runs_from_real_footage_to_the_driving_frame_count_and_rate(model15):
     if not (REAL / "dance_1080x1920_24fps.mp4").exists():
         pytest.skip(f"real footage not found in {REAL}")

@@ -75,6 +75,7 @@ def test_tile_blending_reassembles_a_pointwise_map_exactly():
     torch.testing.assert_close(tiled, whole, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiled_vae_round_trip_stays_close_to_the_untiled_one(vae):
     torch.manual_seed(4)
     frames = torch.rand(5, PIXELS, PIXELS, 3)

@@ -59,6 +59,7 @@ def test_the_models_cue_options_then_the_callers(rotary):
         sampling_plan(rotary, cue_config={"cutoff": 0.5})
 
 
+@pytest.mark.slow
 def test_frames_drop_the_reference_decode_and_trim_as_animate_does(rotary):
     result = animate_triplet(rotary, synthetic_triplet(5, height=SMALL, width=SMALL), steps=1, guidance=1.0)
     latents = result.latents  # the reference frame, then 3 video latents (9 padded frames)

@@ -255,6 +255,7 @@ def test_segment_person_with_sam_on_a_real_photo(tiny_sam_path):
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
 def test_person_mask_covers_the_dancer_and_not_the_background(dance):
     masks = segment_person(dance)
     assert masks.shape == dance.shape[:3]

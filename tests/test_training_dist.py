@@ -101,6 +101,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_step_equals_one_process_with_the_doubled_batch(tmp_path):
     torch.manual_seed(0)
     out = tmp_path / "ddp.safetensors"

@@ -89,6 +89,7 @@ def test_held_out_pairs_are_val_entries_first_then_cross_identity_pairs():
     assert [e["clip"] for e in held_out_entries(entries, max_clips=2)] == ["c", "d"]
 
 
+@pytest.mark.slow
 def test_validation_samples_held_out_pairs_and_scores_them(world, model, tmp_path):
     records = validate_model(model, world, tmp_path, max_clips=1, steps=1, guidance=1.0, seed=0)
     assert [r["split"] for r in records] == ["val"]
@@ -124,6 +125,7 @@ def test_partners_are_other_identities_and_reproducible():
     assert choose_partners([{"identity": "a"}, {"identity": "a"}]) == [None, None]
 
 
+@pytest.mark.slow
 def test_render_pseudo_writes_another_identity_performing_each_clip(world, model, tmp_path):
     out = tmp_path / "pseudo_set"
     entries = render_pseudo(model, world, out, steps=1, guidance=1.0, max_clips=1)
@@ -227,6 +229,7 @@ def test_exported_checkpoint_loads_and_matches_the_trained_module(backbone_folde
     assert torch.equal(loaded.null_text, torch.ones(1, 8, 32))
 
 
+@pytest.mark.slow
 def test_training_checkpoint_folder_exports_ema_or_raw_weights(backbone_folder, tmp_path):
     raw, ema = _trained(backbone_folder, seed=1), _trained(backbone_folder, seed=2)
     trainable = {n: p for n, p in raw.transformer.named_parameters() if p.requires_grad}

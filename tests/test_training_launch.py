@@ -95,6 +95,7 @@ def one_and_two(root: Path, command: str, args: list[str], name: str) -> tuple[l
 
 
 @GLOO
+@pytest.mark.slow
 def test_stage1_full_finetuning_on_two_launched_processes_equals_one_process_with_the_doubled_batch(world):
     root, args = world
     # cue and reference dropout stay on, so the per-sample dropout flags are part of what must agree
@@ -104,6 +105,7 @@ def test_stage1_full_finetuning_on_two_launched_processes_equals_one_process_wit
 
 
 @GLOO
+@pytest.mark.slow
 def test_lora_stage2_with_the_teacher_outside_ddp_on_two_launched_processes_equals_one_process(world):
     root, args = world
     # stage 1 with the config's LoRA, in this process only: stage 2 needs its checkpoint (a full stage-1

@@ -145,6 +145,7 @@ def elsewhere(config, tmp_path: Path, *extra: str):
                                 f"data.cache={json.dumps(str(tmp_path / 'cache'))}", *extra])
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path):
     config, first, _, _, _ = prepared
     parallel = elsewhere(config, tmp_path, "data.workers=2")
@@ -160,6 +161,7 @@ def test_worker_processes_write_the_same_cache_as_one_process(prepared, tmp_path
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bf16_encoding_caches_latents_near_the_fp32_ones_under_its_own_key(prepared, tmp_path):
     config, first, _, _, _ = prepared
     bf16 = elsewhere(config, tmp_path, "data.encode_precision='bf16'")
@@ -197,6 +199,7 @@ def test_bf16_encoding_warns_only_on_a_cpu_without_native_bf16(monkeypatch, capl
             "than in fp32; set data.encode_precision='fp32'."])
 
 
+@pytest.mark.slow
 def test_skeleton_source_caches_skeleton_maps_with_blank_face_and_location(prepared):
     config, _, _, broken, scene = prepared
     base = [f"data.metadata={json.dumps(config.data.metadata)}", f"model.backbone={json.dumps(config.model.backbone)}"]

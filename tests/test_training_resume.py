@@ -53,6 +53,7 @@ def setup(tmp_path_factory):
     return root, args
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(setup):
     root, args = setup
     subprocess.run(command(args, "run.name='whole'"), cwd=ROOT, env=env(), check=True, capture_output=True)
@@ -121,6 +122,7 @@ def test_trained_weights_holding_nan_are_refused_at_resume_naming_the_tensor(tmp
         load_training_checkpoint(latest)
 
 
+@pytest.mark.slow
 def test_the_next_start_removes_only_the_unfinished_checkpoint_folders_of_killed_writes(tmp_path):
     from training.vae import clips_from_world, load_vae_config, train_vae
 
@@ -137,6 +139,7 @@ def test_the_next_start_removes_only_the_unfinished_checkpoint_folders_of_killed
         ".tmp-mine", "notes", "step_000001", "step_000002"]
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_of_the_metrics_is_dropped_with_a_warning_at_resume(tmp_path, caplog):
     from training.vae import clips_from_world, load_vae_config, train_vae
 

@@ -123,6 +123,7 @@ def test_training_without_prepared_cache_says_run_prepare(tmp_path, world):
         train_stage1(config)
 
 
+@pytest.mark.slow
 def test_validation_during_training_writes_scored_samples_and_leaves_the_losses_unchanged(world):
     root, data, model = world
     common = ("run.steps=4", "run.save_every=100", "run.log_every=1", "run.validate_steps=2")

@@ -38,6 +38,7 @@ def fixed_loss(vae, batch, config) -> float:
         return float(vae_loss(vae, batch, config, torch.Generator().manual_seed(5))[0])
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_reconstruction_loss(pool, tmp_path):
     torch.manual_seed(0)
     config = load_vae_config([*MICRO, "steps=25", "lr=3e-3", "save_every=100"])
@@ -51,6 +52,7 @@ def test_a_few_steps_reduce_the_reconstruction_loss(pool, tmp_path):
     assert after < 0.7 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_16_channel_latents_and_a_measured_scaling_factor(pool, tmp_path):
     from diffusers import AutoencoderKLCogVideoX
 
@@ -72,6 +74,7 @@ def test_saved_folder_loads_with_16_channel_latents_and_a_measured_scaling_facto
     assert saved["steps"] == 3 and saved["held_out_clips"] == 1 and saved["held_out_psnr"] > 0
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_the_run_stopped(pool, tmp_path):
     common = [*MICRO, "lr=1e-3", "save_every=2"]
     train_vae(pool, tmp_path / "whole", load_vae_config([*common, "steps=4"]))
@@ -142,6 +145,7 @@ def test_a_folder_the_vae_command_did_not_write_is_refused_before_training(pool,
     assert [p.name for p in mine.rglob("*")] == [VAE_DIR, "config.json"]
 
 
+@pytest.mark.slow
 def test_a_vae_run_written_before_output_markers_still_resumes(pool, tmp_path):
     from directanimator.atomic import OUTPUT_MARKER
 

@@ -324,6 +324,7 @@ def test_plain_clothes_dress_the_same_identity_in_one_colour_and_keep_the_scene(
         replace(config, plain_clothes=1).validate()
 
 
+@pytest.mark.slow
 def test_a_reference_in_place_keeps_its_pose_and_stands_where_the_clip_starts():
     from directanimator.cues import PersonGeometry, anchor_frames, fit_similarity, mask_boxes, mask_centre_columns
     from directanimator.cues import warp_masks

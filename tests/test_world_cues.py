@@ -102,6 +102,7 @@ def test_mediapipe_selfie_segmentation_roughly_finds_the_puppet():
 
 
 @pytest.mark.parametrize("close_ups", [0.0, 1.0], ids=["full-body", "close-ups"])
+@pytest.mark.slow
 def test_the_first_frame_anchor_puts_the_location_cue_where_the_cross_identity_target_stands(close_ups):
     """On world cross pairs (B's reference, A's motion, B doing it as ground truth), the driving masks warped by the
     fitted transform overlap the target's masks clearly better with the body centre lines than with the box rule
