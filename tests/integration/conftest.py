@@ -274,3 +274,20 @@ def comfy(tmp_path_factory) -> Server:
         for link in links:
             if link is not None and link.is_symlink():
                 link.unlink()
+
+
+@pytest.fixture(scope="module")
+def media(comfy):
+    """The files the workflows name, in the server's input folder, cut from the real footage."""
+    from tests.integration.shipped import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, REAL_DATA, build
+
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real footage not found at {REAL_DATA} (shared/data/real): the cue nodes need real people")
+    from directanimator.video import read_image, read_video, write_image, write_video
+
+    clip = read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", start=48, stride=2, max_frames=CLIP_FRAMES,
+                      size=CLIP_SIZE)
+    write_video(comfy.input_dir / build.DRIVING, clip.frames, fps=CLIP_FPS)
+    write_image(comfy.input_dir / build.REFERENCE, read_image(REAL_DATA / "ref_anime_character.jpg",
+                                                              size=(448, 256)))
+    return clip

@@ -4,43 +4,18 @@ interruption. Skipped unless COMFYUI_DIR is set (see conftest.py); needs the rea
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
-_spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
-build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(build)
+from tests.integration.shipped import CLIP_FPS, CLIP_FRAMES, api, build, run, video_facts
 
-CLIP_FRAMES = 17  # 8m+1: the tiny CogVideoX 1.5 layout needs an even latent count with the reference
-CLIP_FPS = 12.0
-CLIP_SIZE = (224, 128)  # (height, width)
 TINY_SIZE = (112, 64)
 BACKBONE = "tiny-cogvideox15-itest"
 CHECKPOINT = "tiny-directanimator-itest.safetensors"
-
-
-@pytest.fixture(scope="module")
-def media(comfy):
-    """The files the workflows name, in the server's input folder, cut from the real footage."""
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real footage not found at {REAL_DATA} (shared/data/real): the cue nodes need real people")
-    from directanimator.video import read_image, read_video, write_image, write_video
-
-    clip = read_video(REAL_DATA / "dance_1080x1920_24fps.mp4", start=48, stride=2, max_frames=CLIP_FRAMES,
-                      size=CLIP_SIZE)
-    write_video(comfy.input_dir / build.DRIVING, clip.frames, fps=CLIP_FPS)
-    write_image(comfy.input_dir / build.REFERENCE, read_image(REAL_DATA / "ref_anime_character.jpg",
-                                                              size=(448, 256)))
-    return clip
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +31,6 @@ def tiny_model(comfy):
     return BACKBONE, CHECKPOINT
 
 
-def api(name: str) -> dict:
-    return json.loads(build.api_path(name).read_text())
-
-
 def animate_prompt(*, seed: int = 1, steps: int = 2, offload: bool = True) -> dict:
     """Workflow (b) with the tiny model: small frames, a window the 1.5 layout takes, few steps."""
     prompt = api("animate_cogvideox_5b_i2v_long_video")
@@ -69,21 +40,6 @@ def animate_prompt(*, seed: int = 1, steps: int = 2, offload: bool = True) -> di
     prompt["7"]["inputs"].update(steps=steps, seed=seed, window=3, overlap=1)
     prompt["8"]["inputs"]["tiled"] = False
     return prompt
-
-
-def run(comfy, prompt, **kwargs):
-    ws, client_id = comfy.connect()
-    try:
-        return comfy.follow(ws, comfy.queue(prompt, client_id), **kwargs)
-    finally:
-        ws.close()
-
-
-def video_facts(path: Path) -> tuple[int, float, tuple[int, int]]:
-    from directanimator.video import read_video
-
-    clip = read_video(path)
-    return clip.num_frames, clip.fps, tuple(clip.frames.shape[1:3])
 
 
 def test_object_info_lists_every_node_with_its_declared_types(comfy):

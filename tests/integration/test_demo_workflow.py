@@ -9,7 +9,7 @@ import json
 import pytest
 
 from directanimator.demo import is_model_folder
-from tests.integration.test_comfyui import ROOT, api, build, run, video_facts
+from tests.integration.shipped import ROOT, api, build, run, video_facts
 
 BUNDLED_DIR = ROOT / "models" / "demo"
 

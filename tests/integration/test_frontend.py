@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.integration.test_comfyui import build, media  # noqa: F401 (media: a fixture, the user's clip and picture)
+from tests.integration.shipped import build
 
 RUNS_HERE = ("animate_bundled_demo_model", "inspect_cue_triplet_tune_cutoff", "bring_your_own_person_mask")
 RUN_TIMEOUT_S = 600

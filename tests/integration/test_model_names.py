@@ -3,19 +3,13 @@ is set (see conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
-build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(build)
+from tests.integration.shipped import build
 
 LOADER = "5"  # the Model Loader's id in the animate workflows
 
