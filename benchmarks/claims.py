@@ -3,7 +3,7 @@
     python -m benchmarks.claims                      # full size (about an hour on 2 CPU cores); writes docs/evidence.md
     python -m benchmarks.claims --scale tiny --work /tmp/claims --out /tmp/evidence --vae DIR   # smoke test
 
-One recipe (training/recipe.py) at 64x64 px and 9 frames (benchmarks/claims_full.toml) with the bundled demo
+One recipe (training/recipe/) at 64x64 px and 9 frames (benchmarks/claims_full.toml) with the bundled demo
 model's VAE, then:
 
 1. Same2X convergence: from one stage-1 model, stage 2 with the S2X loss and without it (lambda 0), for several

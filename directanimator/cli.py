@@ -116,18 +116,18 @@ CUE_FLAGS = {"height": "--size", "width": "--size", "cutoff": "--cutoff", "filte
 def cue_options(args: argparse.Namespace) -> dict:
     """The CueConfig fields given on the command line (--size, --cutoff, --filter, --grid-cell), each checked, so
     a bad one fails before any file is read or model loaded; options left out are not in the result."""
-    from .cues.types import SIDE_MULTIPLE, CueConfig
+    from .cues.types import CueConfig
     from .errors import CueError, InputError
-    from .tensors import MAX_SIDE_PX, MIN_SIDE_PX
+    from .tensors import MAX_SIDE_PX, MIN_SIDE_PX, SIZE_MULTIPLE
 
     options = {}
     if args.size is not None:
         height, width = args.size
-        if any(v < MIN_SIDE_PX or v > MAX_SIDE_PX or v % SIDE_MULTIPLE for v in args.size):
+        if any(v < MIN_SIDE_PX or v > MAX_SIDE_PX or v % SIZE_MULTIPLE for v in args.size):
             def near(v: int) -> int:
-                return min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / SIDE_MULTIPLE) * SIDE_MULTIPLE))
+                return min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / SIZE_MULTIPLE) * SIZE_MULTIPLE))
 
-            raise InputError(f"--size {height}x{width}: each side must be a multiple of {SIDE_MULTIPLE} from "
+            raise InputError(f"--size {height}x{width}: each side must be a multiple of {SIZE_MULTIPLE} from "
                              f"{MIN_SIDE_PX} to {MAX_SIDE_PX} px, e.g. --size {near(height)}x{near(width)}.")
         options.update(height=height, width=width)
     for key in ("cutoff", "filter", "grid_cell"):

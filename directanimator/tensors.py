@@ -15,6 +15,7 @@ from .errors import InputError
 
 MIN_SIDE_PX = 64
 MAX_SIDE_PX = 4096
+SIZE_MULTIPLE = 16  # working sides: the VAE's factor 8 times the transformer's patch size 2
 # Float values above this are not the small overshoot of a bicubic resize (clamped to 1) but 0..255 data passed as
 # float: refused, since clamping would turn the picture white.
 BYTE_SCALE_LIMIT = 2.0

@@ -270,11 +270,6 @@ def merge_tables(base: dict, over: dict) -> dict:
     return merged
 
 
-# the names training.vae still imports (before build_config and set_value were public)
-_build = build_config
-_apply = set_value
-
-
 def read_config_file(path: str | Path) -> dict:
     """The raw table of a TOML (or JSON) config file."""
     path = Path(path)

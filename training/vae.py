@@ -29,7 +29,7 @@ from directanimator.errors import InputError
 
 from .checkpointing import (load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume,
                             rng_state, save_training_checkpoint, set_rng_state, truncate_metrics)
-from .config import _apply, _build, parse_override
+from .config import build_config, parse_override, set_value
 from directanimator.metrics import psnr
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def load_vae_config(overrides: list[str] | tuple[str, ...] = (), base: dict | No
     """A validated `VaeTrainConfig` from a raw table `base` and ``key=value`` overrides (TOML values)."""
     data = dict(base or {})
     for text in overrides:
-        _apply(data, *parse_override(text))
-    return _build(VaeTrainConfig, data, "vae").validate()
+        set_value(data, *parse_override(text))
+    return build_config(VaeTrainConfig, data, "vae").validate()
 
 
 # --------------------------------------------------------------------------- data

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CueError
-from ..tensors import MAX_SIDE_PX, MIN_SIDE_PX
+from ..tensors import MAX_SIDE_PX, MIN_SIDE_PX, SIZE_MULTIPLE
 
 FilterType = Literal["gaussian", "ideal", "butterworth"]
 SegmenterName = Literal["mediapipe", "sam", "given"]
@@ -23,7 +23,6 @@ FaceDetectorName = Literal["auto", "mediapipe", "opencv", "given"]
 AnchorName = Literal["first", "clip"]
 ANCHORS: tuple[str, ...] = get_args(AnchorName)  # the location anchors, for checks and choices
 FILTERS: tuple[str, ...] = get_args(FilterType)
-SIDE_MULTIPLE = 16  # working sides: VAE factor 8 times patch size 2
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,10 @@ class CueConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if not _is_int(value) or value < MIN_SIDE_PX or value > MAX_SIDE_PX or value % SIDE_MULTIPLE:
-                nearest = min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(value / SIDE_MULTIPLE) * SIDE_MULTIPLE)) \
+            if not _is_int(value) or value < MIN_SIDE_PX or value > MAX_SIDE_PX or value % SIZE_MULTIPLE:
+                nearest = min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)) \
                     if _is_number(value) and math.isfinite(value) else MIN_SIDE_PX
-                raise CueError(f"CueConfig.{name}={value!r}: must be a multiple of {SIDE_MULTIPLE} and at least "
+                raise CueError(f"CueConfig.{name}={value!r}: must be a multiple of {SIZE_MULTIPLE} and at least "
                                f"{MIN_SIDE_PX} px (at most {MAX_SIDE_PX}), e.g. {nearest}; or None to derive it "
                                "from the driving video.")
         for name in ("butterworth_order", "face_smooth", "max_face_gap", "grid_cell"):

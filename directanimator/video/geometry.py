@@ -19,17 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from ..tensors import MIN_SIDE_PX, SIZE_MULTIPLE
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 ResizeMode = Literal["stretch", "crop", "pad"]
 SIZE_RULES = ("aspect", "source")
 SizeRule = Literal["aspect", "source"]
 
-# Working sides are multiples of SIZE_MULTIPLE: the VAE's factor 8 times the transformer's patch size 2.
-SIZE_MULTIPLE = 16
 # The "aspect" rule: a derived side is at least MIN_SIDE, and the source's long side is scaled down to at most
 # MAX_LONG_SIDE when no side is given.
-MIN_SIDE = 64
+MIN_SIDE = MIN_SIDE_PX
 MAX_LONG_SIDE = 1024
 
 
