@@ -323,7 +323,7 @@ ROWS = [
         cli("recipe", "--out", lambda ctx: a_file(ctx) / "model", "--scale", "tiny", "--work",
             lambda ctx: ctx.tmp / "work", training=True), InputError, r"taken is a file, so no folder can be made"),
     Bad("cli", "training-export-out-is-a-folder",
-        cli("export", "step_1", "--model", "m", "--out", lambda ctx: ctx.tmp, training=True), InputError,
+        cli("export", "step_1", "--backbone", "m", "--out", lambda ctx: ctx.tmp, training=True), InputError,
         r"--out .*: is an existing folder, but this writes a file"),
     Bad("cli", "training-validate-device-without-that-gpu",
         cli("validate", "--model", "m", "--data", "d", "--out", lambda ctx: ctx.tmp / "v", "--device",

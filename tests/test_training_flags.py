@@ -1,4 +1,4 @@
-"""`validate` and `pseudo` name their flags after the config keys they stand for (``--backbone`` for
+"""`validate`, `pseudo` and `export` name their flags after the config keys they stand for (``--backbone`` for
 ``model.backbone``, ``--metadata`` for ``data.metadata``); the old names still work for one release, with a
 deprecation message."""
 
@@ -22,6 +22,14 @@ def test_the_flags_are_named_after_the_config_keys_and_the_old_names_are_aliases
     assert (new.backbone, new.metadata) == (old.backbone, old.metadata) == ("b", "d")
     assert not getattr(new, DEPRECATED, None)
     assert [note.split()[0] for note in getattr(old, DEPRECATED)] == ["--model", "--data"]
+
+
+def test_export_names_the_backbone_after_its_config_key():
+    parser = build_parser("export")
+    new = parser.parse_args(["export", "run", "--backbone", "b", "--out", "o.safetensors"])
+    old = parser.parse_args(["export", "run", "--model", "b", "--out", "o.safetensors"])
+    assert new.backbone == old.backbone == "b"
+    assert [note.split()[0] for note in getattr(old, DEPRECATED)] == ["--model"]
 
 
 def test_pseudo_ingest_takes_metadata_too():

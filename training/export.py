@@ -135,8 +135,11 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_renamed_argument
+
     parser.add_argument("checkpoint", help="training checkpoint folder RUN/checkpoints/step_N, or RUN for the latest")
-    parser.add_argument("--model", required=True, help="the backbone the run trained from (folder, file, repo id)")
+    add_renamed_argument(parser, "--backbone", old="--model", key="model.backbone", required=True,
+                         help="the backbone the run trained from (folder, file, repo id)")
     parser.add_argument("--out", required=True, help="output DirectAnimator checkpoint (.safetensors)")
     parser.add_argument("--weights", default="auto", choices=EXPORT_WEIGHTS,
                         help="backbone weights to include; 'auto' keeps what the checkpoint holds (a full run's "
@@ -148,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".safetensors"):
         raise InputError(f"--out {args.out}: must end in .safetensors.")
-    path = export_training_checkpoint(args.checkpoint, args.out, backbone=args.model, weights=args.weights,
+    path = export_training_checkpoint(args.checkpoint, args.out, backbone=args.backbone, weights=args.weights,
                                       use_ema=not args.no_ema, dtype=args.dtype)
     log.info("exported %s", path)
     return 0
