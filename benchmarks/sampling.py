@@ -78,7 +78,7 @@ def run_case(args: argparse.Namespace) -> dict:
     frames = 4 * (num_latents - 1) + 1
     tiling = {"auto": None, "on": True, "off": False}[args.tiling]
     tile = (args.tile, args.tile)
-    cond = encode_conditioning(model, random_triplet(frames, size=args.size), tiling=False)
+    cond = encode_conditioning(model, random_triplet(frames, height=args.size, width=args.size), tiling=False)
     windows = len(plan_windows(num_latents, args.window, args.overlap).spans)
 
     _reset_peak()

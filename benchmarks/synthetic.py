@@ -59,8 +59,8 @@ def random_animator(*, size: int, heads: int, head_dim: int, layers: int):
                          scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG), cue_config={}, name="bench")
 
 
-def random_triplet(frames: int, *, size: int, seed: int = 0):
-    """A `CueTriplet` of random cue videos, `frames` frames of `size` x `size` px (the sampler only needs shapes)."""
+def random_triplet(frames: int, *, height: int, width: int, seed: int = 0):
+    """A `CueTriplet` of random cue videos, `frames` frames of `height` x `width` px (the sampler only needs shapes)."""
     from directanimator.cues.types import CueRecord, CueTriplet, Similarity
 
     gen = torch.Generator().manual_seed(seed)
@@ -75,10 +75,10 @@ def random_triplet(frames: int, *, size: int, seed: int = 0):
         reference_person_box=torch.zeros(4), reference_face_box=None,
     )
     return CueTriplet(
-        pose=rand(frames, size, size, 3), face=rand(frames, size, size, 3),
-        body_location=rand(frames, size, size), face_location=rand(frames, size, size),
-        reference=rand(1, size, size, 3), reference_mask=rand(1, size, size),
-        reference_pose=rand(1, size, size, 3), reference_face=rand(1, size, size, 3),
-        reference_body_location=rand(1, size, size), reference_face_location=rand(1, size, size),
+        pose=rand(frames, height, width, 3), face=rand(frames, height, width, 3),
+        body_location=rand(frames, height, width), face_location=rand(frames, height, width),
+        reference=rand(1, height, width, 3), reference_mask=rand(1, height, width),
+        reference_pose=rand(1, height, width, 3), reference_face=rand(1, height, width, 3),
+        reference_body_location=rand(1, height, width), reference_face_location=rand(1, height, width),
         record=record,
     )

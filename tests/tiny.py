@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-from directanimator.cues.types import CueRecord, CueTriplet, Similarity
+from benchmarks.synthetic import random_triplet
+from directanimator.cues.types import CueTriplet
 
 TEXT_DIM = 32
 TEXT_LEN = 8
@@ -178,22 +179,4 @@ def tiny_animator_model(layout: str = "1.0", *, seed: int = 0, randomize_cues: b
 
 def synthetic_triplet(frames: int, *, height: int = PIXELS, width: int = PIXELS, seed: int = 0) -> CueTriplet:
     """A CueTriplet of random cue videos (the sampler only needs tensors of the right shapes)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen)
-
-    record = CueRecord(
-        person_boxes=torch.zeros(frames, 4), person_valid=torch.ones(frames, dtype=torch.bool),
-        face_boxes=torch.zeros(frames, 4), face_valid=torch.ones(frames, dtype=torch.bool),
-        bad_frames=torch.zeros(frames, dtype=torch.bool), transform=Similarity(),
-        reference_person_box=torch.zeros(4), reference_face_box=None,
-    )
-    return CueTriplet(
-        pose=rand(frames, height, width, 3), face=rand(frames, height, width, 3),
-        body_location=rand(frames, height, width), face_location=rand(frames, height, width),
-        reference=rand(1, height, width, 3), reference_mask=rand(1, height, width),
-        reference_pose=rand(1, height, width, 3), reference_face=rand(1, height, width, 3),
-        reference_body_location=rand(1, height, width), reference_face_location=rand(1, height, width),
-        record=record,
-    )
+    return random_triplet(frames, height=height, width=width, seed=seed)
