@@ -162,7 +162,9 @@ def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None) -> Non
 def _older_hint(folder: Path) -> str:
     """What to do with a damaged checkpoint folder: the older checkpoints of its run, if any."""
     run = folder.parent.parent
-    older = [p for _, p in step_dirs(run) if p.name < folder.name]
+    match = STEP_DIR.match(folder.name)
+    own = int(match.group(1)) if match else None
+    older = [p for step, p in step_dirs(run) if own is not None and step < own]
     if older:
         return (f"Resume or export from an older checkpoint ({', '.join(str(p) for p in older[-2:])}), after "
                 f"moving {folder.name} out of {folder.parent}.")
