@@ -1,5 +1,5 @@
 """The table of bad inputs: every surface (command lines, library, nodes, training configs) refuses each one with
-one error of the library's family that names the input and the fix, before any model loads or clip is decoded.
+one error of the library's family that names the input and the fix, before any model loads.
 
 Each row is one test: surface, a short name, what is done wrong, the error class expected and a fragment (regex)
 of its message. Command-line rows run `main(argv)` in process and also check the error path: exit code 2 and one
@@ -576,15 +576,20 @@ def context(tmp_path, caplog, monkeypatch) -> Context:
     """A fresh folder, and no model may load: each row must fail before that."""
     import directanimator.models as models
     import directanimator.models.loader as loader
+    import nodes.model as node_model
     import training.prepare as prepare
     import training.stage1 as stage1
+    import training.stage2 as stage2
+    import training.trainer as trainer
 
     _LOADERS["load_model"] = loader.load_model
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("a model was loaded before the bad input was refused")
 
-    for module, name in ((models, "load_model"), (loader, "load_model"), (stage1, "load_student"),
+    # Each module that binds a loader by name (`from ... import load_model`) needs its own patch.
+    for module, name in ((models, "load_model"), (loader, "load_model"), (node_model, "load_model"),
+                         (trainer, "load_model"), (stage1, "load_student"), (stage2, "load_student"),
                          (prepare, "load_vae"), (prepare, "read_backbone_config")):
         monkeypatch.setattr(module, name, refuse)
     return Context(tmp_path, caplog, monkeypatch)
