@@ -21,12 +21,6 @@ SIZE_MULTIPLE = 16  # working sides: the VAE's factor 8 times the transformer's 
 BYTE_SCALE_LIMIT = 2.0
 
 
-def byte_scale_message(name: str, peak: float) -> str:
-    """The error text for float frames or masks whose values (up to `peak`) look like 0..255."""
-    return (f"{name}: float values up to {peak:g}, but frames and masks are 0..1 (ComfyUI IMAGE/MASK); these look "
-            "like 0..255. Divide by 255 (or pass uint8 values).")
-
-
 def _to_tensor(x, name: str) -> Tensor:
     if isinstance(x, Tensor):
         t = x
@@ -69,7 +63,8 @@ def _checked_unit_range(t: Tensor, name: str) -> Tensor:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError(f"{name}: contains NaN or infinite values.")
     if hi > BYTE_SCALE_LIMIT:
-        raise InputError(byte_scale_message(name, hi))
+        raise InputError(f"{name}: float values up to {hi:g}, but frames and masks are 0..1 (ComfyUI IMAGE/MASK); "
+                         "these look like 0..255. Divide by 255 (or pass uint8 values).")
     if lo < 0.0 or hi > 1.0:
         t = t.clamp(0.0, 1.0)
     return t.contiguous()

@@ -9,12 +9,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CueError
-from ..tensors import BYTE_SCALE_LIMIT, as_frames, byte_scale_message
+from ..errors import CueError, InputError
+from ..tensors import as_frames
 from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, resize_plan, snap_size
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
@@ -40,20 +39,14 @@ HEAD_REGION = 0.4
 HEAD_VIEW_PX = 384
 
 
-def _check_unit_scale(x, name: str) -> None:
-    """Raise CueError when float `x` holds values that look like 0..255 rather than 0..1 (uint8 is converted)."""
-    if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
-            return
-        peak = float(np.nanmax(x))
-    elif isinstance(x, Tensor):
-        if not x.is_floating_point() or x.numel() == 0:
-            return
-        peak = float(x.detach().amax())
-    else:
-        return  # as_frames / cue_masks name the wrong type
-    if peak > BYTE_SCALE_LIMIT:
-        raise CueError(byte_scale_message(name, peak))
+def _cue_frames(x, name: str) -> Tensor:
+    """`as_frames`, its errors (0..255 floats among them) raised as CueError like every other cue input error."""
+    try:
+        return as_frames(x, name=name)
+    except CueError:
+        raise
+    except InputError as error:
+        raise CueError(str(error)) from error
 
 
 def _content(plan: ResizePlan) -> Tensor:
@@ -281,11 +274,8 @@ class _Driving:
 def _checked_inputs(reference, driving, config: CueConfig, driving_mask, driving_face_boxes, driving_face_valid,
                     reference_mask, reference_face_box) -> _Inputs:
     """Every input checked before any work, with an error naming it and the fix."""
-    for value, name in ((reference, "reference"), (driving, "driving"), (driving_mask, "driving_mask"),
-                        (reference_mask, "reference_mask")):
-        _check_unit_scale(value, name)
-    reference = as_frames(reference, name="reference")
-    driving = as_frames(driving, name="driving")
+    reference = _cue_frames(reference, "reference")
+    driving = _cue_frames(driving, "driving")
     if reference.shape[0] != 1:
         raise CueError(
             f"reference: expected one image [1, H, W, 3], got {reference.shape[0]} frames. Pick one frame."
