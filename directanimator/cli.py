@@ -173,16 +173,14 @@ def run_cues(args: argparse.Namespace) -> Path:
     from tqdm import tqdm
 
     from .atomic import check_output, check_output_folder, claim_output_folder
-    from .cues import CueConfig, cue_sheet, extract_cues, location_overlay
+    from .cues import cue_sheet, extract_cues, location_overlay
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, write_image, write_video
 
-    options = cue_options(args)
+    config = _cue_config(args)  # every cue option checked before anything is read
     check_clip_options(args)
     out = check_output(args.out, name="--out", folder=True)
     check_output_folder(out, CUES_COMMAND, legacy=_is_cues_folder)
-    config = CueConfig(segmenter=args.segmenter, sam_checkpoint=args.sam_checkpoint, face_detector=args.face_detector,
-                       anchor=args.anchor or CueConfig.anchor, **options)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     if args.size is None:  # refused before decoding a clip too large to handle at its own size
         check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
@@ -278,7 +276,7 @@ def run_animate(args: argparse.Namespace) -> Path:
     from .atomic import check_output
     from .models import load_model
     from .pipeline import animate
-    from .plan import sampling_plan
+    from .plan import cue_config_for
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, resize_frames, write_video
 
@@ -287,7 +285,7 @@ def run_animate(args: argparse.Namespace) -> Path:
         raise_input(f"--out {out}: give a video file name ending in .mp4, .webm or .gif.")
     check_output(out, name="--out", folder=False)
     device, dtype = _device_and_dtype(args)
-    cue_options(args)
+    settings = _cue_settings(args)  # every cue option checked before anything is read
     check_clip_options(args)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     if args.size is None:  # refused before decoding a clip too large to handle at its own size
@@ -295,7 +293,8 @@ def run_animate(args: argparse.Namespace) -> Path:
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
                        cache_dir=args.cache_dir, vae=args.vae)
-    plan = sampling_plan(model, anchor=args.anchor, options=_cue_settings(args))
+    # the model's cue options with the command line's; animate adds the backbone's size rule (sampling_plan)
+    cue_config = cue_config_for(model.cue_config, anchor=args.anchor, options=settings)
     bars: dict[str, tqdm] = {}
 
     def advance(name: str, total: int) -> None:
@@ -304,7 +303,7 @@ def run_animate(args: argparse.Namespace) -> Path:
         bars[name].update(1)
 
     try:
-        result = animate(model, reference, clip, cue_config=plan.cue_config, steps=args.steps, guidance=args.guidance,
+        result = animate(model, reference, clip, cue_config=cue_config, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, scheduler=args.scheduler, window=args.window, overlap=args.overlap,
                          samples=args.samples, on_cue_frame=lambda i: advance("cues", len(clip.frames)),
                          callback=lambda step, total, preview: advance("sampling", total))
@@ -336,8 +335,8 @@ def _cue_settings(args: argparse.Namespace) -> dict:
 
 
 def _cue_config(args: argparse.Namespace, model=None):
-    """The model's cue options with those given on the command line put in (`plan.cue_config_for`; `run_animate`
-    adds the backbone's size rule through `sampling_plan`)."""
+    """The model's cue options (a default CueConfig without a model) with those given on the command line put in
+    (`plan.cue_config_for`)."""
     from .plan import cue_config_for
 
     return cue_config_for(getattr(model, "cue_config", None), anchor=args.anchor, options=_cue_settings(args))
