@@ -83,9 +83,7 @@ def check_output_folder(folder: str | Path, command: str, *, option: str = "--ou
     """Raise InputError unless `command` may write into `folder` and replace what it wrote there: the folder is
     absent, empty, or carries `command`'s output marker (or, written before markers existed, `legacy(folder)`
     recognises it). Reads only; call it before any long work."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{option} {folder}: is a file, not a folder; give a new or empty folder.")
+    folder = check_output(folder, name=option, folder=True)  # not a file, nor under one
     # the marker's own temporary (another process marking the folder right now) does not make it non-empty
     if not folder.is_dir() or all(p.name.startswith(f".{OUTPUT_MARKER}.") for p in folder.iterdir()):
         return folder

@@ -172,15 +172,14 @@ def run_cues(args: argparse.Namespace) -> Path:
     """Extract the cue triplet and write pose.mp4, face.mp4, location.mp4 and cues.png into args.out."""
     from tqdm import tqdm
 
-    from .atomic import check_output, check_output_folder, claim_output_folder
+    from .atomic import check_output_folder, claim_output_folder
     from .cues import cue_sheet, extract_cues, location_overlay
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, write_image, write_video
 
     config = _cue_config(args)  # every cue option checked before anything is read
     check_clip_options(args)
-    out = check_output(args.out, name="--out", folder=True)
-    check_output_folder(out, CUES_COMMAND, legacy=_is_cues_folder)
+    out = check_output_folder(args.out, CUES_COMMAND, legacy=_is_cues_folder)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     if args.size is None:  # refused before decoding a clip too large to handle at its own size
         check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")

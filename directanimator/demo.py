@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from .atomic import check_output, check_output_folder, claim_output_folder
+from .atomic import check_output_folder, claim_output_folder
 from .devices import usable_device
 from .errors import InputError
 from .metrics import moving_difference, moving_pixels, static_baseline, static_frames, summary
@@ -204,7 +204,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     if not is_model_folder(model_dir):
         raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
                          "Make one with `python -m training recipe --out models/demo`.")
-    out = check_output_folder(check_output(out, name="--out", folder=True), DEMO_COMMAND, legacy=_is_demo_output)
+    out = check_output_folder(out, DEMO_COMMAND, legacy=_is_demo_output)
     usable_device(device)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise InputError(f"--stride {stride!r}: keep every n-th driving frame with n a whole number >= 1 (1 keeps "
