@@ -17,8 +17,8 @@ import torch
 
 from directanimator.errors import CheckpointError, InputError
 from tests.training_world import CONFIG, MICRO, make_world, overrides
-from training.checkpointing import (DIGESTS, STATE_JSON, STATE_TENSORS, TRAINABLE, load_training_checkpoint, rng_state,
-                                   save_training_checkpoint, truncate_metrics)
+from training.checkpointing import (DIGESTS, MODEL, STATE_JSON, STATE_TENSORS, TRAINABLE, load_training_checkpoint,
+                                   rng_state, save_training_checkpoint, truncate_metrics)
 from training.config import load_config
 from training.prepare import prepare
 from training.trainer import read_metrics
@@ -102,6 +102,15 @@ def test_a_checkpoint_whose_file_changed_since_it_was_saved_is_refused_at_resume
     with pytest.raises(CheckpointError, match=r"step_000004: trainable\.safetensors differs from the sha256 "
                                               r"recorded when it was saved.*older checkpoint.*step_000002"):
         load_training_checkpoint(latest)
+
+
+def test_resume_verifies_only_the_files_it_reads_not_the_model_file(tmp_path):
+    from safetensors.torch import save_file
+
+    latest = save_training_checkpoint(tmp_path / "run", 2, trainable={"w": torch.ones(64)}, state={"step": 2},
+                                      write_model=lambda path: save_file({"m": torch.ones(64)}, str(path)))
+    _flip_last_byte(latest / MODEL)  # resume never reads it; export and stage 2 verify it where they load it
+    assert load_training_checkpoint(latest)[0] == 2
 
 
 def test_a_checkpoint_written_before_digests_still_loads_with_one_log_line(tmp_path, caplog):

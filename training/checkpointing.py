@@ -251,7 +251,7 @@ def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, T
 def load_training_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Tensor] | None, dict]:
     """``(step, trainable, ema or None, state)`` of a checkpoint folder."""
     path = Path(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, (STATE_JSON, STATE_TENSORS, TRAINABLE, EMA))  # the files read here; not model.safetensors
     try:
         meta = json.loads((path / STATE_JSON).read_text())
         state = unflatten_state(meta["state"], load_file(str(path / STATE_TENSORS)))
