@@ -29,12 +29,20 @@ def stage1(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["copy", "lora_disabled"])
-def test_stage2_logs_denoising_and_s2x_with_the_lambda_ramp(stage1, mode):
+def test_stage2_logs_denoising_and_s2x_with_the_lambda_ramp(stage1, mode, monkeypatch):
+    import training.trainer
+
     root, args, checkpoint = stage1
     config = load_config(CONFIG, [*args, f"model.checkpoint='{checkpoint}'", f"run.name='s2_{mode}'",
                                   f"stage2.teacher_mode='{mode}'", "run.steps=4", "stage2.lambda_ramp_steps=2",
                                   "stage2.lambda_value=0.5"])
+    verified = []
+    real_verify = training.trainer.verify_checkpoint
+    monkeypatch.setattr(training.trainer, "verify_checkpoint",
+                        lambda folder, names=None: (verified.append((folder, names)), real_verify(folder, names)))
     records = train_stage2(config)
+    # the stage-1 model file is hashed once, though the student and (in copy mode) the teacher both load it
+    assert verified == [(checkpoint.parent, (checkpoint.name,))]
     assert [r["step"] for r in read_metrics(root / "runs" / f"s2_{mode}")] == [1, 2, 3, 4]
     assert [r["lambda"] for r in records] == [0.0, 0.25, 0.5, 0.5]
     for r in records:

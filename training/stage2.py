@@ -71,7 +71,8 @@ def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict
         teacher = S2XTeacher(None, depth=s.depth, student=trainer.model)
     else:
         trainer = Trainer(config, student, data, lambda *a: None, stage=2)
-        frozen = load_student(config, checkpoint=teacher_path).transformer.to(trainer.device)
+        same = Path(teacher_path).resolve() == Path(config.model.checkpoint).resolve()  # verified by the student's load
+        frozen = load_student(config, checkpoint=teacher_path, verify=not same).transformer.to(trainer.device)
         teacher = S2XTeacher(frozen, depth=s.depth)  # kept outside accelerator.prepare: never trained
     trainer.loss_fn = make_stage2_loss(teacher, config)
     return trainer.fit(resume=resume)

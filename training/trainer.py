@@ -51,11 +51,12 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
 
-def load_student(config: TrainConfig, *, checkpoint: str | None = None) -> LoadedModel:
-    """The backbone (+ `model.checkpoint` or `checkpoint`) as a DirectAnimatorTransformer on the CPU."""
+def load_student(config: TrainConfig, *, checkpoint: str | None = None, verify: bool = True) -> LoadedModel:
+    """The backbone (+ `model.checkpoint` or `checkpoint`) as a DirectAnimatorTransformer on the CPU. `verify=False`
+    skips the sha256 check of a training checkpoint's model file (for a caller that has just verified it)."""
     m = config.model
     ckpt = checkpoint if checkpoint is not None else (m.checkpoint or None)
-    if ckpt and (Path(ckpt).parent / DIGESTS).is_file():  # a training checkpoint's model file, e.g. stage 1's
+    if verify and ckpt and (Path(ckpt).parent / DIGESTS).is_file():  # a training checkpoint's model file (stage 1's)
         verify_checkpoint(Path(ckpt).parent, (Path(ckpt).name,))
     seed_everything(config.run.seed)  # fresh CueFusion down-projections are random: same seed, same start
     animator = load_model(m.backbone, ckpt, dtype=m.dtype, vae=m.vae or None,
