@@ -154,6 +154,17 @@ def test_every_node_input_that_names_a_model_file_is_checked_against_the_model_f
     from comfy_folders import comfy_model_folders
     from nodes import NODE_CLASS_MAPPINGS
 
+    from directanimator.models import save_checkpoint
+    from tests.tiny import save_tiny_diffusers, tiny_animator
+
+    # Loadable models of each kind, but outside the model folders: refused by absolute path and by a path relative
+    # to any models/<folder> ("../../x" from there is tmp_path/x).
+    elsewhere = save_tiny_diffusers(tmp_path / "elsewhere", "1.5")
+    (elsewhere / "model_index.json").write_text("{}")
+    save_checkpoint(tmp_path / "outside.safetensors", tiny_animator("1.5"), weights="none", backbone_name="elsewhere")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "outside.pth")
+    valid_outside = [p for name in ("elsewhere", "outside.safetensors", "outside.pth")
+                     for p in (str(tmp_path / name), f"../../{name}")]
     with comfy_model_folders(tmp_path / "models") as models:
         (models / "sams" / "sentinel.pth").write_bytes(b"x")
         (models / "directanimator" / "sentinel.safetensors").write_bytes(b"x")
@@ -168,7 +179,7 @@ def test_every_node_input_that_names_a_model_file_is_checked_against_the_model_f
                 validate = getattr(cls, "VALIDATE_INPUTS", None)
                 assert validate is not None and name in inspect.signature(validate).parameters, \
                     f"{key}.{name} lists model files but VALIDATE_INPUTS does not check it"
-                for outside in ("/etc/passwd", "../../../etc/passwd", str(tmp_path)):
+                for outside in ("/etc/passwd", "../../../etc/passwd", str(tmp_path), *valid_outside):
                     message = validate(**{name: outside})
                     assert isinstance(message, str) and "ComfyUI/models/" in message, (key, name, outside)
                 checked.append(f"{key}.{name}")

@@ -259,9 +259,9 @@ def test_checkpoint_must_be_a_file_listed_in_models_directanimator(tmp_path):
 
 @pytest.fixture
 def stat_log(monkeypatch):
-    """Every path os.stat (and so os.path.isfile/isdir/exists) or os.scandir (os.walk) is asked about."""
+    """Every path os.stat (and so os.path.isfile/isdir/exists), os.scandir (os.walk) or os.listdir is asked about."""
     seen = []
-    stat, scandir = os.stat, os.scandir
+    stat, scandir, listdir = os.stat, os.scandir, os.listdir
 
     def logged_stat(path, *args, **kwargs):
         seen.append(os.fspath(path))
@@ -271,16 +271,22 @@ def stat_log(monkeypatch):
         seen.append(os.fspath(path))
         return scandir(path, *args, **kwargs)
 
+    def logged_listdir(path="."):
+        seen.append(os.fspath(path))
+        return listdir(path)
+
     monkeypatch.setattr(os, "stat", logged_stat)
     monkeypatch.setattr(os, "scandir", logged_scandir)
+    monkeypatch.setattr(os, "listdir", logged_listdir)
     return seen
 
 
 def test_is_changed_never_looks_outside_the_model_folders(tmp_path, stat_log):
+    outside = save_tiny_diffusers(tmp_path / "elsewhere", "1.5")  # a loadable model, but not in models/diffusers
     with comfy_model_folders(tmp_path / "models") as models:
         save_tiny_diffusers(models / "diffusers" / TINY, "1.5")
         stat_log.clear()
-        for name in [str(tmp_path), "/", "../..", *OUTSIDE]:
+        for name in [str(outside), "../../elsewhere", str(tmp_path), "/", "../..", *OUTSIDE]:
             DirectAnimatorModelLoader.IS_CHANGED(name, "", name, "fp32", False)
             DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=name, repo_id="")
         stamp = DirectAnimatorModelLoader.IS_CHANGED(TINY, "", NO_CHECKPOINT, "fp32", False)
