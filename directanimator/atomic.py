@@ -78,6 +78,12 @@ def mark_output(folder: str | Path, command: str) -> None:
         tmp.write_text(json.dumps({"command": command}) + "\n")
 
 
+def holding(*names: str) -> Callable[[Path], bool]:
+    """A `legacy` test for the folder functions below: the folder holds every file of `names` (the files a command
+    always wrote before folders carried output markers)."""
+    return lambda folder: all((Path(folder) / name).is_file() for name in names)
+
+
 def check_output_folder(folder: str | Path, command: str, *, option: str = "--out",
                         legacy: Callable[[Path], bool] | None = None) -> Path:
     """Raise InputError unless `command` may write into `folder` and replace what it wrote there: the folder is

@@ -161,25 +161,21 @@ def check_clip_options(args: argparse.Namespace) -> None:
 
 
 CUES_COMMAND = "python -m directanimator cues"  # the output marker of the folder `cues` writes
-
-
-def _is_cues_folder(folder: Path) -> bool:
-    """A folder `cues` wrote before folders carried output markers: its sheet and three videos."""
-    return all((folder / name).is_file() for name in ("pose.mp4", "face.mp4", "location.mp4", "cues.png"))
+CUES_FILES = ("pose.mp4", "face.mp4", "location.mp4", "cues.png")
 
 
 def run_cues(args: argparse.Namespace) -> Path:
     """Extract the cue triplet and write pose.mp4, face.mp4, location.mp4 and cues.png into args.out."""
     from tqdm import tqdm
 
-    from .atomic import check_output_folder, claim_output_folder
+    from .atomic import check_output_folder, claim_output_folder, holding
     from .cues import cue_sheet, extract_cues, location_overlay
     from .tensors import MAX_SIDE_PX
     from .video import check_video_sides, read_image, read_video, write_image, write_video
 
     config = _cue_config(args)  # every cue option checked before anything is read
     check_clip_options(args)
-    out = check_output_folder(args.out, CUES_COMMAND, legacy=_is_cues_folder)
+    out = check_output_folder(args.out, CUES_COMMAND, legacy=holding(*CUES_FILES))
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     if args.size is None:  # refused before decoding a clip too large to handle at its own size
         check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
@@ -190,7 +186,7 @@ def run_cues(args: argparse.Namespace) -> Path:
     with tqdm(total=len(clip.frames), desc="cues", unit="frame") as bar:
         triplet = extract_cues(reference, clip.frames, config, on_frame=lambda i: bar.update(1))
     elapsed = time.perf_counter() - start
-    claim_output_folder(out, CUES_COMMAND, legacy=_is_cues_folder)
+    claim_output_folder(out, CUES_COMMAND, legacy=holding(*CUES_FILES))
     write_video(out / "pose.mp4", triplet.pose, clip.fps)
     write_video(out / "face.mp4", triplet.face, clip.fps)
     write_video(out / "location.mp4", location_overlay(triplet), clip.fps)
@@ -201,7 +197,7 @@ def run_cues(args: argparse.Namespace) -> Path:
              int(record.face_valid.sum()), triplet.num_frames, int(record.bad_frames.sum()))
     for note in record.notes:
         log.info("note: %s", note)
-    log.info("wrote %s", ", ".join(str(out / n) for n in ("pose.mp4", "face.mp4", "location.mp4", "cues.png")))
+    log.info("wrote %s", ", ".join(str(out / n) for n in CUES_FILES))
     return out
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from .atomic import check_output_folder, claim_output_folder
+from .atomic import check_output_folder, claim_output_folder, holding
 from .devices import usable_device
 from .errors import InputError
 from .metrics import moving_difference, moving_pixels, static_baseline, static_frames, summary
@@ -174,11 +174,6 @@ def demo_sheet(reference: Tensor, driving: Tensor, triplet, result: Tensor, targ
 DEMO_COMMAND = "python -m directanimator demo"  # the output marker of the folder the demo writes
 
 
-def _is_demo_output(folder: Path) -> bool:
-    """A folder the demo wrote before folders carried output markers: its result, sheet and metrics."""
-    return all((folder / name).is_file() for name in (RESULT, SHEET, METRICS))
-
-
 def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: str | Path | None = None,
              driving: str | Path | None = None, frames: int | None = None, stride: int = 1,
              steps: int | None = None, guidance: float | None = None, seed: int | None = None,
@@ -204,7 +199,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     if not is_model_folder(model_dir):
         raise InputError(f"--model {model_dir}: not a demo model folder (transformer/, vae/ and {CHECKPOINT}). "
                          "Make one with `python -m training recipe --out models/demo`.")
-    out = check_output_folder(out, DEMO_COMMAND, legacy=_is_demo_output)
+    out = check_output_folder(out, DEMO_COMMAND, legacy=holding(RESULT, SHEET, METRICS))
     usable_device(device)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise InputError(f"--stride {stride!r}: keep every n-th driving frame with n a whole number >= 1 (1 keeps "
@@ -265,7 +260,7 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
                                            steps=settings.steps, guidance=settings.guidance, seed=settings.seed,
                                            fps=fps, scheduler=settings.scheduler, samples=settings.samples).frames
         metrics.update(motion_scores(reference_image, target, frames_out, without_pose[: frames_out.shape[0]]))
-    claim_output_folder(out, DEMO_COMMAND, legacy=_is_demo_output)
+    claim_output_folder(out, DEMO_COMMAND, legacy=holding(RESULT, SHEET, METRICS))
     write_video(out / RESULT, frames_out, fps)
     write_image(out / SHEET, demo_sheet(reference_image, clip.frames, triplet, frames_out, target))
     record = {"model": str(model_dir), "reference": str(reference_path), "driving": str(driving_path),

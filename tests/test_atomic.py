@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from directanimator.atomic import (OUTPUT_MARKER, atomic_path, check_output_folder, claim_output_folder, output_command,
-                                  replace_output_folder, save_safetensors)
+from directanimator.atomic import (OUTPUT_MARKER, atomic_path, check_output_folder, claim_output_folder, holding,
+                                  output_command, replace_output_folder, save_safetensors)
 from directanimator.errors import InputError
 
 
@@ -70,6 +70,16 @@ def test_absent_and_empty_folders_are_free_and_legacy_outputs_are_recognised(tmp
     check_output_folder(old, "cmd", legacy=lambda f: (f / "card.json").is_file())
     with pytest.raises(InputError):
         check_output_folder(old, "cmd")
+
+
+def test_a_legacy_output_is_recognised_only_when_it_holds_every_file_the_command_wrote(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "result.mp4").write_text("video")
+    with pytest.raises(InputError, match="not empty"):
+        check_output_folder(old, "cmd", legacy=holding("result.mp4", "metrics.json"))
+    (old / "metrics.json").write_text("{}")
+    assert check_output_folder(old, "cmd", legacy=holding("result.mp4", "metrics.json")) == old
 
 
 def test_a_failed_replacement_keeps_the_previous_output(tmp_path):
