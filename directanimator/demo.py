@@ -229,11 +229,11 @@ def run_demo(model_dir: str | Path, *, out: str | Path = "out/demo", reference: 
     truth_file = bundle / TRUTH
     exact = bundled and truth_file.is_file()
     if exact:
-        config = replace(config, segmenter="given", face_detector="given").validate()
+        config = replace(config, segmenter="given", face_detector="given")
         triplet = extract_cues(reference_image, clip.frames, config, **_truth_inputs(truth_file))
     else:
         config = replace(config, segmenter=segmenter, face_detector=face_detector,
-                         sam_checkpoint=sam_checkpoint).validate()
+                         sam_checkpoint=sam_checkpoint)
         triplet = extract_cues(reference_image, clip.frames, config)
     log.info("demo: %d driving frames at %.3g fps, working size %dx%d, %s cues, %d %s steps, guidance %.3g, "
              "mean of %d sample(s)", triplet.num_frames, fps, triplet.pose.shape[2], triplet.pose.shape[1],

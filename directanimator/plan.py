@@ -84,7 +84,7 @@ def cue_config_for(saved: Mapping[str, Any] | None, *, cue_config: CueConfig | N
         config = replace(config, anchor=anchor)
     if config.height is None and default_size:
         config = replace(config, height=default_size, width=default_size)
-    return replace(config, **dict(options or {})).validate()
+    return replace(config, **dict(options or {}))  # replace validates (CueConfig.__post_init__)
 
 
 def sampling_plan(model, *, cue_config: CueConfig | None = None, anchor: str | None = None,
