@@ -17,7 +17,7 @@ PACK_FOLDERS = {"directanimator": {".safetensors"}, "sams": {".pth", ".pt", ".sa
 
 class FolderPaths:
     """ComfyUI's folder_paths as far as a pack sees it: the folder table, each folder's roots, the files in them
-    listed as ComfyUI lists them (recursively, relative to the root, filtered by extension), and get_full_path."""
+    listed as ComfyUI lists them (recursively, relative to the root, filtered by extension)."""
 
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = str(models_dir)
@@ -35,14 +35,6 @@ class FolderPaths:
                     if os.path.splitext(file)[1] in extensions:
                         found.append(os.path.relpath(os.path.join(folder, file), root).replace(os.sep, "/"))
         return sorted(found)
-
-    def get_full_path(self, name: str, filename: str) -> str | None:
-        filename = os.path.relpath(os.path.join("/", filename), "/")  # as ComfyUI does
-        for root in self.get_folder_paths(name):
-            path = os.path.join(root, filename)
-            if os.path.isfile(path):
-                return path
-        return None
 
 
 @contextmanager

@@ -130,7 +130,7 @@ def test_face_crop_and_triplet_nodes_on_a_real_person(real_reference):
 
 
 def test_sam_checkpoint_outside_models_sams_is_refused_at_validation_and_at_run(tmp_path):
-    from comfy_folders import comfy_model_folders
+    from tests.comfy_folders import comfy_model_folders
     from nodes.cues import NO_SAM, DirectAnimatorPersonMask
 
     (tmp_path / "sam_vit_b.pth").write_bytes(b"not a model")  # outside the model folders
@@ -151,7 +151,7 @@ def test_every_node_input_that_names_a_model_file_is_checked_against_the_model_f
     """Whatever node lists files of a model folder refuses, at validation, a name that is not in that folder."""
     import inspect
 
-    from comfy_folders import comfy_model_folders
+    from tests.comfy_folders import comfy_model_folders
     from nodes import NODE_CLASS_MAPPINGS
 
     from directanimator.models import save_checkpoint

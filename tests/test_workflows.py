@@ -6,11 +6,9 @@ from a real server (tests/integration checks the recording against the live /obj
 
 import copy
 import hashlib
-import importlib.util
 import inspect
 import itertools
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,11 +19,9 @@ import torch
 from directanimator.errors import InputError
 from nodes import NODE_CLASS_MAPPINGS
 from nodes.video import DirectAnimatorDrivingVideo
+from tests.integration.shipped import build
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
-build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(build)
 
 WORKFLOWS = sorted(build.WORKFLOWS)
 SCANNED_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")  # ComfyUI custom_node_manager

@@ -279,7 +279,8 @@ def comfy(tmp_path_factory) -> Server:
 @pytest.fixture(scope="module")
 def media(comfy):
     """The files the workflows name, in the server's input folder, cut from the real footage."""
-    from tests.integration.shipped import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, REAL_DATA, build
+    from tests.helpers import REAL_DATA
+    from tests.integration.shipped import CLIP_FPS, CLIP_FRAMES, CLIP_SIZE, build
 
     if not REAL_DATA.is_dir():
         pytest.skip(f"real footage not found at {REAL_DATA} (shared/data/real): the cue nodes need real people")

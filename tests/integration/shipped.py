@@ -1,5 +1,5 @@
-"""The shipped workflows as the integration tests use them: workflows/build.py, their API prompts, the real clip
-they are given, and running a prompt on the test server (conftest.py's `comfy`)."""
+"""The shipped workflows as the integration tests (and test_workflows.py) use them: workflows/build.py, their API
+prompts, the real clip they are given, and running a prompt on the test server (conftest.py's `comfy`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-REAL_DATA = ROOT.parent / "shared" / "data" / "real"
 _spec = importlib.util.spec_from_file_location("workflows_build", ROOT / "workflows" / "build.py")
 build = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(build)

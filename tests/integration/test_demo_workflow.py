@@ -9,9 +9,8 @@ import json
 import pytest
 
 from directanimator.demo import is_model_folder
-from tests.integration.shipped import ROOT, api, build, run, video_facts
-
-BUNDLED_DIR = ROOT / "models" / "demo"
+from nodes.model import BUNDLED_DIR
+from tests.integration.shipped import api, build, run, video_facts
 
 
 @pytest.fixture(scope="module")
