@@ -245,12 +245,16 @@ def test_a_residual_model_is_trained_on_the_clip_minus_the_reference_in_every_fr
     assert torch.equal(residual.timesteps, plain.timesteps)
 
 
-def test_a_run_folder_the_trainer_did_not_write_is_refused_before_training(world):
+def test_a_run_folder_the_trainer_did_not_write_is_refused_before_the_model_loads(world, monkeypatch):
+    import training.stage1
+
     root, data, model = world
     mine = root / "runs" / "notes"
     mine.mkdir(parents=True)
     (mine / "config.json").write_text("{\"my\": \"settings\"}")  # a folder of someone else's, same file name
     config = load_config(CONFIG, overrides(root, data, model, "run.name='notes'", "run.steps=2"))
+    # the library call (as the recipe makes it) refuses before loading the model, not only the command
+    monkeypatch.setattr(training.stage1, "load_student", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(InputError, match=r"run folder \(run.out_dir/run.name\) .*notes: the folder is not empty"):
         train_stage1(config)
     assert [p.name for p in mine.iterdir()] == ["config.json"]

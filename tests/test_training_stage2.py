@@ -60,6 +60,18 @@ def test_stage2_without_stage1_checkpoint_is_refused(stage1):
         train_stage2(load_config(CONFIG, [*args, "run.name='s2_none'"]))
 
 
+def test_stage2_refuses_a_run_folder_it_did_not_write_before_the_model_loads(stage1, monkeypatch):
+    import training.stage2
+    from directanimator.errors import InputError
+
+    root, args, checkpoint = stage1
+    (root / "runs" / "s2_notes").mkdir(parents=True)
+    (root / "runs" / "s2_notes" / "draft.tex").write_text("...")
+    monkeypatch.setattr(training.stage2, "load_student", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(InputError, match="s2_notes: the folder is not empty"):
+        train_stage2(load_config(CONFIG, [*args, f"model.checkpoint='{checkpoint}'", "run.name='s2_notes'"]))
+
+
 def test_lora_stage2_on_a_full_stage1_saves_merged_weights_that_load(stage1):
     """A stage-2 LoRA on top of fully trained stage-1 weights is saved folded into full weights."""
     from directanimator.models import load_model, read_checkpoint

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
-from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
+from .trainer import Trainer, add_training_arguments, check_run_folder, denoising_loss, load_student, run_training
 
 
 def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
@@ -26,6 +26,7 @@ def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict
 
 def train_stage1(config: TrainConfig, *, resume: str | None = None) -> list[dict]:
     """Run stage 1 for `config`; returns the logged records."""
+    check_run_folder(config, resume)  # before the model loads (minutes for a real backbone)
     check_model_sources(config)  # a missing backbone is named as such, not as a cache never prepared for it
     data = CachedClips(config, stage=1)  # fails before any model is loaded when the cache is missing
     trainer = Trainer(config, load_student(config), data, stage1_loss, stage=1)

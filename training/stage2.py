@@ -18,7 +18,8 @@ from directanimator.errors import InputError
 from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
 from .s2x import S2XTeacher, capture_block_output, s2x_loss
-from .trainer import Trainer, add_training_arguments, denoising_loss, load_student, run_training
+from .trainer import (Trainer, add_training_arguments, check_run_folder, denoising_loss, load_student,
+                      run_training)
 
 
 def make_stage2_loss(teacher: S2XTeacher, config: TrainConfig):
@@ -43,6 +44,7 @@ def make_stage2_loss(teacher: S2XTeacher, config: TrainConfig):
 
 def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict]:
     """Run stage 2 for `config`; returns the logged records."""
+    check_run_folder(config, resume)  # before the model loads (minutes for a real backbone)
     s = config.stage2
     teacher_path = s.teacher or config.model.checkpoint
     if not config.model.checkpoint or not teacher_path:

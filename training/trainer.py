@@ -378,14 +378,14 @@ class Trainer:
 
         r = self.config.run
         main = self.accelerator.is_main_process
-        path = check_run_folder(self.config, resume)
-        if main:
+        path = resume_checkpoint(self.run_dir, resume)
+        if main:  # the claim checks the folder (train_stage1/2 checked it before loading the model) before any deletion
+            claim_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
             remove_partial_checkpoints(self.run_dir)
         if path is not None:
             self.restore(path)
         metrics = self.run_dir / METRICS
         if main:
-            claim_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
             save_config(self.config, self.run_dir / "config.json")
             truncate_metrics(metrics, self.step)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step + 1 if self.step else None) if main \
@@ -450,9 +450,15 @@ class Trainer:
 
 def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
     """The checkpoint to resume from (None: a fresh start), after checking that the run folder may be written:
-    new, empty or a run's own, and without checkpoints unless resuming. Reads only; raises InputError."""
-    run_dir = config.run_dir
-    check_output_folder(run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+    new, empty or a run's own, and without checkpoints unless resuming. Reads only; raises InputError. The stages
+    call it before they load the model."""
+    check_output_folder(config.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+    return resume_checkpoint(config.run_dir, resume)
+
+
+def resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint of `run_dir` to resume from (None: a fresh start); InputError when `resume` names none, or
+    when the run already has checkpoints and `resume` is not given. Reads only."""
     path = resolve_resume(run_dir, resume)
     if path is None and resume not in (None, "", "latest"):
         raise InputError(f"--resume {resume}: no checkpoint found.")
@@ -479,8 +485,7 @@ def run_training(args, train: Callable[..., list[dict]]) -> int:
     """Load and validate the config (printing it resolved), then ``train(config, resume=...)``."""
     config = load_config(args.config, args.overrides)
     log.info("resolved config:\n%s", json.dumps(config.to_dict(), indent=1))
-    check_run_folder(config, args.resume)  # before the model loads (minutes for a real backbone)
-    train(config, resume=args.resume)
+    train(config, resume=args.resume)  # checks the run folder before the model loads (minutes for a real backbone)
     return 0
 
 
