@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from directanimator.demo import DEMO_DIR
 from directanimator.errors import InputError
-from directanimator.video import read_image, read_video
+from directanimator.video import GIF_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, read_video
 
 CATEGORY = "DirectAnimator/video"
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-MEDIA_FOLDER = "demo"  # each bundled model keeps its demo inputs in <model>/demo/
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".gif")
+CLIP_EXTENSIONS = VIDEO_EXTENSIONS + GIF_EXTENSIONS  # what read_video reads as one file
 
 
-def bundled_media(suffixes: tuple[str, ...]) -> list[str]:
-    """Bundled files with one of `suffixes`, named ``<model>/<file>`` (``demo/reference.png``), sorted."""
-    return sorted(f"{path.parents[1].name}/{path.name}" for path in MODELS_DIR.glob(f"*/{MEDIA_FOLDER}/*")
-                  if path.suffix.lower() in suffixes)
+def bundled_media(suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Bundled files with one of `suffixes`, by name ``<model>/<file>`` (``demo/reference.png``), sorted by name."""
+    found = {f"{path.parents[1].name}/{path.name}": path for path in MODELS_DIR.glob(f"*/{DEMO_DIR}/*")
+             if path.suffix.lower() in suffixes}
+    return dict(sorted(found.items()))
 
 
 def bundled_path(name: str, suffixes: tuple[str, ...]) -> Path:
@@ -26,14 +26,13 @@ def bundled_path(name: str, suffixes: tuple[str, ...]) -> Path:
     choices = bundled_media(suffixes)
     if name not in choices:
         available = ", ".join(choices) or "none: reinstall the pack"
-        raise InputError(f"bundled media {name!r}: not in this pack's models/*/{MEDIA_FOLDER}/; choose one of "
+        raise InputError(f"bundled media {name!r}: not in this pack's models/*/{DEMO_DIR}/; choose one of "
                          f"{available}.")
-    model, file = name.split("/")
-    return MODELS_DIR / model / MEDIA_FOLDER / file
+    return choices[name]
 
 
 def _combo(suffixes: tuple[str, ...], preferred: str, tooltip: str):
-    choices = bundled_media(suffixes)
+    choices = list(bundled_media(suffixes))
     default = next((c for c in choices if c.endswith("/" + preferred)), choices[0] if choices else "")
     return (choices, {"default": default, "tooltip": tooltip})
 
@@ -53,17 +52,17 @@ class DirectAnimatorBundledMedia:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "reference": _combo(IMAGE_SUFFIXES, "reference.png",
+                "reference": _combo(IMAGE_EXTENSIONS, "reference.png",
                                     "Bundled reference picture: the character to animate."),
-                "driving": _combo(VIDEO_SUFFIXES, "driving.mp4",
+                "driving": _combo(CLIP_EXTENSIONS, "driving.mp4",
                                   "Bundled driving clip: the motion to follow (target.mp4 is the demo's ground "
                                   "truth, the reference performing the same motion)."),
             },
         }
 
     def run(self, reference, driving):
-        clip = read_video(bundled_path(driving, VIDEO_SUFFIXES))
-        return (read_image(bundled_path(reference, IMAGE_SUFFIXES)), clip.frames, float(clip.fps))
+        clip = read_video(bundled_path(driving, CLIP_EXTENSIONS))
+        return (read_image(bundled_path(reference, IMAGE_EXTENSIONS)), clip.frames, float(clip.fps))
 
 
 NODE_CLASS_MAPPINGS = {"DirectAnimatorBundledMedia": DirectAnimatorBundledMedia}
