@@ -154,10 +154,6 @@ def validate_inputs(node: str, **inputs) -> Callable[[Context], object]:
     return run
 
 
-def call(fn: Callable[[Context], object]) -> Callable[[Context], object]:
-    return fn
-
-
 def pose_cue_node(driving: torch.Tensor, mask: torch.Tensor):
     from nodes.cues import DirectAnimatorPoseCue
 
@@ -184,10 +180,14 @@ def extract(reference=None, driving=None, config=None, **kwargs):
     return extract_cues(reference, driving, config, **kwargs)
 
 
-def cue_config(**options):
-    from directanimator.cues import CueConfig
+def bad_cue_config(name: str, fragment: str, **options) -> Bad:
+    """A row: building CueConfig(**options) raises a CueError matching `fragment`."""
+    def run(ctx: Context):
+        from directanimator.cues import CueConfig
 
-    return CueConfig(**options)
+        return CueConfig(**options)
+
+    return Bad("library", f"cueconfig-{name}", run, CueError, fragment)
 
 
 def demo_cli(*extra: str | Callable[[Context], object]) -> Callable[[Context], object]:
@@ -345,105 +345,97 @@ ROWS = [
         InputError, r"unknown key 'optim\.warmup'.*warmup_steps"),
 
     # ---- library: cue extraction
-    Bad("library", "extract-reference-0-255", call(lambda ctx: extract(reference=frames(1) * 255)), CueError,
+    Bad("library", "extract-reference-0-255", lambda ctx: extract(reference=frames(1) * 255), CueError,
         r"reference: float values up to 127\.5.*0\.\.255.*Divide by 255"),
-    Bad("library", "extract-driving-0-255", call(lambda ctx: extract(driving=frames() * 255)), CueError,
+    Bad("library", "extract-driving-0-255", lambda ctx: extract(driving=frames() * 255), CueError,
         r"driving: .*Divide by 255"),
-    Bad("library", "extract-mask-0-255", call(lambda ctx: extract(driving_mask=torch.full((5, *SIZE), 255.0))),
+    Bad("library", "extract-mask-0-255", lambda ctx: extract(driving_mask=torch.full((5, *SIZE), 255.0)),
         CueError, r"driving_mask: .*Divide by 255"),
-    Bad("library", "extract-numpy-0-255", call(lambda ctx: extract(reference=np.full((1, *SIZE, 3), 200.0))),
+    Bad("library", "extract-numpy-0-255", lambda ctx: extract(reference=np.full((1, *SIZE, 3), 200.0)),
         CueError, r"reference: .*Divide by 255"),
-    Bad("library", "extract-reference-of-two-frames", call(lambda ctx: extract(reference=frames(2))), CueError,
+    Bad("library", "extract-reference-of-two-frames", lambda ctx: extract(reference=frames(2)), CueError,
         r"reference: expected one image.*Pick one frame"),
-    Bad("library", "extract-channels-first", call(lambda ctx: extract(driving=frames().permute(0, 3, 1, 2))),
+    Bad("library", "extract-channels-first", lambda ctx: extract(driving=frames().permute(0, 3, 1, 2)),
         InputError, r"driving: .*permuted to channels-last"),
     Bad("library", "extract-nan",
-        call(lambda ctx: extract(driving=frames().index_fill(0, torch.tensor([2]), float("nan")))), InputError,
+        lambda ctx: extract(driving=frames().index_fill(0, torch.tensor([2]), float("nan"))), InputError,
         r"driving: contains NaN"),
-    Bad("library", "extract-frames-below-64-px", call(lambda ctx: extract(driving=frames(5, (32, 32)))), InputError,
+    Bad("library", "extract-frames-below-64-px", lambda ctx: extract(driving=frames(5, (32, 32))), InputError,
         r"driving: frames are 32x32 px; at least 64"),
-    Bad("library", "extract-given-segmenter-without-mask", call(lambda ctx: extract(driving_mask=None)), CueError,
+    Bad("library", "extract-given-segmenter-without-mask", lambda ctx: extract(driving_mask=None), CueError,
         r"segmenter is 'given' but no driving mask"),
-    Bad("library", "extract-face-boxes-per-frame", call(lambda ctx: extract(driving_face_boxes=torch.zeros(4, 4))),
+    Bad("library", "extract-face-boxes-per-frame", lambda ctx: extract(driving_face_boxes=torch.zeros(4, 4)),
         CueError, r"4 face boxes for 5 driving frames"),
     # ---- library: CueConfig checks itself when built
-    Bad("library", "cueconfig-height-not-multiple-of-16", call(lambda ctx: cue_config(height=100)), CueError,
-        r"CueConfig\.height=100: must be a multiple of 16.*e\.g\. 96"),
-    Bad("library", "cueconfig-width-below-64", call(lambda ctx: cue_config(width=48)), CueError,
-        r"CueConfig\.width=48.*at least 64"),
-    Bad("library", "cueconfig-height-a-string", call(lambda ctx: cue_config(height="128")), CueError,
-        r"CueConfig\.height='128'"),
-    Bad("library", "cueconfig-cutoff-out-of-range", call(lambda ctx: cue_config(cutoff=2.0)), CueError,
-        r"CueConfig\.cutoff=2\.0: must be in \(0, 1\]"),
-    Bad("library", "cueconfig-grid-cell-fraction", call(lambda ctx: cue_config(grid_cell=1.5)), CueError,
-        r"CueConfig\.grid_cell=1\.5: must be a whole number"),
-    Bad("library", "cueconfig-filter", call(lambda ctx: cue_config(filter="box")), CueError,
-        r"CueConfig\.filter='box'"),
-    Bad("library", "cueconfig-anchor", call(lambda ctx: cue_config(anchor="median")), CueError,
-        r"CueConfig\.anchor='median'"),
-    Bad("library", "cueconfig-sam-without-checkpoint", call(lambda ctx: cue_config(segmenter="sam")), CueError,
-        r"needs sam_checkpoint"),
-    Bad("library", "cueconfig-face-scale-nan", call(lambda ctx: cue_config(face_scale=float("nan"))), CueError,
-        r"CueConfig\.face_scale=nan"),
+    bad_cue_config("height-not-multiple-of-16", r"CueConfig\.height=100: must be a multiple of 16.*e\.g\. 96",
+                   height=100),
+    bad_cue_config("width-below-64", r"CueConfig\.width=48.*at least 64", width=48),
+    bad_cue_config("height-a-string", r"CueConfig\.height='128'", height="128"),
+    bad_cue_config("cutoff-out-of-range", r"CueConfig\.cutoff=2\.0: must be in \(0, 1\]", cutoff=2.0),
+    bad_cue_config("grid-cell-fraction", r"CueConfig\.grid_cell=1\.5: must be a whole number", grid_cell=1.5),
+    bad_cue_config("filter", r"CueConfig\.filter='box'", filter="box"),
+    bad_cue_config("anchor", r"CueConfig\.anchor='median'", anchor="median"),
+    bad_cue_config("sam-without-checkpoint", r"needs sam_checkpoint", segmenter="sam"),
+    bad_cue_config("face-scale-nan", r"CueConfig\.face_scale=nan", face_scale=float("nan")),
     Bad("library", "cueconfig-from-dict-unknown-key",
-        call(lambda ctx: __import__("directanimator.cues", fromlist=["CueConfig"]).CueConfig.from_dict({"cutof": 0.2})),
+        lambda ctx: __import__("directanimator.cues", fromlist=["CueConfig"]).CueConfig.from_dict({"cutof": 0.2}),
         CueError, r"unknown option 'cutof'\. Did you mean 'cutoff'\?"),
     Bad("library", "cueconfig-from-saved-bad-value",
-        call(lambda ctx: __import__("directanimator.cues", fromlist=["CueConfig"]).CueConfig.from_saved(
-            {"grid_cell": 0}, name="checkpoint x.safetensors")),
+        lambda ctx: __import__("directanimator.cues", fromlist=["CueConfig"]).CueConfig.from_saved(
+            {"grid_cell": 0}, name="checkpoint x.safetensors"),
         CueError, r"checkpoint x\.safetensors: CueConfig\.grid_cell=0"),
     # ---- library: images and videos
-    Bad("library", "read-image-missing", call(lambda ctx: _video().read_image(ctx.tmp / "absent.png")), VideoError,
+    Bad("library", "read-image-missing", lambda ctx: _video().read_image(ctx.tmp / "absent.png"), VideoError,
         r"absent\.png: no such file"),
-    Bad("library", "read-image-folder", call(lambda ctx: _video().read_image(ctx.tmp)), VideoError,
+    Bad("library", "read-image-folder", lambda ctx: _video().read_image(ctx.tmp), VideoError,
         r"is a folder, not an image file"),
-    Bad("library", "read-image-extension", call(lambda ctx: _video().read_image(a_file(ctx, "ref.txt"))), VideoError,
+    Bad("library", "read-image-extension", lambda ctx: _video().read_image(a_file(ctx, "ref.txt")), VideoError,
         r"unsupported extension '\.txt'"),
-    Bad("library", "read-image-damaged", call(lambda ctx: _video().read_image(a_file(ctx, "ref.png", "garbage"))),
+    Bad("library", "read-image-damaged", lambda ctx: _video().read_image(a_file(ctx, "ref.png", "garbage")),
         VideoError, r"ref\.png: cannot be read.*re-export"),
-    Bad("library", "read-image-decompression-bomb-error", call(lambda ctx: _video().read_image(bomb(ctx, 0.3))),
+    Bad("library", "read-image-decompression-bomb-error", lambda ctx: _video().read_image(bomb(ctx, 0.3)),
         VideoError, r"huge\.png: too large to open safely.*at most 4096 px per side"),
-    Bad("library", "read-image-decompression-bomb-warning", call(lambda ctx: _video().read_image(bomb(ctx, 0.8))),
+    Bad("library", "read-image-decompression-bomb-warning", lambda ctx: _video().read_image(bomb(ctx, 0.8)),
         VideoError, r"huge\.png: too large to open safely"),
-    Bad("library", "read-video-gif-decompression-bomb", call(lambda ctx: _video().read_video(gif_bomb(ctx))),
+    Bad("library", "read-video-gif-decompression-bomb", lambda ctx: _video().read_video(gif_bomb(ctx)),
         VideoError, r"huge\.gif: too large to open safely"),
-    Bad("library", "read-image-max-side-0", call(lambda ctx: _video().read_image(png(ctx), max_side=0)), VideoError,
+    Bad("library", "read-image-max-side-0", lambda ctx: _video().read_image(png(ctx), max_side=0), VideoError,
         r"max_side must be a whole number"),
-    Bad("library", "read-video-missing", call(lambda ctx: _video().read_video(ctx.tmp / "absent.mp4")), VideoError,
+    Bad("library", "read-video-missing", lambda ctx: _video().read_video(ctx.tmp / "absent.mp4"), VideoError,
         r"absent\.mp4: no such file or folder"),
-    Bad("library", "read-video-stride-0", call(lambda ctx: _video().read_video(mp4(ctx), stride=0)), VideoError,
+    Bad("library", "read-video-stride-0", lambda ctx: _video().read_video(mp4(ctx), stride=0), VideoError,
         r"stride must be a whole number >= 1"),
-    Bad("library", "read-video-max-frames-0", call(lambda ctx: _video().read_video(mp4(ctx), max_frames=0)),
+    Bad("library", "read-video-max-frames-0", lambda ctx: _video().read_video(mp4(ctx), max_frames=0),
         VideoError, r"max_frames must be a whole number >= 1"),
-    Bad("library", "read-video-empty-folder", call(lambda ctx: _video().read_video(ctx.tmp)), VideoError,
+    Bad("library", "read-video-empty-folder", lambda ctx: _video().read_video(ctx.tmp), VideoError,
         r"the folder holds no images"),
-    Bad("library", "read-video-not-a-video", call(lambda ctx: _video().read_video(a_file(ctx, "clip.mp4", "x" * 64))),
+    Bad("library", "read-video-not-a-video", lambda ctx: _video().read_video(a_file(ctx, "clip.mp4", "x" * 64)),
         VideoError, r"clip\.mp4: cannot be decoded"),
-    Bad("library", "write-video-extension", call(lambda ctx: _video().write_video(ctx.tmp / "a.avi", frames(), 12)),
+    Bad("library", "write-video-extension", lambda ctx: _video().write_video(ctx.tmp / "a.avi", frames(), 12),
         VideoError, r"cannot write '\.avi' videos"),
     # ---- library: models and the demo
     Bad("library", "load-model-missing-backbone",
-        call(lambda ctx: _real_load_model()(ctx.tmp / "missing" / "folder", dtype="fp32")), CheckpointError,
+        lambda ctx: _real_load_model()(ctx.tmp / "missing" / "folder", dtype="fp32"), CheckpointError,
         r"no such file or folder"),
     Bad("library", "load-model-pickle-checkpoint",
-        call(lambda ctx: _real_load_model()(ctx.tmp, a_file(ctx, "model.pt"))), CheckpointError,
+        lambda ctx: _real_load_model()(ctx.tmp, a_file(ctx, "model.pt")), CheckpointError,
         r"model\.pt.*pickle.*safetensors"),
-    Bad("library", "run-demo-stride-0", call(lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", stride=0)),
+    Bad("library", "run-demo-stride-0", lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", stride=0),
         InputError, r"--stride 0"),
     Bad("library", "run-demo-unknown-cue-option",
-        call(lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", cues={"cell": 8})), CueError,
+        lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", cues={"cell": 8}), CueError,
         r"unknown option 'cell'"),
     Bad("library", "run-demo-cue-option-out-of-range",
-        call(lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", cues={"height": 40, "width": 64})),
+        lambda ctx: _demo().run_demo(DEMO_MODEL, out=ctx.tmp / "o", cues={"height": 40, "width": 64}),
         CueError, r"CueConfig\.height=40"),
-    Bad("library", "run-demo-out-is-a-file", call(lambda ctx: _demo().run_demo(DEMO_MODEL, out=a_file(ctx))),
+    Bad("library", "run-demo-out-is-a-file", lambda ctx: _demo().run_demo(DEMO_MODEL, out=a_file(ctx)),
         InputError, r"is an existing file"),
-    Bad("library", "usable-device-cuda-index", call(lambda ctx: _devices().usable_device(no_gpu_device())), InputError,
+    Bad("library", "usable-device-cuda-index", lambda ctx: _devices().usable_device(no_gpu_device()), InputError,
         r"cuda:\d+"),
     Bad("library", "load-model-device-without-that-gpu",
-        call(lambda ctx: _real_load_model()(DEMO_MODEL, device=no_gpu_device())), InputError,
+        lambda ctx: _real_load_model()(DEMO_MODEL, device=no_gpu_device()), InputError,
         r"device cuda:\d+: (no CUDA GPU is usable here|this machine has)"),
-    Bad("library", "demo-settings-not-json", call(lambda ctx: _demo().DemoSettings.read(a_file(ctx, "demo.json"))),
+    Bad("library", "demo-settings-not-json", lambda ctx: _demo().DemoSettings.read(a_file(ctx, "demo.json")),
         InputError, r"demo\.json: not valid JSON"),
 
     # ---- nodes: what ComfyUI shows before running, and node functions called as ComfyUI calls them
@@ -458,54 +450,54 @@ ROWS = [
     Bad("node", "model-loader-nothing-chosen",
         validate_inputs("nodes.model.DirectAnimatorModelLoader", backbone="none (use repo_id)", repo_id=" "),
         Refused, r"Choose a backbone folder"),
-    Bad("node", "cue-triplet-0-255-reference", call(lambda ctx: cue_triplet_node(frames(1) * 255, frames())),
+    Bad("node", "cue-triplet-0-255-reference", lambda ctx: cue_triplet_node(frames(1) * 255, frames()),
         CueError, r"reference: .*Divide by 255"),
-    Bad("node", "cue-triplet-0-255-driving", call(lambda ctx: cue_triplet_node(frames(1), frames() * 255)),
+    Bad("node", "cue-triplet-0-255-driving", lambda ctx: cue_triplet_node(frames(1), frames() * 255),
         InputError, r"frames: float values up to 127\.5.*Divide by 255"),
-    Bad("node", "pose-cue-0-255-mask", call(lambda ctx: pose_cue_node(frames(), torch.full((5, *SIZE), 255.0))),
+    Bad("node", "pose-cue-0-255-mask", lambda ctx: pose_cue_node(frames(), torch.full((5, *SIZE), 255.0)),
         InputError, r"mask: .*Divide by 255"),
-    Bad("node", "cue-triplet-odd-frame-size", call(lambda ctx: cue_triplet_node(frames(1), frames(5, (100, 64)))),
+    Bad("node", "cue-triplet-odd-frame-size", lambda ctx: cue_triplet_node(frames(1), frames(5, (100, 64))),
         CueError, r"multiple of 16"),
 
     # ---- training configs (library: load_config, train_stage1, prepare)
-    Bad("training", "out-dir-is-a-file", call(lambda ctx: load_train_config(
-        ctx, f"run.out_dir={json.dumps(str(a_file(ctx)))}")), InputError, r"run\.out_dir=.*taken is a file"),
-    Bad("training", "out-dir-under-a-file", call(lambda ctx: load_train_config(
-        ctx, f"run.out_dir={json.dumps(str(a_file(ctx) / 'runs'))}")), InputError, r"taken is a file"),
+    Bad("training", "out-dir-is-a-file", lambda ctx: load_train_config(
+        ctx, f"run.out_dir={json.dumps(str(a_file(ctx)))}"), InputError, r"run\.out_dir=.*taken is a file"),
+    Bad("training", "out-dir-under-a-file", lambda ctx: load_train_config(
+        ctx, f"run.out_dir={json.dumps(str(a_file(ctx) / 'runs'))}"), InputError, r"taken is a file"),
     Bad("training", "stage1-missing-backbone-folder",
-        call(lambda ctx: stage1_with(ctx, backbone=str(ctx.tmp / "no_backbone"))), InputError,
+        lambda ctx: stage1_with(ctx, backbone=str(ctx.tmp / "no_backbone")), InputError,
         r"model\.backbone=.*no_backbone.*no such file or folder"),
     Bad("training", "stage1-missing-backbone-repo-offline",
-        call(lambda ctx: _offline(ctx) and stage1_with(ctx, backbone="tiny-org/absent-backbone")), InputError,
+        lambda ctx: _offline(ctx) and stage1_with(ctx, backbone="tiny-org/absent-backbone"), InputError,
         r"model\.backbone='tiny-org/absent-backbone'.*not in the cache.*hf download"),
-    Bad("training", "stage1-missing-vae", call(lambda ctx: stage1_with(ctx, vae=str(ctx.tmp / "no_vae"))),
+    Bad("training", "stage1-missing-vae", lambda ctx: stage1_with(ctx, vae=str(ctx.tmp / "no_vae")),
         InputError, r"model\.vae=.*no_vae"),
     Bad("training", "stage1-missing-checkpoint",
-        call(lambda ctx: stage1_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors"))), InputError,
+        lambda ctx: stage1_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors")), InputError,
         r"model\.checkpoint=.*x\.safetensors.*no such file"),
-    Bad("training", "stage2-missing-backbone-folder", call(lambda ctx: stage2_with(
-        ctx, backbone=str(ctx.tmp / "no_backbone"), checkpoint=str(a_file(ctx)))), InputError,
+    Bad("training", "stage2-missing-backbone-folder", lambda ctx: stage2_with(
+        ctx, backbone=str(ctx.tmp / "no_backbone"), checkpoint=str(a_file(ctx))), InputError,
         r"model\.backbone=.*no_backbone.*no such file or folder"),
     Bad("training", "stage2-missing-checkpoint",
-        call(lambda ctx: stage2_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors"))), InputError,
+        lambda ctx: stage2_with(ctx, checkpoint=str(ctx.tmp / "x.safetensors")), InputError,
         r"model\.checkpoint=.*x\.safetensors.*no such file"),
-    Bad("training", "stage2-missing-teacher", call(lambda ctx: stage2_with(
-        ctx, checkpoint=str(a_file(ctx)), teacher=str(ctx.tmp / "t.safetensors"))), InputError,
+    Bad("training", "stage2-missing-teacher", lambda ctx: stage2_with(
+        ctx, checkpoint=str(a_file(ctx)), teacher=str(ctx.tmp / "t.safetensors")), InputError,
         r"stage2\.teacher=.*t\.safetensors.*no such file"),
     Bad("training", "prepare-missing-backbone",
-        call(lambda ctx: _training_prepare().prepare(load_train_config(ctx, backbone=str(ctx.tmp / "no_backbone")))),
+        lambda ctx: _training_prepare().prepare(load_train_config(ctx, backbone=str(ctx.tmp / "no_backbone"))),
         InputError, r"model\.backbone=.*no_backbone.*no such file or folder"),
-    Bad("training", "prepare-empty-metadata", call(lambda ctx: _training_prepare().prepare(
-        load_train_config(ctx, entries=0))), InputError, r"has no entries"),
-    Bad("training", "cues-value", call(lambda ctx: load_train_config(ctx, "cues.cutoff=2.0")), InputError,
+    Bad("training", "prepare-empty-metadata", lambda ctx: _training_prepare().prepare(
+        load_train_config(ctx, entries=0)), InputError, r"has no entries"),
+    Bad("training", "cues-value", lambda ctx: load_train_config(ctx, "cues.cutoff=2.0"), InputError,
         r"config \[cues\]: CueConfig\.cutoff=2\.0"),
-    Bad("training", "cues-unknown-key", call(lambda ctx: load_train_config(ctx, "cues.cutof=0.2")), InputError,
+    Bad("training", "cues-unknown-key", lambda ctx: load_train_config(ctx, "cues.cutof=0.2"), InputError,
         r"unknown key 'cues\.cutof'.*Did you mean 'cutoff'"),
-    Bad("training", "frames-not-4k-plus-1", call(lambda ctx: load_train_config(ctx, "data.frames=6")), InputError,
+    Bad("training", "frames-not-4k-plus-1", lambda ctx: load_train_config(ctx, "data.frames=6"), InputError,
         r"data\.frames=6: the VAE needs 4k\+1 frames"),
-    Bad("training", "metadata-missing", call(lambda ctx: load_train_config(
-        ctx, "data.metadata='/nonexistent/metadata.jsonl'")), InputError, r"does not exist"),
-    Bad("training", "wrong-type", call(lambda ctx: load_train_config(ctx, "run.steps='many'")), InputError,
+    Bad("training", "metadata-missing", lambda ctx: load_train_config(
+        ctx, "data.metadata='/nonexistent/metadata.jsonl'"), InputError, r"does not exist"),
+    Bad("training", "wrong-type", lambda ctx: load_train_config(ctx, "run.steps='many'"), InputError,
         r"run\.steps: 'many' is a str; expected int"),
 ]
 
