@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from directanimator.atomic import atomic_path
+from directanimator.atomic import atomic_path, check_output
 from directanimator.cues.types import CueConfig
 from directanimator.errors import CueError, InputError
 
@@ -343,9 +343,10 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
     need(o.adamw_8bit in ("auto", "yes", "no"), f"optim.adamw_8bit={o.adamw_8bit!r}: 'auto', 'yes' or 'no'.")
     need(bool(r.name) and "/" not in r.name and r.name not in (".", ".."),
          f"run.name={r.name!r}: a plain folder name.")
-    file = _file_on_the_way(config.run_dir)
-    need(file is None, f"run.out_dir={r.out_dir!r}: {file} is a file, but the run folder {config.run_dir} goes "
-                       "there. Give run.out_dir a folder path (new or existing).")
+    try:  # a file where the run folder, or a folder above it, would have to be made
+        check_output(config.run_dir, name=f"run.out_dir={r.out_dir!r}: the run folder")
+    except InputError as error:
+        raise InputError(f"config {error}") from None
     need(r.steps >= 1 and r.batch_size >= 1 and r.grad_accum >= 1,
          "run.steps, run.batch_size and run.grad_accum must be >= 1.")
     need(r.save_every >= 1 and r.keep_last >= 1 and r.log_every >= 1 and r.validate_every >= 0
@@ -366,14 +367,6 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
              f"data.metadata={d.metadata!r}: {config.metadata_path} does not exist. Export data first "
              "(python -m training synth --out DIR) or fix the path.")
     return config
-
-
-def _file_on_the_way(folder: Path) -> Path | None:
-    """The existing file at `folder` or at one of its parents (where a folder would have to be made), if any."""
-    for path in (folder, *folder.parents):
-        if path.exists():
-            return None if path.is_dir() else path
-    return None
 
 
 def _hub_offline() -> bool:
