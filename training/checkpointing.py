@@ -107,6 +107,12 @@ def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def is_legacy_run(folder: Path, *, log: str) -> bool:
+    """A run folder written before folders carried output markers: its config.json, and checkpoints or its `log`
+    (the file the run writes as it goes or at its end)."""
+    return (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / log).is_file())
+
+
 def remove_partial_checkpoints(run_dir: Path) -> list[str]:
     """Delete the ``.tmp-step_*`` folders that killed writes left in the run's own checkpoint folder (nothing
     else); returns their names."""

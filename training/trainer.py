@@ -16,6 +16,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +29,9 @@ from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
-from .checkpointing import (DIGESTS, load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume,
-                            rng_state, save_training_checkpoint, set_rng_state, truncate_metrics, verify_checkpoint)
+from .checkpointing import (DIGESTS, is_legacy_run, load_training_checkpoint, read_jsonl, remove_partial_checkpoints,
+                            resolve_resume, rng_state, save_training_checkpoint, set_rng_state, truncate_metrics,
+                            verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .precision import warn_without_native_bf16
@@ -469,9 +471,7 @@ def resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def _is_run(folder: Path) -> bool:
-    """A run folder written before folders carried output markers: its config and checkpoints or log."""
-    return (folder / "config.json").is_file() and ((folder / "checkpoints").is_dir() or (folder / METRICS).is_file())
+_is_run = partial(is_legacy_run, log=METRICS)  # a stage run folder written before output markers
 
 
 def add_training_arguments(parser) -> None:

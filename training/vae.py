@@ -19,6 +19,7 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,8 +28,8 @@ from torch import Tensor
 from directanimator.atomic import check_output_folder, claim_output_folder
 from directanimator.errors import InputError
 
-from .checkpointing import (load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume,
-                            rng_state, save_training_checkpoint, set_rng_state, truncate_metrics)
+from .checkpointing import (is_legacy_run, load_training_checkpoint, read_jsonl, remove_partial_checkpoints,
+                            resolve_resume, rng_state, save_training_checkpoint, set_rng_state, truncate_metrics)
 from .config import build_config, parse_override, set_value
 from directanimator.metrics import psnr
 
@@ -343,9 +344,7 @@ def train_vae(pool: ClipPool, out: str | Path, config: VaeTrainConfig, *, resume
                     seconds=elapsed_before + time.perf_counter() - started)
 
 
-def _is_vae_run(folder: Path) -> bool:
-    """A VAE run folder written before folders carried output markers: its config and checkpoints or report."""
-    return (folder / CONFIG).is_file() and ((folder / "checkpoints").is_dir() or (folder / REPORT).is_file())
+_is_vae_run = partial(is_legacy_run, log=REPORT)  # a VAE run folder written before output markers
 
 
 def finalize(vae, pool: ClipPool, out: Path, config: VaeTrainConfig, *, step: int, last: dict,
