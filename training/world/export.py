@@ -35,6 +35,11 @@ WORLD_CONFIG = "world.json"
 WORLD_COMMAND = "python -m training synth"  # the output marker of an export folder (directanimator.atomic)
 
 
+def _is_world_export(folder: Path) -> bool:
+    """An export folder written before folders carried output markers: it holds the world's settings."""
+    return (folder / WORLD_CONFIG).is_file()
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     with atomic_path(path) as tmp:
         write(tmp)
@@ -128,10 +133,10 @@ def export_world(root: str | Path, config: WorldConfig, *, clips: int, seed: int
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: use one of {', '.join(FORMATS)}.")
     # files of an earlier export are overwritten (and PNG clip folders replaced): only in a folder it wrote
-    check_output_folder(root, WORLD_COMMAND, legacy=lambda folder: (folder / WORLD_CONFIG).is_file())
+    check_output_folder(root, WORLD_COMMAND, legacy=_is_world_export)
     if (root / METADATA).exists() and not overwrite:
         raise InputError(f"{root / METADATA} already exists. Choose another --out folder or pass --overwrite.")
-    claim_output_folder(root, WORLD_COMMAND, legacy=lambda folder: (folder / WORLD_CONFIG).is_file())
+    claim_output_folder(root, WORLD_COMMAND, legacy=_is_world_export)
     entries, previews = [], []
     for index in range(clips):
         sample = make_sample(index, config, seed=seed)
