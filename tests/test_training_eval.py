@@ -291,6 +291,11 @@ def test_pseudo_datasets_are_written_only_into_new_or_their_own_folders(world, t
     with pytest.raises(InputError, match=r"--out .*mine: the folder is not empty"):
         ingest_pseudo(world, made, mine)
     assert (mine / "metadata.jsonl").read_text() == '{"clip": "my.mp4"}\n'
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "metadata.jsonl").write_bytes(b"\xff\xfe not text")  # unreadable as text: refused, no traceback
+    with pytest.raises(InputError, match=r"--out .*binary: the folder is not empty"):
+        ingest_pseudo(world, made, binary)
     ingest_pseudo(world, made, tmp_path / "set")
     entries = ingest_pseudo(world, made, tmp_path / "set", identity="again")  # its own output: replaced
     assert entries[0]["pseudo_identity"] == "again" == read_entries(tmp_path / "set")[0]["pseudo_identity"]

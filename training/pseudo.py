@@ -56,7 +56,7 @@ def _rebased(entry: dict, source_root: Path, out_root: Path) -> dict:
 
 
 def _write_metadata(out_root: Path, entries: list[dict]) -> Path:
-    claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
+    """Write the new metadata.jsonl into `out_root` (claimed by the caller)."""
     path = out_root / METADATA
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
@@ -66,14 +66,18 @@ def _write_metadata(out_root: Path, entries: list[dict]) -> Path:
 def _is_pseudo_set(folder: Path) -> bool:
     """A pseudo dataset written before folders carried output markers: its metadata names pseudo sources."""
     path = folder / METADATA
-    return path.is_file() and '"pseudo_source"' in path.read_text()
+    try:
+        return path.is_file() and '"pseudo_source"' in path.read_text()
+    except (OSError, UnicodeDecodeError):  # unreadable, or not text: not a pseudo dataset, so the folder is refused
+        return False
 
 
-def _check_out(source: Path, out_root: Path) -> None:
-    """Refuse, before any work, an output folder holding the source or files this command did not write."""
+def _check_out(source: Path, out_root: Path, *, claim: bool = False) -> None:
+    """Refuse an output folder holding the source or files this command did not write; with `claim`, then create
+    it and mark it as this command's (where the folder is first written)."""
     if (out_root / METADATA).resolve() == source.resolve():
         raise InputError(f"out: {out_root} holds the source metadata; write the pseudo dataset to a new folder.")
-    check_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
+    (claim_output_folder if claim else check_output_folder)(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
 
 
 def _stem(name: str) -> str:
@@ -106,7 +110,6 @@ def render_pseudo(model, metadata_path: str | Path, out_dir: str | Path, *, step
 
     source = metadata_file(metadata_path)
     out_root = Path(out_dir)
-    _check_out(source, out_root)
     root = source.parent
     entries = read_entries(source)
     todo = [i for i, e in enumerate(entries) if split is None or e.get("split", "train") == split]
@@ -116,7 +119,7 @@ def render_pseudo(model, metadata_path: str | Path, out_dir: str | Path, *, step
     if not todo:
         raise InputError(f"{source}: no entries with split {split!r} to make pseudo clips for.")
     config = sampling_plan(model).cue_config
-    claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)
+    _check_out(source, out_root, claim=True)  # before the first clip is rendered (the command checked it already)
     (out_root / PSEUDO_DIR).mkdir(exist_ok=True)
     made: dict[int, tuple[str, str]] = {}
     for i in todo:
@@ -221,6 +224,7 @@ def ingest_pseudo(metadata_path: str | Path, folder: str | Path, out_dir: str | 
             new["pseudo_source"] = source_name or folder.name
             new["pseudo_truth"] = False
         new_entries.append(new)
+    claim_output_folder(out_root, PSEUDO_COMMAND, legacy=_is_pseudo_set)  # checked at the start; first written now
     _write_metadata(out_root, new_entries)
     log.info("attached %d pseudo clips from %s (%d clips without one)", len(matched), folder,
              len(entries) - len(matched))
