@@ -30,7 +30,7 @@ from directanimator.errors import InputError
 
 from .checkpointing import (is_legacy_run, load_training_checkpoint, read_jsonl, remove_partial_checkpoints,
                             resolve_resume, rng_state, save_training_checkpoint, set_rng_state, truncate_metrics)
-from .config import build_config, parse_override, set_value
+from .config import apply_overrides, build_config
 from directanimator.metrics import psnr
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,9 @@ class VaeTrainConfig:
                     temporal_compression_ratio=4)
 
 
-def load_vae_config(overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> VaeTrainConfig:
-    """A validated `VaeTrainConfig` from a raw table `base` and ``key=value`` overrides (TOML values)."""
-    data = dict(base or {})
-    for text in overrides:
-        set_value(data, *parse_override(text))
-    return build_config(VaeTrainConfig, data, "vae").validate()
+def load_vae_config(overrides: list[str] | tuple[str, ...] = ()) -> VaeTrainConfig:
+    """A validated `VaeTrainConfig` from the defaults and ``key=value`` overrides (TOML values)."""
+    return build_config(VaeTrainConfig, apply_overrides({}, overrides), "vae").validate()
 
 
 # --------------------------------------------------------------------------- data
