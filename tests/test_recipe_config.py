@@ -65,6 +65,17 @@ def test_a_stage_table_changes_that_stage_only_and_merges_key_by_key():
     assert two.optim.warmup_steps == 200 and two.run.batch_size == 2  # [train] under [stage2.*]
 
 
+def test_a_stage_may_set_every_train_config_table():
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+    from training.recipe import STAGE_TABLES, StageSpec
+
+    tables = [f.name for f in fields(StageSpec) if f.name not in ("steps", "budget_minutes")]
+    assert tables == [f.name for f in fields(TrainConfig)] == list(STAGE_TABLES)  # a new table needs a StageSpec field
+    assert all(isinstance(getattr(StageSpec(), name), dict) for name in tables)
+
+
 @pytest.mark.parametrize("setting, message", [
     ("stage2.optimizer.lr=1e-3", "unknown key 'stage2.optimizer'"),
     ("stage2.optim.learning_rate=1e-3", "unknown key 'optim.learning_rate'"),
