@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
+from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder, holding
 from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.errors import InputError
 from directanimator.pipeline import animate_triplet
@@ -187,18 +187,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 VALIDATE_COMMAND = "python -m training validate"  # the output marker of a --out folder validate wrote
 
 
-def _is_validation_folder(folder: Path) -> bool:
-    """A --out folder validate wrote before folders carried output markers: it holds validation.jsonl."""
-    return (folder / RESULTS).is_file()
-
-
 def run(args: argparse.Namespace) -> int:
     from directanimator.models import load_model
 
     metadata_file(args.metadata)  # fail before loading the model
-    check_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
+    check_output_folder(args.out, VALIDATE_COMMAND, legacy=holding(RESULTS))
     model = load_model(args.backbone, args.checkpoint, dtype=args.dtype, device=args.device)
-    claim_output_folder(args.out, VALIDATE_COMMAND, legacy=_is_validation_folder)
+    claim_output_folder(args.out, VALIDATE_COMMAND, legacy=holding(RESULTS))
     records = validate_model(model, args.metadata, args.out, max_clips=args.max_clips, steps=args.steps,
                              seed=args.seed, guidance=args.guidance, scheduler=args.scheduler, samples=args.samples)
     scored = [r for r in records if r.get("psnr") is not None]
