@@ -500,3 +500,15 @@ def test_real_dance_video_reads_at_working_size():
     assert clip.frames[:, :, :4].abs().max() == 0 and clip.frames[:, :, 8:-8].std() > 0.1
     info = probe_video(DANCE)
     assert (info["width"], info["height"], info["frame_count"], info["fps"]) == (1080, 1920, 288, 24.0)
+
+
+def test_resample_indices_drops_repeats_and_keeps_equal_rates():
+    from directanimator.video.timing import resample_indices
+
+    assert resample_indices(24, 12, 10) == [0, 2, 4, 6, 8]
+    assert resample_indices(24, 24, 5) == [0, 1, 2, 3, 4]
+    assert resample_indices(12, 24, 3) == [0, 0, 1, 1, 2]
+    assert resample_indices(30, 24, 10) == [0, 1, 2, 4, 5, 6, 7, 9]
+    assert resample_indices(24, 12, 10, start=3, count=2) == [3, 5]
+    with pytest.raises(VideoError, match="target_fps"):
+        resample_indices(24, 0, 10)

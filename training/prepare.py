@@ -35,7 +35,6 @@ from directanimator.video import read_image, read_video, resize_frames
 
 from .config import TrainConfig, add_config_arguments, check_model_sources, load_config, save_config
 from .data import (
-    NULL_TEXT,
     PREPARE_INFO,
     SKIPPED,
     cache_folder,
@@ -47,6 +46,7 @@ from .data import (
     window_starts,
 )
 from .precision import warn_without_native_bf16
+from .text_encoding import prepare_text
 from .world.cues import truth_cue_inputs
 from .world.skeleton_map import EstimatorErrors, simulate_estimator, skeleton_maps, skeleton_triplet, to_openpose
 from .world.dataset import read_metadata
@@ -121,19 +121,6 @@ def check_frames(config: TrainConfig, bc: dict) -> None:
             f"config data.frames={config.data.frames}: this backbone needs {want} driving frames per sample "
             f"(temporal patch size {bc.get('patch_size_t')}, fixed latent length {fixed}); set data.frames={want}."
         )
-
-
-def null_text(config: TrainConfig, bc: dict) -> Tensor:
-    """``[1, max_text_seq_length, text_embed_dim]``: zeros, or the tensor of `model.null_text`."""
-    shape = (1, int(bc["max_text_seq_length"]), int(bc["text_embed_dim"]))
-    if not config.model.null_text:
-        return torch.zeros(shape)
-    tensors = load_file(config.model.null_text)
-    value = tensors.get("null_text", next(iter(tensors.values())) if len(tensors) == 1 else None)
-    if value is None or value.reshape(-1, value.shape[-1]).shape != shape[1:]:
-        raise InputError(f"model.null_text={config.model.null_text!r}: expected one tensor (or 'null_text') of "
-                         f"shape {list(shape)}, found {({k: list(v.shape) for k, v in tensors.items()})}.")
-    return value.float().reshape(shape)
 
 
 # --------------------------------------------------------------------------- cue extraction (worker side)
@@ -312,17 +299,6 @@ def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> di
     return tensors
 
 
-def _caption(root: Path, entry: dict, bc: dict) -> Tensor | None:
-    if "text_embeds" not in entry:
-        return None
-    from directanimator.text import fit_text_embeddings
-
-    tensors = load_file(str(root / entry["text_embeds"]))
-    value = tensors.get("text_embeds", next(iter(tensors.values())))
-    return fit_text_embeddings(value, max_length=int(bc["max_text_seq_length"]), dim=int(bc["text_embed_dim"]),
-                               name=f"{entry['text_embeds']}")[0]
-
-
 def entries_to_prepare(config: TrainConfig, limit: int | None = None) -> list[dict]:
     """The metadata entries prepare works on (the first `limit`); InputError when there are none."""
     if limit is not None and limit < 1:
@@ -346,8 +322,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     info = {"key": cache_key(config), "material": cache_material(config),
             "reference_to_latent": reference_to_latent(config)}
     (folder / PREPARE_INFO).write_text(json.dumps(info, indent=1))
-    if not (folder / NULL_TEXT).is_file():
-        save_safetensors({"null_text": null_text(config, bc)}, folder / NULL_TEXT, {})
+    captions = prepare_text(config, bc, entries, folder)
 
     d = config.data
     todo, cached = [], 0
@@ -381,8 +356,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                 if "error" not in result:
                     try:
                         with encoding:
-                            tensors = encode_clip(model, result["windows"],
-                                                  text=_caption(config.data_root, entry, bc))
+                            tensors = encode_clip(model, result["windows"], text=captions(entry))
                     except (DirectAnimatorError, OSError, RuntimeError, ValueError, KeyError) as error:
                         result = {"error": f"{type(error).__name__}: {error}"}
                 if "error" in result:
