@@ -4,6 +4,8 @@ From a module (`export_model`) or from a training checkpoint folder ``RUN/checkp
 (`export_training_checkpoint`: its ``model.safetensors``, EMA weights when the run kept an EMA, or the raw trained
 weights of ``trainable.safetensors`` with ``use_ema=False``). ``weights="merged"`` folds a LoRA into the backbone
 weights and writes a full checkpoint, which loads without peft and samples without the adapter overhead.
+``lora_formats`` (``--lora-format diffusers|peft``) also writes the LoRA in diffusers' or peft's own format, with
+the CueFusion modules beside it, into a folder (`training.lora_format`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from directanimator.models.checkpoint import check_finite
 from directanimator.models.loader import resolve_dtype
 
 from .checkpointing import EMA, MODEL, STATE_JSON, TRAINABLE, resolve_resume, verify_checkpoint
+from .lora_format import EXPORT_COMMAND, LORA_FORMATS, export_lora, lora_folder_for
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +97,26 @@ def load_trained_weights(model: DirectAnimatorTransformer, trained: Mapping[str,
 
 def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone: str | Path,
                                weights: str = "auto", use_ema: bool = True, dtype: str | None = None,
-                               backbone_name: str = "") -> Path:
+                               backbone_name: str = "", lora_formats: tuple[str, ...] | list[str] = (),
+                               lora_out: str | Path | None = None) -> Path:
     """Export a training checkpoint folder (``RUN/checkpoints/step_N``, or a run folder for its latest) to `path`.
 
     The folder's ``model.safetensors`` holds the EMA weights when the run kept an EMA; ``use_ema=False`` replaces
     them with the raw weights of ``trainable.safetensors``. `backbone` is the backbone the run trained from.
     ``weights="auto"`` keeps what the checkpoint holds: a full-backbone run exports its trained backbone, a LoRA
-    run its adapter, a CueFusion-only run CueFusion alone.
+    run its adapter, a CueFusion-only run CueFusion alone. `lora_formats` ("diffusers", "peft") also writes the
+    LoRA in those formats plus the CueFusion modules into `lora_out` (default: ``<path stem>_lora/`` beside `path`;
+    see `training.lora_format.export_lora`).
     """
+    from directanimator.atomic import check_output_folder
     from directanimator.models import load_model
 
+    bad = [f for f in lora_formats if f not in LORA_FORMATS]
+    if bad:
+        raise InputError(f"--lora-format {bad[0]!r}: use {' or '.join(LORA_FORMATS)}.")
+    lora_folder = Path(lora_out) if lora_out else lora_folder_for(path)
+    if lora_formats:
+        check_output_folder(lora_folder, EXPORT_COMMAND, option="--lora-out")  # before the backbone loads
     folder = Path(folder)
     if not (folder / STATE_JSON).is_file() and (folder / "checkpoints").is_dir():
         latest = resolve_resume(folder, "latest")
@@ -119,6 +132,9 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
     raw = not use_ema and (folder / EMA).is_file()
     verify_checkpoint(folder, (MODEL, TRAINABLE) if raw else (MODEL,))  # the files read, as they were saved
     ckpt = read_checkpoint(model_file)  # fail fast, before loading the backbone
+    if lora_formats and ckpt.weights != "lora":
+        raise InputError(f"--lora-format: training checkpoint {folder} holds {ckpt.weights!r} backbone weights, not a "
+                         "LoRA (only runs with model.train='lora' have one); leave --lora-format out.")
     if weights == "auto":
         weights = ckpt.weights
     model = load_model(backbone, model_file, dtype="fp32")
@@ -129,9 +145,13 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
         count = load_trained_weights(transformer, trained, source=str(folder / TRAINABLE))
         log.info("export: raw trained weights (%d tensors) instead of the EMA", count)
     extra = {**ckpt.extra, "exported_from": str(folder), "ema": bool(use_ema and (folder / EMA).is_file())}
-    return export_model(transformer, path, weights=weights, null_text=model.null_text,
-                        scheduler_config=model.scheduler_config, cue_config=model.cue_config,
-                        backbone_name=backbone_name or ckpt.backbone_name, dtype=dtype, extra=extra)
+    common = dict(null_text=model.null_text, scheduler_config=model.scheduler_config, cue_config=model.cue_config,
+                  backbone_name=backbone_name or ckpt.backbone_name, extra=extra)
+    out = export_model(transformer, path, weights=weights, dtype=dtype, **common)
+    if lora_formats:
+        export_lora(transformer, lora_folder, formats=lora_formats,
+                    dtype=resolve_dtype(dtype) if dtype is not None else None, **common)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,12 +166,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "backbone, a LoRA), 'merged' folds a LoRA into full weights")
     parser.add_argument("--no-ema", action="store_true", help="export the raw trained weights, not their EMA")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"), help="convert floating tensors")
+    parser.add_argument("--lora-format", action="append", default=[], choices=LORA_FORMATS,
+                        help="also write the LoRA in this format (repeat for both): 'diffusers' "
+                             "(pytorch_lora_weights.safetensors for load_lora_weights), 'peft' (adapter_config.json "
+                             "+ adapter_model.safetensors); the CueFusion modules go beside it (cue_fusion.safetensors)")
+    parser.add_argument("--lora-out", default=None,
+                        help="folder for --lora-format (default: the --out name without .safetensors, plus _lora)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not str(args.out).endswith(".safetensors"):
         raise InputError(f"--out {args.out}: must end in .safetensors.")
     path = export_training_checkpoint(args.checkpoint, args.out, backbone=args.backbone, weights=args.weights,
-                                      use_ema=not args.no_ema, dtype=args.dtype)
+                                      use_ema=not args.no_ema, dtype=args.dtype, lora_formats=args.lora_format,
+                                      lora_out=args.lora_out)
     log.info("exported %s", path)
     return 0
