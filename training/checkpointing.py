@@ -7,6 +7,9 @@
   ``state.safetensors`` + ``state.json``  optimizer, LR scheduler, RNG states (python, numpy, torch, the training
   generator), data position and step: tensors in the first, the structure (with tensor references) in the second.
   ``digests.json``          the sha256 of every other file, checked at resume and at export.
+Under FSDP the trained parameters, their EMA and the optimizer state stay sharded: every rank writes its shards
+into ``sharded/`` with torch.distributed.checkpoint (DCP) instead of ``trainable.safetensors``/``ema.safetensors``
+and the optimizer entry of the state; ``model.safetensors`` holds the full weights gathered on rank 0.
 A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete; the ``.tmp-step_*``
 folders a killed write leaves are removed when the run starts again. No pickles.
 """
@@ -42,6 +45,7 @@ MODEL = "model.safetensors"
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 DIGESTS = "digests.json"
+SHARDED = "sharded"  # the DCP folder of an FSDP run's checkpoint
 _TENSOR_REF = "__tensor__"
 
 
@@ -136,8 +140,9 @@ def file_digest(path: Path) -> str:
 
 
 def write_digests(folder: Path) -> None:
-    """Record the sha256 of every file of a checkpoint folder being written."""
-    digests = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != DIGESTS}
+    """Record the sha256 of every file of a checkpoint folder being written (those of ``sharded/`` too)."""
+    digests = {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*"))
+               if p.is_file() and p.name != DIGESTS}
     (folder / DIGESTS).write_text(json.dumps({"sha256": digests}, indent=1) + "\n")
 
 
@@ -214,58 +219,129 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
         dirs = step_dirs(run_dir)
         return dirs[-1][1] if dirs else None
     path = Path(resume)
-    if not (path / STATE_JSON).is_file() or not (path / TRAINABLE).is_file():
+    if not (path / STATE_JSON).is_file() or not ((path / TRAINABLE).is_file() or (path / SHARDED).is_dir()):
         raise CheckpointError(f"--resume {resume}: not a training checkpoint folder (no {STATE_JSON} / {TRAINABLE}). "
                               f"Give RUN/checkpoints/step_N or 'latest'.")
     return path
 
 
-def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, Tensor], state: dict,
-                             ema: dict[str, Tensor] | None = None, write_model=None, keep_last: int = 3) -> Path:
+def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, Tensor] | None, state: dict,
+                             ema: dict[str, Tensor] | None = None, write_model=None, keep_last: int = 3,
+                             sharded: dict | None = None) -> Path:
     """Write checkpoint `step` atomically and delete all but the newest `keep_last`. `write_model(path)` writes
-    the DirectAnimator checkpoint file into the folder."""
+    the DirectAnimator checkpoint file into the folder. `sharded` (FSDP): a DCP state dict of sharded tensors every
+    rank writes its part of into ``sharded/``.
+
+    With many processes every rank calls this (and `write_model`, which may gather weights, and writes only on
+    rank 0); rank 0 writes the other files; a failure on any rank is raised on all of them, and all ranks return
+    after the folder is complete (no rank runs ahead into a collective while rank 0 is still writing)."""
+    from .distributed import barrier, gather_objects, on_all_ranks
+
     folder = Path(run_dir) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step_{step:06d}"
-    tmp = folder / f".tmp-step_{step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
+    tmp = folder / f".tmp-step_{step:06d}-{gather_objects(os.getpid())[0]}"  # rank 0's pid names it on every rank
+    main = _is_main()
+
+    def begin() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+
+    def files() -> None:
+        if trainable is not None:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
         if ema is not None:
             save_file({k: v.detach().float().cpu().contiguous() for k, v in ema.items()}, str(tmp / EMA))
         tensors: dict[str, Tensor] = {}
         structure = flatten_state(state, tensors)
         save_file(tensors, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "state": structure}))
-        if write_model is not None:
-            write_model(tmp / MODEL)
+
+    def finish() -> None:
         write_digests(tmp)
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
+        for _, old in step_dirs(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    try:
+        on_all_ranks(begin, only_main=True)
+        if sharded is not None:
+            import torch.distributed.checkpoint as dcp
+
+            on_all_ranks(lambda: dcp.save(sharded, checkpoint_id=str(tmp / SHARDED)))
+        on_all_ranks(files, only_main=True)
+        if write_model is not None:
+            on_all_ranks(lambda: write_model(tmp / MODEL))
+        on_all_ranks(finish, only_main=True)
     finally:
-        if tmp.exists():
+        if main and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for _, old in step_dirs(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    log.info("saved checkpoint %s", final)
+    barrier()
+    if main:
+        log.info("saved checkpoint %s", final)
     return final
 
 
-def load_training_checkpoint(path: Path) -> tuple[int, dict[str, Tensor], dict[str, Tensor] | None, dict]:
-    """``(step, trainable, ema or None, state)`` of a checkpoint folder."""
+def _is_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def load_training_checkpoint(path: Path, *, verify: bool = True
+                             ) -> tuple[int, dict[str, Tensor] | None, dict[str, Tensor] | None, dict]:
+    """``(step, trainable, ema or None, state)`` of a checkpoint folder; `trainable` and `ema` are None for a sharded
+    (FSDP) checkpoint, whose tensors `load_sharded_state` reads. `verify=False` skips the sha256 check (for a
+    caller that has verified the folder already)."""
     path = Path(path)
-    verify_checkpoint(path, (STATE_JSON, STATE_TENSORS, TRAINABLE, EMA))  # the files read here; not model.safetensors
+    if verify:  # the files read here; not model.safetensors
+        verify_checkpoint(path, (STATE_JSON, STATE_TENSORS, TRAINABLE, EMA))
     try:
         meta = json.loads((path / STATE_JSON).read_text())
         state = unflatten_state(meta["state"], load_file(str(path / STATE_TENSORS)))
-        trainable = load_file(str(path / TRAINABLE))
+        trainable = load_file(str(path / TRAINABLE)) if (path / TRAINABLE).is_file() else None
         ema = load_file(str(path / EMA)) if (path / EMA).is_file() else None
+        if trainable is None and not (path / SHARDED).is_dir():
+            raise FileNotFoundError(f"neither {TRAINABLE} nor {SHARDED}/")
     except (OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path}: cannot read it ({error}); resume from an older one.") from error
-    for name, tensors in ((TRAINABLE, trainable), (EMA, ema or {})):
+    for name, tensors in ((TRAINABLE, trainable or {}), (EMA, ema or {})):
         check_finite(tensors, what=f"checkpoint {path / name}", fix=_older_hint(path) + " Lower optim.lr or "
                      "raise optim.warmup_steps if training diverges again.")
     return int(meta["step"]), trainable, ema, state
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint folder `path` keeps its trained tensors sharded (an FSDP run's)."""
+    return (Path(path) / SHARDED).is_dir()
+
+
+def load_sharded_state(path: Path, state: dict) -> None:
+    """Fill `state` (the same structure of sharded tensors `save_training_checkpoint` got as `sharded`) in place from
+    checkpoint folder `path`; every rank calls it and reads its own shards."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        dcp.load(state, checkpoint_id=str(Path(path) / SHARDED))
+    except Exception as error:  # DCP raises CheckpointException and others for missing keys and bad files
+        raise CheckpointError(f"checkpoint {path}: cannot read its {SHARDED}/ state ({error}); it was written by "
+                              "another model or model.train setting, or is damaged. Resume from an older one.") from error
+
+
+def read_sharded_tensors(path: Path, group: str) -> dict[str, Tensor]:
+    """The full tensors of entry `group` ("trainable" or "ema") of a sharded checkpoint folder, read in one process
+    without a process group (for export and inspection)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = Path(path) / SHARDED
+    reader = dcp.FileSystemReader(str(folder))
+    prefix = group + "."
+    wanted = {key[len(prefix):]: meta for key, meta in reader.read_metadata().state_dict_metadata.items()
+              if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
+    if not wanted:
+        raise CheckpointError(f"checkpoint {path}: its {SHARDED}/ holds no {group!r} tensors.")
+    tensors = {name: torch.empty(meta.size, dtype=meta.properties.dtype) for name, meta in wanted.items()}
+    dcp.load({group: tensors}, storage_reader=reader, no_dist=True)
+    return tensors

@@ -28,6 +28,8 @@ TEACHER_MODES = ("copy", "lora_disabled")
 POSE_SOURCES = ("cues", "skeleton")
 PRECISIONS = ("auto", "no", "bf16")
 ENCODE_PRECISIONS = ("fp32", "bf16")
+FITS = ("crop", "letterbox")
+REFERENCES = ("outside", "random_outside", "first", "file")
 METADATA = "metadata.jsonl"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as directanimator.models.loader reads it
 
@@ -49,7 +51,10 @@ class ModelConfig:
     reference_in_every_frame: bool = False  # CueFusionConfig.reference_in_every_frame of a fresh model
     residual_reference: bool = False  # CueFusionConfig.residual_reference of a fresh model
     gradient_checkpointing: bool = True
-    null_text: str = ""  # safetensors file with the null-prompt embedding; "" -> zeros [1, L, text_dim]
+    null_text: str = ""  # safetensors file with the null-prompt embedding; "" -> the text encoder's "", else zeros
+    # T5 encoder of captions and of the null prompt at prepare: a folder with text_encoder/ and tokenizer/ (a CogVideoX
+    # repo), a T5 folder holding its tokenizer, or a repo id in the local Hugging Face cache; "" -> the backbone's own
+    text_encoder: str = ""
 
 
 @dataclass
@@ -81,6 +86,19 @@ class DataConfig:
     # "bf16": prepare runs the VAE encoder under bf16 autocast (on a CPU with AVX512-BF16 or AMX about 2.7x as fast,
     # latents within 0.5 % rms of fp32: docs/benchmarks.md); "fp32": as the model's dtype gives
     encode_precision: str = "fp32"
+    device: str = "auto"  # prepare's VAE: "auto" (the GPU of this process when there is one, else the CPU), cpu, cuda:N
+    # how a clip fills its bucket: "crop" (bucket aspect, centred on the person over the whole window and widened
+    # towards a letterbox rather than cutting them) or "letterbox" (the whole frame, black bars)
+    fit: str = "crop"
+    fps: float = 0.0  # frame rate windows are cut at (source frames resampled to it); 0: each clip's own rate
+    # the reference of a clip whose metadata names no `reference` image (one that does is always used):
+    # "outside" (a frame of the clip outside the target window: the middle of the longer part before or after it),
+    # "random_outside" (a seeded random such frame), "first" (frame 0, the older behaviour), "file" (no fallback:
+    # entries without a reference image are skipped)
+    reference: str = "outside"
+    # noise on the reference latent at batch time (CogVideoX image-to-video fine-tuning): [mean, std] of log sigma,
+    # sigma = exp(mean + std * N(0, 1)) per sample, e.g. [-3.0, 0.5]; [] is off
+    reference_noise: list = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +135,9 @@ class RunConfig:
     mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, fp32 on the CPU; "bf16": autocast on either
     timestep_min: int = 0
     timestep_max: int = 1000  # uniform timesteps in [timestep_min, timestep_max)
+    # minutes a process waits in a collective for the others (rank 0 writing the largest checkpoint, a full 5B
+    # model file plus its sharded optimizer, on a slow shared filesystem); NCCL's own default is 10 minutes
+    dist_timeout_minutes: float = 60.0
 
 
 @dataclass
@@ -319,6 +340,15 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
     need(d.seed >= -1, f"data.seed={d.seed}: -1 (use run.seed) or a seed >= 0.")
     need(d.encode_precision in ENCODE_PRECISIONS,
          f"data.encode_precision={d.encode_precision!r}: use one of {', '.join(ENCODE_PRECISIONS)}.")
+    need(d.fit in FITS, f"data.fit={d.fit!r}: use one of {', '.join(FITS)}.")
+    need(d.reference in REFERENCES, f"data.reference={d.reference!r}: use one of {', '.join(REFERENCES)}.")
+    need(d.fps >= 0 and math.isfinite(d.fps), f"data.fps={d.fps}: frames per second > 0, or 0 for each clip's own.")
+    need(d.reference_noise == [] or (len(d.reference_noise) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.reference_noise)
+        and d.reference_noise[1] >= 0),
+         f"data.reference_noise={d.reference_noise!r}: [mean, std] of the log noise sigma (std >= 0), e.g. "
+         "[-3.0, 0.5], or [] for none.")
+    need(bool(d.device), "data.device: empty; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     need(d.pose_source in POSE_SOURCES, f"data.pose_source={d.pose_source!r}: use one of {', '.join(POSE_SOURCES)}.")
     need(len(d.skeleton_errors) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in d.skeleton_errors)
          and all(v <= 1 for k, v in enumerate(d.skeleton_errors) if k != 2),

@@ -17,6 +17,7 @@ from directanimator.errors import InputError
 
 from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
+from .distributed import shard_frozen
 from .s2x import S2XTeacher, capture_block_output, s2x_loss
 from .trainer import (Trainer, add_training_arguments, check_run_folder, denoising_loss, load_student,
                       run_training)
@@ -75,6 +76,8 @@ def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict
         trainer = Trainer(config, student, data, lambda *a: None, stage=2)
         same = Path(teacher_path).resolve() == Path(config.model.checkpoint).resolve()  # verified by the student's load
         frozen = load_student(config, checkpoint=teacher_path, verify=not same).transformer.to(trainer.device)
+        if trainer.sharded:  # FSDP: sharded like the student, so no GPU holds a whole second model
+            frozen = shard_frozen(frozen, trainer.accelerator)
         teacher = S2XTeacher(frozen, depth=s.depth)  # kept outside accelerator.prepare: never trained
     trainer.loss_fn = make_stage2_loss(teacher, config)
     return trainer.fit(resume=resume)

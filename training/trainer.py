@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,11 +30,15 @@ from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
-from .checkpointing import (DIGESTS, is_legacy_run, load_training_checkpoint, read_jsonl, remove_partial_checkpoints,
-                            resolve_resume, rng_state, save_training_checkpoint, set_rng_state, truncate_metrics,
-                            verify_checkpoint)
+from .checkpointing import (DIGESTS, is_legacy_run, is_sharded, load_sharded_state, load_training_checkpoint,
+                            read_jsonl, remove_partial_checkpoints, resolve_resume, rng_state, save_training_checkpoint,
+                            set_rng_state, truncate_metrics, verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
+from .distributed import (agree, barrier, check_shared_folder, full_state_dict, gathered_weights, is_fsdp,
+                          make_accelerator, on_all_ranks)
+from .deepspeed_support import (deepspeed_requested, full_trainable, gathered, has_engine, is_deepspeed, load_engine,
+                                make_deepspeed_accelerator, save_engine, zero_stage)
 from .precision import warn_without_native_bf16
 
 log = logging.getLogger(__name__)
@@ -136,8 +141,10 @@ def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what torch's fused AdamW takes
 
 
-def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; the bitsandbytes 8-bit AdamW when asked for, or with "auto" on CUDA when it is importable."""
+def make_optimizer(params: list, config: TrainConfig, device: torch.device, *,
+                   fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW; the bitsandbytes 8-bit AdamW when asked for, or with "auto" on CUDA when it is importable.
+    `fused=False` keeps torch's per-tensor loop (FSDP2's sharded DTensor parameters)."""
     o = config.optim
     kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     want = o.adamw_8bit == "yes" or (o.adamw_8bit == "auto" and device.type == "cuda")
@@ -150,7 +157,7 @@ def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> t
             if o.adamw_8bit == "yes":
                 raise InputError("optim.adamw_8bit='yes' needs bitsandbytes (pip install bitsandbytes), or set "
                                  "it to 'auto' or 'no'.") from error
-    if device.type in ("cpu", "cuda") and all(p.dtype in FUSED_DTYPES for p in params):
+    if fused and device.type in ("cpu", "cuda") and all(p.dtype in FUSED_DTYPES for p in params):
         # one fused kernel instead of a Python loop over the tensors (torch's CPU default): docs/benchmarks.md,
         # "Training precision", has the demo model's step with both
         return torch.optim.AdamW(params, fused=True, **kwargs)
@@ -210,8 +217,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, loaded: LoadedModel, data: CachedClips, loss_fn: LossFn, *,
                  stage: int, train_cues: bool = True):
-        from accelerate import Accelerator
-
         self.config = config
         self.stage = stage
         self.data = data
@@ -224,17 +229,28 @@ class Trainer:
         mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda) else "no"
         if mixed == "bf16" and not cuda:
             warn_without_native_bf16("run.mixed_precision='bf16'", "training runs", "run.mixed_precision='no'")
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
+        # DeepSpeed (a DEEPSPEED launch config): ZeRO-2/3, configured from `config` (training/deepspeed_support.py)
+        self.accelerator = (make_deepspeed_accelerator(config, mixed_precision=mixed,
+                                                       timeout_minutes=config.run.dist_timeout_minutes)
+                            if deepspeed_requested() else
+                            make_accelerator(mixed_precision=mixed, timeout_minutes=config.run.dist_timeout_minutes))
         self.device = self.accelerator.device
+        self.sharded = is_fsdp(self.accelerator)  # FSDP2: parameters, gradients and optimizer states sharded
+        self.deepspeed = is_deepspeed(self.accelerator)  # the engine steps, clips and keeps the optimizer state
         log.info("process %d of %d: accelerate %s, backend %s, device %s", self.accelerator.process_index,
                  self.accelerator.num_processes, self.accelerator.distributed_type.value,
                  self.accelerator.state.backend or "none", self.device)
         model = loaded.transformer.to(self.device)
-        self.params = setup_trainable(model, config, train_cues=train_cues)
-        self.names = {id(p): n for n, p in model.named_parameters()}
-        self.optimizer = make_optimizer(self.params, config, self.device)
-        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        setup_trainable(model, config, train_cues=train_cues)
+        self.model, self.optimizer = self.prepare(model, config)
         self.unwrapped: DirectAnimatorTransformer = self.accelerator.unwrap_model(self.model)
+        # FSDP2 replaces the parameter objects inside prepare: the trained set is collected from the prepared model
+        self.names = {id(p): n for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+        self.params = [p for p in self.unwrapped.parameters() if p.requires_grad]
+        optimized = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        if optimized != set(self.names) and not self.deepspeed:  # ZeRO's optimizer holds flat partitions instead
+            raise RuntimeError("the optimizer does not hold the prepared model's trained parameters "
+                               f"({len(optimized)} vs {len(self.names)} tensors)")
         self._vae = None  # loaded on the first validation
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
@@ -243,9 +259,19 @@ class Trainer:
                                           seed=config.run.seed, rank=self.accelerator.process_index,
                                           world=self.accelerator.num_processes)
         self._generators: list[torch.Generator] = []  # the current micro-batch's, one per sample (train_step)
-        self.ema = ({self._name(p): p.detach().clone() for p in self.params} if config.optim.ema_decay > 0 else None)
+        with gathered(self.params, self.accelerator):  # ZeRO-3: whole parameters for the EMA's start
+            self.ema = ({self._name(p): p.detach().clone() for p in self.params} if config.optim.ema_decay > 0
+                        else None)
         self._ema_tensors = [self.ema[self._name(p)] for p in self.params] if self.ema is not None else []
         self.step = 0
+
+    def prepare(self, model: DirectAnimatorTransformer, config: TrainConfig):
+        """The distributed model and its optimizer (the one place that knows the distributed type). DDP and FSDP2
+        both go through `accelerator.prepare(model, optimizer)`; for FSDP2 accelerate shards the model and moves the
+        optimizer onto the sharded parameters."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, config, self.device, fused=not self.sharded)
+        return self.accelerator.prepare(model, optimizer)
 
     def _name(self, param) -> str:
         return self.names[id(param)]
@@ -255,12 +281,50 @@ class Trainer:
         return {self._name(p): p for p in self.params}
 
     def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                "rng": rng_state(), "data": self.sampler.state_dict(),
-                "stage": self.stage}
+        """What a checkpoint keeps besides the tensors (the optimizer state only when not sharded)."""
+        state = {"lr_scheduler": self.lr_scheduler.state_dict(), "rng": rng_state(), "data": self.sampler.state_dict(),
+                 "stage": self.stage}
+        if not (self.sharded or self.deepspeed):  # DeepSpeed: in the engine's own files (deepspeed_support)
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def sharded_state(self) -> dict:
+        """The DCP state of an FSDP run: trained parameters, their EMA and the optimizer, each rank's shards."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state = {"trainable": self.trainable_state(),
+                 "optimizer": get_optimizer_state_dict(self.model, self.optimizer)}
+        if self.ema is not None:
+            state["ema"] = dict(self.ema)
+        return state
 
     def restore(self, path: Path) -> None:
-        step, trainable, ema, state = load_training_checkpoint(path)
+        """Continue from checkpoint folder `path` (every rank calls it; rank 0 verifies the files first)."""
+        on_all_ranks(lambda: verify_checkpoint(path), only_main=True)
+        step, trainable, ema, state = load_training_checkpoint(path, verify=False)
+        if self.sharded != is_sharded(path):
+            raise InputError(f"--resume {path}: written by a {'sharded (FSDP)' if is_sharded(path) else 'non-sharded'} "
+                             f"run, but this run is {'FSDP' if self.sharded else 'not FSDP'}; resume with the same "
+                             "accelerate config it was trained with (or export it and start a new run from it).")
+        if self.deepspeed != has_engine(path):
+            raise InputError(f"--resume {path}: written by a {'DeepSpeed' if has_engine(path) else 'non-DeepSpeed'} "
+                             "run; resume with the same accelerate config it was trained with.")
+        if self.sharded:
+            self._restore_sharded(path)
+        elif self.deepspeed:
+            load_engine(self.model, path)  # weights, ZeRO partitions of the optimizer state
+            if self.ema is not None:
+                for name in self.ema:
+                    self.ema[name].copy_(ema[name])
+        else:
+            self._restore_full(path, trainable, ema, state)
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        set_rng_state(state["rng"])
+        self.sampler.load_state_dict(state["data"])
+        self.step = step
+        log.info("resumed from %s at step %d", path, step)
+
+    def _restore_full(self, path: Path, trainable: dict, ema: dict | None, state: dict) -> None:
         own = self.trainable_state()
         if set(own) != set(trainable):
             missing, extra = sorted(set(own) - set(trainable)), sorted(set(trainable) - set(own))
@@ -270,19 +334,22 @@ class Trainer:
             for name, param in own.items():
                 param.copy_(trainable[name])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             if ema is None:
                 raise InputError(f"--resume {path}: the checkpoint has no EMA but optim.ema_decay > 0.")
             for name in self.ema:
                 self.ema[name].copy_(ema[name])
-        set_rng_state(state["rng"])
-        self.sampler.load_state_dict(state["data"])
-        self.step = step
-        log.info("resumed from %s at step %d", path, step)
+
+    def _restore_sharded(self, path: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        state = self.sharded_state()  # filled in place: the trained parameters and the EMA directly
+        load_sharded_state(path, state)
+        set_optimizer_state_dict(self.model, self.optimizer, optim_state_dict=state["optimizer"])
 
     def write_model(self, path: Path) -> None:
-        """The DirectAnimator checkpoint of the current weights (EMA weights when enabled)."""
+        """The DirectAnimator checkpoint of the current weights (EMA weights when enabled). Every rank calls it;
+        rank 0 writes (under FSDP after gathering the full weights from all ranks)."""
         from .export import export_model
 
         full_base = self.config.model.train == "full" or self.loaded.checkpoint_weights == "full"
@@ -290,18 +357,25 @@ class Trainer:
         # base, so it is folded into full weights; a LoRA on the pretrained backbone is saved on its own
         adapters = bool(getattr(self.unwrapped.backbone, "peft_config", None))
         weights = ("merged" if adapters else "full") if full_base else "auto"
+        zero3 = self.deepspeed and zero_stage(self.accelerator) == 3  # partitioned: gathered into `state` below
         swap = []
-        if self.ema is not None:
+        if self.ema is not None and not zero3:
             with torch.no_grad():
                 for p in self.params:
                     swap.append(p.detach().clone())
                     p.copy_(self.ema[self._name(p)])
         try:
-            export_model(self.unwrapped, path, weights=weights, null_text=self.data.null_text,
-                            scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
-                            backbone_name=self.config.model.backbone,
-                            extra={"step": self.step, "stage": self.stage, "run": self.config.run.name,
-                                   "timesteps": list(self.timestep_range)})
+            state = full_state_dict(self.model) if self.sharded else None
+            if zero3:  # the whole model on rank 0 (every rank takes part), EMA weights when enabled
+                state = {**self.accelerator.get_state_dict(self.model), **(self.ema or {})}
+            if not self.accelerator.is_main_process:
+                return
+            with gathered_weights(self.unwrapped, state) if state is not None else nullcontext():
+                export_model(self.unwrapped, path, weights=weights, null_text=self.data.null_text,
+                             scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
+                             backbone_name=self.config.model.backbone,
+                             extra={"step": self.step, "stage": self.stage, "run": self.config.run.name,
+                                    "timesteps": list(self.timestep_range)})
         finally:
             if swap:
                 with torch.no_grad():
@@ -309,8 +383,18 @@ class Trainer:
                         p.copy_(value)
 
     def save(self) -> Path:
-        return save_training_checkpoint(self.run_dir, self.step, trainable=self.trainable_state(), state=self.state(),
-                                        ema=self.ema, write_model=self.write_model,
+        """Write the checkpoint of the current step (every rank calls it)."""
+        write_model = self.write_model
+        if self.deepspeed:  # every rank writes its engine partition into the folder, beside the model file
+            def write_model(path: Path) -> None:
+                save_engine(self.model, path.parent)
+                self.write_model(path)
+        return save_training_checkpoint(self.run_dir, self.step, state=self.state(), write_model=write_model,
+                                        trainable=None if self.sharded else
+                                        full_trainable(self.names, self.params, self.accelerator) if self.deepspeed
+                                        else self.trainable_state(),
+                                        ema=None if self.sharded else self.ema,
+                                        sharded=self.sharded_state() if self.sharded else None,
                                         keep_last=self.config.run.keep_last)
 
     # ----------------------------------------------------------------- steps
@@ -338,9 +422,13 @@ class Trainer:
             batch = make_batch(self.data, indices, self._generators).to(self.device)
             samples += batch.target.shape[0]
             sync = micro == r.grad_accum - 1 or self.accelerator.num_processes == 1
-            with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
+            # DeepSpeed: accumulate() tells the engine which micro-batch ends the step; the engine divides the loss
+            # by run.grad_accum itself and steps (clipping included) once, in the last backward
+            accumulating = (self.accelerator.accumulate(self.model) if self.deepspeed else
+                            nullcontext() if sync else self.accelerator.no_sync(self.model))
+            with accumulating, self.accelerator.autocast():
                 loss, logs = self.loss_fn(self, batch, self.step)
-                self.accelerator.backward(loss / r.grad_accum)
+                self.accelerator.backward(loss if self.deepspeed else loss / r.grad_accum)
             for key, value in {"loss": float(loss.detach()), **logs}.items():
                 totals[key] = totals.get(key, 0.0) + value / r.grad_accum
         if self.accelerator.num_processes > 1:
@@ -349,17 +437,14 @@ class Trainer:
             local = torch.tensor([totals[k] for k in keys], dtype=torch.float64, device=self.device)
             totals = dict(zip(keys, self.accelerator.reduce(local, reduction="mean").tolist()))
         clip = self.config.optim.clip_norm
-        if clip > 0:
-            norm = self.accelerator.clip_grad_norm_(self.params, clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in self.params
-                                                         if p.grad is not None]))
+        # the global norm over all processes' shards; an infinite limit measures without clipping
+        norm = self.accelerator.clip_grad_norm_(self.params, clip if clip > 0 else math.inf)
         totals["lr"] = self.lr_scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            with torch.no_grad():
+            with torch.no_grad(), gathered(self.params, self.accelerator):  # ZeRO-3: whole for the update
                 torch._foreach_lerp_(self._ema_tensors, [p.detach() for p in self.params],
                                      1 - self.config.optim.ema_decay)
         totals["grad_norm"] = float(norm)
@@ -380,10 +465,7 @@ class Trainer:
 
         r = self.config.run
         main = self.accelerator.is_main_process
-        path = resume_checkpoint(self.run_dir, resume)
-        if main:  # the claim checks the folder (train_stage1/2 checked it before loading the model) before any deletion
-            claim_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
-            remove_partial_checkpoints(self.run_dir)
+        path = self.agree_on_resume(resume)
         if path is not None:
             self.restore(path)
         metrics = self.run_dir / METRICS
@@ -409,18 +491,34 @@ class Trainer:
                         writer.add_scalar(f"train/{key}", value, self.step)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 bar.update(1)
-                if main and r.validate_every and (self.step % r.validate_every == 0 or self.step == r.steps):
-                    self.validate(writer)
+                if r.validate_every and (self.step % r.validate_every == 0 or self.step == r.steps):
+                    # FSDP and ZeRO-3: every rank takes part in each forward of the sampling
+                    if main or self.sharded or (self.deepspeed and zero_stage(self.accelerator) == 3):
+                        self.validate(writer)
                 if self.step % r.save_every == 0 or self.step == r.steps:
-                    self.accelerator.wait_for_everyone()
-                    if main:
-                        self.save()
+                    self.save()  # every rank: FSDP shards and gathers; returns when the folder is complete
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         return records
 
+
+    def agree_on_resume(self, resume: str | None) -> Path | None:
+        """Claim the run folder (rank 0), check that every rank sees it, and return the checkpoint to resume from,
+        the same on every rank (InputError on all ranks otherwise). Partial checkpoint folders of a killed run are
+        removed before any rank looks for its checkpoints."""
+
+        def claim() -> None:  # the claim checks the folder (train_stage1/2 checked it before loading the model)
+            claim_output_folder(self.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
+            remove_partial_checkpoints(self.run_dir)
+
+        on_all_ranks(claim, only_main=True)
+        check_shared_folder(self.run_dir)
+        path = on_all_ranks(lambda: resume_checkpoint(self.run_dir, resume))
+        agree(None if path is None else Path(path).resolve().name, "the checkpoint to resume from (--resume)")
+        barrier()
+        return path
 
     def validate(self, writer=None) -> list[dict]:
         """Sample the held-out pairs with the current weights into ``<run>/samples`` (videos, sheets, PSNR/SSIM
@@ -436,10 +534,14 @@ class Trainer:
                               scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
                               name=self.config.run.name)
         saved = rng_state()
+        main = self.accelerator.is_main_process
+        # under FSDP the other ranks run the same sampling (each forward gathers every rank's shards) and discard it
+        scratch = nullcontext(self.run_dir / "samples") if main else tempfile.TemporaryDirectory(prefix="val-rank")
         try:
-            records = validate_model(model, self.config.metadata_path, self.run_dir / "samples", step=self.step,
-                                     max_clips=self.config.run.validate_clips, steps=self.config.run.validate_steps,
-                                     seed=self.config.run.seed)
+            with scratch as out:
+                records = validate_model(model, self.config.metadata_path, out, step=self.step,
+                                         max_clips=self.config.run.validate_clips,
+                                         steps=self.config.run.validate_steps, seed=self.config.run.seed)
         finally:
             set_rng_state(saved)
             self.model.train()
