@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage2": ("training.stage2", "cross-identity training (denoising + S2X alignment)"),
     "validate": ("training.validate", "sample held-out pairs and score them against ground truth (PSNR, SSIM)"),
     "pseudo": ("training.pseudo", "make or ingest pseudo cross-identity driving clips for stage 2"),
+    "ingest": ("training.ingest.cli", "turn a folder of your own videos into a training set (scene cuts, quality "
+               "checks, report)"),
     "export": ("training.export", "export a training checkpoint to a DirectAnimator checkpoint"),
     "vae": ("training.vae", "train a small CogVideoX VAE from scratch on world clips (the demo model's VAE)"),
     "recipe": ("training.recipe", "one command: world data, VAE, both Same2X stages, export, validation, model card"),
@@ -29,8 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # what --out names, for the commands that have one: a folder the command writes into, or a file; an existing path of
 # the other kind is refused before the command starts
-OUT_KINDS: dict[str, str] = {"synth": "folder", "pseudo": "folder", "recipe": "folder", "vae": "folder",
-                             "validate": "folder", "export": "file"}
+OUT_KINDS: dict[str, str] = {"synth": "folder", "pseudo": "folder", "ingest": "folder", "recipe": "folder",
+                             "vae": "folder", "validate": "folder", "export": "file"}
 
 
 # flags renamed after the config keys they stand for, answering to the old name for one release: (new, old, key)

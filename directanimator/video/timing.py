@@ -24,3 +24,14 @@ def resample_indices(source_fps: float, target_fps: float, source_frames: int, *
     n = available if count is None else min(count, available)
     # the small epsilon keeps exact halves (2 -> 1 fps on even frames) on the earlier frame, deterministically
     return [min(source_frames - 1, start + int(math.floor(k * step + 0.5 - 1e-9))) for k in range(n)]
+
+
+def clip_span(source_fps: float, target_fps: float, count: int) -> tuple[int, int]:
+    """``(span, advance)`` in source frames for a clip of `count` frames at `target_fps`: `span` frames are read
+    (its first to its last, as `resample_indices` picks them) and the next back-to-back clip starts `advance` frames
+    after its first, so that clips follow each other every ``count / target_fps`` seconds."""
+    if not isinstance(count, int) or count < 1:
+        raise VideoError(f"count must be a whole number of frames >= 1, got {count!r}.")
+    step = source_fps / target_fps
+    picked = resample_indices(source_fps, target_fps, math.ceil(count * step) + 2, count=count)
+    return picked[-1] + 1, int(math.floor(count * step + 0.5 - 1e-9))

@@ -1,0 +1,235 @@
+"""`python -m training ingest`: a folder of real-world videos -> clips, metadata and a report of every rejection."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from directanimator.errors import InputError
+from directanimator.video import read_video, write_video
+from directanimator.video.timing import clip_span, resample_indices
+from tests.helpers import DANCE, needs_real_data
+from training.cli import build_parser, main
+from training.ingest import IngestConfig, build_ingest_config, ingest, scene_starts
+from training.ingest.config import config_table
+from training.ingest.frames import stream_frames
+from training.world.dataset import read_metadata
+
+# small and short, so that a whole ingest takes seconds: 9-frame clips at 8 fps from 216x384 sources
+SMALL = dict(frames=9, fps=8.0, min_side=128, max_side=384, check_frames=5, check_side=384)
+DANCE_SECONDS = 4
+
+
+def _moving_pattern(count: int, height: int, width: int, *, seed: int, speed: float = 2.0) -> np.ndarray:
+    """Bright, sharp, moving colour stripes: a scene with motion and detail but nobody in it."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    frames = []
+    for t in range(count):
+        channels = [0.5 + 0.4 * np.sin((x + y * (c + 1) * 0.5 + speed * t) / (6 + 3 * c) + phase[c]) for c in range(3)]
+        frames.append(np.stack(channels, axis=-1))
+    return (np.clip(np.stack(frames), 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dance_small() -> torch.Tensor:
+    """The first seconds of the real dance video at 216x384, uint8."""
+    needs_real_data()
+    return read_video(DANCE, max_frames=24 * DANCE_SECONDS, size=(384, 216), resize="stretch",
+                      dtype=torch.uint8).frames
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, dance_small) -> Path:
+    """A user's folder: a dance (with a caption), nobody, a truncated file, a text file named .mp4, two dancers."""
+    root = tmp_path_factory.mktemp("videos")
+    write_video(root / "dance.mp4", dance_small, 24.0)
+    (root / "dance.txt").write_text("a dancer in a bright room\n")
+    (root / "scenes").mkdir()
+    write_video(root / "scenes" / "nobody.mp4", _moving_pattern(72, 384, 216, seed=1), 24.0)
+    data = (root / "dance.mp4").read_bytes()
+    (root / "broken").mkdir()
+    (root / "broken" / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (root / "broken" / "notes.mp4").write_text("this is not a video\n")
+    write_video(root / "two.mp4", torch.cat([dance_small, dance_small], dim=2), 24.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingested(sources, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("data") / "set"
+    report = ingest(sources, out, IngestConfig(**SMALL), workers=1, progress=False)
+    return out, report
+
+
+def _row(report: dict, source: str) -> dict:
+    return next(row for row in report["sources"] if row["source"] == source)
+
+
+def _reasons(report: dict, source: str) -> list[str]:
+    return [clip["reason"] for clip in report["rejected"] if clip["source"] == source]
+
+
+# --------------------------------------------------------------------------- timing and scenes
+def test_clip_span_covers_the_picked_frames_and_advances_by_the_clip_duration():
+    assert clip_span(24.0, 8.0, 9) == (25, 27)  # every 3rd frame; the next clip starts 9 / 8 s later
+    assert clip_span(30.0, 30.0, 49) == (49, 49)
+    span, advance = clip_span(24.0, 16.0, 49)
+    assert resample_indices(24.0, 16.0, span, count=49)[-1] == span - 1
+    assert advance == resample_indices(24.0, 16.0, 1000, count=50)[-1]  # where a 50th frame would be picked
+
+
+def test_scene_split_finds_a_hard_cut_in_a_video_file(tmp_path):
+    first = _moving_pattern(30, 96, 128, seed=1)
+    second = 255 - _moving_pattern(30, 96, 128, seed=7)[..., ::-1]  # another scene, same kind of motion
+    path = write_video(tmp_path / "cut.mp4", np.concatenate([first, second]), 24.0)
+    assert scene_starts(stream_frames(path, (96, 128)), 24.0) == [0, 30]
+    assert scene_starts(stream_frames(write_video(tmp_path / "one.mp4", first, 24.0), (96, 128)), 24.0) == [0]
+
+
+def test_clips_never_span_a_scene_cut(tmp_path, dance_small):
+    # 2 s of nobody, then the dance: the first dance clip starts exactly at the cut, not before it
+    root = tmp_path / "src"
+    root.mkdir()
+    scene = torch.from_numpy(_moving_pattern(48, 384, 216, seed=3))
+    write_video(root / "cut.mp4", torch.cat([scene, dance_small[:60]]), 24.0)
+    report = ingest(root, tmp_path / "out", IngestConfig(**SMALL), workers=1, progress=False)
+    entries = read_metadata(tmp_path / "out")
+    assert _row(report, "cut.mp4")["scenes"] == 2
+    assert entries and min(e["source_start"] for e in entries) == pytest.approx(2.0)
+    assert all(e["scene"] == 1 for e in entries)
+
+
+# --------------------------------------------------------------------------- a whole folder
+@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
+def test_dance_gives_clips_in_the_training_format(ingested):
+    out, report = ingested
+    entries = read_metadata(out)
+    assert len(entries) == _row(report, "dance.mp4")["clips_kept"] == 3  # 4 s: clips start at 0, 1.125, 2.25 s
+    assert [e["source_start"] for e in entries] == [0.0, 1.125, 2.25]
+    for entry in entries:
+        assert entry["source"] == "dance.mp4" and entry["split"] == "train" and entry["fps"] == 8.0
+        assert entry["identity"].startswith("dance-")
+        assert entry["caption"] == "a dancer in a bright room"
+        clip = read_video(out / entry["clip"])
+        assert clip.num_frames == entry["num_frames"] == 9
+        assert (entry["height"], entry["width"]) == tuple(clip.frames.shape[1:3]) == (384, 216)
+        assert clip.fps == 8.0
+
+
+@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
+def test_rejected_and_unreadable_videos_are_reported_with_their_reasons(ingested):
+    out, report = ingested
+    assert report == json.loads((out / "ingest_report.json").read_text())
+    assert _row(report, "scenes/nobody.mp4")["status"] == "done"
+    assert _row(report, "scenes/nobody.mp4")["clips_kept"] == 0
+    assert _reasons(report, "scenes/nobody.mp4") and all(r.startswith("no person")
+                                                         for r in _reasons(report, "scenes/nobody.mp4"))
+    two = _reasons(report, "two.mp4")
+    assert len(two) == 3 and all(r.startswith("more than one person") for r in two)
+    for name in ("broken/truncated.mp4", "broken/notes.mp4"):
+        row = _row(report, name)
+        assert row["status"] == "unreadable" and row["clips_kept"] == 0 and row["reason"]
+    assert "truncated" in _row(report, "broken/truncated.mp4")["reason"] or "decoded" in _row(
+        report, "broken/truncated.mp4")["reason"]
+    assert {e["source"] for e in read_metadata(out)} == {"dance.mp4"}
+    summary = (out / "ingest_report.txt").read_text()
+    assert "3 clips kept" in summary and "more than one person: 3" in summary and "broken/notes.mp4" in summary
+
+
+@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
+def test_only_listed_clips_are_left_in_the_videos_folder(ingested):
+    out, _ = ingested
+    listed = {e["clip"] for e in read_metadata(out)}
+    assert {f"videos/{p.name}" for p in (out / "videos").iterdir()} == listed
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_after_a_kill_does_not_redo_finished_videos_and_a_setting_change_does(tmp_path, dance_small):
+    root = tmp_path / "src"
+    root.mkdir()
+    write_video(root / "a_dance.mp4", dance_small[:40], 24.0)
+    write_video(root / "b_dance.mp4", dance_small[40:80], 24.0)
+    out = tmp_path / "out"
+    config = IngestConfig(**SMALL)
+
+    class Killed(Exception):
+        pass
+
+    def kill(result):
+        raise Killed(result["source"])
+
+    with pytest.raises(Killed):
+        ingest(root, out, config, workers=1, progress=False, on_result=kill)  # dies after the first video
+    assert not (out / "metadata.jsonl").exists()  # metadata comes last: an interrupted set is visibly incomplete
+    first = sorted((out / "videos").iterdir())
+    assert first and all(p.name.startswith("a_dance-") for p in first)
+    stamps = {p.name: p.stat().st_mtime_ns for p in first}
+
+    report = ingest(root, out, config, workers=1, progress=False)
+    assert [row["resumed"] for row in report["sources"]] == [True, False]
+    assert {p.name: p.stat().st_mtime_ns for p in first} == stamps  # a_dance's clips were not written again
+    assert {e["source"] for e in read_metadata(out)} == {"a_dance.mp4", "b_dance.mp4"}
+
+    again = ingest(root, out, config, workers=1, progress=False)
+    assert [row["resumed"] for row in again["sources"]] == [True, True]
+    changed = ingest(root, out, IngestConfig(**{**SMALL, "min_face": 0.4}), workers=1, progress=False)
+    assert [row["resumed"] for row in changed["sources"]] == [False, False]
+
+
+# --------------------------------------------------------------------------- settings and errors
+def test_ingest_table_of_a_toml_file_and_flags_set_the_config(tmp_path):
+    toml = tmp_path / "ingest.toml"
+    toml.write_text("[ingest]\nframes = 17\nmin_face = 0.7\n\n[data]\nframes = 9\n")
+    config = build_ingest_config(config_table(toml), min_face=0.6, fps=None)
+    assert (config.frames, config.min_face, config.fps) == (17, 0.6, IngestConfig().fps)
+    toml.write_text("[ingest]\nframe = 17\n")
+    with pytest.raises(InputError, match="unknown key 'ingest.frame'"):
+        build_ingest_config(config_table(toml))
+    assert IngestConfig(frames=9).key() != IngestConfig(frames=17).key()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--frames", "10"], "frames=10: the VAE needs 4k\\+1"),
+    (["--min-face", "1.5"], "min_face=1.5"),
+    (["--fps", "-4"], "fps=-4"),
+    (["--identity", "person"], "identity='person'"),
+    (["--workers", "0"], "--workers 0"),
+])
+def test_bad_option_values_are_refused_with_the_setting_named(tmp_path, caplog, flags, message):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mp4").write_text("x")
+    assert main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert any(__import__("re").search(message, r.getMessage()) for r in caplog.records), caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_or_empty_source_folder_and_a_foreign_out_folder_are_refused(tmp_path, caplog):
+    assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    assert "no such folder" in caplog.text
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("x")
+    assert main(["ingest", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
+    assert "holds no videos" in caplog.text
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mp4").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.docx").write_text("x")
+    assert main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "mine")]) == 2
+    assert "not empty" in caplog.text and (tmp_path / "mine" / "thesis.docx").is_file()
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_names_every_setting_with_its_default():
+    text = build_parser("ingest")._subparsers._group_actions[0].choices["ingest"].format_help()
+    for flag in ("--frames", "--fps", "--min-side", "--max-side", "--workers", "--min-one-person", "--min-face",
+                 "--min-motion", "--min-brightness", "--min-sharpness", "--config"):
+        assert flag in text
+    assert "default 49" in text and "SOURCE_DIR" in text
