@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from directanimator.cues import low_pass, pose_cue
-from directanimator.cues.pose_cue import transfer_function
+from directanimator.cues.pose_cue import reduced_plan, transfer_function
 from directanimator.errors import CueError
-from helpers import disc, grating, iou, power_above
+from helpers import DANCE, DANCE_SIZE, disc, grating, iou, needs_real_data, power_above
 
 FILTERS = ["gaussian", "ideal", "butterworth"]
 
@@ -147,10 +147,60 @@ def test_pose_cue_is_the_clamped_low_pass_of_the_masked_luma(filter, cutoff):
     frames[..., 1] = 1.0  # bright, hard-edged foreground: the sharper filters overshoot 0..1 and are clamped
     mask = disc(30, (80, 96))
     bad = torch.tensor([False, True, False])
-    cue = pose_cue(frames, mask=mask, cutoff=cutoff, filter=filter, bad=bad)
+    # full_resolution: the exact filter (by default a Gaussian of a low cutoff runs on a reduced grid, tested below)
+    cue = pose_cue(frames, mask=mask, cutoff=cutoff, filter=filter, bad=bad, full_resolution=True)
     luma = 0.299 * frames[..., 0] + 0.587 * frames[..., 1] + 0.114 * frames[..., 2]
     expected = mirrored_fft_low_pass(luma * mask, cutoff, filter).clamp(0.0, 1.0)
     expected[1] = 0.0
     assert cue.shape == (3, 80, 96, 3) and cue.is_contiguous()
     for channel in range(3):
         assert torch.allclose(cue[..., channel], expected, atol=2e-6)
+
+
+# The reduced-grid Gaussian (reduced_plan) must stay the full-resolution filter within this much, on values in
+# 0..1: below one 8-bit grey level (1/255). Measured on the real dance video: 0.0031 at the default cutoff.
+REDUCED_TOLERANCE = 0.0035
+
+
+@pytest.fixture(scope="module")
+def dance_foreground():
+    """8 frames of the real dance video at 512x896, a third of a second apart, and their mediapipe person masks."""
+    needs_real_data()
+    from directanimator.cues.segmentation import segment_person
+    from directanimator.video import read_video
+
+    frames = read_video(DANCE, max_frames=8, stride=8, size=DANCE_SIZE, resize="stretch").frames
+    return frames, segment_person(frames)
+
+
+@pytest.mark.parametrize("cutoff", [0.03, 0.06, 0.12])
+def test_reduced_pose_cue_matches_the_full_resolution_filter_on_real_footage(cutoff, dance_foreground):
+    frames, masks = dance_foreground
+    plan = reduced_plan(*DANCE_SIZE, cutoff)
+    assert plan is not None and plan.levels == {0.03: 3, 0.06: 2, 0.12: 1}[cutoff]
+    reduced = pose_cue(frames, mask=masks, cutoff=cutoff)
+    exact = pose_cue(frames, mask=masks, cutoff=cutoff, full_resolution=True)
+    error = (reduced - exact).abs()
+    assert float(error.max()) < REDUCED_TOLERANCE
+    assert float(error.mean()) < 2e-4
+    assert float(exact.max()) > 0.3  # a real person, not an empty picture
+
+
+def test_reduced_pose_cue_keeps_the_borders_of_the_mirrored_filter():
+    # a bright foreground touching every border: the reduced grid must mirror the picture as the DCT does
+    torch.manual_seed(0)
+    frames = torch.rand(2, 96, 160, 3) * 0.2 + 0.8
+    mask = torch.ones(96, 160)
+    mask[30:60, 50:110] = 0.0  # an inner hole with hard edges
+    reduced = pose_cue(frames, mask=mask)
+    exact = pose_cue(frames, mask=mask, full_resolution=True)
+    assert reduced_plan(96, 160, 0.12) is not None
+    assert float((reduced - exact).abs().max()) < 0.01
+    assert float((reduced - exact)[:, :8].abs().max()) < 0.005 and float((reduced - exact)[:, -8:].abs().max()) < 0.005
+
+
+def test_reduced_grid_only_for_cutoffs_it_holds():
+    assert reduced_plan(896, 512, 0.15) is None  # gain 0.02 at half resolution's Nyquist: full resolution
+    assert reduced_plan(24, 40, 0.12) is None  # too small to reduce
+    plan = reduced_plan(90, 130, 0.12)  # odd multiples: the padding makes the sides divide by 2
+    assert plan.levels == 1 and (90 + plan.pad[0] + plan.pad[1]) % 2 == 0 and (130 + plan.pad[2] + plan.pad[3]) % 2 == 0

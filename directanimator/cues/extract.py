@@ -18,8 +18,8 @@ from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, res
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
-from .location_cue import ALIGNED_POSE_NOTE, _location_cue, aligned_pose, anchor_frames, fit_similarity
-from .pose_cue import _pose_cue
+from .location_cue import ALIGNED_POSE_NOTE, _location_cue, anchor_frames, fit_similarity, warp_masks
+from .pose_cue import _pose_grey
 from .segmentation import _segment_person, bad_frames
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, PersonGeometry, Similarity
 
@@ -431,7 +431,7 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     count, device, start = drv.shape[0], drv.device, progress.fraction
     # the frames and masks were checked once; the builders take them as they are
     filtering = _filtering(config)
-    pose = torch.empty(count, *size, 3, device=device)
+    pose = torch.empty(count, *size, device=device)  # one grey channel; three as a view below
     face = torch.empty(count, *size, 3, device=device)
     body_location = torch.empty(count, *size, device=device)
     face_location = torch.empty(count, *size, device=device)
@@ -439,9 +439,9 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     def build(first: int, stop: int) -> None:
         part = slice(first, stop)
         report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
-        _pose_cue(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
+        _pose_grey(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
         if config.align_pose:
-            pose[part] = aligned_pose(pose[part], transform)
+            pose[part] = warp_masks(pose[part], transform, size)
         if report:
             progress.advance_to(start + (1.0 - start) / 3)
         _face_cue(drv[part], driving.face_crop[part], driving.face_valid[part], out=face[part])
@@ -451,7 +451,13 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
                       cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]))
 
     _in_two_halves(count, build, parallel=device.type == "cpu")
-    return pose, face, body_location, face_location
+    return _three_channels(pose), face, body_location, face_location
+
+
+def _three_channels(grey: Tensor) -> Tensor:
+    """The grey pose cue ``[F, H, W]`` as ``[F, H, W, 3]``: a view repeating its one channel (the pose cue is
+    grey; materialising three copies was a third of the triplet's memory traffic)."""
+    return grey[..., None].expand(-1, -1, -1, 3)
 
 
 def _reference_cues(reference: _Reference, size: tuple[int, int], config: CueConfig,
@@ -459,7 +465,7 @@ def _reference_cues(reference: _Reference, size: tuple[int, int], config: CueCon
     """The reference's own pose, face and location cues (its location transform is the identity)."""
     face_box = torch.zeros(1, 4, device=device) if reference.face_box is None else reference.face_box.to(device)[None]
     face_ok = torch.tensor([reference.face_box is not None], device=device)
-    pose = _pose_cue(reference.frame, reference.mask, bad=None, on_frame=None, **_filtering(config))
+    pose = _three_channels(_pose_grey(reference.frame, reference.mask, bad=None, on_frame=None, **_filtering(config)))
     face = _face_cue(reference.frame, square_boxes(face_box, scale=config.face_scale), face_ok)
     body_location, face_location = _location_cue(reference.mask, face_box, face_ok, Similarity(), out_size=size,
                                                   cell=config.grid_cell, blur=config.grid_blur)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -34,6 +35,24 @@ FFT_CHUNK = 8
 # Nyquist, whose kernel decays too slowly, and lower ones have wide kernels.
 SPATIAL_TAIL = 1e-7
 SPATIAL_MAX_RADIUS = 64
+# The pose cue's Gaussian low-pass holds almost nothing above a fraction of Nyquist, so by default it is computed
+# on a grid reduced by 2^L (`reduced_plan`): OpenCV's image pyramid down L levels, the rest of the Gaussian there,
+# and back up. L is the largest for which the filter's gain at the reduced grid's Nyquist is at most
+# REDUCED_MAX_GAIN (the default cutoff 0.12: gain 0.0024 at half resolution, L = 1; cutoffs up to about 0.064:
+# L = 2) and the reduced image keeps at least REDUCED_MIN_SIDE px a side. The pyramid's binomial filters are
+# Gaussians to within a few 1e-3 of the passband, and their variance is taken off the Gaussian computed on the
+# reduced grid, so the result is the full-resolution filter to within about 0.005 on values in 0..1 (measured
+# on the real dance video; tests/test_pose_cue.py). Borders: the image is first mirrored by REDUCED_PAD px per
+# reduction, the even extension the DCT implies, so the pyramid's own border rule never reaches the picture.
+REDUCED_MAX_GAIN = 0.005
+REDUCED_MIN_SIDE = 16
+REDUCED_PAD = 8  # px of the reduced grid
+REDUCED_MAX_LEVELS = 3
+# the Gaussian left for the reduced grid must be at least this wide (reduced px^2) to be sampled as taps
+REDUCED_MIN_VARIANCE = 0.25
+# Variance (px^2 per axis, in the pixels of its input) of the binomial [1 4 6 4 1] / 16 of cv2.pyrDown and
+# cv2.pyrUp's interpolation.
+PYRAMID_VARIANCE = 1.0
 
 
 def check_filter(*, cutoff: float, filter: str, order: int) -> None:
@@ -163,6 +182,67 @@ def _filter_spatial(image: np.ndarray, taps: tuple, out: np.ndarray | None = Non
     return cv2.sepFilter2D(image, cv2.CV_32F, along_x, along_y, dst=out, borderType=cv2.BORDER_REFLECT)
 
 
+def gaussian_sigma(cutoff: float) -> float:
+    """Standard deviation in px of the spatial Gaussian whose transfer function is the "gaussian" filter at
+    `cutoff`: ``exp(-ln2/2 (rho/cutoff)^2)`` with ``rho = 2 f`` is ``exp(-2 pi^2 sigma^2 f^2)``."""
+    return math.sqrt(math.log(2.0)) / (math.pi * cutoff)
+
+
+@dataclass(frozen=True)
+class ReducedPlan:
+    """How `reduced_low_pass` filters an image: `levels` pyramid steps, the Gaussian `taps` applied on the reduced
+    grid (both axes), and the mirrored border added first (``(top, bottom, left, right)`` px, so that the padded
+    sides divide by ``2^levels``)."""
+
+    levels: int
+    taps: np.ndarray
+    pad: tuple[int, int, int, int]
+
+
+@functools.lru_cache(maxsize=64)
+def reduced_plan(height: int, width: int, cutoff: float) -> ReducedPlan | None:
+    """The reduced-grid plan of the Gaussian low-pass at `cutoff` for ``height x width`` images, or None when no
+    reduction qualifies (high cutoffs, tiny images, no OpenCV): see REDUCED_MAX_GAIN."""
+    if _opencv() is None:
+        return None
+    sigma2 = gaussian_sigma(cutoff) ** 2
+    levels = 0
+    for level in range(1, REDUCED_MAX_LEVELS + 1):
+        factor = 2**level
+        rho = 1.0 / factor  # the reduced grid's Nyquist, as a fraction of the full grid's
+        gain = math.exp(-GAUSSIAN_K * (rho / cutoff) ** 2)
+        # variance the pyramid itself adds (down and up, each level), in full-resolution px^2
+        pyramid = 2.0 * PYRAMID_VARIANCE * (4**level - 1) / 3.0
+        residual = (sigma2 - pyramid) / factor**2  # the Gaussian left for the reduced grid, reduced px^2
+        if gain > REDUCED_MAX_GAIN or residual < REDUCED_MIN_VARIANCE or min(height, width) < REDUCED_MIN_SIDE * factor:
+            break
+        levels = level
+    if levels == 0:
+        return None
+    factor = 2**levels
+    sigma = math.sqrt((sigma2 - 2.0 * PYRAMID_VARIANCE * (factor**2 - 1) / 3.0) / factor**2)  # reduced px
+    radius = max(1, int(math.ceil(4.0 * sigma)))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (offsets / sigma) ** 2)
+    pad = REDUCED_PAD * factor
+    return ReducedPlan(levels, (taps / taps.sum()).astype(np.float32),
+                       (pad, pad + (-height) % factor, pad, pad + (-width) % factor))
+
+
+def reduced_low_pass(image: np.ndarray, plan: ReducedPlan) -> np.ndarray:
+    """One ``[H, W]`` float32 image through the Gaussian low-pass of `plan` on the reduced grid, back at
+    ``H x W`` (a view into a padded buffer). Within about 0.005 of `low_pass` on pose-cue images (values 0..1)."""
+    cv2 = _opencv()
+    top, bottom, left, right = plan.pad
+    x = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT)
+    for _ in range(plan.levels):
+        x = cv2.pyrDown(x)
+    x = cv2.sepFilter2D(x, cv2.CV_32F, plan.taps, plan.taps, borderType=cv2.BORDER_REFLECT)
+    for _ in range(plan.levels):
+        x = cv2.pyrUp(x)
+    return x[top:top + image.shape[0], left:left + image.shape[1]]
+
+
 def low_pass(
     x: Tensor, *, cutoff: float = 0.12, filter: FilterType = "gaussian", order: int = 2,
 ) -> Tensor:
@@ -215,13 +295,16 @@ def pose_cue(
     segmenter: str = "mediapipe",
     sam_checkpoint: str | None = None,
     on_frame: Callable[[int], None] | None = None,
+    full_resolution: bool = False,
 ) -> Tensor:
     """Grey foreground of `frames` ``[F, H, W, 3]``, low-pass filtered; returns ``[F, H, W, 3]`` in 0..1.
 
     `mask` ``[F, H, W]`` (or one ``[H, W]`` for all frames) is the person mask; when None it is computed with
     `segment_person` (`segmenter`: "mediapipe" or "sam" with `sam_checkpoint`). Frames flagged in `bad` ``[F]``
     are blanked to 0. `cutoff` is a fraction of Nyquist (see `transfer_function`): lower removes more appearance.
-    `on_frame(i)` is called once per frame.
+    `on_frame(i)` is called once per frame. On the CPU a Gaussian filter is computed at the reduced resolution
+    its cutoff needs (`reduced_plan`; within about 0.005 of the full-resolution filter) unless
+    `full_resolution`, which gives `low_pass` exactly.
     """
     frames = as_frames(frames, name="frames")
     check_filter(cutoff=cutoff, filter=filter, order=order)
@@ -237,50 +320,64 @@ def pose_cue(
         mask = segment_person(frames, backend=segmenter, sam_checkpoint=sam_checkpoint, on_frame=on_frame)
         report = None
     masks = cue_masks(mask, frames, name="mask")
-    return _pose_cue(frames, masks, cutoff=cutoff, filter=filter, order=order, bad=bad, on_frame=report)
+    return _pose_cue(frames, masks, cutoff=cutoff, filter=filter, order=order, bad=bad, on_frame=report,
+                     full_resolution=full_resolution)
 
 
 def _pose_cue(
     frames: Tensor, masks: Tensor, *, cutoff: float, filter: FilterType, order: int, bad: Tensor | None,
-    on_frame: Callable[[int], None] | None, out: Tensor | None = None,
+    on_frame: Callable[[int], None] | None, out: Tensor | None = None, full_resolution: bool = False,
 ) -> Tensor:
     """`pose_cue` on checked inputs: frames from `as_frames`, masks ``[F, H, W]`` in 0..1 on their device, `bad`
-    ``[F]`` bool or None (extract_cues checks them once for all stages). `out` ``[F, H, W, 3]`` (contiguous, on
-    the frames' device) receives the cue when given."""
-    report = on_frame
-    count, height, width = frames.shape[:3]
+    ``[F]`` bool or None. `out` ``[F, H, W, 3]`` (contiguous, on the frames' device) receives the cue when given."""
+    grey_out = _pose_grey(frames, masks, cutoff=cutoff, filter=filter, order=order, bad=bad, on_frame=on_frame,
+                          full_resolution=full_resolution)
     if out is None:
-        out = torch.empty(count, height, width, 3, device=frames.device)
-    cpu_only = frames.device.type == "cpu" and not (frames.requires_grad or masks.requires_grad)
-    taps = spatial_taps(height, width, cutoff=cutoff, filter=filter) if cpu_only else None
-    if taps is not None:
-        return _pose_cue_spatial(frames, masks, bad, taps, report, out)
-
-    grey_out = torch.empty(count, height, width, device=frames.device)
-    for start in range(0, count, FFT_CHUNK):
-        stop = min(start + FFT_CHUNK, count)
-        foreground = grey(frames[start:stop]) * masks[start:stop]
-        grey_out[start:stop] = low_pass(foreground, cutoff=cutoff, filter=filter, order=order).clamp(0.0, 1.0)
-        if report is not None:
-            for i in range(start, stop):
-                report(i)
-    if bad is not None and bool(bad.any()):
-        grey_out[bad] = 0.0
-        log.debug("pose cue: %d bad frames blanked", int(bad.sum()))
+        out = torch.empty(*grey_out.shape, 3, device=frames.device)
     out.copy_(grey_out[..., None].expand(-1, -1, -1, 3))
     return out
 
 
-def _pose_cue_spatial(frames: Tensor, masks: Tensor, bad: Tensor | None, taps: tuple,
+def _pose_grey(
+    frames: Tensor, masks: Tensor, *, cutoff: float, filter: FilterType, order: int, bad: Tensor | None,
+    on_frame: Callable[[int], None] | None, out: Tensor | None = None, full_resolution: bool = False,
+) -> Tensor:
+    """The pose cue's one grey channel ``[F, H, W]`` (extract_cues replicates it to three channels as a view, see
+    `CueTriplet`); the inputs as for `_pose_cue`, `out` ``[F, H, W]`` contiguous when given."""
+    count, height, width = frames.shape[:3]
+    if out is None:
+        out = torch.empty(count, height, width, device=frames.device)
+    cpu_only = frames.device.type == "cpu" and not (frames.requires_grad or masks.requires_grad)
+    if cpu_only and filter == "gaussian":
+        plan = None if full_resolution else reduced_plan(height, width, float(cutoff))
+        if plan is not None:
+            return _pose_grey_opencv(frames, masks, bad, functools.partial(reduced_low_pass, plan=plan), on_frame, out)
+        taps = spatial_taps(height, width, cutoff=cutoff, filter=filter)
+        if taps is not None:
+            return _pose_grey_opencv(frames, masks, bad, functools.partial(_filter_spatial, taps=taps), on_frame, out)
+
+    for start in range(0, count, FFT_CHUNK):
+        stop = min(start + FFT_CHUNK, count)
+        foreground = grey(frames[start:stop]) * masks[start:stop]
+        out[start:stop] = low_pass(foreground, cutoff=cutoff, filter=filter, order=order).clamp(0.0, 1.0)
+        if on_frame is not None:
+            for i in range(start, stop):
+                on_frame(i)
+    if bad is not None and bool(bad.any()):
+        out[bad] = 0.0
+        log.debug("pose cue: %d bad frames blanked", int(bad.sum()))
+    return out
+
+
+def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, filtered: Callable[[np.ndarray], np.ndarray],
                       report: Callable[[int], None] | None, out: Tensor) -> Tensor:
-    """`pose_cue` frame by frame with OpenCV into `out`: luma, mask, separable Gaussian, clamp, three channels,
-    each in one pass over a frame-sized buffer (the torch version's temporaries cost more than the filtering)."""
+    """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma, mask, `filtered` (the low-pass of one
+    image), clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the filtering)."""
     cv2 = _opencv()
     count, height, width = frames.shape[:3]
     frames_np, masks_np, out_np = frames.numpy(), masks.numpy(), out.numpy()
     skip = [False] * count if bad is None else bad.cpu().tolist()
     luma = np.empty((height, width), np.float32)
-    filtered = np.empty((height, width), np.float32)
     for i in range(count):
         if skip[i]:
             out_np[i] = 0.0
@@ -288,9 +385,7 @@ def _pose_cue_spatial(frames: Tensor, masks: Tensor, bad: Tensor | None, taps: t
             # OpenCV's float RGB -> grey uses the BT.601 weights of LUMA_WEIGHTS
             cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma)
             cv2.multiply(luma, masks_np[i], dst=luma)
-            _filter_spatial(luma, taps, filtered)
-            np.clip(filtered, 0.0, 1.0, out=filtered)
-            cv2.cvtColor(filtered, cv2.COLOR_GRAY2RGB, dst=out_np[i])
+            np.clip(filtered(luma), 0.0, 1.0, out=out_np[i])
         if report is not None:
             report(i)
     if any(skip):

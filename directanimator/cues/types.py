@@ -236,7 +236,8 @@ class CueTriplet:
     """The Driving Cue Triplet at working size ``H x W``, plus its record.
 
     pose: ``[F, H, W, 3]`` grey low-passed foreground (driving coordinates; reference coordinates when
-    ``record.pose_aligned``);
+    ``record.pose_aligned``); from `extract_cues` its three channels are one channel repeated as a view (stride 0
+    on the last dimension, as `Tensor.expand` makes): read it freely, ``.contiguous()`` before writing into it;
     face: ``[F, H, W, 3]`` centred face crops, black where no face was found (``record.face_valid``);
     body_location, face_location: ``[F, H, W]`` soft masks in reference coordinates;
     reference: ``[1, H, W, 3]`` the reference at working size; reference_mask: ``[1, H, W]`` its person mask;
