@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(pytorch_lora_weights.safetensors for load_lora_weights), 'peft' (adapter_config.json "
                              "+ adapter_model.safetensors); the CueFusion modules go beside it (cue_fusion.safetensors)")
     parser.add_argument("--lora-out", default=None,
-                        help="folder for --lora-format (default: the --out name without .safetensors, plus _lora)")
+                        help="folder for --lora-format; unset, the --out name without .safetensors plus _lora")
 
 
 def run(args: argparse.Namespace) -> int:
