@@ -23,6 +23,7 @@ from torch import Tensor
 
 from directanimator.errors import InputError
 from directanimator.models.cue_latents import CueLatents
+from directanimator.text import text_encoder_fingerprint
 
 from .config import TrainConfig
 from .world.dataset import read_metadata
@@ -96,6 +97,9 @@ def cache_material(config: TrainConfig) -> dict:
         material.update(pose_source=d.pose_source, skeleton_errors=d.skeleton_errors)
     if d.encode_precision != "fp32":  # (nor of an fp32 one by this)
         material.update(encode_precision=d.encode_precision)
+    text_encoder = text_encoder_fingerprint(config.model.text_encoder or config.model.backbone)
+    if text_encoder is not None:  # it makes the null prompt and the captions (without one the key is as before)
+        material.update(text_encoder=text_encoder)
     return material
 
 

@@ -1,20 +1,44 @@
-"""Text conditioning of a training cache: the null prompt and each clip's caption embedding."""
+"""Text conditioning of a training cache: the null prompt and each clip's caption embedding.
+
+The null prompt is, in order: the tensor of `model.null_text`; the backbone's own T5 encoding of ``""`` (what its
+diffusers pipeline feeds the negative branch) when a text encoder is found (`model.text_encoder`, else the
+backbone's ``text_encoder/`` and ``tokenizer/``); zeros otherwise. A clip's caption is its `text_embeds` file when
+the metadata entry names one, else the T5 encoding of its `caption` string. Every caption is encoded once, up
+front, batched, and kept under ``text/`` in the cache folder (whose key follows the encoder), so a resumed prepare
+loads no encoder at all.
+"""
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import logging
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
+from tqdm import tqdm
 
 from directanimator.atomic import save_safetensors
+from directanimator.devices import usable_device
 from directanimator.errors import InputError
-from directanimator.text import fit_text_embeddings
+from directanimator.text import (TextEncoderFolders, encode_prompts, find_text_encoder, fit_text_embeddings,
+                                 load_text_encoder)
 
 from .config import TrainConfig
 from .data import NULL_TEXT
+
+log = logging.getLogger(__name__)
+
+TEXT_FOLDER = "text"  # caption embeddings in the cache folder, one file per distinct caption
+ENCODE_BATCH = 8  # captions per encoder call: T5-XXL at 226 tokens stays within a few GB of activations
+# T5-XXL's width, which every released CogVideoX (and Wan) backbone takes; tiny and from-scratch backbones (the
+# tests', the demo's) use far narrower text. Zeros as the null prompt of such a pretrained backbone are an input it
+# has never seen, hence the warning.
+PRETRAINED_TEXT_DIM = 4096
 
 
 def null_text(config: TrainConfig, bc: dict) -> Tensor:
@@ -40,9 +64,112 @@ def caption_embedding(root: Path, entry: dict, bc: dict) -> Tensor | None:
                                name=f"{entry['text_embeds']}")[0]
 
 
+def caption_of(entry: dict) -> str | None:
+    """The entry's `caption` string (None when absent or blank: the null prompt then stands for it)."""
+    caption = entry.get("caption")
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        raise InputError(f"metadata entry {entry.get('clip')!r}: caption must be a string, got "
+                         f"{type(caption).__name__}; write the clip's description as text (or leave it out).")
+    return caption if caption.strip() else None
+
+
+def caption_file(folder: Path, caption: str) -> Path:
+    """Where the cache in `folder` keeps the embedding of `caption`."""
+    return folder / TEXT_FOLDER / f"{hashlib.sha256(caption.encode()).hexdigest()[:32]}.safetensors"
+
+
+def text_encoder_folders(config: TrainConfig) -> TextEncoderFolders | None:
+    """The text encoder prepare uses: `model.text_encoder` (an InputError when it names none), else the backbone
+    folder's own, else None."""
+    m = config.model
+    if m.text_encoder:
+        found = find_text_encoder(m.text_encoder)
+        if found is None:
+            raise InputError(f"config model.text_encoder={m.text_encoder!r}: no T5 text encoder there. Give a folder "
+                             "with text_encoder/ and tokenizer/ (a CogVideoX repo), a T5 encoder folder holding its "
+                             "tokenizer, or a repo id in the local Hugging Face cache; or leave it empty.")
+        return found
+    return find_text_encoder(m.backbone)
+
+
+def encode_device(config: TrainConfig) -> torch.device:
+    """Where the text encoder runs: `data.device`, whose "auto" is this process's GPU when there is one (under
+    accelerate, LOCAL_RANK's), else the CPU."""
+    if config.data.device != "auto":
+        return usable_device(config.data.device, name="data.device")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def _check_width(folders: TextEncoderFolders, bc: dict) -> None:
+    width = folders.config.get("d_model")
+    if width != int(bc["text_embed_dim"]):
+        raise InputError(f"text encoder {folders.encoder}: it gives {width}-wide embeddings but the backbone takes "
+                         f"{bc['text_embed_dim']} (T5-XXL: 4096). Set model.text_encoder to the backbone's own "
+                         "text encoder.")
+
+
+def _encode(folders: TextEncoderFolders, batches: list[list[str]], folder: Path, bc: dict,
+            device: torch.device) -> None:
+    """Encode each batch of prompts in one encoder call; write each embedding ``[L, D]`` (the encoder's dtype) to
+    its `caption_file`."""
+    tokenizer, encoder = load_text_encoder(folders, device=device)
+    total = sum(map(len, batches))
+    log.info("prepare: encoding %d prompts with %s (%s, %s)", total, folders.encoder, encoder.dtype, device)
+    try:
+        with tqdm(total=total, desc="text", unit="prompt") as bar:
+            for prompts in batches:
+                embeds = encode_prompts(tokenizer, encoder, prompts, max_length=int(bc["max_text_seq_length"]))
+                for prompt, value in zip(prompts, embeds.cpu()):
+                    save_safetensors({"text_embeds": value.contiguous()}, caption_file(folder, prompt), {})
+                bar.update(len(prompts))
+    finally:
+        del tokenizer, encoder  # the encoder (T5-XXL: 9.5 GB) must not sit beside the VAE for the rest of prepare
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def prepare_text(config: TrainConfig, bc: dict, entries: list[dict], folder: Path
                  ) -> Callable[[dict], Tensor | None]:
-    """Write the cache's null prompt (once) and return the caption embedding of a metadata entry (or None)."""
-    if not (folder / NULL_TEXT).is_file():
-        save_safetensors({"null_text": null_text(config, bc)}, folder / NULL_TEXT, {})
-    return lambda entry: caption_embedding(config.data_root, entry, bc)
+    """Write the cache's null prompt and caption embeddings (each once) and return the caption embedding of a
+    metadata entry (``[L, D]`` float32, or None without a caption)."""
+    captions = {c for e in entries if "text_embeds" not in e and (c := caption_of(e)) is not None}
+    folders = text_encoder_folders(config)
+    if folders is not None:
+        _check_width(folders, bc)
+    if folders is None and not config.model.null_text and int(bc["text_embed_dim"]) == PRETRAINED_TEXT_DIM:
+        log.warning("prepare: no text encoder in %s (text_encoder/ and tokenizer/), so the null prompt is zeros, "
+                    "which a pretrained CogVideoX never saw (its pipeline encodes \"\" with T5). Download the "
+                    "backbone's text_encoder/ and tokenizer/ or set model.text_encoder.", config.model.backbone)
+    if folders is None and captions:
+        log.warning("prepare: %d distinct captions are left out (trained as the null prompt): no text encoder to "
+                    "encode them; set model.text_encoder or give text_embeds files.", len(captions))
+        captions = set()
+
+    null_path = folder / NULL_TEXT
+    own_null = not null_path.is_file()  # the backbone's encoding of "" is still to be made
+    if own_null and (folders is None or config.model.null_text):
+        save_safetensors({"null_text": null_text(config, bc)}, null_path, {})
+        own_null = False
+    todo = sorted(c for c in captions if not caption_file(folder, c).is_file())
+    # "" goes alone, as the pipelines encode the negative prompt: a batch may differ from it in the last float bits
+    batches = [[""]] * own_null + [todo[k:k + ENCODE_BATCH] for k in range(0, len(todo), ENCODE_BATCH)]
+    if batches:
+        _encode(folders, batches, folder, bc, encode_device(config))
+    if own_null:
+        empty = load_file(str(caption_file(folder, "")))["text_embeds"]
+        save_safetensors({"null_text": empty.float()[None]}, null_path, {})
+
+    def embedding(entry: dict) -> Tensor | None:
+        if "text_embeds" in entry:  # a precomputed embedding wins over the caption
+            return caption_embedding(config.data_root, entry, bc)
+        caption = caption_of(entry)
+        if caption is None or caption not in captions:
+            return None
+        return load_file(str(caption_file(folder, caption)))["text_embeds"].float()
+
+    return embedding
