@@ -2,9 +2,9 @@
 trained for a few stage-1 and stage-2 steps and sampled for a few steps at 480x720 with 13 latent frames, under the
 memory plan's settings; step times and peak memory printed next to the plan's figures.
 
-    python -m benchmarks.gpu_smoke                 # on a CUDA GPU; rewrites the "GPU smoke" section of docs/benchmarks.md
-    python -m benchmarks.gpu_smoke --no-write      # print only
-    python -m benchmarks.gpu_smoke --tiny          # the same code path on a tiny config, on the CPU (a check, no numbers)
+    python -m benchmarks.gpu_smoke             # on a CUDA GPU; rewrites the "GPU smoke" section of docs/benchmarks.md
+    python -m benchmarks.gpu_smoke --no-write  # print only
+    python -m benchmarks.gpu_smoke --tiny      # the same code path on a tiny config on the CPU (a check, no numbers)
 
 Training goes through the project's own code: the recipe training/configs/cogvideox_5b_i2v_lora.toml (LoRA rank
 128, bf16 frozen weights, gradient checkpointing, bf16 autocast, 8-bit AdamW when bitsandbytes is importable, the
@@ -257,10 +257,12 @@ def _gb(value: float | None) -> str:
 
 
 def render(phases: list[Phase], *, device_name: str, tiny: bool, config, total_s: float) -> str:
+    what = "tiny config on the CPU (a check of the code path)" if tiny else \
+        "CogVideoX-5B-I2V from its config, random weights"
     lines = [
         SECTION, "",
         f"`python -m benchmarks.gpu_smoke{' --tiny' if tiny else ''}` ({time.strftime('%Y-%m-%d')}, {device_name}, "
-        f"torch {torch.__version__}, {platform.machine()}): {'tiny config on the CPU (a check of the code path)' if tiny else 'CogVideoX-5B-I2V from its config, random weights'}, "
+        f"torch {torch.__version__}, {platform.machine()}): {what}, "
         f"{config.data.buckets[0][1]}x{config.data.buckets[0][0]} px, 1 + {(config.data.frames - 1) // 4 + 1} latent "
         f"frames, batch 1; LoRA rank {config.model.lora_rank}, frozen weights {config.model.dtype}, gradient "
         f"checkpointing {'on' if config.model.gradient_checkpointing else 'off'}, EMA {config.optim.ema_decay}, "
@@ -345,8 +347,10 @@ def run_smoke(args: argparse.Namespace) -> tuple[list[Phase], object, str]:
 
 def _has_bitsandbytes() -> bool:
     """Whether make_optimizer's adamw_8bit="auto" will take bitsandbytes' 8-bit AdamW on CUDA."""
+    import importlib
+
     try:
-        import bitsandbytes  # noqa: F401
+        importlib.import_module("bitsandbytes")
     except ImportError:
         return False
     return True

@@ -169,7 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-format", action="append", default=[], choices=LORA_FORMATS,
                         help="also write the LoRA in this format (repeat for both): 'diffusers' "
                              "(pytorch_lora_weights.safetensors for load_lora_weights), 'peft' (adapter_config.json "
-                             "+ adapter_model.safetensors); the CueFusion modules go beside it (cue_fusion.safetensors)")
+                             "+ adapter_model.safetensors); the CueFusion modules go beside it "
+                             "(cue_fusion.safetensors)")
     parser.add_argument("--lora-out", default=None,
                         help="folder for --lora-format; unset, the --out name without .safetensors plus _lora")
 

@@ -51,7 +51,8 @@ def adapter_weights(model: DirectAnimatorTransformer, *, adapter_name: str = "de
     configs = dict(getattr(model.backbone, "peft_config", None) or {})
     if adapter_name not in configs:
         raise InputError(
-            f"LoRA export: the backbone has no LoRA adapter named {adapter_name!r} (found {sorted(configs) or 'none'}). "
+            f"LoRA export: the backbone has no LoRA adapter named {adapter_name!r} "
+            f"(found {sorted(configs) or 'none'}). "
             "Only a run with model.train='lora' has one; export a full run with --weights full."
         )
     state = get_peft_model_state_dict(model.backbone, adapter_name=adapter_name)
