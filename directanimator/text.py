@@ -150,7 +150,17 @@ def load_text_encoder(folders: TextEncoderFolders, *, device: str | torch.device
     if model_type not in T5_ENCODERS:
         raise InputError(f"text encoder {folders.encoder}: model_type {model_type!r} is not a T5 encoder "
                          f"({', '.join(T5_ENCODERS)}).")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folders.tokenizer), local_files_only=True)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folders.tokenizer), local_files_only=True)
+    except (ImportError, OSError, ValueError) as error:
+        # a folder with spiece.model and no tokenizer.json (as T5 repos ship it) is converted by transformers through
+        # sentencepiece's protobuf schema, which recent sentencepiece builds (0.2.3) generate for protobuf 5 only,
+        # while mediapipe 0.10.21 pins protobuf < 5
+        raise InputError(
+            f"text tokenizer {folders.tokenizer}: transformers cannot load it ({type(error).__name__}: "
+            f"{str(error)[:300]}). For a folder holding spiece.model only, install sentencepiece 0.2.0 (the last "
+            "that reads it with protobuf < 5, which mediapipe pins) or put the tokenizer's tokenizer.json beside it."
+        ) from error
     encoder = getattr(transformers, T5_ENCODERS[model_type]).from_pretrained(
         str(folders.encoder), dtype="auto", local_files_only=True)
     return tokenizer, encoder.to(device).eval().requires_grad_(False)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from directanimator.errors import InputError
-from directanimator.text import find_text_encoder, text_encoder_fingerprint
+from directanimator.text import find_text_encoder, load_text_encoder, text_encoder_fingerprint
 from tests.tiny import TEXT_DIM, TEXT_LEN, tiny_backbone
 from tests.training_world import CONFIG, make_world, micro_vae, overrides
 from training import text_encoding
@@ -212,6 +212,35 @@ def test_a_repo_id_backbone_finds_its_text_encoder_in_the_hugging_face_cache(tmp
     assert (found.encoder, found.tokenizer) == (snapshot / "text_encoder", snapshot / "tokenizer")
     assert find_text_encoder("owner/absent") is None
     assert text_encoder_fingerprint("owner/tiny") == text_encoder_fingerprint(snapshot)
+
+
+def test_a_tokenizer_folder_with_spiece_model_only_loads_or_is_refused_naming_the_fix(tmp_path):
+    """CogVideoX repos ship tokenizer/ as a sentencepiece spiece.model; transformers converts it through
+    sentencepiece's protobuf schema, which this environment's protobuf may not read."""
+    import io
+
+    sentencepiece = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["a person dances in the rain", "the red dress walks slowly"] * 20), model_writer=model,
+        vocab_size=30, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        minloglevel=2)
+    tiny_t5(tmp_path)
+    shutil.rmtree(tmp_path / "tokenizer")
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "tokenizer" / "spiece.model").write_bytes(model.getvalue())
+    (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+         "extra_ids": 0}))
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401  (what the conversion parses the file with)
+    except ImportError:
+        with pytest.raises(InputError, match="install sentencepiece 0.2.0"):
+            load_text_encoder(find_text_encoder(tmp_path))
+        return
+    tokenizer, _ = load_text_encoder(find_text_encoder(tmp_path))
+    pieces = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).encode("a person dances")
+    assert tokenizer("a person dances", add_special_tokens=True).input_ids == [*pieces, 1]  # then </s>
 
 
 @pytest.mark.parametrize("case, message", [

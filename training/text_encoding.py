@@ -34,7 +34,7 @@ from .data import NULL_TEXT
 log = logging.getLogger(__name__)
 
 TEXT_FOLDER = "text"  # caption embeddings in the cache folder, one file per distinct caption
-ENCODE_BATCH = 8  # captions per encoder call: T5-XXL at 226 tokens stays within a few GB of activations
+ENCODE_BATCH = 8  # captions per encoder call (its activations, 226 tokens each on CogVideoX, grow with it)
 # T5-XXL's width, which every released CogVideoX (and Wan) backbone takes; tiny and from-scratch backbones (the
 # tests', the demo's) use far narrower text. Zeros as the null prompt of such a pretrained backbone are an input it
 # has never seen, hence the warning.
