@@ -95,12 +95,12 @@ def text_encoder_folders(config: TrainConfig) -> TextEncoderFolders | None:
 
 
 def encode_device(config: TrainConfig) -> torch.device:
-    """Where the text encoder runs: `data.device`, whose "auto" is this process's GPU when there is one (under
-    accelerate, LOCAL_RANK's), else the CPU."""
+    """Where the text encoder runs: `data.device`, whose "auto" is this process's GPU (its LOCAL_RANK under a
+    multi-process launch) when CUDA is usable, else the CPU; prepare's VAE follows the same rule."""
     if config.data.device != "auto":
         return usable_device(config.data.device, name="data.device")
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 
