@@ -44,7 +44,9 @@ def fit_text_embeddings(embeds: Tensor, *, max_length: int, dim: int, name: str 
 
 
 # --------------------------------------------------------------------------- the backbone's own text encoder
-T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}  # model_type -> class
+# model_type -> encoder class. CogVideoX's T5 only: Wan's UMT5 is encoded another way (attention mask, padding
+# zeroed, 512 tokens), which `encode_prompts` does not do.
+T5_ENCODERS = {"t5": "T5EncoderModel"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 # Weight files are keyed by size plus a sample of their bytes: a T5-XXL encoder is about 9.5 GB, and hashing it
 # whole at every training start (the cache key is computed there) would cost tens of seconds; other weights differ
