@@ -5,6 +5,7 @@ import torch
 
 from directanimator.cues import FaceTrack, face_cue, mask_boxes, median_box, smooth_track, square_boxes
 from directanimator.cues.face_cue import crop_boxes
+from directanimator.cues.resample import VALUE_ERROR
 from directanimator.errors import CueError
 from helpers import centroid, disc, rectangle
 
@@ -139,7 +140,8 @@ def test_face_cue_samples_exactly_like_grid_sample_crops(size):
     boxes = torch.tensor([[10.3, 20.7, 40.1, 50.5], [-20.0, -10, 30, 40], [50, 80, 90, 120], [1.5, 2.5, 3.5, 4.5],
                           [200, 200, 230, 230]])  # inside, over the top-left corner, bottom-right, tiny, outside
     valid = torch.tensor([True, True, True, True, False])
-    cue = face_cue(frames, boxes, valid, size=size)
+    cue = face_cue(frames, boxes, valid, size=size, exact=True)
+    fast = face_cue(frames, boxes, valid, size=size)  # OpenCV's sampling: positions rounded to 1/32 px
     out_h, out_w = size or (96, 64)
     side = min(out_h, out_w)
     top, left = (out_h - side) // 2, (out_w - side) // 2
@@ -147,3 +149,9 @@ def test_face_cue_samples_exactly_like_grid_sample_crops(size):
     crops = crop_boxes(frames[valid].permute(0, 3, 1, 2), boxes[valid], side, side).permute(0, 2, 3, 1)
     expected[valid, top:top + side, left:left + side] = crops.clamp(0.0, 1.0)
     assert torch.allclose(cue, expected, atol=1e-5)
+    # uniform noise: neighbouring pixels differ by up to 1, so the bound is VALUE_ERROR itself
+    assert torch.allclose(fast, expected, atol=VALUE_ERROR, rtol=0)
+    assert float((fast - expected).abs().mean()) < 2e-3
+    black = torch.ones_like(expected, dtype=torch.bool)
+    black[valid, top:top + side, left:left + side] = False
+    assert not fast[black].any()  # bars and faceless frames stay exactly black

@@ -16,7 +16,7 @@ from ..errors import CueError, InputError
 from ..tensors import as_frames
 from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, resize_plan, snap_size
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
-from .face_cue import _face_cue, crop_resize
+from .face_cue import _face_cue, crop_resize, zeroed_canvas
 from .face_detection import _detect_faces
 from .location_cue import ALIGNED_POSE_NOTE, _location_cue, anchor_frames, fit_similarity, warp_masks
 from .pose_cue import _pose_grey
@@ -432,7 +432,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     # the frames and masks were checked once; the builders take them as they are
     filtering = _filtering(config)
     pose = torch.empty(count, *size, device=device)  # one grey channel; three as a view below
-    face = torch.empty(count, *size, 3, device=device)
+    # zeros whose black bars are never written (on the CPU, see zeroed_canvas)
+    face = zeroed_canvas(count, *size, 3) if device.type == "cpu" else torch.zeros(count, *size, 3, device=device)
     body_location = torch.empty(count, *size, device=device)
     face_location = torch.empty(count, *size, device=device)
 
@@ -444,7 +445,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
             pose[part] = warp_masks(pose[part], transform, size)
         if report:
             progress.advance_to(start + (1.0 - start) / 3)
-        _face_cue(drv[part], driving.face_crop[part], driving.face_valid[part], out=face[part])
+        _face_cue(drv[part], driving.face_crop[part], driving.face_valid[part], out=face[part],
+                  out_zeroed=True)
         if report:
             progress.advance_to(start + 2 * (1.0 - start) / 3)
         _location_cue(masks[part], driving.face_tight[part], driving.face_valid[part], transform, out_size=size,
