@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from directanimator.errors import InputError
+from directanimator.errors import InputError, VideoError
 from directanimator.video import read_video, write_video
 from directanimator.video.timing import clip_span, resample_indices
 from tests.helpers import DANCE, needs_real_data
@@ -84,6 +84,10 @@ def test_clip_span_covers_the_picked_frames_and_advances_by_the_clip_duration():
     span, advance = clip_span(24.0, 16.0, 49)
     assert resample_indices(24.0, 16.0, span, count=49)[-1] == span - 1
     assert advance == resample_indices(24.0, 16.0, 1000, count=50)[-1]  # where a 50th frame would be picked
+    for source_fps, fps, count in ((12.5, 8.0, 9), (29.97, 16.0, 49), (10.0, 16.0, 17)):
+        span, _ = clip_span(source_fps, fps, count)  # the fewest frames that hold the whole clip
+        assert len(resample_indices(source_fps, fps, span, count=count)) == count
+        assert len(resample_indices(source_fps, fps, span - 1, count=count)) < count
 
 
 def test_scene_split_finds_a_hard_cut_in_a_video_file(tmp_path):
@@ -105,6 +109,18 @@ def test_clips_never_span_a_scene_cut(tmp_path, dance_small):
     assert _row(report, "cut.mp4")["scenes"] == 2
     assert entries and min(e["source_start"] for e in entries) == pytest.approx(2.0)
     assert all(e["scene"] == 1 for e in entries)
+
+
+def test_write_video_takes_an_h264_speed_preset(tmp_path):
+    frames = _moving_pattern(9, 64, 96, seed=2)
+    error = {}
+    for preset in ("veryfast", "medium"):
+        clip = read_video(write_video(tmp_path / f"{preset}.mp4", frames, 8.0, preset=preset), dtype=torch.uint8)
+        assert clip.num_frames == 9
+        error[preset] = float((clip.frames.float() - torch.from_numpy(frames).float()).abs().mean())
+    assert error["veryfast"] < 1.5 * error["medium"]  # crf sets the quality whatever the preset
+    with pytest.raises(VideoError, match="preset 'quick' is not an H.264 preset"):
+        write_video(tmp_path / "bad.mp4", frames, 8.0, preset="quick")
 
 
 # --------------------------------------------------------------------------- a whole folder
@@ -233,3 +249,18 @@ def test_help_names_every_setting_with_its_default():
                  "--min-motion", "--min-brightness", "--min-sharpness", "--config"):
         assert flag in text
     assert "default 49" in text and "SOURCE_DIR" in text
+
+
+@pytest.mark.slow  # two spawned workers each import torch and mediapipe: 30 s or more on a loaded 2-core machine
+def test_command_with_two_workers_ingests_every_video_with_the_flags_settings(tmp_path, dance_small):
+    root = tmp_path / "src"
+    (root / "b").mkdir(parents=True)
+    write_video(root / "a.mp4", dance_small[:40], 24.0)
+    write_video(root / "b" / "a.gif", dance_small[40:80:2], 12.0)  # a GIF at another rate, in a subfolder
+    flags = ["--frames", "9", "--fps", "8", "--min-side", "128", "--max-side", "192", "--check-frames", "5",
+             "--check-side", "384", "--workers", "2", "--no-progress"]
+    assert main(["ingest", str(root), "--out", str(tmp_path / "out"), *flags]) == 0
+    entries = read_metadata(tmp_path / "out")
+    assert sorted(e["source"] for e in entries) == ["a.mp4", "b/a.gif"]
+    assert {(e["num_frames"], e["fps"], e["height"], e["width"]) for e in entries} == {(9, 8.0, 192, 108)}
+    assert len({e["identity"] for e in entries}) == 2

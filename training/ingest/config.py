@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from directanimator.errors import InputError
+from directanimator.video.writing import X264_PRESETS
 
 IDENTITY_RULES = ("file", "folder")
 SOURCE_FPS = 0.0  # `fps` value meaning "keep each source's own rate"
@@ -32,6 +33,8 @@ class IngestConfig:
     min_side: int = 360  # px, short side of the source; below it the 480x720 working size is upscaled > 1.33x
     max_side: int = 720  # px, long side of the written clips (the 480x720 working size's long side); never upscaled
     crf: int = 18  # H.264 quality of the written clips (18: visually lossless)
+    preset: str = "veryfast"  # H.264 speed preset: 4x as fast as "medium" at a similar size; encoding was a third of
+    #                           the time of an ingest with "medium"
     cut_threshold: float = 27.0  # PySceneDetect ContentDetector threshold (its default)
     min_scene_seconds: float = 0.5  # a second cut sooner than this after a cut is ignored (flashes)
     check_frames: int = 9  # frames checked per clip, evenly spaced
@@ -63,6 +66,7 @@ class IngestConfig:
         need(self.min_side >= 16, f"min_side={self.min_side}: at least 16 px.")
         need(self.max_side >= 64, f"max_side={self.max_side}: at least 64 px.")
         need(0 <= self.crf <= 51, f"crf={self.crf}: 0 (lossless) to 51 (worst); 18 is visually lossless.")
+        need(self.preset in X264_PRESETS, f"preset={self.preset!r}: one of {', '.join(X264_PRESETS)}.")
         need(self.cut_threshold > 0, f"cut_threshold={self.cut_threshold}: positive (PySceneDetect's default is 27).")
         need(self.min_scene_seconds >= 0, f"min_scene_seconds={self.min_scene_seconds}: seconds >= 0.")
         need(self.check_frames >= 2, f"check_frames={self.check_frames}: at least 2 (motion compares frames).")

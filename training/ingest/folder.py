@@ -40,8 +40,8 @@ def _saved_result(out: Path, source: Source, key: str) -> dict | None:
         result = json.loads(_result_path(out, source).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(result, dict) or result.get("key") != key:
-        return None
+    if not isinstance(result, dict) or result.get("key") != key or result.get("status") == "failed":
+        return None  # another file or other settings; or an unexpected failure, which a rerun tries again
     if not all((out / entry["clip"]).is_file() for entry in result.get("clips", [])):
         return None
     return result
@@ -64,7 +64,8 @@ def check_backends() -> None:
 
 
 def ingest(source_dir: str | Path, out: str | Path, config: IngestConfig, *, workers: int = 1,
-           progress: bool = True, on_result: Callable[[dict], None] | None = None) -> dict:
+           threads: int | None = None, progress: bool = True, on_result: Callable[[dict], None] | None = None
+           ) -> dict:
     """Ingest every video under `source_dir` into the training-set folder `out`; returns the report.
 
     Sources already ingested into `out` with the same file and settings are not redone (their results are kept
@@ -85,7 +86,9 @@ def ingest(source_dir: str | Path, out: str | Path, config: IngestConfig, *, wor
 
     results: dict[str, dict] = {}
     todo = []
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads={threads!r}: at least 1 CPU thread.")
+    threads = max(1, (threads or os.cpu_count() or 1) // workers)
     for source in sources:
         key = source.key(config)
         saved = _saved_result(out, source, key)
@@ -162,7 +165,8 @@ def build_report(results: list[dict], *, root: Path, out: Path, config: IngestCo
     statuses = Counter(row["status"] for row in rows)
     totals = {"sources": len(rows), "statuses": dict(statuses), "clips_kept": sum(r["clips_kept"] for r in rows),
               "clips_rejected": len(rejected), "rejection_reasons": dict(reasons),
-              "source_seconds": round(sum(r["duration"] or 0 for r in rows if r["status"] != "unreadable"), 3)}
+              "source_seconds": round(sum(r["duration"] or 0 for r in rows
+                                            if r["status"] not in ("unreadable", "failed")), 3)}
     return {"source_dir": str(root), "out": str(out), "settings": config.to_dict(), "key": config.key(),
             "totals": totals, "sources": rows, "rejected": rejected}
 

@@ -40,13 +40,13 @@ def output_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
 
 
-def stream_frames(path: Path, size: tuple[int, int]) -> Iterator[np.ndarray]:
+def stream_frames(path: Path, size: tuple[int, int], *, threads: int = 0) -> Iterator[np.ndarray]:
     """Yield every frame of `path` as ``[H, W, 3]`` uint8 RGB at `size` ``(height, width)``, display rotation applied.
 
     Written here rather than with `read_video`, which returns all frames at once and decodes from the beginning
     for every `start`: a long source would be held whole in memory, or decoded once per clip. GIFs (short, with
     per-frame delays that `read_video` already turns into a constant rate) are read whole through `read_video`.
-    VideoError when the file cannot be decoded (truncated files raise at the point where the data ends).
+    `threads` decoder threads (0: FFmpeg's choice). VideoError when the file cannot be decoded.
     """
     if path.suffix.lower() in GIF_EXTENSIONS:
         frames = read_video(path, size=size, resize="stretch", dtype=torch.uint8).frames
@@ -64,6 +64,7 @@ def stream_frames(path: Path, size: tuple[int, int]) -> Iterator[np.ndarray]:
             raise VideoError(f"video {path}: holds no video stream.")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = threads
         for frame in container.decode(stream):
             turns = round(frame.rotation / 90) % 4
             # scale in the stored orientation, then turn (VideoFrame.rotation is counter-clockwise, like np.rot90)

@@ -48,24 +48,30 @@ def ingest_source(job: dict) -> dict:
     source's result (status, kept clips as metadata entries, rejected clips with reasons)."""
     source = Source(path=Path(job["source"]["path"]), rel=job["source"]["rel"])
     config = IngestConfig(**job["config"])
-    cv2.setNumThreads(int(job.get("threads", 1)))
+    threads = int(job.get("threads", 1))
+    cv2.setNumThreads(threads)
     started = time.perf_counter()
     result = {"source": source.rel, "key": job["key"], "status": "done", "reason": None, "clips": [],
               "rejected": []}
     written: list[Path] = []
     try:
-        _ingest(source, Path(job["root"]), Path(job["out"]), config, result, written)
+        _ingest(source, Path(job["root"]), Path(job["out"]), config, result, written, threads)
     except BackendUnavailableError:
         raise  # the environment, not the file: every source would fail the same way
-    except (DirectAnimatorError, OSError, RuntimeError, ValueError, MemoryError) as error:
+    except Exception as error:  # noqa: BLE001 - one odd file (a decoder or container quirk) must not end a long run
+        unexpected = not isinstance(error, (DirectAnimatorError, OSError))
+        if unexpected:
+            log.warning("ingest: %s failed unexpectedly", source.rel, exc_info=True)
         for path in written:  # nothing of a source that could not be read to its end
             path.unlink(missing_ok=True)
-        result.update(status="unreadable", reason=f"{type(error).__name__}: {error}", clips=[], rejected=[])
+        result.update(status="failed" if unexpected else "unreadable", reason=f"{type(error).__name__}: {error}",
+                      clips=[], rejected=[])
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
 
-def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result: dict, written: list[Path]) -> None:
+def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result: dict, written: list[Path],
+            threads: int) -> None:
     info = source_info(source.path)
     result.update(fps=info.fps, height=info.height, width=info.width, duration=info.duration)
     if min(info.height, info.width) < config.min_side:
@@ -87,7 +93,7 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
 
     buffer: list[np.ndarray] = []  # source frames from `clip_start` on
     clip_start, scene, candidates, decoded = 0, 0, 0, 0
-    for index, frame in enumerate(stream_frames(source.path, size)):
+    for index, frame in enumerate(stream_frames(source.path, size, threads=threads)):
         decoded = index + 1
         if cuts.is_cut(_resized(frame, SCENE_SIDE)):
             scene += 1
@@ -104,7 +110,7 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
         reason = rejection(stats, config)
         if reason is None:
             written.append(out / name)
-            write_video(out / name, clip, fps, crf=config.crf)
+            write_video(out / name, clip, fps, crf=config.crf, preset=config.preset)
             result["clips"].append({"clip": name, **common, **where})
         else:
             result["rejected"].append({"source": source.rel, **where, "reason": reason, "stats": stats.to_dict()})
