@@ -19,7 +19,7 @@ from tests.tiny import TEXT_DIM, TEXT_LEN, tiny_backbone
 from tests.training_world import CONFIG, make_world, micro_vae, overrides
 from training import text_encoding
 from training.config import load_config
-from training.data import NULL_TEXT, cache_folder, cache_key, clip_id
+from training.data import NULL_TEXT, CachedClips, cache_folder, cache_key, clip_id
 from training.prepare import prepare, read_backbone_config
 from training.text_encoding import PRETRAINED_TEXT_DIM, caption_file, prepare_text
 from training.world.dataset import read_metadata
@@ -107,6 +107,7 @@ def test_null_prompt_is_the_backbone_t5_encoding_of_the_empty_string(captioned):
     expected = pipeline_encoding(Path(config.model.backbone), "")
     assert null.shape == (1, TEXT_LEN, TEXT_DIM) and null.abs().max() > 0
     assert torch.equal(null[0], expected)
+    assert torch.equal(CachedClips(config).null_text, null)  # what training feeds and exports as the null prompt
 
 
 @pytest.mark.slow
