@@ -1,13 +1,20 @@
-"""Prepare's VAE encoding in fp32 against bf16 autocast (`data.encode_precision`), side by side in one run.
+"""Prepare's costs, side by side in one run.
 
-    python -m benchmarks.prepare [--clips 6] [--repeats 3] [--no-write]
+    python -m benchmarks.prepare [--clips 6] [--repeats 3] [--no-write]          # encode precision
+    python -m benchmarks.prepare --scale [--repeats 2] [--no-write]              # real footage, real sizes
 
-Renders `--clips` world samples (128x128 px, 17 frames: the bundled demo model's working size), extracts their
-exact cue triplets (the clip's own and a pseudo driving clip's, as prepare caches them) and encodes each clip with
-`training.prepare.encode_clip` through the bundled demo model's VAE (`models/demo/vae`): 5 videos of 17 frames and
-6 single frames per clip. fp32 and bf16 alternate per repeat; the table gives the median seconds per clip and the
-bf16 latents' error against fp32 (root mean square over every cached tensor, relative to its standard deviation).
-Prints the table and writes the "Prepare" section of docs/benchmarks.md.
+Default: renders `--clips` world samples (128x128 px, 17 frames: the bundled demo model's working size), extracts
+their exact cue triplets (the clip's own and a pseudo driving clip's, as prepare caches them) and encodes each clip
+with `training.prepare.encode_clip` through the bundled demo model's VAE (`models/demo/vae`): 5 videos of 17 frames
+and 6 single frames per clip. fp32 and bf16 alternate per repeat; the table gives the median seconds per clip and
+the bf16 latents' error against fp32 (root mean square over every cached tensor, relative to its standard
+deviation). Prints the table and writes the "Prepare" section of docs/benchmarks.md.
+
+`--scale`: one window of the real footage (/work/shared/data/real, 1080x1920 portrait, 24 fps) decoded and framed
+at 128x128 (17 frames) and 480x720 (45 frames at 8 fps, CogVideoX-5B-I2V's window), by the whole-clip float32 read
+prepare used before and by its window read straight to the working size in uint8 (letterbox, and crop with the
+person segmented); then the VAE's share, counted in FLOPs on the meta device for the real CogVideoX VAE config
+and the demo VAE, with the demo VAE's measured time per clip. Writes the "Prepare at scale" section.
 """
 
 from __future__ import annotations
@@ -60,8 +67,14 @@ def relative_error(reference: list[dict], other: list[dict]) -> float:
 def main() -> None:
     parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--scale", action="store_true", help="real footage at real working sizes (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scale:
+        from benchmarks.prepare_scale import run_scale
+
+        run_scale(args)
+        return
     from diffusers import AutoencoderKLCogVideoX
 
     vae = AutoencoderKLCogVideoX.from_pretrained(MODEL / "vae").eval()

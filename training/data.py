@@ -97,6 +97,13 @@ def cache_material(config: TrainConfig) -> dict:
         material.update(pose_source=d.pose_source, skeleton_errors=d.skeleton_errors)
     if d.encode_precision != "fp32":  # (nor of an fp32 one by this)
         material.update(encode_precision=d.encode_precision)
+    # options added later enter when they differ from what caches were made with before them (keys stay valid)
+    if d.fit != "letterbox":
+        material.update(fit=d.fit)
+    if d.fps:
+        material.update(fps=d.fps)
+    if d.reference != "first":
+        material.update(reference=d.reference)
     text_encoder = text_encoder_fingerprint(config.model.text_encoder or config.model.backbone)
     if text_encoder is not None:  # it makes the null prompt and the captions (without one the key is as before)
         material.update(text_encoder=text_encoder)
@@ -328,10 +335,22 @@ def _cue_latents(samples: list[dict[str, Tensor]], prefix: str) -> CueLatents:
     return CueLatents(*(torch.stack([s[f"{prefix}{f}"] for s in samples]) for f in CUE_FIELDS))
 
 
+def noisy_reference(reference: Tensor, generators: list[torch.Generator], mean: float, std: float) -> Tensor:
+    """`reference` ``[B, ...]`` plus Gaussian noise of a log-normal sigma per sample, ``exp(mean + std * N(0, 1))``,
+    drawn from each sample's generator (the image-latent noise of CogVideoX image-to-video fine-tuning: the model
+    learns not to copy the reference's exact latent)."""
+    out = []
+    for ref, gen in zip(reference, generators):
+        sigma = math.exp(mean + std * float(torch.randn(1, generator=gen)))
+        out.append(ref + sigma * torch.randn(ref.shape, generator=gen).to(ref.dtype))
+    return torch.stack(out)
+
+
 def make_batch(data: CachedClips, indices: list[int],
                generator: torch.Generator | Sequence[torch.Generator]) -> Batch:
     """Load and collate `indices`; draw each sample's dropout flags and pseudo variant from its generator (one per
-    sample, see `sample_generators`, or one shared generator drawn from in sample order)."""
+    sample, see `sample_generators`, or one shared generator drawn from in sample order), and the reference noise
+    (`data.reference_noise`) after them."""
     d = data.config.data
     draws = torch.stack([torch.rand(4, generator=g) for g in per_sample(generator, len(indices))], dim=1)
     variants = (draws[3] * 1_000_000).long().tolist()
@@ -340,9 +359,12 @@ def make_batch(data: CachedClips, indices: list[int],
     use_caption = draws[2] >= d.text_dropout
     text = torch.stack([s["text_embeds"] if "text_embeds" in s and bool(use_caption[k]) else null
                         for k, s in enumerate(samples)])
+    reference = torch.stack([s["reference"] for s in samples])
+    if d.reference_noise:
+        reference = noisy_reference(reference, per_sample(generator, len(indices)), *d.reference_noise)
     return Batch(
         target=torch.stack([s["target"] for s in samples]),
-        reference=torch.stack([s["reference"] for s in samples]),
+        reference=reference,
         cues=_cue_latents(samples, "cues."),
         text=text,
         drop_cues=draws[0] < d.cue_dropout,

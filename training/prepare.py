@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,13 +28,17 @@ from tqdm import tqdm
 
 from directanimator.conditioning import encode_conditioning, pad_frames, plan_frame_count
 from directanimator.cues import CueConfig, CueRecord, CueTriplet, Similarity, extract_cues
-from directanimator.atomic import save_safetensors
+from directanimator.atomic import atomic_path, save_safetensors
+from directanimator.devices import usable_device
 from directanimator.errors import DirectAnimatorError, InputError
 from directanimator.models.configs import backbone_config
 from directanimator.vae_io import encode_frames
-from directanimator.video import read_image, read_video, resize_frames
+from directanimator.cues.segmentation import segment_person
+from directanimator.video import probe_video, read_image, read_video, resize_frames
+from directanimator.video.timing import resample_indices
 
 from .config import TrainConfig, add_config_arguments, check_model_sources, load_config, save_config
+from .framing import Framing, letterbox_framing, mask_box, person_framing, read_size
 from .data import (
     PREPARE_INFO,
     SKIPPED,
@@ -167,20 +172,99 @@ def _blank_triplet(reference: Tensor, count: int, size: tuple[int, int]) -> CueT
                       reference_face_location=torch.zeros(1, h, w), record=record)
 
 
-def _slice_truth(inputs: dict, index: Tensor) -> dict:
-    out = dict(inputs)
-    for key in ("driving_mask", "driving_face_boxes", "driving_face_valid"):
-        out[key] = inputs[key][index]
-    return out
+REFERENCE_SEED = 104_729  # offsets the reference draw's seed from the realignments' (same clip, own stream)
 
 
-def _reference_truth(truth: dict, has_reference: bool) -> dict:
-    """Ground truth with a ``reference_`` role: the reference image's, or the clip's frame 0 when it is the reference."""
-    if has_reference:
-        return truth
-    extra = {f"reference_{k}": truth[k][:1] for k in ("person_masks", "face_boxes", "face_valid", "joints",
-                                                       "joint_visible") if k in truth}
-    return {**truth, **extra}
+def clip_timeline(num_frames: int, clip_fps: float, fps: float) -> list[int]:
+    """Source frame indices of a `num_frames` clip at `clip_fps` resampled to `fps` (0: the clip's own rate)."""
+    if not fps or abs(fps - clip_fps) < 1e-9:
+        return list(range(num_frames))
+    return resample_indices(clip_fps, fps, num_frames)
+
+
+def window_indices(timeline: list[int], frames: int, stride: int, max_windows: int) -> list[list[int]]:
+    """The source frames of each window (`window_starts` on the resampled timeline; a short clip repeats its last
+    frame)."""
+    last = len(timeline) - 1
+    return [[timeline[min(start + k * stride, last)] for k in range(frames)]
+            for start in window_starts(len(timeline), frames, stride, max_windows)]
+
+
+def reference_index(mode: str, num_frames: int, window: list[int], gen: torch.Generator) -> tuple[int, str | None]:
+    """The clip frame that is the reference of `window` under `data.reference` `mode`, and a note when there is no
+    frame outside the window (then the window's first frame is the reference)."""
+    if mode == "first":
+        return 0, None
+    lo, hi = min(window), max(window)
+    before, after = list(range(0, lo)), list(range(hi + 1, num_frames))
+    if not before and not after:
+        return lo, (f"no frame outside the target window (frames {lo}..{hi} of {num_frames}); its first frame is "
+                    "the reference. Longer clips (or a smaller data.frames / data.stride) give references in "
+                    "another pose")
+    if mode == "random_outside":
+        candidates = before + after
+        return candidates[int(torch.randint(len(candidates), (1,), generator=gen))], None
+    longest = before if len(before) >= len(after) else after
+    return longest[len(longest) // 2], None
+
+
+READ_GAP = 32  # frames between two wanted ones past which a second read (from the start) beats decoding the gap
+
+
+def _read_frames(path: Path, indices: list[int], size: tuple[int, int], fps: float) -> Tensor:
+    """Source frames `indices` of a clip decoded straight to `size` as uint8 ``[len(indices), H, W, 3]``: each run
+    of nearby wanted frames in one read (a window's range), a frame far from them (the reference) in its own."""
+    order = sorted(set(indices))
+    groups = [[order[0]]]
+    for i in order[1:]:
+        if i - groups[-1][-1] > READ_GAP:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    got = {}
+    for group in groups:
+        span = read_video(path, start=group[0], max_frames=group[-1] - group[0] + 1, size=size, resize="stretch",
+                          fps=fps, dtype=torch.uint8).frames
+        for i in group:  # a stored frame count a frame or two long (edit lists) repeats the last decoded frame
+            got[i] = span[min(i - group[0], len(span) - 1)]
+    return torch.stack([got[i] for i in indices])
+
+
+def _to_float(frames: Tensor) -> Tensor:
+    """uint8 frames -> float32 0..1, the values `read_video` gives in float32."""
+    return frames.float().div_(255.0)
+
+
+def _reference_inputs(truth: dict | None, has_file: bool, at: int | None, framing: Framing) -> dict:
+    """Ground truth of the reference: the reference image's own (``reference_`` role), or frame `at` of the clip
+    through the window's framing."""
+    if truth is None:
+        return {}
+    if has_file:
+        inputs = truth_cue_inputs(truth)
+        return {"reference_mask": inputs["reference_mask"], "reference_face_box": inputs["reference_face_box"]}
+    mask = framing.apply(truth["person_masks"][at:at + 1].float() / 255.0)
+    valid = bool(truth["face_valid"][at])
+    return {"reference_mask": mask, "reference_face_box": framing.map_boxes(truth["face_boxes"][at]) if valid else None}
+
+
+def _window_framing(fit: str, source: tuple[int, int], size: tuple[int, int], *, scene: bool, truth: dict | None,
+                    rows: list[int], frames_scaled: Tensor, cues: CueConfig) -> tuple[Framing, Tensor | None]:
+    """The framing of a window (its frames and the reference, source indices `rows`), and, where a segmenter had
+    to run to find the person, its masks ``[len(rows), h, w]`` at the decoded size (to reuse as given masks)."""
+    if fit == "letterbox":
+        return letterbox_framing(source, size), None
+    if scene:
+        return person_framing(source, size, None), None
+    if truth is not None:
+        return person_framing(source, size, mask_box(truth["person_masks"][rows], threshold=127)), None
+    backend = cues.segmenter if cues.segmenter in ("mediapipe", "sam") else "mediapipe"
+    masks = segment_person(_to_float(frames_scaled), backend=backend, sam_checkpoint=cues.sam_checkpoint)
+    box = mask_box(masks)
+    if box is not None:
+        (h, w), (sh, sw) = source, frames_scaled.shape[1:3]
+        box = box * torch.tensor([w / sw, h / sh, w / sw, h / sh])
+    return person_framing(source, size, box), masks
 
 
 def extract_clip(job: dict) -> dict:
@@ -195,73 +279,123 @@ def _extract(job: dict) -> list[dict]:
     root, entry = Path(job["root"]), job["entry"]
     cues = CueConfig(**job["cues"])
     frames, stride, size = job["frames"], job["stride"], tuple(job["bucket"])
+    fit, mode = job.get("fit", "letterbox"), job.get("reference", "first")
     fps = float(entry["fps"])
-    target = read_video(root / entry["clip"], fps=fps).frames
-    driving = read_video(root / entry["driving"], fps=fps).frames if "driving" in entry else target
-    reference = read_image(root / entry["reference"]) if "reference" in entry else target[:1]
-    pseudo = None
-    if job["pseudo"] and "pseudo_driving" in entry:
-        pseudo = read_video(root / entry["pseudo_driving"], fps=fps).frames
-    truth = None
-    if job["ground_truth"] and "ground_truth" in entry:
-        truth = _reference_truth(load_file(str(root / entry["ground_truth"])), "reference" in entry)
+    has_file = "reference" in entry
+    if mode == "file" and not has_file:
+        raise InputError(f"data.reference='file': the entry of {entry['clip']} names no reference image. Add its "
+                         "`reference` to the metadata, or use data.reference='outside'.")
+    clip = root / entry["clip"]
+    probe = probe_video(clip, fps=fps)
+    source, num = (int(probe["height"]), int(probe["width"])), int(probe["frame_count"])
+    file_reference = read_image(root / entry["reference"]) if has_file else None
+    pseudo_path = root / entry["pseudo_driving"] if job["pseudo"] and "pseudo_driving" in entry else None
+    truth = load_file(str(root / entry["ground_truth"])) if job["ground_truth"] and "ground_truth" in entry else None
     scene = entry.get("person") is False
     config = CueConfig(**{**cues.to_dict(), "height": size[0], "width": size[1]})
     exact = CueConfig(**{**config.to_dict(), "segmenter": "given", "face_detector": "given"})
-    gen = torch.Generator().manual_seed(int(job["seed"]) * 7919 + int(job["id"][:8], 16))
-    np_rng = np.random.default_rng(int(job["seed"]) * 7919 + int(job["id"][:8], 16))
+    seed = int(job["seed"]) * 7919 + int(job["id"][:8], 16)
+    gen, np_rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    reference_gen = torch.Generator().manual_seed(seed + REFERENCE_SEED)
+    decode = read_size(source, size, fit)
     out = []
-    for start in window_starts(len(target), frames, stride, job["max_windows"]):
-        index = torch.arange(start, start + (frames - 1) * stride + 1, stride).clamp(max=len(target) - 1)
-        window: dict = {"target": resize_frames(target[index], size, "pad")}
+    for index in window_indices(clip_timeline(num, fps, float(job.get("fps", 0.0))), frames, stride,
+                                job["max_windows"]):
+        at = None
+        if not has_file:
+            at, note = reference_index(mode, num, index, reference_gen)
+            if note:
+                log.warning("prepare: %s: %s", entry["clip"], note)
+        rows = index + ([at] if at is not None else [])
+        target_scaled = _read_frames(clip, rows, decode, fps)
+        driving_scaled = _read_frames(root / entry["driving"], rows, decode, fps) if "driving" in entry else \
+            target_scaled
+        framing, masks = _window_framing(fit, source, size, scene=scene, truth=truth, rows=rows,
+                                         frames_scaled=driving_scaled, cues=cues)
+        given = {} if masks is None else {"driving_mask": framing.place(masks[:frames])}
+        if masks is not None and at is not None:
+            given["reference_mask"] = framing.place(masks[frames:])
+        reference = file_reference if has_file else _to_float(framing.place(target_scaled[frames:]))
+        driving = _to_float(framing.place(driving_scaled[:frames]))
+        window: dict = {"target": _to_float(framing.place(target_scaled[:frames]))}
+        del target_scaled, driving_scaled
+        reference_truth = _reference_inputs(truth, has_file, at, framing)
         if scene:
             window["cues"] = _blank_triplet(reference, frames, size)
         elif truth is not None:
-            inputs = _slice_truth(truth_cue_inputs(truth), index.clamp(max=len(driving) - 1))
-            window["cues"] = extract_cues(reference, driving[index.clamp(max=len(driving) - 1)], exact, **inputs)
+            inputs = truth_cue_inputs(truth, reference="")  # the driving keys only; the reference's above
+            sel = torch.tensor(index)
+            inputs = {"driving_mask": framing.apply(inputs["driving_mask"][sel]),
+                      "driving_face_boxes": framing.map_boxes(inputs["driving_face_boxes"][sel]),
+                      "driving_face_valid": inputs["driving_face_valid"][sel], **reference_truth}
+            window["cues"] = extract_cues(reference, driving, exact, **inputs)
             if job.get("pose_source", "cues") == "skeleton":
-                window["cues"] = _skeleton_cues(window["cues"], truth, index.clamp(max=len(driving) - 1),
-                                                source=tuple(driving.shape[1:3]),
-                                                reference_source=tuple(reference.shape[1:3]), size=size,
+                window["cues"] = _skeleton_cues(window["cues"], truth, sel, at, framing, has_file=has_file,
+                                                reference_source=tuple(reference.shape[1:3]),
                                                 errors=job["skeleton_errors"], rng=np_rng)
         else:
-            window["cues"] = extract_cues(reference, driving[index.clamp(max=len(driving) - 1)], config)
-        variants = []
-        if pseudo is not None:
-            p_index = index.clamp(max=len(pseudo) - 1)
-            for _ in range(job["pseudo_variants"]):
-                move = random_similarity(tuple(pseudo.shape[1:3]), job["align_scale"], job["align_shift"], gen)
-                if scene:
-                    variants.append(_blank_triplet(reference, frames, size))
-                elif truth is not None and "pseudo_person_masks" in truth and entry.get("pseudo_truth", True):
-                    inputs = truth_cue_inputs(truth, driving="pseudo_")
-                    moved, mask, boxes = realign(pseudo[p_index], inputs["driving_mask"][p_index],
-                                                 inputs["driving_face_boxes"][p_index], move)
-                    inputs = {**inputs, "driving_mask": mask, "driving_face_boxes": boxes,
-                              "driving_face_valid": inputs["driving_face_valid"][p_index]}
-                    variants.append(extract_cues(reference, moved, exact, **inputs))
-                else:
-                    moved, _, _ = realign(pseudo[p_index], None, None, move)
-                    variants.append(extract_cues(reference, moved, config))
-        window["pseudo"] = variants
+            window["cues"] = extract_cues(reference, driving, config, **given)
+        window["pseudo"] = _pseudo_variants(job, entry, pseudo_path, index, reference, fps, size, gen,
+                                            scene=scene, truth=truth, reference_truth=reference_truth,
+                                            reference_given={k: v for k, v in given.items() if k.startswith("ref")},
+                                            config=config, exact=exact)
         out.append(window)
     return out
 
 
-def _skeleton_cues(triplet: CueTriplet, truth: dict, index: Tensor, *, source: tuple[int, int],
-                   reference_source: tuple[int, int], size: tuple[int, int], errors: list,
-                   rng: np.random.Generator) -> CueTriplet:
+def _pseudo_variants(job: dict, entry: dict, path: Path | None, index: list[int], reference: Tensor, fps: float,
+                     size: tuple[int, int], gen: torch.Generator, *, scene: bool, truth: dict | None,
+                     reference_truth: dict, reference_given: dict, config: CueConfig, exact: CueConfig
+                     ) -> list[CueTriplet]:
+    """The pseudo driving clip's cue triplets of a window under `data.pseudo_variants` random realignments. The
+    pseudo clip is letterboxed whole (its person stands anywhere: a crop could cut them)."""
+    if path is None:
+        return []
+    probe = probe_video(path, fps=fps)
+    framing = letterbox_framing((int(probe["height"]), int(probe["width"])), size)
+    p_index = [min(i, int(probe["frame_count"]) - 1) for i in index]
+    pseudo = _to_float(framing.place(_read_frames(path, p_index, framing.scaled, fps)))
+    frames = len(index)
+    variants = []
+    for _ in range(job["pseudo_variants"]):
+        move = random_similarity(size, job["align_scale"], job["align_shift"], gen)
+        if scene:
+            variants.append(_blank_triplet(reference, frames, size))
+        elif truth is not None and "pseudo_person_masks" in truth and entry.get("pseudo_truth", True):
+            inputs = truth_cue_inputs(truth, driving="pseudo_", reference="")
+            sel = torch.tensor(p_index)
+            moved, mask, boxes = realign(pseudo, framing.apply(inputs["driving_mask"][sel]),
+                                         framing.map_boxes(inputs["driving_face_boxes"][sel]), move)
+            inputs = {"driving_mask": mask, "driving_face_boxes": boxes,
+                      "driving_face_valid": inputs["driving_face_valid"][sel], **reference_truth}
+            variants.append(extract_cues(reference, moved, exact, **inputs))
+        else:
+            moved, _, _ = realign(pseudo, None, None, move)
+            variants.append(extract_cues(reference, moved, config, **reference_given))
+    return variants
+
+
+def _skeleton_cues(triplet: CueTriplet, truth: dict, index: Tensor, at: int | None, framing: Framing, *,
+                   has_file: bool, reference_source: tuple[int, int], errors: list, rng: np.random.Generator
+                   ) -> CueTriplet:
     """The skeleton baseline's conditioning: ground-truth joints through a simulated estimator, as maps."""
-    if "joints" not in truth or "reference_joints" not in truth:
+    if "joints" not in truth or (has_file and "reference_joints" not in truth):
         raise InputError("data.pose_source='skeleton': the ground-truth file has no joints (world exports have).")
+    size = framing.size
     estimator = EstimatorErrors(*errors)
-    points, shown = simulate_estimator(*to_openpose(truth["joints"][index].numpy(),
-                                                    truth["joint_visible"][index].numpy()), estimator, rng=rng)
-    ref_points, ref_shown = simulate_estimator(*to_openpose(truth["reference_joints"][:1].numpy(),
-                                                            truth["reference_joint_visible"][:1].numpy()),
-                                               estimator, rng=rng)
-    return skeleton_triplet(triplet, skeleton_maps(points, shown, source=source, size=size),
-                            skeleton_maps(ref_points, ref_shown, source=reference_source, size=size))
+    joints = framing.map_points(truth["joints"][index].float())
+    points, shown = simulate_estimator(*to_openpose(joints.numpy(), truth["joint_visible"][index].numpy()),
+                                       estimator, rng=rng)
+    if has_file:
+        ref_joints, ref_visible, ref_source = truth["reference_joints"][:1], truth["reference_joint_visible"][:1], \
+            reference_source
+    else:
+        ref_joints = framing.map_points(truth["joints"][at:at + 1].float())
+        ref_visible, ref_source = truth["joint_visible"][at:at + 1], size
+    ref_points, ref_shown = simulate_estimator(*to_openpose(ref_joints.numpy(), ref_visible.numpy()), estimator,
+                                               rng=rng)
+    return skeleton_triplet(triplet, skeleton_maps(points, shown, source=size, size=size),
+                            skeleton_maps(ref_points, ref_shown, source=ref_source, size=size))
 
 
 # --------------------------------------------------------------------------- encoding (main process)
@@ -311,57 +445,132 @@ def entries_to_prepare(config: TrainConfig, limit: int | None = None) -> list[di
     return entries if limit is None else entries[:limit]
 
 
+def clip_job(config: TrainConfig, entry: dict, order: int = 0) -> dict:
+    """What `extract_clip` needs to cut and frame the windows of metadata `entry` (picklable, for the workers)."""
+    d = config.data
+    height, width = entry.get("height"), entry.get("width")
+    bucket = choose_bucket(int(height), int(width), d.buckets) if height and width else tuple(d.buckets[0])
+    return {"root": str(config.data_root), "entry": entry, "id": clip_id(entry), "order": order,
+            "cues": config.cues.to_dict(), "frames": d.frames, "stride": d.stride, "bucket": list(bucket),
+            "max_windows": d.max_windows, "fit": d.fit, "fps": d.fps, "reference": d.reference,
+            "ground_truth": d.ground_truth, "pseudo": d.pseudo, "pseudo_variants": d.pseudo_variants,
+            "pose_source": d.pose_source, "skeleton_errors": d.skeleton_errors,
+            "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.data_seed}
+
+
+def check_buckets(config: TrainConfig, bc: dict) -> None:
+    """Raise InputError when `data.buckets` holds a size the backbone cannot take: a backbone with learned
+    positional embeddings (CogVideoX-5B-I2V) has exactly one; rotary-only backbones (CogVideoX 1.5) take any, so
+    clips may be bucketed by aspect."""
+    if not bc.get("use_learned_positional_embeddings"):
+        return
+    factor = 8  # the CogVideoX VAE's spatial compression: the config's sample size is in latent cells
+    size = [int(bc["sample_height"]) * factor, int(bc["sample_width"]) * factor]
+    if any(list(b) != size for b in config.data.buckets):
+        raise InputError(
+            f"config data.buckets={config.data.buckets!r}: this backbone has learned positional embeddings for "
+            f"{size[0]}x{size[1]} px only (use_learned_positional_embeddings in its transformer config), so every "
+            f"clip must be prepared at that size. Set data.buckets=[[{size[0]}, {size[1]}]]; data.fit "
+            "('crop' or 'letterbox') fits clips of any aspect into it. Aspect buckets need a rotary-only backbone "
+            "(CogVideoX 1.5)."
+        )
+
+
+def prepare_device(spec: str) -> torch.device:
+    """The device of prepare's VAE for `data.device`: "auto" is this process's GPU (its LOCAL_RANK under a
+    multi-process launch) when CUDA is usable, else the CPU."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    return usable_device(spec, name="data.device")
+
+
+def _process_group():
+    """accelerate's process state when this runs under `accelerate launch` / torchrun (WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _gather(state, value):
+    """`value` of every process, in rank order (one process: ``[value]``)."""
+    if state is None:
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * state.num_processes
+    dist.all_gather_object(out, value)
+    return out
+
+
 def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
-    """Fill the cache of `config`; returns counts ``{"cached", "done", "skipped", "folder"}``."""
+    """Fill the cache of `config`; returns counts ``{"cached", "done", "skipped", "folder"}``.
+
+    Under a multi-process launch each process prepares every `world`-th clip still to do (its own VAE on its own
+    GPU); rank 0 writes ``prepare.json``, the null text and ``skipped.jsonl``, so the cache equals a one-process
+    one. The counts returned are the totals, on every process."""
     entries = entries_to_prepare(config, limit)
     check_model_sources(config, checkpoint=False)  # prepare needs the backbone's VAE and config, not a checkpoint
     bc = read_backbone_config(config)
     check_frames(config, bc)
+    check_buckets(config, bc)
+    d = config.data
+    device = prepare_device(d.device)
+    state = _process_group()
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     folder = cache_folder(config)
-    folder.mkdir(parents=True, exist_ok=True)
     info = {"key": cache_key(config), "material": cache_material(config),
             "reference_to_latent": reference_to_latent(config)}
-    (folder / PREPARE_INFO).write_text(json.dumps(info, indent=1))
-    captions = prepare_text(config, bc, entries, folder)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / PREPARE_INFO) as tmp:
+            tmp.write_text(json.dumps(info, indent=1))
+        captions = prepare_text(config, bc, entries, folder)
+    if state is not None:
+        state.wait_for_everyone()  # the folder and the null text exist before the other processes look
+    if rank != 0:
+        captions = prepare_text(config, bc, entries, folder)
 
-    d = config.data
     todo, cached = [], 0
-    for entry in entries:
+    for order, entry in enumerate(entries):
         cid = clip_id(entry)
         if (folder / f"{cid}.safetensors").is_file():
             cached += 1
             continue
-        height, width = entry.get("height"), entry.get("width")
-        bucket = choose_bucket(int(height), int(width), d.buckets) if height and width else tuple(d.buckets[0])
-        todo.append({"root": str(config.data_root), "entry": entry, "id": cid, "cues": config.cues.to_dict(),
-                     "frames": d.frames, "stride": d.stride, "bucket": list(bucket), "max_windows": d.max_windows,
-                     "ground_truth": d.ground_truth, "pseudo": d.pseudo, "pseudo_variants": d.pseudo_variants,
-                     "pose_source": d.pose_source, "skeleton_errors": d.skeleton_errors,
-                     "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.data_seed})
-    log.info("prepare: %d clips, %d already cached in %s, %d to do", len(entries), cached, folder, len(todo))
+        todo.append(clip_job(config, entry, order))
+    if state is not None:
+        state.wait_for_everyone()  # every process listed the same clips before any of them writes one
+    share = todo[rank::world]
+    log.info("prepare: %d clips, %d already cached in %s, %d to do%s", len(entries), cached, folder, len(todo),
+             f" ({len(share)} by process {rank} of {world})" if world > 1 else "")
     skipped, done = [], 0
-    if todo:
-        vae = load_vae(config)
+    if share:
+        vae = load_vae(config).to(device)
         model = SimpleNamespace(vae=vae, transformer=meta_transformer(bc))
         encoding = encode_autocast(vae, d.encode_precision)  # re-entered for every clip
         executor = None
         if d.workers > 0:
             executor = ProcessPoolExecutor(d.workers, mp_context=multiprocessing.get_context("spawn"))
-            results = executor.map(extract_clip, todo)
+            results = executor.map(extract_clip, share)
         else:
-            results = map(extract_clip, todo)
+            results = map(extract_clip, share)
         try:
-            for job, result in tqdm(zip(todo, results), total=len(todo), desc="prepare", unit="clip"):
+            for job, result in tqdm(zip(share, results), total=len(share), unit="clip",
+                                    desc="prepare" if world == 1 else f"prepare {rank}/{world}"):
                 entry = job["entry"]
                 if "error" not in result:
                     try:
-                        with encoding:
+                        with torch.no_grad(), encoding:
                             tensors = encode_clip(model, result["windows"], text=captions(entry))
                     except (DirectAnimatorError, OSError, RuntimeError, ValueError, KeyError) as error:
                         result = {"error": f"{type(error).__name__}: {error}"}
                 if "error" in result:
                     log.warning("prepare: skipping %s: %s", entry["clip"], result["error"])
-                    skipped.append({"clip": entry["clip"], "id": job["id"], "reason": result["error"]})
+                    skipped.append({"clip": entry["clip"], "id": job["id"], "reason": result["error"],
+                                    "order": job["order"]})
                     continue
                 meta = {"bucket": json.dumps(job["bucket"]), "windows": str(len(result["windows"])),
                         "pseudo_variants": str(len(result["windows"][0]["pseudo"])), "key": info["key"],
@@ -371,23 +580,32 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
-    text = "".join(json.dumps(s) + "\n" for s in skipped)
-    tmp = folder / f".{SKIPPED}.tmp"
-    tmp.write_text(text)
-    tmp.replace(folder / SKIPPED)
-    log.info("prepare: %d encoded, %d skipped (listed in %s)", done, len(skipped), folder / SKIPPED)
+    counts = _gather(state, (done, skipped))
+    done = sum(c[0] for c in counts)
+    skipped = sorted((s for c in counts for s in c[1]), key=lambda s: s.pop("order"))
+    if rank == 0:
+        with atomic_path(folder / SKIPPED) as tmp:
+            tmp.write_text("".join(json.dumps(s) + "\n" for s in skipped))
+        log.info("prepare: %d encoded, %d skipped (listed in %s)", done, len(skipped), folder / SKIPPED)
+    if state is not None:
+        state.wait_for_everyone()  # skipped.jsonl is complete before any process reads the cache
     return {"cached": cached, "done": done, "skipped": len(skipped), "folder": str(folder)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--limit", type=int, default=None, help="prepare only the first N metadata entries")
+    parser.add_argument("--device", default=None,
+                        help="device of the VAE (data.device): auto (the GPU when there is one), cpu, cuda, cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + ([f"data.device={json.dumps(args.device)}"] if args.device else [])
+    config = load_config(args.config, overrides)
     entries_to_prepare(config, args.limit)  # an empty training set fails before the cache folder is made
-    save_config(config, cache_folder(config) / "config.json")
+    prepare_device(config.data.device)  # an unusable device fails before the cache folder is made
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_config(config, cache_folder(config) / "config.json")
     result = prepare(config, limit=args.limit)
     if result["done"] + result["cached"] == 0:
         raise InputError(f"prepare: none of the {result['skipped']} clips could be prepared; the reason for each "

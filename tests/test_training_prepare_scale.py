@@ -1,0 +1,262 @@
+"""prepare at real scale: person-centred framing, the reference outside the target window, fps resampling, buckets
+only where the backbone's positions allow, reference-latent noise at batch time, and many processes writing the
+cache of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from tests.tiny import tiny_backbone_config
+from tests.training_world import CONFIG, make_world, overrides
+from directanimator.errors import InputError
+from directanimator.video import read_video, resize_frames
+from training.config import load_config
+from training.data import CachedClips, cache_folder, cache_key, make_batch, sample_generators
+from training.framing import Framing, letterbox_framing, mask_box, person_framing
+from training.prepare import (
+    check_buckets, clip_job, clip_timeline, extract_clip, prepare, reference_index, window_indices,
+)
+from training.world import WorldConfig, export_world
+from training.world.dataset import read_metadata
+
+
+def _person(frames: int, size: tuple[int, int], x0: list[int], width: int, top: int, height: int) -> torch.Tensor:
+    """Person masks ``[F, H, W]``: a block `width` x `height` px whose left edge moves through `x0`."""
+    masks = torch.zeros(frames, *size)
+    for f in range(frames):
+        masks[f, top:top + height, x0[f]:x0[f] + width] = 1.0
+    return masks
+
+
+# --------------------------------------------------------------------------- framing
+def test_crop_follows_the_person_near_an_edge_and_keeps_all_of_them():
+    source, bucket = (128, 256), (64, 64)  # landscape source, square bucket: a centre crop keeps x 64..192 only
+    masks = _person(5, source, x0=[6, 9, 12, 15, 18], width=30, top=30, height=80)
+    framing = person_framing(source, bucket, mask_box(masks))
+    framed = framing.apply(masks)
+    assert framed.shape == (5, 64, 64)
+    scale = (64 / 128) ** 2  # crop scale: 128 px of height onto 64
+    torch.testing.assert_close(framed.sum(), masks.sum() * scale, rtol=0.01, atol=0)  # nothing of them cut
+    centre = resize_frames(masks, bucket, "crop")
+    assert centre.sum() < 0.1 * masks.sum() * scale  # what the plain centre crop would have kept
+    # the person's box goes through the same framing as the pixels
+    box = framing.map_boxes(mask_box(masks)[None])[0]
+    torch.testing.assert_close(box, mask_box(framed), atol=1.0, rtol=0)
+
+
+def test_a_person_wider_than_the_crop_widens_it_towards_letterbox_rather_than_being_cut():
+    source, bucket = (128, 256), (64, 64)
+    masks = _person(3, source, x0=[20, 60, 100], width=120, top=10, height=100)  # spans x 20..220 over the window
+    framing = person_framing(source, bucket, mask_box(masks))
+    top, left, height, width = framing.window
+    assert width > 64 and height == width  # (scaled px) wider than a crop, still the bucket's aspect
+    framed = framing.apply(masks)
+    scale = (64 / 128) * (64 / width)
+    torch.testing.assert_close(framed.sum(), masks.sum() * scale ** 2, rtol=0.03, atol=0)
+    box = framing.map_boxes(mask_box(masks)[None])[0]  # the person's box in the working frame
+    assert float(box[0]) >= -1e-3 and float(box[2]) <= 64 + 1e-3 and float(box[1]) > 0 and float(box[3]) < 64
+
+
+def test_letterbox_framing_is_the_resize_of_the_pad_mode():
+    frames = torch.rand(2, 90, 160, 3)
+    framing = letterbox_framing((90, 160), (64, 64))
+    torch.testing.assert_close(framing.apply(frames), resize_frames(frames, (64, 64), "pad"))
+    assert isinstance(framing, Framing)
+
+
+# --------------------------------------------------------------------------- windows, fps and the reference
+def test_fps_resampling_cuts_windows_from_the_resampled_timeline():
+    timeline = clip_timeline(48, 24.0, 8.0)  # 2 s at 24 fps -> 16 frames at 8 fps
+    assert len(timeline) == 16 and timeline[:4] == [0, 3, 6, 9]
+    assert clip_timeline(48, 24.0, 0.0) == list(range(48))  # 0: the clip's own rate
+    windows = window_indices(timeline, 5, 1, 3)
+    assert windows == [[0, 3, 6, 9, 12], [15, 18, 21, 24, 27], [30, 33, 36, 39, 42]]
+    assert window_indices(clip_timeline(30, 12.0, 24.0), 5, 1, 1) == [[0, 0, 1, 1, 2]]  # a higher rate repeats
+
+
+def test_the_reference_is_a_frame_outside_the_target_window():
+    window = list(range(0, 5))
+    gen = torch.Generator().manual_seed(0)
+    assert reference_index("outside", 20, window, gen) == (12, None)  # the middle of frames 5..19
+    assert reference_index("outside", 20, list(range(10, 15)), gen) == (5, None)  # the longer side: before
+    assert reference_index("first", 20, window, gen) == (0, None)
+    picks = [reference_index("random_outside", 20, window, torch.Generator().manual_seed(s))[0] for s in range(20)]
+    assert all(p >= 5 for p in picks) and len(set(picks)) > 3
+    again = [reference_index("random_outside", 20, window, torch.Generator().manual_seed(s))[0] for s in range(20)]
+    assert picks == again  # seeded: the same reference on every prepare
+    at, note = reference_index("outside", 5, window, gen)
+    assert at == 0 and "no frame outside the target window" in note
+
+
+@pytest.fixture(scope="module")
+def long_world(tmp_path_factory):
+    """Two world clips of 12 frames (64 px, 12 fps), and a tiny model folder."""
+    root = tmp_path_factory.mktemp("scale")
+    data, model = make_world(root)
+    long = root / "long"
+    export_world(long, WorldConfig(height=64, width=64, num_frames=12), clips=2, fmt="png")
+    return root, long, model
+
+
+def _job(root, data, model, entry, *extra):
+    config = load_config(CONFIG, overrides(root, data, model, "data.pseudo=false", *extra))
+    return clip_job(config, entry)
+
+
+def test_prepare_takes_the_reference_outside_the_window_and_resamples_to_data_fps(long_world, caplog):
+    root, data, model = long_world
+    entry = {k: v for k, v in read_metadata(data)[0].items() if k != "reference"}
+    clip = read_video(data / entry["clip"], fps=entry["fps"]).frames
+    job = _job(root, data, model, entry, "data.reference='outside'", "data.fps=6.0")
+    (window,) = extract_clip(job)["windows"]
+    torch.testing.assert_close(window["target"], clip[[0, 2, 4, 6, 8]])  # 12 -> 6 fps: every other frame
+    # frames 9..11 lie outside the window (0..8): the middle one is the reference
+    torch.testing.assert_close(window["cues"].reference[0], clip[10])
+
+    whole = _job(root, data, model, entry, "data.reference='outside'", "data.frames=13")
+    with caplog.at_level("WARNING", logger="training.prepare"):
+        first = extract_clip(whole)  # a window over the whole clip: no frame outside it
+    torch.testing.assert_close(first["windows"][0]["cues"].reference[0], clip[0])
+    assert "no frame outside the target window" in caplog.text
+
+    missing = extract_clip(_job(root, data, model, entry, "data.reference='file'"))
+    assert "names no reference image" in missing["error"]
+
+
+def test_a_metadata_reference_is_kept_in_every_mode(long_world):
+    root, data, model = long_world
+    entry = read_metadata(data)[0]
+    outside = extract_clip(_job(root, data, model, entry, "data.reference='outside'"))["windows"][0]
+    first = extract_clip(_job(root, data, model, entry, "data.reference='first'"))["windows"][0]
+    torch.testing.assert_close(outside["cues"].reference, first["cues"].reference)
+
+
+def test_crop_of_a_wide_world_clip_keeps_its_person_whole(long_world, tmp_path):
+    root, _, model = long_world
+    wide = tmp_path / "wide"
+    export_world(wide, WorldConfig(height=64, width=128, num_frames=5), clips=1, fmt="png")
+    entry = read_metadata(wide)[0]
+    truth = load_file(str(wide / entry["ground_truth"]))
+    masks = truth["person_masks"].float() / 255
+    for fit in ("crop", "letterbox"):
+        job = _job(root, wide, model, entry, f"data.fit='{fit}'")
+        (window,) = extract_clip(job)["windows"]
+        assert window["target"].shape == (5, 64, 64, 3)
+        framing = (person_framing((64, 128), (64, 64), mask_box(masks)) if fit == "crop"
+                   else letterbox_framing((64, 128), (64, 64)))
+        kept = framing.apply(masks).sum() / (masks.sum() * (framing.size[1] / framing.window[3]) ** 2 *
+                                             (framing.scaled[1] / 128) ** 2)
+        assert abs(float(kept) - 1) < 0.03, fit  # the whole person is inside the working frame
+
+
+# --------------------------------------------------------------------------- buckets and positions
+def test_aspect_buckets_are_refused_for_learned_positional_embeddings_and_allowed_for_rotary(long_world):
+    root, data, model = long_world
+    config = load_config(CONFIG, overrides(root, data, model, "data.buckets=[[480, 720], [720, 480]]"))
+    learned = tiny_backbone_config("1.0", use_learned_positional_embeddings=True, sample_height=60, sample_width=90)
+    with pytest.raises(InputError, match=r"learned positional embeddings for 480x720 px only.*data.buckets=\[\[480, 720\]\]"):
+        check_buckets(config, learned)
+    check_buckets(load_config(CONFIG, overrides(root, data, model, "data.buckets=[[480, 720]]")), learned)
+    check_buckets(config, tiny_backbone_config("1.0", use_learned_positional_embeddings=False))
+    portrait = clip_job(config, {"clip": "x.mp4", "fps": 24.0, "height": 1920, "width": 1080})
+    landscape = clip_job(config, {"clip": "y.mp4", "fps": 24.0, "height": 720, "width": 1280})
+    assert portrait["bucket"] == [720, 480] and landscape["bucket"] == [480, 720]
+
+
+def test_new_data_options_enter_the_cache_key_only_when_they_change_the_tensors(long_world):
+    root, data, model = long_world
+    base = load_config(CONFIG, overrides(root, data, model))
+    keys = {cache_key(load_config(CONFIG, overrides(root, data, model, *extra)))
+            for extra in ([], ["data.fit='crop'"], ["data.fps=6.0"], ["data.reference='outside'"])}
+    assert len(keys) == 4 and cache_key(base) in keys
+    same = load_config(CONFIG, overrides(root, data, model, "data.reference_noise=[-3.0, 0.5]", "data.device='cpu'"))
+    assert cache_key(same) == cache_key(base)  # batch-time noise and the VAE's device do not change the cache
+
+
+# --------------------------------------------------------------------------- reference noise at batch time
+@pytest.fixture(scope="module")
+def prepared_small(long_world):
+    root, _, model = long_world
+    data = root / "world"
+    config = load_config(CONFIG, overrides(root, data, model, "data.pseudo=false"))
+    prepare(config, limit=2)
+    return root, data, model
+
+
+def test_reference_noise_changes_only_the_reference_and_is_reproducible(prepared_small):
+    root, data, model = prepared_small
+    plain = CachedClips(load_config(CONFIG, overrides(root, data, model, "data.pseudo=false")))
+    noisy = CachedClips(load_config(CONFIG, overrides(root, data, model, "data.pseudo=false",
+                                                      "data.reference_noise=[-1.0, 0.5]")))
+    assert noisy.folder == plain.folder
+
+    def batch(clips):
+        return make_batch(clips, [0, 1], sample_generators(0, 3, 0, 0, 2))
+
+    a, b, again = batch(plain), batch(noisy), batch(noisy)
+    torch.testing.assert_close(a.target, b.target)
+    torch.testing.assert_close(a.cues.pose, b.cues.pose)
+    assert torch.equal(a.drop_cues, b.drop_cues) and torch.equal(a.drop_reference, b.drop_reference)
+    difference = (b.reference - a.reference).std(dim=(1, 2, 3, 4))
+    assert bool((difference > 0.05).all()) and bool((difference < 3).all())  # sigma = exp(-1 +- ...)
+    assert not torch.allclose(difference[0], difference[1])  # a sigma of each sample's own
+    torch.testing.assert_close(b.reference, again.reference, rtol=0, atol=0)  # same generators: same noise
+    torch.testing.assert_close(a.reference, batch(plain).reference, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- many processes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, config_overrides: list[str]) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    torch.set_num_threads(1)
+    result = prepare(load_config(CONFIG, config_overrides))
+    assert result["done"] == 4 and result["skipped"] == 1, result  # the totals, on every process
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_prepare_the_cache_one_process_prepares(long_world, tmp_path):
+    root, _, model = long_world
+    data = tmp_path / "world"
+    export_world(data, WorldConfig(height=64, width=64, num_frames=5), clips=4, fmt="png")
+    (data / "broken.mp4").write_bytes(b"not a video")
+    with (data / "metadata.jsonl").open("a") as fh:
+        fh.write(json.dumps({"clip": "broken.mp4", "fps": 12.0, "height": 64, "width": 64}) + "\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = load_config(CONFIG, overrides(root, data, model, f"data.cache={json.dumps(str(tmp_path / 'one'))}"))
+        assert prepare(one)["done"] == 4
+    finally:
+        torch.set_num_threads(threads)
+    two = overrides(root, data, model, f"data.cache={json.dumps(str(tmp_path / 'two'))}")
+    mp.start_processes(_rank, args=(2, _free_port(), two), nprocs=2, join=True, start_method="spawn")
+
+    a, b = cache_folder(one), cache_folder(load_config(CONFIG, two))
+    assert a.name == b.name
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) and len(names) == 7  # 4 clips, null text, prepare.json, skipped
+    for name in names:
+        if name.endswith(".safetensors"):
+            x, y = load_file(str(a / name)), load_file(str(b / name))
+            assert x.keys() == y.keys()
+            for key in x:
+                torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=f"{name} {key}")
+        else:
+            assert (a / name).read_text() == (b / name).read_text(), name
