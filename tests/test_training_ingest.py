@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-import shutil
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from directanimator.video import read_video, write_video
 from directanimator.video.timing import clip_span, resample_indices
 from tests.helpers import DANCE, needs_real_data
 from training.cli import build_parser, main
-from training.ingest import IngestConfig, build_ingest_config, ingest, scene_starts
+from training.ingest import IngestConfig, build_ingest_config, find_sources, ingest, scene_starts
 from training.ingest.config import config_table
 from training.ingest.frames import stream_frames
 from training.world.dataset import read_metadata
@@ -111,6 +110,26 @@ def test_clips_never_span_a_scene_cut(tmp_path, dance_small):
     assert all(e["scene"] == 1 for e in entries)
 
 
+def test_streamed_frames_are_scaled_and_turned_as_displayed(tmp_path):
+    import av
+
+    path = tmp_path / "phone.mp4"  # stored landscape, displayed portrait: as phones store video
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(90)
+        marker = np.zeros((64, 96, 3), np.uint8)
+        marker[:16, :16] = 255  # top-left as stored
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(marker, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    frames = np.stack(list(stream_frames(path, (48, 32))))
+    assert frames.shape == (3, 48, 32, 3)
+    assert frames[0, -4:, :4].mean() > 230 and frames[0, :4, :4].mean() < 25  # now bottom-left, as displayed
+
+
 def test_write_video_takes_an_h264_speed_preset(tmp_path):
     frames = _moving_pattern(9, 64, 96, seed=2)
     error = {}
@@ -156,6 +175,8 @@ def test_rejected_and_unreadable_videos_are_reported_with_their_reasons(ingested
     assert "truncated" in _row(report, "broken/truncated.mp4")["reason"] or "decoded" in _row(
         report, "broken/truncated.mp4")["reason"]
     assert {e["source"] for e in read_metadata(out)} == {"dance.mp4"}
+    assert [k["clip"] for k in report["kept"]] == [e["clip"] for e in read_metadata(out)]
+    assert all(k["stats"]["one_person"] == 1.0 and k["stats"]["motion"] > 0.03 for k in report["kept"])
     summary = (out / "ingest_report.txt").read_text()
     assert "3 clips kept" in summary and "more than one person: 3" in summary and "broken/notes.mp4" in summary
 
@@ -165,6 +186,22 @@ def test_only_listed_clips_are_left_in_the_videos_folder(ingested):
     out, _ = ingested
     listed = {e["clip"] for e in read_metadata(out)}
     assert {f"videos/{p.name}" for p in (out / "videos").iterdir()} == listed
+
+
+def test_sources_are_found_recursively_and_labelled_by_file_or_folder(tmp_path):
+    for name in ("alice/a.mp4", "alice/b.MOV", "bob/c.webm", "bob/c.txt", ".trash/d.mp4", "out/videos/e.mp4",
+                 "notes.txt", "clip.gif"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "bob" / "c.txt").write_text("  a caption  \n")
+    found = find_sources(tmp_path, skip=tmp_path / "out")
+    assert [s.rel for s in found] == ["alice/a.mp4", "alice/b.MOV", "bob/c.webm", "clip.gif"]
+    by_folder = IngestConfig(identity="folder")
+    assert [s.identity(by_folder, tmp_path) for s in found] == ["alice", "alice", "bob", tmp_path.name]
+    assert len({s.identity(IngestConfig(), tmp_path) for s in found}) == 4
+    assert [s.caption() for s in found] == [None, None, "a caption", None]
+    assert {s.split(IngestConfig(val_fraction=1.0)) for s in found} == {"val"}
+    assert {s.split(IngestConfig()) for s in found} == {"train"}
 
 
 # --------------------------------------------------------------------------- resume
@@ -223,7 +260,7 @@ def test_bad_option_values_are_refused_with_the_setting_named(tmp_path, caplog, 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.mp4").write_text("x")
     assert main(["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), *flags]) == 2
-    assert any(__import__("re").search(message, r.getMessage()) for r in caplog.records), caplog.text
+    assert any(re.search(message, r.getMessage()) for r in caplog.records), caplog.text
     assert not (tmp_path / "out").exists()
 
 

@@ -100,8 +100,8 @@ def write_video(path: str | os.PathLike, frames, fps: float, *, crf: int = 18, p
 
     ``crf`` is the quality (lower is better; 18 is visually lossless for H.264). ``preset`` is H.264's speed
     preset (``X264_PRESETS``; "veryfast" encoded 49 frames of 404x720 about 4x as fast as "medium", at a similar
-    size). Odd sizes are padded to even for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to one (10 fps stays exact, 24 becomes
-    25). Atomic: the file appears complete or not at all. Returns ``path``.
+    size). Odd sizes are padded to even for H.264/VP9. GIF delays are whole centiseconds, so the rate is rounded to
+    one (10 fps stays exact, 24 becomes 25). Atomic: the file appears complete or not at all. Returns ``path``.
     """
     path = Path(path)
     suffix = path.suffix.lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from directanimator.atomic import atomic_path, check_output_folder, claim_output_folder
 from directanimator.cues.segmentation import mediapipe_solution
-from directanimator.errors import InputError
+from directanimator.errors import BackendUnavailableError, InputError
 
 from .config import IngestConfig
 from .source import VIDEOS, ingest_source
@@ -56,11 +57,9 @@ def check_backends() -> None:
     """BackendUnavailableError (naming what to install) unless the cue stack the checks use can run."""
     mediapipe_solution("selfie_segmentation")
     mediapipe_solution("face_detection")
-    try:
-        import scenedetect  # noqa: F401
-    except ImportError as exc:
-        raise InputError("ingest needs PySceneDetect for scene cuts: pip install -r requirements-train.txt "
-                         "(scenedetect-headless).") from exc
+    if importlib.util.find_spec("scenedetect") is None:
+        raise BackendUnavailableError("ingest needs PySceneDetect for scene cuts: pip install -r "
+                                      "requirements-train.txt (it installs scenedetect-headless).")
 
 
 def ingest(source_dir: str | Path, out: str | Path, config: IngestConfig, *, workers: int = 1,
@@ -152,7 +151,8 @@ def _remove_stale_clips(out: Path, results: list[dict]) -> None:
 
 
 def build_report(results: list[dict], *, root: Path, out: Path, config: IngestConfig) -> dict:
-    """The JSON report: settings, one row per source, every rejected clip with its reason, and totals."""
+    """The JSON report: settings, totals, one row per source, every rejected clip with its reason and measurements,
+    and the measurements of every kept clip (to tune the thresholds on one's own footage)."""
     rows = []
     for r in results:
         rows.append({"source": r["source"], "status": r["status"], "reason": r.get("reason"),
@@ -161,6 +161,8 @@ def build_report(results: list[dict], *, root: Path, out: Path, config: IngestCo
                      "size": [r["width"], r["height"]] if "width" in r else None, "scenes": r.get("scenes"),
                      "seconds": r.get("seconds"), "resumed": r.get("resumed", False)})
     rejected = [clip for r in results for clip in r["rejected"]]
+    kept = [{"clip": e["clip"], "source": e["source"], "source_start": e["source_start"],
+             "stats": r.get("checks", {}).get(e["clip"])} for r in results for e in r["clips"]]
     reasons = Counter(clip["reason"].split(" (")[0] for clip in rejected)
     statuses = Counter(row["status"] for row in rows)
     totals = {"sources": len(rows), "statuses": dict(statuses), "clips_kept": sum(r["clips_kept"] for r in rows),
@@ -168,7 +170,7 @@ def build_report(results: list[dict], *, root: Path, out: Path, config: IngestCo
               "source_seconds": round(sum(r["duration"] or 0 for r in rows
                                             if r["status"] not in ("unreadable", "failed")), 3)}
     return {"source_dir": str(root), "out": str(out), "settings": config.to_dict(), "key": config.key(),
-            "totals": totals, "sources": rows, "rejected": rejected}
+            "totals": totals, "sources": rows, "rejected": rejected, "kept": kept}
 
 
 def summary_text(report: dict) -> str:

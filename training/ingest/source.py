@@ -45,14 +45,14 @@ def _resized(frame: np.ndarray, side: int) -> np.ndarray:
 
 def ingest_source(job: dict) -> dict:
     """Worker entry: ``job`` = {"source": {"path", "rel"}, "root", "out", "config", "key", "threads"}; returns the
-    source's result (status, kept clips as metadata entries, rejected clips with reasons)."""
+    source's result (status, kept clips as metadata entries and their measurements, rejected clips with reasons)."""
     source = Source(path=Path(job["source"]["path"]), rel=job["source"]["rel"])
     config = IngestConfig(**job["config"])
     threads = int(job.get("threads", 1))
     cv2.setNumThreads(threads)
     started = time.perf_counter()
     result = {"source": source.rel, "key": job["key"], "status": "done", "reason": None, "clips": [],
-              "rejected": []}
+              "checks": {}, "rejected": []}
     written: list[Path] = []
     try:
         _ingest(source, Path(job["root"]), Path(job["out"]), config, result, written, threads)
@@ -65,7 +65,7 @@ def ingest_source(job: dict) -> dict:
         for path in written:  # nothing of a source that could not be read to its end
             path.unlink(missing_ok=True)
         result.update(status="failed" if unexpected else "unreadable", reason=f"{type(error).__name__}: {error}",
-                      clips=[], rejected=[])
+                      clips=[], checks={}, rejected=[])
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
@@ -112,6 +112,7 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
             written.append(out / name)
             write_video(out / name, clip, fps, crf=config.crf, preset=config.preset)
             result["clips"].append({"clip": name, **common, **where})
+            result["checks"][name] = stats.to_dict()
         else:
             result["rejected"].append({"source": source.rel, **where, "reason": reason, "stats": stats.to_dict()})
         candidates += 1
