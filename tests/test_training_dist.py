@@ -135,3 +135,15 @@ def test_accelerate_config_files_parse_to_their_setup(name, kind):
         assert config.fsdp_config["fsdp_activation_checkpointing"] is False
     if kind == "DEEPSPEED":
         assert config.deepspeed_config["zero_stage"] in (1, 2, 3)
+
+
+def test_the_cpu_fsdp_recipe_is_the_gpu_recipe_on_gloo():
+    """accelerate_fsdp_cpu.yaml differs from accelerate_fsdp.yaml only where CPUs need it (no bf16, no GPU ids)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    gpu = load_config_from_file(str(CONFIGS / "accelerate_fsdp.yaml"))
+    cpu = load_config_from_file(str(CONFIGS / "accelerate_fsdp_cpu.yaml"))
+    assert cpu.distributed_type.value == "FSDP" and cpu.mixed_precision == "no" and cpu.num_processes == 2
+    assert not cpu.use_cpu  # with use_cpu, `accelerate launch` would start one process, not num_processes
+    assert cpu.fsdp_config == gpu.fsdp_config
+    assert gpu.fsdp_config["fsdp_version"] == 2 and gpu.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"

@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,8 @@ def load_sharded_state(path: Path, state: dict) -> None:
         dcp.load(state, checkpoint_id=str(Path(path) / SHARDED))
     except Exception as error:  # DCP raises CheckpointException and others for missing keys and bad files
         raise CheckpointError(f"checkpoint {path}: cannot read its {SHARDED}/ state ({error}); it was written by "
-                              "another model or model.train setting, or is damaged. Resume from an older one.") from error
+                              "another model or model.train setting, or is damaged. Resume from an older one."
+                              ) from error
 
 
 def read_sharded_tensors(path: Path, group: str) -> dict[str, Tensor]:
@@ -343,5 +345,35 @@ def read_sharded_tensors(path: Path, group: str) -> dict[str, Tensor]:
     if not wanted:
         raise CheckpointError(f"checkpoint {path}: its {SHARDED}/ holds no {group!r} tensors.")
     tensors = {name: torch.empty(meta.size, dtype=meta.properties.dtype) for name, meta in wanted.items()}
-    dcp.load({group: tensors}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized": one process is what is meant here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({group: tensors}, storage_reader=reader, no_dist=True)
     return tensors
+
+
+def has_ema(path: Path) -> bool:
+    """Whether checkpoint folder `path` keeps an EMA of the trained weights (either format)."""
+    path = Path(path)
+    if (path / EMA).is_file():
+        return True
+    if not is_sharded(path):
+        return False
+    import torch.distributed.checkpoint as dcp
+
+    keys = dcp.FileSystemReader(str(path / SHARDED)).read_metadata().state_dict_metadata
+    return any(key.startswith("ema.") for key in keys)
+
+
+def trained_files(path: Path) -> tuple[str, ...]:
+    """The files of checkpoint folder `path` that hold its raw trained weights (names as in its digests)."""
+    path = Path(path)
+    if is_sharded(path):
+        return tuple(p.relative_to(path).as_posix() for p in sorted((path / SHARDED).iterdir()) if p.is_file())
+    return (TRAINABLE,)
+
+
+def read_trained(path: Path) -> dict[str, Tensor]:
+    """The raw trained weights of checkpoint folder `path` as full tensors by parameter name, from
+    ``trainable.safetensors`` or, for an FSDP run, gathered from its ``sharded/`` DCP files (one process)."""
+    path = Path(path)
+    return read_sharded_tensors(path, "trainable") if is_sharded(path) else load_file(str(path / TRAINABLE))

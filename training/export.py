@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from directanimator.errors import CheckpointError, InputError
@@ -25,7 +24,8 @@ from directanimator.models import DirectAnimatorTransformer, read_checkpoint, sa
 from directanimator.models.checkpoint import check_finite
 from directanimator.models.loader import resolve_dtype
 
-from .checkpointing import EMA, MODEL, STATE_JSON, TRAINABLE, resolve_resume, verify_checkpoint
+from .checkpointing import (MODEL, STATE_JSON, TRAINABLE, has_ema, read_trained, resolve_resume, trained_files,
+                            verify_checkpoint)
 from .lora_format import EXPORT_COMMAND, LORA_FORMATS, export_lora, lora_folder_for
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,8 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
             f"training checkpoint {folder}: no {MODEL}. Give RUN/checkpoints/step_N (or the run folder for its "
             "latest checkpoint) of a run that writes model files."
         )
-    raw = not use_ema and (folder / EMA).is_file()
-    verify_checkpoint(folder, (MODEL, TRAINABLE) if raw else (MODEL,))  # the files read, as they were saved
+    raw = not use_ema and has_ema(folder)
+    verify_checkpoint(folder, (MODEL, *trained_files(folder)) if raw else (MODEL,))  # the files read, as saved
     ckpt = read_checkpoint(model_file)  # fail fast, before loading the backbone
     if lora_formats and ckpt.weights != "lora":
         raise InputError(f"--lora-format: training checkpoint {folder} holds {ckpt.weights!r} backbone weights, not a "
@@ -140,11 +140,11 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
     model = load_model(backbone, model_file, dtype="fp32")
     transformer = model.transformer
     if raw:
-        trained = load_file(str(folder / TRAINABLE))
+        trained = read_trained(folder)  # an FSDP run's sharded/ too
         check_finite(trained, what=f"training checkpoint {folder / TRAINABLE}")
         count = load_trained_weights(transformer, trained, source=str(folder / TRAINABLE))
         log.info("export: raw trained weights (%d tensors) instead of the EMA", count)
-    extra = {**ckpt.extra, "exported_from": str(folder), "ema": bool(use_ema and (folder / EMA).is_file())}
+    extra = {**ckpt.extra, "exported_from": str(folder), "ema": bool(use_ema and has_ema(folder))}
     common = dict(null_text=model.null_text, scheduler_config=model.scheduler_config, cue_config=model.cue_config,
                   backbone_name=backbone_name or ckpt.backbone_name, extra=extra)
     out = export_model(transformer, path, weights=weights, dtype=dtype, **common)

@@ -1,0 +1,40 @@
+"""The worker of tests/test_training_fsdp.py's several-machines checks, in a module of its own: spawned processes
+import the module of their function, and this one imports little (seconds, not the training world's imports)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from directanimator.errors import InputError
+
+
+def checks_worker(rank: int, world: int, port: int, root: str, results: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    torch.set_num_threads(1)
+    from training.distributed import RankError, agree, check_shared_folder, make_accelerator, on_all_ranks
+
+    accelerator = make_accelerator(mixed_precision="no", timeout_minutes=7)
+    from torch.distributed.distributed_c10d import _get_default_group
+
+    out = {"timeout": _get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds()}
+    check_shared_folder(Path(root) / "shared")  # the same folder: passes
+    out["shared_ok"] = True
+    try:  # each rank its own folder: as two machines each with a local run.out_dir
+        check_shared_folder(Path(root) / f"local{rank}")
+    except InputError as error:
+        out["local"] = str(error)
+    try:
+        agree(rank * 2, "the resume step")
+    except InputError as error:
+        out["agree"] = str(error)
+    try:
+        on_all_ranks(lambda: (_ for _ in ()).throw(InputError("rank 0 refused the run folder")), only_main=True)
+    except (InputError, RankError) as error:
+        out["failure"] = f"{type(error).__name__}: {error}"
+    results[rank] = out
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
