@@ -16,7 +16,8 @@ from ..errors import CueError, InputError
 from ..tensors import as_frames
 from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, resize_plan, snap_size
 from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
-from .face_cue import _face_cue, crop_resize, zeroed_canvas
+from .buffers import empty_buffer, zeroed_buffer
+from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
 from .location_cue import ALIGNED_POSE_NOTE, _location_cue, anchor_frames, fit_similarity, warp_masks
 from .pose_cue import _pose_grey
@@ -431,11 +432,10 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     count, device, start = drv.shape[0], drv.device, progress.fraction
     # the frames and masks were checked once; the builders take them as they are
     filtering = _filtering(config)
-    pose = torch.empty(count, *size, device=device)  # one grey channel; three as a view below
-    # zeros whose black bars are never written (on the CPU, see zeroed_canvas)
-    face = zeroed_canvas(count, *size, 3) if device.type == "cpu" else torch.zeros(count, *size, 3, device=device)
-    body_location = torch.empty(count, *size, device=device)
-    face_location = torch.empty(count, *size, device=device)
+    pose = empty_buffer(count, *size, device=device)  # one grey channel; three as a view below
+    face = zeroed_buffer(count, *size, 3, device=device)  # its black bars are never written
+    body_location = empty_buffer(count, *size, device=device)
+    face_location = empty_buffer(count, *size, device=device)
 
     def build(first: int, stop: int) -> None:
         part = slice(first, stop)

@@ -9,14 +9,8 @@ from torch import Tensor
 
 from ..errors import CueError
 from ..tensors import as_frames
+from .buffers import zeroed_buffer
 from .resample import opencv, sample_box
-
-
-def zeroed_canvas(*shape: int) -> Tensor:
-    """A float32 tensor of zeros whose pages the kernel maps lazily: numpy's zeros come from calloc, which for
-    large blocks returns fresh zero pages without writing them (torch.zeros writes every byte), so the parts of a
-    cue canvas that stay black (the bars beside the face square) cost no memory traffic here."""
-    return torch.from_numpy(np.zeros(shape, np.float32))
 
 
 def crop_boxes(images: Tensor, boxes: Tensor, out_height: int, out_width: int) -> Tensor:
@@ -99,7 +93,7 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
               out: Tensor | None = None, out_zeroed: bool = False, exact: bool = False) -> Tensor:
     """`face_cue` on frames already checked by `as_frames` (extract_cues checks them once for all stages); `out`
     ``[F, H, W, 3]`` (contiguous, on the frames' device) receives the cue when given (`out_zeroed`: it is all
-    zeros already, e.g. from `zeroed_canvas`, so the black parts are not written). On the CPU the crops are
+    zeros already, e.g. from `buffers.zeroed_buffer`, so the black parts are not written). On the CPU the crops are
     OpenCV's (`resample.sample_box`, within 1/32 of the neighbouring pixels' difference of the exact bilinear
     samples) unless `exact` or OpenCV is missing."""
     count, height, width = frames.shape[:3]
@@ -132,7 +126,7 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
 
     # CPU: one frame at a time, reading only the box; the canvas is written once (bars, crop)
     if out is None:
-        canvas, out_zeroed = zeroed_canvas(count, out_h, out_w, 3), True
+        canvas, out_zeroed = zeroed_buffer(count, out_h, out_w, 3), True
     else:
         canvas = out
     if not out_zeroed:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
+from .buffers import empty_buffer
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -417,8 +418,10 @@ def _location_cue(
     """`location_cue` on checked inputs (boxes ``[F, 4]`` and flags ``[F]`` on the masks' device); `out` (body,
     face) ``[F, H, W]`` contiguous tensors receive the result when given."""
     count = body_masks.shape[0]
-    body_out, face_out = (None, None) if out is None else out
     size = (int(out_size[0]), int(out_size[1]))
+    if out is None:
+        out = tuple(empty_buffer(count, *size, device=body_masks.device) for _ in range(2))
+    body_out, face_out = out
     if cell > 1:
         # warped and pooled a few frames at a time: the full-size warped masks are never all held, and the
         # small chunk buffers are reused instead of fresh memory that has to be paged in (that costs more here

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from ..tensors import as_frames
 from .boxes import cue_masks
+from .buffers import empty_buffer
 from .segmentation import segment_person
 from .types import FilterType
 
@@ -229,18 +230,35 @@ def reduced_plan(height: int, width: int, cutoff: float) -> ReducedPlan | None:
                        (pad, pad + (-height) % factor, pad, pad + (-width) % factor))
 
 
-def reduced_low_pass(image: np.ndarray, plan: ReducedPlan) -> np.ndarray:
+def reduced_low_pass(image: np.ndarray, plan: ReducedPlan, work: "ReducedWork | None" = None) -> np.ndarray:
     """One ``[H, W]`` float32 image through the Gaussian low-pass of `plan` on the reduced grid, back at
-    ``H x W`` (a view into a padded buffer). Within about 0.005 of `low_pass` on pose-cue images (values 0..1)."""
+    ``H x W`` (a view into a padded buffer of `work`, overwritten by its next call). Within about 0.005 of
+    `low_pass` on pose-cue images (values 0..1). `work` (for this image size) keeps the buffers between calls:
+    fresh full-size buffers per frame cost more to page in than the filtering."""
     cv2 = _opencv()
-    top, bottom, left, right = plan.pad
-    x = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REFLECT)
-    for _ in range(plan.levels):
-        x = cv2.pyrDown(x)
-    x = cv2.sepFilter2D(x, cv2.CV_32F, plan.taps, plan.taps, borderType=cv2.BORDER_REFLECT)
-    for _ in range(plan.levels):
-        x = cv2.pyrUp(x)
+    if work is None:
+        work = ReducedWork(plan, *image.shape)
+    top, _, left, _ = plan.pad
+    cv2.copyMakeBorder(image, *plan.pad, cv2.BORDER_REFLECT, dst=work.down[0])
+    for level in range(plan.levels):
+        cv2.pyrDown(work.down[level], dst=work.down[level + 1])
+    x = cv2.sepFilter2D(work.down[-1], cv2.CV_32F, plan.taps, plan.taps, dst=work.filtered,
+                        borderType=cv2.BORDER_REFLECT)
+    for level in range(plan.levels - 1, -1, -1):
+        x = cv2.pyrUp(x, dst=work.up[level])
     return x[top:top + image.shape[0], left:left + image.shape[1]]
+
+
+class ReducedWork:
+    """The buffers of `reduced_low_pass` for ``height x width`` images: the padded image and each pyramid level,
+    down and up."""
+
+    def __init__(self, plan: ReducedPlan, height: int, width: int) -> None:
+        top, bottom, left, right = plan.pad
+        shape = (height + top + bottom, width + left + right)
+        self.down = [np.empty((shape[0] >> level, shape[1] >> level), np.float32) for level in range(plan.levels + 1)]
+        self.up = [np.empty_like(level) for level in self.down[:-1]]
+        self.filtered = np.empty_like(self.down[-1])
 
 
 def low_pass(
@@ -333,8 +351,13 @@ def _pose_cue(
     grey_out = _pose_grey(frames, masks, cutoff=cutoff, filter=filter, order=order, bad=bad, on_frame=on_frame,
                           full_resolution=full_resolution)
     if out is None:
-        out = torch.empty(*grey_out.shape, 3, device=frames.device)
-    out.copy_(grey_out[..., None].expand(-1, -1, -1, 3))
+        out = empty_buffer(*grey_out.shape, 3, device=frames.device)
+    cv2 = _opencv()
+    if cv2 is None or out.device.type != "cpu" or out.requires_grad:
+        return out.copy_(grey_out[..., None].expand(-1, -1, -1, 3))
+    grey_np, out_np = grey_out.numpy(), out.numpy()
+    for i in range(grey_np.shape[0]):  # torch's copy of a stride-0 channel view took 5x longer
+        cv2.cvtColor(grey_np[i], cv2.COLOR_GRAY2RGB, dst=out_np[i])
     return out
 
 
@@ -346,12 +369,14 @@ def _pose_grey(
     `CueTriplet`); the inputs as for `_pose_cue`, `out` ``[F, H, W]`` contiguous when given."""
     count, height, width = frames.shape[:3]
     if out is None:
-        out = torch.empty(count, height, width, device=frames.device)
+        out = empty_buffer(count, height, width, device=frames.device)
     cpu_only = frames.device.type == "cpu" and not (frames.requires_grad or masks.requires_grad)
     if cpu_only and filter == "gaussian":
         plan = None if full_resolution else reduced_plan(height, width, float(cutoff))
         if plan is not None:
-            return _pose_grey_opencv(frames, masks, bad, functools.partial(reduced_low_pass, plan=plan), on_frame, out)
+            work = ReducedWork(plan, height, width)
+            return _pose_grey_opencv(frames, masks, bad, functools.partial(reduced_low_pass, plan=plan, work=work),
+                                     on_frame, out)
         taps = spatial_taps(height, width, cutoff=cutoff, filter=filter)
         if taps is not None:
             return _pose_grey_opencv(frames, masks, bad, functools.partial(_filter_spatial, taps=taps), on_frame, out)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import BackendUnavailableError, CueError
 from ..tensors import as_frames, as_masks
+from .buffers import empty_buffer
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _segment_person(
 
         sam = SamSegmenter(sam_checkpoint, device=device)  # loads and validates before any frame is processed
 
-    masks = torch.empty(num_frames, height, width, dtype=torch.float32)
+    masks = empty_buffer(num_frames, height, width)
     out = masks.numpy()  # filled in place: numpy copies are cheaper here than torch ops (no fresh tensors)
     with mediapipe_segmenter(height, width) as segment:
         for i in range(num_frames):
