@@ -50,8 +50,8 @@ def _old(video: Path, fps: float, rows: list[int], size: tuple[int, int]) -> tup
 def _new(video: Path, fps: float, rows: list[int], size: tuple[int, int], source, fit: str):
     frames = _read_frames(video, rows, read_size(source, size, fit), fps)
     if fit == "crop":
-        framing, _ = _window_framing("crop", source, size, scene=False, truth=None, rows=rows, frames_scaled=frames,
-                                     cues=CueConfig())
+        framing = _window_framing("crop", source, size, scene=False, truth=None, rows=rows, frames_scaled=frames,
+                                  cues=CueConfig())
     else:
         framing = letterbox_framing(source, size)
     return _to_float(framing.place(frames)), frames.nbytes
@@ -87,8 +87,9 @@ def run_scale(args) -> None:
                        f"{old_s:.2f} | {whole:.0f} (all {count} frames) |")
         for fit in ("letterbox", "crop"):
             new_s, (out, held) = _median(lambda fit=fit: _new(VIDEO, fps, rows, size, source, fit), args.repeats)
-            rows_md.append(f"| {label} | window read to size, uint8, fit={fit}"
-                           f"{' (+ person segmentation)' if fit == 'crop' else ''} | {new_s:.2f} | {held / 2**20:.0f} |")
+            extra = " (+ the person's box, segmented at 256 px)" if fit == "crop" else ""
+            rows_md.append(f"| {label} | window read to size, uint8, fit={fit}{extra} | {new_s:.2f} | "
+                           f"{held / 2**20:.1f} |")
         letterboxed = _new(VIDEO, fps, rows, size, source, "letterbox")[0]
         assert (letterboxed - old_out).abs().max() < 2.5 / 255  # the same pixels up to uint8 rounding
         config = CueConfig(height=size[0], width=size[1])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from tests.training_world import CONFIG, make_world, overrides
 from directanimator.errors import InputError
 from directanimator.video import read_video, resize_frames
 from training.config import load_config
-from training.data import CachedClips, cache_folder, cache_key, make_batch, sample_generators
+from training.data import BucketBatchSampler, CachedClips, cache_folder, cache_key, make_batch, sample_generators
 from training.framing import Framing, letterbox_framing, mask_box, person_framing
 from training.prepare import (
     check_buckets, clip_job, clip_timeline, extract_clip, prepare, reference_index, window_indices,
@@ -162,13 +161,42 @@ def test_aspect_buckets_are_refused_for_learned_positional_embeddings_and_allowe
     root, data, model = long_world
     config = load_config(CONFIG, overrides(root, data, model, "data.buckets=[[480, 720], [720, 480]]"))
     learned = tiny_backbone_config("1.0", use_learned_positional_embeddings=True, sample_height=60, sample_width=90)
-    with pytest.raises(InputError, match=r"learned positional embeddings for 480x720 px only.*data.buckets=\[\[480, 720\]\]"):
+    expected = r"learned positional embeddings for 480x720 px only.*data.buckets=\[\[480, 720\]\]"
+    with pytest.raises(InputError, match=expected):
         check_buckets(config, learned)
     check_buckets(load_config(CONFIG, overrides(root, data, model, "data.buckets=[[480, 720]]")), learned)
     check_buckets(config, tiny_backbone_config("1.0", use_learned_positional_embeddings=False))
     portrait = clip_job(config, {"clip": "x.mp4", "fps": 24.0, "height": 1920, "width": 1080})
     landscape = clip_job(config, {"clip": "y.mp4", "fps": 24.0, "height": 720, "width": 1280})
     assert portrait["bucket"] == [720, 480] and landscape["bucket"] == [480, 720]
+
+
+PATH_KEYS = ("clip", "reference", "driving", "pseudo_driving", "cross_reference", "cross_target", "ground_truth")
+
+
+def test_length_buckets_give_each_clip_the_longest_window_it_fills(long_world, tmp_path):
+    root, long, model = long_world
+    lines = [{**e, **{k: f"{folder}/{e[k]}" for k in PATH_KEYS if k in e}}
+             for folder in ("world", "long") for e in read_metadata(root / folder)
+             if e.get("split", "train") == "train"]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    config = load_config(CONFIG, overrides(root, root / "metadata.jsonl", model, "data.pseudo=false",
+                                           "data.lengths=[9, 13]", f"data.cache={json.dumps(str(tmp_path / 'cache'))}"))
+    assert prepare(config)["done"] == len(lines)
+    clips = CachedClips(config)
+    assert sorted({it.bucket for it in clips.items}) == [(64, 64, 5), (64, 64, 9)]  # 5-frame clips; 12-frame ones
+    for k, item in enumerate(clips.items):
+        assert clips.load(k)["target"].shape[0] == (item.bucket[2] - 1) // 4 + 1
+    sampler = BucketBatchSampler([it.bucket for it in clips.items], 2, seed=0)
+    for _ in range(6):
+        assert len({clips.items[i].bucket for i in sampler.next()}) == 1  # a batch holds one length
+
+    learned = tiny_backbone_config("1.0", use_learned_positional_embeddings=True, sample_height=8, sample_width=8)
+    with pytest.raises(InputError, match="data.lengths=.*learned positional embeddings for one window length"):
+        check_buckets(config, learned)
+    with pytest.raises(InputError, match="data.lengths"):  # 1 + 2 latents do not pair into CogVideoX 1.5's patches
+        check_buckets(load_config(CONFIG, overrides(root, root / "metadata.jsonl", model, "data.frames=9",
+                                                    "data.lengths=[5]")), tiny_backbone_config("1.5"))
 
 
 def test_new_data_options_enter_the_cache_key_only_when_they_change_the_tensors(long_world):

@@ -68,6 +68,9 @@ class DataConfig:
     stride: int = 1  # source frames between sampled frames
     max_windows: int = 1  # windows of `frames` cut from each clip (non-overlapping, from the start)
     buckets: list = field(default_factory=lambda: [[128, 128]])  # working sizes [H, W]; a clip takes the nearest aspect
+    # more window lengths (4k+1) beside `frames`, for backbones without a fixed length (rotary positions only): a clip
+    # takes the longest that it fills (at data.fps), the shortest when it fills none; batches hold one length each
+    lengths: list = field(default_factory=list)
     cue_dropout: float = 0.1  # samples trained without cues (the guidance negative branch)
     reference_dropout: float = 0.05  # samples trained with blank reference latents
     text_dropout: float = 0.1  # samples with a caption embedding trained on the null text instead
@@ -326,6 +329,8 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
          f"data.frames={d.frames}: the VAE needs 4k+1 frames (5, 9, 13, 17, ..., 49); use "
          f"{max(1, (d.frames - 1) // 4 * 4 + 1)} or {(d.frames - 1) // 4 * 4 + 5}.")
     need(d.stride >= 1 and d.max_windows >= 1, "data.stride and data.max_windows must be >= 1.")
+    need(all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 and (n - 1) % 4 == 0 for n in d.lengths),
+         f"data.lengths={d.lengths!r}: frame counts 4k+1 (5, 9, ..., 49), or [] for data.frames alone.")
     need(bool(d.buckets) and all(isinstance(b, list) and len(b) == 2 and all(isinstance(v, int) and v >= 64
                                                                             and v % 16 == 0 for v in b)
                                  for b in d.buckets),

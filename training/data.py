@@ -104,6 +104,8 @@ def cache_material(config: TrainConfig) -> dict:
         material.update(fps=d.fps)
     if d.reference != "first":
         material.update(reference=d.reference)
+    if d.lengths:
+        material.update(lengths=sorted(set(d.lengths) | {d.frames}))
     text_encoder = text_encoder_fingerprint(config.model.text_encoder or config.model.backbone)
     if text_encoder is not None:  # it makes the null prompt and the captions (without one the key is as before)
         material.update(text_encoder=text_encoder)
@@ -126,6 +128,12 @@ def choose_bucket(height: int, width: int, buckets: list[list[int]]) -> tuple[in
     return int(best[0]), int(best[1])
 
 
+def choose_length(available: int, lengths: list[int]) -> int:
+    """The longest window length in `lengths` that a clip of `available` frames fills, else the shortest."""
+    fitting = [n for n in lengths if n <= available]
+    return max(fitting) if fitting else min(lengths)
+
+
 def window_starts(num_frames: int, frames: int, stride: int, max_windows: int) -> list[int]:
     """Start frames of up to `max_windows` non-overlapping windows of `frames` frames `stride` apart; a clip
     shorter than one window gives ``[0]`` (the loader pads it by repeating its last frame)."""
@@ -140,7 +148,7 @@ class Item:
 
     clip: str  # clip id (file stem in the cache)
     window: int
-    bucket: tuple[int, int]
+    bucket: tuple[int, ...]  # (H, W), and the window length with data.lengths
     pseudo_variants: int
 
 
@@ -183,6 +191,8 @@ class CachedClips:
                 without_pseudo += 1
                 continue
             bucket = tuple(json.loads(meta["bucket"]))
+            if "frames" in meta:  # length buckets (data.lengths): a batch holds one window length
+                bucket = (*bucket, int(meta["frames"]))
             items += [Item(path.stem, w, bucket, variants) for w in range(int(meta["windows"]))]
         skipped = sum(cid in failed for cid in missing)
         if skipped:

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,6 +47,7 @@ from .data import (
     cache_key,
     cache_material,
     choose_bucket,
+    choose_length,
     clip_id,
     vae_folder,
     window_starts,
@@ -248,23 +250,28 @@ def _reference_inputs(truth: dict | None, has_file: bool, at: int | None, framin
     return {"reference_mask": mask, "reference_face_box": framing.map_boxes(truth["face_boxes"][at]) if valid else None}
 
 
+PERSON_SIDE = 256  # long side (px) the person is looked for at when framing a crop; mediapipe works at 256 anyway
+
+
 def _window_framing(fit: str, source: tuple[int, int], size: tuple[int, int], *, scene: bool, truth: dict | None,
-                    rows: list[int], frames_scaled: Tensor, cues: CueConfig) -> tuple[Framing, Tensor | None]:
-    """The framing of a window (its frames and the reference, source indices `rows`), and, where a segmenter had
-    to run to find the person, its masks ``[len(rows), h, w]`` at the decoded size (to reuse as given masks)."""
+                    rows: list[int], frames_scaled: Tensor, cues: CueConfig) -> Framing:
+    """The framing of a window (its frames and the reference: source indices `rows`, decoded `frames_scaled`): the
+    person's box over all of them comes from the ground truth, else from the segmenter on a small copy."""
     if fit == "letterbox":
-        return letterbox_framing(source, size), None
+        return letterbox_framing(source, size)
     if scene:
-        return person_framing(source, size, None), None
+        return person_framing(source, size, None)
     if truth is not None:
-        return person_framing(source, size, mask_box(truth["person_masks"][rows], threshold=127)), None
+        return person_framing(source, size, mask_box(truth["person_masks"][rows], threshold=127))
+    h, w = frames_scaled.shape[1:3]
+    k = min(1.0, PERSON_SIDE / max(h, w))
+    small = resize_frames(frames_scaled, (max(1, round(h * k)), max(1, round(w * k))), "stretch")
     backend = cues.segmenter if cues.segmenter in ("mediapipe", "sam") else "mediapipe"
-    masks = segment_person(_to_float(frames_scaled), backend=backend, sam_checkpoint=cues.sam_checkpoint)
-    box = mask_box(masks)
+    box = mask_box(segment_person(_to_float(small), backend=backend, sam_checkpoint=cues.sam_checkpoint))
     if box is not None:
-        (h, w), (sh, sw) = source, frames_scaled.shape[1:3]
-        box = box * torch.tensor([w / sw, h / sh, w / sw, h / sh])
-    return person_framing(source, size, box), masks
+        sh, sw = small.shape[1:3]
+        box = box * torch.tensor([source[1] / sw, source[0] / sh, source[1] / sw, source[0] / sh])
+    return person_framing(source, size, box)
 
 
 def extract_clip(job: dict) -> dict:
@@ -298,9 +305,11 @@ def _extract(job: dict) -> list[dict]:
     gen, np_rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     reference_gen = torch.Generator().manual_seed(seed + REFERENCE_SEED)
     decode = read_size(source, size, fit)
+    timeline = clip_timeline(num, fps, float(job.get("fps", 0.0)))
+    if job.get("lengths"):
+        frames = choose_length((len(timeline) - 1) // stride + 1, job["lengths"])
     out = []
-    for index in window_indices(clip_timeline(num, fps, float(job.get("fps", 0.0))), frames, stride,
-                                job["max_windows"]):
+    for index in window_indices(timeline, frames, stride, job["max_windows"]):
         at = None
         if not has_file:
             at, note = reference_index(mode, num, index, reference_gen)
@@ -310,11 +319,8 @@ def _extract(job: dict) -> list[dict]:
         target_scaled = _read_frames(clip, rows, decode, fps)
         driving_scaled = _read_frames(root / entry["driving"], rows, decode, fps) if "driving" in entry else \
             target_scaled
-        framing, masks = _window_framing(fit, source, size, scene=scene, truth=truth, rows=rows,
-                                         frames_scaled=driving_scaled, cues=cues)
-        given = {} if masks is None else {"driving_mask": framing.place(masks[:frames])}
-        if masks is not None and at is not None:
-            given["reference_mask"] = framing.place(masks[frames:])
+        framing = _window_framing(fit, source, size, scene=scene, truth=truth, rows=rows,
+                                  frames_scaled=driving_scaled, cues=cues)
         reference = file_reference if has_file else _to_float(framing.place(target_scaled[frames:]))
         driving = _to_float(framing.place(driving_scaled[:frames]))
         window: dict = {"target": _to_float(framing.place(target_scaled[:frames]))}
@@ -334,10 +340,9 @@ def _extract(job: dict) -> list[dict]:
                                                 reference_source=tuple(reference.shape[1:3]),
                                                 errors=job["skeleton_errors"], rng=np_rng)
         else:
-            window["cues"] = extract_cues(reference, driving, config, **given)
+            window["cues"] = extract_cues(reference, driving, config)
         window["pseudo"] = _pseudo_variants(job, entry, pseudo_path, index, reference, fps, size, gen,
                                             scene=scene, truth=truth, reference_truth=reference_truth,
-                                            reference_given={k: v for k, v in given.items() if k.startswith("ref")},
                                             config=config, exact=exact)
         out.append(window)
     return out
@@ -345,7 +350,7 @@ def _extract(job: dict) -> list[dict]:
 
 def _pseudo_variants(job: dict, entry: dict, path: Path | None, index: list[int], reference: Tensor, fps: float,
                      size: tuple[int, int], gen: torch.Generator, *, scene: bool, truth: dict | None,
-                     reference_truth: dict, reference_given: dict, config: CueConfig, exact: CueConfig
+                     reference_truth: dict, config: CueConfig, exact: CueConfig
                      ) -> list[CueTriplet]:
     """The pseudo driving clip's cue triplets of a window under `data.pseudo_variants` random realignments. The
     pseudo clip is letterboxed whole (its person stands anywhere: a crop could cut them)."""
@@ -371,7 +376,7 @@ def _pseudo_variants(job: dict, entry: dict, path: Path | None, index: list[int]
             variants.append(extract_cues(reference, moved, exact, **inputs))
         else:
             moved, _, _ = realign(pseudo, None, None, move)
-            variants.append(extract_cues(reference, moved, config, **reference_given))
+            variants.append(extract_cues(reference, moved, config))
     return variants
 
 
@@ -453,16 +458,28 @@ def clip_job(config: TrainConfig, entry: dict, order: int = 0) -> dict:
     return {"root": str(config.data_root), "entry": entry, "id": clip_id(entry), "order": order,
             "cues": config.cues.to_dict(), "frames": d.frames, "stride": d.stride, "bucket": list(bucket),
             "max_windows": d.max_windows, "fit": d.fit, "fps": d.fps, "reference": d.reference,
+            "lengths": sorted(set(d.lengths) | {d.frames}) if d.lengths else [],
             "ground_truth": d.ground_truth, "pseudo": d.pseudo, "pseudo_variants": d.pseudo_variants,
             "pose_source": d.pose_source, "skeleton_errors": d.skeleton_errors,
             "align_scale": d.align_scale, "align_shift": d.align_shift, "seed": config.data_seed}
 
 
 def check_buckets(config: TrainConfig, bc: dict) -> None:
-    """Raise InputError when `data.buckets` holds a size the backbone cannot take: a backbone with learned
-    positional embeddings (CogVideoX-5B-I2V) has exactly one; rotary-only backbones (CogVideoX 1.5) take any, so
-    clips may be bucketed by aspect."""
-    if not bc.get("use_learned_positional_embeddings"):
+    """Raise InputError when `data.buckets` or `data.lengths` hold a size or length the backbone cannot take: a
+    backbone with learned positional embeddings (CogVideoX-5B-I2V) has exactly one of each; rotary-only backbones
+    (CogVideoX 1.5) take any, so clips may be bucketed by aspect and length."""
+    learned = bool(bc.get("use_learned_positional_embeddings"))
+    if learned and config.data.lengths:
+        raise InputError(f"config data.lengths={config.data.lengths!r}: this backbone has learned positional "
+                         "embeddings for one window length (use_learned_positional_embeddings in its transformer "
+                         "config); leave data.lengths empty and set data.frames alone. Length buckets need a "
+                         "rotary-only backbone (CogVideoX 1.5).")
+    for length in config.data.lengths:
+        try:
+            check_frames(replace(config, data=replace(config.data, frames=length)), bc)
+        except InputError as error:
+            raise InputError(str(error).replace("data.frames", "data.lengths")) from None
+    if not learned:
         return
     factor = 8  # the CogVideoX VAE's spatial compression: the config's sample size is in latent cells
     size = [int(bc["sample_height"]) * factor, int(bc["sample_width"]) * factor]
@@ -573,6 +590,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                                     "order": job["order"]})
                     continue
                 meta = {"bucket": json.dumps(job["bucket"]), "windows": str(len(result["windows"])),
+                        **({"frames": str(len(result["windows"][0]["target"]))} if job["lengths"] else {}),
                         "pseudo_variants": str(len(result["windows"][0]["pseudo"])), "key": info["key"],
                         "clip": entry["clip"], "identity": str(entry.get("identity", ""))}
                 save_safetensors(tensors, folder / f"{job['id']}.safetensors", meta)
