@@ -288,3 +288,28 @@ def test_two_processes_prepare_the_cache_one_process_prepares(long_world, tmp_pa
                 torch.testing.assert_close(x[key], y[key], rtol=0, atol=0, msg=f"{name} {key}")
         else:
             assert (a / name).read_text() == (b / name).read_text(), name
+
+
+def test_crop_of_the_real_portrait_footage_frames_the_dancer_whole():
+    from directanimator.cues.segmentation import segment_person
+    from directanimator.cues import CueConfig
+    from tests.helpers import DANCE, needs_real_data
+    from training.framing import read_size
+    from training.prepare import _read_frames, _window_framing
+
+    needs_real_data()
+    source, size = (1920, 1080), (128, 128)
+    rows = list(range(0, 96, 12))
+    decoded = _read_frames(DANCE, rows, read_size(source, size, "crop"), 24.0)
+    framing = _window_framing("crop", source, size, scene=False, truth=None, rows=rows, frames_scaled=decoded,
+                              cues=CueConfig())
+    assert framing.place(decoded).shape == (len(rows), 128, 128, 3)
+    # the dancer found independently, on the whole frames at another size, lies inside the working frame
+    check = read_video(DANCE, size=(480, 270), resize="stretch", max_frames=96).frames[rows]
+    box = mask_box(segment_person(check))
+    assert box is not None
+    inside = framing.map_boxes((box * torch.tensor([4.0, 4.0, 4.0, 4.0]))[None])[0]
+    assert float(inside[0]) >= -2 and float(inside[1]) >= -2 and float(inside[2]) <= 130 and float(inside[3]) <= 130
+    assert max(float(inside[2] - inside[0]), float(inside[3] - inside[1])) > 0.8 * 128  # and fills it on one side
+    centre = person_framing(source, size, None).map_boxes((box * 4.0)[None])[0]
+    assert float(centre[1]) < -2 or float(centre[3]) > 130  # where the plain centre crop cuts the dancer
