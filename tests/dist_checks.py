@@ -13,14 +13,18 @@ from directanimator.errors import InputError
 
 def checks_worker(rank: int, world: int, port: int, root: str, results: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_FSDP="true",
+                      FSDP_VERSION="2", FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
+                      FSDP_TRANSFORMER_CLS_TO_WRAP="CueFusionBlock")
     torch.set_num_threads(1)
     from training.distributed import RankError, agree, check_shared_folder, make_accelerator, on_all_ranks
 
-    accelerator = make_accelerator(mixed_precision="no", timeout_minutes=7)
+    accelerator = make_accelerator(mixed_precision="bf16", timeout_minutes=7)
     from torch.distributed.distributed_c10d import _get_default_group
 
-    out = {"timeout": _get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds()}
+    out = {"timeout": _get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds(),
+           "fsdp": (accelerator.distributed_type.value, accelerator.is_fsdp2,
+                    str(accelerator.state.fsdp_plugin.mixed_precision_policy.param_dtype))}
     check_shared_folder(Path(root) / "shared")  # the same folder: passes
     out["shared_ok"] = True
     try:  # each rank its own folder: as two machines each with a local run.out_dir

@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 from tests.dist_checks import checks_worker
 from tests.training_world import CONFIG, make_world, overrides
-from training.checkpointing import EMA, SHARDED, TRAINABLE, read_sharded_tensors
+from training.checkpointing import EMA, SHARDED, TRAINABLE, read_jsonl, read_sharded_tensors
 from training.config import load_config
 from training.prepare import prepare
 from training.trainer import read_metrics
@@ -40,6 +40,7 @@ STEPS = 6
 TOLERANCE = dict(rel=1e-5, abs=1e-7)
 COMMON = (f"run.steps={STEPS}", "run.save_every=2", "run.log_every=1", "optim.ema_decay=0.5",
           "optim.schedule='cosine'", "optim.warmup_steps=2", "run.grad_accum=2", "optim.clip_norm=0.5")
+VALIDATE = ("run.validate_every=3", "run.validate_clips=1", "run.validate_steps=2")  # sampling at steps 3 and 6
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
             "FSDP_TRANSFORMER_CLS_TO_WRAP": "CueFusionBlock", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}
 
@@ -98,8 +99,8 @@ def stage1_runs(tmp_path_factory):
     args = overrides(root, data, model, *COMMON)
     prepare(load_config(CONFIG, args))
     torch.set_num_threads(threads)
-    run(root, "stage1", [*args, "run.name='one'", "run.batch_size=2"], launcher="python")
-    run(root, "stage1", [*args, "run.name='fsdp'", "run.batch_size=1"])
+    run(root, "stage1", [*args, *VALIDATE, "run.name='one'", "run.batch_size=2"], launcher="python")
+    run(root, "stage1", [*args, *VALIDATE, "run.name='fsdp'", "run.batch_size=1"])
     return root, args
 
 
@@ -121,6 +122,20 @@ def test_fsdp_stage1_follows_the_one_process_trajectory_with_sharded_checkpoints
         for key, value in whole.items():
             torch.testing.assert_close(sharded[key], value, rtol=1e-4, atol=1e-6, msg=key)
         assert any(not torch.equal(value, torch.zeros_like(value)) for k, value in whole.items() if "lora_B" in k)
+
+
+@pytest.mark.slow
+def test_validation_under_fsdp_runs_on_every_rank_and_scores_like_one_process(stage1_runs):
+    """Each sampling forward gathers both ranks' shards: rank 0 alone would wait forever. The FSDP run got past both
+    validations (the fixture), wrote rank 0's samples only, and sampled the weights the one-process run has."""
+    root, _ = stage1_runs
+    fsdp, one = (read_jsonl(root / "runs" / name / "samples" / "validation.jsonl") for name in ("fsdp", "one"))
+    assert [r["step"] for r in fsdp] == [r["step"] for r in one] == [3, 6]
+    for mine, theirs in zip(fsdp, one):
+        assert mine["psnr"] == pytest.approx(theirs["psnr"], rel=1e-3)
+        assert mine["ssim"] == pytest.approx(theirs["ssim"], rel=1e-3)
+    assert sorted(p.name for p in (root / "runs" / "fsdp" / "samples").glob("*.mp4")) == [
+        f"step000000{s}_{fsdp[0]['clip'].split('/')[-1]}.mp4" for s in (3, 6)]
 
 
 @pytest.mark.slow
@@ -187,6 +202,8 @@ def test_ranks_that_see_different_run_folders_or_steps_fail_clearly_on_every_ran
     for rank in (0, 1):
         out = results[rank]
         assert out["timeout"] == 7 * 60  # run.dist_timeout_minutes reaches the process group
+        # FSDP2 on CPU processes, computing in bf16 like the GPU recipe (accelerate alone would give MULTI_CPU)
+        assert out["fsdp"] == ("FSDP", True, "torch.bfloat16")
         assert out["shared_ok"]
         assert "rank 1 on" in out["local"] and "filesystem all machines share" in out["local"]
         assert "disagree on the resume step (rank 0: 0, rank 1: 2)" in out["agree"]

@@ -52,6 +52,8 @@ def make_accelerator(*, mixed_precision: str, timeout_minutes: float):
         plugin = FullyShardedDataParallelPlugin()
         if plugin.fsdp_version != 2:
             raise InputError("FSDP on the CPU: only fsdp_version: 2 is supported (set it in the accelerate config).")
+        if accelerator.mixed_precision != "no":  # what accelerate does for a GPU FSDP plugin
+            plugin.set_mixed_precision(accelerator.mixed_precision)
         accelerator.state.distributed_type = DistributedType.FSDP
         accelerator.state.fsdp_plugin = plugin
     if is_fsdp(accelerator) and not accelerator.is_fsdp2:
@@ -191,3 +193,14 @@ def gathered_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> Itera
     finally:
         for owner, leaf, original in swapped:
             owner._parameters[leaf] = original
+
+
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP2 unit of `model` back in its sharded state. FSDP2 keeps the root unit's parameters gathered
+    after a forward (the backward would gather them again); after forwards without a backward (validation) they
+    would stay gathered, and the module's parameters would not be the ones the optimizer holds."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

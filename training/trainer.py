@@ -36,7 +36,7 @@ from .checkpointing import (DIGESTS, is_legacy_run, is_sharded, load_sharded_sta
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .distributed import (agree, barrier, check_shared_folder, full_state_dict, gathered_weights, is_fsdp,
-                          make_accelerator, on_all_ranks)
+                          make_accelerator, on_all_ranks, reshard)
 from .deepspeed_support import (deepspeed_requested, full_trainable, gathered, has_engine, is_deepspeed, load_engine,
                                 make_deepspeed_accelerator, save_engine, zero_stage)
 from .precision import warn_without_native_bf16
@@ -367,7 +367,7 @@ class Trainer:
         try:
             state = full_state_dict(self.model) if self.sharded else None
             if zero3:  # the whole model on rank 0 (every rank takes part), EMA weights when enabled
-                state = {**self.accelerator.get_state_dict(self.model), **(self.ema or {})}
+                state = {**(self.accelerator.get_state_dict(self.model) or {}), **(self.ema or {})}
             if not self.accelerator.is_main_process:
                 return
             with gathered_weights(self.unwrapped, state) if state is not None else nullcontext():
@@ -544,6 +544,8 @@ class Trainer:
                                          steps=self.config.run.validate_steps, seed=self.config.run.seed)
         finally:
             set_rng_state(saved)
+            if self.sharded:
+                reshard(self.model)
             self.model.train()
         for key in ("psnr", "ssim"):
             values = [rec[key] for rec in records if rec.get(key) is not None]
