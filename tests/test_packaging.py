@@ -36,6 +36,33 @@ def test_pyproject_dependencies_equal_requirements_and_comfy_table_present():
         assert comfy[key], key
 
 
+
+def _diffusers_floor(lines: list[str], where: str):
+    """The version in the one ``diffusers>=X`` requirement of `lines`."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    reqs = [Requirement(line) for line in lines if Requirement(line).name.lower() == "diffusers"]
+    assert len(reqs) == 1, f"{where}: expected one diffusers requirement, found {len(reqs)}"
+    floors = [Version(s.version) for s in reqs[0].specifier if s.operator == ">="]
+    assert len(floors) == 1, f"{where}: the diffusers requirement {reqs[0]} states no single >= floor"
+    return floors[0]
+
+
+def test_the_diffusers_floor_is_stated_alike_and_the_tests_run_at_or_above_it():
+    """The floor is the lowest diffusers this suite was run with (docs/testing.md, "The diffusers floor"); a
+    diffusers older than it cannot silently pass here."""
+    from importlib import metadata
+
+    from packaging.version import Version
+
+    floor = _diffusers_floor(_requirement_lines(), "requirements.txt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert _diffusers_floor(project["project"]["dependencies"], "pyproject.toml") == floor
+    installed = Version(metadata.version("diffusers"))
+    assert installed >= floor, (f"diffusers {installed} is installed, below the stated floor {floor}: "
+                                "install a diffusers at or above it (pip install -r requirements.txt)")
+
 # What the releases of the packages that decide numpy require of it, from the Requires-Dist of their PyPI wheels
 # for Linux x86_64 and Python 3.10 to 3.13 (read with `pip download --no-deps`). Releases after the newest listed
 # are taken to require what it does. For OpenCV 4.8 to 4.11 the lower bound depends on the Python version (1.21.2
