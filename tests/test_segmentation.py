@@ -58,6 +58,29 @@ def person_mask(size=(200, 120)) -> np.ndarray:
 # --- mediapipe masks on synthetic frames ---------------------------------------------------------------------------
 
 
+def test_real_masks_have_no_denormal_background():
+    # the selfie model gives the background values down to 1e-40 (denormals, slow to compute with): flushed to 0
+    from directanimator.cues.segmentation import MASK_FLOOR
+
+    mask = segment_person(reference("ref_real_person.jpg"))
+    assert float(mask.max()) > 0.9 and float((mask == 0).float().mean()) > 0.3
+    assert not bool(((mask > 0) & (mask <= MASK_FLOOR)).any())
+
+
+def test_frames_converted_once_give_the_same_masks_and_faces():
+    # extract_cues converts the frames to uint8 once for both detectors (frames_uint8)
+    from directanimator.cues.face_detection import _detect_faces
+    from directanimator.cues.segmentation import _segment_person, frame_uint8, frames_uint8
+
+    frames = torch.cat([reference("ref_real_person.jpg"), torch.rand(1, *DANCE_SIZE, 3)])
+    images = frames_uint8(frames)
+    assert images.dtype == np.uint8 and images.shape == (2, *DANCE_SIZE, 3)
+    assert all(np.array_equal(images[i], frame_uint8(frames[i])) for i in range(2))
+    assert torch.equal(_segment_person(frames, images=images), segment_person(frames))
+    shared, alone = _detect_faces(frames, images=images), detect_faces(frames)
+    assert torch.equal(shared.boxes, alone.boxes) and torch.equal(shared.valid, alone.valid) and bool(alone.valid[0])
+
+
 def test_black_frames_give_empty_masks_of_the_frame_size():
     masks = segment_person(torch.zeros(2, 96, 128, 3))
     assert masks.shape == (2, 96, 128) and masks.dtype == torch.float32

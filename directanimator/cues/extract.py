@@ -21,7 +21,7 @@ from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
 from .location_cue import ALIGNED_POSE_NOTE, _location_cue, anchor_frames, fit_similarity, warp_masks
 from .pose_cue import _pose_grey
-from .segmentation import _segment_person, bad_frames
+from .segmentation import _segment_person, bad_frames, frames_uint8
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def _in_callers_grad_mode(fn: Callable) -> Callable:
 
 def _detections_alongside(
     frames: Tensor, backend: str, segment: Callable[[Callable[[int], None]], Tensor], on_frame: Callable[[int], None],
+    images=None,
 ) -> tuple[Tensor, FaceTrack]:
     """Run face detection on `frames` in a worker thread while `segment(on_frame)` runs in this one.
 
@@ -154,7 +155,8 @@ def _detections_alongside(
         on_frame(index)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="directanimator-faces") as pool:
-        faces: Future = pool.submit(_in_callers_grad_mode(_detect_faces), frames, backend=backend, on_frame=check)
+        faces: Future = pool.submit(_in_callers_grad_mode(_detect_faces), frames, backend=backend, on_frame=check,
+                                    images=images)
         try:
             masks = segment(report)
         except BaseException:
@@ -358,11 +360,16 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
     if inputs.driving_mask is not None:
         masks, segmenter = _resized_masks(inputs.driving_mask, frame.driving), "given"
     else:
+        # both detectors read the same uint8 frames: converted once for the two
+        images = frames_uint8(drv) if detecting else None
+
         def segment(report: Callable[[int], None]) -> Tensor:
-            return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report)
+            return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report,
+                                   images=images)
 
         if detecting:  # both detectors at once; the segmentation's progress stands for both
-            masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end))
+            masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end),
+                                               images=images)
         else:
             masks = segment(progress.stage(0.0, seg_end))
         masks, segmenter = masks.to(device), seg_backend

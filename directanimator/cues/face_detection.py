@@ -193,8 +193,10 @@ def detect_faces(
 
 def _detect_faces(
     frames: Tensor, *, backend: FaceBackend = "auto", on_frame: Callable[[int], None] | None = None,
+    images: np.ndarray | None = None,
 ) -> FaceTrack:
-    """`detect_faces` on frames already checked by `as_frames` (extract_cues checks them once for all stages)."""
+    """`detect_faces` on frames already checked by `as_frames` (extract_cues checks them once for all stages);
+    `images`: the frames already converted by `segmentation.frames_uint8`."""
     if backend not in ("auto", "mediapipe", "opencv"):
         raise CueError(f"detect_faces: backend={backend!r} is not known; use 'auto', 'mediapipe' or 'opencv'.")
     names = ["mediapipe", "opencv"] if backend == "auto" else [backend]
@@ -211,7 +213,7 @@ def _detect_faces(
     found_by = np.full(num_frames, -1)
     with _open_all([openers[n] for n in names]) as detectors:
         for i in range(num_frames):
-            image = frame_uint8(frames[i])
+            image = frame_uint8(frames[i]) if images is None else images[i]
             for k, detect in enumerate(detectors):
                 found = detect(image)
                 if found is not None:

@@ -35,6 +35,11 @@ MEDIAPIPE_INSTALL_HINT = (
 # people least: the landscape model only for frames clearly wider than tall. On the portrait dance video the
 # square model also gave cleaner legs and arms.
 LANDSCAPE_MODEL_MIN_ASPECT = 1.33  # width / height; between 1 (square model) and 16/9 (landscape model)
+# Mask values below this are set to 0. The selfie model's sigmoid gives the background values down to 1e-40
+# (float32 denormals, about 1% of a frame's pixels on the dance video), and arithmetic on denormals is many
+# times slower on x86: they made the pose cue's filtering about 30% slower. 2^-24 is below float32's resolution
+# next to 1, so no mask value that could matter changes.
+MASK_FLOOR = 2.0**-24
 
 
 def mediapipe_solution(name: str):
@@ -80,16 +85,30 @@ class _CachedSolutions:
 MEDIAPIPE_CACHE = _CachedSolutions()
 
 
-def frame_uint8(frame: Tensor) -> np.ndarray:
-    """One frame ``[H, W, 3]`` float 0..1 -> contiguous uint8 RGB numpy array, as the detectors want it."""
+def frames_uint8(frames: Tensor) -> np.ndarray:
+    """Frames ``[F, H, W, 3]`` float 0..1 -> one uint8 array ``[F, H, W, 3]`` (each by `frame_uint8`), for
+    detectors that read the same frames (extract_cues converts once for segmentation and face detection)."""
+    out = np.empty((*frames.shape[:3], 3), np.uint8)
+    for i in range(frames.shape[0]):
+        frame_uint8(frames[i], out=out[i])
+    return out
+
+
+def frame_uint8(frame: Tensor, out: np.ndarray | None = None) -> np.ndarray:
+    """One frame ``[H, W, 3]`` float 0..1 -> contiguous uint8 RGB numpy array, as the detectors want it (into
+    `out` when given)."""
     # torch's float -> uint8 cast took 36 ms for a 512x896 frame on the 2-core test machine; OpenCV's saturating
     # convert takes 0.4 ms (numpy 1.5 ms), which matters at the 25 fps the cue extraction aims for.
     array = np.ascontiguousarray(frame.detach().cpu().numpy(), dtype=np.float32)
     try:
         import cv2
     except ImportError:
-        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return cv2.convertScaleAbs(array, alpha=255.0)  # rounds and saturates to 0..255
+        converted = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        if out is None:
+            return converted
+        out[...] = converted
+        return out
+    return cv2.convertScaleAbs(array, dst=out, alpha=255.0)  # rounds and saturates to 0..255
 
 
 def selfie_model_for(height: int, width: int) -> int:
@@ -146,8 +165,10 @@ def _segment_person(
     threshold: float = 0.5,
     on_frame: Callable[[int], None] | None = None,
     device: str | torch.device | None = None,
+    images: np.ndarray | None = None,
 ) -> Tensor:
-    """`segment_person` on frames already checked by `as_frames` (extract_cues checks them once for all stages)."""
+    """`segment_person` on frames already checked by `as_frames` (extract_cues checks them once for all stages);
+    `images`: the frames already converted by `frames_uint8`."""
     if backend not in ("mediapipe", "sam"):
         raise CueError(f"segment_person: backend={backend!r} is not known; use 'mediapipe' or 'sam'.")
     if not 0.0 < threshold < 1.0:
@@ -169,15 +190,26 @@ def _segment_person(
     out = masks.numpy()  # filled in place: numpy copies are cheaper here than torch ops (no fresh tensors)
     with mediapipe_segmenter(height, width) as segment:
         for i in range(num_frames):
-            image = frame_uint8(frames[i])
+            image = frame_uint8(frames[i]) if images is None else images[i]
             guide = segment(image)
             mask = guide if sam is None else sam(image, guide, threshold=threshold)
-            np.clip(mask, 0.0, 1.0, out=out[i])
+            _clip_mask(mask, out[i])
             if on_frame is not None:
                 on_frame(i)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("segment_person(%s): %d frames, mean area %.3f", backend, num_frames, float(masks.mean()))
     return masks.to(frames.device)
+
+
+def _clip_mask(mask: np.ndarray, out: np.ndarray) -> None:
+    """`mask` clipped to 0..1 into `out`, values up to MASK_FLOOR set to 0."""
+    np.clip(mask, 0.0, 1.0, out=out)
+    try:
+        import cv2
+    except ImportError:
+        out[out <= MASK_FLOOR] = 0.0
+        return
+    cv2.threshold(out, MASK_FLOOR, 0.0, cv2.THRESH_TOZERO, dst=out)  # one pass, in place
 
 
 def mask_areas(masks: Tensor) -> Tensor:
