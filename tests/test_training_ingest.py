@@ -143,7 +143,6 @@ def test_write_video_takes_an_h264_speed_preset(tmp_path):
 
 
 # --------------------------------------------------------------------------- a whole folder
-@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
 def test_dance_gives_clips_in_the_training_format(ingested):
     out, report = ingested
     entries = read_metadata(out)
@@ -159,7 +158,6 @@ def test_dance_gives_clips_in_the_training_format(ingested):
         assert clip.fps == 8.0
 
 
-@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
 def test_rejected_and_unreadable_videos_are_reported_with_their_reasons(ingested):
     out, report = ingested
     assert report == json.loads((out / "ingest_report.json").read_text())
@@ -181,7 +179,6 @@ def test_rejected_and_unreadable_videos_are_reported_with_their_reasons(ingested
     assert "3 clips kept" in summary and "more than one person: 3" in summary and "broken/notes.mp4" in summary
 
 
-@pytest.mark.slow  # the folder's ingest (module fixture): about 5 s of CPU, 20+ s on a loaded machine
 def test_only_listed_clips_are_left_in_the_videos_folder(ingested):
     out, _ = ingested
     listed = {e["clip"] for e in read_metadata(out)}
@@ -264,6 +261,20 @@ def test_bad_option_values_are_refused_with_the_setting_named(tmp_path, caplog, 
     assert not (tmp_path / "out").exists()
 
 
+def test_command_reads_the_ingest_table_of_config_and_its_flags_win(tmp_path, caplog):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mp4").write_text("not a video")
+    toml = tmp_path / "ingest.toml"
+    toml.write_text("[ingest]\nframes = 10\n")
+    args = ["ingest", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--config", str(toml), "--no-progress"]
+    assert main(args) == 2 and "frames=10" in caplog.text
+    caplog.clear()
+    assert main([*args, "--frames", "9"]) == 2  # runs: the one file is unreadable, so no clip is kept
+    assert "frames=10" not in caplog.text and "no clip was kept" in caplog.text
+    report = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
+    assert report["settings"]["frames"] == 9 and report["sources"][0]["status"] == "unreadable"
+
+
 def test_missing_or_empty_source_folder_and_a_foreign_out_folder_are_refused(tmp_path, caplog):
     assert main(["ingest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
     assert "no such folder" in caplog.text
@@ -285,7 +296,8 @@ def test_help_names_every_setting_with_its_default():
     for flag in ("--frames", "--fps", "--min-side", "--max-side", "--workers", "--min-one-person", "--min-face",
                  "--min-motion", "--min-brightness", "--min-sharpness", "--config"):
         assert flag in text
-    assert "default 49" in text and "SOURCE_DIR" in text
+    assert "(default: 49)" in text and "(default: 0.5)" in text and "SOURCE_DIR" in text
+    assert "default: None" not in text
 
 
 @pytest.mark.slow  # two spawned workers each import torch and mediapipe: 30 s or more on a loaded 2-core machine

@@ -47,19 +47,21 @@ FLAGS: dict[str, tuple[str, type, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source_dir", metavar="SOURCE_DIR", help="folder of your videos (searched recursively)")
-    parser.add_argument("--out", required=True, metavar="DATA_DIR",
+    parser.add_argument("--out", required=True, metavar="DATA_DIR", default=argparse.SUPPRESS,
                         help="training-set folder to write (new, empty, or an earlier ingest's to resume)")
-    parser.add_argument("--config", default=None, metavar="TOML",
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="TOML",
                         help="a TOML file whose [ingest] table sets any of the settings below (flags win)")
     parser.add_argument("--workers", type=int, default=2, help="videos ingested at the same time (processes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     for flag, (name, kind, text) in FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default {getattr(DEFAULTS, name)!r})")
+        # SUPPRESS: a flag left out is absent from the namespace, so the [ingest] table's value stands
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS,
+                            help=f"{text} (default: {getattr(DEFAULTS, name)!r})")
 
 
 def run(args: argparse.Namespace) -> int:
-    table = config_table(args.config) if args.config else {}
-    config = build_ingest_config(table, **{name: getattr(args, flag[2:].replace("-", "_"))
+    table = config_table(args.config) if getattr(args, "config", None) else {}
+    config = build_ingest_config(table, **{name: getattr(args, flag[2:].replace("-", "_"), None)
                                            for flag, (name, _, _) in FLAGS.items()})
     report = ingest(args.source_dir, args.out, config, workers=args.workers, progress=not args.no_progress)
     if report["totals"]["clips_kept"] == 0:
