@@ -21,9 +21,10 @@ class IngestConfig:
     The quality thresholds were measured on the real dance video (shared/data/real/dance_1080x1920_24fps.mp4:
     1080x1920, 24 fps, 12 s, one dancer in front of a light wall, static camera, motion blur on fast arms): its 3
     clips of 49 frames at 16 fps, checked on 9 frames each at 512 px, gave exactly one person and a face in every
-    checked frame, mask change 0.10 to 0.26, mean luma 0.80 and sharpness 0.146 to 0.147; the same frames side by
-    side twice gave 2 people in every checked frame, repeated as a still 0 motion. Each threshold sits well below
-    the dance's values, so that ordinary footage passes and only a clearly failing clip is dropped."""
+    checked frame, mask change 0.10 to 0.26, mean luma 0.80 and sharpness 0.11 (0.15 decoded straight at 512 px);
+    the same frames side by side twice gave 2 people in every checked frame, one frame repeated 0 motion. Each
+    threshold sits well below the dance's values, so that ordinary footage passes and only a clearly failing clip
+    is dropped."""
 
     frames: int = 49  # clip length in frames (4k + 1: the VAE's rule); 49 is CogVideoX's training length
     # 16 fps: CogVideoX 1.5 and Wan train at 16 fps, and one rate for every clip keeps the motion per frame
@@ -38,14 +39,15 @@ class IngestConfig:
     cut_threshold: float = 27.0  # PySceneDetect ContentDetector threshold (its default)
     min_scene_seconds: float = 0.5  # a second cut sooner than this after a cut is ignored (flashes)
     check_frames: int = 9  # frames checked per clip, evenly spaced
-    check_side: int = 512  # px, long side of checked frames (mediapipe's full-range face model found every face
-    #                        of the dance at 512x896, few at 256)
+    # px, long side of checked frames: mediapipe's full-range face model found the dancer's face in every checked
+    # frame at 512 and at 384 px; 512 leaves room for wider shots with smaller faces
+    check_side: int = 512
     min_one_person: float = 0.8  # fraction of checked frames with exactly one person
     min_face: float = 0.5  # fraction of checked frames with a face (dancers turn away; the face cue fills gaps)
     min_motion: float = 0.03  # mean change (1 - IoU) of the person mask between checked frames; dance 0.10+, still 0
     min_brightness: float = 0.15  # mean luma 0..1; dance 0.80, the dance at 15 % of its levels 0.12
-    # median var(Laplacian) / var(grey) at check_side; dance 0.146 (with its motion blur), the dance under a Gaussian
-    # blur of sigma 1.5 px 0.008, of 3 px 0.0015
+    # median var(Laplacian) / var(grey) at check_side; dance 0.11 to 0.15 (with its motion blur), the dance under a
+    # Gaussian blur of sigma 1.5 px 0.008, of 3 px 0.0015
     min_sharpness: float = 0.02
     min_body_area: float = 0.01  # fraction of the frame a mask blob needs to count as a body
     second_body_ratio: float = 0.25  # ... and its area relative to the largest blob
