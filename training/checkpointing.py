@@ -11,7 +11,8 @@ Under FSDP the trained parameters, their EMA and the optimizer state stay sharde
 into ``sharded/`` with torch.distributed.checkpoint (DCP) instead of ``trainable.safetensors``/``ema.safetensors``
 and the optimizer entry of the state; ``model.safetensors`` holds the full weights gathered on rank 0.
 A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete; the ``.tmp-step_*``
-folders a killed write leaves are removed when the run starts again. No pickles.
+folders a killed write leaves are removed when the run starts again. No pickles, except the ``.metadata`` index
+that DCP writes into ``sharded/`` (torch reads it with pickle): it is read only after its sha256 is verified.
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ def save_training_checkpoint(run_dir: Path, step: int, *, trainable: dict[str, T
         tensors: dict[str, Tensor] = {}
         structure = flatten_state(state, tensors)
         save_file(tensors, str(tmp / STATE_TENSORS))
-        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "state": structure}))
+        groups = {"sharded": sorted(sharded)} if sharded is not None else {}  # has_ema reads it, not DCP's index
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "state": structure, **groups}))
 
     def finish() -> None:
         write_digests(tmp)
@@ -358,10 +360,11 @@ def has_ema(path: Path) -> bool:
         return True
     if not is_sharded(path):
         return False
-    import torch.distributed.checkpoint as dcp
-
-    keys = dcp.FileSystemReader(str(path / SHARDED)).read_metadata().state_dict_metadata
-    return any(key.startswith("ema.") for key in keys)
+    try:
+        return "ema" in json.loads((path / STATE_JSON).read_text()).get("sharded", [])
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path}: {STATE_JSON} is unreadable ({error}); the folder is damaged. "
+                              f"{_older_hint(path)}") from error
 
 
 def trained_files(path: Path) -> tuple[str, ...]:
