@@ -216,3 +216,5 @@ def load_engine(engine, checkpoint: Path) -> None:
                               "was written with, or from an older checkpoint.") from error
     if loaded is None:
         raise CheckpointError(f"checkpoint {checkpoint}: no DeepSpeed engine state in {folder}.")
+    if engine.zero_optimization_partition_weights():
+        engine.empty_partition_cache()  # ZeRO-3: release what loading left gathered before the first forward
