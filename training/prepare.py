@@ -5,6 +5,12 @@ latents of the pseudo driving clip under `data.pseudo_variants` random similarit
 to realign them). World clips with a ground-truth file get exact cues; scene clips (``"person": false`` in the
 metadata) get blank cues. Clips already cached under the same key are skipped, so an interrupted prepare resumes;
 clips that cannot be read are listed with the reason in ``skipped.jsonl``.
+
+Real-scale footage: only each window's frames are decoded, straight to the working size in uint8
+(`training.framing`: `data.fit` crop around the person or letterbox), at `data.fps`; the reference is a frame
+outside the target window unless the metadata names an image (`data.reference`); windows take the longest of
+`data.lengths` a clip fills where the backbone allows. The VAE runs on `data.device`; under `accelerate launch` or
+torchrun each process prepares every `world`-th clip and rank 0 writes the index, the cache equal to one process's.
 """
 
 from __future__ import annotations
