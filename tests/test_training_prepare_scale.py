@@ -313,3 +313,20 @@ def test_crop_of_the_real_portrait_footage_frames_the_dancer_whole():
     assert max(float(inside[2] - inside[0]), float(inside[3] - inside[1])) > 0.8 * 128  # and fills it on one side
     centre = person_framing(source, size, None).map_boxes((box * 4.0)[None])[0]
     assert float(centre[1]) < -2 or float(centre[3]) > 130  # where the plain centre crop cuts the dancer
+
+
+def test_the_device_flag_is_checked_before_the_cache_folder_is_made(long_world, tmp_path):
+    import argparse
+
+    from training.prepare import add_arguments, prepare_device, run
+
+    root, data, model = long_world
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sets = [x for o in overrides(root, data, model, f"data.cache={json.dumps(str(tmp_path / 'cache'))}")
+            for x in ("--set", o)]
+    with pytest.raises(InputError, match="data.device cuda:99"):
+        run(parser.parse_args([str(CONFIG), *sets, "--device", "cuda:99"]))
+    assert not (tmp_path / "cache").exists()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert prepare_device("auto").type == expected and prepare_device("cpu").type == "cpu"
