@@ -61,7 +61,11 @@ def mask_centre_columns(masks: Tensor) -> tuple[Tensor, Tensor]:
     """
     if masks.ndim != 3:
         raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
-    columns = masks.to(torch.float32).clamp(0.0, 1.0).sum(dim=1)  # [F, W]
+    masks = masks.to(torch.float32)
+    low, high = torch.aminmax(masks)
+    if not (float(low) >= 0.0 and float(high) <= 1.0):  # a read pass costs less than a clamped full-size copy
+        masks = masks.clamp(0.0, 1.0)
+    columns = masks.sum(dim=1)  # [F, W]
     cumulative = columns.cumsum(dim=1)
     total = cumulative[:, -1]
     valid = total > 0
