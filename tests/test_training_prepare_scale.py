@@ -330,3 +330,15 @@ def test_the_device_flag_is_checked_before_the_cache_folder_is_made(long_world, 
     assert not (tmp_path / "cache").exists()
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert prepare_device("auto").type == expected and prepare_device("cpu").type == "cpu"
+
+
+def test_a_clip_without_a_stored_frame_count_is_counted_before_windows_are_cut(tmp_path):
+    from directanimator.video import probe_video
+    from training.prepare import _frame_count
+
+    export_world(tmp_path, WorldConfig(height=64, width=64, num_frames=7), clips=1, fmt="mp4")
+    path = tmp_path / read_metadata(tmp_path)[0]["clip"]
+    probe = probe_video(path)
+    assert _frame_count(path, probe) == 7
+    assert _frame_count(path, dict(probe, frame_count=None, frame_count_exact=False)) == 7  # (mkv, webm streams)
+    assert _frame_count(path, dict(probe, frame_count=9, frame_count_exact=False)) == 7  # an estimate is not used

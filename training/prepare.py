@@ -238,6 +238,17 @@ def _read_frames(path: Path, indices: list[int], size: tuple[int, int], fps: flo
     return torch.stack([got[i] for i in indices])
 
 
+COUNT_SIZE = (16, 16)  # frames are decoded this small when a container stores no exact frame count
+
+
+def _frame_count(path: Path, probe: dict) -> int:
+    """The clip's frame count: the stored one, else counted by decoding it once at a tiny size (windows are planned
+    from it, so an estimate from the duration would not do)."""
+    if probe["frame_count_exact"] and probe["frame_count"]:
+        return int(probe["frame_count"])
+    return read_video(path, size=COUNT_SIZE, resize="stretch", fps=probe["fps"], dtype=torch.uint8).num_frames
+
+
 def _to_float(frames: Tensor) -> Tensor:
     """uint8 frames -> float32 0..1, the values `read_video` gives in float32."""
     return frames.float().div_(255.0)
@@ -300,7 +311,7 @@ def _extract(job: dict) -> list[dict]:
                          "`reference` to the metadata, or use data.reference='outside'.")
     clip = root / entry["clip"]
     probe = probe_video(clip, fps=fps)
-    source, num = (int(probe["height"]), int(probe["width"])), int(probe["frame_count"])
+    source, num = (int(probe["height"]), int(probe["width"])), _frame_count(clip, probe)
     file_reference = read_image(root / entry["reference"]) if has_file else None
     pseudo_path = root / entry["pseudo_driving"] if job["pseudo"] and "pseudo_driving" in entry else None
     truth = load_file(str(root / entry["ground_truth"])) if job["ground_truth"] and "ground_truth" in entry else None
@@ -364,7 +375,7 @@ def _pseudo_variants(job: dict, entry: dict, path: Path | None, index: list[int]
         return []
     probe = probe_video(path, fps=fps)
     framing = letterbox_framing((int(probe["height"]), int(probe["width"])), size)
-    p_index = [min(i, int(probe["frame_count"]) - 1) for i in index]
+    p_index = [min(i, _frame_count(path, probe) - 1) for i in index]
     pseudo = _to_float(framing.place(_read_frames(path, p_index, framing.scaled, fps)))
     frames = len(index)
     variants = []
