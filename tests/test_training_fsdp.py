@@ -210,3 +210,30 @@ def test_ranks_that_see_different_run_folders_or_steps_fail_clearly_on_every_ran
     assert results[0]["failure"] == "InputError: rank 0 refused the run folder"
     assert results[1]["failure"] == "RankError: process 0 of the run failed: InputError: rank 0 refused the run folder"
     assert not (tmp_path / "shared" / ".shared-folder-check").exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process: meant
+def test_a_sharded_checkpoint_is_digested_listed_and_read_back_in_one_process(tmp_path):
+    """The sharded format without processes: DCP files under sharded/ are in the digests, `--resume` accepts the
+    folder, export reads its raw weights and knows it has an EMA, and a changed shard is refused."""
+    import json
+
+    from directanimator.errors import CheckpointError
+    from training.checkpointing import (DIGESTS, has_ema, read_trained, resolve_resume, save_training_checkpoint,
+                                       trained_files, verify_checkpoint)
+
+    trained, ema = {"blocks.0.w": torch.arange(6.0).reshape(2, 3)}, {"blocks.0.w": torch.ones(2, 3)}
+    folder = save_training_checkpoint(tmp_path / "run", 4, trainable=None, state={"step": 4},
+                                      sharded={"trainable": dict(trained), "ema": dict(ema)})
+    assert not (folder / TRAINABLE).exists() and resolve_resume(tmp_path / "run", str(folder)) == folder
+    digests = json.loads((folder / DIGESTS).read_text())["sha256"]
+    assert set(trained_files(folder)) <= set(digests) and f"{SHARDED}/.metadata" in digests
+    assert has_ema(folder) and torch.equal(read_trained(folder)["blocks.0.w"], trained["blocks.0.w"])
+    assert torch.equal(read_sharded_tensors(folder, "ema")["blocks.0.w"], ema["blocks.0.w"])
+    without = save_training_checkpoint(tmp_path / "plain", 1, trainable=None, state={},
+                                       sharded={"trainable": dict(trained)})
+    assert not has_ema(without)
+    shard = next((folder / SHARDED).glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1] + bytes([shard.read_bytes()[-1] ^ 0xFF]))
+    with pytest.raises(CheckpointError, match=r"sharded/__0_0\.distcp differs from the sha256"):
+        verify_checkpoint(folder)
