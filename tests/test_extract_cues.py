@@ -364,3 +364,34 @@ def test_extract_cues_under_inference_mode_as_comfyui_runs_nodes():
     with torch.inference_mode():
         triplet = extract(driving=frames, masks=masks, faces=faces)
     assert triplet.pose.shape[0] == count and bool(triplet.record.face_valid.all())
+
+
+def test_the_two_halves_run_with_one_library_thread_each_and_the_settings_come_back(monkeypatch):
+    # the cue builders run on the two halves of the clip at once; inside, torch and OpenCV keep one thread each
+    import cv2
+
+    from directanimator.cues import extract as extract_module
+
+    seen = []
+    build_pose = extract_module._pose_grey
+
+    def recording(*args, **kwargs):
+        seen.append((torch.get_num_threads(), cv2.getNumThreads()))
+        return build_pose(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "_pose_grey", recording)
+    frames, masks, faces = (torch.cat([x, x]) for x in puppet_clip())  # 10 frames: two halves of 5
+    before = (torch.get_num_threads(), cv2.getNumThreads())
+    torch.set_num_threads(2)
+    cv2.setNumThreads(2)
+    try:
+        triplet = extract(driving=frames, masks=masks, faces=faces)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+    assert seen[:2] == [(1, 1), (1, 1)]  # the two halves; the reference's own cues come after, with both threads
+    assert seen[2] == (2, 2)
+    assert triplet.pose.shape[0] == 10
+    # the pose cue is one grey channel shown three times (a view), its values the same in each
+    assert triplet.pose.stride(-1) == 0 and torch.equal(triplet.pose[..., 0], triplet.pose[..., 2])
