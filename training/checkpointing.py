@@ -148,9 +148,9 @@ def write_digests(folder: Path) -> None:
     (folder / DIGESTS).write_text(json.dumps({"sha256": digests}, indent=1) + "\n")
 
 
-def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None) -> None:
-    """Raise CheckpointError when a file of checkpoint `folder` (those of `names` only, when given) differs from the
-    sha256 recorded when it was saved. A checkpoint written before digests were recorded is accepted (one log line)."""
+def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None, *, skip: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointError when a file of checkpoint `folder` (those of `names` only, when given; not those of
+    `skip`) differs from the sha256 recorded when it was saved. A checkpoint written before digests were recorded is accepted (one log line)."""
     folder = Path(folder)
     try:
         recorded = json.loads((folder / DIGESTS).read_text())["sha256"]
@@ -162,7 +162,7 @@ def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None) -> Non
         raise CheckpointError(f"checkpoint {folder}: {DIGESTS} is unreadable ({error}); the folder is damaged. "
                               f"{_older_hint(folder)}") from error
     for name, expected in recorded.items():
-        if names is not None and name not in names:
+        if (names is not None and name not in names) or name in skip:
             continue
         path = folder / name
         found = file_digest(path) if path.is_file() else None

@@ -30,7 +30,7 @@ from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
-from .checkpointing import (DIGESTS, is_legacy_run, is_sharded, load_sharded_state, load_training_checkpoint,
+from .checkpointing import (DIGESTS, MODEL, is_legacy_run, is_sharded, load_sharded_state, load_training_checkpoint,
                             read_jsonl, remove_partial_checkpoints, resolve_resume, rng_state, save_training_checkpoint,
                             set_rng_state, truncate_metrics, verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
@@ -300,7 +300,8 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         """Continue from checkpoint folder `path` (every rank calls it; rank 0 verifies the files first)."""
-        on_all_ranks(lambda: verify_checkpoint(path), only_main=True)
+        # every file resume reads (sharded/ and engine files too), not the model file (export and stage 2 check it)
+        on_all_ranks(lambda: verify_checkpoint(path, skip=(MODEL,)), only_main=True)
         step, trainable, ema, state = load_training_checkpoint(path, verify=False)
         if self.sharded != is_sharded(path):
             raise InputError(f"--resume {path}: written by a {'sharded (FSDP)' if is_sharded(path) else 'non-sharded'} "
