@@ -1,4 +1,4 @@
-"""Frames per second of Driving Cue Triplet extraction on the real dance video, next to skeleton extraction.
+"""CPU time per frame and fps of Driving Cue Triplet extraction on the real dance video, next to skeleton extraction.
 
     python -m benchmarks.cues [--frames 96] [--markdown]
 
@@ -201,14 +201,18 @@ def write_section(markdown_table: str, info: dict, rows) -> None:
         "two detectors run at once (segmentation on the calling thread, face detection on a worker), then the "
         "three cue builders run on the two halves of the clip at once, so a free second core takes nearly half "
         "the work; with only one core free (other jobs), expect about the CPU time: "
-        f"{count / triplet_cpu:.0f} fps. Largest stages on their own: {largest} per frame. The two mediapipe "
-        "graphs are the floor (one inference each per frame). The builders avoid work the cues do not need: the "
-        "pose cue's Gaussian low-pass runs on the grid its cutoff needs (half resolution at the default 0.12, "
-        "within 0.0035 of the full-resolution filter) and the triplet keeps one grey channel (three as a view); "
-        "the face crops are OpenCV warps into a canvas whose black bars are never written (fresh memory costs "
-        "about 0.5 ms per MB to page in on this virtual machine). The stage rows time the public functions, "
-        "which return three materialised pose channels. The first version of these builders ran the whole "
-        "triplet at 2.2 fps (266 ms of CPU per frame) on this machine.",
+        f"{count / triplet_cpu:.0f} fps; while the two run at once, torch and OpenCV keep one thread each. Largest "
+        f"stages on their own (wall): {largest} per frame. The two mediapipe graphs are the floor (one inference "
+        "each per frame, the frames converted to uint8 once for both). The builders avoid work the cues do not "
+        "need: the pose cue's Gaussian low-pass runs on the grid its cutoff needs (half resolution at the default "
+        "0.12, within 0.0035 of the full-resolution filter) and the triplet keeps one grey channel (three as a "
+        "view); the face crops are OpenCV warps into a canvas whose black bars are never written; outputs are "
+        "numpy-allocated (huge pages: fresh memory was the largest cost after the detectors on this virtual "
+        "machine); mask values below 2^-24 are 0 (the selfie model's denormal background slowed the filters). "
+        "The stage rows time the public functions, which return three materialised pose channels. CPU times "
+        "rise with the machine's load (other jobs' cache and memory traffic), the skeleton's with them: compare "
+        "the two within one run. The first version of these builders ran the whole triplet at 2.2 fps (266 ms "
+        "of CPU per frame) on this machine.",
         "",
     ])
     old = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"

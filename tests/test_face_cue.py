@@ -155,3 +155,15 @@ def test_face_cue_samples_exactly_like_grid_sample_crops(size):
     black = torch.ones_like(expected, dtype=torch.bool)
     black[valid, top:top + side, left:left + side] = False
     assert not fast[black].any()  # bars and faceless frames stay exactly black
+
+
+def test_face_cue_on_a_real_picture_stays_within_the_sampling_bound():
+    # OpenCV's crop against the exact bilinear one on a photograph: far inside VALUE_ERROR
+    from helpers import real_reference
+
+    picture = real_reference("ref_real_person.jpg")  # 512x896
+    boxes = torch.tensor([[180.3, 60.7, 331.1, 211.5]])  # a fractional square box around the head region
+    fast = face_cue(picture, boxes, torch.tensor([True]))
+    exact = face_cue(picture, boxes, torch.tensor([True]), exact=True)
+    error = (fast - exact).abs()
+    assert float(exact.max()) > 0.5 and float(error.max()) < 0.02 and float(error.mean()) < 1e-3
