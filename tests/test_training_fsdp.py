@@ -159,14 +159,16 @@ def test_the_export_of_a_sharded_run_loads_and_holds_the_gathered_weights(stage1
 
 
 @pytest.mark.slow
-def test_fsdp_stage2_with_a_sharded_s2x_teacher_follows_one_process(stage1_runs):
+@pytest.mark.parametrize("mode", ["copy", "lora_disabled"])
+def test_fsdp_stage2_with_the_s2x_teacher_follows_one_process(stage1_runs, mode):
+    """copy: the frozen teacher is sharded like the student; lora_disabled: the sharded student is its own teacher."""
     root, args = stage1_runs
     checkpoint = root / "runs" / "one" / "checkpoints" / f"step_{STEPS:06d}" / "model.safetensors"
-    s2 = [*args, f"model.checkpoint='{checkpoint}'", "stage2.teacher_mode='copy'", "stage2.lambda_value=0.5",
+    s2 = [*args, f"model.checkpoint='{checkpoint}'", f"stage2.teacher_mode='{mode}'", "stage2.lambda_value=0.5",
           "stage2.lambda_ramp_steps=2"]
-    run(root, "stage2", [*s2, "run.name='s2one'", "run.batch_size=2"], launcher="python")
-    run(root, "stage2", [*s2, "run.name='s2fsdp'", "run.batch_size=1"])
-    one, fsdp = read_metrics(root / "runs" / "s2one"), read_metrics(root / "runs" / "s2fsdp")
+    run(root, "stage2", [*s2, f"run.name='s2one_{mode}'", "run.batch_size=2"], launcher="python")
+    run(root, "stage2", [*s2, f"run.name='s2fsdp_{mode}'", "run.batch_size=1"])
+    one, fsdp = (read_metrics(root / "runs" / f"s2{kind}_{mode}") for kind in ("one", "fsdp"))
     assert_same_trajectory(fsdp, one, keys=("loss", "denoise", "s2x", "lr", "grad_norm"))
     assert [r["lambda"] for r in fsdp[:3]] == [0.0, 0.25, 0.5]
 
