@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -313,3 +314,31 @@ def test_command_with_two_workers_ingests_every_video_with_the_flags_settings(tm
     assert sorted(e["source"] for e in entries) == ["a.mp4", "b/a.gif"]
     assert {(e["num_frames"], e["fps"], e["height"], e["width"]) for e in entries} == {(9, 8.0, 192, 108)}
     assert len({e["identity"] for e in entries}) == 2
+
+
+@pytest.mark.slow
+def test_an_ingested_folder_prepares_and_trains_as_it_is(ingested, tmp_path):
+    """The road a user takes: ingest's metadata.jsonl goes straight into prepare (crop around the dancer, the
+    reference outside the window, windows at data.fps) and a stage-1 step, with nothing edited by hand."""
+    from tests.training_world import CONFIG, make_world, overrides
+    from training.config import load_config
+    from training.data import CachedClips
+    from training.prepare import prepare
+    from training.stage1 import train_stage1
+
+    out, report = ingested
+    _, model = make_world(tmp_path)
+    config = load_config(CONFIG, overrides(tmp_path, out, model, "data.fit='crop'", "data.reference='outside'",
+                                           "data.fps=6.0", "data.workers=0", "run.steps=1", "run.save_every=1"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = prepare(config)
+        kept = report["totals"]["clips_kept"]
+        assert kept >= 2 and result["done"] == kept and result["skipped"] == 0, (result, report["totals"])
+        clips = CachedClips(config, stage=1)
+        assert len(clips) == kept
+        losses = train_stage1(config)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses) == 1 and math.isfinite(losses[0]["loss"])
