@@ -27,3 +27,13 @@ def tiny_root(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+@pytest.fixture
+def fresh_precision():
+    """accelerate keeps one mixed precision per process: start and leave this test with a fresh state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()

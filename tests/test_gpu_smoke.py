@@ -15,7 +15,7 @@ from training.data import CachedClips, make_batch
 
 
 @pytest.mark.slow
-def test_tiny_mode_trains_both_stages_and_samples_through_the_project_code(capsys):
+def test_tiny_mode_trains_both_stages_and_samples_through_the_project_code(capsys, fresh_precision):
     args = gpu_smoke.parse_args(["--tiny", "--stage1-steps", "2", "--stage2-steps", "2", "--sample-steps", "2"])
     phases, config, device = gpu_smoke.run_smoke(args)
     assert device == "CPU"

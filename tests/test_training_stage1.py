@@ -164,16 +164,6 @@ def test_the_ema_follows_the_weights_and_the_optimizer_is_fused(world):
     assert any(not torch.equal(trainer.ema[n], start[n]) for n in start)
 
 
-@pytest.fixture
-def fresh_precision():
-    """accelerate keeps one mixed precision per process: start and leave this test with a fresh state."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    yield
-    AcceleratorState._reset_state()
-
-
 def test_bf16_mixed_precision_runs_on_the_cpu_when_asked_and_auto_stays_fp32(world, fresh_precision):
     from accelerate.state import AcceleratorState
 
