@@ -385,16 +385,19 @@ class Trainer:
 
     def save(self) -> Path:
         """Write the checkpoint of the current step (every rank calls it)."""
-        write_model = self.write_model
-        if self.deepspeed:  # every rank writes its engine partition into the folder, beside the model file
-            def write_model(path: Path) -> None:
+        def write_model(path: Path) -> None:
+            if self.deepspeed:  # every rank writes its engine partition into the folder, beside the model file
                 save_engine(self.model, path.parent)
-                self.write_model(path)
+            self.write_model(path)
+
+        if self.sharded:
+            trainable = None  # in sharded/ (DCP)
+        elif self.deepspeed:
+            trainable = full_trainable(self.names, self.params, self.accelerator)  # gathered under ZeRO-3
+        else:
+            trainable = self.trainable_state()
         return save_training_checkpoint(self.run_dir, self.step, state=self.state(), write_model=write_model,
-                                        trainable=None if self.sharded else
-                                        full_trainable(self.names, self.params, self.accelerator) if self.deepspeed
-                                        else self.trainable_state(),
-                                        ema=None if self.sharded else self.ema,
+                                        trainable=trainable, ema=None if self.sharded else self.ema,
                                         sharded=self.sharded_state() if self.sharded else None,
                                         keep_last=self.config.run.keep_last)
 
