@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import InputError
@@ -27,3 +29,13 @@ def usable_device(device: str | torch.device, *, name: str = "--device") -> torc
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise InputError(f"{name} {device}: not a device this pack runs on; use cpu, cuda or cuda:N.")
     return dev
+
+
+def process_device(spec: str | torch.device = "auto", *, name: str = "--device") -> torch.device:
+    """`spec` checked by `usable_device`; "auto" is this process's GPU when CUDA is usable (its LOCAL_RANK under a
+    multi-process launch, so each process of `accelerate launch` / torchrun takes its own), else the CPU."""
+    if spec != "auto":
+        return usable_device(spec, name=name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from directanimator.conditioning import encode_conditioning, pad_frames, plan_frame_count
 from directanimator.cues import CueConfig, CueRecord, CueTriplet, Similarity, extract_cues
 from directanimator.atomic import atomic_path, save_safetensors
-from directanimator.devices import usable_device
+from directanimator.devices import process_device
 from directanimator.errors import DirectAnimatorError, InputError
 from directanimator.models.configs import backbone_config
 from directanimator.vae_io import encode_frames
@@ -511,13 +511,8 @@ def check_buckets(config: TrainConfig, bc: dict) -> None:
 
 
 def prepare_device(spec: str) -> torch.device:
-    """The device of prepare's VAE for `data.device`: "auto" is this process's GPU (its LOCAL_RANK under a
-    multi-process launch) when CUDA is usable, else the CPU."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
-    return usable_device(spec, name="data.device")
+    """The device of prepare's VAE for `data.device` (directanimator.devices.process_device)."""
+    return process_device(spec, name="data.device")
 
 
 def _process_group():

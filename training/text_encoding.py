@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from directanimator.atomic import save_safetensors
-from directanimator.devices import usable_device
+from directanimator.devices import process_device
 from directanimator.errors import InputError
 from directanimator.text import (TextEncoderFolders, encode_prompts, find_text_encoder, fit_text_embeddings,
                                  load_text_encoder)
@@ -95,13 +94,8 @@ def text_encoder_folders(config: TrainConfig) -> TextEncoderFolders | None:
 
 
 def encode_device(config: TrainConfig) -> torch.device:
-    """Where the text encoder runs: `data.device`, whose "auto" is this process's GPU (its LOCAL_RANK under a
-    multi-process launch) when CUDA is usable, else the CPU; prepare's VAE follows the same rule."""
-    if config.data.device != "auto":
-        return usable_device(config.data.device, name="data.device")
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device("cpu")
+    """Where the text encoder runs: `data.device`, by the rule of prepare's VAE (devices.process_device)."""
+    return process_device(config.data.device, name="data.device")
 
 
 def _check_width(folders: TextEncoderFolders, bc: dict) -> None:
