@@ -123,12 +123,17 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = benchmark_parser(__doc__, repeats=1)
     parser.add_argument("--copies", type=int, default=4)
-    args = parser.parse_args()
+    run_ingest(parser.parse_args())
+
+
+def run_ingest(args) -> None:
+    """Measure and publish the "Ingest" section (also `python -m benchmarks.prepare --ingest`)."""
     logging.basicConfig(level=logging.WARNING)
-    rows = ingest_rows(copies=args.copies, repeats=args.repeats, threads=args.threads)
+    copies = getattr(args, "copies", 4)
+    rows = ingest_rows(copies=copies, repeats=args.repeats, threads=args.threads)
     text = "\n".join([
         SECTION, "",
-        f"`python -m benchmarks.ingest` ({args.copies} copies of the real dance video, 1080x1920 at 24 fps, "
+        f"`python -m benchmarks.ingest` ({copies} copies of the real dance video, 1080x1920 at 24 fps, "
         f"{rows[0]['footage_seconds']:.0f} s of footage; default settings: 49-frame clips at 16 fps written at 720 px, "
         f"9 checked frames per clip at 512 px; median of {args.repeats}); {machine_line(args.threads)}.", "",
         table(rows), "",

@@ -2,6 +2,7 @@
 
     python -m benchmarks.prepare [--clips 6] [--repeats 3] [--no-write]          # encode precision
     python -m benchmarks.prepare --scale [--repeats 2] [--no-write]              # real footage, real sizes
+    python -m benchmarks.prepare --ingest [--copies 4] [--no-write]              # ingest throughput
 
 Default: renders `--clips` world samples (128x128 px, 17 frames: the bundled demo model's working size), extracts
 their exact cue triplets (the clip's own and a pseudo driving clip's, as prepare caches them) and encodes each clip
@@ -15,6 +16,9 @@ at 128x128 (17 frames) and 480x720 (45 frames at 8 fps, CogVideoX-5B-I2V's windo
 prepare used before and by its window read straight to the working size in uint8 (letterbox, and crop with the
 person segmented); then the VAE's share, counted in FLOPs on the meta device for the real CogVideoX VAE config
 and the demo VAE, with the demo VAE's measured time per clip. Writes the "Prepare at scale" section.
+
+`--ingest`: `python -m training ingest` on copies of the real dance video, source minutes per wall minute against
+decoding alone (benchmarks/ingest.py). Writes the "Ingest" section.
 """
 
 from __future__ import annotations
@@ -68,8 +72,15 @@ def main() -> None:
     parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--scale", action="store_true", help="real footage at real working sizes (see above)")
+    parser.add_argument("--ingest", action="store_true", help="ingest throughput on the real footage (see above)")
+    parser.add_argument("--copies", type=int, default=4, help="--ingest: copies of the dance video to ingest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.ingest:
+        from benchmarks.ingest import run_ingest
+
+        run_ingest(args)
+        return
     if args.scale:
         from benchmarks.prepare_scale import run_scale
 
