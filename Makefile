@@ -42,6 +42,8 @@ bench: setup
 	$(PY) -m benchmarks.cues
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.world
 	$(PY) -m benchmarks.prepare
+	$(PY) -m benchmarks.prepare --scale
+	$(PY) -m benchmarks.prepare --ingest
 	$(PY) -m benchmarks.precision
 
 clean:
