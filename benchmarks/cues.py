@@ -6,7 +6,8 @@ Decodes the first `--frames` frames of ../shared/data/real/dance_1080x1920_24fps
 height), then times each stage on them with 2 torch and 2 OpenCV threads: segmentation, face detection, the three
 cue builders (each fed the outputs of the stages before it), the whole triplet (`extract_cues`, reference included)
 and, in the same run, mediapipe Pose landmarks (model_complexity=1, tracking mode), the skeleton that pose-driven
-animators extract. Prints the table and writes it to docs/benchmarks.md, section "Cue extraction".
+animators extract. Prints the table and writes it to docs/benchmarks.md, section "Cue extraction" (not with
+--no-write).
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=96, help="driving frames to time (default 96, 4 s)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--repeats", type=int, default=2, help="runs per stage; the fastest counts (default 2)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; leave docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.frames < 2 or args.repeats < 1:
         parser.error("--frames must be at least 2 and --repeats at least 1")
@@ -241,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     rows, info = run(args.frames)
     count = info["frames"]
     print(table(rows, count, args.markdown))
+    print(f"load average {info['load']} at the end")
+    if args.no_write:
+        return
     write_section(table(rows, count, markdown=True), info, rows)
     print(f"\nwritten to {DOC.relative_to(ROOT)}, section {SECTION[3:]!r}")
 

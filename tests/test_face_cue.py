@@ -1,5 +1,6 @@
 """Face cue and face tracks: boxes from masks, gap filling and smoothing, squared crops, centred face crops."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,18 @@ def test_face_cue_on_a_real_picture_stays_within_the_sampling_bound():
     exact = face_cue(picture, boxes, torch.tensor([True]), exact=True)
     error = (fast - exact).abs()
     assert float(exact.max()) > 0.5 and float(error.max()) < 0.02 and float(error.mean()) < 1e-3
+
+
+def test_clip_unit_is_numpy_clip_in_place_and_into_views():
+    from directanimator.cues.buffers import clip_unit
+
+    rng = np.random.default_rng(1)
+    image = (rng.standard_normal((40, 30, 3)) * 0.7 + 0.5).astype(np.float32)
+    expected = np.clip(image, 0.0, 1.0)
+    canvas = np.full((50, 40, 3), 7.0, np.float32)
+    view = canvas[5:45, 4:34]  # rows not contiguous with each other, as the face square in a landscape canvas
+    assert clip_unit(image, view) is view
+    np.testing.assert_array_equal(view, expected)
+    assert (canvas[:5] == 7.0).all() and (canvas[:, :4] == 7.0).all()  # nothing written outside the view
+    clip_unit(image, image)
+    np.testing.assert_array_equal(image, expected)

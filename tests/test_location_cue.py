@@ -314,3 +314,16 @@ def test_location_cue_equals_softening_the_warped_and_rendered_masks(cell):
     assert torch.allclose(body, expected_body, atol=1e-6)
     assert torch.allclose(face, expected_face, atol=1e-6)
     assert float(face[5].max()) == 0.0 and float(face[3].max()) > 0.5
+
+
+def test_cell_maxima_equal_max_pooling_on_tiling_and_partial_cells():
+    # the view reductions used when the cells tile the image give max_pool2d's values; other sizes use max_pool2d
+    import torch.nn.functional as F
+
+    from directanimator.cues.location_cue import _cell_maxima
+
+    generator = torch.Generator().manual_seed(3)
+    for height, width, cell in ((64, 48, 16), (37, 50, 8), (32, 32, 4)):
+        masks = torch.rand(3, height, width, generator=generator)
+        expected = F.max_pool2d(masks[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+        assert torch.equal(_cell_maxima(masks, cell), expected)

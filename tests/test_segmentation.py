@@ -306,3 +306,18 @@ def test_reference_pictures_get_a_person_mask_around_the_face(name):
     assert float(mask[y0:y1, x0:x1].mean()) > 0.8
     assert 0.1 < float(mask.mean()) < 0.5
     assert float(mask[:, :25].mean()) < 0.15 and float(mask[:, -25:].mean()) < 0.15
+
+
+def test_mask_clipping_matches_numpy_clip_and_floor():
+    # the OpenCV passes that clip each mask give exactly np.clip to 0..1 and the denormal floor
+    from directanimator.cues.segmentation import MASK_FLOOR, _clip_mask
+
+    rng = np.random.default_rng(0)
+    mask = (rng.standard_normal((37, 53)) * 0.8 + 0.5).astype(np.float32)
+    mask[0, :6] = [1e-40, -1e-40, MASK_FLOOR, 2 * MASK_FLOOR, 1.0, -0.0]
+    expected = np.clip(mask, 0.0, 1.0)
+    expected[expected <= MASK_FLOOR] = 0.0
+    out = np.full_like(mask, np.nan)
+    _clip_mask(mask, out)
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, 3] == 2 * MASK_FLOOR and out.min() == 0.0 and out.max() == 1.0

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from ..tensors import as_frames
-from .buffers import zeroed_buffer
+from .buffers import clip_unit, zeroed_buffer
 from .resample import opencv, sample_box
 
 
@@ -141,7 +141,7 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
         for i in range(count):
             if flags[i]:
                 sample_box(np.ascontiguousarray(frames_np[i]), box_list[i], square_np[i])
-                np.clip(square_np[i], 0.0, 1.0, out=square_np[i])
+                clip_unit(square_np[i], square_np[i])
             elif not out_zeroed:
                 square_np[i] = 0.0
         return canvas

@@ -309,6 +309,18 @@ def _soften_pooled(pooled: Tensor, size: tuple[int, int], cell: int, blur: float
     return out.clamp_(0.0, 1.0)
 
 
+def _cell_maxima(masks: Tensor, cell: int) -> Tensor:
+    """Maximum of ``[F, H, W]`` over `cell` x `cell` px cells from the top-left pixel, partial cells at the right
+    and bottom: ``[F, ceil(H / cell), ceil(W / cell)]``, as ``max_pool2d(ceil_mode=True)``. When the cells tile the
+    image, as two reductions of a view, rows of cells first (the same values, in a fifth of max_pool2d's time on
+    the CPU for 16 px cells at 512x896)."""
+    count, height, width = masks.shape
+    if height % cell or width % cell or not masks.is_contiguous():
+        return F.max_pool2d(masks[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+    rows = masks.view(count, height // cell, cell, width).amax(dim=2)  # [F, Hc, W]
+    return rows.view(count, height // cell, width // cell, cell).amax(dim=3)
+
+
 def grid_soften(masks: Tensor, *, cell: int = 16, blur: float = 4.0) -> Tensor:
     """Coarse silhouette of masks ``[F, H, W]``: max over `cell` x `cell` px cells (the grid starts at the top-left
     pixel, partial cells at the right and bottom), nearest upsampling, then a Gaussian blur of sigma `blur` px
@@ -324,7 +336,7 @@ def grid_soften(masks: Tensor, *, cell: int = 16, blur: float = 4.0) -> Tensor:
     height, width = masks.shape[-2:]
     x = masks.to(torch.float32)
     if cell > 1:
-        x = F.max_pool2d(x[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
+        x = _cell_maxima(x, cell)
     return _soften_pooled(x, (height, width), cell, blur)
 
 
@@ -426,11 +438,8 @@ def _location_cue(
         # warped and pooled a few frames at a time: the full-size warped masks are never all held, and the
         # small chunk buffers are reused instead of fresh memory that has to be paged in (that costs more here
         # than the warp itself)
-        pooled = torch.cat([
-            F.max_pool2d(warp_masks(body_masks[start:start + WARP_CHUNK], transform, size)[:, None],
-                         kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
-            for start in range(0, count, WARP_CHUNK)
-        ])
+        pooled = torch.cat([_cell_maxima(warp_masks(body_masks[start:start + WARP_CHUNK], transform, size), cell)
+                            for start in range(0, count, WARP_CHUNK)])
     else:
         pooled = warp_masks(body_masks, transform, size)
     body = _soften_pooled(pooled, size, cell, blur, out=body_out)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from ..tensors import as_frames
 from .boxes import cue_masks
-from .buffers import empty_buffer
+from .buffers import clip_unit, empty_buffer
 from .segmentation import segment_person
 from .types import FilterType
 
@@ -410,7 +410,7 @@ def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, filtere
             # OpenCV's float RGB -> grey uses the BT.601 weights of LUMA_WEIGHTS
             cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma)
             cv2.multiply(luma, masks_np[i], dst=luma)
-            np.clip(filtered(luma), 0.0, 1.0, out=out_np[i])
+            clip_unit(filtered(luma), out_np[i])
         if report is not None:
             report(i)
     if any(skip):
