@@ -29,15 +29,15 @@ import torch
 from directanimator.errors import BackendUnavailableError, InputError
 from tests.training_world import CONFIG, make_world, overrides
 from training.config import load_config
-from training.deepspeed_support import (ENGINE_DIR, deepspeed_config, deepspeed_plugin, launch_settings,
-                                        make_deepspeed_accelerator, require_deepspeed)
+from training.deepspeed_support import (ENGINE_DIR, check_deepspeed_launch, deepspeed_config, deepspeed_plugin,
+                                        launch_settings, make_deepspeed_accelerator, require_deepspeed)
 from training.prepare import prepare
 from training.stage1 import train_stage1
 from training.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "configs"
-LAUNCH_ENV = ("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "ACCELERATE_GRADIENT_CLIPPING", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+LAUNCH_ENV = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "ACCELERATE_GRADIENT_CLIPPING", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
               "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE",
               "ACCELERATE_DEEPSPEED_CONFIG_FILE", "ACCELERATE_CONFIG_DS_FIELDS", "WORLD_SIZE")
 
@@ -97,6 +97,7 @@ def test_plugin_of_a_launch_holds_the_training_config_values_and_the_launch_conf
     ("ACCELERATE_GRADIENT_CLIPPING", "1.0", "gradient_clipping 1.0 differs from optim.clip_norm 0.5"),
     ("ACCELERATE_DEEPSPEED_CONFIG_FILE", "ds.json", "deepspeed_config_file is not used by the trainer"),
     ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1", "zero_stage 1 is not supported"),
+    ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0", "zero_stage 0 is not supported"),  # not taken for "unset" (ZeRO-2)
     ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "nvme", "offload_optimizer_device: 'nvme'"),
     ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "cpu", "offload_param_device needs zero_stage: 3"),
 ])
@@ -118,6 +119,57 @@ def test_deepspeed_asked_for_but_not_installed_names_the_install(launch_env):
         require_deepspeed()
     with pytest.raises(BackendUnavailableError, match="requirements-multigpu.txt"):
         make_deepspeed_accelerator(_bare(), mixed_precision="no", timeout_minutes=1)
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the launch config was checked")
+
+
+@pytest.mark.parametrize("setup, error, match", [
+    ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"}, InputError, "gradient_accumulation_steps 1 differs"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"}, InputError, "zero_stage 0 is not supported"),
+    ({"deepspeed": None}, BackendUnavailableError, "requirements-multigpu.txt"),
+])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_deepspeed_launch_is_checked_before_the_model_loads(launch_env, tmp_path, setup, error, match, stage):
+    from training import stage1, stage2
+
+    launch_env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    for name, value in setup.items():
+        if name == "deepspeed":
+            launch_env.setitem(sys.modules, "deepspeed", value)  # import deepspeed raises ImportError
+        else:
+            launch_env.setenv(name, value)
+    launch_env.setattr(stage1, "load_student", _no_model)
+    launch_env.setattr(stage2, "load_student", _no_model)
+    train = stage1.train_stage1 if stage == 1 else stage2.train_stage2
+    with pytest.raises(error, match=match):
+        train(_bare(f"run.out_dir='{tmp_path}'", "run.grad_accum=4", "model.checkpoint='stage1.safetensors'"))
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1"])
+def test_a_process_group_timeout_of_zero_or_less_is_refused_by_the_config_check(minutes, tmp_path):
+    from training.config import validate
+
+    validate(_bare(f"run.out_dir='{tmp_path}'"), check_paths=False)
+    with pytest.raises(InputError, match=r"run.dist_timeout_minutes=-?[01](\.0)?: must be > 0"):
+        validate(_bare(f"run.out_dir='{tmp_path}'", f"run.dist_timeout_minutes={minutes}"), check_paths=False)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (("run.validate_every=2",), "validation during a DeepSpeed ZeRO-3 run is not supported"),
+    (("optim.ema_decay=0.9", "model.train='full'"), "whole fp32 copy of the backbone on every process"),
+])
+def test_zero3_refuses_validation_and_a_full_fine_tuning_ema_up_front(launch_env, extra, match):
+    launch_env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    launch_env.setattr("training.deepspeed_support.require_deepspeed", lambda: None)
+    config = _bare(*extra)
+    check_deepspeed_launch(config)  # ZeRO-2 (the default stage) takes both
+    launch_env.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(InputError, match=match):
+        check_deepspeed_launch(config)
+    check_deepspeed_launch(_bare(*extra, "optim.ema_decay=0", "run.validate_every=0"))
+    check_deepspeed_launch(_bare("optim.ema_decay=0.9", "model.train='lora'"))  # a LoRA's EMA is small
 
 
 @pytest.mark.parametrize("name, stage", [("accelerate_deepspeed.yaml", 2), ("accelerate_deepspeed_zero3.yaml", 3)])
@@ -243,13 +295,14 @@ def test_zero3_full_finetuning_on_two_processes_follows_one_process_its_model_fi
     from directanimator.models import load_model
 
     root, args = world
-    full = ("model.train='full'",)
+    # no EMA: an EMA of a full fine-tuning is refused under ZeRO-3 (a whole fp32 copy on every rank)
+    full = ("model.train='full'", "optim.ema_decay=0")
     one = _one_process(root, args, "one_full", *full)
     _launch(root, "accelerate_deepspeed_zero3.yaml", args, *full, "run.name='z3'")
     _assert_same(one, read_metrics(root / "runs" / "z3"))
 
     step = f"step_{STEPS:06d}"
-    # every parameter of the partitioned model gathered into the file, EMA weights: those of the one-process run
+    # every parameter of the partitioned model gathered into the file: those of the one-process run
     model_file = root / "runs" / "z3" / "checkpoints" / step / "model.safetensors"
     mine, theirs = load_file(str(model_file)), load_file(str(root / "runs" / "one_full" / "checkpoints" / step /
                                                              "model.safetensors"))
@@ -259,8 +312,9 @@ def test_zero3_full_finetuning_on_two_processes_follows_one_process_its_model_fi
     animator = load_model(str(root / "model"), str(model_file), dtype="fp32")
     assert animator.info["weights"] == "full"
     loaded = dict(animator.transformer.named_parameters())
-    ema = load_file(str(model_file.parent / "ema.safetensors"))
-    assert ema and all(torch.equal(loaded[name], value) for name, value in ema.items() if name in loaded)
+    trained = load_file(str(model_file.parent / "trainable.safetensors"))  # written from rank 0's gathered copy
+    assert not (model_file.parent / "ema.safetensors").exists()
+    assert len(trained) > 10 and all(torch.equal(loaded[name], value) for name, value in trained.items())
 
     # resume from the middle checkpoint of a copy of the run: each rank reads its own partitions back
     import shutil
@@ -311,8 +365,7 @@ def test_bf16_under_deepspeed_is_autocast_around_fp32_weights_like_one_process(w
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), a["step"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-2), a["step"]
     assert two[0]["loss"] != fp32[0]["loss"]  # autocast ran (DeepSpeed's torch_autocast)
-    trained = load_file(str(root / "runs" / "z2_bf16" / "checkpoints" / f"step_{STEPS:06d}" /
-                            "trainable.safetensors"))
+    # the model file keeps the trained tensors' own dtype (trainable.safetensors is always written as float32, so it
+    # shows nothing): fp32 weights under autocast, not DeepSpeed's bf16 mode
     state = load_file(str(root / "runs" / "z2_bf16" / "checkpoints" / f"step_{STEPS:06d}" / "model.safetensors"))
-    assert {t.dtype for t in trained.values()} == {torch.float32}
     assert {t.dtype for k, t in state.items() if "fusion" in k or "lora" in k} == {torch.float32}

@@ -99,7 +99,8 @@ class DataConfig:
     # "random_outside" (a seeded random such frame), "first" (frame 0, the older behaviour), "file" (no fallback:
     # entries without a reference image are skipped)
     reference: str = "outside"
-    # noise on the reference latent at batch time (CogVideoX image-to-video fine-tuning): [mean, std] of log sigma,
+    # noise on the cached reference latent at batch time (a latent-space version of CogVideoX image-to-video
+    # fine-tuning's noise, which goes on the pixel image before encoding): [mean, std] of log sigma,
     # sigma = exp(mean + std * N(0, 1)) per sample, e.g. [-3.0, 0.5]; [] is off
     reference_noise: list = field(default_factory=list)
 
@@ -390,6 +391,9 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
          "validate_every >= 0.")
     need(r.mixed_precision in PRECISIONS, f"run.mixed_precision={r.mixed_precision!r}: use {', '.join(PRECISIONS)}.")
     need(0 <= r.timestep_min < r.timestep_max, "run.timestep_min must be >= 0 and below run.timestep_max.")
+    need(r.dist_timeout_minutes > 0 and math.isfinite(r.dist_timeout_minutes),
+         f"run.dist_timeout_minutes={r.dist_timeout_minutes}: must be > 0 (minutes a process waits for the others, "
+         "e.g. while rank 0 writes a checkpoint).")
     need(s.teacher_mode in TEACHER_MODES, f"stage2.teacher_mode={s.teacher_mode!r}: use {', '.join(TEACHER_MODES)}.")
     need(s.lambda_schedule in LAMBDA_SCHEDULES,
          f"stage2.lambda_schedule={s.lambda_schedule!r}: use {', '.join(LAMBDA_SCHEDULES)}.")

@@ -116,9 +116,36 @@ def launch_settings(config: TrainConfig) -> dict:
         raise InputError(f"accelerate config: gradient_clipping {clip} differs from optim.clip_norm "
                          f"{config.optim.clip_norm}; remove it from the accelerate config (the training config sets "
                          "it).")
-    return {"zero_stage": _launch_int("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2,
+    stage = _launch_int("ACCELERATE_DEEPSPEED_ZERO_STAGE")  # unset: ZeRO-2; a stage 0 is refused, not replaced
+    return {"zero_stage": 2 if stage is None else stage,
             "offload_optimizer": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none").lower(),
             "offload_param": os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none").lower()}
+
+
+def check_deepspeed_launch(config: TrainConfig) -> None:
+    """When the launch asks for DeepSpeed: deepspeed importable (BackendUnavailableError), the launch config agreeing
+    with `config` and what the trainer supports under its ZeRO stage (InputError). Reads only the environment and
+    `config`, so the stages call it before the model loads; nothing to check without DeepSpeed."""
+    if not deepspeed_requested():
+        return
+    require_deepspeed()
+    settings = launch_settings(config)
+    deepspeed_config(config, world=int(os.environ.get("WORLD_SIZE", "1")), **settings)  # stage and offload checks
+    if settings["zero_stage"] != 3:
+        return
+    if config.run.validate_every > 0:
+        # forwards without a backward leave ZeRO-3 parameters gathered; releasing them after sampling has not been
+        # exercised by a multi-process run here, so the trainer does not validate during a ZeRO-3 run
+        raise InputError(f"config run.validate_every={config.run.validate_every}: validation during a DeepSpeed "
+                         "ZeRO-3 run is not supported; set run.validate_every=0 and sample the checkpoints' "
+                         "model.safetensors afterwards (python -m training validate), or launch with "
+                         "accelerate_deepspeed.yaml (ZeRO-2) or accelerate_fsdp.yaml.")
+    if config.optim.ema_decay > 0 and config.model.train == "full":
+        raise InputError(f"config optim.ema_decay={config.optim.ema_decay} with model.train='full' under DeepSpeed "
+                         "ZeRO-3: the EMA would be a whole fp32 copy of the backbone on every process (4 bytes per "
+                         "parameter, about 22 GB for CogVideoX-5B, on each GPU), which ZeRO-3 is used to avoid. Set "
+                         "optim.ema_decay=0, train a LoRA (model.train='lora'), or launch with "
+                         "accelerate_deepspeed.yaml (ZeRO-2) or accelerate_fsdp.yaml (FSDP shards the EMA).")
 
 
 def deepspeed_plugin(config: TrainConfig, *, bf16: bool = False):
@@ -191,8 +218,11 @@ def gathered(params: list[nn.Parameter], accelerator) -> Iterator[None]:
 
 
 def full_trainable(names: dict[int, str], params: list[nn.Parameter], accelerator) -> dict[str, Tensor]:
-    """The trained parameters by name, whole, as CPU copies (gathered under ZeRO-3; every rank calls it)."""
+    """The trained parameters by name, whole, as CPU copies on rank 0 (the checkpoint writer), empty on the other
+    ranks; every rank calls it (each takes part in the ZeRO-3 gather)."""
     with gathered(params, accelerator):
+        if not accelerator.is_main_process:
+            return {}
         return {names[id(p)]: p.detach().float().cpu().clone() for p in params}
 
 
