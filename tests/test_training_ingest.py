@@ -342,3 +342,134 @@ def test_an_ingested_folder_prepares_and_trains_as_it_is(ingested, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert len(losses) == 1 and math.isfinite(losses[0]["loss"])
+
+
+# --------------------------------------------------------------------------- review fixes
+def _variable_rate_mkv(path: Path, frames: torch.Tensor) -> Path:
+    """`frames` at 24 fps with a 0.4 s pause after every 10th: Matroska stores no frame count, and the estimate
+    (duration x average rate) is far above the frames there are."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, rgb in enumerate(frames.numpy()):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += 400 if i % 10 == 9 else 42
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_variable_rate_mkv_is_ingested_not_taken_for_truncated(tmp_path, dance_small):
+    from directanimator.video import probe_video
+
+    root = tmp_path / "src"
+    root.mkdir()
+    path = _variable_rate_mkv(root / "vfr.mkv", dance_small[:40])
+    probe = probe_video(path)
+    assert not probe["frame_count_exact"] and probe["frame_count"] > 1.5 * 40  # what made it look truncated
+    report = ingest(root, tmp_path / "out", IngestConfig(**SMALL), workers=1, progress=False)
+    row = _row(report, "vfr.mkv")
+    assert row["status"] == "done" and row["clips_kept"] == 1, row
+
+
+def test_a_failed_clip_write_is_retried_by_the_next_run(tmp_path, dance_small, monkeypatch):
+    import training.ingest.source as source_module
+
+    root = tmp_path / "src"
+    root.mkdir()
+    write_video(root / "dance.mp4", dance_small[:40], 24.0)
+    out = tmp_path / "out"
+    calls = []
+
+    def disk_full_once(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return write_video(*args, **kwargs)
+
+    monkeypatch.setattr(source_module, "write_video", disk_full_once)
+    first = ingest(root, out, IngestConfig(**SMALL), workers=1, progress=False)
+    row = _row(first, "dance.mp4")
+    assert row["status"] == "failed" and "No space left" in row["reason"] and row["clips_kept"] == 0
+    again = ingest(root, out, IngestConfig(**SMALL), workers=1, progress=False)
+    row = _row(again, "dance.mp4")
+    assert (row["status"], row["resumed"], row["clips_kept"]) == ("done", False, 1)
+    assert [e["source"] for e in read_metadata(out)] == ["dance.mp4"]
+
+
+def test_a_caption_added_or_edited_after_an_ingest_reaches_the_metadata(tmp_path, dance_small):
+    root = tmp_path / "src"
+    root.mkdir()
+    write_video(root / "dance.mp4", dance_small[:40], 24.0)
+    out = tmp_path / "out"
+    ingest(root, out, IngestConfig(**SMALL), workers=1, progress=False)
+    assert [e.get("caption") for e in read_metadata(out)] == [None]
+    for text in ("a dancer", "a dancer in a bright room"):
+        (root / "dance.txt").write_text(text + "\n")
+        report = ingest(root, out, IngestConfig(**SMALL), workers=1, progress=False)
+        assert _row(report, "dance.mp4")["resumed"]  # the clips stand; only the metadata changes
+        assert [e.get("caption") for e in read_metadata(out)] == [text]
+    (root / "dance.txt").unlink()
+    ingest(root, out, IngestConfig(**SMALL), workers=1, progress=False)
+    assert [e.get("caption") for e in read_metadata(out)] == [None]
+
+
+def test_a_second_source_folder_into_the_same_out_is_refused_before_any_work(tmp_path):
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    ingest(tmp_path / "first", out, IngestConfig(**SMALL), workers=1, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(InputError) as error:
+        ingest(tmp_path / "second", out, IngestConfig(**SMALL), workers=1, progress=False)
+    message = str(error.value)
+    assert str((tmp_path / "first").resolve()) in message and str((tmp_path / "second").resolve()) in message
+    assert "new --out" in message
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    (out / "ingest_report.json").unlink()  # a run killed before its report: the saved results still say whose
+    with pytest.raises(InputError, match="another source folder"):
+        ingest(tmp_path / "second", out, IngestConfig(**SMALL), workers=1, progress=False)
+    assert ingest(tmp_path / "first", out, IngestConfig(**SMALL), workers=1, progress=False)["sources"]
+
+
+def test_a_source_slower_than_fps_keeps_its_own_rate(tmp_path, dance_small, caplog):
+    root = tmp_path / "src"
+    root.mkdir()
+    write_video(root / "phone.mp4", dance_small[::2][:30], 12.0)  # a 12 fps phone video
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="training.ingest.source"):
+        report = ingest(root, out, IngestConfig(**{**SMALL, "fps": 16.0}), workers=1, progress=False)
+    entries = read_metadata(out)
+    assert entries and _row(report, "phone.mp4")["clips_kept"] == len(entries)
+    assert {e["fps"] for e in entries} == {12.0}
+    clip = read_video(out / entries[0]["clip"], dtype=torch.uint8)
+    assert clip.fps == 12.0 and clip.num_frames == 9
+    assert (clip.frames[1:].float() - clip.frames[:-1].float()).abs().mean(dim=(1, 2, 3)).min() > 0.5  # no repeats
+    assert "phone.mp4 runs at 12 fps, below --fps 16" in caplog.text
+
+
+def test_a_bad_thread_count_is_refused_before_the_out_folder_is_made(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mp4").write_text("x")
+    with pytest.raises(InputError, match="threads=0"):
+        ingest(tmp_path / "src", tmp_path / "out", IngestConfig(**SMALL), threads=0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_source_run_leaves_the_callers_opencv_threads_as_they_were(tmp_path):
+    import cv2
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mp4").write_text("x")
+    before = cv2.getNumThreads()
+    ingest(tmp_path / "src", tmp_path / "out", IngestConfig(**SMALL), workers=1, threads=before + 1, progress=False)
+    assert cv2.getNumThreads() == before

@@ -5,8 +5,9 @@ is split at scene cuts (PySceneDetect), cut into back-to-back clips of --frames 
 kept only when the cue stack finds exactly one person and a face in most of its checked frames, enough motion, and
 it is neither too dark nor too blurred. DATA_DIR gets videos/*.mp4, metadata.jsonl (written last),
 ingest_report.json (every video's status and every rejected clip with its reason) and ingest_report.txt. A sidecar
-NAME.txt beside NAME.mp4 becomes the clips' caption. Unreadable files are reported and skipped. Interrupted runs
-resume: videos already done with the same settings are not redone. Settings come from the defaults, an [ingest]
+NAME.txt beside NAME.mp4 becomes the clips' caption (read again on every run). Unreadable files are reported and
+skipped; a video whose clips could not be written (disk full) is tried again by the next run. Interrupted runs
+resume: videos already done with the same settings are not redone. One DATA_DIR holds one SOURCE_DIR's clips. Settings come from the defaults, an [ingest]
 table of --config, then the flags.
 """
 
@@ -27,7 +28,7 @@ DEFAULTS = IngestConfig()
 # flag -> (setting, type, help)
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--frames": ("frames", int, "clip length in frames (4k+1)"),
-    "--fps": ("fps", float, "frame rate of the clips; 0 keeps each video's own rate"),
+    "--fps": ("fps", float, "frame rate of the clips; 0 keeps each video's own rate, as does a slower video"),
     "--min-side": ("min_side", int, "skip videos whose short side is below this many px"),
     "--max-side": ("max_side", int, "long side of the written clips in px (never upscaled)"),
     "--crf": ("crf", int, "H.264 quality of the written clips (lower is better)"),

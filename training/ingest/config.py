@@ -10,8 +10,9 @@ from pathlib import Path
 from directanimator.errors import InputError
 from directanimator.video.writing import X264_PRESETS
 
+from .scenes import DEFAULT_CUT_THRESHOLD
+
 IDENTITY_RULES = ("file", "folder")
-SOURCE_FPS = 0.0  # `fps` value meaning "keep each source's own rate"
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,14 @@ class IngestConfig:
     frames: int = 49  # clip length in frames (4k + 1: the VAE's rule); 49 is CogVideoX's training length
     # 16 fps: CogVideoX 1.5 and Wan train at 16 fps, and one rate for every clip keeps the motion per frame
     # comparable across sources of 24, 30 or 60 fps; 49 frames then cover 3 s, one dance phrase. 0 keeps the
-    # source rate.
+    # source rate, and so does a source slower than `fps` (its frames are never repeated).
     fps: float = 16.0
     min_side: int = 360  # px, short side of the source; below it the 480x720 working size is upscaled > 1.33x
     max_side: int = 720  # px, long side of the written clips (the 480x720 working size's long side); never upscaled
     crf: int = 18  # H.264 quality of the written clips (18: visually lossless)
     preset: str = "veryfast"  # H.264 speed preset: 4x as fast as "medium" at a similar size; encoding was a third of
     #                           the time of an ingest with "medium"
-    cut_threshold: float = 27.0  # PySceneDetect ContentDetector threshold (its default)
+    cut_threshold: float = DEFAULT_CUT_THRESHOLD  # PySceneDetect ContentDetector threshold (its default)
     min_scene_seconds: float = 0.5  # a second cut sooner than this after a cut is ignored (flashes)
     check_frames: int = 9  # frames checked per clip, evenly spaced
     # px, long side of checked frames: mediapipe's full-range face model found the dancer's face in every checked

@@ -69,24 +69,27 @@ def ingest(source_dir: str | Path, out: str | Path, config: IngestConfig, *, wor
 
     Sources already ingested into `out` with the same file and settings are not redone (their results are kept
     in ``out/.ingest/``), so a killed run resumes. `on_result(result)` is called after each source's result is
-    saved. ``metadata.jsonl`` is written last, atomically, listing the kept clips of every current source.
+    saved. ``metadata.jsonl`` is written last, atomically, listing the kept clips of every current source with
+    its sidecar caption as it is now. InputError, before anything is written, when `out` holds another source
+    folder's ingest.
     """
     config = config.check()
     if not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers {workers!r}: at least 1 (the number of sources ingested at the same time).")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads={threads!r}: at least 1 CPU thread.")
     out = Path(out)
     check_output_folder(out, COMMAND)
     root = Path(source_dir)
     sources = find_sources(root, skip=out)
     root = root.resolve()
+    _check_same_source(out, root)
     check_backends()
     claim_output_folder(out, COMMAND)
     (out / VIDEOS).mkdir(exist_ok=True)
 
     results: dict[str, dict] = {}
     todo = []
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise InputError(f"threads={threads!r}: at least 1 CPU thread.")
     threads = max(1, (threads or os.cpu_count() or 1) // workers)
     for source in sources:
         key = source.key(config)
@@ -136,10 +139,37 @@ def ingest(source_dir: str | Path, out: str | Path, config: IngestConfig, *, wor
         tmp.write_text(summary + "\n")
     for line in summary.splitlines():
         log.info("%s", line)
-    entries = [entry for result in ordered for entry in result["clips"]]
+    entries = [_with_caption(entry, by_rel[result["source"]].caption()) for result in ordered
+               for entry in result["clips"]]
     with atomic_path(out / METADATA) as tmp:
         tmp.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     return report
+
+
+def _with_caption(entry: dict, caption: str | None) -> dict:
+    """`entry` with the sidecar caption as it is now: a caption added or edited after the clips were cut counts
+    (resume keys cover the video file and the settings, not the sidecar)."""
+    entry = {k: v for k, v in entry.items() if k != "caption"}
+    return {**entry, "caption": caption} if caption else entry
+
+
+def _check_same_source(out: Path, root: Path) -> None:
+    """InputError when `out` holds an earlier ingest of another source folder: its clips would be deleted as stale."""
+    earlier = set()
+    try:
+        earlier.add(json.loads((out / REPORT).read_text())["source_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no finished run yet; the results of a killed one say the same
+    for path in (out / RESULTS).glob("*.json"):
+        try:
+            earlier.add(json.loads(path.read_text())["source_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    earlier.discard(str(root))
+    if earlier:
+        raise InputError(f"--out {out}: holds the ingest of another source folder, {sorted(earlier)[0]}, not "
+                         f"{root}; ingesting {root} there would delete that folder's clips. Give a new --out for "
+                         f"{root}, or ingest the same source folder ({sorted(earlier)[0]}) to resume or update it.")
 
 
 def _remove_stale_clips(out: Path, results: list[dict]) -> None:

@@ -25,13 +25,17 @@ class SourceInfo:
     width: int
     frame_count: int | None
     duration: float | None
+    # False when the container stores no count (mkv, webm) and `frame_count` is duration x average rate: an estimate
+    # that a variable-rate video misses by any amount
+    frame_count_exact: bool = False
 
 
 def source_info(path: Path) -> SourceInfo:
     """Probe `path` (VideoError when it cannot be opened or holds no video)."""
     probe = probe_video(path)
     return SourceInfo(fps=float(probe["fps"]), height=int(probe["height"]), width=int(probe["width"]),
-                      frame_count=probe.get("frame_count"), duration=probe.get("duration"))
+                      frame_count=probe.get("frame_count"), duration=probe.get("duration"),
+                      frame_count_exact=bool(probe.get("frame_count_exact")))
 
 
 def output_size(height: int, width: int, max_side: int) -> tuple[int, int]:

@@ -43,29 +43,40 @@ def _resized(frame: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
 
 
+class ClipWriteError(Exception):
+    """Writing a kept clip failed (disk full, encoder error): the output's fault, not the source's, so retried."""
+
+
 def ingest_source(job: dict) -> dict:
     """Worker entry: ``job`` = {"source": {"path", "rel"}, "root", "out", "config", "key", "threads"}; returns the
-    source's result (status, kept clips as metadata entries and their measurements, rejected clips with reasons)."""
+    source's result (status, kept clips as metadata entries and their measurements, rejected clips with reasons).
+    Status "unreadable" (kept until the file changes) is for a source that cannot be decoded; "failed" (tried
+    again by the next run) for anything else, a clip that could not be written included."""
     source = Source(path=Path(job["source"]["path"]), rel=job["source"]["rel"])
     config = IngestConfig(**job["config"])
     threads = int(job.get("threads", 1))
+    caller_threads = cv2.getNumThreads()  # a one-source run works in the caller's process: leave it as it was
     cv2.setNumThreads(threads)
     started = time.perf_counter()
-    result = {"source": source.rel, "key": job["key"], "status": "done", "reason": None, "clips": [],
-              "checks": {}, "rejected": []}
+    result = {"source": source.rel, "key": job["key"], "source_dir": job["root"], "status": "done", "reason": None,
+              "clips": [], "checks": {}, "rejected": []}
     written: list[Path] = []
     try:
         _ingest(source, Path(job["root"]), Path(job["out"]), config, result, written, threads)
     except BackendUnavailableError:
         raise  # the environment, not the file: every source would fail the same way
     except Exception as error:  # noqa: BLE001 - one odd file (a decoder or container quirk) must not end a long run
-        unexpected = not isinstance(error, (DirectAnimatorError, OSError))
-        if unexpected:
+        unreadable = isinstance(error, (DirectAnimatorError, OSError))
+        if isinstance(error, ClipWriteError):
+            log.warning("ingest: %s: %s; the next run tries this video again", source.rel, error)
+        elif not unreadable:
             log.warning("ingest: %s failed unexpectedly", source.rel, exc_info=True)
         for path in written:  # nothing of a source that could not be read to its end
             path.unlink(missing_ok=True)
-        result.update(status="failed" if unexpected else "unreadable", reason=f"{type(error).__name__}: {error}",
+        result.update(status="unreadable" if unreadable else "failed", reason=f"{type(error).__name__}: {error}",
                       clips=[], checks={}, rejected=[])
+    finally:
+        cv2.setNumThreads(caller_threads)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
@@ -79,6 +90,10 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
                                                  f"--min-side {config.min_side} px")
         return
     fps = config.fps or info.fps
+    if fps > info.fps:  # a faster clip would only repeat source frames: keep the source's own rate
+        log.info("ingest: %s runs at %g fps, below --fps %g: its clips keep %g fps", source.rel, info.fps, fps,
+                 info.fps)
+        fps = info.fps
     size = output_size(info.height, info.width, config.max_side)
     span, advance = clip_span(info.fps, fps, config.frames)
     picks = resample_indices(info.fps, fps, span, count=config.frames)
@@ -110,7 +125,10 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
         reason = rejection(stats, config)
         if reason is None:
             written.append(out / name)
-            write_video(out / name, clip, fps, crf=config.crf, preset=config.preset)
+            try:
+                write_video(out / name, clip, fps, crf=config.crf, preset=config.preset)
+            except Exception as error:  # noqa: BLE001 - any failure to write is the output's, not the source's
+                raise ClipWriteError(f"writing {name} failed ({type(error).__name__}: {error})") from error
             result["clips"].append({"clip": name, **common, **where})
             result["checks"][name] = stats.to_dict()
         else:
@@ -118,7 +136,8 @@ def _ingest(source: Source, root: Path, out: Path, config: IngestConfig, result:
         candidates += 1
         buffer, clip_start = buffer[advance:], clip_start + advance
     result["scenes"] = scene + 1
-    if info.frame_count and decoded < info.frame_count * (1 - TRUNCATION_SLACK) - 2:
+    # only a stored count: mkv and webm hold an estimate (duration x average rate) that variable-rate video misses
+    if info.frame_count_exact and info.frame_count and decoded < info.frame_count * (1 - TRUNCATION_SLACK) - 2:
         raise VideoError(f"video {source.path}: stores {info.frame_count} frames but only {decoded} could be "
                          "decoded; the file is truncated or damaged")
     if candidates == 0:
