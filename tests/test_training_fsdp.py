@@ -204,12 +204,16 @@ def test_ranks_that_see_different_run_folders_or_steps_fail_clearly_on_every_ran
     for rank in (0, 1):
         out = results[rank]
         assert out["timeout"] == 7 * 60  # run.dist_timeout_minutes reaches the process group
-        # FSDP2 on CPU processes, computing in bf16 like the GPU recipe (accelerate alone would give MULTI_CPU)
-        assert out["fsdp"] == ("FSDP", True, "torch.bfloat16")
+        # FSDP2 on CPU processes, computing in bf16 like the GPU recipe (accelerate alone would give MULTI_CPU),
+        # the gradients reduce-scattered in fp32 (accelerate's own policy would reduce them in bf16)
+        assert out["fsdp"] == ("FSDP", True, "torch.bfloat16", "torch.float32")
         assert out["shared_ok"]
         assert "rank 1 on" in out["local"] and "filesystem all machines share" in out["local"]
         assert "disagree on the resume step (rank 0: 0, rank 1: 2)" in out["agree"]
     assert results[0]["failure"] == "InputError: rank 0 refused the run folder"
+    # a checkpoint file only rank 1 cannot read during resume: rank 0 stops too, with rank 1's message
+    assert results[1]["restore"].startswith("CheckpointError: checkpoint") and "rank 1's disk" in results[1]["restore"]
+    assert results[0]["restore"].startswith("RankError: process 1 of the run failed: CheckpointError")
     assert results[1]["failure"] == "RankError: process 0 of the run failed: InputError: rank 0 refused the run folder"
     assert not (tmp_path / "shared" / ".shared-folder-check").exists()
 
@@ -240,3 +244,77 @@ def test_a_sharded_checkpoint_is_digested_listed_and_read_back_in_one_process(tm
     with pytest.raises(CheckpointError, match=r"sharded/__0_0\.distcp differs from the sha256"):
         verify_checkpoint(folder)
     verify_checkpoint(folder, skip=(shard.relative_to(folder).as_posix(),))  # how resume skips the model file
+
+
+# --------------------------------------------------------------------------- one process
+class _FakeAdamW8bit(torch.optim.AdamW):
+    """Stands in for bitsandbytes' 8-bit AdamW (not installed here) to show which optimizer is chosen."""
+
+
+@pytest.fixture
+def fake_bitsandbytes(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", SimpleNamespace(optim=SimpleNamespace(AdamW8bit=_FakeAdamW8bit)))
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_fsdp_takes_torch_adamw_for_auto_and_refuses_8bit_adamw_for_yes(fake_bitsandbytes, device, caplog):
+    from directanimator.errors import InputError
+    from training.trainer import make_optimizer
+
+    def config(value):
+        from training.config import TrainConfig, apply_overrides, build_config
+
+        return build_config(TrainConfig, apply_overrides({}, [f"optim.adamw_8bit='{value}'"]))
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    plain = make_optimizer(params, config("auto"), torch.device(device))
+    assert isinstance(plain, _FakeAdamW8bit) == (device == "cuda")  # not sharded: "auto" on CUDA takes 8-bit
+    with caplog.at_level("INFO", logger="training.trainer"):
+        sharded = make_optimizer(params, config("auto"), torch.device(device), sharded=True)
+    assert type(sharded) is torch.optim.AdamW and not sharded.defaults["fused"]
+    assert ("bitsandbytes' 8-bit AdamW does not support DTensor" in caplog.text) == (device == "cuda")
+    with pytest.raises(InputError, match=r"adamw_8bit='yes' under FSDP: .*does not support the sharded \(DTensor\)"):
+        make_optimizer(params, config("yes"), torch.device(device), sharded=True)
+    assert isinstance(make_optimizer(params, config("yes"), torch.device(device)), _FakeAdamW8bit)
+
+
+def test_trainer_prepare_builds_the_optimizer_for_sharded_parameters_under_fsdp(fake_bitsandbytes):
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.trainer import Trainer
+
+    model = torch.nn.Linear(2, 2)
+    for sharded, kind in ((True, torch.optim.AdamW), (False, _FakeAdamW8bit)):
+        fake = SimpleNamespace(device=torch.device("cuda"), sharded=sharded,
+                               accelerator=SimpleNamespace(prepare=lambda *objects: objects))
+        _, optimizer = Trainer.prepare(fake, model, TrainConfig())
+        assert type(optimizer) is kind
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process: meant
+@pytest.mark.parametrize("kind", ["sharded", "deepspeed"])
+def test_resuming_with_an_ema_from_a_checkpoint_without_one_says_so(tmp_path, kind):
+    """Both branches that do not read ema.safetensors: an FSDP run's sharded/ and a DeepSpeed run's engine folder."""
+    from types import SimpleNamespace
+
+    from directanimator.errors import InputError
+    from training.checkpointing import rng_state, save_training_checkpoint
+    from training.deepspeed_support import ENGINE_DIR, ENGINE_TAG
+    from training.trainer import Trainer
+
+    trained = {"blocks.0.w": torch.ones(2, 3)}
+    state = {"lr_scheduler": {}, "rng": rng_state(), "data": {}}
+    if kind == "sharded":
+        folder = save_training_checkpoint(tmp_path / "run", 2, trainable=None, state=state,
+                                          sharded={"trainable": dict(trained)})
+    else:
+        folder = save_training_checkpoint(tmp_path / "run", 2, trainable=trained, state=state,
+                                          write_model=lambda path: (path.parent / ENGINE_DIR / ENGINE_TAG).mkdir(
+                                              parents=True))
+    fake = SimpleNamespace(ema={"blocks.0.w": torch.zeros(2, 3)}, sharded=kind == "sharded",
+                           deepspeed=kind == "deepspeed", model=None)
+    with pytest.raises(InputError, match=r"the checkpoint has no EMA but optim.ema_decay > 0"):
+        Trainer.restore(fake, folder)

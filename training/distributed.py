@@ -59,7 +59,22 @@ def make_accelerator(*, mixed_precision: str, timeout_minutes: float):
     if is_fsdp(accelerator) and not accelerator.is_fsdp2:
         raise InputError("accelerate config: FSDP1 is not supported by the trainer; set fsdp_version: 2 "
                          "(training/configs/accelerate_fsdp.yaml).")
+    if is_fsdp(accelerator):
+        fp32_reduction(accelerator.state.fsdp_plugin)
     return accelerator
+
+
+def fp32_reduction(plugin) -> None:
+    """Make the FSDP2 mixed-precision policy of `plugin` reduce-scatter gradients in fp32. accelerate's bf16 policy
+    sets both param_dtype and reduce_dtype to bf16; the trainer keeps param_dtype (bf16 compute, each unit's
+    parameters all-gathered in bf16) but sums the ranks' gradients in fp32, as DDP and DeepSpeed do here. Nothing
+    changes without mixed precision (no policy, or param_dtype unset)."""
+    import dataclasses
+
+    policy = plugin.mixed_precision_policy
+    if policy is None or isinstance(policy, dict) or getattr(policy, "param_dtype", None) is None:
+        return
+    plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
 
 
 def is_fsdp(accelerator) -> bool:

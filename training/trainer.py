@@ -30,15 +30,15 @@ from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
 from directanimator.sampling import make_scheduler
 
-from .checkpointing import (DIGESTS, MODEL, is_legacy_run, is_sharded, load_sharded_state, load_training_checkpoint,
-                            read_jsonl, remove_partial_checkpoints, resolve_resume, rng_state, save_training_checkpoint,
-                            set_rng_state, truncate_metrics, verify_checkpoint)
+from .checkpointing import (DIGESTS, MODEL, has_ema, is_legacy_run, is_sharded, load_sharded_state,
+                            load_training_checkpoint, read_jsonl, remove_partial_checkpoints, resolve_resume, rng_state,
+                            save_training_checkpoint, set_rng_state, truncate_metrics, verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .distributed import (agree, barrier, check_shared_folder, full_state_dict, gathered_weights, is_fsdp,
                           make_accelerator, on_all_ranks, reshard)
-from .deepspeed_support import (deepspeed_requested, full_trainable, gathered, has_engine, is_deepspeed, load_engine,
-                                make_deepspeed_accelerator, save_engine, zero_stage)
+from .deepspeed_support import (check_deepspeed_launch, deepspeed_requested, full_trainable, gathered, has_engine,
+                                is_deepspeed, load_engine, make_deepspeed_accelerator, save_engine, zero_stage)
 from .precision import warn_without_native_bf16
 
 log = logging.getLogger(__name__)
@@ -142,11 +142,21 @@ FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what torch's fu
 
 
 def make_optimizer(params: list, config: TrainConfig, device: torch.device, *,
-                   fused: bool = True) -> torch.optim.Optimizer:
+                   sharded: bool = False) -> torch.optim.Optimizer:
     """AdamW; the bitsandbytes 8-bit AdamW when asked for, or with "auto" on CUDA when it is importable.
-    `fused=False` keeps torch's per-tensor loop (FSDP2's sharded DTensor parameters)."""
+    `sharded` (FSDP2's DTensor parameters): torch's per-tensor AdamW loop, never the 8-bit one (bitsandbytes does
+    not take DTensors), so "auto" falls back to torch AdamW and "yes" is refused."""
     o = config.optim
     kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if sharded:
+        if o.adamw_8bit == "yes":
+            raise InputError("optim.adamw_8bit='yes' under FSDP: bitsandbytes' 8-bit AdamW does not support the "
+                             "sharded (DTensor) parameters of FSDP2; set it to 'auto' or 'no', or launch with "
+                             "accelerate_ddp.yaml or a DeepSpeed config.")
+        if o.adamw_8bit == "auto" and device.type == "cuda":
+            log.info("optim.adamw_8bit='auto' under FSDP: torch AdamW (bitsandbytes' 8-bit AdamW does not support "
+                     "DTensor parameters)")
+        return torch.optim.AdamW(params, **kwargs)
     want = o.adamw_8bit == "yes" or (o.adamw_8bit == "auto" and device.type == "cuda")
     if want:
         try:
@@ -157,7 +167,7 @@ def make_optimizer(params: list, config: TrainConfig, device: torch.device, *,
             if o.adamw_8bit == "yes":
                 raise InputError("optim.adamw_8bit='yes' needs bitsandbytes (pip install bitsandbytes), or set "
                                  "it to 'auto' or 'no'.") from error
-    if fused and device.type in ("cpu", "cuda") and all(p.dtype in FUSED_DTYPES for p in params):
+    if device.type in ("cpu", "cuda") and all(p.dtype in FUSED_DTYPES for p in params):
         # one fused kernel instead of a Python loop over the tensors (torch's CPU default): docs/benchmarks.md,
         # "Training precision", has the demo model's step with both
         return torch.optim.AdamW(params, fused=True, **kwargs)
@@ -266,11 +276,13 @@ class Trainer:
         self.step = 0
 
     def prepare(self, model: DirectAnimatorTransformer, config: TrainConfig):
-        """The distributed model and its optimizer (the one place that knows the distributed type). DDP and FSDP2
-        both go through `accelerator.prepare(model, optimizer)`; for FSDP2 accelerate shards the model and moves the
-        optimizer onto the sharded parameters."""
+        """The distributed model and its optimizer (the one place that knows the distributed type). DDP, FSDP2 and
+        DeepSpeed all go through `accelerator.prepare(model, optimizer)`: for FSDP2 accelerate shards the model and
+        moves the optimizer onto the sharded parameters; for DeepSpeed it wraps both in the engine (ZeRO-2/3, its
+        DeepSpeed config from `training.deepspeed_support`), which then steps, clips and partitions the optimizer
+        state."""
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, config, self.device, fused=not self.sharded)
+        optimizer = make_optimizer(params, config, self.device, sharded=self.sharded)
         return self.accelerator.prepare(model, optimizer)
 
     def _name(self, param) -> str:
@@ -302,7 +314,12 @@ class Trainer:
         """Continue from checkpoint folder `path` (every rank calls it; rank 0 verifies the files first)."""
         # every file resume reads (sharded/ and engine files too), not the model file (export and stage 2 check it)
         on_all_ranks(lambda: verify_checkpoint(path, skip=(MODEL,)), only_main=True)
-        step, trainable, ema, state = load_training_checkpoint(path, verify=False)
+        # every rank reads the files itself: a read error on one reaches all of them (none waits in a collective)
+        step, trainable, ema, state = on_all_ranks(lambda: load_training_checkpoint(path, verify=False))
+        if self.ema is not None and not has_ema(path):  # before the branches, each of which reads the EMA its way
+            raise InputError(f"--resume {path}: the checkpoint has no EMA but optim.ema_decay > 0; resume with "
+                             "optim.ema_decay=0 (the setting it was trained with), or start a new run from its "
+                             "model.safetensors (model.checkpoint).")
         if self.sharded != is_sharded(path):
             raise InputError(f"--resume {path}: written by a {'sharded (FSDP)' if is_sharded(path) else 'non-sharded'} "
                              f"run, but this run is {'FSDP' if self.sharded else 'not FSDP'}; resume with the same "
@@ -336,8 +353,6 @@ class Trainer:
                 param.copy_(trainable[name])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
-            if ema is None:
-                raise InputError(f"--resume {path}: the checkpoint has no EMA but optim.ema_decay > 0.")
             for name in self.ema:
                 self.ema[name].copy_(ema[name])
 
@@ -496,8 +511,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 bar.update(1)
                 if r.validate_every and (self.step % r.validate_every == 0 or self.step == r.steps):
-                    # FSDP and ZeRO-3: every rank takes part in each forward of the sampling
-                    if main or self.sharded or (self.deepspeed and zero_stage(self.accelerator) == 3):
+                    # FSDP: every rank takes part in each forward of the sampling (ZeRO-3 runs do not validate,
+                    # deepspeed_support.check_deepspeed_launch)
+                    if main or self.sharded:
                         self.validate(writer)
                 if self.step % r.save_every == 0 or self.step == r.steps:
                     self.save()  # every rank: FSDP shards and gathers; returns when the folder is complete
@@ -560,8 +576,10 @@ class Trainer:
 
 def check_run_folder(config: TrainConfig, resume: str | None) -> Path | None:
     """The checkpoint to resume from (None: a fresh start), after checking that the run folder may be written:
-    new, empty or a run's own, and without checkpoints unless resuming. Reads only; raises InputError. The stages
-    call it before they load the model."""
+    new, empty or a run's own, and without checkpoints unless resuming, and that a DeepSpeed launch config agrees
+    with `config` (`check_deepspeed_launch`). Reads only; raises InputError (BackendUnavailableError when DeepSpeed
+    is asked for and not installed). The stages call it before they load the model."""
+    check_deepspeed_launch(config)
     check_output_folder(config.run_dir, RUN_COMMAND, option="run folder (run.out_dir/run.name)", legacy=_is_run)
     return resume_checkpoint(config.run_dir, resume)
 
