@@ -11,17 +11,19 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.tiny import tiny_backbone_config
 from tests.training_world import CONFIG, make_world, overrides
 from directanimator.errors import InputError
 from directanimator.video import read_video, resize_frames
 from training.config import load_config
-from training.data import BucketBatchSampler, CachedClips, cache_folder, cache_key, make_batch, sample_generators
-from training.framing import Framing, letterbox_framing, mask_box, person_framing
+from training.data import (
+    BucketBatchSampler, CachedClips, cache_folder, cache_key, make_batch, sample_generators, window_starts,
+)
+from training.framing import MARGIN_PX, Framing, letterbox_framing, mask_box, person_framing
 from training.prepare import (
-    check_buckets, clip_job, clip_timeline, extract_clip, prepare, reference_index, window_indices,
+    _process_group, check_buckets, clip_job, clip_timeline, extract_clip, prepare, reference_index, window_indices,
 )
 from training.world import WorldConfig, export_world
 from training.world.dataset import read_metadata
@@ -62,6 +64,19 @@ def test_a_person_wider_than_the_crop_widens_it_towards_letterbox_rather_than_be
     torch.testing.assert_close(framed.sum(), masks.sum() * scale ** 2, rtol=0.03, atol=0)
     box = framing.map_boxes(mask_box(masks)[None])[0]  # the person's box in the working frame
     assert float(box[0]) >= -1e-3 and float(box[2]) <= 64 + 1e-3 and float(box[1]) > 0 and float(box[3]) < 64
+
+
+def test_the_crop_keeps_a_margin_around_the_persons_box():
+    # a person 128 x 100 source px (64 x 50 working px): without a margin the crop would be their box exactly, a
+    # fingertip of the mask's soft edge on its border
+    source, bucket = (128, 256), (64, 64)
+    masks = _person(1, source, x0=[60], width=128, top=10, height=100)
+    framing = person_framing(source, bucket, mask_box(masks))
+    x0, y0, x1, y1 = framing.map_boxes(mask_box(masks)[None])[0].tolist()
+    assert x0 >= MARGIN_PX - 0.01 and x1 <= 64 - MARGIN_PX + 0.01, (x0, x1)
+    assert y0 >= MARGIN_PX - 0.01 and y1 <= 64 - MARGIN_PX + 0.01, (y0, y1)
+    small = person_framing(source, bucket, torch.tensor([100.0, 40.0, 110.0, 60.0]))  # the plain crop has room
+    assert small.window[2:] == (64, 64)
 
 
 def test_letterbox_framing_is_the_resize_of_the_pad_mode():
@@ -120,14 +135,56 @@ def test_prepare_takes_the_reference_outside_the_window_and_resamples_to_data_fp
     # frames 9..11 lie outside the window (0..8): the middle one is the reference
     torch.testing.assert_close(window["cues"].reference[0], clip[10])
 
-    whole = _job(root, data, model, entry, "data.reference='outside'", "data.frames=13")
+    whole = _job(root, data, model, entry, "data.reference='outside'", "data.frames=9", "data.fps=9.0")
     with caplog.at_level("WARNING", logger="training.prepare"):
         first = extract_clip(whole)  # a window over the whole clip: no frame outside it
+    assert first["windows"][0]["sources"]["frames"] == [0, 1, 3, 4, 5, 7, 8, 9, 11]  # 9 fps: the whole clip
     torch.testing.assert_close(first["windows"][0]["cues"].reference[0], clip[0])
-    assert "no frame outside the target window" in caplog.text
+    assert first["reference_fallback"] == 1 and result_fallback(window_job=job) == 0
+    assert caplog.text == ""  # no warning per clip: prepare logs one summary (test_reference_fallbacks_...)
 
     missing = extract_clip(_job(root, data, model, entry, "data.reference='file'"))
     assert "names no reference image" in missing["error"]
+
+
+def result_fallback(window_job: dict) -> int:
+    return extract_clip(window_job)["reference_fallback"]
+
+
+def test_a_clip_shorter_than_one_window_is_skipped_naming_its_length_and_the_fix(long_world, tmp_path):
+    root, data, model = long_world
+    entry = read_metadata(data)[0]
+    assert window_starts(4, 5, 1, 1) == [] and window_indices(list(range(4)), 5, 1, 1) == []
+    # 12 frames at 12 fps resampled to 4 fps: 4 frames, short of one 5-frame window (no frozen-frame padding)
+    error = extract_clip(_job(root, data, model, entry, "data.fps=4.0"))["error"]
+    assert "4 frames at 4 fps" in error and "one window of 5 frames" in error, error
+    assert "--frames" in error and "data.fps / data.frames" in error
+    error = extract_clip(_job(root, data, model, entry, "data.stride=3"))["error"]
+    assert "12 frames at 12 fps" in error and "one window of 13 frames" in error, error
+    assert "windows" in extract_clip(_job(root, data, model, entry, "data.stride=2"))  # 9 fit
+
+    config = load_config(CONFIG, overrides(root, data, model, "data.pseudo=false", "data.frames=13",
+                                           f"data.cache={json.dumps(str(tmp_path))}"))
+    assert prepare(config) == {"cached": 0, "done": 0, "skipped": 2, "folder": str(cache_folder(config))}
+    reasons = [json.loads(line)["reason"] for line in (cache_folder(config) / "skipped.jsonl").read_text().splitlines()]
+    assert len(reasons) == 2 and all("12 frames at 12 fps" in r and "window of 13 frames" in r for r in reasons)
+
+
+def test_reference_fallbacks_are_one_summary_warning_of_prepare(long_world, tmp_path, caplog):
+    root, data, model = long_world
+    folder = tmp_path / "data"
+    folder.mkdir()
+    entries = [{**{k: v for k, v in e.items() if k != "reference"}, "clip": str(data / e["clip"]),
+                "ground_truth": str(data / e["ground_truth"])} for e in read_metadata(data)]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    # 12 frames at 12 fps resampled to 9 fps: 9 frames 0..11, one window over the whole clip
+    config = load_config(CONFIG, overrides(root, folder, model, "data.pseudo=false", "data.frames=9", "data.fps=9.0",
+                                           "data.reference='outside'", f"data.cache={json.dumps(str(tmp_path))}"))
+    with caplog.at_level("WARNING", logger="training.prepare"):
+        assert prepare(config)["done"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "2 of the 2 clips encoded" in warnings[0], warnings
+    assert "no frame outside" in warnings[0]
 
 
 def test_a_metadata_reference_is_kept_in_every_mode(long_world):
@@ -145,15 +202,32 @@ def test_crop_of_a_wide_world_clip_keeps_its_person_whole(long_world, tmp_path):
     entry = read_metadata(wide)[0]
     truth = load_file(str(wide / entry["ground_truth"]))
     masks = truth["person_masks"].float() / 255
+    clip = read_video(wide / entry["clip"], fps=entry["fps"]).frames
     for fit in ("crop", "letterbox"):
         job = _job(root, wide, model, entry, f"data.fit='{fit}'")
         (window,) = extract_clip(job)["windows"]
-        assert window["target"].shape == (5, 64, 64, 3)
         framing = (person_framing((64, 128), (64, 64), mask_box(masks)) if fit == "crop"
                    else letterbox_framing((64, 128), (64, 64)))
+        # prepare's frames are the clip's through the framing around the person (a centre crop would differ)
+        torch.testing.assert_close(window["target"], framing.apply(clip), rtol=0, atol=2 / 255)
+        assert window["sources"]["framing"] == list(framing.window)
         kept = framing.apply(masks).sum() / (masks.sum() * (framing.size[1] / framing.window[3]) ** 2 *
                                              (framing.scaled[1] / 128) ** 2)
         assert abs(float(kept) - 1) < 0.03, fit  # the whole person is inside the working frame
+    centre = resize_frames(clip, (64, 64), "crop")
+    assert (person_framing((64, 128), (64, 64), mask_box(masks)).apply(clip) - centre).abs().max() > 0.2
+
+
+def test_extract_reports_an_odd_entry_per_clip_instead_of_raising(long_world, tmp_path):
+    root, data, model = long_world
+    entry = read_metadata(data)[0]
+    truth = load_file(str(data / entry["ground_truth"]))
+    short = tmp_path / "short_truth.safetensors"
+    save_file({k: v[:2].contiguous() if k.startswith("person") else v for k, v in truth.items()}, str(short))
+    error = extract_clip(_job(root, data, model, {**entry, "ground_truth": str(short)}, "data.fit='crop'"))["error"]
+    assert error.startswith("IndexError"), error  # ground truth of 2 frames for a 12-frame clip
+    error = extract_clip(_job(root, data, model, {**entry, "fps": None}))["error"]
+    assert error.startswith("TypeError"), error
 
 
 # --------------------------------------------------------------------------- buckets and positions
@@ -256,6 +330,47 @@ def _rank(rank: int, world: int, port: int, config_overrides: list[str]) -> None
     import torch.distributed as dist
 
     dist.destroy_process_group()
+
+
+def test_the_process_group_waits_run_dist_timeout_minutes(monkeypatch):
+    import accelerate
+    from datetime import timedelta
+
+    made = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: made.append(kwargs) or "state")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _process_group(90.0) is None and made == []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _process_group(90.0) == "state"
+    assert made[0]["timeout"] == timedelta(minutes=90)  # not NCCL's 10 minutes while rank 0 encodes captions
+
+
+def _failing_rank(rank: int, world: int, port: int, config_overrides: list[str], out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    try:
+        prepare(load_config(CONFIG, config_overrides))
+        outcome = "finished"
+    except Exception as error:  # noqa: BLE001 - the test reads what each rank raised
+        outcome = f"{type(error).__name__}: {error}"
+    with open(f"{out}.{rank}", "w") as fh:
+        fh.write(outcome)
+
+
+@pytest.mark.slow
+def test_a_failure_of_rank_0_before_the_first_barrier_stops_every_rank(long_world, tmp_path):
+    root, data, model = long_world
+    folder = tmp_path / "data"
+    folder.mkdir()
+    entries = [{**e, "clip": str(data / e["clip"]), "caption": 123} for e in read_metadata(data)]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    config = overrides(root, folder, model, "run.dist_timeout_minutes=2.0", f"data.cache={json.dumps(str(tmp_path))}")
+    out = str(tmp_path / "outcome")
+    mp.start_processes(_failing_rank, args=(2, _free_port(), config, out), nprocs=2, join=True, start_method="spawn")
+    first, second = (open(f"{out}.{r}").read() for r in (0, 1))
+    assert first.startswith("InputError") and "caption must be a string" in first, first
+    # the other rank stops with rank 0's error, not after the collective's timeout
+    assert second.startswith("RankError") and "caption must be a string" in second, second
 
 
 @pytest.mark.slow

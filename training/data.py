@@ -26,6 +26,7 @@ from directanimator.models.cue_latents import CueLatents
 from directanimator.text import text_encoder_fingerprint
 
 from .config import TrainConfig
+from .framing import MARGIN as CROP_MARGIN, MARGIN_PX as CROP_MARGIN_PX
 from .world.dataset import read_metadata
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def cache_material(config: TrainConfig) -> dict:
     if d.encode_precision != "fp32":  # (nor of an fp32 one by this)
         material.update(encode_precision=d.encode_precision)
     # options added later enter when they differ from what caches were made with before them (keys stay valid)
-    if d.fit != "letterbox":
-        material.update(fit=d.fit)
+    if d.fit != "letterbox":  # (crops made before the person's box got its margin have no crop_margin)
+        material.update(fit=d.fit, crop_margin=[CROP_MARGIN, CROP_MARGIN_PX])
     if d.fps:
         material.update(fps=d.fps)
     if d.reference != "first":
@@ -135,10 +136,10 @@ def choose_length(available: int, lengths: list[int]) -> int:
 
 
 def window_starts(num_frames: int, frames: int, stride: int, max_windows: int) -> list[int]:
-    """Start frames of up to `max_windows` non-overlapping windows of `frames` frames `stride` apart; a clip
-    shorter than one window gives ``[0]`` (the loader pads it by repeating its last frame)."""
+    """Start frames of up to `max_windows` non-overlapping windows of `frames` frames `stride` apart; none for a
+    clip shorter than one window (prepare skips it: padding would train on a frozen last frame)."""
     span = (frames - 1) * stride + 1
-    count = max(1, min(max_windows, num_frames // span))
+    count = min(max_windows, num_frames // span)
     return [k * span for k in range(count)]
 
 
@@ -347,8 +348,9 @@ def _cue_latents(samples: list[dict[str, Tensor]], prefix: str) -> CueLatents:
 
 def noisy_reference(reference: Tensor, generators: list[torch.Generator], mean: float, std: float) -> Tensor:
     """`reference` ``[B, ...]`` plus Gaussian noise of a log-normal sigma per sample, ``exp(mean + std * N(0, 1))``,
-    drawn from each sample's generator (the image-latent noise of CogVideoX image-to-video fine-tuning: the model
-    learns not to copy the reference's exact latent)."""
+    drawn from each sample's generator: a latent-space version of the image noise of CogVideoX image-to-video
+    fine-tuning (which noises the pixel image before the VAE encodes it; the cache holds the encoded latent, so the
+    noise goes on that), so that the model learns not to copy the reference's exact latent."""
     out = []
     for ref, gen in zip(reference, generators):
         sigma = math.exp(mean + std * float(torch.randn(1, generator=gen)))

@@ -86,6 +86,13 @@ def mask_box(masks: Tensor, threshold: float = 0.5) -> Tensor | None:
     return torch.tensor([float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)])
 
 
+# room kept around the person's box in a crop, each side: the box comes from a mask (the segmenter's, thresholded
+# at 0.5 on a 256 px copy) whose soft edge can fall inside thin limbs, so fingertips and hair would touch or leave the
+# frame; a fraction of the box, at least MARGIN_PX working-size pixels
+MARGIN = 0.04
+MARGIN_PX = 2
+
+
 def _place(centre: float, length: int, frame: int) -> int:
     if length >= frame:  # wider than the frame on this side: centred, black either side (as a letterbox)
         return (frame - length) // 2
@@ -93,16 +100,19 @@ def _place(centre: float, length: int, frame: int) -> int:
 
 
 def person_framing(source: tuple[int, int], size: tuple[int, int], person_box: Tensor | None) -> Framing:
-    """A crop of the bucket's aspect centred on `person_box` (source pixels: the person over the whole window), as
-    large as the frame allows; widened towards a letterbox when the person does not fit, so nobody is cut. No box
-    (no person found, a scene clip): the centre crop."""
+    """A crop of the bucket's aspect centred on `person_box` (source pixels: the person over the whole window) grown
+    by a margin (`MARGIN`), as large as the frame allows; widened towards a letterbox when the person does not fit,
+    so nobody is cut. No box (no person found, a scene clip): the centre crop."""
     plan = resize_plan(source, size, "crop")
     (sh, sw), (th, tw) = plan.scaled_size, size
     if person_box is None:
         return Framing(source, plan.scaled_size, (-plan.offset[0], -plan.offset[1], th, tw), size)
     kx, ky = sw / source[1], sh / source[0]
-    x0, y0 = max(0, math.floor(float(person_box[0]) * kx)), max(0, math.floor(float(person_box[1]) * ky))
-    x1, y1 = min(sw, math.ceil(float(person_box[2]) * kx)), min(sh, math.ceil(float(person_box[3]) * ky))
+    bx0, by0, bx1, by1 = (float(v) for v in person_box)
+    # (a crop window is the working size in scaled px, so MARGIN_PX is the same in either)
+    mx, my = max(MARGIN * (bx1 - bx0) * kx, MARGIN_PX), max(MARGIN * (by1 - by0) * ky, MARGIN_PX)
+    x0, y0 = max(0, math.floor(bx0 * kx - mx)), max(0, math.floor(by0 * ky - my))
+    x1, y1 = min(sw, math.ceil(bx1 * kx + mx)), min(sh, math.ceil(by1 * ky + my))
     grow = max(1.0, (x1 - x0) / tw, (y1 - y0) / th)
     height, width = max(th, math.ceil(th * grow - 1e-6)), max(tw, math.ceil(tw * grow - 1e-6))
     top, left = _place((y0 + y1) / 2, height, sh), _place((x0 + x1) / 2, width, sw)

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,6 +47,7 @@ from directanimator.video.timing import resample_indices
 
 from .config import TrainConfig, add_config_arguments, check_model_sources, load_config, save_config
 from .framing import Framing, letterbox_framing, mask_box, person_framing, read_size
+from .distributed import on_all_ranks
 from .data import (
     PREPARE_INFO,
     SKIPPED,
@@ -191,11 +193,20 @@ def clip_timeline(num_frames: int, clip_fps: float, fps: float) -> list[int]:
 
 
 def window_indices(timeline: list[int], frames: int, stride: int, max_windows: int) -> list[list[int]]:
-    """The source frames of each window (`window_starts` on the resampled timeline; a short clip repeats its last
-    frame)."""
-    last = len(timeline) - 1
-    return [[timeline[min(start + k * stride, last)] for k in range(frames)]
+    """The source frames of each window (`window_starts` on the resampled timeline; none for a clip shorter than
+    one window, which prepare skips rather than padding it with a frozen last frame)."""
+    return [[timeline[start + k * stride] for k in range(frames)]
             for start in window_starts(len(timeline), frames, stride, max_windows)]
+
+
+def check_length(clip: str, available: int, frames: int, stride: int, rate: float) -> None:
+    """Raise InputError when a clip of `available` frames (at `rate` fps) is shorter than one window."""
+    span = (frames - 1) * stride + 1
+    if available < span:
+        raise InputError(
+            f"{clip}: {available} frames at {rate:g} fps (data.fps) is shorter than one window of {span} frames "
+            f"(data.frames={frames}, data.stride={stride}); padding it would train on a frozen last frame. Ingest "
+            "the clip with more --frames, or lower data.fps / data.frames.")
 
 
 def reference_index(mode: str, num_frames: int, window: list[int], gen: torch.Generator) -> tuple[int, str | None]:
@@ -292,10 +303,13 @@ def _window_framing(fit: str, source: tuple[int, int], size: tuple[int, int], *,
 
 
 def extract_clip(job: dict) -> dict:
-    """Cue triplets of one clip's windows (run in a worker): ``{"windows": [...]}`` or ``{"error": reason}``."""
+    """Cue triplets of one clip's windows (run in a worker): ``{"windows": [...], "reference_fallback": n}`` (`n`:
+    windows with no frame outside them, whose first frame is the reference) or ``{"error": reason}``."""
     try:
-        return {"windows": _extract(job)}
-    except (DirectAnimatorError, OSError, RuntimeError, ValueError, KeyError) as error:
+        windows = _extract(job)
+        return {"windows": windows, "reference_fallback": sum(w.pop("reference_note") is not None for w in windows)}
+    except (DirectAnimatorError, OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as error:
+        # one odd metadata entry (a missing or mistyped field, ground truth shorter than its clip) skips that clip
         return {"error": f"{type(error).__name__}: {error}"}
 
 
@@ -325,13 +339,12 @@ def _extract(job: dict) -> list[dict]:
     timeline = clip_timeline(num, fps, float(job.get("fps", 0.0)))
     if job.get("lengths"):
         frames = choose_length((len(timeline) - 1) // stride + 1, job["lengths"])
+    check_length(entry["clip"], len(timeline), frames, stride, float(job.get("fps", 0.0)) or fps)
     out = []
     for index in window_indices(timeline, frames, stride, job["max_windows"]):
-        at = None
+        at, note = None, None
         if not has_file:
             at, note = reference_index(mode, num, index, reference_gen)
-            if note:
-                log.warning("prepare: %s: %s", entry["clip"], note)
         rows = index + ([at] if at is not None else [])
         target_scaled = _read_frames(clip, rows, decode, fps)
         driving_scaled = _read_frames(root / entry["driving"], rows, decode, fps) if "driving" in entry else \
@@ -340,7 +353,8 @@ def _extract(job: dict) -> list[dict]:
                                   frames_scaled=driving_scaled, cues=cues)
         reference = file_reference if has_file else _to_float(framing.place(target_scaled[frames:]))
         driving = _to_float(framing.place(driving_scaled[:frames]))
-        window: dict = {"target": _to_float(framing.place(target_scaled[:frames]))}
+        window: dict = {"target": _to_float(framing.place(target_scaled[:frames])), "reference_note": note,
+                        "sources": {"frames": index, "reference": at, "framing": list(framing.window)}}
         del target_scaled, driving_scaled
         reference_truth = _reference_inputs(truth, has_file, at, framing)
         if scene:
@@ -515,13 +529,17 @@ def prepare_device(spec: str) -> torch.device:
     return process_device(spec, name="data.device")
 
 
-def _process_group():
-    """accelerate's process state when this runs under `accelerate launch` / torchrun (WORLD_SIZE > 1), else None."""
+def _process_group(timeout_minutes: float):
+    """accelerate's process state when this runs under `accelerate launch` / torchrun (WORLD_SIZE > 1), else None.
+    Its collectives wait `timeout_minutes` (run.dist_timeout_minutes) for the slowest process: rank 0 encodes every
+    caption with T5-XXL before the first of them, far past NCCL's 10-minute default on a large set."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    handler = InitProcessGroupKwargs(timeout=timedelta(minutes=timeout_minutes))
+    return PartialState(cpu=not torch.cuda.is_available(), **handler.to_kwargs())
 
 
 def _gather(state, value):
@@ -548,20 +566,23 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     check_buckets(config, bc)
     d = config.data
     device = prepare_device(d.device)
-    state = _process_group()
+    state = _process_group(config.run.dist_timeout_minutes)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     folder = cache_folder(config)
     info = {"key": cache_key(config), "material": cache_material(config),
             "reference_to_latent": reference_to_latent(config)}
-    if rank == 0:
+
+    def first_text():
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / PREPARE_INFO) as tmp:
             tmp.write_text(json.dumps(info, indent=1))
-        captions = prepare_text(config, bc, entries, folder)
-    if state is not None:
-        state.wait_for_everyone()  # the folder and the null text exist before the other processes look
-    if rank != 0:
-        captions = prepare_text(config, bc, entries, folder)
+        return prepare_text(config, bc, entries, folder)
+
+    # rank 0 makes the folder and the text embeddings while the others wait; an error there (a text encoder of the
+    # wrong width, a caption that is no string) reaches every process at once instead of leaving them waiting out
+    # the timeout (on_all_ranks is also the barrier: the null text exists before the other processes look)
+    captions = on_all_ranks(first_text, only_main=True)
+    captions = on_all_ranks(lambda: captions if rank == 0 else prepare_text(config, bc, entries, folder))
 
     todo, cached = [], 0
     for order, entry in enumerate(entries):
@@ -575,7 +596,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     share = todo[rank::world]
     log.info("prepare: %d clips, %d already cached in %s, %d to do%s", len(entries), cached, folder, len(todo),
              f" ({len(share)} by process {rank} of {world})" if world > 1 else "")
-    skipped, done = [], 0
+    skipped, done, fallback = [], 0, 0
     if share:
         vae = load_vae(config).to(device)
         model = SimpleNamespace(vae=vae, transformer=meta_transformer(bc))
@@ -601,7 +622,9 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
                     skipped.append({"clip": entry["clip"], "id": job["id"], "reason": result["error"],
                                     "order": job["order"]})
                     continue
+                fallback += bool(result["reference_fallback"])
                 meta = {"bucket": json.dumps(job["bucket"]), "windows": str(len(result["windows"])),
+                        "sources": json.dumps([w["sources"] for w in result["windows"]]),
                         **({"frames": str(len(result["windows"][0]["target"]))} if job["lengths"] else {}),
                         "pseudo_variants": str(len(result["windows"][0]["pseudo"])), "key": info["key"],
                         "clip": entry["clip"], "identity": str(entry.get("identity", ""))}
@@ -610,9 +633,13 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
         finally:
             if executor is not None:
                 executor.shutdown(cancel_futures=True)
-    counts = _gather(state, (done, skipped))
-    done = sum(c[0] for c in counts)
+    counts = _gather(state, (done, skipped, fallback))
+    done, fallback = sum(c[0] for c in counts), sum(c[2] for c in counts)
     skipped = sorted((s for c in counts for s in c[1]), key=lambda s: s.pop("order"))
+    if rank == 0 and fallback:
+        log.warning("prepare: %d of the %d clips encoded have a window covering the whole clip, with no frame outside "
+                    "it: their reference is the window's first frame (data.reference=%r). Longer clips (or a smaller "
+                    "data.frames / data.stride) give references in another pose.", fallback, done, d.reference)
     if rank == 0:
         with atomic_path(folder / SKIPPED) as tmp:
             tmp.write_text("".join(json.dumps(s) + "\n" for s in skipped))
