@@ -319,10 +319,14 @@ def test_command_with_two_workers_ingests_every_video_with_the_flags_settings(tm
 @pytest.mark.slow
 def test_an_ingested_folder_prepares_and_trains_as_it_is(ingested, tmp_path):
     """The road a user takes: ingest's metadata.jsonl goes straight into prepare (crop around the dancer, the
-    reference outside the window, windows at data.fps) and a stage-1 step, with nothing edited by hand."""
+    reference outside the window, windows at data.fps, each checked in the cache) and a stage-1 step, with nothing
+    edited by hand."""
+    from safetensors import safe_open
+
     from tests.training_world import CONFIG, make_world, overrides
     from training.config import load_config
-    from training.data import CachedClips
+    from training.data import CachedClips, clip_id
+    from training.framing import letterbox_framing
     from training.prepare import prepare
     from training.stage1 import train_stage1
 
@@ -342,6 +346,19 @@ def test_an_ingested_folder_prepares_and_trains_as_it_is(ingested, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert len(losses) == 1 and math.isfinite(losses[0]["loss"])
+    # what prepare made of the ingested clips: the crop, the reference and the rate are in the cache key, and each
+    # clip's file records its window's source frames, its reference frame and its framing
+    folder = Path(result["folder"])
+    material = json.loads((folder / "prepare.json").read_text())["material"]
+    assert (material["fit"], material["reference"], material["fps"]) == ("crop", "outside", 6.0)
+    for entry in read_metadata(out):
+        with safe_open(str(folder / f"{clip_id(entry)}.safetensors"), framework="pt") as fh:
+            meta = fh.metadata()
+        (window,) = json.loads(meta["sources"])
+        assert window["frames"] == [0, 1, 3, 4, 5]  # 9 frames at 8 fps resampled to 6 fps, the first 5 of them
+        assert window["reference"] not in window["frames"] and window["reference"] > max(window["frames"])
+        letterbox = letterbox_framing((entry["height"], entry["width"]), tuple(json.loads(meta["bucket"])))
+        assert window["framing"] != list(letterbox.window)  # cropped, not the whole frame
 
 
 # --------------------------------------------------------------------------- review fixes
