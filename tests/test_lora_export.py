@@ -156,3 +156,19 @@ def test_training_export_writes_the_merged_checkpoint_and_the_lora_folder(tmp_pa
         export_training_checkpoint(cue_only, tmp_path / "cue.safetensors", backbone=backbone,
                                    lora_formats=["diffusers"])
     assert not (tmp_path / "cue_lora").exists() and not (tmp_path / "cue.safetensors").exists()
+
+
+def test_a_lora_the_formats_refuse_leaves_no_exported_checkpoint_behind(tmp_path):
+    """--lora-format with a DoRA adapter is refused before --out is written (the refusal came after it before)."""
+    from peft import LoraConfig
+
+    backbone = save_tiny_diffusers(tmp_path / "backbone", "1.0")
+    student = DirectAnimatorTransformer(tiny_backbone(seed=0)).eval()
+    student.backbone.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, use_dora=True))
+    step = save_training_checkpoint(
+        tmp_path / "run", 2, trainable={n: p for n, p in student.named_parameters() if "lora_" in n},
+        state={"step": 2}, write_model=lambda p: save_checkpoint(p, student))
+    out = tmp_path / "dora.safetensors"
+    with pytest.raises(InputError, match="DoRA adapters"):
+        export_training_checkpoint(step, out, backbone=backbone, lora_formats=["diffusers"])
+    assert not out.exists() and not lora_folder_for(out).exists()

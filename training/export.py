@@ -2,7 +2,7 @@
 
 From a module (`export_model`) or from a training checkpoint folder ``RUN/checkpoints/step_N``
 (`export_training_checkpoint`: its ``model.safetensors``, EMA weights when the run kept an EMA, or the raw trained
-weights of ``trainable.safetensors`` with ``use_ema=False``). ``weights="merged"`` folds a LoRA into the backbone
+weights with ``use_ema=False``: ``trainable.safetensors``, or ``sharded/`` for an FSDP run). ``weights="merged"`` folds a LoRA into the backbone
 weights and writes a full checkpoint, which loads without peft and samples without the adapter overhead.
 ``lora_formats`` (``--lora-format diffusers|peft``) also writes the LoRA in diffusers' or peft's own format, with
 the CueFusion modules beside it, into a folder (`training.lora_format`).
@@ -24,9 +24,9 @@ from directanimator.models import DirectAnimatorTransformer, read_checkpoint, sa
 from directanimator.models.checkpoint import check_finite
 from directanimator.models.loader import resolve_dtype
 
-from .checkpointing import (MODEL, STATE_JSON, TRAINABLE, has_ema, read_trained, resolve_resume, trained_files,
-                            verify_checkpoint)
-from .lora_format import EXPORT_COMMAND, LORA_FORMATS, export_lora, lora_folder_for
+from .checkpointing import (MODEL, SHARDED, STATE_JSON, TRAINABLE, has_ema, is_sharded, read_trained, resolve_resume,
+                            trained_files, verify_checkpoint)
+from .lora_format import EXPORT_COMMAND, LORA_FORMATS, adapter_weights, export_lora, lora_folder_for
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
     """Export a training checkpoint folder (``RUN/checkpoints/step_N``, or a run folder for its latest) to `path`.
 
     The folder's ``model.safetensors`` holds the EMA weights when the run kept an EMA; ``use_ema=False`` replaces
-    them with the raw weights of ``trainable.safetensors``. `backbone` is the backbone the run trained from.
+    them with the raw weights (``trainable.safetensors``, or ``sharded/`` for an FSDP run). `backbone` is the backbone the run trained from.
     ``weights="auto"`` keeps what the checkpoint holds: a full-backbone run exports its trained backbone, a LoRA
     run its adapter, a CueFusion-only run CueFusion alone. `lora_formats` ("diffusers", "peft") also writes the
     LoRA in those formats plus the CueFusion modules into `lora_out` (default: ``<path stem>_lora/`` beside `path`;
@@ -141,16 +141,19 @@ def export_training_checkpoint(folder: str | Path, path: str | Path, *, backbone
     transformer = model.transformer
     if raw:
         trained = read_trained(folder)  # an FSDP run's sharded/ too
-        check_finite(trained, what=f"training checkpoint {folder / TRAINABLE}")
-        count = load_trained_weights(transformer, trained, source=str(folder / TRAINABLE))
+        source = folder / (SHARDED if is_sharded(folder) else TRAINABLE)  # where the raw weights were read from
+        check_finite(trained, what=f"training checkpoint {source}")
+        count = load_trained_weights(transformer, trained, source=str(source))
         log.info("export: raw trained weights (%d tensors) instead of the EMA", count)
     extra = {**ckpt.extra, "exported_from": str(folder), "ema": bool(use_ema and has_ema(folder))}
     common = dict(null_text=model.null_text, scheduler_config=model.scheduler_config, cue_config=model.cue_config,
                   backbone_name=backbone_name or ckpt.backbone_name, extra=extra)
+    lora_dtype = resolve_dtype(dtype) if dtype is not None else None
+    if lora_formats:
+        adapter_weights(transformer, dtype=lora_dtype)  # its refusals (e.g. DoRA) before --out is written
     out = export_model(transformer, path, weights=weights, dtype=dtype, **common)
     if lora_formats:
-        export_lora(transformer, lora_folder, formats=lora_formats,
-                    dtype=resolve_dtype(dtype) if dtype is not None else None, **common)
+        export_lora(transformer, lora_folder, formats=lora_formats, dtype=lora_dtype, **common)
     return out
 
 
