@@ -11,8 +11,11 @@ Under FSDP the trained parameters, their EMA and the optimizer state stay sharde
 into ``sharded/`` with torch.distributed.checkpoint (DCP) instead of ``trainable.safetensors``/``ema.safetensors``
 and the optimizer entry of the state; ``model.safetensors`` holds the full weights gathered on rank 0.
 A folder is written as ``.tmp-step_...`` and renamed, so every ``step_*`` folder is complete; the ``.tmp-step_*``
-folders a killed write leaves are removed when the run starts again. No pickles, except the ``.metadata`` index
-that DCP writes into ``sharded/`` (torch reads it with pickle): it is read only after its sha256 is verified.
+folders a killed write leaves are removed when the run starts again. Under DeepSpeed every rank also writes the
+engine's own files into ``deepspeed/`` (training/deepspeed_support.py). No pickles, except in two formats the
+trainer does not define: DCP's ``sharded/`` (its ``.metadata`` index, and the optimizer state's non-tensor entries
+such as the step counts and hyperparameters inside the ``.distcp`` files) and DeepSpeed's ``deepspeed/`` files
+(torch.save). Resume reads them only after their sha256 is verified against ``digests.json``.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ def write_digests(folder: Path) -> None:
 
 def verify_checkpoint(folder: Path, names: tuple[str, ...] | None = None, *, skip: tuple[str, ...] = ()) -> None:
     """Raise CheckpointError when a file of checkpoint `folder` (those of `names` only, when given; not those of
-    `skip`) differs from the sha256 recorded when it was saved. A checkpoint written before digests were recorded is accepted (one log line)."""
+    `skip`) differs from the sha256 recorded when it was saved. A checkpoint written before digests were recorded is
+    accepted (one log line)."""
     folder = Path(folder)
     try:
         recorded = json.loads((folder / DIGESTS).read_text())["sha256"]
