@@ -9,7 +9,7 @@ shipped DeepSpeed configs on 2 CPU processes over gloo (DeepSpeed's CPU accelera
 micro-batches per step, logs the losses, gradient norms and learning rates of one process of batch 2 (the plain
 trainer); a ZeRO-2 run killed with SIGKILL and resumed continues the uninterrupted run exactly; the ZeRO-3 run's
 model file, written from the weights gathered off both processes, loads with `directanimator.models.load_model`
-and holds the one-process run's weights.
+and holds the one-process run's weights; stage 2 with the frozen S2X teacher under ZeRO-2 follows one process.
 """
 
 from __future__ import annotations
@@ -204,10 +204,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_command(yaml: str, args: list[str], *extra: str, resume: bool = False) -> list[str]:
+def _launch_command(yaml: str, args: list[str], *extra: str, resume: bool = False, stage: str = "stage1"
+                    ) -> list[str]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / yaml),
            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
-           "-m", "training", "stage1", str(CONFIG)]
+           "-m", "training", stage, str(CONFIG)]
     for item in [*args, *extra]:
         cmd += ["--set", item]
     return cmd + (["--resume", "latest"] if resume else [])
@@ -218,9 +219,9 @@ def _env(root: Path) -> dict:
             "OMP_WAIT_POLICY": "PASSIVE", "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(root / "hf_home")}
 
 
-def _launch(root: Path, yaml: str, args: list[str], *extra: str, resume: bool = False) -> str:
-    done = subprocess.run(_launch_command(yaml, args, *extra, resume=resume), cwd=ROOT, env=_env(root), capture_output=True,
-                          text=True, timeout=900)
+def _launch(root: Path, yaml: str, args: list[str], *extra: str, resume: bool = False, stage: str = "stage1") -> str:
+    done = subprocess.run(_launch_command(yaml, args, *extra, resume=resume, stage=stage), cwd=ROOT, env=_env(root),
+                          capture_output=True, text=True, timeout=900)
     if done.returncode != 0:  # the ranks' own errors, then the launcher's summary
         errors = [line for line in done.stderr.splitlines() if "Error" in line or "ERROR" in line]
         pytest.fail("\n".join(errors[-30:]) + "\n" + done.stderr[-3000:])
@@ -329,6 +330,31 @@ def test_zero3_full_finetuning_on_two_processes_follows_one_process_its_model_fi
     for a, b in zip(whole[2:], resumed[2:]):
         for key in ("loss", "grad_norm", "lr"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+@DEEPSPEED
+@pytest.mark.slow
+def test_zero2_stage2_with_the_s2x_teacher_on_two_processes_follows_one_process(world):
+    """The frozen stage-1 copy (teacher_mode 'copy') sits outside the engine, whole on each rank."""
+    from training.stage2 import train_stage2
+
+    root, args = world
+    checkpoint = root / "runs" / "s2_start" / "checkpoints" / f"step_{STEPS:06d}" / "model.safetensors"
+    if not checkpoint.is_file():
+        _one_process(root, args, "s2_start")
+    s2 = [*args, f"model.checkpoint='{checkpoint}'", "stage2.teacher_mode='copy'", "stage2.lambda_value=0.5",
+          "stage2.lambda_ramp_steps=2"]
+    train_stage2(load_config(CONFIG, [*s2, "run.name='s2_one'", "run.batch_size=2"]))
+    one = read_metrics(root / "runs" / "s2_one")
+    _launch(root, "accelerate_deepspeed.yaml", s2, "run.name='s2_z2'", stage="stage2")
+    two = read_metrics(root / "runs" / "s2_z2")
+    _assert_same(one, two)
+    for a, b in zip(one, two):
+        for key in ("denoise", "s2x", "lambda"):
+            assert b[key] == pytest.approx(a[key], **TOLERANCE), (a["step"], key)
+    assert [r["lambda"] for r in two[:3]] == [0.0, 0.25, 0.5]
+    last = two[-1]  # the teacher's term is in the loss the engine stepped on
+    assert last["s2x"] != 0 and last["loss"] == pytest.approx(last["denoise"] + last["lambda"] * last["s2x"], rel=1e-5)
 
 
 def test_multigpu_extra_equals_requirements_multigpu():

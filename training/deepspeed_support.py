@@ -37,11 +37,12 @@ ENGINE_TAG = "engine"
 STAGES = (2, 3)
 INSTALL = "pip install -r requirements-multigpu.txt (deepspeed; DS_BUILD_OPS=0 skips compiling its CUDA ops)"
 # what tests/test_training_deepspeed.py runs; logged at the start of every DeepSpeed run
-EXERCISED = ("exercised by tests/test_training_deepspeed.py with deepspeed 0.19.8 on CPUs only (2 processes, gloo, "
-             "stage 1): ZeRO-2 (LoRA, EMA, fp32 and bf16 autocast, resume after SIGKILL) and ZeRO-3 (full "
-             "fine-tuning without EMA, fp32, resume, model file), gradient accumulation, clipping; refused up front: "
-             "validation during a ZeRO-3 run and a full fine-tuning's EMA under ZeRO-3; NOT exercised: GPUs and "
-             "NCCL, stage 2 (S2X teacher), a LoRA's EMA under ZeRO-3, offload_optimizer/offload_param "
+EXERCISED = ("exercised by tests/test_training_deepspeed.py with deepspeed 0.19.8 on CPUs only (2 processes, gloo): "
+             "stage 1 under ZeRO-2 (LoRA, EMA, fp32 and bf16 autocast, resume after SIGKILL) and ZeRO-3 (full "
+             "fine-tuning without EMA, fp32, resume, model file), stage 2 with the S2X teacher (teacher_mode "
+             "'copy') under ZeRO-2, gradient accumulation, clipping; refused up front: validation during a ZeRO-3 "
+             "run and a full fine-tuning's EMA under ZeRO-3; NOT exercised: GPUs and NCCL, stage 2 under ZeRO-3 or "
+             "with teacher_mode 'lora_disabled', a LoRA's EMA under ZeRO-3, offload_optimizer/offload_param "
              "(DeepSpeedCPUAdam), the bitsandbytes 8-bit AdamW under ZeRO, several machines")
 
 
