@@ -170,6 +170,47 @@ def test_face_cue_on_a_real_picture_stays_within_the_sampling_bound():
     assert float(exact.max()) > 0.5 and float(error.max()) < 0.02 and float(error.mean()) < 1e-3
 
 
+def test_resize_box_samples_the_box_within_the_bound_and_declines_boxes_at_the_edge():
+    # cv2.resize of an aligned window: within VALUE_ERROR of the exact bilinear crop on uniform noise
+    from directanimator.cues.face_cue import crop_resize
+    from directanimator.cues.resample import RESIZE_SHIFT, resize_box
+
+    torch.manual_seed(0)
+    image = torch.rand(120, 100, 3)
+    scratch: list[np.ndarray] = []
+    used = 0
+    for shift in np.linspace(0.0, 1.0, 17):
+        box = (30.0 + shift, 40.3 + 0.7 * shift, 50.3 + shift, 60.6 + 0.7 * shift)  # 0.317 px steps
+        crop = resize_box(image.numpy(), box, 64, 64, scratch)
+        if crop is None:
+            continue
+        used += 1
+        exact = crop_resize(image, torch.tensor(box), 64, 64).numpy()
+        assert crop.shape == (64, 64, 3) and np.abs(crop - exact).max() <= VALUE_ERROR
+    assert used >= 14 and RESIZE_SHIFT <= VALUE_ERROR / 2
+    assert resize_box(image.numpy(), (0.5, 10.0, 40.5, 50.0), 64, 64, scratch) is None  # needs a pixel left of it
+    assert resize_box(image.numpy(), (60.0, 79.0, 100.0, 119.0), 64, 64, scratch) is None  # and one past it
+
+
+def test_face_cue_on_real_dance_frames_stays_within_the_sampling_bound():
+    # real footage, face-sized fractional boxes (about 100 px onto 512, like the dance video's face track): the
+    # fast CPU crops (mostly cv2.resize) against the exact bilinear ones
+    from directanimator.cues.resample import resize_box
+    from helpers import dance_frames
+
+    frames = dance_frames()[:24]
+    steps = torch.linspace(0.0, 1.0, 24)[:, None]
+    boxes = torch.tensor([[200.1, 101.7, 300.2, 201.9]]) + steps * torch.tensor([[5.3, -2.9, 8.1, 0.4]])
+    valid = torch.ones(24, dtype=torch.bool)
+    fast = face_cue(frames, boxes, valid)
+    exact = face_cue(frames, boxes, valid, exact=True)
+    error = (fast - exact).abs()
+    assert float(exact.max()) > 0.5 and float(error.max()) < 0.02 and float(error.mean()) < 1e-3
+    scratch: list[np.ndarray] = []
+    resized = sum(resize_box(frames[i].numpy(), boxes[i].tolist(), 512, 512, scratch) is not None for i in range(24))
+    assert resized >= 12  # the fast path is the one mostly taken (91 of the dance video's 96 face boxes)
+
+
 def test_clip_unit_is_numpy_clip_in_place_and_into_views():
     from directanimator.cues.buffers import clip_unit
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import CueError
 from ..tensors import as_frames
 from .buffers import clip_unit, zeroed_buffer
-from .resample import opencv, sample_box
+from .resample import opencv, resize_box, sample_box
 
 
 def crop_boxes(images: Tensor, boxes: Tensor, out_height: int, out_width: int) -> Tensor:
@@ -84,7 +84,8 @@ def face_cue(
     `square_boxes`); each is resized into the centred square of side ``min(H, W)`` by bilinear sampling (as
     `crop_boxes`). Box parts outside the frame and frames with ``valid [F]`` False are black. `size` is
     ``(H, W)``, default the frames' size. On the CPU the sampling is OpenCV's, whose sample positions are
-    rounded to 1/32 px (`resample.sample_box`); `exact` samples exactly as `crop_boxes` (slower).
+    within 1/64 px of the exact ones (`resample.resize_box`, `resample.sample_box`); `exact` samples exactly as
+    `crop_boxes` (slower).
     """
     return _face_cue(as_frames(frames, name="frames"), boxes, valid, size=size, exact=exact)
 
@@ -94,8 +95,8 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
     """`face_cue` on frames already checked by `as_frames` (extract_cues checks them once for all stages); `out`
     ``[F, H, W, 3]`` (contiguous, on the frames' device) receives the cue when given (`out_zeroed`: it is all
     zeros already, e.g. from `buffers.zeroed_buffer`, so the black parts are not written). On the CPU the crops are
-    OpenCV's (`resample.sample_box`, within 1/32 of the neighbouring pixels' difference of the exact bilinear
-    samples) unless `exact` or OpenCV is missing."""
+    OpenCV's (`resample.resize_box`, else `resample.sample_box`; within 1/32 of the neighbouring pixels'
+    difference of the exact bilinear samples) unless `exact` or OpenCV is missing."""
     count, height, width = frames.shape[:3]
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=frames.device)
     valid = torch.as_tensor(valid, device=frames.device).to(torch.bool).reshape(-1)
@@ -138,10 +139,14 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
     flags, box_list = valid.tolist(), boxes.tolist()
     if not exact and opencv() is not None:
         frames_np, square_np = frames.detach().numpy(), square.numpy()
+        scratch: list[np.ndarray] = []  # resize_box's buffer, reused across the frames
         for i in range(count):
             if flags[i]:
-                sample_box(np.ascontiguousarray(frames_np[i]), box_list[i], square_np[i])
-                clip_unit(square_np[i], square_np[i])
+                image = np.ascontiguousarray(frames_np[i])
+                crop = resize_box(image, box_list[i], side, side, scratch)
+                if crop is None:
+                    crop = sample_box(image, box_list[i], square_np[i])
+                clip_unit(crop, square_np[i])
             elif not out_zeroed:
                 square_np[i] = 0.0
         return canvas

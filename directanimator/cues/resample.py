@@ -7,6 +7,12 @@ grid_sample, which stays there.) OpenCV rounds each sample position to 1/32 px (
 a value can differ from the exact bilinear sample by at most 1/32 of the largest difference between neighbouring
 pixels (on values in 0..1: at most 0.031 at a hard black/white corner, about 0.02 on uniform noise, a few 1e-3
 on photographs).
+
+`resize_box` is the faster way where a box lies inside the image: ``cv2.resize`` (separable, about 4x faster than
+warpAffine for a 100 px face box onto 512x512) of a pixel-aligned window around the box at the box's exact scale,
+of which a sub-rectangle is the crop. Its sample positions are those of the box shifted by the window's rounding,
+which it accepts only when that is at most 1/64 px along each axis (the largest rounding of warpAffine's), so the
+same `VALUE_ERROR` bounds both.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import numpy as np
 # Largest difference between `sample_box` and the exact bilinear sample, as a fraction of the largest difference
 # between neighbouring source pixels: half of OpenCV's 1/32 px position step, along each of the two axes.
 VALUE_ERROR = 2 * (1.0 / 64.0)
+# `resize_box`: the largest accepted shift of the sample positions (source px, per axis), and how many pixels of
+# extra window it tries on the leading side to find one within it (about 9 in 10 face boxes on the dance video).
+RESIZE_SHIFT = 1.0 / 64.0
+RESIZE_MARGIN = 24
 
 
 def opencv():
@@ -42,3 +52,49 @@ def sample_box(image: np.ndarray, box: tuple[float, float, float, float], dst: n
     if out is not dst and out.ctypes.data != dst.ctypes.data:  # OpenCV could not write into the view
         dst[...] = out
     return dst
+
+
+def _resize_axis(start: float, end: float, count: int, size: int) -> tuple[int, int, int, int, float] | None:
+    """Along one axis of `size` pixels: a window ``[first, stop)`` and an output offset such that resizing the
+    window at scale ``count / (end - start)`` (giving `resized` pixels) samples ``[start, end)`` at pixels
+    ``offset .. offset + count - 1`` within `RESIZE_SHIFT` px; ``(first, stop, offset, resized, scale)``, or None
+    when the box is too close to the image edge or no window within `RESIZE_MARGIN` px is close enough."""
+    step = (end - start) / count
+    stop = int(np.ceil(end)) + 1  # one pixel beyond the last tap, so OpenCV's edge clamping is never read
+    if stop > size:
+        return None
+    for margin in range(RESIZE_MARGIN):
+        first = int(np.floor(start)) - 1 - margin
+        if first < 0:
+            return None
+        offset = int(round((start - first) / step))
+        if abs(start - first - offset * step) <= RESIZE_SHIFT:
+            resized = int(np.rint((stop - first) / step))  # OpenCV's size for a scale factor: round(width * fx)
+            return (first, stop, offset, resized, 1.0 / step) if offset + count <= resized else None
+    return None
+
+
+def resize_box(image: np.ndarray, box: tuple[float, float, float, float], height: int, width: int,
+               scratch: list[np.ndarray]) -> np.ndarray | None:
+    """`sample_box` of `image` ``[H, W, C]`` float32 over `box` onto ``[height, width, C]`` by ``cv2.resize``
+    (see the module): a view into `scratch` (a list holding one reusable flat float32 buffer, grown as needed), or
+    None where the box is not far enough inside the image or no window aligns (use `sample_box` there)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    along_x = _resize_axis(x0, x1, width, image.shape[1])
+    along_y = _resize_axis(y0, y1, height, image.shape[0])
+    if along_x is None or along_y is None:
+        return None
+    left, right, offset_x, resized_w, scale_x = along_x
+    top, bottom, offset_y, resized_h, scale_y = along_y
+    channels = image.shape[2]
+    needed = resized_h * resized_w * channels
+    if not scratch or scratch[0].size < needed:
+        scratch[:] = [np.empty(needed, np.float32)]
+    resized = scratch[0][:needed].reshape(resized_h, resized_w, channels)
+    out = opencv().resize(image[top:bottom, left:right], (0, 0), dst=resized, fx=scale_x, fy=scale_y,
+                          interpolation=opencv().INTER_LINEAR)
+    if out.shape != resized.shape:  # OpenCV sized it otherwise than round(width * fx): not the samples meant
+        return None
+    if out.ctypes.data != resized.ctypes.data:
+        resized[...] = out
+    return resized[offset_y:offset_y + height, offset_x:offset_x + width]
