@@ -327,3 +327,28 @@ def test_cell_maxima_equal_max_pooling_on_tiling_and_partial_cells():
         masks = torch.rand(3, height, width, generator=generator)
         expected = F.max_pool2d(masks[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
         assert torch.equal(_cell_maxima(masks, cell), expected)
+
+
+@pytest.mark.parametrize("t", [Similarity(1.0846, -46.758, 10.818), Similarity(0.73, 40.2, 60.9),
+                               Similarity(1.37, -150.5, -90.25), Similarity(0.4, 5.0, 7.0)],
+                         ids=["dance-video-fit", "shrink", "grow-past-the-edge", "area-averaged"])
+def test_fast_mask_warp_is_the_exact_warp_within_the_bound_on_real_masks(t):
+    # the location cue's OpenCV warp (cv2.resize of an aligned window, exact border strips) against warp_masks on
+    # the real person mask: within VALUE_ERROR everywhere, far inside it in practice, and identical after pooling
+    # and softening up to float rounding
+    from directanimator.cues.location_cue import _cell_maxima, _location_cue, _warp_masks_fast
+    from directanimator.cues.resample import VALUE_ERROR
+    from directanimator.cues.segmentation import segment_person
+    from helpers import real_reference
+
+    mask = segment_person(real_reference("ref_real_person.jpg"))  # [1, 896, 512] soft mask
+    masks = torch.cat([mask, mask.flip(-1), mask.roll(37, dims=1)])
+    exact = warp_masks(masks, t, (896, 512))
+    fast = _warp_masks_fast(masks, t, (896, 512))
+    assert float(exact.max()) > 0.5
+    assert torch.equal(fast, exact) == (t.scale <= 0.5)  # OpenCV's path, except where masks are area-averaged
+    assert float((fast - exact).abs().max()) <= VALUE_ERROR and float((fast - exact).abs().mean()) < 1e-4
+    assert float((_cell_maxima(fast, 16) - _cell_maxima(exact, 16)).abs().max()) < 0.01  # ~0.003 measured
+    boxes, valid = torch.tensor([[200.0, 100, 300, 200]] * 3), torch.ones(3, dtype=torch.bool)
+    body, _ = _location_cue(masks, boxes, valid, t, out_size=(896, 512), cell=16, blur=4.0)
+    assert torch.allclose(body, grid_soften(exact, cell=16, blur=4.0), atol=0.01, rtol=0)

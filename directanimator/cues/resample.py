@@ -54,17 +54,18 @@ def sample_box(image: np.ndarray, box: tuple[float, float, float, float], dst: n
     return dst
 
 
-def _resize_axis(start: float, end: float, count: int, size: int) -> tuple[int, int, int, int, float] | None:
+def _resize_axis(start: float, end: float, count: int, size: int,
+                 margin: int = RESIZE_MARGIN) -> tuple[int, int, int, int, float] | None:
     """Along one axis of `size` pixels: a window ``[first, stop)`` and an output offset such that resizing the
     window at scale ``count / (end - start)`` (giving `resized` pixels) samples ``[start, end)`` at pixels
     ``offset .. offset + count - 1`` within `RESIZE_SHIFT` px; ``(first, stop, offset, resized, scale)``, or None
-    when the box is too close to the image edge or no window within `RESIZE_MARGIN` px is close enough."""
+    when the box is too close to the image edge or no window within `margin` px is close enough."""
     step = (end - start) / count
     stop = int(np.ceil(end)) + 1  # one pixel beyond the last tap, so OpenCV's edge clamping is never read
     if stop > size:
         return None
-    for margin in range(RESIZE_MARGIN):
-        first = int(np.floor(start)) - 1 - margin
+    for extra in range(margin):
+        first = int(np.floor(start)) - 1 - extra
         if first < 0:
             return None
         offset = int(round((start - first) / step))
@@ -75,22 +76,23 @@ def _resize_axis(start: float, end: float, count: int, size: int) -> tuple[int, 
 
 
 def resize_box(image: np.ndarray, box: tuple[float, float, float, float], height: int, width: int,
-               scratch: list[np.ndarray]) -> np.ndarray | None:
-    """`sample_box` of `image` ``[H, W, C]`` float32 over `box` onto ``[height, width, C]`` by ``cv2.resize``
-    (see the module): a view into `scratch` (a list holding one reusable flat float32 buffer, grown as needed), or
-    None where the box is not far enough inside the image or no window aligns (use `sample_box` there)."""
+               scratch: list[np.ndarray], *, margin: int = RESIZE_MARGIN) -> np.ndarray | None:
+    """`sample_box` of `image` ``[H, W]`` or ``[H, W, C]`` float32 over `box` onto ``[height, width(, C)]`` by
+    ``cv2.resize`` (see the module): a view into `scratch` (a list holding one reusable flat float32 buffer, grown
+    as needed), or None where the box is not far enough inside the image or no window within `margin` px of it
+    aligns (use `sample_box` there)."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    along_x = _resize_axis(x0, x1, width, image.shape[1])
-    along_y = _resize_axis(y0, y1, height, image.shape[0])
+    along_x = _resize_axis(x0, x1, width, image.shape[1], margin)
+    along_y = _resize_axis(y0, y1, height, image.shape[0], margin)
     if along_x is None or along_y is None:
         return None
     left, right, offset_x, resized_w, scale_x = along_x
     top, bottom, offset_y, resized_h, scale_y = along_y
-    channels = image.shape[2]
-    needed = resized_h * resized_w * channels
+    shape = (resized_h, resized_w, *image.shape[2:])
+    needed = int(np.prod(shape))
     if not scratch or scratch[0].size < needed:
         scratch[:] = [np.empty(needed, np.float32)]
-    resized = scratch[0][:needed].reshape(resized_h, resized_w, channels)
+    resized = scratch[0][:needed].reshape(shape)
     out = opencv().resize(image[top:bottom, left:right], (0, 0), dst=resized, fx=scale_x, fy=scale_y,
                           interpolation=opencv().INTER_LINEAR)
     if out.shape != resized.shape:  # OpenCV sized it otherwise than round(width * fx): not the samples meant
