@@ -1,12 +1,13 @@
-"""Bilinear resampling of a box of an image onto a rectangle with OpenCV: the CPU path of the face crop.
+"""Bilinear resampling of a box of an image onto a rectangle with OpenCV: the CPU path of the face crop and of
+the location cue's mask warp.
 
 `sample_box` gives the samples of ``grid_sample(align_corners=False, padding_mode="zeros")`` over the box (see
 `face_cue.crop_boxes`), computed by ``cv2.warpAffine``: for a 3-channel face crop about 2.5x faster than torch's
-gathers (`face_cue.crop_resize`) on the CPU. (For the one-channel location warp it measured no faster than
-grid_sample, which stays there.) OpenCV rounds each sample position to 1/32 px (INTER_BITS) along each axis, so
-a value can differ from the exact bilinear sample by at most 1/32 of the largest difference between neighbouring
-pixels (on values in 0..1: at most 0.031 at a hard black/white corner, about 0.02 on uniform noise, a few 1e-3
-on photographs).
+gathers (`face_cue.crop_resize`) on the CPU (for the one-channel mask warp no faster than grid_sample; `resize_box`
+is, see `location_cue._warp_masks_fast`). OpenCV rounds each sample position to 1/32 px (INTER_BITS) along each
+axis, so a value can differ from the exact bilinear sample by at most 1/32 of the largest difference between
+neighbouring pixels (on values in 0..1: at most 0.031 at a hard black/white corner, about 0.02 on uniform noise, a
+few 1e-3 on photographs).
 
 `resize_box` is the faster way where a box lies inside the image: ``cv2.resize`` (separable, about 4x faster than
 warpAffine for a 100 px face box onto 512x512) of a pixel-aligned window around the box at the box's exact scale,
