@@ -129,11 +129,16 @@ def check_deepspeed_launch(config: TrainConfig) -> None:
     `config`, so the stages call it before the model loads; nothing to check without DeepSpeed."""
     if not deepspeed_requested():
         return
-    require_deepspeed()
+    # the settings first (they need no deepspeed), so one run of the command names every mistake it can
     settings = launch_settings(config)
     deepspeed_config(config, world=int(os.environ.get("WORLD_SIZE", "1")), **settings)  # stage and offload checks
-    if settings["zero_stage"] != 3:
-        return
+    if settings["zero_stage"] == 3:
+        _check_zero3(config)
+    require_deepspeed()
+
+
+def _check_zero3(config: TrainConfig) -> None:
+    """InputError for what the trainer does not do under ZeRO-3: validation during the run, a full EMA copy."""
     if config.run.validate_every > 0:
         # forwards without a backward leave ZeRO-3 parameters gathered; releasing them after sampling has not been
         # exercised by a multi-process run here, so the trainer does not validate during a ZeRO-3 run
