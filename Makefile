@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # torch on 2 busy cores: idle OpenMP threads that spin slow small ops 10x or more
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-fast demo demo-real claims bench clean
+.PHONY: setup test test-fast test-deepspeed demo demo-real claims bench clean
 
 setup: $(VENV)/.setup-done
 
@@ -26,6 +26,11 @@ test: setup
 # the tests not marked slow (pyproject.toml's `slow` marker): under two minutes on 2 CPU cores
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# DeepSpeed ZeRO-2/3 on 2 CPU processes (optional dependency, not in `setup`: its tests skip without it; ~3 min)
+test-deepspeed: setup
+	$(PY) -m pip install -q "deepspeed>=0.19"
+	$(PY) -m pytest -q tests/test_training_deepspeed.py
 
 demo: setup
 	$(PY) -m directanimator demo --out $(OUT)
