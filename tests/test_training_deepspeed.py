@@ -257,6 +257,14 @@ def _assert_same(one: list[dict], two: list[dict]) -> None:
     assert one[0]["grad_norm"] > 0.05  # clipping (clip_norm 0.05) was active
 
 
+def _assert_resumed(whole: list[dict], resumed: list[dict], *, after: int = 0) -> None:
+    """A resumed run logged every step, and the steps after `after` equal the uninterrupted run's."""
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(whole[after:], resumed[after:]):
+        for key in ("loss", "grad_norm", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
 @DEEPSPEED
 @pytest.mark.slow
 def test_zero2_lora_on_two_processes_follows_one_process_and_resumes_exactly_after_sigkill(world):
@@ -282,11 +290,7 @@ def test_zero2_lora_on_two_processes_follows_one_process_and_resumes_exactly_aft
     saved = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
     assert saved and saved[-1] != f"step_{STEPS:06d}", "the run finished before it could be killed"
     _launch(root, "accelerate_deepspeed.yaml", args, "run.name='killed'", resume=True)
-    resumed = read_metrics(run)
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for a, b in zip(whole, resumed):
-        for key in ("loss", "grad_norm", "lr"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+    _assert_resumed(whole, read_metrics(run))
 
 
 @DEEPSPEED
@@ -325,11 +329,7 @@ def test_zero3_full_finetuning_on_two_processes_follows_one_process_its_model_fi
     shutil.copytree(root / "runs" / "z3", root / "runs" / "z3_resumed")
     shutil.rmtree(root / "runs" / "z3_resumed" / "checkpoints" / step)
     _launch(root, "accelerate_deepspeed_zero3.yaml", args, *full, "run.name='z3_resumed'", resume=True)
-    resumed = read_metrics(root / "runs" / "z3_resumed")
-    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
-    for a, b in zip(whole[2:], resumed[2:]):
-        for key in ("loss", "grad_norm", "lr"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+    _assert_resumed(whole, read_metrics(root / "runs" / "z3_resumed"), after=2)
 
 
 @DEEPSPEED

@@ -433,7 +433,8 @@ def test_crop_of_the_real_portrait_footage_frames_the_dancer_whole():
 def test_the_device_flag_is_checked_before_the_cache_folder_is_made(long_world, tmp_path):
     import argparse
 
-    from training.prepare import add_arguments, prepare_device, run
+    from directanimator.devices import process_device
+    from training.prepare import add_arguments, run
 
     root, data, model = long_world
     parser = argparse.ArgumentParser()
@@ -444,7 +445,7 @@ def test_the_device_flag_is_checked_before_the_cache_folder_is_made(long_world, 
         run(parser.parse_args([str(CONFIG), *sets, "--device", "cuda:99"]))
     assert not (tmp_path / "cache").exists()
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert prepare_device("auto").type == expected and prepare_device("cpu").type == "cpu"
+    assert process_device("auto").type == expected and process_device("cpu").type == "cpu"
 
 
 def test_a_clip_without_a_stored_frame_count_is_counted_before_windows_are_cut(tmp_path):

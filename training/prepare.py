@@ -524,11 +524,6 @@ def check_buckets(config: TrainConfig, bc: dict) -> None:
         )
 
 
-def prepare_device(spec: str) -> torch.device:
-    """The device of prepare's VAE for `data.device` (directanimator.devices.process_device)."""
-    return process_device(spec, name="data.device")
-
-
 def _process_group(timeout_minutes: float):
     """accelerate's process state when this runs under `accelerate launch` / torchrun (WORLD_SIZE > 1), else None.
     Its collectives wait `timeout_minutes` (run.dist_timeout_minutes) for the slowest process: rank 0 encodes every
@@ -565,7 +560,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     check_frames(config, bc)
     check_buckets(config, bc)
     d = config.data
-    device = prepare_device(d.device)
+    device = process_device(d.device, name="data.device")
     state = _process_group(config.run.dist_timeout_minutes)
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     folder = cache_folder(config)
@@ -660,7 +655,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"data.device={json.dumps(args.device)}"] if args.device else [])
     config = load_config(args.config, overrides)
     entries_to_prepare(config, args.limit)  # an empty training set fails before the cache folder is made
-    prepare_device(config.data.device)  # an unusable device fails before the cache folder is made
+    process_device(config.data.device, name="data.device")  # an unusable device fails before the cache folder is made
     if int(os.environ.get("RANK", "0")) == 0:
         save_config(config, cache_folder(config) / "config.json")
     result = prepare(config, limit=args.limit)

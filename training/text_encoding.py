@@ -93,11 +93,6 @@ def text_encoder_folders(config: TrainConfig) -> TextEncoderFolders | None:
     return find_text_encoder(m.backbone)
 
 
-def encode_device(config: TrainConfig) -> torch.device:
-    """Where the text encoder runs: `data.device`, by the rule of prepare's VAE (devices.process_device)."""
-    return process_device(config.data.device, name="data.device")
-
-
 def _check_width(folders: TextEncoderFolders, bc: dict) -> None:
     width = folders.config.get("d_model")
     if width != int(bc["text_embed_dim"]):
@@ -153,7 +148,7 @@ def prepare_text(config: TrainConfig, bc: dict, entries: list[dict], folder: Pat
     # "" goes alone, as the pipelines encode the negative prompt: a batch may differ from it in the last float bits
     batches = [[""]] * own_null + [todo[k:k + ENCODE_BATCH] for k in range(0, len(todo), ENCODE_BATCH)]
     if batches:
-        _encode(folders, batches, folder, bc, encode_device(config))
+        _encode(folders, batches, folder, bc, process_device(config.data.device, name="data.device"))
     if own_null:
         empty = load_file(str(caption_file(folder, "")))["text_embeds"]
         save_safetensors({"null_text": empty.float()[None]}, null_path, {})
