@@ -23,7 +23,7 @@ from diffusers import CogVideoXTransformer3DModel
 
 from benchmarks.report import write_section
 from directanimator.models import CueLatents, DirectAnimatorTransformer
-from directanimator.models.transformer import CueTokens
+from directanimator.models.fusion import CueTokens
 from directanimator.models.info import size_report
 
 ROOT = Path(__file__).resolve().parents[1]

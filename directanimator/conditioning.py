@@ -61,8 +61,9 @@ class Conditioning:
 
 
 def backbone_config(model):
-    """The diffusers config of the model's CogVideoX backbone."""
-    return model.transformer.backbone.config
+    """The facts of the model's backbone (`directanimator.models.family.BackboneSpec`: CogVideoX-named attributes
+    for either family)."""
+    return model.transformer.spec
 
 
 def using(model, part: str):

@@ -66,8 +66,8 @@ def test_header_carries_format_version_config_and_backbone_fingerprint(tmp_path)
         meta = fh.metadata()
     assert meta["format"] == "directanimator" and int(meta["format_version"]) == FORMAT_VERSION
     fp = json.loads(meta["fingerprint"])
-    assert fp == {"inner_dim": 32, "num_layers": 2, "patch_size": 2, "patch_size_t": 2, "in_channels": 32,
-                  "out_channels": 16, "text_embed_dim": 32, "time_embed_dim": 16}
+    assert fp == {"family": "cogvideox", "inner_dim": 32, "num_layers": 2, "patch_size": 2, "patch_size_t": 2,
+                  "in_channels": 32, "out_channels": 16, "text_embed_dim": 32, "time_embed_dim": 16}
     config = json.loads(meta["config"])
     assert config["cue_fusion"]["modulation_rank"] == 8 and config["backbone"]["ofs_embed_dim"] == 16
 

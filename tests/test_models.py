@@ -10,7 +10,7 @@ import torch
 
 from directanimator.errors import InputError
 from directanimator.models import CueFusion, CueLatents, CuePatchEmbed, DirectAnimatorTransformer
-from directanimator.models.transformer import CueTokens
+from directanimator.models.fusion import CueTokens
 from tests.tiny import (
     LATENT,
     LATENT_CHANNELS,

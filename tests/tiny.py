@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel, WanTransformer3DModel
 
 from benchmarks.synthetic import random_triplet
 from directanimator.cues.types import CueTriplet
@@ -77,20 +77,44 @@ TINY_VAE_CONFIG = dict(
 
 LAYOUTS = ("1.0", "1.5")
 
+# Wan layouts (WanTransformer3DModel, patches (1, 2, 2), rotary only, flow matching):
+# "wan-i2v" like Wan2.1-I2V-14B: noisy (16) + first-frame mask (4) + image condition latents (16) on channels,
+#   a CLIP image embedding (here 5 tokens of width WAN_IMAGE_DIM) in the cross-attention context, whose processor
+#   takes the last 512 context tokens as text: its text embeddings are always 512 tokens;
+# "wan-ti2v" like Wan2.2-TI2V-5B: 48 latent channels, the clean image latent as the first latent frame.
+WAN_LAYOUTS = ("wan-i2v", "wan-ti2v")
+WAN_TEXT_LEN = 512
+WAN_IMAGE_DIM = 20
+WAN_IMAGE_TOKENS = 5
+WAN_TI2V_CHANNELS = 48
+_TINY_WAN = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=TEXT_DIM, freq_dim=16,
+                 ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+TINY_WAN_CONFIGS = {
+    "wan-i2v": dict(_TINY_WAN, in_channels=2 * LATENT_CHANNELS + 4, out_channels=LATENT_CHANNELS,
+                    image_dim=WAN_IMAGE_DIM, added_kv_proj_dim=24),
+    "wan-ti2v": dict(_TINY_WAN, in_channels=WAN_TI2V_CHANNELS, out_channels=WAN_TI2V_CHANNELS),
+}
+
 
 def tiny_backbone_config(layout: str = "1.0", **overrides) -> dict:
-    """The tiny CogVideoX transformer config of `layout` ("1.0" or "1.5"), with `overrides` applied."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    config = dict(TINY_CONFIG_10 if layout == "1.0" else TINY_CONFIG_15)
+    """The tiny transformer config of `layout` (CogVideoX "1.0" / "1.5", or a `WAN_LAYOUTS` name), with
+    `overrides` applied."""
+    if layout in TINY_WAN_CONFIGS:
+        config = dict(TINY_WAN_CONFIGS[layout])
+    elif layout in LAYOUTS:
+        config = dict(TINY_CONFIG_10 if layout == "1.0" else TINY_CONFIG_15)
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS + WAN_LAYOUTS}, got {layout!r}")
     config.update(overrides)
     return config
 
 
-def tiny_backbone(layout: str = "1.0", *, seed: int = 0, **overrides) -> CogVideoXTransformer3DModel:
-    """A randomly initialised tiny `CogVideoXTransformer3DModel` (eval mode, fp32)."""
+def tiny_backbone(layout: str = "1.0", *, seed: int = 0, **overrides):
+    """A randomly initialised tiny `CogVideoXTransformer3DModel` or `WanTransformer3DModel` (eval mode, fp32)."""
     torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(**tiny_backbone_config(layout, **overrides)).eval()
+    config = tiny_backbone_config(layout, **overrides)
+    model_class = WanTransformer3DModel if layout in TINY_WAN_CONFIGS else CogVideoXTransformer3DModel
+    return model_class(**config).eval()
 
 
 def tiny_vae(*, seed: int = 0) -> AutoencoderKLCogVideoX:
@@ -131,13 +155,29 @@ def tiny_inputs(layout: str = "1.0", *, batch: int = 1, frames: int | None = Non
     )
 
 
+def tiny_wan_inputs(layout: str = "wan-i2v", *, batch: int = 1, frames: int = 3, height: int = LATENT,
+                    width: int = LATENT, seed: int = 0) -> dict:
+    """Random inputs of a tiny Wan model: hidden_states ``[B, F', C_in, h, w]``, text ``[B, 512, 32]``, timestep
+    ``[B]`` and, for "wan-i2v", image_embeds ``[B, 5, 20]``."""
+    config = TINY_WAN_CONFIGS[layout]
+    gen = torch.Generator().manual_seed(seed)
+    inputs = dict(
+        hidden_states=torch.randn(batch, frames, config["in_channels"], height, width, generator=gen),
+        encoder_hidden_states=torch.randn(batch, WAN_TEXT_LEN, TEXT_DIM, generator=gen),
+        timestep=torch.full((batch,), 500.0),
+    )
+    if config.get("image_dim"):
+        inputs["image_embeds"] = torch.randn(batch, WAN_IMAGE_TOKENS, WAN_IMAGE_DIM, generator=gen)
+    return inputs
+
+
 def tiny_cue_latents(*, batch: int = 1, frames: int = TINY_LATENT_FRAMES_10, height: int = LATENT,
-                     width: int = LATENT, seed: int = 0):
+                     width: int = LATENT, seed: int = 0, channels: int = LATENT_CHANNELS):
     """Random `CueLatents` on a tiny latent grid; masks in 0..1."""
     from directanimator.models import CueLatents
 
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, frames, LATENT_CHANNELS, height, width)
+    shape = (batch, frames, channels, height, width)
     mask_shape = (batch, frames, 1, height, width)
     return CueLatents(
         pose=torch.randn(shape, generator=gen),

@@ -23,7 +23,7 @@ from .face_detection import _detect_faces
 from .location_cue import ALIGNED_POSE_NOTE, _location_cue, anchor_frames, fit_similarity, warp_masks
 from .pose_cue import _pose_grey
 from .resample import opencv
-from .segmentation import _segment_person, bad_frames, frames_uint8
+from .segmentation import _bad_frames, _segment_person, frames_uint8, mask_areas
 from .types import CueConfig, CueRecord, CueTriplet, FaceTrack, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -401,7 +401,7 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
     if not bool(person_valid.any()):
         raise CueError(f"driving: no person found in any of the {count} frames. Pass a driving mask, or use a "
                        "video in which a person is visible (try the other segmenter).")
-    bad = bad_frames(masks, area_jump=config.area_jump).to(device=device, dtype=torch.bool).reshape(-1)
+    bad = _bad_frames(mask_areas(masks), area_jump=config.area_jump).to(device=device, dtype=torch.bool).reshape(-1)
     if bool(bad.any()):
         notes.append(f"driving: {int(bad.sum())} of {count} frames have an empty or jumping person mask; "
                      "their pose cue is blank")
@@ -438,11 +438,15 @@ def _fit_location(driving: _Driving, reference: _Reference, frame: _Frame, confi
         notes.append(f"location transform: anchored on driving frame {int(torch.nonzero(anchored)[0, 0])} "
                      "(the first good one; CueConfig.anchor)")
     anchored_face = driving.face_valid.cpu() & anchored
+    # the fit reads the centre columns of the anchored frames only (one frame by default): the others stay 0
+    centres = torch.zeros(anchored.shape[0])
+    if bool(anchored.any()):
+        centres[anchored] = mask_centre_columns(driving.masks[anchored.to(driving.masks.device)])[0].cpu()
     return fit_similarity(
         PersonGeometry(driving.person_boxes.cpu(), anchored,
                        face=(median_box(driving.face_tight.cpu(), anchored_face) if bool(anchored_face.any())
                              else None),
-                       area=_content(frame.driving), centres=mask_centre_columns(driving.masks)[0].cpu()),
+                       area=_content(frame.driving), centres=centres),
         PersonGeometry.picture(reference.person_box.cpu(), face=reference.face_box, area=_content(frame.reference),
                                centre=float(mask_centre_columns(reference.mask)[0][0])),
         notes=notes,

@@ -238,7 +238,12 @@ def bad_frames(masks: Tensor, *, area_jump: float = 0.5, min_area: float = 0.002
         raise CueError(f"bad_frames: min_area={min_area} must be a fraction of the frame in [0, 1), e.g. 0.002.")
     if radius < 1:
         raise CueError(f"bad_frames: radius={radius} must be at least 1 frame.")
-    areas = mask_areas(masks)
+    return _bad_frames(mask_areas(masks), area_jump=area_jump, min_area=min_area, radius=radius)
+
+
+def _bad_frames(areas: Tensor, *, area_jump: float = 0.5, min_area: float = 0.002, radius: int = 1) -> Tensor:
+    """`bad_frames` from the masks' areas ``[F]`` (`mask_areas`), for masks already checked (extract_cues: one
+    read of the masks fewer; the options checked by the caller)."""
     bad = areas < min_area
     num_frames = areas.shape[0]
     if num_frames < 2:

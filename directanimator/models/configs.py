@@ -11,23 +11,34 @@ from ..errors import CheckpointError, InputError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-# Short names -> bundled transformer configs (diffusers `CogVideoXTransformer3DModel` layout).
+# Short names -> bundled transformer configs (diffusers `CogVideoXTransformer3DModel` / `WanTransformer3DModel`).
+# Wan2.1-I2V-14B's 480P and 720P checkpoints share one transformer config (they differ in weights and in the
+# scheduler's flow shift).
 BUNDLED_BACKBONES = {
     "cogvideox-5b-i2v": "cogvideox_5b_i2v.json",
     "cogvideox1.5-5b-i2v": "cogvideox1.5_5b_i2v.json",
+    "wan2.1-i2v-14b": "wan2.1_i2v_14b.json",
+    "wan2.1-i2v-14b-480p": "wan2.1_i2v_14b.json",
+    "wan2.1-i2v-14b-720p": "wan2.1_i2v_14b.json",
+    "wan2.2-ti2v-5b": "wan2.2_ti2v_5b.json",
 }
 # Hugging Face repo ids of the real backbones, for messages and for matching single files.
 BACKBONE_REPOS = {
     "cogvideox-5b-i2v": "THUDM/CogVideoX-5b-I2V",
     "cogvideox1.5-5b-i2v": "THUDM/CogVideoX1.5-5B-I2V",
+    "wan2.1-i2v-14b": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "wan2.1-i2v-14b-480p": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "wan2.1-i2v-14b-720p": "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+    "wan2.2-ti2v-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
 }
 SCHEDULER_CONFIG_FILE = "scheduler_cogvideox_5b.json"
 
 # Keys of a backbone config that decide whether weights trained on one backbone fit another.
 FINGERPRINT_KEYS = (
-    "inner_dim", "num_layers", "patch_size", "patch_size_t", "in_channels", "out_channels",
+    "family", "inner_dim", "num_layers", "patch_size", "patch_size_t", "in_channels", "out_channels",
     "text_embed_dim", "time_embed_dim",
 )
+_FINGERPRINT_DEFAULTS = {"family": "cogvideox"}  # checkpoints written before Wan support record no family
 
 
 def _read_json(path: Path) -> dict:
@@ -64,29 +75,35 @@ def default_scheduler_config() -> dict:
 
 
 def fingerprint(config: Mapping[str, Any]) -> dict:
-    """The backbone facts that checkpoint weights depend on: inner dim, layers, patch sizes, channels, text dim."""
+    """The backbone facts that checkpoint weights depend on: family, inner dim, layers, patch sizes, channels, text
+    and time-embedding widths (from `directanimator.models.family.spec_from_config`)."""
+    from .family import spec_from_config
+
     config = dict(config)
-    try:
-        inner_dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-    except KeyError as exc:
+    if "num_attention_heads" not in config or "attention_head_dim" not in config:
+        missing = "num_attention_heads" if "num_attention_heads" not in config else "attention_head_dim"
         raise CheckpointError(
-            f"backbone config lacks {exc.args[0]!r}; it is not a CogVideoX transformer config."
-        ) from exc
+            f"backbone config lacks {missing!r}; it is not a CogVideoX or Wan transformer config."
+        )
+    spec = spec_from_config(config)
     return {
-        "inner_dim": inner_dim,
-        "num_layers": int(config.get("num_layers", 30)),
-        "patch_size": int(config.get("patch_size", 2)),
-        "patch_size_t": None if config.get("patch_size_t") is None else int(config["patch_size_t"]),
-        "in_channels": int(config.get("in_channels", 16)),
-        "out_channels": int(config.get("out_channels") or 16),
-        "text_embed_dim": int(config.get("text_embed_dim", 4096)),
-        "time_embed_dim": int(config.get("time_embed_dim", 512)),
+        "family": spec.family,
+        "inner_dim": spec.inner_dim,
+        "num_layers": spec.num_layers,
+        "patch_size": spec.patch_size,
+        "patch_size_t": spec.patch_size_t,
+        "in_channels": spec.in_channels,
+        "out_channels": spec.out_channels,
+        "text_embed_dim": spec.text_embed_dim,
+        "time_embed_dim": spec.time_embed_dim,
     }
 
 
 def fingerprint_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints (empty when they match)."""
-    return [f"{k}: {found.get(k)} vs {expected.get(k)}" for k in FINGERPRINT_KEYS if expected.get(k) != found.get(k)]
+    def get(fp: Mapping[str, Any], key: str) -> Any:
+        return fp.get(key, _FINGERPRINT_DEFAULTS.get(key))
+    return [f"{k}: {get(found, k)} vs {get(expected, k)}" for k in FINGERPRINT_KEYS if get(expected, k) != get(found, k)]
 
 
 @dataclass

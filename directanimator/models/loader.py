@@ -38,6 +38,7 @@ from .configs import (
     backbone_config,
     default_scheduler_config,
 )
+from .family import BackboneSpec, build_backbone
 from .transformer import DirectAnimatorTransformer, positional_embedding_case
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ class AnimatorModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     offload: bool = False
     info: dict = field(default_factory=dict)  # where it came from, positional-embedding case, checkpoint extras
+    # Wan2.1 I2V only: the CLIP vision tower and its processor that embed the reference (None for other backbones)
+    image_encoder: torch.nn.Module | None = None
+    image_processor: Any = None
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -87,6 +91,11 @@ class AnimatorModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
+
+    @property
+    def spec(self) -> BackboneSpec:
+        """The backbone's facts (family, channels, text length, image conditioning, prediction)."""
+        return self.transformer.spec
 
     def to(self, device: torch.device | str) -> "AnimatorModel":
         """Set the execution device; without offload, move both networks there now."""
@@ -165,7 +174,7 @@ def download_backbone(repo_id: str, *, cache_dir: str | None = None, local_files
 @lru_cache(maxsize=8)
 def _bundled_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):
-        model = CogVideoXTransformer3DModel(**backbone_config(name))
+        model = build_backbone(backbone_config(name))
     return tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
 
 
