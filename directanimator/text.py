@@ -1,29 +1,40 @@
-"""Text embeddings: CogVideoX takes T5-XXL token embeddings; animation uses the checkpoint's null prompt unless
-the caller supplies its own. The backbone's own T5 (its ``text_encoder/`` and ``tokenizer/``) is found, keyed,
-loaded and run here exactly as the diffusers CogVideoX pipelines run it."""
+"""Text embeddings: CogVideoX takes T5-XXL token embeddings, Wan UMT5-XXL ones; animation uses the checkpoint's null
+prompt unless the caller supplies its own. The backbone's own text encoder (its ``text_encoder/`` and
+``tokenizer/``) is found, keyed, loaded and run here exactly as the family's diffusers pipelines run it:
+
+- T5 (CogVideoX): ``max_text_seq_length`` (226) tokens, padded with the pad token, no attention mask;
+- UMT5 (Wan): the prompt cleaned as diffusers' Wan pipelines clean it, 512 tokens with the attention mask, the
+  hidden states kept for the prompt's own tokens and zeros after them.
+"""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import InputError
 
+if TYPE_CHECKING:  # the models package may import this module (no import cycle at run time)
+    from .models.family import BackboneSpec
+
 log = logging.getLogger(__name__)
 
 
 def fit_text_embeddings(embeds: Tensor, *, max_length: int, dim: int, name: str = "text") -> Tensor:
-    """T5 token embeddings ``[1, L, dim]`` (or ``[L, dim]``) zero-padded or truncated to ``[1, max_length, dim]``.
+    """T5 / UMT5 token embeddings ``[1, L, dim]`` (or ``[L, dim]``) zero-padded or truncated to
+    ``[1, max_length, dim]``.
 
-    CogVideoX pipelines pad prompts to ``max_text_seq_length`` with the padding tokens' embeddings; zero padding is
-    the closest model-free equivalent, and truncation keeps the first tokens as the tokenizer would.
+    Wan pipelines pad a prompt's embeddings with zeros exactly so. CogVideoX pipelines pad prompts to
+    ``max_text_seq_length`` with the padding tokens' embeddings; zero padding is the closest model-free equivalent
+    there. Truncation keeps the first tokens as the tokenizer would.
     """
     if not isinstance(embeds, Tensor):
         raise InputError(f"{name}: expected a tensor of T5 embeddings, got {type(embeds).__name__}.")
@@ -33,8 +44,9 @@ def fit_text_embeddings(embeds: Tensor, *, max_length: int, dim: int, name: str 
         raise InputError(f"{name}: expected embeddings [1, tokens, {dim}], got shape {tuple(embeds.shape)}.")
     if embeds.shape[-1] != dim:
         raise InputError(
-            f"{name}: embeddings have {embeds.shape[-1]} features but the backbone takes {dim} (T5-XXL gives 4096). "
-            "Use a T5-XXL text encoder (e.g. ComfyUI's CLIPLoader with type 'cogvideox' / t5xxl)."
+            f"{name}: embeddings have {embeds.shape[-1]} features but the backbone takes {dim} (T5-XXL and UMT5-XXL "
+            "give 4096). Use the backbone's own text encoder (e.g. ComfyUI's CLIPLoader with t5xxl and type "
+            "'cogvideox' for CogVideoX, umt5_xxl and type 'wan' for Wan)."
         )
     tokens = embeds.shape[1]
     if tokens >= max_length:
@@ -44,9 +56,10 @@ def fit_text_embeddings(embeds: Tensor, *, max_length: int, dim: int, name: str 
 
 
 # --------------------------------------------------------------------------- the backbone's own text encoder
-# model_type -> encoder class. CogVideoX's T5 only: Wan's UMT5 is encoded another way (attention mask, padding
-# zeroed, 512 tokens), which `encode_prompts` does not do.
-T5_ENCODERS = {"t5": "T5EncoderModel"}
+# model_type -> encoder class: CogVideoX's T5, Wan's UMT5. `encode_prompts` encodes each the way its family's
+# pipelines do; FAMILY_ENCODERS says which one a backbone family takes.
+TEXT_ENCODERS = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
+FAMILY_ENCODERS = {"cogvideox": "t5", "wan": "umt5"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
 # Weight files are keyed by size plus a sample of their bytes: a T5-XXL encoder is about 9.5 GB, and hashing it
 # whole at every training start (the cache key is computed there) would cost tens of seconds; other weights differ
@@ -56,7 +69,7 @@ _SAMPLE_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class TextEncoderFolders:
-    """Where a T5 text encoder (``config.json`` plus weights) and its tokenizer live."""
+    """Where a T5 / UMT5 text encoder (``config.json`` plus weights) and its tokenizer live."""
 
     encoder: Path
     tokenizer: Path
@@ -65,15 +78,20 @@ class TextEncoderFolders:
     def config(self) -> dict:
         return json.loads((self.encoder / "config.json").read_text())
 
+    @property
+    def model_type(self) -> str:
+        """``"t5"`` (CogVideoX) or ``"umt5"`` (Wan)."""
+        return str(self.config.get("model_type"))
+
 
 def _has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
-def _is_t5(folder: Path) -> bool:
+def _is_text_encoder(folder: Path) -> bool:
     path = folder / "config.json"
     try:
-        return path.is_file() and json.loads(path.read_text()).get("model_type") in T5_ENCODERS
+        return path.is_file() and json.loads(path.read_text()).get("model_type") in TEXT_ENCODERS
     except (OSError, ValueError):
         return False
 
@@ -90,11 +108,12 @@ def _cached_repo(repo_id: str) -> Path | None:
 
 
 def find_text_encoder(source: str | Path) -> TextEncoderFolders | None:
-    """The T5 encoder and tokenizer of `source`, or None where it has none.
+    """The T5 or UMT5 encoder and tokenizer of `source`, or None where it has none.
 
-    `source`: a diffusers pipeline folder (``text_encoder/`` and ``tokenizer/``, as every CogVideoX repo ships),
-    a T5 encoder folder that holds its tokenizer too, or a Hugging Face repo id whose text encoder is already in the
-    local cache (nothing is downloaded: T5-XXL is about 9.5 GB). An encoder without a tokenizer is an InputError.
+    `source`: a diffusers pipeline folder (``text_encoder/`` and ``tokenizer/``, as every CogVideoX and Wan
+    diffusers repo ships), an encoder folder that holds its tokenizer too, or a Hugging Face repo id whose text
+    encoder is already in the local cache (nothing is downloaded: T5-XXL is about 9.5 GB, UMT5-XXL 11 GB). An
+    encoder without a tokenizer is an InputError.
     """
     if not str(source):
         return None
@@ -105,7 +124,7 @@ def find_text_encoder(source: str | Path) -> TextEncoderFolders | None:
         if root is None:
             return None
     for encoder, tokenizer in ((root / "text_encoder", root / "tokenizer"), (root, root)):
-        if not _is_t5(encoder):
+        if not _is_text_encoder(encoder):
             continue
         for folder in (tokenizer, encoder):
             if _has_tokenizer(folder):
@@ -140,18 +159,32 @@ def text_encoder_fingerprint(source: str | Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def check_text_encoder(folders: TextEncoderFolders, spec: "BackboneSpec", *,
+                       fix: str = "Use the backbone's own text_encoder/ and tokenizer/.") -> None:
+    """InputError (ending in `fix`) unless `folders` holds the kind of text encoder `spec`'s family takes (T5 for
+    CogVideoX, UMT5 for Wan) at the backbone's text width."""
+    want = FAMILY_ENCODERS.get(spec.family)
+    if folders.model_type != want:
+        raise InputError(f"text encoder {folders.encoder}: a {folders.model_type!r} encoder, but a {spec.family} "
+                         f"backbone takes {want!r} (CogVideoX: T5-XXL, Wan: UMT5-XXL). {fix}")
+    width = folders.config.get("d_model")
+    if width != spec.text_embed_dim:
+        raise InputError(f"text encoder {folders.encoder}: it gives {width}-wide embeddings but the backbone takes "
+                         f"{spec.text_embed_dim} (T5-XXL and UMT5-XXL: 4096). {fix}")
+
+
 def load_text_encoder(folders: TextEncoderFolders, *, device: str | torch.device = "cpu"):
     """``(tokenizer, encoder)`` from `folders`: the tokenizer through transformers' AutoTokenizer, the encoder as
-    its T5 encoder class in the dtype its weights are stored in, in eval mode on `device`."""
+    its T5 or UMT5 encoder class in the dtype its weights are stored in, in eval mode on `device`."""
     try:
         import transformers
     except ImportError:
         raise InputError(f"text encoder {folders.encoder}: encoding captions needs the `transformers` package "
                          "(pip install transformers sentencepiece).") from None
-    model_type = folders.config.get("model_type")
-    if model_type not in T5_ENCODERS:
-        raise InputError(f"text encoder {folders.encoder}: model_type {model_type!r} is not a T5 encoder "
-                         f"({', '.join(T5_ENCODERS)}).")
+    model_type = folders.model_type
+    if model_type not in TEXT_ENCODERS:
+        raise InputError(f"text encoder {folders.encoder}: model_type {model_type!r} is neither a T5 nor a UMT5 "
+                         f"encoder ({', '.join(TEXT_ENCODERS)}).")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folders.tokenizer), local_files_only=True)
     except (ImportError, OSError, ValueError) as error:
@@ -163,24 +196,68 @@ def load_text_encoder(folders: TextEncoderFolders, *, device: str | torch.device
             f"{str(error)[:300]}). For a folder holding spiece.model only, install sentencepiece 0.2.0 (the last "
             "that reads it with protobuf < 5, which mediapipe pins) or put the tokenizer's tokenizer.json beside it."
         ) from error
-    encoder = getattr(transformers, T5_ENCODERS[model_type]).from_pretrained(
+    encoder = getattr(transformers, TEXT_ENCODERS[model_type]).from_pretrained(
         str(folders.encoder), dtype="auto", local_files_only=True)
     return tokenizer, encoder.to(device).eval().requires_grad_(False)
 
 
+def _clean_wan_prompts(prompts: list[str]) -> list[str]:
+    # diffusers' own cleaning (ftfy when installed, HTML entities, whitespace) rather than a copy: the captions then
+    # match what its Wan pipelines encode in the same environment
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    return [prompt_clean(p) for p in prompts]
+
+
 @torch.no_grad()
 def encode_prompts(tokenizer, encoder, prompts: Sequence[str], *, max_length: int) -> Tensor:
-    """``[N, max_length, D]`` T5 embeddings of `prompts`, encoded as the diffusers CogVideoX pipelines do: the
-    tokenizer pads to `max_length` (the backbone's ``max_text_seq_length``), truncates, adds ``</s>``; the encoder's
-    last hidden state, without an attention mask, in the encoder's dtype and on its device."""
+    """``[N, max_length, D]`` embeddings of `prompts`, encoded as the diffusers pipelines of the encoder's family do
+    (the tokenizer pads to `max_length`, the backbone's ``max_text_seq_length``, truncates and adds ``</s>``):
+
+    - T5 (CogVideoX pipelines): the encoder's last hidden state over all `max_length` tokens, without an
+      attention mask;
+    - UMT5 (Wan pipelines, `max_length` 512): each prompt cleaned as those pipelines clean it, encoded with the
+      attention mask, its hidden states kept for its own tokens (``</s>`` included) and zeros after them.
+
+    In the encoder's dtype and on its device.
+    """
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise InputError(f"prompts: expected a non-empty list of strings, got {prompts!r:.200}.")
-    ids = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
-                    return_tensors="pt").input_ids
+    masked = getattr(encoder.config, "model_type", None) == "umt5"
+    if masked:
+        prompts = _clean_wan_prompts(prompts)
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
+                       return_attention_mask=True, return_tensors="pt")
     lengths = [len(row) for row in tokenizer(prompts, add_special_tokens=True).input_ids]
     cut = [p for p, n in zip(prompts, lengths) if n > max_length]
     if cut:
         log.warning("%d prompt(s) longer than the backbone's %d text tokens were truncated, e.g. %r", len(cut),
                     max_length, cut[0][:120])
-    return encoder(input_ids=ids.to(encoder.device))[0]
+    ids = tokens.input_ids.to(encoder.device)
+    if not masked:
+        return encoder(input_ids=ids)[0]
+    mask = tokens.attention_mask.to(encoder.device)
+    hidden = encoder(input_ids=ids, attention_mask=mask)[0].to(encoder.dtype)
+    own = torch.arange(hidden.shape[1], device=hidden.device)[None] < mask.gt(0).sum(dim=1)[:, None]
+    return torch.where(own[..., None], hidden, hidden.new_zeros(()))
+
+
+def backbone_null_prompt(source: str | Path, spec: "BackboneSpec", *, device: str | torch.device = "cpu"
+                         ) -> Tensor | None:
+    """``[1, max_text_seq_length, text_embed_dim]`` float32 on the CPU: the encoding of the empty prompt ``""`` by the
+    text encoder `find_text_encoder` finds in `source` (what the family's diffusers pipelines feed the negative
+    branch by default), or None where `source` has no text encoder. The encoder must suit `spec`
+    (`check_text_encoder`); it is loaded on `device` and freed before returning."""
+    folders = find_text_encoder(source)
+    if folders is None:
+        return None
+    check_text_encoder(folders, spec)
+    tokenizer, encoder = load_text_encoder(folders, device=device)
+    try:
+        return encode_prompts(tokenizer, encoder, [""], max_length=spec.max_text_seq_length).float().cpu()
+    finally:
+        del tokenizer, encoder
+        gc.collect()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,6 +1,7 @@
-"""Text conditioning at prepare: with the backbone's own T5 (``text_encoder/``, ``tokenizer/``) the null prompt is
-its encoding of "" and each caption its encoding, exactly as the diffusers CogVideoX pipeline encodes prompts;
-embeddings are cached once; the cache key follows the encoder; without an encoder the null prompt stays zeros."""
+"""Text conditioning at prepare: with the backbone's own text encoder (``text_encoder/``, ``tokenizer/``: T5 on
+CogVideoX, UMT5 on Wan) the null prompt is its encoding of "" and each caption its encoding, exactly as the family's
+diffusers pipelines encode prompts; embeddings are cached once; the cache key follows the encoder; without an
+encoder the null prompt stays zeros."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from directanimator.errors import InputError
-from directanimator.text import find_text_encoder, load_text_encoder, text_encoder_fingerprint
-from tests.tiny import TEXT_DIM, TEXT_LEN, tiny_backbone
+from directanimator.models.family import spec_from_config
+from directanimator.text import (backbone_null_prompt, encode_prompts, find_text_encoder, load_text_encoder,
+                                 text_encoder_fingerprint)
+from tests.tiny import TEXT_DIM, TEXT_LEN, WAN_TEXT_LEN, tiny_backbone, tiny_backbone_config
 from tests.training_world import CONFIG, make_world, micro_vae, overrides
 from training import text_encoding
 from training.config import load_config
@@ -28,17 +31,24 @@ PIECES = ["▁a", "▁person", "▁dances", "▁in", "▁the", "▁rain", "▁re
 LONG = "a person in a red dress walks slowly in the rain and dances in the rain"  # over TEXT_LEN tokens
 
 
-def tiny_t5(folder: Path, *, seed: int = 0, width: int = TEXT_DIM, extra_piece: str | None = None) -> Path:
-    """Save a tiny T5 text encoder and tokenizer as a CogVideoX repo has them: `folder`/text_encoder, /tokenizer."""
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+COGVIDEOX = tiny_backbone_config("1.0")  # text: TEXT_LEN tokens of TEXT_DIM
+WAN = tiny_backbone_config("wan-i2v")  # text: WAN_TEXT_LEN (512) tokens of TEXT_DIM
+
+
+def tiny_t5(folder: Path, *, seed: int = 0, width: int = TEXT_DIM, extra_piece: str | None = None,
+            umt5: bool = False) -> Path:
+    """Save a tiny T5 text encoder (UMT5 with `umt5`, as Wan's) and its tokenizer as a CogVideoX (Wan) diffusers repo
+    has them: `folder`/text_encoder, /tokenizer."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
     pieces = PIECES + list("abcdefghijklmnopqrstuvwxyz") + ([extra_piece] if extra_piece else [])
     vocab = [(p, -float(k)) for k, p in enumerate(["<pad>", "</s>", "<unk>", *pieces])]
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    T5EncoderModel(config).eval().save_pretrained(folder / "text_encoder")
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_class(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                          relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    model_class(config).eval().save_pretrained(folder / "text_encoder")
     tokenizer.save_pretrained(folder / "tokenizer")
     return folder
 
@@ -54,6 +64,21 @@ def pipeline_encoding(folder: Path, prompt: str) -> torch.Tensor:
                                          vae=None, transformer=None, scheduler=None)
     with torch.no_grad():  # as the pipeline's __call__ runs it (grad mode changes the last float bits)
         embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=TEXT_LEN,
+                                       device=torch.device("cpu"))
+    return embeds[0].float()
+
+
+def wan_pipeline_encoding(folder: Path, prompt: str, *, pipeline: str = "WanImageToVideoPipeline") -> torch.Tensor:
+    """``[512, D]``: what diffusers' Wan image-to-video (or text-to-video) pipeline, loaded with `folder`'s UMT5,
+    feeds the transformer for `prompt`."""
+    import diffusers
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    pipe = getattr(diffusers, pipeline)(tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+                                        text_encoder=UMT5EncoderModel.from_pretrained(folder / "text_encoder"),
+                                        vae=None, scheduler=None)
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=WAN_TEXT_LEN,
                                        device=torch.device("cpu"))
     return embeds[0].float()
 
@@ -143,8 +168,7 @@ def test_prepare_encodes_distinct_captions_once_in_batches(tmp_path, monkeypatch
     calls = EncoderCalls(monkeypatch)
     entries = [{"clip": f"{k}.mp4", "caption": f"a person {'walks' if k % 2 else 'dances'}"} for k in range(6)]
     many = [{"clip": f"m{k}.mp4", "caption": "a " * k + "rain"} for k in range(text_encoding.ENCODE_BATCH + 1)]
-    captions = prepare_text(config, {"max_text_seq_length": TEXT_LEN, "text_embed_dim": TEXT_DIM},
-                            entries + many, tmp_path / "cache")
+    captions = prepare_text(config, COGVIDEOX, entries + many, tmp_path / "cache")
     assert sorted(calls.prompts) == sorted({"", "a person walks", "a person dances", *(e["caption"] for e in many)})
     null = load_file(str(tmp_path / "cache" / NULL_TEXT))["null_text"]
     assert torch.equal(null[0], pipeline_encoding(backbone, ""))  # "" alone, as the pipeline encodes it
@@ -160,7 +184,8 @@ def test_without_a_text_encoder_the_null_prompt_is_zeros_with_a_warning_for_a_pr
         caplog.clear()
         folder = tmp_path / str(dim)
         with caplog.at_level(logging.WARNING, logger="training.text_encoding"):
-            captions = prepare_text(config, {"max_text_seq_length": 4, "text_embed_dim": dim}, entries, folder)
+            captions = prepare_text(config, dict(COGVIDEOX, max_text_seq_length=4, text_embed_dim=dim), entries,
+                                    folder)
         null = load_file(str(folder / NULL_TEXT))["null_text"]
         assert null.shape == (1, 4, dim) and null.abs().max() == 0
         assert ("the null prompt is zeros" in caplog.text) is warned
@@ -173,7 +198,7 @@ def test_an_explicit_null_text_wins_over_the_encoder(tmp_path):
     mine = torch.randn(1, TEXT_LEN, TEXT_DIM)
     save_file({"null_text": mine}, str(tmp_path / "null.safetensors"))
     config = text_config(backbone, f"model.null_text={json.dumps(str(tmp_path / 'null.safetensors'))}")
-    prepare_text(config, {"max_text_seq_length": TEXT_LEN, "text_embed_dim": TEXT_DIM}, [], tmp_path / "cache")
+    prepare_text(config, COGVIDEOX, [], tmp_path / "cache")
     assert torch.equal(load_file(str(tmp_path / "cache" / NULL_TEXT))["null_text"], mine)
 
 
@@ -245,7 +270,7 @@ def test_a_tokenizer_folder_with_spiece_model_only_loads_or_is_refused_naming_th
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "model.text_encoder='.*nowhere': no T5 text encoder there"),
+    ("missing", "model.text_encoder='.*nowhere': no T5 or UMT5 text encoder there"),
     ("width", "it gives 16-wide embeddings but the backbone takes 32"),
     ("no_tokenizer", "no tokenizer beside it"),
     ("caption", "caption must be a string"),
@@ -258,5 +283,5 @@ def test_bad_text_inputs_are_refused_before_any_encoding(tmp_path, case, message
     config = text_config(backbone, *extra)
     entries = [{"clip": "a.mp4", "caption": 3 if case == "caption" else "a person"}]
     with pytest.raises(InputError, match=message):
-        prepare_text(config, {"max_text_seq_length": TEXT_LEN, "text_embed_dim": TEXT_DIM}, entries, tmp_path / "c")
+        prepare_text(config, COGVIDEOX, entries, tmp_path / "c")
     assert not (tmp_path / "c" / NULL_TEXT).exists() and not caption_file(tmp_path / "c", "a person").exists()
