@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ..atomic import save_safetensors
 from ..errors import CheckpointError, InputError
-from .configs import CueFusionConfig, fingerprint, fingerprint_mismatch
+from .configs import _FINGERPRINT_DEFAULTS, CueFusionConfig, fingerprint, fingerprint_mismatch
+from .family import spec_from_config
 from .transformer import DirectAnimatorTransformer, plain_backbone_key, wrapped_backbone_key
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def read_checkpoint(path: str | Path) -> DirectAnimatorCheckpoint:
     if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(
             f"DirectAnimator checkpoint {path}: the header has no DirectAnimator format marker (found metadata keys "
-            f"{sorted(metadata)}). It is not a DirectAnimator checkpoint; a CogVideoX backbone file goes in `backbone`."
+            f"{sorted(metadata)}). It is not a DirectAnimator checkpoint; a backbone file (CogVideoX or Wan transformer) goes in `backbone`."
         )
     try:
         version = int(metadata.get("format_version", "0"))
@@ -272,16 +273,46 @@ def read_checkpoint(path: str | Path) -> DirectAnimatorCheckpoint:
     )
 
 
+FAMILY_NAMES = {"cogvideox": "CogVideoX", "wan": "Wan"}
+
+
+def checkpoint_family(ckpt: DirectAnimatorCheckpoint) -> str:
+    """The backbone family a checkpoint was trained for; checkpoints written before Wan support record none and are
+    CogVideoX ones."""
+    return str(ckpt.fingerprint.get("family", _FINGERPRINT_DEFAULTS["family"]))
+
+
+def _variant(config: Mapping[str, Any]) -> str:
+    try:
+        return spec_from_config(config).variant
+    except CheckpointError:
+        return "unknown variant"
+
+
 def check_compatible(ckpt: DirectAnimatorCheckpoint, backbone_config: Mapping[str, Any], *,
                      backbone_name: str = "") -> None:
-    """Raise CheckpointError when `ckpt` was trained for a backbone other than one with `backbone_config`."""
+    """Raise CheckpointError when `ckpt` was trained for a backbone other than one with `backbone_config`; a
+    checkpoint of another backbone family (CogVideoX vs Wan) gets its own message naming both families."""
     found = fingerprint(backbone_config)
+    loaded = f" {backbone_name}" if backbone_name else ""
+    trained, here = checkpoint_family(ckpt), found["family"]
+    if trained != here:
+        what = [_variant(ckpt.backbone_config)] if ckpt.backbone_config else []
+        what += [ckpt.backbone_name] if ckpt.backbone_name else []
+        raise CheckpointError(
+            f"DirectAnimator checkpoint {ckpt.path}: trained for a {FAMILY_NAMES.get(trained, trained)} backbone"
+            f"{' (' + ', '.join(what) + ')' if what else ''}, but the loaded backbone{loaded} is a "
+            f"{FAMILY_NAMES.get(here, here)} backbone ({_variant(backbone_config)}). CueFusion "
+            "weights, LoRAs and backbone weights do not carry over between backbone families: load the checkpoint "
+            f"with the {FAMILY_NAMES.get(trained, trained)} backbone it was trained for, or use a checkpoint trained "
+            f"on {FAMILY_NAMES.get(here, here)}."
+        )
     diffs = fingerprint_mismatch(ckpt.fingerprint, found)
     if diffs:
         trained_for = ckpt.backbone_name or "another backbone"
         raise CheckpointError(
-            f"DirectAnimator checkpoint {ckpt.path}: trained for {trained_for}, which differs from the loaded backbone "
-            f"{backbone_name or ''} ({'; '.join(f'{d} (loaded vs checkpoint)' for d in diffs)}). "
+            f"DirectAnimator checkpoint {ckpt.path}: trained for {trained_for}, which differs from the loaded "
+            f"backbone{loaded} ({'; '.join(f'{d} (loaded vs checkpoint)' for d in diffs)}). "
             "Load it with the backbone it was trained for."
         )
 
