@@ -220,3 +220,24 @@ def tiny_animator_model(layout: str = "1.0", *, seed: int = 0, randomize_cues: b
 def synthetic_triplet(frames: int, *, height: int = PIXELS, width: int = PIXELS, seed: int = 0) -> CueTriplet:
     """A CueTriplet of random cue videos (the sampler only needs tensors of the right shapes)."""
     return random_triplet(frames, height=height, width=width, seed=seed)
+
+# Tiny Wan VAEs (diffusers AutoencoderKLWan): "2.1" like Wan2.1's (z 16, 4x8x8, the real latents_mean/std);
+# "2.2" like Wan2.2's (z 48, its own 2x2 patchify: 12 input channels, residual blocks, 4x16x16) with made-up
+# per-channel statistics of the right length.
+TINY_WAN_VAE_CONFIGS = {
+    "2.1": dict(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True]),
+    "2.2": dict(base_dim=8, decoder_base_dim=12, z_dim=WAN_TI2V_CHANNELS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                patch_size=2, scale_factor_spatial=16,
+                latents_mean=[round(0.05 * ((7 * i) % 11) - 0.25, 4) for i in range(WAN_TI2V_CHANNELS)],
+                latents_std=[round(0.6 + 0.1 * ((5 * i) % 9), 4) for i in range(WAN_TI2V_CHANNELS)]),
+}
+
+
+def tiny_wan_vae(version: str = "2.1", *, seed: int = 0):
+    """A randomly initialised tiny `AutoencoderKLWan` (eval mode, fp32) of `version` "2.1" or "2.2"."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(**TINY_WAN_VAE_CONFIGS[version]).eval()
