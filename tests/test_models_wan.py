@@ -22,7 +22,7 @@ from directanimator.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from directanimator.models.fusion import CueRotary
+from directanimator.models.fusion import CueRotary, CueTokens
 from tests.tiny import (
     LATENT,
     TINY_WAN_CONFIGS,
@@ -163,8 +163,6 @@ def test_the_text_stream_term_is_added_to_every_cross_attention_context_token(la
     # The block's own text term, computed from the same cue tokens and Wan's e_t.
     with torch.no_grad():
         pose, face = model.embed_cues(cues)
-        from directanimator.models.fusion import CueTokens
-
         tokens = CueTokens.build(pose, face, shared=model.shared_modulation)
         temb = model.family.time_embedding(model.backbone, inputs["timestep"])
         _, text = model.blocks[0].fusion(torch.zeros_like(vision), tokens, temb)
@@ -420,3 +418,95 @@ def test_checkpoints_of_one_family_are_refused_by_the_other(tmp_path):
     with pytest.raises(CheckpointError, match=r"cog\.safetensors.*CogVideoX.*Wan backbone"):
         apply_checkpoint(tiny_animator("wan-i2v"), old)
     apply_checkpoint(tiny_animator("1.0"), old)
+
+
+# ------------------------------------------------------------------ S2X on Wan
+S2X_LAYERS = 4
+
+
+def _s2x_model(layout: str, seed: int = 0):
+    return tiny_animator(layout, seed=seed, randomize_cues=True, num_layers=S2X_LAYERS)
+
+
+def _s2x_inputs(layout: str, *, batch: int = 2, seed: int = 0) -> dict:
+    return dict(**tiny_wan_inputs(layout, batch=batch, seed=seed), cues=_cues(layout, batch=batch, seed=seed + 1))
+
+
+def _block_outputs(model, inputs: dict) -> tuple[list[torch.Tensor], list[int]]:
+    """Every wrapped block's output of one full forward, and how often each block ran."""
+    outputs, calls, handles = [None] * model.num_layers, [0] * model.num_layers, []
+    for i, block in enumerate(model.blocks):
+        def keep(_m, _a, out, i=i):
+            calls[i] += 1
+            outputs[i] = out
+        handles.append(block.register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs, calls
+
+
+@pytest.mark.parametrize("layout", WAN_LAYOUTS)
+def test_s2x_teacher_stops_after_block_d_on_wan_with_that_blocks_tokens(layout):
+    from training.s2x import S2XTeacher
+
+    model = _s2x_model(layout)
+    inputs = _s2x_inputs(layout)
+    full, _ = _block_outputs(model, inputs)
+    for depth in (0, 2):
+        calls = [0] * S2X_LAYERS
+        handles = [b.register_forward_pre_hook(lambda _m, _a, i=i: calls.__setitem__(i, calls[i] + 1))
+                   for i, b in enumerate(model.blocks)]
+        got = S2XTeacher(model, depth=depth).features(**inputs)
+        for handle in handles:
+            handle.remove()
+        assert calls == [1] * (depth + 1) + [0] * (S2X_LAYERS - depth - 1)  # blocks 0..D only
+        assert got.shape == (2, FRAMES * (LATENT // 2) ** 2, model.inner_dim)
+        assert torch.equal(got, full[depth])
+    # The early stop left no hook behind (the rope's cue hook included): a full forward runs every block.
+    outputs, calls = _block_outputs(model, inputs)
+    assert calls == [1] * S2X_LAYERS and torch.equal(outputs[-1], full[-1])
+    assert not model.backbone.rope._forward_hooks
+
+
+def test_s2x_on_wan_with_the_lora_disabled_student_and_checkpointing():
+    from peft import LoraConfig
+
+    from training.s2x import S2XTeacher, capture_block_output, s2x_loss
+
+    layout, depth = "wan-ti2v", 1
+    base = _s2x_model(layout)
+    student = copy.deepcopy(base).train()
+    student.backbone.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in student.backbone.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    inputs = _s2x_inputs(layout)
+    teacher = S2XTeacher(None, depth=depth, student=student)
+    target = teacher.features(**inputs)
+    torch.testing.assert_close(target, S2XTeacher(copy.deepcopy(base), depth=depth).features(**inputs),
+                               rtol=1e-6, atol=1e-6)
+
+    def step() -> tuple[torch.Tensor, dict]:
+        student.zero_grad(set_to_none=True)
+        with capture_block_output(student, depth) as tokens:
+            out = student(**inputs)
+            captured = tokens()
+            loss = out.square().mean() + s2x_loss(captured, teacher.features(**inputs))
+            loss.backward()
+            assert tokens() is captured  # neither the teacher pass nor the recomputation replaced it
+        return captured.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    tokens_plain, grads_plain = step()
+    assert (tokens_plain - target).abs().max() > 1e-3  # the adapters move the student away from the teacher
+    student.backbone.enable_gradient_checkpointing()
+    tokens_ckpt, grads_ckpt = step()
+    torch.testing.assert_close(tokens_ckpt, tokens_plain, rtol=1e-6, atol=1e-6)
+    assert grads_plain.keys() == grads_ckpt.keys()
+    assert any("lora_B" in n for n in grads_plain) and "pose_embed.proj.weight" in grads_plain
+    for name in grads_plain:
+        torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-7, msg=name)

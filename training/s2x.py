@@ -2,7 +2,9 @@
 negative mean cosine similarity that pulls the cross-identity student's tokens towards them.
 
 Block indices are 0-based: ``depth = D`` means the vision tokens leaving block ``D``, so the teacher runs the
-``D + 1`` blocks ``0..D`` and stops.
+``D + 1`` blocks ``0..D`` and stops. The blocks are the model's wrapped blocks (`DirectAnimatorTransformer.blocks`),
+and the family reads the vision tokens from a block's output (CogVideoX blocks return ``(vision, text)``, Wan blocks
+the vision tokens alone), so the same code serves both backbone families.
 """
 
 from __future__ import annotations
@@ -105,10 +107,10 @@ class S2XTeacher:
         """Vision tokens ``[B, N, D]`` after block `depth` for the same-identity `cues`; `forward_kwargs` (``ofs``,
         ``cue_weight``, ...) go to the model's forward."""
         model = self.model
-        block = model.backbone.transformer_blocks[self.depth]
+        block = model.blocks[self.depth]
 
         def stop(_module: nn.Module, _args, output) -> None:
-            raise _StopAfterBlock(output[0])
+            raise _StopAfterBlock(model.family.block_tokens(output))
 
         handle = block.register_forward_hook(stop)
         adapters = _adapters_disabled(model) if self.uses_student else contextlib.nullcontext()
@@ -146,7 +148,7 @@ def capture_block_output(model: nn.Module, depth: int) -> Iterator[Callable[[], 
     """
     module = _unwrap(model)
     depth = _check_depth(module, depth, "model")
-    block = module.backbone.transformer_blocks[depth]
+    block = module.blocks[depth]
     state: dict = {"forward": 0, "taken": -1, "tokens": None, "grad_at_start": False}
 
     def start(_module: nn.Module, _args, _kwargs) -> None:
@@ -164,7 +166,7 @@ def capture_block_output(model: nn.Module, depth: int) -> Iterator[Callable[[], 
                 "checkpointing with diffusers' default (`backbone.enable_gradient_checkpointing()`, non-reentrant)."
             )
         state["taken"] = state["forward"]
-        state["tokens"] = output[0]
+        state["tokens"] = module.family.block_tokens(output)
 
     def get() -> Tensor:
         if state["tokens"] is None or state["taken"] != state["forward"]:
