@@ -9,36 +9,32 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 from torch import Tensor
 
 from ..devices import usable_device
 from ..errors import CheckpointError, InputError
 from .checkpoint import (
-    FORMAT_NAME,
     PICKLE_SUFFIXES,
     apply_checkpoint,
     check_compatible,
     check_finite,
-    check_safetensors_file,
     read_checkpoint,
-    read_safetensors,
     refuse_pickle,
-    safetensors_shapes,
 )
-from .configs import (
-    BACKBONE_REPOS,
-    BUNDLED_BACKBONES,
-    CueFusionConfig,
-    backbone_config,
-    default_scheduler_config,
+from .configs import BACKBONE_REPOS, CueFusionConfig, default_scheduler_config
+from .family import BackboneSpec, spec_of, transformer_class_for
+from .single_file import (
+    clip_image_processor,
+    load_clip_vision_file,
+    load_transformer_file,
+    load_vae_file,
+    match_bundled_config,
 )
-from .family import BackboneSpec, build_backbone
 from .transformer import DirectAnimatorTransformer, positional_embedding_case
 
 log = logging.getLogger(__name__)
@@ -51,7 +47,10 @@ DTYPES = {
 DEFAULT_SCHEDULER_CONFIG = default_scheduler_config()
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["model_index.json", "transformer/*.json", "transformer/*.safetensors", "vae/*.json",
-                 "vae/*.safetensors", "scheduler/*.json"]
+                 "vae/*.safetensors", "scheduler/*.json", "image_encoder/*.json", "image_encoder/*.safetensors",
+                 "image_processor/*.json"]
+__all__ = ["AnimatorModel", "download_backbone", "load_backbone_file", "load_model", "match_bundled_config",
+           "resolve_dtype", "vae_class_for"]
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -68,12 +67,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 class AnimatorModel:
     """Everything sampling needs: the CF-DiT, the VAE, the null-text embedding and the configs it was trained with.
 
-    Offload (``offload=True``) keeps both networks on the CPU and moves one at a time to ``device`` inside
-    ``with model.use("transformer"):`` / ``model.use("vae")``, so only the larger of the two occupies the GPU.
+    Offload (``offload=True``) keeps the networks on the CPU and moves one at a time to ``device`` inside
+    ``with model.use("transformer"):`` / ``model.use("vae")`` / ``model.use("image_encoder")``, so only the largest
+    occupies the GPU.
     """
 
     transformer: DirectAnimatorTransformer
-    vae: AutoencoderKLCogVideoX
+    vae: torch.nn.Module  # AutoencoderKLCogVideoX or AutoencoderKLWan
     null_text: Tensor  # [1, L, text_embed_dim]
     scheduler_config: dict
     cue_config: dict
@@ -97,12 +97,15 @@ class AnimatorModel:
         """The backbone's facts (family, channels, text length, image conditioning, prediction)."""
         return self.transformer.spec
 
+    def _networks(self) -> list[torch.nn.Module]:
+        return [m for m in (self.transformer, self.vae, self.image_encoder) if m is not None]
+
     def to(self, device: torch.device | str) -> "AnimatorModel":
-        """Set the execution device; without offload, move both networks there now."""
+        """Set the execution device; without offload, move the networks there now."""
         self.device = torch.device(device)
         if not self.offload:
-            self.transformer.to(self.device)
-            self.vae.to(self.device)
+            for module in self._networks():
+                module.to(self.device)
         return self
 
     def onload(self) -> "AnimatorModel":
@@ -111,19 +114,24 @@ class AnimatorModel:
         return self.to(self.device)
 
     def offload_to_cpu(self) -> "AnimatorModel":
-        """Move both networks to the CPU and keep them there between uses."""
+        """Move the networks to the CPU and keep them there between uses."""
         self.offload = True
-        self.transformer.to("cpu")
-        self.vae.to("cpu")
+        for module in self._networks():
+            module.to("cpu")
         _empty_cache(self.device)
         return self
 
     @contextmanager
-    def use(self, part: Literal["transformer", "vae"]) -> Iterator[torch.nn.Module]:
+    def use(self, part: Literal["transformer", "vae", "image_encoder"]) -> Iterator[torch.nn.Module]:
         """Yield `part` on the execution device; with offload, move it back to the CPU afterwards."""
-        if part not in ("transformer", "vae"):
-            raise InputError(f"AnimatorModel.use({part!r}): use 'transformer' or 'vae'.")
+        if part not in ("transformer", "vae", "image_encoder"):
+            raise InputError(f"AnimatorModel.use({part!r}): use 'transformer', 'vae' or 'image_encoder'.")
         module = getattr(self, part)
+        if module is None:
+            raise InputError(
+                f"model {self.name}: has no image encoder; {self.spec.variant} embeds the reference with CLIP. Load "
+                "it with image_encoder= (a diffusers Wan2.1 I2V folder or repo id, or clip_vision_h.safetensors)."
+            )
         if self.offload:
             module.to(self.device)
         try:
@@ -147,7 +155,8 @@ def _offline(local_files_only: bool | None) -> bool:
 
 
 def download_backbone(repo_id: str, *, cache_dir: str | None = None, local_files_only: bool | None = None) -> Path:
-    """Fetch (or find in the cache) the transformer, VAE and scheduler of a Hugging Face repo; return its folder."""
+    """Fetch (or find in the cache) the transformer, VAE, scheduler and (Wan2.1 I2V) image encoder and processor of
+    a Hugging Face repo; return its folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -161,7 +170,7 @@ def download_backbone(repo_id: str, *, cache_dir: str | None = None, local_files
             f"({cache_dir or 'default cache'}) and downloading is "
             f"{'disabled (offline: HF_HUB_OFFLINE=1 or local_files_only=True)' if offline else 'impossible here'}. "
             f"Download it where there is network: `hf download {repo_id} --include 'transformer/*' 'vae/*' "
-            f"'scheduler/*'{' --cache-dir ' + str(cache_dir) if cache_dir else ''}`, or pass a local diffusers folder."
+            f"'scheduler/*' 'image_encoder/*' 'image_processor/*'{' --cache-dir ' + str(cache_dir) if cache_dir else ''}`, or pass a local diffusers folder."
         ) from exc
     except Exception as exc:  # repository not found, gated, HTTP errors
         raise CheckpointError(
@@ -171,147 +180,179 @@ def download_backbone(repo_id: str, *, cache_dir: str | None = None, local_files
     return Path(folder)
 
 
-@lru_cache(maxsize=8)
-def _bundled_shapes(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"):
-        model = build_backbone(backbone_config(name))
-    return tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
-
-
-def match_bundled_config(shapes: Mapping[str, tuple[int, ...]]) -> str | None:
-    """The bundled backbone whose weights have exactly these names and shapes, or None."""
-    found = tuple(sorted((k, tuple(v)) for k, v in shapes.items()))
-    for name in BUNDLED_BACKBONES:
-        if _bundled_shapes(name) == found:
-            return name
-    return None
-
-
-def _sidecar_config(path: Path) -> dict | None:
-    for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
-        if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"backbone config {candidate}: not valid JSON ({exc}).") from exc
-            if "num_attention_heads" in data:
-                return backbone_config(data)
-    return None
-
-
 def load_backbone_file(path: str | Path, *, config: Mapping[str, Any] | None = None,
-                       dtype: torch.dtype = torch.float32) -> tuple[CogVideoXTransformer3DModel, str]:
-    """A CogVideoX transformer from one safetensors file of diffusers-format weights.
-
-    diffusers 0.42 has no `from_single_file` for CogVideoXTransformer3DModel, so the config comes from `config`, a
-    sidecar json (``<file>.json`` or ``config.json`` beside it) or the bundled real config whose tensor names and
-    shapes match. Returns the model and a short description of where its config came from.
-    """
-    path = Path(path)
-    metadata = check_safetensors_file(path, what="backbone file")
-    if metadata.get("format") == FORMAT_NAME:
-        raise CheckpointError(
-            f"backbone file {path}: this is a DirectAnimator checkpoint (CueFusion weights), not a backbone. Pass it as "
-            "`checkpoint` and give the CogVideoX backbone (diffusers folder, repo id or weights file) as `backbone`."
-        )
-    shapes = safetensors_shapes(path, what="backbone file")
-    source = "given config"
-    if config is None:
-        config = _sidecar_config(path)
-        source = "sidecar json"
-    if config is None:
-        name = match_bundled_config(shapes)
-        if name is None:
-            blocks = {k.split(".")[1] for k in shapes if k.startswith("transformer_blocks.")}
-            raise CheckpointError(
-                f"backbone file {path}: no config beside it ({path.with_suffix('.json').name} or config.json) and its "
-                f"{len(shapes)} tensors ({len(blocks)} blocks) match none of the bundled configs "
-                f"{sorted(BUNDLED_BACKBONES)}. Put the transformer's diffusers config.json beside it."
-            )
-        config = backbone_config(name)
-        source = f"matched bundled config {name}"
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        model = CogVideoXTransformer3DModel(**config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected != {k: tuple(v) for k, v in shapes.items()}:
-        missing = sorted(set(expected) - set(shapes))
-        extra = sorted(set(shapes) - set(expected))
-        bad = [k for k in expected if k in shapes and tuple(shapes[k]) != expected[k]]
-        raise CheckpointError(
-            f"backbone file {path}: its tensors do not fit the config ({source}): missing {missing[:3]}, unexpected "
-            f"{extra[:3]}, mis-shaped {bad[:3]}. Is it a diffusers-format CogVideoX transformer? Original SAT weights "
-            "must be converted with diffusers' conversion script first."
-        )
-    state, _ = read_safetensors(path, what="backbone file")
-    check_finite(state, what=f"backbone file {path}")
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(dtype).eval(), source
+                       dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, str]:
+    """A Wan or CogVideoX transformer from one safetensors file (see `single_file.load_transformer_file`);
+    returns the model and a short description of the file and where its config came from."""
+    model, kind, how = load_transformer_file(path, config=config, dtype=dtype)
+    return model, f"{kind.summary}, {how}"
 
 
-def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[CogVideoXTransformer3DModel, Path | None, Path | None]:
-    """Transformer from a diffusers folder (pipeline folder with transformer/ or a bare transformer folder)."""
+def _folder_config(root: Path, what: str) -> dict:
+    try:
+        return json.loads((root / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{what} {root}: config.json is not valid JSON ({exc}).") from exc
+
+
+def _refuse_pickle_only(root: Path, what: str) -> None:
+    pickles = [p.name for p in root.iterdir() if p.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt")]
+    if pickles and not any(p.suffix == ".safetensors" for p in root.iterdir()):
+        refuse_pickle(root / pickles[0], what=what)
+
+
+@dataclass
+class _FolderParts:
+    """Where the parts of a diffusers folder are (None: absent)."""
+
+    root: Path | None
+    vae: Path | None
+    scheduler: Path | None
+    image_encoder: Path | None
+    image_processor: Path | None
+
+
+def _folder_parts(folder: Path) -> _FolderParts:
+    def sub(name: str, file: str) -> Path | None:
+        return folder / name if (folder / name / file).is_file() else None
+
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    return _FolderParts(root=folder, vae=sub("vae", "config.json"), scheduler=scheduler if scheduler.is_file() else None,
+                        image_encoder=sub("image_encoder", "config.json"),
+                        image_processor=sub("image_processor", "preprocessor_config.json"))
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, _FolderParts]:
+    """Transformer (CogVideoX or Wan, from its config) from a diffusers folder (pipeline folder with transformer/
+    or a bare transformer folder), and where the folder's other parts are."""
     sub = folder / "transformer"
     root = sub if (sub / "config.json").is_file() else folder
     if not (root / "config.json").is_file():
         raise CheckpointError(
-            f"backbone folder {folder}: no transformer/config.json nor config.json. Expected a diffusers CogVideoX "
-            "image-to-video folder (transformer/, vae/, scheduler/) or a bare transformer folder."
+            f"backbone folder {folder}: no transformer/config.json nor config.json. Expected a diffusers CogVideoX or "
+            "Wan image-to-video folder (transformer/, vae/, scheduler/) or a bare transformer folder."
         )
-    pickles = [p.name for p in root.iterdir() if p.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt")]
-    if pickles and not any(p.suffix == ".safetensors" for p in root.iterdir()):
-        refuse_pickle(root / pickles[0], what="backbone weights")
+    _refuse_pickle_only(root, "backbone weights")
+    model_class = transformer_class_for(_folder_config(root, "backbone folder"))
     try:
-        model = CogVideoXTransformer3DModel.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
-                                                           local_files_only=True)
+        model = model_class.from_pretrained(root, torch_dtype=dtype, use_safetensors=True, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"backbone folder {root}: cannot load the transformer ({exc}).") from exc
     check_finite(model.state_dict(), what=f"backbone folder {root}")
-    vae = folder / "vae" if (folder / "vae" / "config.json").is_file() else None
-    scheduler = folder / "scheduler" / "scheduler_config.json"
-    return model.eval(), vae, scheduler if scheduler.is_file() else None
+    return model.eval(), _folder_parts(folder)
 
 
-def _load_vae(source: str | Path, dtype: torch.dtype, *, cache_dir: str | None,
-              local_files_only: bool | None) -> AutoencoderKLCogVideoX:
+def vae_class_for(config: Mapping[str, Any]) -> type[torch.nn.Module]:
+    """The diffusers VAE class of a VAE config: `AutoencoderKLWan` or `AutoencoderKLCogVideoX`."""
+    name = str(config.get("_class_name", ""))
+    if name == "AutoencoderKLWan" or (not name and "z_dim" in config):
+        return AutoencoderKLWan
+    if name == "AutoencoderKLCogVideoX" or (not name and "latent_channels" in config):
+        return AutoencoderKLCogVideoX
+    raise CheckpointError(f"VAE config of class {name or 'unknown'!r}: DirectAnimator loads AutoencoderKLWan and "
+                          "AutoencoderKLCogVideoX.")
+
+
+def _resolve_source(source: str | Path, *, cache_dir: str | None, local_files_only: bool | None) -> Path:
+    """A local path, or the snapshot folder of a Hugging Face repo id."""
     path = Path(source)
-    if not path.exists() and _REPO_ID.match(str(source)):
-        path = download_backbone(str(source), cache_dir=cache_dir, local_files_only=local_files_only)
-    if path.is_file():
+    if not path.exists() and _REPO_ID.match(str(source)) and not str(source).startswith((".", "/")):
+        return download_backbone(str(source), cache_dir=cache_dir, local_files_only=local_files_only)
+    return path
+
+
+def _load_vae(source: str | Path, dtype: torch.dtype, *, cache_dir: str | None, local_files_only: bool | None,
+              config: Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """A VAE from a diffusers folder (its class from its config), a repo id, or a single Wan VAE file."""
+    path = _resolve_source(source, cache_dir=cache_dir, local_files_only=local_files_only)
+    if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
         refuse_pickle(path, what="VAE")
-        raise CheckpointError(f"VAE {path}: give a diffusers VAE folder (config.json + safetensors) or a repo id.")
+        if not path.is_file():
+            raise CheckpointError(f"VAE file {path}: no such file.")
+        return load_vae_file(path, config=config, dtype=dtype)[0]
     root = path / "vae" if (path / "vae" / "config.json").is_file() else path
     if not (root / "config.json").is_file():
         raise CheckpointError(f"VAE {source}: no vae/config.json nor config.json found.")
+    _refuse_pickle_only(root, "VAE weights")
+    vae_class = vae_class_for(_folder_config(root, "VAE"))
     try:
-        vae = AutoencoderKLCogVideoX.from_pretrained(root, torch_dtype=dtype, use_safetensors=True,
-                                                     local_files_only=True).eval()
+        vae = vae_class.from_pretrained(root, torch_dtype=dtype, use_safetensors=True, local_files_only=True).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"VAE {root}: cannot load it ({exc}).") from exc
     check_finite(vae.state_dict(), what=f"VAE {root}")
     return vae
 
 
-def build_transformer(backbone: CogVideoXTransformer3DModel,
+def _load_image_encoder(source: str | Path, dtype: torch.dtype, *, cache_dir: str | None,
+                        local_files_only: bool | None) -> tuple[torch.nn.Module, Any]:
+    """The CLIP vision tower and its image processor of Wan2.1 I2V from a diffusers folder (image_encoder/ and
+    image_processor/, or a bare image-encoder folder), a repo id, or a single file (ComfyUI's clip_vision_h)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    path = _resolve_source(source, cache_dir=cache_dir, local_files_only=local_files_only)
+    if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
+        refuse_pickle(path, what="CLIP vision model")
+        if not path.is_file():
+            raise CheckpointError(f"CLIP vision file {path}: no such file.")
+        return load_clip_vision_file(path, dtype=dtype), clip_image_processor()
+    root = path / "image_encoder" if (path / "image_encoder" / "config.json").is_file() else path
+    if not (root / "config.json").is_file():
+        raise CheckpointError(
+            f"image encoder {source}: no image_encoder/config.json nor config.json. Give the diffusers Wan2.1 I2V "
+            "folder (or repo id) that has image_encoder/, or ComfyUI's clip_vision_h.safetensors."
+        )
+    _refuse_pickle_only(root, "image encoder weights")
+    try:
+        encoder = CLIPVisionModel.from_pretrained(root, dtype=dtype, use_safetensors=True, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"image encoder {root}: cannot load it as a CLIPVisionModel ({exc}).") from exc
+    check_finite(encoder.state_dict(), what=f"image encoder {root}")
+    processor_root = path / "image_processor"
+    if (processor_root / "preprocessor_config.json").is_file():
+        processor = CLIPImageProcessor.from_pretrained(processor_root, local_files_only=True)
+    else:
+        processor = clip_image_processor()
+    return encoder.eval(), processor
+
+
+def build_transformer(backbone: torch.nn.Module,
                       cue_fusion: CueFusionConfig | Mapping[str, Any] | None = None) -> DirectAnimatorTransformer:
-    """Wrap a backbone into a DirectAnimatorTransformer (fresh, zero-initialised CueFusion)."""
+    """Wrap a backbone (CogVideoX or Wan) into a DirectAnimatorTransformer (fresh, zero-initialised CueFusion)."""
     if isinstance(cue_fusion, Mapping):
         cue_fusion = CueFusionConfig.from_dict(cue_fusion)
     return DirectAnimatorTransformer(backbone, config=cue_fusion)
 
 
+def _scheduler_config(spec: BackboneSpec, scheduler_file: Path | None, source: str) -> dict:
+    """The folder's scheduler config, else the family's default."""
+    if scheduler_file is not None:
+        return {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
+    if spec.family == "cogvideox":
+        return dict(DEFAULT_SCHEDULER_CONFIG)
+    raise CheckpointError(
+        f"backbone {source}: a {spec.variant} backbone without a scheduler config (a single weights file or a bare "
+        "transformer folder) and no checkpoint that records one. Give the diffusers folder or repo id, or a "
+        "DirectAnimator checkpoint trained on it."
+    )
+
+
 def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dtype: str | torch.dtype = "bf16",
                device: str | torch.device = "cpu", offload: bool = False, cache_dir: str | None = None,
                local_files_only: bool | None = None, vae: str | Path | None = None,
-               cue_fusion: CueFusionConfig | None = None) -> AnimatorModel:
+               cue_fusion: CueFusionConfig | None = None, image_encoder: str | Path | None = None,
+               backbone_config: Mapping[str, Any] | None = None,
+               vae_config: Mapping[str, Any] | None = None) -> AnimatorModel:
     """Load the backbone and, when given, a DirectAnimator checkpoint (CueFusion + LoRA or full weights).
 
-    `backbone`: a diffusers folder (``transformer/`` and ``vae/`` subfolders, or a bare transformer folder), a
-    single ``.safetensors`` file of diffusers-format transformer weights, or a Hugging Face repo id (fetched with
-    `snapshot_download` into `cache_dir`; HF_HUB_OFFLINE or `local_files_only` forbid downloading). `vae` overrides
-    or supplies the VAE (a folder or repo id) when the backbone source has none. `cue_fusion` configures fresh
-    CueFusion modules when there is no checkpoint (training from scratch).
+    `backbone`: a diffusers folder (``transformer/`` and ``vae/`` subfolders, Wan2.1 I2V also ``image_encoder/``
+    and ``image_processor/``; or a bare transformer folder), a single ``.safetensors`` transformer file (Wan in
+    the native layout ComfyUI keeps in models/diffusion_models or in diffusers names; CogVideoX in diffusers
+    names), or a Hugging Face repo id (fetched with `snapshot_download` into `cache_dir`; HF_HUB_OFFLINE or
+    `local_files_only` forbid downloading). The family (CogVideoX or Wan) comes from the config or the weights.
+    `vae` overrides or supplies the VAE (a folder, repo id or single Wan VAE file); `image_encoder` the Wan2.1 I2V
+    CLIP vision tower (a folder or repo id with image_encoder/, or ComfyUI's clip_vision_h.safetensors).
+    `backbone_config` / `vae_config` give the configs of single files whose tensors match no bundled config.
+    `cue_fusion` configures fresh CueFusion modules when there is no checkpoint (training from scratch).
     """
     torch_dtype = resolve_dtype(dtype)
     device = usable_device(device, name="device")  # before anything loads
@@ -322,25 +363,26 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         ckpt = None
     source = str(backbone)
     path = Path(backbone)
-    vae_folder = scheduler_file = None
+    parts = _FolderParts(None, None, None, None, None)
     if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
         refuse_pickle(path, what="backbone file")
         if not path.is_file():
             raise CheckpointError(f"backbone file {path}: no such file.")
-        model, how = load_backbone_file(path, dtype=torch_dtype)
+        model, how = load_backbone_file(path, config=backbone_config, dtype=torch_dtype)
         origin = f"single file ({how})"
     elif path.is_dir():
-        model, vae_folder, scheduler_file = _load_folder(path, torch_dtype)
+        model, parts = _load_folder(path, torch_dtype)
         origin = "diffusers folder"
     elif _REPO_ID.match(source) and not source.startswith((".", "/")):
         folder = download_backbone(source, cache_dir=cache_dir, local_files_only=local_files_only)
-        model, vae_folder, scheduler_file = _load_folder(folder, torch_dtype)
+        model, parts = _load_folder(folder, torch_dtype)
         origin = f"Hugging Face repo ({folder})"
     else:
         raise CheckpointError(
             f"backbone {source!r}: no such file or folder, and not a Hugging Face repo id (owner/name). Known repos: "
-            f"{sorted(BACKBONE_REPOS.values())}."
+            f"{sorted(set(BACKBONE_REPOS.values()))}."
         )
+    spec = spec_of(model)
     if ckpt is not None:
         check_compatible(ckpt, dict(model.config), backbone_name=source)
     transformer = build_transformer(model, ckpt.cue_fusion if ckpt is not None else cue_fusion)
@@ -348,42 +390,82 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         apply_checkpoint(transformer, ckpt)
     transformer.to(torch_dtype).eval()
 
-    vae_source = vae if vae is not None else vae_folder
+    vae_source = vae if vae is not None else parts.vae
     if vae_source is None:
+        example = "a Wan VAE file such as wan_2.1_vae.safetensors" if spec.family == "wan" else \
+            "vae='THUDM/CogVideoX-5b-I2V'"
         raise CheckpointError(
             f"backbone {source}: has no VAE (a bare transformer folder or a single weights file). Pass vae= a diffusers "
-            "VAE folder or repo id, e.g. vae='THUDM/CogVideoX-5b-I2V'."
+            f"VAE folder, repo id or {example}."
         )
-    vae_model = _load_vae(vae_source, torch_dtype, cache_dir=cache_dir, local_files_only=local_files_only)
+    vae_model = _load_vae(vae_source, torch_dtype, cache_dir=cache_dir, local_files_only=local_files_only,
+                          config=vae_config)
+    _check_vae_fits(vae_model, spec, source)
 
-    scheduler_config = dict(DEFAULT_SCHEDULER_CONFIG)
-    if scheduler_file is not None:
-        scheduler_config = {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
+    encoder = processor = None
+    encoder_source = image_encoder if image_encoder is not None else (
+        parts.root if parts.image_encoder is not None else None)
+    if encoder_source is not None:
+        encoder, processor = _load_image_encoder(encoder_source, torch_dtype, cache_dir=cache_dir,
+                                                 local_files_only=local_files_only)
+        _check_image_encoder_fits(encoder, spec, source)
+    elif spec.image_conditioning == "mask_and_latent":
+        log.warning("backbone %s is %s, which embeds the reference with a CLIP vision tower, but none was given: pass "
+                    "image_encoder= (a diffusers Wan2.1 I2V folder or repo id with image_encoder/, or ComfyUI's "
+                    "clip_vision_h.safetensors) before encoding a reference.", source, spec.variant)
+
     if ckpt is not None and ckpt.scheduler_config:
         scheduler_config = dict(ckpt.scheduler_config)
-    bc = model.config
+    else:
+        scheduler_config = _scheduler_config(spec, parts.scheduler, source)
     if ckpt is not None and ckpt.null_text is not None:
         null_text = ckpt.null_text.float()
         if null_text.ndim == 2:
             null_text = null_text[None]
-        if null_text.shape[-1] != bc.text_embed_dim:
+        if null_text.shape[-1] != spec.text_embed_dim:
             raise CheckpointError(
                 f"DirectAnimator checkpoint {checkpoint}: null_text has {null_text.shape[-1]} features, the backbone "
-                f"takes {bc.text_embed_dim}."
+                f"takes {spec.text_embed_dim}."
             )
-    else:
-        null_text = torch.zeros(1, bc.max_text_seq_length, bc.text_embed_dim)
+    else:  # no stored null prompt: zeros of the backbone's text length (226 on CogVideoX, 512 UMT5 tokens on Wan)
+        null_text = torch.zeros(1, spec.max_text_seq_length, spec.text_embed_dim)
     name = Path(checkpoint).stem if checkpoint is not None else (path.name if path.exists() else source)
     info = {
         "backbone": source,
         "backbone_origin": origin,
+        "family": spec.family,
+        "variant": spec.variant,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "weights": ckpt.weights if ckpt is not None else "none",
-        "positional_embeddings": positional_embedding_case(dict(bc)),
+        "positional_embeddings": positional_embedding_case(dict(model.config)),
         "extra": ckpt.extra if ckpt is not None else {},
     }
-    log.info("loaded %s: backbone from %s, %s", name, origin, info["positional_embeddings"])
+    log.info("loaded %s: %s backbone from %s, %s", name, spec.variant, origin, info["positional_embeddings"])
     result = AnimatorModel(transformer=transformer, vae=vae_model, null_text=null_text,
                            scheduler_config=scheduler_config, cue_config=dict(ckpt.cue_config) if ckpt else {},
-                           name=name, device=device, offload=offload, info=info)
+                           name=name, device=device, offload=offload, info=info, image_encoder=encoder,
+                           image_processor=processor)
     return result.offload_to_cpu() if offload else result.to(device)
+
+
+def _check_vae_fits(vae: torch.nn.Module, spec: BackboneSpec, source: str) -> None:
+    """The VAE's latent channels must be the backbone's (16 for Wan2.1 and CogVideoX, 48 for Wan2.2 TI2V)."""
+    channels = vae.config.get("z_dim", vae.config.get("latent_channels"))
+    if channels is not None and int(channels) != spec.out_channels:
+        raise CheckpointError(
+            f"backbone {source}: its {spec.variant} transformer works on {spec.out_channels} latent channels but the "
+            f"VAE ({type(vae).__name__}) makes {channels}. Wan2.1 I2V takes the Wan2.1 VAE (16), Wan2.2 TI2V-5B the "
+            "Wan2.2 VAE (48), CogVideoX its own."
+        )
+
+
+def _check_image_encoder_fits(encoder: torch.nn.Module, spec: BackboneSpec, source: str) -> None:
+    width = int(encoder.config.hidden_size)
+    if spec.image_embed_dim is None:
+        log.warning("backbone %s (%s) takes no CLIP image embedding; the image encoder is loaded but unused.",
+                    source, spec.variant)
+    elif width != spec.image_embed_dim:
+        raise CheckpointError(
+            f"backbone {source}: its {spec.variant} transformer takes image embeddings of width {spec.image_embed_dim} "
+            f"but the image encoder makes {width} (Wan2.1 I2V uses CLIP ViT-H/14, width 1280)."
+        )
