@@ -5,6 +5,7 @@ encoder the null prompt stays zeros."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -68,9 +69,10 @@ def pipeline_encoding(folder: Path, prompt: str) -> torch.Tensor:
     return embeds[0].float()
 
 
-def wan_pipeline_encoding(folder: Path, prompt: str, *, pipeline: str = "WanImageToVideoPipeline") -> torch.Tensor:
-    """``[512, D]``: what diffusers' Wan image-to-video (or text-to-video) pipeline, loaded with `folder`'s UMT5,
-    feeds the transformer for `prompt`."""
+def wan_pipeline_encoding(folder: Path, prompt: str, *, pipeline: str = "WanPipeline") -> torch.Tensor:
+    """``[512, D]``: what diffusers' Wan text-to-video (or image-to-video) pipeline, loaded with `folder`'s UMT5,
+    feeds the transformer for `prompt`. (diffusers 0.42.1's WanImageToVideoPipeline calls ftfy without checking
+    that it is installed; both encode prompts with the same steps.)"""
     import diffusers
     from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -285,3 +287,83 @@ def test_bad_text_inputs_are_refused_before_any_encoding(tmp_path, case, message
     with pytest.raises(InputError, match=message):
         prepare_text(config, COGVIDEOX, entries, tmp_path / "c")
     assert not (tmp_path / "c" / NULL_TEXT).exists() and not caption_file(tmp_path / "c", "a person").exists()
+
+
+# --------------------------------------------------------------------------- Wan: UMT5 at 512 tokens
+WAN_CAPTIONS = ["a person dances", "  the rain &amp;\n red   dress ", LONG * 30]  # spacing, an HTML entity, > 512
+
+
+def test_wan_null_prompt_and_captions_equal_the_wan_pipelines_umt5_encoding(tmp_path, monkeypatch):
+    backbone = tiny_t5(tmp_path / "backbone", umt5=True)
+    calls = EncoderCalls(monkeypatch)
+    entries = [{"clip": f"{k}.mp4", "caption": c} for k, c in enumerate(WAN_CAPTIONS)]
+    captions = prepare_text(text_config(backbone), WAN, entries, tmp_path / "cache")
+    assert sorted(calls.prompts) == sorted(["", *WAN_CAPTIONS])
+    null = load_file(str(tmp_path / "cache" / NULL_TEXT))["null_text"]
+    expected = wan_pipeline_encoding(backbone, "")
+    assert null.shape == (1, WAN_TEXT_LEN, TEXT_DIM)
+    assert torch.equal(null[0], expected)
+    assert null[0, 0].abs().max() > 0 and null[0, 1:].abs().max() == 0  # "" is one token, </s>; zeros after it
+    if importlib.util.find_spec("ftfy") is not None:  # the image-to-video pipeline needs it
+        assert torch.equal(expected, wan_pipeline_encoding(backbone, "", pipeline="WanImageToVideoPipeline"))
+    for entry in entries:  # encoded in one batch, so equal up to float rounding
+        torch.testing.assert_close(captions(entry), wan_pipeline_encoding(backbone, entry["caption"]), rtol=0,
+                                   atol=1e-5)
+    tokens = [int((captions(e).abs().amax(-1) > 0).sum()) for e in entries]
+    assert tokens[0] == len("a person dances".split()) + 1 and tokens[2] == WAN_TEXT_LEN  # + </s>; truncated
+
+
+def test_wan_prompts_are_cleaned_and_masked_as_the_pipeline_does(tmp_path):
+    """Without the cleaning ("&amp;", spacing) or the attention mask the encoding differs from the pipeline's; a
+    prompt batched beside a longer one encodes as it does alone."""
+    from transformers import UMT5EncoderModel
+
+    backbone = tiny_t5(tmp_path, umt5=True)
+    tokenizer, encoder = load_text_encoder(find_text_encoder(backbone))
+    assert isinstance(encoder, UMT5EncoderModel)
+    messy, clean = "  the rain &amp;\n red   dress ", "the rain & red dress"
+    ours = encode_prompts(tokenizer, encoder, [messy, LONG], max_length=WAN_TEXT_LEN)
+    torch.testing.assert_close(ours[0], encode_prompts(tokenizer, encoder, [clean], max_length=WAN_TEXT_LEN)[0],
+                               rtol=0, atol=1e-6)
+    assert torch.equal(encode_prompts(tokenizer, encoder, [messy], max_length=WAN_TEXT_LEN)[0],
+                       wan_pipeline_encoding(backbone, messy))
+    raw = tokenizer([clean], padding="max_length", max_length=WAN_TEXT_LEN, return_tensors="pt")
+    own = int(raw.attention_mask.sum())
+    with torch.no_grad():  # without the mask the prompt's own tokens attend to the padding too
+        unmasked = encoder(input_ids=raw.input_ids)[0][0]
+    assert not torch.allclose(unmasked[:own], ours[0, :own], atol=1e-3)
+    assert ours[0, :own].abs().amax(-1).min() > 0 and ours[0, own:].abs().max() == 0
+
+
+def test_backbone_null_prompt_is_the_family_pipelines_encoding_of_the_empty_prompt(tmp_path):
+    wan, cogvideox = tiny_t5(tmp_path / "wan", umt5=True), tiny_t5(tmp_path / "cogvideox")
+    null = backbone_null_prompt(wan, spec_from_config(WAN))
+    assert null.shape == (1, WAN_TEXT_LEN, TEXT_DIM) and null.dtype == torch.float32
+    assert torch.equal(null[0], wan_pipeline_encoding(wan, ""))
+    null = backbone_null_prompt(cogvideox, spec_from_config(COGVIDEOX))
+    assert null.shape == (1, TEXT_LEN, TEXT_DIM) and torch.equal(null[0], pipeline_encoding(cogvideox, ""))
+    (tmp_path / "bare").mkdir()
+    assert backbone_null_prompt(tmp_path / "bare", spec_from_config(WAN)) is None
+    with pytest.raises(InputError, match="a 't5' encoder, but a wan backbone takes 'umt5'"):
+        backbone_null_prompt(cogvideox, spec_from_config(WAN))
+
+
+def test_wan_without_a_text_encoder_has_a_zero_512_token_null_prompt_and_a_umt5_key(tmp_path, caplog):
+    (tmp_path / "bare").mkdir()
+    with caplog.at_level(logging.WARNING, logger="training.text_encoding"):
+        prepare_text(text_config(tmp_path / "bare"), dict(WAN, text_dim=PRETRAINED_TEXT_DIM), [], tmp_path / "c")
+    null = load_file(str(tmp_path / "c" / NULL_TEXT))["null_text"]
+    assert null.shape == (1, WAN_TEXT_LEN, PRETRAINED_TEXT_DIM) and null.abs().max() == 0
+    assert "a pretrained Wan never saw" in caplog.text and "with UMT5" in caplog.text
+    umt5 = text_encoder_fingerprint(tiny_t5(tmp_path / "umt5", umt5=True))
+    assert umt5 is not None and umt5 != text_encoder_fingerprint(tiny_t5(tmp_path / "t5"))
+    assert umt5 != text_encoder_fingerprint(tiny_t5(tmp_path / "umt5_1", umt5=True, seed=1))
+
+
+@pytest.mark.parametrize("encoder, bc", [("t5", WAN), ("umt5", COGVIDEOX)])
+def test_an_encoder_of_the_other_family_is_refused_before_any_encoding(tmp_path, encoder, bc):
+    backbone = tiny_t5(tmp_path / "backbone", umt5=encoder == "umt5")
+    want = "umt5" if encoder == "t5" else "t5"
+    with pytest.raises(InputError, match=f"a '{encoder}' encoder, but a .* backbone takes '{want}'.*model.text_enc"):
+        prepare_text(text_config(backbone), bc, [{"clip": "a.mp4", "caption": "a person"}], tmp_path / "c")
+    assert not (tmp_path / "c" / NULL_TEXT).exists()
