@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for repo ids")
     _add_cue_options(animate)
 
-    info = sub.add_parser("info", help="size report of the real CogVideoX backbones with CueFusion (meta device)")
+    info = sub.add_parser("info", help="size report and LoRA memory plan of the real CogVideoX and Wan backbones "
+                                       "with CueFusion (meta device)")
     info.add_argument("--config", action="append", default=None,
-                      help="a bundled config name or a config.json path (repeatable; default: both 5B I2V models)")
+                      help="a bundled config name (cogvideox-5b-i2v, cogvideox1.5-5b-i2v, wan2.1-i2v-14b[-480p|-720p], "
+                           "wan2.2-ti2v-5b) or a config.json path (repeatable; default: every bundled backbone)")
     info.add_argument("--frames", type=int, default=None, help="latent frames per window, reference included")
     info.add_argument("--size", type=_size, default=None, help="window size HEIGHTxWIDTH in pixels")
     info.add_argument("--markdown", action="store_true", help="markdown tables")
@@ -338,11 +340,10 @@ def _cue_config(args: argparse.Namespace, model=None):
 
 
 def run_info(args: argparse.Namespace) -> str:
-    """Print the size report of each configuration."""
-    from .models import bundled_backbone_names
-    from .models.info import format_size_report, size_report
+    """Print the size report and LoRA memory plan of each configuration."""
+    from .models.info import default_report_names, format_size_report, size_report
 
-    names = args.config or list(bundled_backbone_names())
+    names = args.config or default_report_names()
     height, width = args.size if args.size else (None, None)
     texts = [format_size_report(size_report(name, window_latent_frames=args.frames, height=height, width=width),
                                 markdown=args.markdown) for name in names]

@@ -11,13 +11,29 @@ from tests.tiny import save_tiny_diffusers
 needs_real = pytest.mark.skipif(not REAL_DATA.exists(), reason=f"real footage not found at {REAL_DATA}")
 
 
-def test_info_reports_both_real_backbones_with_cue_parameters_under_three_percent(capsys):
+def test_info_reports_every_bundled_backbone_with_cue_parameters_under_three_percent(capsys):
     assert main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "cogvideox-5b-i2v" in text and "cogvideox1.5-5b-i2v" in text
+    names = ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "wan2.1-i2v-14b", "wan2.1-i2v-14b-720p", "wan2.2-ti2v-5b"]
+    assert [line for line in text.splitlines() if line in names] == names  # each report starts with its name
     fractions = [float(part.split("%")[0].split("(")[-1]) for part in text.splitlines() if "of the backbone" in part]
-    assert len(fractions) == 2 and all(0 < f < 3 for f in fractions)
+    assert len(fractions) == len(names) and all(0 < f < 3 for f in fractions)
     assert "13 latent frames" in text  # the 5B-I2V window that fits its learned positional embeddings
+
+
+@pytest.mark.parametrize("name, tokens, encoders", [
+    ("wan2.1-i2v-14b", "32,760; 512 text + 257 image", ("UMT5-XXL text encoder", "CLIP ViT-H/14 image encoder")),
+    ("wan2.2-ti2v-5b", "27,280; 512 text", ("UMT5-XXL text encoder",)),
+])
+def test_info_on_a_wan_config_prints_tokens_encoders_and_the_lora_memory_plan(capsys, name, tokens, encoders):
+    assert main(["info", "--config", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == name
+    assert any(line.startswith("tokens (vision; cross-attention context)") and line.endswith(tokens) for line in lines)
+    assert all(any(line.startswith("not counted: encoders") and e in line for line in lines) for e in encoders)
+    plan = [line.strip() for line in lines if line.strip().startswith("LoRA stage")]
+    assert len(plan) == 6 and all("24 GB" in line and "48 GB" in line and "80 GB" in line for line in plan)
+    assert {line.split(",")[0] for line in plan} == {"LoRA stage 1", "LoRA stage 2"}
 
 
 def test_info_says_when_a_window_does_not_fit(capsys):

@@ -1,4 +1,4 @@
-"""`info`: size reports of the real CogVideoX 5B image-to-video configurations, built on the meta device."""
+"""`info`: size reports and LoRA memory plans of the real CogVideoX and Wan configurations, built on the meta device."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from diffusers import CogVideoXTransformer3DModel
 
 from directanimator.errors import InputError
 from directanimator.models import backbone_config, positional_embedding_case
-from directanimator.models.info import format_size_report, size_report
+from directanimator.models.info import default_report_names, format_size_report, memory_plan, size_report
 
 MAX_CUE_FRACTION = 0.03
+BF16 = 2
 
 
 @pytest.mark.parametrize("name", ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v"])
@@ -68,3 +69,98 @@ def test_report_formats_as_text_and_markdown():
 def test_unknown_config_name_is_refused():
     with pytest.raises(InputError, match="not a bundled name.*cogvideox-5b-i2v"):
         size_report("cogvideox-7b")
+
+
+@pytest.mark.parametrize("name, low, high", [("wan2.1-i2v-14b", 16.0e9, 17.0e9), ("wan2.2-ti2v-5b", 4.9e9, 5.1e9)])
+def test_wan_configs_report_their_size_and_cheap_cues(name, low, high):
+    report = size_report(name)
+    assert report["family"] == "wan" and low < report["backbone_parameters"] < high
+    assert 0 < report["cue_fraction"] < MAX_CUE_FRACTION
+    assert report["cue_parameters"] == sum(report["cue_parameters_by_part"].values())
+    assert report["weights_bytes"]["bf16"] == (report["backbone_parameters"] + report["cue_parameters"]) * BF16
+    assert report["fits_positional_embeddings"] and "rotary" in report["positional_embeddings"]
+    # LoRA on to_q/k/v/out of both attentions (self and cross) of every block, all D x D after Wan's context projection
+    d, layers = report["config"]["inner_dim"], report["config"]["num_layers"]
+    assert report["lora"]["modules"] == 8 * layers and report["lora"]["parameters_per_rank"] == 8 * layers * 2 * d
+
+
+def test_wan21_i2v_window_tokens_and_activations_by_hand():
+    report = size_report("wan2.1-i2v-14b")
+    # 81 frames at 480x832, 8x VAE: 21 latent frames (the reference latent in the image latent's slot + 20 driving
+    # latents = 77 frames), 60x104 latents, 2x2 patches -> 30x52 tokens per frame
+    window = report["window"]
+    assert (window["latent_frames"], window["height"], window["width"], window["vae_factor"]) == (21, 480, 832, 8)
+    assert window["driving_frames"] == 77
+    n = 21 * (480 // 8 // 2) * (832 // 8 // 2)
+    assert n == 32760 and report["tokens"] == {"vision": n, "text": 512, "image": 257, "total": n + 512 + 257}
+    d, heads, ffn = 5120, 40, 13824
+    act = report["activations"]["bf16"]
+    assert act["mlp_bytes"] == n * ffn * 2 * BF16  # Wan's ffn_dim, not 4 x D
+    assert act["attention_scores_naive_bytes"] == heads * n * n * BF16  # self-attention over vision tokens only
+    assert act["cross_attention_sdpa_bytes"] == (3 * n * d + 2 * (512 + 257) * d) * BF16  # q, text and image out; k, v
+    assert act["timestep_embedding_bytes"] == 0  # one timestep per sample
+    assert names_in(report["encoders"]) == {"UMT5-XXL", "CLIP"}
+    assert 5.6e9 < report["encoders"]["UMT5-XXL text encoder"] < 5.8e9
+    assert 6.2e8 < report["encoders"]["CLIP ViT-H/14 image encoder"] < 6.4e8
+
+
+def names_in(encoders: dict) -> set[str]:
+    return {key.split()[0] for key in encoders}
+
+
+def test_wan22_ti2v_window_tokens_by_hand_and_its_16x_vae():
+    report = size_report("wan2.2-ti2v-5b")
+    # 121 frames at 704x1280, 16x VAE: 31 latent frames, 44x80 latents, 2x2 patches -> 22x40 tokens per frame
+    window = report["window"]
+    assert (window["latent_frames"], window["height"], window["width"], window["vae_factor"]) == (31, 704, 1280, 16)
+    n = 31 * (704 // 16 // 2) * (1280 // 16 // 2)
+    assert n == 27280 and report["tokens"] == {"vision": n, "text": 512, "image": 0, "total": n + 512}
+    act = report["activations"]["bf16"]
+    assert act["mlp_bytes"] == n * 14336 * 2 * BF16
+    assert act["timestep_embedding_bytes"] == 7 * n * 3072 * BF16  # per-token temb and its 6-way projection
+    assert names_in(report["encoders"]) == {"UMT5-XXL"}
+    odd = size_report("wan2.2-ti2v-5b", height=720, width=1280)  # 45 latent rows: not a multiple of the 2x2 patch
+    assert not odd["fits_positional_embeddings"] and "patch size 2" in odd["fit_note"]
+    with pytest.raises(InputError, match="multiple of 16"):
+        size_report("wan2.2-ti2v-5b", height=480, width=840)
+
+
+def test_wan21_720p_alias_defaults_to_its_own_size():
+    report = size_report("wan2.1-i2v-14b-720p")
+    assert (report["window"]["height"], report["window"]["width"]) == (720, 1280)
+    assert report["tokens"]["vision"] == 21 * 45 * 80
+    assert size_report("wan2.1-i2v-14b-480p")["tokens"] == size_report("wan2.1-i2v-14b")["tokens"]
+
+
+def test_default_names_cover_every_bundled_config_once():
+    names = default_report_names()
+    assert names == ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "wan2.1-i2v-14b", "wan2.1-i2v-14b-720p",
+                     "wan2.2-ti2v-5b"]
+
+
+@pytest.mark.parametrize("name", ["cogvideox-5b-i2v", "wan2.1-i2v-14b", "wan2.2-ti2v-5b"])
+def test_memory_plan_has_lora_stage_rows_for_24_48_80_gb(name):
+    report = size_report(name)
+    rows = memory_plan(report, modes=("lora",))
+    keys = [(r["stage"], r["teacher"], r["adam"]) for r in rows]
+    for adam in ("fp32", "8-bit"):
+        assert {(1, "-", adam), (2, "copy", adam), (2, "lora_disabled", adam)} <= set(keys)
+    by_key = dict(zip(keys, rows))
+    one, two = by_key[(1, "-", "fp32")], by_key[(2, "copy", "fp32")]
+    # stage 2 adds the frozen bf16 copy and its forward to block D (no graph: one block's activations)
+    act = report["activations"]["bf16"]
+    assert two["total"] - one["total"] == (report["backbone_parameters"] + report["cue_parameters"]) * BF16 \
+        + act["inference_peak_bytes"]
+    for r in rows:
+        assert set(r["fits"]) == {24, 48, 80}
+        assert all(fits == (r["total"] + 1.5e9 <= gb * 1e9) for gb, fits in r["fits"].items())
+    text = format_size_report(report)
+    assert sum("LoRA stage" in line and "24 GB" in line and "80 GB" in line for line in text.splitlines()) == 6
+
+
+def test_cogvideox_memory_plan_is_the_training_benchmarks():
+    from benchmarks.training import memory_plan as benchmark_plan
+
+    rows, _ = benchmark_plan()
+    ours = memory_plan(size_report("cogvideox-5b-i2v"))
+    assert [{k: v for k, v in r.items() if k != "fits"} for r in ours] == rows

@@ -1,17 +1,19 @@
 """Size report of a backbone plus CueFusion: parameters, weight bytes per precision, activation estimate per
-context window and whether the window fits the positional embeddings. Built on the meta device: no weights are
-allocated, so the real 5B configurations report in well under a second."""
+context window, whether the window fits the positional embeddings, and the memory plan of LoRA training on one
+24, 48 or 80 GB GPU. Built on the meta device: no weights are allocated, so the real 5B and 14B configurations
+report in about a second. Works for both families (CogVideoX, Wan) through `directanimator.models.family`."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
-from diffusers import CogVideoXTransformer3DModel
 
 from ..errors import InputError
-from .configs import CueFusionConfig, backbone_config, fingerprint
+from .configs import BUNDLED_BACKBONES, CueFusionConfig, backbone_config, bundled_backbone_names, fingerprint
+from .family import BackboneSpec, build_backbone, spec_from_config
 from .transformer import (
     DirectAnimatorTransformer,
     check_latent_shape_for,
@@ -19,15 +21,94 @@ from .transformer import (
     positional_embedding_case,
 )
 
-VAE_SPATIAL = 8
+VAE_SPATIAL = 8  # CogVideoX and Wan2.1 VAEs; Wan2.2's 48-channel VAE compresses 16x (`vae_spatial_factor`)
 VAE_TEMPORAL = 4
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FF_MULT = 4  # CogVideoX FeedForward inner dim = 4 * inner_dim
 GIB = 1024 ** 3
+GB = 1e9
+# Default windows of the Wan pipelines, in pixel frames at height x width (the frames include the first frame,
+# whose latent slot our reference latent takes): Wan2.1-I2V 480P 81 frames at 480x832 (diffusers'
+# WanImageToVideoPipeline defaults); Wan2.2-TI2V-5B 121 frames at 704x1280 (its 720P recipe, 24 fps).
+WAN_DEFAULT_WINDOWS = {"wan-i2v": (81, 480, 832), "wan-ti2v": (121, 704, 1280), "wan-t2v": (81, 480, 832)}
+# Bundled names whose checkpoint was trained at another size than its config's family default.
+NAMED_DEFAULT_WINDOWS = {"wan2.1-i2v-14b-720p": (81, 720, 1280)}
+WAN_FFN_TENSORS = 2  # Wan's FeedForward keeps the ffn_dim-wide projection and its GELU output
+
+# Memory plan defaults: the CogVideoX-5B recipe's LoRA (training/configs/cogvideox_5b_i2v_lora.toml: rank 128 on
+# the attention projections, the training config's default targets).
+PLAN_LORA_RANK = 128
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+GPUS_GB = (24, 48, 80)
+CUDA_OVERHEAD_GB = 1.5  # CUDA context, allocator fragmentation and kernels workspace, roughly
+
+# The encoders the pipelines load besides the transformer, as their repos ship them (text_encoder/ and
+# image_encoder/ config.json); counted on the meta device, listed beside the report but never in its totals:
+# `prepare` caches text and image embeddings, so training loads neither.
+_T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+               feed_forward_proj="gated-gelu")  # CogVideoX: google t5-v1_1-xxl encoder
+_UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # Wan: google umt5-xxl encoder
+_CLIP_VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                   image_size=224, patch_size=14, hidden_act="gelu")  # Wan2.1 I2V: open-clip ViT-H/14
 
 
-def _default_window(config: Mapping[str, Any]) -> tuple[int, int, int]:
+def vae_spatial_factor(spec: BackboneSpec) -> int:
+    """Pixels per latent pixel of the family's VAE: 16 for Wan2.2's 48-channel VAE, else 8."""
+    return 16 if spec.family == "wan" and spec.out_channels == 48 else VAE_SPATIAL
+
+
+@lru_cache(maxsize=None)
+def default_report_names() -> list[str]:
+    """The bundled backbone names `info` reports by default: one per distinct config and default window (an alias
+    such as "wan2.1-i2v-14b-480p", identical to "wan2.1-i2v-14b", is left out)."""
+    seen, names = set(), []
+    for name in bundled_backbone_names():
+        key = (BUNDLED_BACKBONES[name], NAMED_DEFAULT_WINDOWS.get(name))
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+@lru_cache(maxsize=None)
+def _encoder_parameters(kind: str) -> int:
+    import transformers
+
+    with torch.device("meta"):
+        if kind == "t5-xxl":
+            model = transformers.T5EncoderModel(transformers.T5Config(**_T5_XXL))
+        elif kind == "umt5-xxl":
+            model = transformers.UMT5EncoderModel(transformers.UMT5Config(**_UMT5_XXL))
+        else:
+            model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**_CLIP_VIT_H))
+    return _count(model)
+
+
+def _encoders(spec: BackboneSpec) -> dict[str, int]:
+    """Parameters of the text (and image) encoder the backbone's pipeline loads."""
+    if spec.family == "cogvideox":
+        return {"T5-XXL text encoder": _encoder_parameters("t5-xxl")}
+    found = {"UMT5-XXL text encoder": _encoder_parameters("umt5-xxl")}
+    if spec.image_embed_dim is not None:
+        found["CLIP ViT-H/14 image encoder"] = _encoder_parameters("clip-vit-h")
+    return found
+
+
+def _image_tokens(spec: BackboneSpec) -> int:
+    """CLIP image tokens in Wan2.1 I2V's cross-attention context (patches + class token = 257), else 0."""
+    if spec.image_embed_dim is None:
+        return 0
+    return (_CLIP_VIT_H["image_size"] // _CLIP_VIT_H["patch_size"]) ** 2 + 1
+
+
+def _default_window(config: Mapping[str, Any], spec: BackboneSpec, name: str = "") -> tuple[int, int, int]:
     """(latent frames incl. the reference, height px, width px) the backbone was made for."""
+    if spec.family == "wan":
+        # The pipeline's first latent frame holds the image latent; ours holds the reference latent, so the default
+        # window has the pipeline's token count: reference + (latents - 1) driving latents.
+        frames, height, width = NAMED_DEFAULT_WINDOWS.get(name.lower(), WAN_DEFAULT_WINDOWS[spec.variant])
+        return (frames - 1) // VAE_TEMPORAL + 1, height, width
     if config.get("use_learned_positional_embeddings") or config.get("patch_size_t") is None:
         return (latent_frames_for_sample_frames(config), int(config["sample_height"]) * VAE_SPATIAL,
                 int(config["sample_width"]) * VAE_SPATIAL)
@@ -39,52 +120,100 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _lora_shapes(backbone: torch.nn.Module, targets: Iterable[str]) -> list[tuple[int, int]]:
+    """(in, out) features of every Linear a PEFT LoRA with `targets` attaches to (exact name or name suffix)."""
+    targets = tuple(targets)
+    return [(m.in_features, m.out_features) for name, m in backbone.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)]
+
+
 def size_report(config_name_or_dict: str | Mapping[str, Any] | Path, *, window_latent_frames: int | None = None,
                 height: int | None = None, width: int | None = None, batch: int = 1,
-                cue_fusion: CueFusionConfig | None = None) -> dict:
-    """Parameters, bytes and per-window activations of a CogVideoX backbone with CueFusion.
+                cue_fusion: CueFusionConfig | None = None, lora_targets: Iterable[str] = LORA_TARGETS) -> dict:
+    """Parameters, bytes and per-window activations of a CogVideoX or Wan backbone with CueFusion.
 
     `window_latent_frames` counts the leading reference latent; `height` and `width` are in pixels. Defaults: the
-    backbone's own sample size (CogVideoX-5B-I2V: 13 latent frames at 480x720; 1.5: 22 at 768x1360).
+    backbone's own sample size (CogVideoX-5B-I2V: 13 latent frames at 480x720; 1.5: 22 at 768x1360) or the Wan
+    pipeline's default window with the reference latent in the image latent's slot (Wan2.1-I2V: 81 frames at
+    480x832 = 21 latent frames; Wan2.2-TI2V: 121 frames at 704x1280 = 31).
     """
     config = backbone_config(config_name_or_dict)
+    spec = spec_from_config(config)
     name = str(config_name_or_dict) if not isinstance(config_name_or_dict, Mapping) else \
         str(dict(config_name_or_dict).get("_name", "custom config"))
     if batch < 1:
         raise InputError(f"batch={batch}: must be >= 1.")
     with torch.device("meta"):
-        backbone = CogVideoXTransformer3DModel(**config)
+        backbone = build_backbone(config)
         backbone_params = _count(backbone)
+        lora_shapes = _lora_shapes(backbone, lora_targets)
         model = DirectAnimatorTransformer(backbone, config=cue_fusion)
     parts = {
         "patch_embeddings": _count(model.pose_embed) + _count(model.face_embed),
         "modulation": _count(model.shared_modulation)
-        + sum(_count(b.fusion.down) + _count(b.fusion.up) for b in backbone.transformer_blocks),
-        "text_projection": sum(_count(b.fusion.text_down) + _count(b.fusion.text_up)
-                               for b in backbone.transformer_blocks),
+        + sum(_count(b.fusion.down) + _count(b.fusion.up) for b in model.blocks),
+        "text_projection": sum(_count(b.fusion.text_down) + _count(b.fusion.text_up) for b in model.blocks),
     }
     cue_params = sum(parts.values())
     fp = fingerprint(config)
-    d, layers = fp["inner_dim"], fp["num_layers"]
-    full_rank_linear = layers * (config["time_embed_dim"] * 6 * d + 6 * d) + layers * d * d
+    d, layers = spec.inner_dim, spec.num_layers
+    full_rank_linear = layers * (spec.time_embed_dim * 6 * d + 6 * d) + layers * d * d
 
-    f_def, h_def, w_def = _default_window(config)
+    vae = vae_spatial_factor(spec)
+    f_def, h_def, w_def = _default_window(config, spec, name)
     frames = int(window_latent_frames or f_def)
     height_px, width_px = int(height or h_def), int(width or w_def)
-    if height_px % VAE_SPATIAL or width_px % VAE_SPATIAL:
-        raise InputError(f"size_report: {width_px}x{height_px} px is not a multiple of {VAE_SPATIAL}.")
-    h, w = height_px // VAE_SPATIAL, width_px // VAE_SPATIAL
+    if height_px % vae or width_px % vae:
+        raise InputError(f"size_report: {width_px}x{height_px} px is not a multiple of {vae} (the VAE's factor).")
+    h, w = height_px // vae, width_px // vae
     try:
         check_latent_shape_for(config, frames, h, w)
         fits, fit_note = True, "fits"
     except InputError as exc:
         fits, fit_note = False, str(exc)
-    p, pt = fp["patch_size"], fp["patch_size_t"] or 1
+    p, pt = spec.patch_size, spec.patch_size_t or 1
     vision_tokens = ((frames + pt - 1) // pt) * (h // p) * (w // p)
-    text_tokens = int(config.get("max_text_seq_length", 226))
-    tokens = vision_tokens + text_tokens
-    heads = int(config["num_attention_heads"])
+    text_tokens = spec.max_text_seq_length
+    image_tokens = _image_tokens(spec)
+    heads = spec.num_attention_heads
+    if spec.family == "wan":
+        # Wan: self-attention over the vision tokens, cross-attention to the text (+ image) context, FFN of ffn_dim.
+        tokens = {"vision": vision_tokens, "text": text_tokens, "image": image_tokens,
+                  "total": vision_tokens + text_tokens + image_tokens}
+        activations = _wan_activations(spec, int(config["ffn_dim"]), vision_tokens, text_tokens + image_tokens,
+                                       batch, per_frame_timesteps=spec.image_conditioning == "first_frame")
+    else:
+        tokens = {"vision": vision_tokens, "text": text_tokens, "total": vision_tokens + text_tokens}
+        activations = _cogvideox_activations(d, layers, heads, vision_tokens, tokens["total"], batch)
+    encoders = _encoders(spec)
+    return {
+        "name": name,
+        "config": fp | {"num_attention_heads": heads, "max_text_seq_length": text_tokens},
+        "family": spec.family,
+        "variant": spec.variant,
+        "backbone_parameters": backbone_params,
+        "cue_parameters": cue_params,
+        "cue_parameters_by_part": parts,
+        "cue_fraction": cue_params / backbone_params,
+        "full_rank_cue_parameters": full_rank_linear,
+        "weights_bytes": {k: (backbone_params + cue_params) * v for k, v in BYTES.items()},
+        "cue_weights_bytes": {k: cue_params * v for k, v in BYTES.items()},
+        "lora": {"targets": list(lora_targets), "modules": len(lora_shapes),
+                 "parameters_per_rank": sum(i + o for i, o in lora_shapes)},
+        "encoders": encoders,
+        "window": {"latent_frames": frames, "driving_frames": (frames - 2) * VAE_TEMPORAL + 1, "height": height_px,
+                   "width": width_px, "latent_height": h, "latent_width": w, "batch": batch, "vae_factor": vae},
+        "tokens": tokens,
+        "activations": activations,
+        "positional_embeddings": positional_embedding_case(config),
+        "fits_positional_embeddings": fits,
+        "fit_note": fit_note,
+    }
 
+
+def _cogvideox_activations(d: int, layers: int, heads: int, vision_tokens: int, tokens: int, batch: int) -> dict:
+    """Activation bytes per precision of a CogVideoX block stack: joint attention over vision + text tokens, MLP of
+    4 x inner_dim."""
     activations = {}
     for precision, nbytes in BYTES.items():
         unit = batch * nbytes
@@ -100,24 +229,84 @@ def size_report(config_name_or_dict: str | Mapping[str, Any] | Path, *, window_l
             "inference_peak_bytes": block_peak + cue,
             "training_checkpointed_bytes": layers * stream + 3 * (block_peak + cue),
         }
-    return {
-        "name": name,
-        "config": fp | {"num_attention_heads": heads, "max_text_seq_length": text_tokens},
-        "backbone_parameters": backbone_params,
-        "cue_parameters": cue_params,
-        "cue_parameters_by_part": parts,
-        "cue_fraction": cue_params / backbone_params,
-        "full_rank_cue_parameters": full_rank_linear,
-        "weights_bytes": {k: (backbone_params + cue_params) * v for k, v in BYTES.items()},
-        "cue_weights_bytes": {k: cue_params * v for k, v in BYTES.items()},
-        "window": {"latent_frames": frames, "driving_frames": (frames - 2) * VAE_TEMPORAL + 1, "height": height_px,
-                   "width": width_px, "latent_height": h, "latent_width": w, "batch": batch},
-        "tokens": {"vision": vision_tokens, "text": text_tokens, "total": tokens},
-        "activations": activations,
-        "positional_embeddings": positional_embedding_case(config),
-        "fits_positional_embeddings": fits,
-        "fit_note": fit_note,
-    }
+    return activations
+
+
+def _wan_activations(spec: BackboneSpec, ffn_dim: int, vision_tokens: int, context_tokens: int, batch: int, *,
+                     per_frame_timesteps: bool) -> dict:
+    """Activation bytes per precision of a Wan block stack: self-attention over the vision tokens, cross-attention
+    from them to `context_tokens` (512 text + 257 CLIP image tokens on 2.1 I2V), FFN of `ffn_dim`. With per-frame
+    timesteps (TI2V) the time embedding and its 6-way projection are per token and held through the forward."""
+    d, layers, heads = spec.inner_dim, spec.num_layers, spec.num_attention_heads
+    image_branch = spec.image_embed_dim is not None  # 2.1 I2V: a second cross-attention output for the image keys
+    activations = {}
+    for precision, nbytes in BYTES.items():
+        unit = batch * nbytes
+        stream = unit * vision_tokens * d
+        context = unit * context_tokens * d  # text (+ image) tokens projected to D, shared by all blocks
+        cross = stream * (2 + image_branch) + 2 * context  # q, output(s); k, v of the context
+        mlp = unit * vision_tokens * ffn_dim * WAN_FFN_TENSORS
+        time = stream * (1 + 6) if per_frame_timesteps else 0  # temb [N, D] and timestep_proj [N, 6, D]
+        block_peak = stream * (1 + 1 + 3 + 1) + cross + mlp  # residual, norm, qkv, out; cross-attention; FFN
+        cue = unit * vision_tokens * d * 4
+        activations[precision] = {
+            "hidden_states_bytes": stream,
+            "attention_sdpa_bytes": stream * 4,
+            "cross_attention_sdpa_bytes": cross,
+            "attention_scores_naive_bytes": unit * heads * vision_tokens * vision_tokens,
+            "mlp_bytes": mlp,
+            "timestep_embedding_bytes": time,
+            "cue_tokens_bytes": cue,
+            "inference_peak_bytes": block_peak + cue + time + context,
+            "training_checkpointed_bytes": layers * stream + 3 * (block_peak + cue) + time + context,
+        }
+    return activations
+
+
+def memory_plan(report: Mapping[str, Any], *, lora_rank: int = PLAN_LORA_RANK, modes: Iterable[str] = ("lora", "full"),
+                gpus_gb: Iterable[int] = GPUS_GB, overhead_gb: float = CUDA_OVERHEAD_GB) -> list[dict]:
+    """Rows (bytes) of single-GPU training memory for a `size_report`: LoRA (rank `lora_rank` on the report's LoRA
+    targets) or full fine-tuning, fp32 or 8-bit AdamW, stage 1 and stage 2 (S2X teacher: a frozen bf16 copy
+    run to block D without a graph, or the student with its LoRA disabled), and whether each fits a GPU of
+    `gpus_gb` GB (1e9 bytes) with `overhead_gb` for the CUDA context. Rules: frozen weights bf16; LoRA and CueFusion
+    tensors trained in fp32 (weights, grads, AdamW m and v); full fine-tuning keeps bf16 weights and grads with fp32
+    AdamW plus an fp32 master copy, or 8-bit AdamW states and no master copy. Latents, cues, text and image
+    embeddings cached by `prepare`: no VAE and no encoder is loaded."""
+    gpus = tuple(gpus_gb)
+    backbone, cue = report["backbone_parameters"], report["cue_parameters"]
+    lora = lora_rank * report["lora"]["parameters_per_rank"]  # A [r, in] + B [out, r] per target
+    acts = report["activations"]["bf16"]
+    activations = acts["training_checkpointed_bytes"]
+    teacher_acts = acts["inference_peak_bytes"]  # transient, no graph kept
+    weights_bf16 = (backbone + cue) * 2
+    rows = []
+    for mode in modes:
+        if mode not in ("lora", "full"):
+            raise InputError(f"memory_plan: mode {mode!r}; use 'lora' or 'full'.")
+        for eight_bit in (False, True):
+            if mode == "lora":
+                trained = cue + lora
+                weights = backbone * 2 + trained * 4  # frozen backbone bf16; trained tensors fp32
+                grads = trained * 4
+                master = 0
+            else:
+                trained = backbone + cue
+                weights = trained * 2
+                grads = trained * 2
+                master = 0 if eight_bit else trained * 4  # fp32 master copy for bf16 weights with fp32 AdamW
+            states = trained * (2 if eight_bit else 8)
+            teachers = [(1, "-", 0), (2, "copy", weights_bf16 + teacher_acts)]
+            if mode == "lora":
+                teachers.append((2, "lora_disabled", teacher_acts))
+            for stage, teacher, extra in teachers:
+                total = weights + grads + master + states + activations + extra
+                rows.append({
+                    "mode": mode, "adam": "8-bit" if eight_bit else "fp32", "stage": stage, "teacher": teacher,
+                    "trained": trained, "weights": weights, "grads": grads, "master": master, "states": states,
+                    "activations": activations, "teacher_bytes": extra, "total": total,
+                    "fits": {g: total + overhead_gb * GB <= g * GB for g in gpus},
+                })
+    return rows
 
 
 def _gib(n: float) -> str:
@@ -128,10 +317,28 @@ def _millions(n: float) -> str:
     return f"{n / 1e6:,.1f} M"
 
 
-def format_size_report(report: Mapping[str, Any], *, markdown: bool = False, precision: str = "bf16") -> str:
-    """Render `size_report` output as plain text or a markdown table."""
+def _plan_rows(report: Mapping[str, Any], lora_rank: int) -> list[tuple[str, str]]:
+    rows = []
+    for r in memory_plan(report, lora_rank=lora_rank, modes=("lora",)):
+        teacher = {"-": "", "copy": ", frozen copy teacher to block D",
+                   "lora_disabled": ", teacher = student with LoRA off"}[r["teacher"]]
+        fits = ", ".join(f"{g} GB {'yes' if ok else 'no'}" for g, ok in r["fits"].items())
+        rows.append((f"  LoRA stage {r['stage']}{teacher}, AdamW {r['adam']}", f"{r['total'] / GB:.1f} GB: {fits}"))
+    return rows
+
+
+def format_size_report(report: Mapping[str, Any], *, markdown: bool = False, precision: str = "bf16",
+                       lora_rank: int = PLAN_LORA_RANK) -> str:
+    """Render `size_report` output (and its LoRA `memory_plan` rows) as plain text or a markdown table."""
     act = report["activations"][precision]
     win = report["window"]
+    tok = report["tokens"]
+    wan = report.get("family") == "wan"
+    if wan:
+        context = f"{tok['text']} text" + (f" + {tok['image']} image" if tok["image"] else "")
+        token_row = ("tokens (vision; cross-attention context)", f"{tok['vision']:,}; {context}")
+    else:
+        token_row = ("tokens (vision + text)", f"{tok['vision']:,} + {tok['text']} = {tok['total']:,}")
     rows = [
         ("backbone parameters", _millions(report["backbone_parameters"])),
         ("cue parameters", f"{_millions(report['cue_parameters'])} ({100 * report['cue_fraction']:.2f}% of the backbone)"),
@@ -140,17 +347,33 @@ def format_size_report(report: Mapping[str, Any], *, markdown: bool = False, pre
         ("weights fp32 / bf16 / fp16", " / ".join(_gib(report["weights_bytes"][k]) for k in ("fp32", "bf16", "fp16"))),
         ("window", f"{win['latent_frames']} latent frames (reference + {win['driving_frames']} driving frames) at "
                    f"{win['width']}x{win['height']} px, batch {win['batch']}"),
-        ("tokens (vision + text)", f"{report['tokens']['vision']:,} + {report['tokens']['text']} = {report['tokens']['total']:,}"),
+        token_row,
         (f"activations ({precision}): hidden states", _gib(act["hidden_states_bytes"])),
         ("  attention with SDPA (q, k, v, out)", _gib(act["attention_sdpa_bytes"])),
         ("  attention scores without SDPA", _gib(act["attention_scores_naive_bytes"])),
-        ("  MLP hidden", _gib(act["mlp_bytes"])),
+    ]
+    if wan:
+        rows.append(("  cross-attention with SDPA", _gib(act["cross_attention_sdpa_bytes"])))
+        rows.append(("  FFN hidden (ffn_dim)", _gib(act["mlp_bytes"])))
+        if act["timestep_embedding_bytes"]:
+            rows.append(("  per-token timestep embedding", _gib(act["timestep_embedding_bytes"])))
+    else:
+        rows.append(("  MLP hidden", _gib(act["mlp_bytes"])))
+    rows += [
         ("  cue tokens", _gib(act["cue_tokens_bytes"])),
         ("  inference peak (one block)", _gib(act["inference_peak_bytes"])),
         ("  training, gradient checkpointing", _gib(act["training_checkpointed_bytes"])),
         ("positional embeddings", report["positional_embeddings"]),
         ("window fits", "yes" if report["fits_positional_embeddings"] else f"no: {report['fit_note']}"),
+        ("not counted: encoders", "; ".join(f"{k} {_millions(v)} ({_gib(v * 2)} bf16)"
+                                            for k, v in report["encoders"].items())
+         + " (prepare caches their embeddings; sampling loads them)"),
+        (f"memory plan, one GPU (LoRA rank {lora_rank})",
+         f"{report['lora']['modules']} LoRA layers ({', '.join(report['lora']['targets'])}): "
+         f"{_millions(lora_rank * report['lora']['parameters_per_rank'])}; frozen bf16, trained fp32, gradient "
+         f"checkpointing, window above; GB = 1e9 bytes incl. {CUDA_OVERHEAD_GB} GB CUDA overhead in the fit"),
     ]
+    rows += _plan_rows(report, lora_rank)
     if markdown:
         lines = [f"**{report['name']}**", "", "| quantity | value |", "|---|---|"]
         lines += [f"| {k.strip()} | {v} |" for k, v in rows]
