@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 TEXT_FOLDER = "text"  # caption embeddings in the cache folder, one file per distinct caption
 ENCODE_BATCH = 8  # captions per encoder call (its activations, 226 tokens each on CogVideoX, 512 on Wan, grow with it)
 # T5-XXL's and UMT5-XXL's width, which every released CogVideoX and Wan backbone takes; tiny and from-scratch
-# backbones (the tests', the demo's) use far narrower text. Zeros as the null prompt of such a pretrained backbone are an input it
-# has never seen, hence the warning.
+# backbones (the tests', the demo's) use far narrower text. Zeros as the null prompt of such a pretrained backbone
+# are an input it has never seen, hence the warning.
 PRETRAINED_TEXT_DIM = 4096
 
 
@@ -118,7 +118,8 @@ def _encode(folders: TextEncoderFolders, batches: list[list[str]], folder: Path,
                     save_safetensors({"text_embeds": value.contiguous()}, caption_file(folder, prompt), {})
                 bar.update(len(prompts))
     finally:
-        del tokenizer, encoder  # the encoder (T5-XXL: 9.5 GB, UMT5-XXL: 11 GB) must not sit beside the VAE for the rest of prepare
+        # the encoder (T5-XXL: 9.5 GB, UMT5-XXL: 11 GB) must not sit beside the VAE for the rest of prepare
+        del tokenizer, encoder
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
