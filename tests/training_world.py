@@ -40,3 +40,47 @@ def overrides(root: Path, data: Path, model: Path, *extra: str) -> list[str]:
     """Config overrides that train on `data` from the backbone in `model`, writing runs under `root`/runs."""
     return [f"data.metadata={json.dumps(str(data))}", f"model.backbone={json.dumps(str(model))}",
             f"run.out_dir={json.dumps(str(root / 'runs'))}", *extra]
+
+
+# Wan worlds: "wan-ti2v" a Wan2.2-TI2V-like layout (the clean reference latent as latent frame 0) on 16 latent
+# channels, so that the Wan2.1-like micro VAE (8x spatial) serves it; "wan-i2v" the Wan2.1 I2V layout (mask +
+# condition latent on channels, a tiny CLIP image embedding).
+WAN_WORLD_LAYOUTS = ("wan-ti2v", "wan-i2v")
+WAN_SHIFT = 3.0  # the flow shift the tiny Wan folders' scheduler samples with (Wan2.1 480p's)
+
+
+def micro_wan_vae():
+    """A tiny `AutoencoderKLWan` of the real class (z 16, 4x8x8, Wan2.1's per-channel latent statistics)."""
+    from tests.tiny import tiny_wan_vae
+
+    return tiny_wan_vae("2.1")
+
+
+def save_wan_model(model: Path, layout: str = "wan-ti2v") -> Path:
+    """A tiny diffusers Wan folder: transformer/ of `layout`, vae/ (micro Wan VAE), scheduler/ (flow UniPC)."""
+    from diffusers import UniPCMultistepScheduler
+
+    from tests.tiny import LATENT_CHANNELS
+
+    if layout not in WAN_WORLD_LAYOUTS:
+        raise ValueError(f"layout must be one of {WAN_WORLD_LAYOUTS}, got {layout!r}")
+    channels = {"in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS} if layout == "wan-ti2v" else {}
+    tiny_backbone(layout, **channels).save_pretrained(model / "transformer")
+    micro_wan_vae().save_pretrained(model / "vae")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=WAN_SHIFT,
+                            num_train_timesteps=1000).save_pretrained(model / "scheduler")
+    if layout == "wan-i2v":
+        from tests.tiny import tiny_clip_vision
+
+        encoder, processor = tiny_clip_vision()
+        encoder.save_pretrained(model / "image_encoder")
+        processor.save_pretrained(model / "image_processor")
+    return model
+
+
+def make_wan_world(root: Path, layout: str = "wan-ti2v") -> tuple[Path, Path]:
+    """The 4 world clips of `make_world` and a tiny diffusers Wan folder of `layout`."""
+    data, model = root / "world", root / "model"
+    export_world(data, WorldConfig(height=64, width=64, num_frames=5), clips=4, val_clips=1, fmt="png")
+    save_wan_model(model, layout)
+    return data, model

@@ -77,11 +77,16 @@ def backbone_fingerprint(config: TrainConfig) -> dict:
     backbone = Path(m.backbone)
     vae = vae_folder(Path(m.vae or m.backbone))
     transformer = backbone / "transformer" / "config.json"
-    return {
+    found = {
         "vae": (_digest(sorted(p for p in vae.iterdir() if p.suffix in (".json", ".safetensors")), vae)
                 if (vae / "config.json").is_file() else m.vae or m.backbone),
         "transformer": _digest([transformer], backbone) if transformer.is_file() else m.backbone,
     }
+    image_encoder = backbone / "image_encoder"
+    if (image_encoder / "config.json").is_file():  # Wan2.1 I2V: the CLIP embedding of the reference is cached
+        found["image_encoder"] = _digest(sorted(p for p in image_encoder.iterdir()
+                                                if p.suffix in (".json", ".safetensors")), image_encoder)
+    return found
 
 
 def cache_material(config: TrainConfig) -> dict:
@@ -217,7 +222,8 @@ class CachedClips:
 
     def load(self, index: int, *, variant: int = 0) -> dict[str, Tensor]:
         """Tensors of item `index`: target ``[N, C, h, w]``, reference ``[1, C, h, w]``, cue fields ``[1+N, ...]``,
-        ``pseudo.<field>`` in stage 2 (realignment `variant`), ``text_embeds`` when the clip has a caption."""
+        ``pseudo.<field>`` in stage 2 (realignment `variant`), ``text_embeds`` when the clip has a caption, and on
+        Wan2.1 I2V ``image`` ``[1+N, 4+C, h, w]`` (mask + condition latent) and ``image_embeds`` (CLIP)."""
         item = self.items[index]
         prefix = f"w{item.window}."
         keys = [f"{prefix}target", f"{prefix}reference"] + [f"{prefix}cues.{f}" for f in CUE_FIELDS]
@@ -225,6 +231,8 @@ class CachedClips:
             keys += [f"{prefix}pseudo{variant % item.pseudo_variants}.{f}" for f in CUE_FIELDS]
         with safe_open(str(self.folder / f"{item.clip}.safetensors"), framework="pt") as fh:
             names = set(fh.keys())
+            # Wan2.1 I2V caches the mask + condition latent of each window and the reference's CLIP embedding
+            keys += [k for k in (f"{prefix}image", f"{prefix}image_embeds") if k in names]
             out = {k[len(prefix):]: fh.get_tensor(k).float() for k in keys}
             if "text_embeds" in names:
                 out["text_embeds"] = fh.get_tensor("text_embeds").float()
@@ -325,8 +333,9 @@ def per_sample(generator: torch.Generator | Sequence[torch.Generator], count: in
 @dataclass
 class Batch:
     """A collated batch. target ``[B, N, C, h, w]`` (diffusion scale), reference ``[B, 1, C, h, w]`` (image
-    scale), cues ``[B, 1+N, ...]`` (same-ID), pseudo_cues (stage 2), text ``[B, L, D]``, and per-sample dropout
-    flags ``[B]`` bool."""
+    scale), cues ``[B, 1+N, ...]`` (same-ID), pseudo_cues (stage 2), text ``[B, L, D]``, per-sample dropout
+    flags ``[B]`` bool, and on Wan2.1 I2V the cached image conditioning ``image`` ``[B, 1+N, 4+C, h, w]`` (mask and
+    condition latent, diffusion scale) and the reference's CLIP embedding ``image_embeds`` ``[B, T, D]``."""
 
     target: Tensor
     reference: Tensor
@@ -335,11 +344,16 @@ class Batch:
     drop_cues: Tensor
     drop_reference: Tensor
     pseudo_cues: CueLatents | None = None
+    image: Tensor | None = None
+    image_embeds: Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
+        def move(x):
+            return None if x is None else x.to(device)
+
         return Batch(self.target.to(device), self.reference.to(device), self.cues.to(device), self.text.to(device),
-                     self.drop_cues.to(device), self.drop_reference.to(device),
-                     None if self.pseudo_cues is None else self.pseudo_cues.to(device))
+                     self.drop_cues.to(device), self.drop_reference.to(device), move(self.pseudo_cues),
+                     move(self.image), move(self.image_embeds))
 
 
 def _cue_latents(samples: list[dict[str, Tensor]], prefix: str) -> CueLatents:
@@ -382,4 +396,13 @@ def make_batch(data: CachedClips, indices: list[int],
         drop_cues=draws[0] < d.cue_dropout,
         drop_reference=draws[1] < d.reference_dropout,
         pseudo_cues=_cue_latents(samples, "pseudo.") if data.stage == 2 else None,
+        image=_stacked(samples, "image"),
+        image_embeds=_stacked(samples, "image_embeds"),
     )
+
+
+def _stacked(samples: list[dict[str, Tensor]], key: str) -> Tensor | None:
+    """``samples[k][key]`` stacked, None when the cache holds none (every backbone but Wan2.1 I2V)."""
+    if not all(key in s for s in samples):
+        return None
+    return torch.stack([s[key] for s in samples])

@@ -1,12 +1,13 @@
 """A trained LoRA in the formats the ecosystem reads, beside the CueFusion modules in the project's own format.
 
-A DirectAnimator LoRA adapts the plain CogVideoX backbone, so it can be written under diffusers' key names
-(``transformer_blocks.N.attn1.to_q.lora_A.weight``) and loaded by tools that know nothing of CueFusion:
+A DirectAnimator LoRA adapts the plain backbone, so it can be written under diffusers' key names
+(``transformer_blocks.N.attn1.to_q.lora_A.weight`` on CogVideoX, ``blocks.N.attn1.to_q.lora_A.weight`` on Wan) and
+loaded by tools that know nothing of CueFusion:
 
 - ``diffusers``: ``pytorch_lora_weights.safetensors`` with the ``transformer.`` prefix and the LoRA config (rank,
   alpha, target modules) in its ``lora_adapter_metadata`` header, as ``CogVideoXLoraLoaderMixin.save_lora_weights``
-  writes it (and ``CogVideoXImageToVideoPipeline.load_lora_weights`` reads it, with the alpha, so the scale is
-  ``lora_alpha / r`` as trained);
+  (``WanLoraLoaderMixin``'s on Wan) writes it (and the image-to-video pipeline's ``load_lora_weights`` reads it,
+  with the alpha, so the scale is ``lora_alpha / r`` as trained);
 - ``peft``: ``adapter_config.json`` plus ``adapter_model.safetensors`` (``base_model.model.`` prefix), the folder
   ``peft.PeftModel.from_pretrained(backbone, folder)`` reads.
 
@@ -72,14 +73,16 @@ def adapter_weights(model: DirectAnimatorTransformer, *, adapter_name: str = "de
     return tensors, config
 
 
-def write_diffusers_lora(folder: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any]) -> Path:
-    """``folder/pytorch_lora_weights.safetensors`` as diffusers' CogVideoX LoRA writer makes it (``transformer.``
-    prefix, the config in the ``lora_adapter_metadata`` header); returns its path. `folder` is one being filled
-    (`export_lora` swaps it in whole)."""
-    from diffusers.loaders.lora_pipeline import CogVideoXLoraLoaderMixin
+def write_diffusers_lora(folder: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any], *,
+                         family: str = "cogvideox") -> Path:
+    """``folder/pytorch_lora_weights.safetensors`` as diffusers' LoRA writer of the backbone `family` makes it
+    (CogVideoX's or Wan's: ``transformer.`` prefix, the config in the ``lora_adapter_metadata`` header); returns its
+    path. `folder` is one being filled (`export_lora` swaps it in whole)."""
+    from diffusers.loaders.lora_pipeline import CogVideoXLoraLoaderMixin, WanLoraLoaderMixin
 
     # diffusers' own writer: its key prefix and metadata layout are exactly what its loader expects
-    CogVideoXLoraLoaderMixin.save_lora_weights(str(folder), transformer_lora_layers=dict(tensors),
+    writer = WanLoraLoaderMixin if family == "wan" else CogVideoXLoraLoaderMixin
+    writer.save_lora_weights(str(folder), transformer_lora_layers=dict(tensors),
                                                transformer_lora_adapter_metadata=dict(config),
                                                weight_name=DIFFUSERS_LORA_FILE)
     return Path(folder) / DIFFUSERS_LORA_FILE
@@ -121,7 +124,7 @@ def export_lora(model: DirectAnimatorTransformer, folder: str | Path, *, formats
     tensors, config = adapter_weights(model, dtype=dtype)  # fails before the folder is touched
     with replace_output_folder(folder, EXPORT_COMMAND, option="--lora-out") as tmp:
         if "diffusers" in formats:
-            write_diffusers_lora(tmp, tensors, config)
+            write_diffusers_lora(tmp, tensors, config, family=model.family.name)
         if "peft" in formats:
             write_peft_adapter(tmp, tensors, config, base_model=backbone_name)
         save_checkpoint(tmp / CUE_FILE, model, weights="none", null_text=null_text, scheduler_config=scheduler_config,

@@ -40,6 +40,7 @@ from directanimator.atomic import atomic_path, save_safetensors
 from directanimator.devices import process_device
 from directanimator.errors import DirectAnimatorError, InputError
 from directanimator.models.configs import backbone_config
+from directanimator.models.family import build_backbone, spec_from_config
 from directanimator.vae_io import encode_frames
 from directanimator.cues.segmentation import segment_person
 from directanimator.video import probe_video, read_image, read_video, resize_frames
@@ -80,14 +81,37 @@ def _local_or_download(source: str) -> Path:
 
 
 def load_vae(config: TrainConfig):
-    """The frozen VAE named by `model.vae`, else the backbone folder's ``vae/``."""
-    from diffusers import AutoencoderKLCogVideoX
+    """The frozen VAE named by `model.vae`, else the backbone folder's ``vae/``: diffusers' AutoencoderKLWan when
+    its config names that class (Wan backbones), else AutoencoderKLCogVideoX."""
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLWan
 
     from directanimator.models.loader import resolve_dtype
 
     root = _vae_root(config)
-    return AutoencoderKLCogVideoX.from_pretrained(root, torch_dtype=resolve_dtype(config.model.dtype),
-                                                  use_safetensors=True, local_files_only=True).eval()
+    wan = json.loads((root / "config.json").read_text()).get("_class_name") == "AutoencoderKLWan"
+    vae_class = AutoencoderKLWan if wan else AutoencoderKLCogVideoX
+    return vae_class.from_pretrained(root, torch_dtype=resolve_dtype(config.model.dtype), use_safetensors=True,
+                                     local_files_only=True).eval()
+
+
+def load_image_encoder(config: TrainConfig, bc: dict, device: torch.device | str = "cpu") -> dict:
+    """``{"image_encoder", "image_processor"}``: the frozen CLIP vision tower and its processor of a Wan2.1 I2V
+    backbone folder (``image_encoder/``, ``image_processor/``), None for every other backbone."""
+    if spec_from_config(bc).image_conditioning != "mask_and_latent":
+        return {"image_encoder": None, "image_processor": None}
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    from directanimator.models.loader import resolve_dtype
+
+    root = _local_or_download(config.model.backbone)
+    if not (root / "image_encoder" / "config.json").is_file() or not (root / "image_processor").is_dir():
+        raise InputError(f"model.backbone={config.model.backbone!r}: a Wan image-to-video backbone needs its CLIP "
+                         f"image encoder (image_encoder/ and image_processor/ in {root}), as the diffusers "
+                         "Wan2.1-I2V folders hold them.")
+    encoder = CLIPVisionModel.from_pretrained(root / "image_encoder", torch_dtype=resolve_dtype(config.model.dtype),
+                                              local_files_only=True).eval().to(device)
+    return {"image_encoder": encoder,
+            "image_processor": CLIPImageProcessor.from_pretrained(root / "image_processor", local_files_only=True)}
 
 
 def _vae_root(config: TrainConfig) -> Path:
@@ -115,26 +139,26 @@ def read_backbone_config(config: TrainConfig) -> dict:
 
 
 def meta_transformer(bc: dict):
-    """A weightless DirectAnimatorTransformer: enough for `encode_conditioning`'s size rules."""
-    from diffusers import CogVideoXTransformer3DModel
-
+    """A weightless DirectAnimatorTransformer of the backbone's family: enough for `encode_conditioning`'s size
+    rules."""
     from directanimator.models import DirectAnimatorTransformer
 
     with torch.device("meta"):
-        return DirectAnimatorTransformer(CogVideoXTransformer3DModel(**bc))
+        return DirectAnimatorTransformer(build_backbone(bc))
 
 
 def check_frames(config: TrainConfig, bc: dict) -> None:
     """Raise InputError unless `data.frames` is a length the backbone takes as it is (no padding)."""
     from directanimator.conditioning import fixed_latent_frames
 
-    fixed = fixed_latent_frames(SimpleNamespace(**bc))
-    want = plan_frame_count(config.data.frames, patch_size_t=bc.get("patch_size_t"),
+    spec = spec_from_config(bc)
+    fixed = fixed_latent_frames(spec)
+    want = plan_frame_count(config.data.frames, patch_size_t=spec.patch_size_t,
                             min_video_latents=fixed - 1 if fixed else 1)
     if want != config.data.frames:
         raise InputError(
             f"config data.frames={config.data.frames}: this backbone needs {want} driving frames per sample "
-            f"(temporal patch size {bc.get('patch_size_t')}, fixed latent length {fixed}); set data.frames={want}."
+            f"(temporal patch size {spec.patch_size_t}, fixed latent length {fixed}); set data.frames={want}."
         )
 
 
@@ -453,8 +477,12 @@ def encode_autocast(vae, precision: str):
 
 
 def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> dict[str, Tensor]:
-    """VAE-encode the extracted windows of a clip into the tensors of its cache file."""
+    """VAE-encode the extracted windows of a clip into the tensors of its cache file. On Wan2.1 I2V each window also
+    keeps its image conditioning as the pipeline builds it (`directanimator.conditioning.image_window`: the 4-channel
+    first-frame mask and the latent of [reference, black frames...] encoded in one VAE call, ``w{k}.image``, which
+    depends on the reference and the window length) and the reference's CLIP embedding (``w{k}.image_embeds``)."""
     tensors: dict[str, Tensor] = {}
+    wan_i2v = model.transformer.spec.image_conditioning == "mask_and_latent"
     for k, window in enumerate(windows):
         cond = encode_conditioning(model, window["cues"])
         target = pad_frames(window["target"], cond.padded_frames)
@@ -462,6 +490,12 @@ def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> di
         tensors[f"w{k}.target"] = latents[0].float().cpu().contiguous()
         tensors[f"w{k}.reference"] = cond.reference[0].float().cpu().contiguous()
         tensors.update(_cue_tensors(cond, f"w{k}.cues."))
+        if wan_i2v:
+            from directanimator.conditioning import image_window
+
+            image = image_window(model, cond, 1 + int(latents.shape[1]))
+            tensors[f"w{k}.image"] = image[0].float().cpu().contiguous()
+            tensors[f"w{k}.image_embeds"] = cond.image_embeds[0].float().cpu().contiguous()
         for v, triplet in enumerate(window["pseudo"]):
             tensors.update(_cue_tensors(encode_conditioning(model, triplet), f"w{k}.pseudo{v}."))
     if text is not None:
@@ -499,7 +533,7 @@ def check_buckets(config: TrainConfig, bc: dict) -> None:
     """Raise InputError when `data.buckets` or `data.lengths` hold a size or length the backbone cannot take: a
     backbone with learned positional embeddings (CogVideoX-5B-I2V) has exactly one of each; rotary-only backbones
     (CogVideoX 1.5) take any, so clips may be bucketed by aspect and length."""
-    learned = bool(bc.get("use_learned_positional_embeddings"))
+    learned = spec_from_config(bc).use_learned_positional_embeddings
     if learned and config.data.lengths:
         raise InputError(f"config data.lengths={config.data.lengths!r}: this backbone has learned positional "
                          "embeddings for one window length (use_learned_positional_embeddings in its transformer "
@@ -594,7 +628,7 @@ def prepare(config: TrainConfig, *, limit: int | None = None) -> dict:
     skipped, done, fallback = [], 0, 0
     if share:
         vae = load_vae(config).to(device)
-        model = SimpleNamespace(vae=vae, transformer=meta_transformer(bc))
+        model = SimpleNamespace(vae=vae, transformer=meta_transformer(bc), **load_image_encoder(config, bc, device))
         encoding = encode_autocast(vae, d.encode_precision)  # re-entered for every clip
         executor = None
         if d.workers > 0:

@@ -19,8 +19,8 @@ def stage1_loss(trainer: Trainer, batch: Batch, step: int) -> tuple[Tensor, dict
     """Denoising loss of the student on the same-identity cues."""
     noised = trainer.noised(batch)
     prediction = trainer.model(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
-                               cue_weight=noised.cue_weight)
-    loss = denoising_loss(prediction, noised.target)
+                               **noised.forward_kwargs())
+    loss = denoising_loss(prediction, noised.target, clean_frames=noised.clean_frames)
     return loss, {"denoise": float(loss.detach())}
 
 

@@ -30,11 +30,11 @@ def make_stage2_loss(teacher: S2XTeacher, config: TrainConfig):
         noised = trainer.noised(batch)
         with capture_block_output(trainer.model, depth) as student_tokens:
             prediction = trainer.model(noised.inputs, batch.text, noised.timesteps, cues=batch.pseudo_cues,
-                                       cue_weight=noised.cue_weight)
+                                       **noised.forward_kwargs())
             tokens = student_tokens()
         target_tokens = teacher.features(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
-                                         cue_weight=noised.cue_weight)
-        denoise = denoising_loss(prediction, noised.target)
+                                         **noised.forward_kwargs())
+        denoise = denoising_loss(prediction, noised.target, clean_frames=noised.clean_frames)
         align = s2x_loss(tokens, target_tokens)
         weight = config.lambda_at(step)
         return denoise + weight * align, {"denoise": float(denoise.detach()), "s2x": float(align.detach()),

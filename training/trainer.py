@@ -28,6 +28,7 @@ from torch import Tensor
 from directanimator.atomic import check_output_folder, claim_output_folder
 from directanimator.errors import BackendUnavailableError, InputError
 from directanimator.models import CueFusionConfig, DirectAnimatorTransformer, load_model
+from directanimator.models.family import BackboneSpec
 from directanimator.sampling import make_scheduler
 
 from .checkpointing import (DIGESTS, MODEL, has_ema, is_legacy_run, is_sharded, load_sharded_state,
@@ -35,6 +36,7 @@ from .checkpointing import (DIGESTS, MODEL, has_ema, is_legacy_run, is_sharded, 
                             save_training_checkpoint, set_rng_state, truncate_metrics, verify_checkpoint)
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
+from .flow import FLOW_TIMESTEPS, FlowMatching, flow_shift
 from .distributed import (agree, barrier, check_shared_folder, full_state_dict, gathered_weights, is_fsdp,
                           make_accelerator, on_all_ranks, reshard)
 from .deepspeed_support import (check_deepspeed_launch, deepspeed_requested, full_trainable, gathered, has_engine,
@@ -181,22 +183,57 @@ def prepare_info(data: CachedClips) -> dict:
 # --------------------------------------------------------------------------- denoising
 @dataclass
 class NoisedBatch:
-    """Transformer inputs for one batch: ``inputs [B, 1+N, 2C, h, w]`` (noisy latents ++ image latents, as
-    `directanimator.sampling` builds them), ``timesteps [B]``, the v-prediction target and the cue weights."""
+    """Transformer inputs for one batch: ``inputs [B, 1+N, C_in, h, w]`` (noisy latents ++ the family's image
+    conditioning, as its image-to-video pipeline builds them), ``timesteps`` ``[B]`` (or ``[B, 1+N]`` where a
+    leading clean frame has timestep 0: Wan2.2 TI2V), the target of the backbone's prediction (v on CogVideoX, the
+    flow velocity on Wan), the cue weights, the CLIP image embedding (Wan2.1 I2V) and how many leading frames are
+    given clean (outside the loss)."""
 
     inputs: Tensor
     timesteps: Tensor
     target: Tensor
     cue_weight: Tensor
+    image_embeds: Tensor | None = None
+    clean_frames: int = 0
+
+    def forward_kwargs(self) -> dict:
+        """The keyword arguments of the transformer's forward besides the cues."""
+        return {"cue_weight": self.cue_weight} if self.image_embeds is None else {
+            "cue_weight": self.cue_weight, "image_embeds": self.image_embeds}
+
+
+def image_conditioning(spec: BackboneSpec | None, batch: Batch, keep: Tensor, frames: int) -> Tensor | None:
+    """The image channels ``[B, frames, C_img, h, w]`` concatenated to the noisy latents, as each family's image-to-video
+    pipeline builds them (None for Wan2.2 TI2V, whose image is the clean first latent frame): CogVideoX 1.0 the
+    reference latent in frame 0, CogVideoX 1.5 (temporal patches of 2) in frames 0 and 1, zeros after; Wan2.1 I2V
+    the cached mask + condition latent (`Batch.image`). A dropped reference (`keep` 0) leaves them zero."""
+    conditioning = "latent_channels" if spec is None else spec.image_conditioning
+    if conditioning == "first_frame":
+        return None
+    if conditioning == "mask_and_latent":
+        if batch.image is None:
+            raise InputError("training batch: a Wan image-to-video backbone needs the cached mask and condition "
+                             "latents (w*.image), which this cache lacks; run `python -m training prepare` with "
+                             "this backbone.")
+        return batch.image * keep
+    lead = min(frames, 2 if spec is not None and spec.patch_size_t else 1)
+    reference = batch.reference * keep
+    return torch.cat([reference] * lead + [torch.zeros_like(reference).expand(-1, frames - lead, -1, -1, -1)],
+                     dim=1)
 
 
 def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torch.Generator], *,
-                 reference_factor: float, t_range: tuple[int, int], residual: bool = False) -> NoisedBatch:
-    """Clean latents = reference frame (converted to the diffusion scale) + target frames; add noise at uniform
-    timesteps with the scheduler; target = its velocity. A dropped reference leaves the image channels zero.
-    `residual` (``CueFusionConfig.residual_reference``): the clean latents minus the reference frame in every
-    frame (a dropped reference subtracts nothing). `generator`: one per sample (each draws its sample's noise,
-    then its timestep) or one shared."""
+                 reference_factor: float, t_range: tuple[int, int], residual: bool = False,
+                 spec: BackboneSpec | None = None, flow: FlowMatching | None = None) -> NoisedBatch:
+    """Clean latents = reference frame (converted to the diffusion scale) + target frames; draw each sample's noise,
+    then its timestep; noise them the backbone's way and return its target. With `flow` (Wan,
+    ``spec.prediction == "flow"``): ``x_t = (1 - sigma) x0 + sigma noise``, target ``noise - x0``, timestep
+    ``sigma * 1000`` (`training.flow`); else (CogVideoX) the DDPM `scheduler` at uniform integer timesteps in
+    `t_range`, target its velocity. The image conditioning follows the family (`image_conditioning`); Wan2.2 TI2V
+    instead gives the clean reference latent as frame 0 with timestep 0 and leaves that frame out of the loss.
+    A dropped reference leaves the image conditioning zero. `residual` (``CueFusionConfig.residual_reference``): the
+    clean latents minus the reference frame in every frame (a dropped reference subtracts nothing). `generator`:
+    one per sample or one shared. `spec` None is CogVideoX 1.0."""
     keep = (~batch.drop_reference).to(batch.reference.dtype).view(-1, 1, 1, 1, 1)
     x0 = torch.cat([batch.reference * reference_factor, batch.target], dim=1)
     if residual:
@@ -204,20 +241,38 @@ def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torc
     noise, t = [], []
     for g in per_sample(generator, x0.shape[0]):
         noise.append(torch.randn(x0.shape[1:], generator=g))
-        t.append(torch.randint(t_range[0], t_range[1], (), generator=g))
+        t.append(flow.sigma(g) if flow is not None else torch.randint(t_range[0], t_range[1], (), generator=g))
     noise, t = torch.stack(noise), torch.stack(t)
     device = batch.target.device
     noise, t = noise.to(device), t.to(device)
-    noisy = scheduler.add_noise(x0, noise, t)
-    velocity = scheduler.get_velocity(x0, noise, t)
-    image = torch.cat([batch.reference * keep, torch.zeros_like(batch.target)], dim=1)
-    inputs = torch.cat([noisy, image], dim=2)
-    return NoisedBatch(inputs, t, velocity, (~batch.drop_cues).float())
+    if flow is not None:
+        noisy, target, t = flow.noised(x0, noise, t), flow.velocity(x0, noise), flow.timestep(t)
+    else:
+        noisy, target = scheduler.add_noise(x0, noise, t), scheduler.get_velocity(x0, noise, t)
+    clean = 0
+    if spec is not None and spec.image_conditioning == "first_frame":
+        # Wan2.2 TI2V: the clean reference latent is frame 0 at timestep 0, as its pipeline samples (no loss on it)
+        clean = 1
+        noisy = torch.cat([x0[:, :1] * keep, noisy[:, 1:]], dim=1)
+        t = torch.cat([torch.zeros_like(t)[:, None], t[:, None].expand(-1, x0.shape[1] - 1)], dim=1)
+    image = image_conditioning(spec, batch, keep, x0.shape[1])
+    inputs = noisy if image is None else torch.cat([noisy, image.to(noisy.dtype)], dim=2)
+    embeds = None
+    if spec is not None and spec.image_conditioning == "mask_and_latent":
+        if batch.image_embeds is None:
+            raise InputError("training batch: Wan2.1 image-to-video needs the reference's cached CLIP image "
+                             "embedding (image_embeds), which this cache lacks; prepare it with this backbone.")
+        embeds = batch.image_embeds * keep.view(-1, 1, 1)
+    return NoisedBatch(inputs, t, target, (~batch.drop_cues).float(), embeds, clean)
 
 
-def denoising_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """MSE on the velocity. CogVideoX's own loss (x0 error weighted by 1 / (1 - alpha_bar)) is the same quantity:
-    the x0 error equals sqrt(1 - alpha_bar) times the velocity error."""
+def denoising_loss(prediction: Tensor, target: Tensor, *, clean_frames: int = 0) -> Tensor:
+    """MSE on the backbone's prediction target (v on CogVideoX, the flow velocity on Wan) over the frames after the
+    leading `clean_frames` (frames given clean, as Wan2.2 TI2V's reference frame, carry no loss). CogVideoX's own loss
+    (x0 error weighted by 1 / (1 - alpha_bar)) is the same quantity: the x0 error equals sqrt(1 - alpha_bar) times
+    the velocity error."""
+    if clean_frames:
+        prediction, target = prediction[:, clean_frames:], target[:, clean_frames:]
     return F.mse_loss(prediction.float(), target.float())
 
 
@@ -263,7 +318,14 @@ class Trainer:
                                f"({len(optimized)} vs {len(self.names)} tensors)")
         self._vae = None  # loaded on the first validation
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
-        self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
+        self.spec: BackboneSpec = self.unwrapped.spec
+        # the backbone's own noising: flow matching with its sampling shift (Wan), else its DDPM schedule (CogVideoX)
+        self.flow = None
+        self.scheduler = None
+        if self.spec.prediction == "flow":
+            self.flow = FlowMatching(flow_shift(loaded.scheduler_config), self.timestep_range)
+        else:
+            self.scheduler = make_scheduler("ddim", loaded.scheduler_config)
         self.reference_factor = float(prepare_info(data).get("reference_to_latent", 1.0))
         self.sampler = BucketBatchSampler([it.bucket for it in data.items], config.run.batch_size,
                                           seed=config.run.seed, rank=self.accelerator.process_index,
@@ -420,13 +482,17 @@ class Trainer:
     def noised(self, batch: Batch) -> NoisedBatch:
         """Noise, timesteps and velocity target of `batch` from its samples' own generators (`train_step`)."""
         return noised_batch(batch, self.scheduler, self._generators, reference_factor=self.reference_factor,
-                            residual=self.unwrapped.cue_config.residual_reference, t_range=self.timestep_range)
+                            residual=self.unwrapped.cue_config.residual_reference, t_range=self.timestep_range,
+                            spec=self.spec, flow=self.flow)
 
     @property
     def timestep_range(self) -> tuple[int, int]:
-        """The training timesteps ``[low, high)`` (recorded in every checkpoint it writes)."""
+        """The training timesteps ``[low, high)`` (recorded in every checkpoint it writes): integers of the DDPM
+        schedule on CogVideoX; on a flow-matching backbone the float timesteps ``sigma * 1000`` lie in
+        ``[low, high]``, the scale of its flow-matching sampling schedulers."""
         r = self.config.run
-        return r.timestep_min, min(r.timestep_max, self.scheduler.config.num_train_timesteps)
+        top = FLOW_TIMESTEPS if self.scheduler is None else self.scheduler.config.num_train_timesteps
+        return r.timestep_min, min(r.timestep_max, top)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns the logged values."""

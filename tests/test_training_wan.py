@@ -1,0 +1,207 @@
+"""Training on Wan backbones: the flow-matching draws and targets, each family's image conditioning in the training
+input, LoRA on Wan's attention names and its diffusers export, and the CLI stages on a tiny Wan world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from directanimator.errors import InputError
+from directanimator.models import DirectAnimatorTransformer
+from directanimator.models.family import spec_from_config
+from tests.tiny import (LATENT, LATENT_CHANNELS, TEXT_DIM, WAN_IMAGE_DIM, WAN_IMAGE_TOKENS, WAN_TEXT_LEN,
+                        tiny_backbone, tiny_backbone_config, tiny_cue_latents, tiny_wan_inputs)
+from training.data import Batch
+from training.flow import FlowMatching, flow_shift, shifted
+from training.trainer import denoising_loss, image_conditioning, noised_batch
+
+VIDEO_LATENTS = 2  # target latent frames: 5 pixel frames
+
+
+def make_batch(*, batch: int = 2, image_channels: int = 0, embeds: bool = False, seed: int = 0,
+               drop_reference=(False, True)) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, VIDEO_LATENTS, LATENT_CHANNELS, LATENT, LATENT)
+    frames = 1 + VIDEO_LATENTS
+    return Batch(
+        target=torch.randn(shape, generator=gen),
+        reference=torch.randn(batch, 1, LATENT_CHANNELS, LATENT, LATENT, generator=gen),
+        cues=tiny_cue_latents(batch=batch, frames=frames),
+        text=torch.randn(batch, WAN_TEXT_LEN, TEXT_DIM, generator=gen),
+        drop_cues=torch.tensor([False, True]),
+        drop_reference=torch.tensor(drop_reference),
+        image=torch.randn(batch, frames, image_channels, LATENT, LATENT, generator=gen) if image_channels else None,
+        image_embeds=torch.randn(batch, WAN_IMAGE_TOKENS, WAN_IMAGE_DIM, generator=gen) if embeds else None,
+    )
+
+
+def spec(layout: str, **overrides):
+    return spec_from_config(tiny_backbone_config(layout, **overrides))
+
+
+def ti2v16():
+    """The TI2V layout (clean first frame) on 16 latent channels, as the Wan training world uses it."""
+    return spec("wan-ti2v", in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS)
+
+
+def test_flow_sigmas_are_logit_normal_then_shifted_by_the_sampling_shift():
+    flow = FlowMatching(3.0)
+    gen = torch.Generator().manual_seed(0)
+    sigmas = torch.stack([flow.sigma(gen) for _ in range(4000)])
+    assert 0 < float(sigmas.min()) and float(sigmas.max()) < 1
+    # the median of sigmoid(N(0, 1)) is 0.5, shifted by 3 to 0.75: training leans to high noise as sampling does
+    assert float(sigmas.median()) == pytest.approx(shifted(0.5, 3.0), abs=0.02) == pytest.approx(0.75, abs=0.02)
+    gen = torch.Generator().manual_seed(0)
+    plain = torch.sigmoid(torch.stack([torch.randn((), generator=gen) for _ in range(4000)]))
+    torch.testing.assert_close(sigmas, 3 * plain / (1 + 2 * plain))
+    # run.timestep_min/max squeeze the same draws into the range, shape kept
+    narrow = FlowMatching(3.0, (200, 600))
+    gen = torch.Generator().manual_seed(0)
+    squeezed = torch.stack([narrow.sigma(gen) for _ in range(4000)])
+    torch.testing.assert_close(squeezed, 0.2 + 0.4 * sigmas)
+
+
+def test_the_flow_shift_comes_from_the_backbones_scheduler_config():
+    assert flow_shift({"flow_shift": 5.0, "use_flow_sigmas": True}) == 5.0  # UniPC, as the Wan folders ship it
+    assert flow_shift({"shift": 3.0}) == 3.0  # FlowMatchEulerDiscreteScheduler
+    with pytest.raises(InputError, match="flow_shift"):
+        flow_shift({"prediction_type": "v_prediction", "beta_schedule": "scaled_linear"})  # a DDPM config
+
+
+def test_wan_is_noised_on_the_straight_line_with_the_velocity_as_target():
+    s = spec("wan-i2v")
+    batch = make_batch(image_channels=s.image_channels, embeds=True)
+    flow = FlowMatching(3.0)
+    noised = noised_batch(batch, None, [torch.Generator().manual_seed(k) for k in range(2)], reference_factor=1.0,
+                          t_range=(0, 1000), spec=s, flow=flow)
+    x0 = torch.cat([batch.reference, batch.target], dim=1)
+    noise, sigma = [], []
+    for k in range(2):  # each sample's generator draws its noise, then its sigma
+        g = torch.Generator().manual_seed(k)
+        noise.append(torch.randn(x0.shape[1:], generator=g))
+        sigma.append(flow.sigma(g))
+    noise, sigma = torch.stack(noise), torch.stack(sigma)
+    assert noised.timesteps.dtype == torch.float32 and noised.timesteps.shape == (2,)
+    torch.testing.assert_close(noised.timesteps, sigma * 1000)
+    s5 = sigma.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(noised.inputs[:, :, :LATENT_CHANNELS], (1 - s5) * x0 + s5 * noise)
+    torch.testing.assert_close(noised.target, noise - x0)
+    # Wan2.1 I2V: mask + condition latent from the cache after the noisy latents, zero for a dropped reference;
+    # the CLIP embedding likewise
+    torch.testing.assert_close(noised.inputs[0, :, LATENT_CHANNELS:], batch.image[0])
+    assert not noised.inputs[1, :, LATENT_CHANNELS:].any() and noised.inputs.shape[2] == s.in_channels
+    torch.testing.assert_close(noised.image_embeds[0], batch.image_embeds[0])
+    assert not noised.image_embeds[1].any()
+    assert noised.clean_frames == 0 and "image_embeds" in noised.forward_kwargs()
+
+
+def test_wan_i2v_without_the_cached_conditioning_is_named():
+    s = spec("wan-i2v")
+    with pytest.raises(InputError, match="mask and condition latents"):
+        noised_batch(make_batch(), None, torch.Generator(), reference_factor=1.0, t_range=(0, 1000), spec=s,
+                     flow=FlowMatching(3.0))
+    with pytest.raises(InputError, match="CLIP image embedding"):
+        noised_batch(make_batch(image_channels=s.image_channels), None, torch.Generator(), reference_factor=1.0,
+                     t_range=(0, 1000), spec=s, flow=FlowMatching(3.0))
+
+
+def test_ti2v_gives_the_clean_reference_as_frame_zero_at_timestep_zero_and_no_loss_there():
+    s = ti2v16()
+    assert s.image_conditioning == "first_frame" and s.image_channels == 0
+    batch = make_batch()
+    noised = noised_batch(batch, None, torch.Generator().manual_seed(1), reference_factor=1.0, t_range=(0, 1000),
+                          spec=s, flow=FlowMatching(5.0))
+    assert noised.inputs.shape[2] == LATENT_CHANNELS  # no image channels
+    torch.testing.assert_close(noised.inputs[0, 0], batch.reference[0, 0])  # clean reference latent
+    assert not noised.inputs[1, 0].any()  # a dropped reference: a blank clean frame
+    assert noised.timesteps.shape == (2, 1 + VIDEO_LATENTS)
+    assert (noised.timesteps[:, 0] == 0).all() and (noised.timesteps[:, 1:] > 0).all()
+    assert (noised.timesteps[:, 1:] == noised.timesteps[:, 1:2]).all()
+    assert noised.clean_frames == 1 and "image_embeds" not in noised.forward_kwargs()
+    # the loss leaves frame 0 out: a prediction wrong only there costs nothing
+    wrong_first = noised.target.clone()
+    wrong_first[:, 0] += 10.0
+    assert float(denoising_loss(wrong_first, noised.target, clean_frames=1)) == 0.0
+    assert float(denoising_loss(wrong_first, noised.target)) > 1.0
+
+
+def test_the_transformer_takes_each_wan_training_input():
+    for layout, overrides in (("wan-i2v", {}), ("wan-ti2v", dict(in_channels=LATENT_CHANNELS,
+                                                                   out_channels=LATENT_CHANNELS))):
+        model = DirectAnimatorTransformer(tiny_backbone(layout, **overrides)).eval()
+        s = model.spec
+        batch = make_batch(image_channels=s.image_channels, embeds=s.image_embed_dim is not None)
+        noised = noised_batch(batch, None, torch.Generator().manual_seed(0), reference_factor=1.0,
+                              t_range=(0, 1000), spec=s, flow=FlowMatching(3.0))
+        with torch.no_grad():
+            prediction = model(noised.inputs, batch.text, noised.timesteps, cues=batch.cues,
+                               **noised.forward_kwargs())
+        assert prediction.shape == noised.target.shape, layout
+        assert torch.isfinite(denoising_loss(prediction, noised.target, clean_frames=noised.clean_frames))
+
+
+def test_cogvideox_15_takes_the_reference_latent_in_the_first_two_latent_frames():
+    batch = make_batch(drop_reference=(False, True))
+    keep = (~batch.drop_reference).float().view(-1, 1, 1, 1, 1)
+    image = image_conditioning(spec("1.5"), batch, keep, 4)
+    assert image.shape == (2, 4, LATENT_CHANNELS, LATENT, LATENT)
+    torch.testing.assert_close(image[0, :2], batch.reference[0].expand(2, -1, -1, -1))
+    assert not image[0, 2:].any() and not image[1].any()
+    one = image_conditioning(spec("1.0"), batch, keep, 4)  # CogVideoX 1.0: frame 0 only, as before
+    torch.testing.assert_close(one[0, :1], batch.reference[0])
+    assert not one[0, 1:].any()
+    assert image_conditioning(ti2v16(), batch, keep, 4) is None
+
+
+def test_lora_lands_on_wans_attention_and_exports_under_its_diffusers_names(tmp_path):
+    from diffusers import WanImageToVideoPipeline
+
+    from training.config import TrainConfig
+    from training.lora_format import adapter_weights, write_diffusers_lora
+    from training.trainer import setup_trainable
+
+    model = DirectAnimatorTransformer(tiny_backbone("wan-i2v"))
+    config = TrainConfig()
+    config.model.lora_rank, config.model.lora_alpha, config.model.gradient_checkpointing = 4, 4.0, False
+    config.model.lora_targets = ["to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"]
+    setup_trainable(model, config)
+    tensors, lora_config = adapter_weights(model)
+    layers = model.spec.num_layers
+    for n in range(layers):
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                assert f"blocks.{n}.{attn}.{proj}.lora_A.weight" in tensors, (n, attn, proj)
+        # Wan2.1 I2V's image-context projections when asked for
+        assert f"blocks.{n}.attn2.add_k_proj.lora_B.weight" in tensors
+    assert not any(".block." in k or "fusion" in k for k in tensors)
+    with torch.no_grad():  # a trained LoRA: B no longer zero
+        gen = torch.Generator().manual_seed(3)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    tensors, lora_config = adapter_weights(model)
+    path = write_diffusers_lora(tmp_path, tensors, lora_config, family="wan")
+    state, metadata = WanImageToVideoPipeline.lora_state_dict(str(path.parent), return_lora_metadata=True)
+    assert set(state) == {f"transformer.{k}" for k in tensors}
+    # diffusers' Wan pipeline loads it into the plain backbone: the same prediction as the trained model's bare path
+    plain = tiny_backbone("wan-i2v")
+    WanImageToVideoPipeline.load_lora_into_transformer(state, transformer=plain, metadata=metadata)
+    inputs = tiny_wan_inputs("wan-i2v")
+    with torch.no_grad():
+        ours = model.eval()(inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["timestep"],
+                            image_embeds=inputs["image_embeds"])
+        theirs = plain.eval()(hidden_states=inputs["hidden_states"].permute(0, 2, 1, 3, 4),
+                              encoder_hidden_states=inputs["encoder_hidden_states"], timestep=inputs["timestep"],
+                              encoder_hidden_states_image=inputs["image_embeds"], return_dict=False)[0]
+    bare = tiny_backbone("wan-i2v").eval()(hidden_states=inputs["hidden_states"].permute(0, 2, 1, 3, 4),
+                                           encoder_hidden_states=inputs["encoder_hidden_states"],
+                                           timestep=inputs["timestep"],
+                                           encoder_hidden_states_image=inputs["image_embeds"], return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs.permute(0, 2, 1, 3, 4), rtol=1e-4, atol=1e-5)
+    assert (theirs - bare).abs().max() > 1e-3  # the LoRA changes the output
+    # the default targets (to_q, to_k, to_v, to_out.0) reach both attentions of every Wan block
+    default = DirectAnimatorTransformer(tiny_backbone("wan-i2v"))
+    config.model.lora_targets = TrainConfig().model.lora_targets
+    setup_trainable(default, config)
+    names = [n for n, p in default.named_parameters() if p.requires_grad and "lora_A" in n]
+    assert len(names) == layers * 2 * 4 and all(".block.attn" in n for n in names)
