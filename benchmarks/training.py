@@ -151,47 +151,13 @@ def time_steps(repeats: int) -> dict:
 
 
 def memory_plan() -> tuple[list[dict], dict]:
-    """Rows of the CogVideoX-5B-I2V single-GPU plan (bytes) and the size report it came from."""
+    """Rows of the CogVideoX-5B-I2V single-GPU plan (bytes) and the size report it came from
+    (`directanimator.models.info.memory_plan`, which `python -m directanimator info` prints for every backbone)."""
+    from directanimator.models.info import memory_plan as plan_rows
     from directanimator.models.info import size_report
 
-    report = size_report("cogvideox-5b-i2v")
-    cfg = report["config"]
-    d, layers = cfg["inner_dim"], cfg["num_layers"]
-    backbone, cue = report["backbone_parameters"], report["cue_parameters"]
-    lora = len(LORA_TARGETS) * layers * PLAN_LORA_RANK * (d + d)  # A [r, D] + B [D, r] per projection
-    acts = report["activations"]["bf16"]
-    activations = acts["training_checkpointed_bytes"]
-    teacher_acts = acts["inference_peak_bytes"]  # transient, no graph kept
-    weights_bf16 = (backbone + cue) * 2
-    rows = []
-    for mode in ("lora", "full"):
-        for eight_bit in (False, True):
-            if mode == "lora":
-                trained = cue + lora
-                frozen = backbone  # frozen backbone in bf16; trained tensors kept in fp32
-                weights = frozen * 2 + trained * 4
-                grads = trained * 4
-                master = 0
-            else:
-                trained = backbone + cue
-                weights = trained * 2
-                grads = trained * 2
-                master = 0 if eight_bit else trained * 4  # fp32 master copy for bf16 weights with fp32 AdamW
-            states = trained * (2 if eight_bit else 8)
-            for stage in (1, 2):
-                teacher = {"copy": weights_bf16 if stage == 2 else 0, "lora_disabled": 0}
-                for teacher_mode in (("copy", "lora_disabled") if stage == 2 and mode == "lora" else ("copy",)):
-                    if stage == 1 and teacher_mode != "copy":
-                        continue
-                    extra = teacher[teacher_mode] + (teacher_acts if stage == 2 else 0)
-                    total = weights + grads + master + states + activations + extra
-                    rows.append({
-                        "mode": mode, "adam": "8-bit" if eight_bit else "fp32", "stage": stage,
-                        "teacher": (teacher_mode if stage == 2 else "-"), "trained": trained, "weights": weights,
-                        "grads": grads, "master": master, "states": states, "activations": activations,
-                        "teacher_bytes": extra, "total": total,
-                    })
-    return rows, report
+    report = size_report("cogvideox-5b-i2v", lora_targets=LORA_TARGETS)
+    return plan_rows(report, lora_rank=PLAN_LORA_RANK, gpus_gb=GPUS_GB, overhead_gb=CUDA_OVERHEAD_GB), report
 
 
 # ------------------------------------------------------------------------------------------------ report
