@@ -1,4 +1,5 @@
-"""Reference and cue conditioning on the latent grid: the frame-count rule and VAE encoding of a CueTriplet."""
+"""Reference and cue conditioning on the latent grid: the frame-count rule, VAE encoding of a CueTriplet, and the
+image conditioning each backbone family's own image-to-video pipeline gives its transformer (`image_window`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from .cues.location_cue import align_pose_cue
 from .cues.types import CueTriplet
 from .errors import InputError
 from .models.cue_latents import CueLatents
+from .models.family import WAN_MASK_CHANNELS
 from .vae_io import (
     TEMPORAL_COMPRESSION,
     encode_frames,
+    latent_channels,
     latent_frames_for,
     masks_to_latent_grid,
     spatial_compression,
+    temporal_compression,
 )
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,11 @@ class Conditioning:
     reference: ``[1, 1, C, h, w]`` the reference image's latent (image-latent scale), the leading latent frame;
     cues: `CueLatents` ``[1, 1 + N, ...]``: the reference's own cues, then the N driving latent frames;
     num_frames: output frames requested (the driving clip before padding); padded_frames: driving frames encoded
-    (``4k+1``, ``>= num_frames``); fps: driving frame rate when known; notes: adjustments made, for the user.
+    (``4k+1``, ``>= num_frames``); fps: driving frame rate when known; notes: adjustments made, for the user;
+    image_embeds: Wan2.1 I2V only, the reference's CLIP embedding ``[1, T, image_embed_dim]`` (the image encoder's
+    penultimate hidden states, as diffusers' ``WanImageToVideoPipeline.encode_image``), else None;
+    reference_pixels: ``[1, H, W, 3]`` 0..1 the reference at working size on the CPU (`image_window` encodes it
+    again for Wan2.1 I2V); window_cache: `image_window` results by window length.
     """
 
     reference: Tensor
@@ -40,6 +48,9 @@ class Conditioning:
     padded_frames: int
     fps: float | None = None
     notes: list[str] = field(default_factory=list)
+    image_embeds: Tensor | None = None
+    reference_pixels: Tensor | None = None
+    window_cache: dict[int, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def latent_frames(self) -> int:
@@ -56,8 +67,13 @@ class Conditioning:
         return self.cues.grid
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Conditioning":
-        return Conditioning(self.reference.to(device=device, dtype=dtype), self.cues.to(device, dtype),
-                            self.num_frames, self.padded_frames, self.fps, list(self.notes))
+        def move(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(device=device, dtype=dtype)
+
+        return Conditioning(move(self.reference), self.cues.to(device, dtype), self.num_frames, self.padded_frames,
+                            self.fps, list(self.notes), image_embeds=move(self.image_embeds),
+                            reference_pixels=self.reference_pixels,
+                            window_cache={k: move(v) for k, v in self.window_cache.items()})
 
 
 def backbone_config(model):
@@ -138,28 +154,24 @@ def encode_conditioning(model, triplet: CueTriplet, *, fps: float | None = None,
     """
     vae, transformer = model.vae, model.transformer
     config = backbone_config(model)
-    latent_channels = int(vae.config.latent_channels)
-    if 2 * latent_channels != int(config.in_channels) or latent_channels != int(transformer.latent_channels):
-        raise InputError(
-            f"model: the VAE makes {latent_channels}-channel latents but the transformer takes in_channels="
-            f"{config.in_channels} (noisy + reference latents) and predicts {transformer.latent_channels}. "
-            "Load a VAE and an image-to-video transformer of the same CogVideoX family."
-        )
-    factor = spatial_compression(vae)
+    check_channels(config, latent_channels(vae), int(transformer.latent_channels))
+    if config.image_conditioning == "mask_and_latent":
+        check_image_encoder(model, config)
+    factor, compression = spatial_compression(vae), temporal_compression(vae)
     num, height, width = _check_triplet(triplet, factor * int(config.patch_size))
     grid = (height // factor, width // factor)
 
     fixed = fixed_latent_frames(config)
     padded = plan_frame_count(num, patch_size_t=config.patch_size_t,
-                              min_video_latents=fixed - 1 if fixed else 1)
-    video_latents = latent_frames_for(padded)
+                              min_video_latents=fixed - 1 if fixed else 1, compression=compression)
+    video_latents = latent_frames_for(padded, compression=compression)
     transformer.check_latent_shape(fixed or 1 + video_latents, *grid)
 
     notes: list[str] = []
     if padded != num:
-        base = plan_frame_count(num)
-        with_patch = plan_frame_count(num, patch_size_t=config.patch_size_t)
-        reasons = [f"{TEMPORAL_COMPRESSION}k+1 frames"] if base > num else []
+        base = plan_frame_count(num, compression=compression)
+        with_patch = plan_frame_count(num, patch_size_t=config.patch_size_t, compression=compression)
+        reasons = [f"{compression}k+1 frames"] if base > num else []
         if with_patch > base:
             reasons.append(f"latent frames divisible by the temporal patch size {config.patch_size_t}")
         if padded > with_patch:
@@ -172,7 +184,126 @@ def encode_conditioning(model, triplet: CueTriplet, *, fps: float | None = None,
 
     triplet = _pose_layout_for(model, triplet, notes)
     with using(model, "vae") as vae:
-        return _encode_all(vae, triplet, grid, padded, tiling, num, notes, fps)
+        cond = _encode_all(vae, triplet, grid, padded, tiling, num, notes, fps)
+    if config.image_conditioning == "mask_and_latent":
+        cond.image_embeds = clip_image_embeds(model, cond.reference_pixels)
+    return cond
+
+
+def expected_in_channels(config, latent_channels: int) -> int:
+    """Transformer input channels for `latent_channels`-channel latents under the spec's image conditioning."""
+    if config.image_conditioning == "latent_channels":
+        return 2 * latent_channels  # noisy + image latents (CogVideoX I2V)
+    if config.image_conditioning == "mask_and_latent":
+        return 2 * latent_channels + WAN_MASK_CHANNELS  # noisy + first-frame mask + image latents (Wan2.1 I2V)
+    return latent_channels  # "first_frame": the clean image latent replaces latent frame 0 (Wan2.2 TI2V)
+
+
+def check_channels(config, vae_channels: int, predicted: int) -> None:
+    """InputError unless the VAE's latents fit the transformer: it predicts them and takes them with its family's
+    image conditioning on channels."""
+    want = expected_in_channels(config, vae_channels)
+    if want != int(config.in_channels) or vae_channels != predicted:
+        raise InputError(
+            f"model: the VAE makes {vae_channels}-channel latents but the {config.variant} transformer takes "
+            f"in_channels={config.in_channels} ({want} expected with {vae_channels}-channel latents and "
+            f"{config.image_conditioning!r} image conditioning) and predicts {predicted}. Load the VAE that belongs "
+            f"to this backbone (Wan2.1: the 16-channel Wan VAE; Wan2.2 TI2V: the 48-channel Wan2.2 VAE; CogVideoX: "
+            f"its own VAE)."
+        )
+
+
+def check_image_encoder(model, config) -> None:
+    """InputError unless a Wan2.1 I2V `model` has its CLIP vision encoder and processor, of the backbone's width."""
+    encoder, processor = getattr(model, "image_encoder", None), getattr(model, "image_processor", None)
+    if encoder is None or processor is None:
+        missing = " and ".join(n for n, v in (("image_encoder", encoder), ("image_processor", processor)) if v is None)
+        raise InputError(
+            f"model: the {config.variant} backbone conditions on a CLIP image embedding of the reference, but the "
+            f"model has no {missing}. Load the model with its CLIP vision encoder (the image_encoder/ and "
+            "image_processor/ folders of a Wan2.1 I2V diffusers repo, or the clip_vision file ComfyUI uses)."
+        )
+    width = getattr(getattr(encoder, "config", None), "hidden_size", None)
+    if width is not None and config.image_embed_dim is not None and int(width) != int(config.image_embed_dim):
+        raise InputError(
+            f"model.image_encoder: its hidden states are {width} wide but the backbone takes {config.image_embed_dim}"
+            "-wide image embeddings. Load the CLIP vision encoder that belongs to this backbone (Wan2.1: "
+            "open-clip ViT-H/14)."
+        )
+
+
+def reference_image(pixels: Tensor):
+    """The reference ``[1, H, W, 3]`` 0..1 as the 8-bit RGB PIL image a user hands diffusers' pipelines."""
+    from PIL import Image
+
+    array = (pixels[0].detach().float().cpu() * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(array, mode="RGB")
+
+
+def clip_image_embeds(model, pixels: Tensor) -> Tensor:
+    """The CLIP embedding ``[1, T, D]`` of the reference ``[1, H, W, 3]`` 0..1, as ``WanImageToVideoPipeline.
+    encode_image`` makes it: the processor on the RGB image, then the encoder's penultimate hidden states."""
+    encoder, processor = model.image_encoder, model.image_processor
+    device = next(encoder.parameters()).device
+    inputs = processor(images=reference_image(pixels), return_tensors="pt").to(device)
+    with torch.no_grad():
+        return encoder(**inputs, output_hidden_states=True).hidden_states[-2]
+
+
+def image_window(model, cond: Conditioning, latent_frames: int) -> Tensor:
+    """The image-conditioning channels ``[1, latent_frames, spec.image_channels, h, w]`` of a window of
+    `latent_frames` latent frames (the reference frame included), as each family's diffusers pipeline builds them:
+
+    CogVideoX 1.0 I2V: the reference latent in frame 0, zeros after; CogVideoX 1.5 I2V (temporal patches): the
+    pipeline's unpadded latents ``[image, zeros...]`` of ``latent_frames - 1`` frames with their leading
+    ``(latent_frames - 1) % patch_size_t`` frames repeated in front, i.e. the image latent in the first two frames;
+    Wan2.1 I2V: the 4-channel first-frame mask, then the normalised latent of the pixel video [reference, frames of
+    zeros in the VAE's -1..1 input range] of the window's length, encoded in one VAE call (the causal VAE makes
+    every later latent depend on the image), cached in `cond` per window length; Wan2.2 TI2V: no channels (the
+    sampler puts the reference latent into frame 0 itself). On the device and dtype of ``cond.reference``.
+    """
+    config = backbone_config(model)
+    ref = cond.reference
+    if latent_frames < 1:
+        raise InputError(f"image_window: latent_frames={latent_frames}; a window holds at least the reference frame.")
+    if config.image_conditioning == "first_frame":
+        return ref.new_zeros(1, latent_frames, 0, *ref.shape[3:])
+    if config.image_conditioning == "latent_channels":
+        pt = config.patch_size_t
+        if pt is None:
+            return torch.cat([ref, ref.new_zeros(1, latent_frames - 1, *ref.shape[2:])], dim=1)
+        unpadded = latent_frames - 1
+        if latent_frames % pt or unpadded < 1 or unpadded + unpadded % pt != latent_frames:
+            raise InputError(
+                f"image_window: {latent_frames} latent frames; {config.variant} windows hold a multiple of the "
+                f"temporal patch size {pt} (at least {pt}), one more than the pipeline's unpadded latents."
+            )
+        latents = torch.cat([ref, ref.new_zeros(1, unpadded - 1, *ref.shape[2:])], dim=1)
+        return torch.cat([latents[:, : unpadded % pt], latents], dim=1)
+    if latent_frames not in cond.window_cache:
+        cond.window_cache[latent_frames] = _wan_i2v_window(model, cond, latent_frames)
+    return cond.window_cache[latent_frames]
+
+
+def _wan_i2v_window(model, cond: Conditioning, latent_frames: int) -> Tensor:
+    """Wan2.1 I2V's first-frame mask and condition latents for a window (see `image_window`)."""
+    if cond.reference_pixels is None:
+        raise InputError(
+            "conditioning.reference_pixels: missing; Wan2.1 I2V encodes the reference again as the first frame of "
+            "each window's video. Build the conditioning with encode_conditioning()."
+        )
+    ref = cond.reference
+    with using(model, "vae") as vae:
+        compression = temporal_compression(vae)
+        pixels = cond.reference_pixels.float()
+        frames = compression * (latent_frames - 1) + 1
+        # 0.5 is 0 in the VAE's -1..1 input range: the pipeline's zero frames after its normalised image
+        video = torch.cat([pixels, pixels.new_full((frames - 1, *pixels.shape[1:]), 0.5)], dim=0)
+        latents = encode_frames(vae, video, name="conditioning.reference_pixels", image_latents=True, tiling=None)
+    mask = torch.zeros(1, latent_frames, WAN_MASK_CHANNELS, *ref.shape[3:], device=latents.device,
+                       dtype=latents.dtype)
+    mask[:, 0] = 1.0  # all 4 mask channels of latent frame 0: the image frame, repeated over the temporal group
+    return torch.cat([mask, latents], dim=2).to(device=ref.device, dtype=ref.dtype)
 
 
 def _pose_layout_for(model, triplet: CueTriplet, notes: list[str]) -> CueTriplet:
@@ -197,11 +328,13 @@ def _pose_layout_for(model, triplet: CueTriplet, notes: list[str]) -> CueTriplet
 
 def _encode_all(vae, triplet: CueTriplet, grid: tuple[int, int], padded: int, tiling: bool | None, num: int,
                 notes: list[str], fps: float | None) -> Conditioning:
+    compression = temporal_compression(vae)
+
     def encode(frames: Tensor, name: str) -> Tensor:
         return encode_frames(vae, frames, name=name, image_latents=True, tiling=tiling)
 
     def grid_masks(masks: Tensor, name: str) -> Tensor:
-        return masks_to_latent_grid(masks, grid, name=name).to(vae.device)
+        return masks_to_latent_grid(masks, grid, name=name, compression=compression).to(vae.device)
 
     reference = encode(triplet.reference, "triplet.reference")
     reference_cues = CueLatents(
@@ -217,4 +350,5 @@ def _encode_all(vae, triplet: CueTriplet, grid: tuple[int, int], padded: int, ti
         face_mask=grid_masks(pad_frames(triplet.face_location, padded), "triplet.face_location"),
     )
     cues = reference_cues.cat(driving_cues.to(dtype=reference.dtype))
-    return Conditioning(reference=reference, cues=cues, num_frames=num, padded_frames=padded, fps=fps, notes=notes)
+    return Conditioning(reference=reference, cues=cues, num_frames=num, padded_frames=padded, fps=fps, notes=notes,
+                        reference_pixels=triplet.reference.detach().float().cpu())

@@ -170,9 +170,13 @@ class _Tiling:
 def _plan_tiling(vae, grid: tuple[int, int], tile: tuple[int, int] | None, tile_overlap: int | None,
                  tiling: bool | None) -> _Tiling:
     lh, lw = grid
-    if is_wan_vae(vae):  # Wan keeps its tile size in pixels
+    if is_wan_vae(vae):
+        # Wan keeps its tile size in pixels; `tiling=None` without a `tile` follows the VAE's own switch
+        # (``vae.enable_tiling()``, off as built), as the Wan pipelines do, so default results equal theirs
         factor = spatial_compression(vae)
         default = (int(vae.tile_sample_min_height) // factor, int(vae.tile_sample_min_width) // factor)
+        if tiling is None and tile is None and not getattr(vae, "use_tiling", False):
+            tiling = False
     else:
         default = (int(getattr(vae, "tile_latent_min_height", lh)), int(getattr(vae, "tile_latent_min_width", lw)))
     tile_h, tile_w = tile or default

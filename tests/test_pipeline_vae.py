@@ -235,3 +235,19 @@ def test_masks_reach_a_16x_latent_grid():
 def test_wan_vae_refuses_sizes_off_its_grid():
     with pytest.raises(InputError, match="multiples of 16"):
         encode_frames(tiny_wan_vae("2.2"), torch.rand(1, 40, 32, 3))
+
+
+def test_wan_tiles_by_default_only_when_the_vae_has_tiling_enabled():
+    vae = tiny_wan_vae("2.1")
+    torch.manual_seed(9)
+    frames = torch.rand(1, 96, 96, 3)  # 12x12 latent cells
+    with torch.no_grad():
+        raw = vae.encode(frames.permute(3, 0, 1, 2)[None] * 2 - 1).latent_dist.mode()
+    expected = _wan_pipeline_normalized(vae, raw).permute(0, 2, 1, 3, 4)
+    vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=64)  # 8x8 cells
+    vae.use_tiling = False
+    torch.testing.assert_close(encode_frames(vae, frames), expected, rtol=0, atol=1e-6)  # as the pipeline: whole
+    vae.use_tiling = True
+    tiled = encode_frames(vae, frames)
+    assert tiled.shape == expected.shape and (tiled - expected).abs().max() > 1e-4
+    torch.testing.assert_close(tiled, encode_frames(vae, frames, tiling=True, tile=(8, 8)), rtol=0, atol=0)

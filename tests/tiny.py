@@ -241,3 +241,15 @@ def tiny_wan_vae(version: str = "2.1", *, seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKLWan(**TINY_WAN_VAE_CONFIGS[version]).eval()
+
+
+def tiny_clip_vision(*, seed: int = 0):
+    """A tiny transformers `CLIPVisionModel` of width `WAN_IMAGE_DIM` (32 px images, 8 px patches: 17 tokens) and
+    the `CLIPImageProcessor` of its size, the pair a Wan2.1 I2V model embeds its reference with."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=WAN_IMAGE_DIM, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, image_size=32, patch_size=8)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPVisionModel(config).eval(), processor
