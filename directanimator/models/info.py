@@ -367,7 +367,7 @@ def format_size_report(report: Mapping[str, Any], *, markdown: bool = False, pre
         ("window fits", "yes" if report["fits_positional_embeddings"] else f"no: {report['fit_note']}"),
         ("not counted: encoders", "; ".join(f"{k} {_millions(v)} ({_gib(v * 2)} bf16)"
                                             for k, v in report["encoders"].items())
-         + " (prepare caches their embeddings; sampling loads them)"),
+         + " (loaded for sampling; not in the plan, which reads embeddings cached by prepare)"),
         (f"memory plan, one GPU (LoRA rank {lora_rank})",
          f"{report['lora']['modules']} LoRA layers ({', '.join(report['lora']['targets'])}): "
          f"{_millions(lora_rank * report['lora']['parameters_per_rank'])}; frozen bf16, trained fp32, gradient "
