@@ -469,7 +469,7 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     pose = empty_buffer(count, *size, device=device)  # one grey channel; three as a view below
     face = zeroed_buffer(count, *size, 3, device=device)  # its black bars are never written
     body_location = empty_buffer(count, *size, device=device)
-    face_location = empty_buffer(count, *size, device=device)
+    face_location = zeroed_buffer(count, *size, device=device)  # zero but for a window around each face
 
     def build(first: int, stop: int) -> None:
         part = slice(first, stop)
@@ -484,7 +484,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
         if report:
             progress.advance_to(start + 2 * (1.0 - start) / 3)
         _location_cue(masks[part], driving.face_tight[part], driving.face_valid[part], transform, out_size=size,
-                      cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]))
+                      cell=config.grid_cell, blur=config.grid_blur, out=(body_location[part], face_location[part]),
+                      face_zeroed=True)
 
     _in_two_halves(count, build, parallel=device.type == "cpu")
     return _three_channels(pose), face, body_location, face_location

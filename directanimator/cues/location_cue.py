@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
-from .buffers import empty_buffer
+from .buffers import empty_buffer, zeroed_buffer
 from .resample import opencv, resize_box
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
@@ -234,10 +234,12 @@ def _interior(offset: float, step: float, source: int, count: int) -> tuple[int,
     return lo, max(lo, hi)
 
 
-def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int]) -> Tensor:
+def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *, out: Tensor | None = None) -> Tensor:
     """`warp_masks` of CPU masks ``[F, H, W]`` in 0..1 with OpenCV: the interior by `resample.resize_box` (sample
     positions within 1/64 px of the exact ones, so each value within `resample.VALUE_ERROR` of `warp_masks`), the
-    border strips, where the warp reads the zero padding, by `warp_masks`' own sampling (exact)."""
+    border strips, where the warp reads the zero padding, by `warp_masks`' own sampling (exact). `out`
+    ``[F, *out_size]`` (contiguous CPU float32) receives the result on the OpenCV path (`location_cue` reuses one
+    buffer for its batches)."""
     out_h, out_w = out_size
     inverse = t.inverse()
     top, bottom = _interior(inverse.ty, inverse.scale, masks.shape[1], out_h)
@@ -248,7 +250,8 @@ def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int]) ->
     source = masks.to(torch.float32).contiguous()
     box = (inverse.tx + left * inverse.scale, inverse.ty + top * inverse.scale,
            inverse.tx + right * inverse.scale, inverse.ty + bottom * inverse.scale)
-    out = masks.new_empty(masks.shape[0], out_h, out_w, dtype=torch.float32)
+    if out is None:
+        out = masks.new_empty(masks.shape[0], out_h, out_w, dtype=torch.float32)
     source_np, out_np = source.numpy(), out.numpy()
     scratch: list[np.ndarray] = []
     for i in range(masks.shape[0]):
@@ -358,6 +361,53 @@ def _soften_pooled(pooled: Tensor, size: tuple[int, int], cell: int, blur: float
     else:
         torch.matmul(torch.matmul(rows, pooled), columns.T, out=out)
     return out.clamp_(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _soften_reach(length: int, cell: int, sigma: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """For each cell of `_soften_matrix` ``(length, cell, sigma)``, the first and one past the last pixel its column
+    reaches (its nonzero rows)."""
+    reached = _soften_matrix(length, cell, sigma, "cpu") != 0  # [length, cells]
+    pixels = torch.arange(length)[:, None].expand_as(reached)
+    first = torch.where(reached, pixels, length).amin(dim=0)
+    stop = torch.where(reached, pixels + 1, 0).amax(dim=0)
+    return tuple(first.tolist()), tuple(stop.tolist())
+
+
+def _soften_sparse(pooled: Tensor, size: tuple[int, int], cell: int, blur: float, *, out: Tensor | None = None,
+                   out_zeroed: bool = False) -> Tensor:
+    """`_soften_pooled` (cells of MATRIX_MIN_CELL px or more) for cell maxima that are zero outside a small
+    window per frame, such as the face ellipse: each frame's two matrix products run on its nonzero cells only,
+    into the pixels they reach; everything else is 0, as the full products give (zero cells add exact zeros).
+    `out_zeroed`: `out` is all zeros already, and only the reached pixels are written."""
+    height, width = size
+    count = pooled.shape[0]
+    if out is None:
+        out, out_zeroed = zeroed_buffer(count, height, width, device=pooled.device), True
+    elif not out_zeroed:
+        out.zero_()
+    device = str(pooled.device)
+    rows = _soften_matrix(height, cell, float(blur), device)
+    columns = _soften_matrix(width, cell, float(blur), device)
+    row_reach, column_reach = _soften_reach(height, cell, float(blur)), _soften_reach(width, cell, float(blur))
+    lit_rows, lit_columns = pooled.amax(dim=2) > 0, pooled.amax(dim=1) > 0  # [F, Hc], [F, Wc]
+    row_any, column_any = lit_rows.any(dim=1).tolist(), lit_columns.any(dim=1).tolist()
+    for i in range(count):
+        if not (row_any[i] and column_any[i]):
+            continue
+        r0, r1 = _lit_span(lit_rows[i])
+        c0, c1 = _lit_span(lit_columns[i])
+        y0, y1 = min(row_reach[0][r0:r1]), max(row_reach[1][r0:r1])
+        x0, x1 = min(column_reach[0][c0:c1]), max(column_reach[1][c0:c1])
+        window = torch.matmul(torch.matmul(rows[y0:y1, r0:r1], pooled[i, r0:r1, c0:c1]), columns[x0:x1, c0:c1].T)
+        out[i, y0:y1, x0:x1] = window.clamp_(0.0, 1.0)
+    return out
+
+
+def _lit_span(lit: Tensor) -> tuple[int, int]:
+    """First and one past the last True index of a 1-D bool tensor with at least one True."""
+    index = torch.nonzero(lit)[:, 0]
+    return int(index[0]), int(index[-1]) + 1
 
 
 def _cell_maxima(masks: Tensor, cell: int) -> Tensor:
@@ -479,23 +529,32 @@ def location_cue(
 def _location_cue(
     body_masks: Tensor, face_boxes: Tensor, face_valid: Tensor, transform: Similarity, *,
     out_size: tuple[int, int], cell: int, blur: float, out: tuple[Tensor, Tensor] | None = None,
+    face_zeroed: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """`location_cue` on checked inputs (boxes ``[F, 4]`` and flags ``[F]`` on the masks' device); `out` (body,
-    face) ``[F, H, W]`` contiguous tensors receive the result when given."""
+    face) ``[F, H, W]`` contiguous tensors receive the result when given (`face_zeroed`: the face one is all zeros
+    already, e.g. from `buffers.zeroed_buffer`, so its zero parts are not written)."""
     count = body_masks.shape[0]
     size = (int(out_size[0]), int(out_size[1]))
     if out is None:
-        out = tuple(empty_buffer(count, *size, device=body_masks.device) for _ in range(2))
+        out = (empty_buffer(count, *size, device=body_masks.device),
+               zeroed_buffer(count, *size, device=body_masks.device))
+        face_zeroed = True
     body_out, face_out = out
     if cell > 1:
-        # warped and pooled a few frames at a time: the full-size warped masks are never all held, and the
-        # small chunk buffers are reused instead of fresh memory that has to be paged in (that costs more here
-        # than the warp itself)
-        pooled = torch.cat([_cell_maxima(_warp_masks_fast(body_masks[start:start + WARP_CHUNK], transform, size),
-                                         cell) for start in range(0, count, WARP_CHUNK)])
+        # warped and pooled a few frames at a time into one reused buffer: the full-size warped masks are never
+        # all held, and fresh memory for each batch would have to be paged in (that costs more here than the warp)
+        batch = empty_buffer(min(WARP_CHUNK, count), *size) if body_masks.device.type == "cpu" else None
+        pooled = torch.cat([
+            _cell_maxima(_warp_masks_fast(body_masks[start:start + WARP_CHUNK], transform, size,
+                                          out=None if batch is None else batch[:min(WARP_CHUNK, count - start)]),
+                         cell)
+            for start in range(0, count, WARP_CHUNK)])
     else:
         pooled = warp_masks(body_masks, transform, size)
     body = _soften_pooled(pooled, size, cell, blur, out=body_out)
     # the face ellipse is pooled straight from its geometry (`pooled_ellipses`), never rendered at full size
     face = pooled_ellipses(transform.apply_boxes(face_boxes), face_valid, size, cell)
+    if cell >= MATRIX_MIN_CELL:
+        return body, _soften_sparse(face, size, cell, blur, out=face_out, out_zeroed=face_zeroed)
     return body, _soften_pooled(face, size, cell, blur, out=face_out)

@@ -18,6 +18,8 @@ same `VALUE_ERROR` bounds both.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Largest difference between `sample_box` and the exact bilinear sample, as a fraction of the largest difference
@@ -55,6 +57,7 @@ def sample_box(image: np.ndarray, box: tuple[float, float, float, float], dst: n
     return dst
 
 
+@functools.lru_cache(maxsize=256)  # the mask warp asks the same for every frame of a clip
 def _resize_axis(start: float, end: float, count: int, size: int,
                  margin: int = RESIZE_MARGIN) -> tuple[int, int, int, int, float] | None:
     """Along one axis of `size` pixels: a window ``[first, stop)`` and an output offset such that resizing the
