@@ -150,7 +150,10 @@ def encode_conditioning(model, triplet: CueTriplet, *, fps: float | None = None,
     The driving cues are padded by repeating their last frame to the frame count the backbone needs
     (`plan_frame_count`), which is reported in the notes; the reference and its own cues are encoded alone as the
     leading latent frame. A pose cue in driving pixels is first aligned for a checkpoint trained on aligned ones
-    (``align_pose``). Sizes the backbone cannot take raise InputError before any encoding.
+    (``align_pose``). Sizes the backbone cannot take, a VAE whose latents do not fit the transformer's channels,
+    and a Wan2.1 I2V model without its CLIP image encoder raise InputError before any encoding. For Wan2.1 I2V
+    the reference's CLIP embedding is computed too (``cond.image_embeds``); the per-window image channels come
+    from `image_window`.
     """
     vae, transformer = model.vae, model.transformer
     config = backbone_config(model)
@@ -243,11 +246,11 @@ def reference_image(pixels: Tensor):
 def clip_image_embeds(model, pixels: Tensor) -> Tensor:
     """The CLIP embedding ``[1, T, D]`` of the reference ``[1, H, W, 3]`` 0..1, as ``WanImageToVideoPipeline.
     encode_image`` makes it: the processor on the RGB image, then the encoder's penultimate hidden states."""
-    encoder, processor = model.image_encoder, model.image_processor
-    device = next(encoder.parameters()).device
-    inputs = processor(images=reference_image(pixels), return_tensors="pt").to(device)
-    with torch.no_grad():
-        return encoder(**inputs, output_hidden_states=True).hidden_states[-2]
+    with using(model, "image_encoder") as encoder:
+        device = next(encoder.parameters()).device
+        inputs = model.image_processor(images=reference_image(pixels), return_tensors="pt").to(device)
+        with torch.no_grad():
+            return encoder(**inputs, output_hidden_states=True).hidden_states[-2]
 
 
 def image_window(model, cond: Conditioning, latent_frames: int) -> Tensor:
