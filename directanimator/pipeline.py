@@ -25,12 +25,14 @@ from .cues.types import CueConfig, CueTriplet
 from .errors import InputError
 from .plan import SamplingPlan, frames_from_latents, sampling_plan
 from .sampling import (
+    SCHEDULER_CHOICES,
     SCHEDULERS,
     StepCallback,
     WindowPlan,
     make_scheduler,
     plan_windows,
     sample_latents,
+    scheduler_names,
     validate_options,
 )
 from .tensors import as_frames
@@ -40,14 +42,16 @@ from .vae_io import (
     latent_frames_for,
     latent_preview,
     masks_to_latent_grid,
+    temporal_compression,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AnimationResult", "Conditioning", "SCHEDULERS", "SamplingPlan", "WindowPlan", "animate", "animate_triplet",
-    "decode_latents", "encode_conditioning", "encode_frames", "frames_from_latents", "latent_preview",
-    "make_scheduler", "masks_to_latent_grid", "plan_frame_count", "plan_windows", "sample_latents", "sampling_plan",
+    "AnimationResult", "Conditioning", "SCHEDULERS", "SCHEDULER_CHOICES", "SamplingPlan", "WindowPlan", "animate",
+    "animate_triplet", "decode_latents", "encode_conditioning", "encode_frames", "frames_from_latents",
+    "latent_preview", "make_scheduler", "masks_to_latent_grid", "plan_frame_count", "plan_windows", "sample_latents",
+    "sampling_plan", "scheduler_names",
 ]
 
 
@@ -67,20 +71,23 @@ class AnimationResult:
 def _video_latents(model, num_frames: int) -> int:
     config = backbone_config(model)
     fixed = fixed_latent_frames(config)
-    padded = plan_frame_count(num_frames, patch_size_t=config.patch_size_t, min_video_latents=fixed - 1 if fixed else 1)
-    return latent_frames_for(padded)
+    compression = temporal_compression(model.vae)
+    padded = plan_frame_count(num_frames, patch_size_t=config.patch_size_t, min_video_latents=fixed - 1 if fixed else 1,
+                              compression=compression)
+    return latent_frames_for(padded, compression=compression)
 
 
 def animate(model, reference, driving, *, cue_config: CueConfig | None = None, steps: int = 25,
-            guidance: float = 3.0, seed: int = 0, scheduler: str = "dpm", window: int | None = None,
+            guidance: float = 3.0, seed: int = 0, scheduler: str | None = None, window: int | None = None,
             overlap: int | None = None, fps: float | None = None, callback: StepCallback | None = None,
             denoise: float = 1.0, init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
             tiling: bool | None = None, on_cue_frame=None, samples: int = 1) -> AnimationResult:
     """Animate `reference` ``[1, H, W, 3]`` with the motion of `driving` ``[F, H', W', 3]`` (or a VideoClip).
 
     Extracts the Driving Cue Triplet with the cue options of `sampling_plan` (`cue_config`, default the
-    checkpoint's; a backbone with learned positional embeddings sets the working size when they leave it open),
-    then runs `animate_triplet`. Sampling options and the working size are checked before the cue extraction
+    checkpoint's; a backbone with learned positional embeddings sets the working size when they leave it open, and
+    a derived size is rounded to the backbone's multiple, `SamplingPlan.cue_config_for`), then runs
+    `animate_triplet`. Sampling options and the working size are checked before the cue extraction
     starts; see `animate_triplet` for them.
     """
     if hasattr(driving, "frames") and hasattr(driving, "fps"):  # a VideoClip
@@ -95,8 +102,9 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
     plan = sampling_plan(model, cue_config=cue_config)
     from .cues import extract_cues
 
-    model.transformer.check_latent_shape(*plan.latent_shape(tuple(driving.shape[1:3]), int(driving.shape[0])))
-    triplet = extract_cues(reference, driving, plan.cue_config, on_frame=on_cue_frame)
+    driving_size = tuple(driving.shape[1:3])
+    model.transformer.check_latent_shape(*plan.latent_shape(driving_size, int(driving.shape[0])))
+    triplet = extract_cues(reference, driving, plan.cue_config_for(driving_size), on_frame=on_cue_frame)
     return animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                            window=window, overlap=overlap, fps=fps, callback=callback, denoise=denoise,
                            init_frames=init_frames, text_embeds=text_embeds, tiling=tiling, samples=samples)
@@ -120,15 +128,16 @@ def _init_latents(model, triplet: CueTriplet, init_frames, padded: int, tiling: 
 
 
 def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: float = 3.0, seed: int = 0,
-                    scheduler: str = "dpm", window: int | None = None, overlap: int | None = None,
+                    scheduler: str | None = None, window: int | None = None, overlap: int | None = None,
                     fps: float | None = None, callback: StepCallback | None = None, denoise: float = 1.0,
                     init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
                     tiling: bool | None = None, samples: int = 1) -> AnimationResult:
     """Animate from an extracted cue triplet: encode, sample, decode, trim to the driving frame count.
 
     steps: denoising steps; guidance: cue guidance scale (1 = one forward per step); seed: reproduces the result
-    on the same device and dtype; scheduler: "dpm" or "ddim"; window/overlap: context windows in video latent
-    frames (None: the whole clip, or the backbone's fixed length); denoise < 1 with `init_frames` ``[F, H, W, 3]``
+    on the same device and dtype; scheduler: one of `scheduler_names(model)` ("dpm"/"ddim" on CogVideoX,
+    "unipc"/"euler" on Wan) or None/"auto" for the backbone's default ("dpm", "unipc"); window/overlap: context windows in video latent
+    frames (None: the whole clip, or the backbone's fixed length; Wan windows take any length); denoise < 1 with `init_frames` ``[F, H, W, 3]``
     refines an existing video; callback(step, total, preview) after every step (may raise to stop);
     text_embeds: ``[1, L, D]`` replacing the checkpoint's null-text embedding; tiling: spatial VAE tiling
     (None: when the frame exceeds the VAE's tile size); samples: the mean of that many results of seeds `seed`,

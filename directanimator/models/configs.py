@@ -32,6 +32,25 @@ BACKBONE_REPOS = {
     "wan2.2-ti2v-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
 }
 SCHEDULER_CONFIG_FILE = "scheduler_cogvideox_5b.json"
+# Bundled names -> the scheduler config each backbone's diffusers repo ships (scheduler/scheduler_config.json). The
+# Wan configs differ only in the flow shift: 3.0 for Wan2.1 at 480P, 5.0 at 720P and for Wan2.2 TI2V-5B.
+BUNDLED_SCHEDULERS = {
+    "cogvideox-5b-i2v": SCHEDULER_CONFIG_FILE,
+    "cogvideox1.5-5b-i2v": SCHEDULER_CONFIG_FILE,
+    "wan2.1-i2v-14b": "scheduler_wan2.1_i2v_14b_480p.json",
+    "wan2.1-i2v-14b-480p": "scheduler_wan2.1_i2v_14b_480p.json",
+    "wan2.1-i2v-14b-720p": "scheduler_wan2.1_i2v_14b_720p.json",
+    "wan2.2-ti2v-5b": "scheduler_wan2.2_ti2v_5b.json",
+}
+# BackboneSpec.variant -> the bundled name whose scheduler config a backbone of that variant samples with when
+# its own folder or checkpoint names none (Wan text-to-video layouts take Wan2.1's 480P shift, Wan's default).
+VARIANT_SCHEDULERS = {
+    "cogvideox-1.0": "cogvideox-5b-i2v",
+    "cogvideox-1.5": "cogvideox1.5-5b-i2v",
+    "wan-i2v": "wan2.1-i2v-14b-480p",
+    "wan-ti2v": "wan2.2-ti2v-5b",
+    "wan-t2v": "wan2.1-i2v-14b-480p",
+}
 
 # Keys of a backbone config that decide whether weights trained on one backbone fit another.
 FINGERPRINT_KEYS = (
@@ -69,9 +88,28 @@ def backbone_config(name_or_dict: str | Mapping[str, Any] | Path) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def default_scheduler_config() -> dict:
-    """The CogVideoX 5B scheduler config (v-prediction, trailing spacing, zero-terminal-SNR)."""
-    return {k: v for k, v in _read_json(CONFIG_DIR / SCHEDULER_CONFIG_FILE).items() if k != "_source"}
+def default_scheduler_config(backbone: Any = None) -> dict:
+    """The scheduler config a backbone samples with when its folder or checkpoint names none, with its
+    ``_class_name`` (the diffusers scheduler class).
+
+    `backbone`: a bundled name (``"wan2.1-i2v-14b-720p"``: UniPC, flow shift 5.0), a `BackboneSpec` (its variant's
+    bundled backbone: Wan2.1 I2V -> the 480P config, flow shift 3.0; Wan2.2 TI2V -> flow shift 5.0), or None: the
+    CogVideoX 5B config (v-prediction, trailing spacing, zero-terminal-SNR).
+    """
+    if backbone is None:
+        name = "cogvideox-5b-i2v"
+    elif isinstance(backbone, str):
+        name = backbone.lower()
+        if name not in BUNDLED_SCHEDULERS:
+            raise InputError(f"scheduler config for {backbone!r}: not a bundled backbone name; use one of "
+                             f"{sorted(BUNDLED_SCHEDULERS)}.")
+    else:
+        variant = getattr(backbone, "variant", None)
+        if variant not in VARIANT_SCHEDULERS:
+            raise InputError(f"scheduler config for {backbone!r}: expected a bundled name or a BackboneSpec "
+                             f"(variants {sorted(VARIANT_SCHEDULERS)}).")
+        name = VARIANT_SCHEDULERS[variant]
+    return {k: v for k, v in _read_json(CONFIG_DIR / BUNDLED_SCHEDULERS[name]).items() if k != "_source"}
 
 
 def fingerprint(config: Mapping[str, Any]) -> dict:
