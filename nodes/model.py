@@ -39,6 +39,9 @@ MODEL = "DA_MODEL"
 CONDITIONING = "DA_CONDITIONING"
 NO_CHECKPOINT = "none (bare backbone)"
 NO_FOLDER = "none (use repo_id)"
+NO_FILE = "none"
+# ComfyUI's own model folders (folder_paths names) the loader also picks single files from
+SINGLE_FILES = {"diffusion_model": "diffusion_models", "vae": "vae", "clip_vision": "clip_vision"}
 
 MAX_WINDOW = 256  # latent frames
 # the demo model shipped in this pack (python -m training recipe): offered as a backbone and as a checkpoint
@@ -90,27 +93,43 @@ def _checkpoint_source(checkpoint: str) -> str | None:
     return find_model("directanimator", checkpoint, what="checkpoint")
 
 
+def _single_file(input_name: str, value: str | None) -> str | None:
+    """The path of a file picked from ComfyUI's own folder for `input_name` (None for 'none')."""
+    if value is None or value == NO_FILE:
+        return None
+    return find_model(SINGLE_FILES[input_name], value, what=input_name)
+
+
 class DirectAnimatorModelLoader:
-    """Backbone (diffusers folder or Hugging Face repo id) + DirectAnimator checkpoint -> one shared model."""
+    """Backbone (diffusers folder, Hugging Face repo id or single file from models/diffusion_models), optional VAE
+    and CLIP vision files, + DirectAnimator checkpoint -> one shared model."""
 
     CATEGORY = CATEGORY
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
     FUNCTION = "load"
-    DESCRIPTION = ("Loads the CogVideoX backbone and VAE with the CueFusion weights once; the encoder, sampler and "
-                   "decoder share it. ComfyUI reuses it across runs while these inputs stay the same.")
+    DESCRIPTION = ("Loads the backbone (Wan2.1 I2V, Wan2.2 TI2V or CogVideoX I2V; the family is read from the "
+                   "weights), its VAE, the CLIP vision tower Wan2.1 I2V needs, and the CueFusion weights once; the "
+                   "encoder, sampler and decoder share it. Wan files go where ComfyUI keeps them: the transformer in "
+                   "models/diffusion_models, the VAE in models/vae, clip_vision_h in models/clip_vision. Prompts come "
+                   "from ComfyUI's CLIP Loader + CLIP Text Encode into DirectAnimator Encode. ComfyUI reuses the "
+                   "model across runs while these inputs stay the same.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "backbone": ([NO_FOLDER] + _bundled() + model_folders("diffusers"),
-                             {"default": NO_FOLDER, "tooltip": "A CogVideoX image-to-video diffusers folder in "
-                                                               "models/diffusers (transformer/ and vae/ inside), or "
-                                                               "the small demo model bundled with this pack."}),
-                "repo_id": ("STRING", {"default": "", "tooltip": "Hugging Face repo id (e.g. THUDM/CogVideoX-5b-I2V), "
-                                                                 "used when backbone is 'none'; downloaded once into "
-                                                                 "the Hugging Face cache unless HF_HUB_OFFLINE=1."}),
+                             {"default": NO_FOLDER, "tooltip": "A Wan or CogVideoX image-to-video diffusers folder "
+                                                               "in models/diffusers (transformer/ and vae/ inside; "
+                                                               "Wan2.1 I2V also image_encoder/), or the small demo "
+                                                               "model bundled with this pack. Not used when "
+                                                               "diffusion_model names a file."}),
+                "repo_id": ("STRING", {"default": "", "tooltip": "Hugging Face repo id (e.g. "
+                                                                 "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers), used when "
+                                                                 "backbone and diffusion_model are 'none'; downloaded "
+                                                                 "once into the Hugging Face cache unless "
+                                                                 "HF_HUB_OFFLINE=1."}),
                 "checkpoint": ([NO_CHECKPOINT] + _bundled() + model_files("directanimator"),
                                {"default": NO_CHECKPOINT, "tooltip": "DirectAnimator weights (CueFusion + LoRA or "
                                                                      "full backbone) from models/directanimator; the "
@@ -120,18 +139,39 @@ class DirectAnimatorModelLoader:
                 "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the model on the CPU between uses and move "
                                                                      "each part to the GPU only while it runs."}),
             },
+            "optional": {
+                "diffusion_model": ([NO_FILE] + model_files("diffusion_models"),
+                                    {"default": NO_FILE, "tooltip": "A backbone file from models/diffusion_models "
+                                                                    "(e.g. wan2.1_i2v_480p_14B_bf16.safetensors or "
+                                                                    "wan2.2_ti2v_5B_fp16.safetensors, native Wan "
+                                                                    "layout); replaces backbone and repo_id. Needs a "
+                                                                    "vae file."}),
+                "vae": ([NO_FILE] + model_files("vae"),
+                        {"default": NO_FILE, "tooltip": "A Wan VAE file from models/vae (wan_2.1_vae for Wan2.1 I2V, "
+                                                        "wan2.2_vae for Wan2.2 TI2V); replaces the folder's vae/."}),
+                "clip_vision": ([NO_FILE] + model_files("clip_vision"),
+                                {"default": NO_FILE, "tooltip": "The CLIP vision tower Wan2.1 I2V embeds the "
+                                                                "reference with (clip_vision_h.safetensors from "
+                                                                "models/clip_vision); replaces the folder's "
+                                                                "image_encoder/."}),
+            },
         }
 
     # Named arguments only: ComfyUI skips its own checks (ranges, combo lists) for every input a VALIDATE_INPUTS
     # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None. Backbone and checkpoint are
     # taken so that their list check names the folder to use; nothing outside the model folders is looked at.
     @classmethod
-    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None):
+    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None, diffusion_model=None, vae=None,
+                        clip_vision=None):
         try:
-            if backbone == NO_FOLDER and repo_id is not None:
+            for name, value in (("diffusion_model", diffusion_model), ("vae", vae), ("clip_vision", clip_vision)):
+                _single_file(name, value)
+            uses_file = diffusion_model not in (None, NO_FILE)  # then backbone and repo_id are not used
+            if backbone == NO_FOLDER and repo_id is not None and not uses_file:
                 if not repo_id.strip():
-                    return (f"Choose a backbone folder from {folder_hint('diffusers')}, or type a Hugging Face repo "
-                            "id (owner/name).")
+                    return (f"Choose a backbone folder from {folder_hint('diffusers')}, a backbone file from "
+                            f"{folder_hint('diffusion_models')} (diffusion_model), or type a Hugging Face repo id "
+                            "(owner/name).")
                 check_repo_id(repo_id)
             elif backbone is not None and backbone != NO_FOLDER:
                 _backbone_source(backbone)
@@ -142,14 +182,20 @@ class DirectAnimatorModelLoader:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, backbone, repo_id, checkpoint, precision, offload):
+    def IS_CHANGED(cls, backbone, repo_id, checkpoint, precision, offload, diffusion_model=NO_FILE, vae=NO_FILE,
+                   clip_vision=NO_FILE):
         """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it.
 
         Only files inside the model folders are looked at; a name that does not resolve there stamps as itself
         (validation refuses it, and `load` raises)."""
         stamps = []
+        def file_of(input_name):
+            return lambda value: _single_file(input_name, value)
+
         for name, none, resolve in ((backbone, NO_FOLDER, _backbone_source),
-                                    (checkpoint, NO_CHECKPOINT, _checkpoint_source)):
+                                    (checkpoint, NO_CHECKPOINT, _checkpoint_source),
+                                    (diffusion_model, NO_FILE, file_of("diffusion_model")),
+                                    (vae, NO_FILE, file_of("vae")), (clip_vision, NO_FILE, file_of("clip_vision"))):
             if name == none:
                 continue
             try:
@@ -158,17 +204,21 @@ class DirectAnimatorModelLoader:
                 stamps.append(f"refused:{name}")
         return "|".join(stamps) + f"|{repo_id.strip()}|{precision}|{offload}"
 
-    def load(self, backbone, repo_id, checkpoint, precision, offload):
+    def load(self, backbone, repo_id, checkpoint, precision, offload, diffusion_model=NO_FILE, vae=NO_FILE,
+             clip_vision=NO_FILE):
         ckpt = _checkpoint_source(checkpoint)
-        if backbone != NO_FOLDER:
+        vae_file, clip_file = _single_file("vae", vae), _single_file("clip_vision", clip_vision)
+        source = _single_file("diffusion_model", diffusion_model)
+        if source is None and backbone != NO_FOLDER:
             source = _backbone_source(backbone)
-        else:  # fetched (or found in the HF cache) by repo id, never read as a path relative to ComfyUI's folder
+        elif source is None:  # fetched (or found in the HF cache) by repo id, never read relative to ComfyUI's folder
             source = download_backbone(check_repo_id(repo_id))
+        parts = dict(vae=vae_file, image_encoder=clip_file, require_image_encoder=True)
         device = default_device()
         if offload or not manages_models():
-            return (load_model(source, ckpt, dtype=precision, device=device, offload=offload),)
+            return (load_model(source, ckpt, dtype=precision, device=device, offload=offload, **parts),)
         # inside ComfyUI its model manager moves each network to the device when a node first needs it
-        model = load_model(source, ckpt, dtype=precision, device="cpu")
+        model = load_model(source, ckpt, dtype=precision, device="cpu", **parts)
         model.device = torch.device(device)
         return (model,)
 
@@ -193,8 +243,9 @@ class DirectAnimatorEncode:
                 "tiled": ("BOOLEAN", {"default": False, "tooltip": "Spatial VAE tiling: less memory for large frames."}),
             },
             "optional": {
-                "text": ("CONDITIONING", {"tooltip": "Optional T5-XXL conditioning from ComfyUI's text encoder "
-                                                     "nodes; replaces the checkpoint's null prompt."}),
+                "text": ("CONDITIONING", {"tooltip": "Optional prompt conditioning from ComfyUI's CLIP Loader + "
+                                                     "CLIP Text Encode (T5-XXL for CogVideoX; UMT5-XXL, type 'wan', "
+                                                     "for Wan); replaces the checkpoint's null prompt."}),
             },
         }
 
@@ -205,9 +256,9 @@ class DirectAnimatorEncode:
             progress(0)
         embeds = None
         if text is not None:  # ComfyUI CONDITIONING: [[embeddings [1, L, D], options], ...]; the first entry
-            config = model.transformer.backbone.config
-            embeds = fit_text_embeddings(text[0][0], max_length=config.max_text_seq_length,
-                                         dim=config.text_embed_dim, name="text")
+            spec = model.spec  # 226 T5 tokens on CogVideoX, 512 UMT5 tokens on Wan
+            embeds = fit_text_embeddings(text[0][0], max_length=spec.max_text_seq_length, dim=spec.text_embed_dim,
+                                         name="text")
         return ({"conditioning": cond, "text": embeds},)
 
 

@@ -13,6 +13,9 @@ import nodes._comfy as comfy_shim
 
 # what nodes/model.py and nodes/cues.py register at import (ComfyUI itself keeps "diffusers" with ["folder"])
 PACK_FOLDERS = {"directanimator": {".safetensors"}, "sams": {".pth", ".pt", ".safetensors"}}
+# ComfyUI's own file folders the model loader picks from, with ComfyUI's folder_paths.supported_pt_extensions
+COMFY_FILE_FOLDERS = ("diffusion_models", "vae", "clip_vision", "text_encoders")
+SUPPORTED_PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
 
 class FolderPaths:
@@ -22,6 +25,8 @@ class FolderPaths:
     def __init__(self, models_dir: Path) -> None:
         self.models_dir = str(models_dir)
         self.folder_names_and_paths = {"diffusers": ([str(models_dir / "diffusers")], ["folder"])}
+        for name in COMFY_FILE_FOLDERS:
+            self.folder_names_and_paths[name] = ([str(models_dir / name)], set(SUPPORTED_PT_EXTENSIONS))
 
     def get_folder_paths(self, name: str) -> list[str]:
         return list(self.folder_names_and_paths[name][0])
@@ -45,6 +50,6 @@ def comfy_model_folders(models_dir: Path) -> Iterator[Path]:
         comfy_shim.register_model_folder("diffusers", "diffusers", set())
         for name, extensions in PACK_FOLDERS.items():
             comfy_shim.register_model_folder(name, name, extensions)
-        for name in ("diffusers", *PACK_FOLDERS):
+        for name in ("diffusers", *PACK_FOLDERS, *COMFY_FILE_FOLDERS):
             (models_dir / name).mkdir(parents=True, exist_ok=True)
         yield models_dir

@@ -323,3 +323,70 @@ def test_a_repo_id_is_never_read_as_a_folder_relative_to_comfyuis_working_direct
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="Hugging Face cache"):
         DirectAnimatorModelLoader().load(NO_FOLDER, "output/model", NO_CHECKPOINT, "fp32", False)
+
+
+# --- Wan single files from ComfyUI's own model folders ------------------------------------------------------------
+
+def _wan_files(models):
+    """A tiny Wan2.1 I2V as ComfyUI users keep it: native transformer in diffusion_models, VAE in vae, CLIP vision in
+    clip_vision (each with a sidecar config, since tiny shapes match no bundled config)."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    from tests.test_loader_wan import (
+        TINY_CLIP,
+        TINY_NATIVE_VAES,
+        clip_file_state,
+        save_native_vae,
+        save_native_wan,
+        tiny_clip,
+    )
+    from tests.tiny import tiny_backbone, tiny_backbone_config
+
+    (models / "diffusion_models" / "wan").mkdir(parents=True, exist_ok=True)
+    save_native_wan(models / "diffusion_models" / "wan" / "tiny_i2v.safetensors", tiny_backbone("wan-i2v"),
+                    config=tiny_backbone_config("wan-i2v"))
+    torch.manual_seed(0)
+    save_native_vae(models / "vae" / "tiny_wan_vae.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]), "2.1")
+    save_file(clip_file_state(tiny_clip()), str(models / "clip_vision" / "tiny_clip.safetensors"))
+    (models / "clip_vision" / "tiny_clip.json").write_text(__import__("json").dumps(TINY_CLIP))
+    return dict(diffusion_model="wan/tiny_i2v.safetensors", vae="tiny_wan_vae.safetensors",
+                clip_vision="tiny_clip.safetensors")
+
+
+def test_the_loader_picks_wan_single_files_from_comfyuis_own_folders(tmp_path, monkeypatch):
+    from nodes.model import NO_FILE
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with comfy_model_folders(tmp_path / "models") as models:
+        files = _wan_files(models)
+        optional = DirectAnimatorModelLoader.INPUT_TYPES()["optional"]
+        for name, value in files.items():
+            assert value in optional[name][0] and optional[name][1]["default"] == NO_FILE
+        assert not any(name.endswith(".json") for name in optional["vae"][0])  # sidecar configs are not offered
+        assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=NO_FOLDER, repo_id="", checkpoint=NO_CHECKPOINT,
+                                                         **files) is True
+        (model,) = DirectAnimatorModelLoader().load(NO_FOLDER, "", NO_CHECKPOINT, "fp32", False, **files)
+        assert model.spec.variant == "wan-i2v" and model.image_encoder is not None
+        assert "single file" in model.info["backbone_origin"]
+        with pytest.raises(CheckpointError, match="CLIP vision.*clip_vision_h"):  # Wan2.1 I2V cannot sample without
+            DirectAnimatorModelLoader().load(NO_FOLDER, "", NO_CHECKPOINT, "fp32", False,
+                                             diffusion_model=files["diffusion_model"], vae=files["vae"])
+        stamp = lambda: DirectAnimatorModelLoader.IS_CHANGED(NO_FOLDER, "", NO_CHECKPOINT, "fp32", False, **files)
+        first = stamp()
+        (models / "vae" / "tiny_wan_vae.safetensors").write_bytes(
+            (models / "vae" / "tiny_wan_vae.safetensors").read_bytes() + b" ")
+        assert stamp() != first
+
+
+def test_single_files_outside_comfyuis_folders_are_refused_naming_the_folder(tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(b"x" * 64)
+    with comfy_model_folders(tmp_path / "models"):
+        for name, folder in (("diffusion_model", "diffusion_models"), ("vae", "vae"), ("clip_vision", "clip_vision")):
+            for value in [str(outside), "../../elsewhere.safetensors", *OUTSIDE]:
+                message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=NO_FOLDER, repo_id="a/b",
+                                                                    checkpoint=NO_CHECKPOINT, **{name: value})
+                assert isinstance(message, str) and f"ComfyUI/models/{folder}" in message, (name, value)
+                with pytest.raises(InputError, match=f"ComfyUI/models/{folder}"):
+                    DirectAnimatorModelLoader().load(NO_FOLDER, "a/b", NO_CHECKPOINT, "fp32", False, **{name: value})

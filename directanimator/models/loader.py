@@ -323,17 +323,13 @@ def build_transformer(backbone: torch.nn.Module,
     return DirectAnimatorTransformer(backbone, config=cue_fusion)
 
 
-def _scheduler_config(spec: BackboneSpec, scheduler_file: Path | None, source: str) -> dict:
-    """The folder's scheduler config, else the family's default."""
+def _scheduler_config(spec: BackboneSpec, scheduler_file: Path | None) -> dict:
+    """The folder's scheduler config (with its ``_class_name``, which picks the sampler), else the default of the
+    backbone's variant (`default_scheduler_config`)."""
     if scheduler_file is not None:
-        return {k: v for k, v in json.loads(scheduler_file.read_text()).items() if not k.startswith("_")}
-    if spec.family == "cogvideox":
-        return dict(DEFAULT_SCHEDULER_CONFIG)
-    raise CheckpointError(
-        f"backbone {source}: a {spec.variant} backbone without a scheduler config (a single weights file or a bare "
-        "transformer folder) and no checkpoint that records one. Give the diffusers folder or repo id, or a "
-        "DirectAnimator checkpoint trained on it."
-    )
+        config = json.loads(scheduler_file.read_text())
+        return {k: v for k, v in config.items() if not k.startswith("_") or k == "_class_name"}
+    return default_scheduler_config(spec)
 
 
 def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dtype: str | torch.dtype = "bf16",
@@ -341,7 +337,8 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
                local_files_only: bool | None = None, vae: str | Path | None = None,
                cue_fusion: CueFusionConfig | None = None, image_encoder: str | Path | None = None,
                backbone_config: Mapping[str, Any] | None = None,
-               vae_config: Mapping[str, Any] | None = None) -> AnimatorModel:
+               vae_config: Mapping[str, Any] | None = None,
+               require_image_encoder: bool = False) -> AnimatorModel:
     """Load the backbone and, when given, a DirectAnimator checkpoint (CueFusion + LoRA or full weights).
 
     `backbone`: a diffusers folder (``transformer/`` and ``vae/`` subfolders, Wan2.1 I2V also ``image_encoder/``
@@ -353,6 +350,9 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     CLIP vision tower (a folder or repo id with image_encoder/, or ComfyUI's clip_vision_h.safetensors).
     `backbone_config` / `vae_config` give the configs of single files whose tensors match no bundled config.
     `cue_fusion` configures fresh CueFusion modules when there is no checkpoint (training from scratch).
+    `require_image_encoder`: a backbone that embeds the reference with CLIP (Wan2.1 I2V) but has no image encoder
+    is refused before the VAE loads (for sampling); otherwise it loads with a warning (training from cached
+    embeddings needs none).
     """
     torch_dtype = resolve_dtype(dtype)
     device = usable_device(device, name="device")  # before anything loads
@@ -383,12 +383,22 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
             f"{sorted(set(BACKBONE_REPOS.values()))}."
         )
     spec = spec_of(model)
+    encoder_source = image_encoder if image_encoder is not None else (
+        parts.root if parts.image_encoder is not None else None)
+    needs_clip = spec.image_conditioning == "mask_and_latent" and encoder_source is None
+    clip_fix = ("pass image_encoder= (a diffusers Wan2.1 I2V folder or repo id with image_encoder/, or ComfyUI's "
+                "clip_vision_h.safetensors)")
+    if needs_clip and require_image_encoder:
+        raise CheckpointError(f"backbone {source}: {spec.variant} embeds the reference with a CLIP vision tower and "
+                              f"none was found: {clip_fix}.")
     if ckpt is not None:
         check_compatible(ckpt, dict(model.config), backbone_name=source)
     transformer = build_transformer(model, ckpt.cue_fusion if ckpt is not None else cue_fusion)
     if ckpt is not None:
         apply_checkpoint(transformer, ckpt)
-    transformer.to(torch_dtype).eval()
+    if any(p.dtype != torch_dtype for p in transformer.parameters()):
+        transformer.to(torch_dtype)
+    transformer.eval()
 
     vae_source = vae if vae is not None else parts.vae
     if vae_source is None:
@@ -403,21 +413,18 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     _check_vae_fits(vae_model, spec, source)
 
     encoder = processor = None
-    encoder_source = image_encoder if image_encoder is not None else (
-        parts.root if parts.image_encoder is not None else None)
     if encoder_source is not None:
         encoder, processor = _load_image_encoder(encoder_source, torch_dtype, cache_dir=cache_dir,
                                                  local_files_only=local_files_only)
         _check_image_encoder_fits(encoder, spec, source)
-    elif spec.image_conditioning == "mask_and_latent":
-        log.warning("backbone %s is %s, which embeds the reference with a CLIP vision tower, but none was given: pass "
-                    "image_encoder= (a diffusers Wan2.1 I2V folder or repo id with image_encoder/, or ComfyUI's "
-                    "clip_vision_h.safetensors) before encoding a reference.", source, spec.variant)
+    elif needs_clip:
+        log.warning("backbone %s is %s, which embeds the reference with a CLIP vision tower, but none was found: %s "
+                    "before encoding a reference.", source, spec.variant, clip_fix)
 
     if ckpt is not None and ckpt.scheduler_config:
         scheduler_config = dict(ckpt.scheduler_config)
     else:
-        scheduler_config = _scheduler_config(spec, parts.scheduler, source)
+        scheduler_config = _scheduler_config(spec, parts.scheduler)
     if ckpt is not None and ckpt.null_text is not None:
         null_text = ckpt.null_text.float()
         if null_text.ndim == 2:
