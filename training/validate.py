@@ -27,6 +27,7 @@ from directanimator.cues import CueConfig, CueTriplet, extract_cues
 from directanimator.errors import InputError
 from directanimator.pipeline import animate_triplet
 from directanimator.plan import sampling_plan
+from directanimator.sampling import AUTO, SCHEDULER_CHOICES, resolve_scheduler
 from directanimator.video import read_image, read_video, resize_frames, write_image, write_video
 
 from directanimator.metrics import summary
@@ -103,7 +104,7 @@ def _number(value: float) -> float | None:
 
 
 def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max_clips: int = 4, steps: int = 10,
-                   seed: int = 0, guidance: float = 3.0, scheduler: str = "dpm", samples: int = 1,
+                   seed: int = 0, guidance: float = 3.0, scheduler: str = AUTO, samples: int = 1,
                    cue_config: CueConfig | None = None, step: int | None = None,
                    anchor: str | None = None) -> list[dict]:
     """Sample up to `max_clips` held-out pairs with `model` (an `AnimatorModel`) and write videos, sheets and
@@ -121,6 +122,7 @@ def validate_model(model, metadata_path: str | Path, out_dir: str | Path, *, max
             "clips (python -m training synth --val-clips N) or mark entries as val."
         )
     config = sampling_plan(model, cue_config=cue_config, anchor=anchor or None).cue_config
+    scheduler = resolve_scheduler(model, scheduler)  # "auto": the backbone's own ("dpm" CogVideoX, "unipc" Wan)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"step{step:07d}_" if step is not None else ""
@@ -176,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-clips", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--scheduler", choices=("dpm", "ddim"), default="dpm")
+    parser.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=AUTO,
+                        help="sampler; 'auto' is the backbone's own ('dpm' on CogVideoX, 'unipc' on Wan)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=1,
                         help="score the mean of this many results (seeds seed, seed + 1, ...)")
