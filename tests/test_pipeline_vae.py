@@ -251,3 +251,13 @@ def test_wan_tiles_by_default_only_when_the_vae_has_tiling_enabled():
     tiled = encode_frames(vae, frames)
     assert tiled.shape == expected.shape and (tiled - expected).abs().max() > 1e-4
     torch.testing.assert_close(tiled, encode_frames(vae, frames, tiling=True, tile=(8, 8)), rtol=0, atol=0)
+
+
+def test_wan_statistics_of_the_wrong_length_are_refused():
+    from diffusers import AutoencoderKLWan
+
+    from tests.tiny import TINY_WAN_VAE_CONFIGS
+
+    vae = AutoencoderKLWan(**TINY_WAN_VAE_CONFIGS["2.2"] | dict(latents_mean=[0.0] * 16, latents_std=[1.0] * 16))
+    with pytest.raises(InputError, match="latents_mean/latents_std have 16/16 values"):
+        encode_frames(vae, torch.rand(1, 32, 32, 3))
