@@ -15,7 +15,7 @@ from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, load_model
 from directanimator.models.loader import download_backbone
 from directanimator.plan import frames_from_latents
-from directanimator.sampling import SCHEDULERS, sample_latents
+from directanimator.sampling import AUTO, SCHEDULER_CHOICES, sample_latents
 from directanimator.text import fit_text_embeddings
 
 from ._comfy import (
@@ -283,7 +283,10 @@ class DirectAnimatorSampler:
                                        "tooltip": "Cue guidance scale; 1 disables guidance (one pass per step)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1,
                                  "tooltip": "Noise seed; the same seed and inputs give the same video."}),
-                "scheduler": (sorted(SCHEDULERS), {"default": "dpm", "tooltip": "CogVideoX DPM or DDIM scheduler."}),
+                "scheduler": (list(SCHEDULER_CHOICES),
+                              {"default": AUTO, "tooltip": "auto: the backbone's own (DPM for CogVideoX, UniPC for "
+                                                           "Wan). dpm / ddim for CogVideoX; unipc / euler (flow "
+                                                           "matching, with the backbone's flow shift) for Wan."}),
                 "window": ("INT", {"default": 0, "min": 0, "max": MAX_WINDOW, "step": 1,
                                    "tooltip": "Context window in latent frames (4 video frames each); 0: the whole "
                                               "video, or the backbone's fixed length (12 for CogVideoX-5B-I2V)."}),

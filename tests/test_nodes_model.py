@@ -390,3 +390,24 @@ def test_single_files_outside_comfyuis_folders_are_refused_naming_the_folder(tmp
                 assert isinstance(message, str) and f"ComfyUI/models/{folder}" in message, (name, value)
                 with pytest.raises(InputError, match=f"ComfyUI/models/{folder}"):
                     DirectAnimatorModelLoader().load(NO_FOLDER, "a/b", NO_CHECKPOINT, "fp32", False, **{name: value})
+
+
+def test_a_wan_folder_runs_through_the_node_graph_with_its_own_samplers(tmp_path, monkeypatch):
+    from tests.test_loader_wan import save_tiny_wan_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    choices, options = DirectAnimatorSampler.INPUT_TYPES()["required"]["scheduler"]
+    assert {"auto", "dpm", "unipc", "euler"} <= set(choices) and options["default"] == "auto"
+    with comfy_model_folders(tmp_path / "models") as models:
+        save_tiny_wan_folder(models / "diffusers" / "wan-tiny")
+        (model,) = DirectAnimatorModelLoader().load("wan-tiny", "", NO_CHECKPOINT, "fp32", False)
+    text = [[torch.randn(1, 7, TEXT_DIM), {}]]
+    (cond,) = DirectAnimatorEncode().encode(model, synthetic_triplet(FRAMES, height=SMALL, width=SMALL), 12.0, False,
+                                            text=text)
+    assert cond["text"].shape == (1, 512, TEXT_DIM)  # UMT5's 512 tokens on Wan, not CogVideoX's 226
+    for scheduler in ("auto", "euler"):
+        (latent,) = DirectAnimatorSampler().sample(model, cond, 1, 1.0, 0, scheduler, 0, 0, 1.0)
+        frames, fps = DirectAnimatorDecode().decode(model, latent, False)
+        assert frames.shape == (FRAMES, SMALL, SMALL, 3) and fps == 12.0
+    with pytest.raises(InputError, match="dpm"):
+        DirectAnimatorSampler().sample(model, cond, 1, 1.0, 0, "dpm", 0, 0, 1.0)
