@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--steps", type=int, default=25)
     animate.add_argument("--guidance", type=float, default=3.0, help="cue guidance scale; 1 = one pass per step")
     animate.add_argument("--seed", type=int, default=0)
-    animate.add_argument("--scheduler", choices=["dpm", "ddim"], default="dpm")
+    animate.add_argument("--scheduler", choices=["auto", "dpm", "ddim", "unipc", "euler"], default="auto",
+                         help="auto: the backbone's own (dpm for CogVideoX, unipc for Wan); dpm/ddim for CogVideoX, "
+                              "unipc/euler for Wan (directanimator.sampling.SCHEDULER_CHOICES)")
     animate.add_argument("--samples", type=int, default=1,
                          help="the mean of this many results, seeds seed, seed + 1, ... (helps one-step estimates)")
     animate.add_argument("--window", type=int, default=None, help="context window in latent frames")

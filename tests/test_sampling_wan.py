@@ -321,3 +321,28 @@ def test_the_working_size_follows_each_vaes_multiple():
     # any length in one pass (rotary), latent frames from the VAE's 4x temporal compression
     assert wan22.window is None and wan22.frame_count(10) == 13 and wan22.video_latents(10) == 4
     assert wan22.latent_shape((64, 64), 13) == (5, 4, 4)
+
+
+def test_the_cli_offers_every_scheduler_name_and_defaults_to_auto():
+    from directanimator.cli import build_parser
+
+    base = ["animate", "--reference", "r.png", "--driving", "d.mp4", "--model", "m", "--out", "o.mp4"]
+    assert build_parser().parse_args(base).scheduler == "auto"
+    for name in SCHEDULER_CHOICES:
+        assert build_parser().parse_args([*base, "--scheduler", name]).scheduler == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--scheduler", "heun"])
+
+
+@pytest.mark.parametrize("layout", ["wan-i2v", "wan-ti2v"])
+def test_animate_triplet_on_wan_gives_the_driving_frame_count(layout):
+    from directanimator.pipeline import animate_triplet
+
+    model = _model(layout)
+    triplet, _ = _inputs(layout, frames=7)  # padded to 9 frames: 3 video latent frames
+    result = animate_triplet(model, triplet, steps=2, guidance=1.5, window=2, overlap=1)
+    side = SIDES[layout]
+    assert result.frames.shape == (7, side, side, 3) and torch.isfinite(result.frames).all()
+    assert result.latents.shape == (1, 4, CHANNELS[layout], 4, 4)
+    assert any("padded from 7 to 9" in note for note in result.notes)
+    assert any("context windows of 2" in note for note in result.notes)
