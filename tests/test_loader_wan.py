@@ -223,8 +223,11 @@ def test_family_and_variant_come_from_the_key_sets():
     assert identify(_shapes(tiny_wan_vae("2.2").state_dict())).variant == "wan2.2-vae"
     assert identify(_shapes(clip_file_state(tiny_clip()))).kind == "clip_vision"
     no_image = {k: v for k, v in i2v.items() if not k.startswith("img_emb.")}
-    with pytest.raises(CheckpointError, match="neither image-to-video"):
-        identify(no_image)  # 36 input channels without the image embedding: not a layout Wan ships
+    with pytest.raises(CheckpointError, match="36 input channels.*without a CLIP image embedding.*I2V-A14B"):
+        identify(no_image)  # Wan2.2 I2V-A14B's experts: the 2.1 I2V input layout, no CLIP
+    odd = dict(i2v, **{"patch_embedding.weight": (24, 20, 1, 2, 2)})
+    with pytest.raises(CheckpointError, match="20 input channels.*neither image-to-video"):
+        identify(odd)
 
 
 @pytest.mark.parametrize("keys, found", [
@@ -355,3 +358,22 @@ def test_a_wan_repo_id_loads_from_the_hugging_face_cache_offline(tmp_path):
     model = load_model("tiny-org/wan", cache_dir=str(tmp_path), local_files_only=True, dtype="fp32")
     assert "Hugging Face repo" in model.info["backbone_origin"]
     _check_wan_folder_model(model, seed=1)
+
+
+def test_a_repo_snapshot_takes_the_clip_parts_and_nothing_else(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from directanimator.models.loader import download_backbone
+
+    asked = {}
+
+    def snapshot(repo_id, **kwargs):
+        asked.update(kwargs, repo_id=repo_id)
+        return str(save_tiny_wan_folder(tmp_path / "snapshot"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    folder = download_backbone("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", local_files_only=False)
+    patterns = asked["allow_patterns"]
+    assert {"image_encoder/*.safetensors", "image_encoder/*.json", "image_processor/*.json"} <= set(patterns)
+    assert not any(p.startswith(("text_encoder", "tokenizer")) for p in patterns)  # prompts come from elsewhere
+    assert load_model(folder, dtype="fp32").image_encoder is not None

@@ -41,7 +41,7 @@ from .family import build_backbone, spec_from_config
 log = logging.getLogger(__name__)
 
 Shapes = Mapping[str, tuple[int, ...]]
-Kind = Literal["transformer", "vae", "clip_vision", "text_encoder"]
+Kind = Literal["transformer", "vae", "clip_vision"]
 
 # Bundled VAE and image-encoder configs (json facts in configs/).
 BUNDLED_VAES = {"wan2.1-vae": "vae_wan2.1.json", "wan2.2-vae": "vae_wan2.2.json"}
@@ -74,7 +74,7 @@ class FileKind:
     """What a weights file holds, as read from its tensors."""
 
     kind: Kind
-    family: str  # "wan" | "cogvideox" (transformers and VAEs), "clip" (vision tower), "umt5"/"t5" (text)
+    family: str  # "wan" | "cogvideox" (transformers and VAEs), "clip" (vision tower)
     variant: str | None  # transformer: BackboneSpec variant; VAE: a BUNDLED_VAES name
     layout: Literal["native", "diffusers", "transformers"]
     summary: str
@@ -136,6 +136,11 @@ def identify(shapes: Shapes) -> FileKind:
         summary = (f"Wan transformer ({'native' if native else 'diffusers'} layout, {layers} blocks, inner dim "
                    f"{patch[0]}, {patch[1]} input channels, {out_channels} output channels"
                    f"{', CLIP image embedding' if image else ''})")
+        if variant == "unknown" and not image and patch[1] == 2 * out_channels + 4:
+            raise CheckpointError(
+                f"looks like a {summary}: image-to-video input channels without a CLIP image embedding, as in "
+                "Wan2.2 I2V-A14B (one of its two expert files); DirectAnimator loads " + SUPPORTED + "."
+            )
         if variant == "unknown":
             raise CheckpointError(f"looks like a {summary}, an input layout neither image-to-video (Wan2.1 I2V: "
                                   f"2 x out + 4 channels with an image embedding) nor TI2V; DirectAnimator loads "
@@ -161,9 +166,10 @@ def identify(shapes: Shapes) -> FileKind:
                         f"Wan{'2.2' if residual else '2.1'} VAE (diffusers layout, {z} latent channels)")
     if "encoder.conv_in.conv.weight" in shapes and "decoder.conv_in.conv.weight" in shapes:
         return FileKind("vae", "cogvideox", None, "diffusers", "CogVideoX VAE (diffusers layout)")
-    if "vision_model.embeddings.patch_embedding.weight" in shapes:
-        layers = _blocks(shapes, "vision_model.encoder.layers.")
-        width = shapes["vision_model.embeddings.patch_embedding.weight"][0]
+    clip = _clip_names(shapes)
+    if "embeddings.patch_embedding.weight" in clip and "pre_layrnorm.weight" in clip:
+        layers = _blocks(clip, "encoder.layers.")
+        width = clip["embeddings.patch_embedding.weight"][0]
         return FileKind("clip_vision", "clip", None, "transformers",
                         f"CLIP vision tower (transformers layout, {layers} layers, width {width})")
     if _has(shapes, "visual.transformer.resblocks.", "visual.conv1.weight"):
@@ -182,6 +188,12 @@ def identify(shapes: Shapes) -> FileKind:
         f"not a model DirectAnimator knows ({len(shapes)} tensors, keys such as {_sample(shapes)}); it loads "
         f"{SUPPORTED}."
     )
+
+
+def _clip_names(shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """CLIP vision names without the ``vision_model.`` prefix of transformers 4 checkpoints (ComfyUI's files keep
+    it; transformers 5's CLIPVisionModel has none)."""
+    return {k.removeprefix("vision_model."): v for k, v in shapes.items()}
 
 
 def identify_file(path: str | Path, *, what: str = "weights file") -> FileKind:
@@ -455,15 +467,19 @@ def load_clip_vision_file(path: str | Path, *, config: Mapping[str, Any] | None 
         config = read_bundled_json(CLIP_VISION_CONFIG)
         source = "bundled CLIP ViT-H/14 config"
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    shapes = safetensors_shapes(path, what="CLIP vision file")
-    unused = {"visual_projection.weight", "text_projection.weight", "logit_scale"}
-    fit = {k: v for k, v in shapes.items() if k not in unused}
     model = _empty(CLIPVisionModel, {"config": CLIPVisionConfig(**config)})
+    prefixed = next(iter(model.state_dict())).startswith("vision_model.")
+
+    def rename(state: Mapping[str, Any]) -> dict[str, Any]:
+        unused = {"visual_projection.weight", "text_projection.weight", "logit_scale"}
+        kept = {k: v for k, v in state.items() if k not in unused}
+        return {("vision_model." + k if prefixed else k): v for k, v in _clip_names(kept).items()}
+
+    fit = rename(safetensors_shapes(path, what="CLIP vision file"))
     _check_fit(model, fit, what=what, source=source,
                fix=f"Wan2.1 I2V uses CLIP ViT-H/14 (clip_vision_h); for another tower put its config beside it "
                    f"({path.with_suffix('.json').name}).")
-    state, _ = read_safetensors(path, what="CLIP vision file")
-    state = {k: v for k, v in state.items() if k not in unused}
+    state = rename(read_safetensors(path, what="CLIP vision file")[0])
     check_finite(state, what=what)
     model.load_state_dict(state, strict=True, assign=True)
     log.info("%s: %s, config from %s", what, kind.summary, source)
