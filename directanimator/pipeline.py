@@ -136,12 +136,12 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
 
     steps: denoising steps; guidance: cue guidance scale (1 = one forward per step); seed: reproduces the result
     on the same device and dtype; scheduler: one of `scheduler_names(model)` ("dpm"/"ddim" on CogVideoX,
-    "unipc"/"euler" on Wan) or None/"auto" for the backbone's default ("dpm", "unipc"); window/overlap: context windows in video latent
-    frames (None: the whole clip, or the backbone's fixed length; Wan windows take any length); denoise < 1 with `init_frames` ``[F, H, W, 3]``
-    refines an existing video; callback(step, total, preview) after every step (may raise to stop);
-    text_embeds: ``[1, L, D]`` replacing the checkpoint's null-text embedding; tiling: spatial VAE tiling
-    (None: when the frame exceeds the VAE's tile size); samples: the mean of that many results of seeds `seed`,
-    `seed + 1`, ... (`sample_latents` says when that helps).
+    "unipc"/"euler" on Wan) or None/"auto" for the backbone's default ("dpm", "unipc"); window/overlap: context
+    windows in video latent frames (None: the whole clip, or the backbone's fixed length; Wan windows take any
+    length); denoise < 1 with `init_frames` ``[F, H, W, 3]`` refines an existing video; callback(step, total,
+    preview) after every step (may raise to stop); text_embeds: ``[1, L, D]`` replacing the checkpoint's null-text
+    embedding; tiling: spatial VAE tiling (None: when the frame exceeds the VAE's tile size); samples: the mean of
+    that many results of seeds `seed`, `seed + 1`, ... (`sample_latents` says when that helps).
     """
     num = triplet.num_frames if isinstance(triplet, CueTriplet) else 0
     if num < 1:

@@ -103,11 +103,11 @@ def make_scheduler(name: str | None, config: Mapping[str, Any] | None = None, *,
     `name`: "dpm" / "ddim" (CogVideoX, v-prediction) or "unipc" / "euler" (Wan, flow matching); None or "auto":
     the class `config` names in ``_class_name`` (a diffusers ``scheduler_config.json``) when it is one of the
     backbone's samplers, else the backbone's default. (`sample_latents` resolves "auto" to the family default
-    first, `resolve_scheduler`: "dpm" on CogVideoX, whose shipped config names DDIM, and "unipc" on Wan.) `config`: the model's scheduler config (a diffusers ``scheduler_config.json``,
-    `AnimatorModel.scheduler_config`); None, or a config of the other kind of backbone (logged), takes
-    `default_scheduler_config(spec)`. A flow sampler takes the config's flow shift (UniPC's ``flow_shift``, Euler's
-    ``shift``) whichever of the two the config was written for. `spec`: the `BackboneSpec`; None: the kind of
-    backbone follows from `name`, else from `config`, else CogVideoX.
+    first, `resolve_scheduler`: "dpm" on CogVideoX, whose shipped config names DDIM, and "unipc" on Wan.)
+    `config`: the model's scheduler config (`AnimatorModel.scheduler_config`); None, or a config of the other
+    kind of backbone (logged), takes `default_scheduler_config(spec)`. A flow sampler takes the config's flow
+    shift (UniPC's ``flow_shift``, Euler's ``shift``) whichever of the two the config was written for. `spec`:
+    the `BackboneSpec`; None: the kind of backbone follows from `name`, else from `config`, else CogVideoX.
     """
     from .models.configs import default_scheduler_config
 
@@ -263,7 +263,7 @@ def _check_conditioning(model, cond: Conditioning, text: Tensor) -> None:
             f"text_embeds: expected [1, L, {config.text_embed_dim}], got {tuple(text.shape)}. Use the checkpoint's "
             "null-text embedding (model.null_text) or the text embeddings of the backbone's own text encoder."
         )
-    if config.image_embed_dim is not None and getattr(cond, "image_embeds", None) is None:
+    if config.image_embed_dim is not None and cond.image_embeds is None:
         raise InputError(
             f"conditioning.image_embeds: this backbone ({config.variant}) also takes the reference's CLIP image "
             "embedding; encode the conditioning with a model that has its image encoder (encode_conditioning)."
@@ -271,7 +271,8 @@ def _check_conditioning(model, cond: Conditioning, text: Tensor) -> None:
 
 
 def _check_cue_modes(model) -> None:
-    """Refuse the CueFusion modes made for CogVideoX-layout models trained from scratch on other backbones."""
+    """Refuse, on backbones other than CogVideoX's layout (reference latent on channels), the CueFusion modes
+    that assume it (made for models trained from scratch in that layout)."""
     spec, cue_config = model.transformer.spec, model.transformer.cue_config
     if spec.image_conditioning == "latent_channels":
         return
@@ -449,8 +450,7 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
     text = text.to(device=device, dtype=dtype)
     cues = cond.cues.to(device=device, dtype=dtype)
     image = image.to(device=device, dtype=dtype)
-    embeds = getattr(cond, "image_embeds", None)
-    embeds = None if embeds is None else embeds.to(device=device, dtype=dtype)
+    embeds = None if cond.image_embeds is None else cond.image_embeds.to(device=device, dtype=dtype)
     weights = [w.to(device) for w in plan.weights]
 
     def timestep_for(t: Tensor, frames: int) -> Tensor:
