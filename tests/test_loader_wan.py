@@ -269,6 +269,19 @@ def test_a_native_wan_vae_file_loads_to_the_same_vae(tmp_path, version):
         load_vae_file(path)
 
 
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_the_bundled_real_vae_configs_fit_the_native_layout(version):
+    from directanimator.models.single_file import bundled_vae_config, wan_vae_to_diffusers
+
+    with torch.device("meta"):
+        real = AutoencoderKLWan(**bundled_vae_config(f"wan{version}-vae"))
+    native = {native_vae_key(k, residual=version == "2.2"): v for k, v in real.state_dict().items()}
+    kind = identify(_shapes(native))
+    assert (kind.variant, kind.layout) == (f"wan{version}-vae", "native")
+    assert f"{48 if version == '2.2' else 16} latent channels" in kind.summary
+    assert _shapes(wan_vae_to_diffusers(native, kind.variant)) == _shapes(real.state_dict())
+
+
 def test_a_clip_vision_file_in_the_transformers_layout_loads(tmp_path):
     original = tiny_clip(seed=6)
     path = tmp_path / "clip_vision_tiny.safetensors"

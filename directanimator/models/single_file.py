@@ -202,7 +202,7 @@ def identify_file(path: str | Path, *, what: str = "weights file") -> FileKind:
     metadata = check_safetensors_file(path, what=what)
     if metadata.get("format") == FORMAT_NAME:
         raise CheckpointError(
-            f"{what} {path}: this is a DirectAnimator checkpoint (CueFusion weights), not a backbone. Pass it as "
+            f"{what} {path}: this is a DirectAnimator checkpoint (CueFusion weights), not a model. Pass it as "
             "`checkpoint` and give the backbone (diffusers folder, repo id or weights file) as `backbone`."
         )
     try:
