@@ -6,12 +6,14 @@ so a mask whose foreground spans columns 10..19 has ``x0 = 10`` and ``x1 = 20``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import CueError, InputError
 from ..tensors import as_masks
+from .resample import opencv
 from .types import FaceTrack
 
 # Temporal smoothing averages a neighbour's face box only when its centre lies within this fraction of the
@@ -37,6 +39,9 @@ def mask_boxes(masks: Tensor, *, threshold: float = 0.5) -> tuple[Tensor, Tensor
     """
     if masks.ndim != 3:
         raise CueError(f"masks: expected [F, H, W], got shape {tuple(masks.shape)}.")
+    if (masks.device.type == "cpu" and masks.dtype == torch.float32 and not masks.requires_grad
+            and opencv() is not None):
+        return _mask_boxes_opencv(masks, threshold)
     # a row or column holds foreground when its maximum is above the threshold (no full-size boolean mask)
     rows = masks.amax(dim=2) > threshold  # [F, H]
     cols = masks.amax(dim=1) > threshold  # [F, W]
@@ -50,6 +55,23 @@ def mask_boxes(masks: Tensor, *, threshold: float = 0.5) -> tuple[Tensor, Tensor
     boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
     boxes = torch.where(valid[:, None], boxes, torch.zeros_like(boxes))
     return boxes, valid
+
+
+def _mask_boxes_opencv(masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """`mask_boxes` of CPU float32 masks frame by frame: OpenCV's comparison into one reused byte image and its
+    bounding rectangle, the same boxes in half the time of the two torch reductions (one read of each mask)."""
+    cv2 = opencv()
+    count, height, width = masks.shape
+    source = masks.detach().contiguous().numpy()
+    above = np.empty((height, width), np.uint8)
+    boxes = np.zeros((count, 4), np.float32)
+    for i in range(count):
+        cv2.compare(source[i], float(threshold), cv2.CMP_GT, dst=above)
+        x, y, w, h = cv2.boundingRect(above)
+        if w > 0 and h > 0:
+            boxes[i] = (x, y, x + w, y + h)
+    boxes = torch.from_numpy(boxes)
+    return boxes, boxes[:, 2] > boxes[:, 0]
 
 
 def mask_centre_columns(masks: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from ..tensors import as_frames
-from .buffers import clip_unit, zeroed_buffer
+from .buffers import clip_below_one, zeroed_buffer
 from .resample import opencv, resize_box, sample_box
 
 
@@ -146,7 +146,8 @@ def _face_cue(frames: Tensor, boxes: Tensor, valid: Tensor, *, size: tuple[int, 
                 crop = resize_box(image, box_list[i], side, side, scratch)
                 if crop is None:
                     crop = sample_box(image, box_list[i], square_np[i])
-                clip_unit(crop, square_np[i])
+                # bilinear samples of 0..1 frames (non-negative weights) can only round above 1
+                clip_below_one(crop, square_np[i])
             elif not out_zeroed:
                 square_np[i] = 0.0
         return canvas

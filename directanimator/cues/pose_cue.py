@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from ..tensors import as_frames
 from .boxes import cue_masks
-from .buffers import clip_unit, empty_buffer
+from .buffers import clip_below_one, clip_unit, empty_buffer
 from .segmentation import segment_person
 from .types import FilterType
 
@@ -238,15 +238,21 @@ def reduced_low_pass(image: np.ndarray, plan: ReducedPlan, work: "ReducedWork | 
     cv2 = _opencv()
     if work is None:
         work = ReducedWork(plan, *image.shape)
-    top, _, left, _ = plan.pad
     cv2.copyMakeBorder(image, *plan.pad, cv2.BORDER_REFLECT, dst=work.down[0])
+    return _reduced_from_padded(plan, work, image.shape)
+
+
+def _reduced_from_padded(plan: ReducedPlan, work: "ReducedWork", shape: tuple[int, int]) -> np.ndarray:
+    """The rest of `reduced_low_pass` once ``work.down[0]`` holds the padded image."""
+    cv2 = _opencv()
+    top, _, left, _ = plan.pad
     for level in range(plan.levels):
         cv2.pyrDown(work.down[level], dst=work.down[level + 1])
     x = cv2.sepFilter2D(work.down[-1], cv2.CV_32F, plan.taps, plan.taps, dst=work.filtered,
                         borderType=cv2.BORDER_REFLECT)
     for level in range(plan.levels - 1, -1, -1):
         x = cv2.pyrUp(x, dst=work.up[level])
-    return x[top:top + image.shape[0], left:left + image.shape[1]]
+    return x[top:top + shape[0], left:left + shape[1]]
 
 
 class ReducedWork:
@@ -259,6 +265,44 @@ class ReducedWork:
         self.down = [np.empty((shape[0] >> level, shape[1] >> level), np.float32) for level in range(plan.levels + 1)]
         self.up = [np.empty_like(level) for level in self.down[:-1]]
         self.filtered = np.empty_like(self.down[-1])
+        self.picture = self.down[0][top:top + height, left:left + width]  # where the image goes, inside the border
+
+
+class _ReducedFilter:
+    """`reduced_low_pass` for `_pose_grey_opencv`: the grey foreground is written straight into the padded buffer
+    (`input`), whose mirrored border is then filled in place, as copyMakeBorder's BORDER_REFLECT would (one
+    frame-sized copy fewer). Every kernel on this path (the pyramid's binomials, the Gaussian taps) is
+    non-negative, so a non-negative image stays non-negative."""
+
+    non_negative = True
+
+    def __init__(self, plan: ReducedPlan, height: int, width: int) -> None:
+        self.plan, self.shape = plan, (height, width)
+        self.work = ReducedWork(plan, height, width)
+        self.input = self.work.picture
+
+    def __call__(self) -> np.ndarray:
+        padded, (height, width) = self.work.down[0], self.shape
+        top, bottom, left, right = self.plan.pad
+        rows = slice(top, top + height)
+        # BORDER_REFLECT (``cba|abc``): the columns of the picture rows first, then whole rows, corners included
+        padded[rows, :left] = padded[rows, left:2 * left][:, ::-1]
+        padded[rows, left + width:] = padded[rows, left + width - right:left + width][:, ::-1]
+        padded[:top] = padded[top:2 * top][::-1]
+        padded[top + height:] = padded[top + height - bottom:top + height][::-1]
+        return _reduced_from_padded(self.plan, self.work, self.shape)
+
+
+class _SpatialFilter:
+    """`_filter_spatial` for `_pose_grey_opencv`, reading `input`; its exact Gaussian taps may be negative."""
+
+    non_negative = False
+
+    def __init__(self, taps: tuple, height: int, width: int) -> None:
+        self.taps, self.input = taps, np.empty((height, width), np.float32)
+
+    def __call__(self) -> np.ndarray:
+        return _filter_spatial(self.input, self.taps)
 
 
 def low_pass(
@@ -374,12 +418,10 @@ def _pose_grey(
     if cpu_only and filter == "gaussian":
         plan = None if full_resolution else reduced_plan(height, width, float(cutoff))
         if plan is not None:
-            work = ReducedWork(plan, height, width)
-            return _pose_grey_opencv(frames, masks, bad, functools.partial(reduced_low_pass, plan=plan, work=work),
-                                     on_frame, out)
+            return _pose_grey_opencv(frames, masks, bad, _ReducedFilter(plan, height, width), on_frame, out)
         taps = spatial_taps(height, width, cutoff=cutoff, filter=filter)
         if taps is not None:
-            return _pose_grey_opencv(frames, masks, bad, functools.partial(_filter_spatial, taps=taps), on_frame, out)
+            return _pose_grey_opencv(frames, masks, bad, _SpatialFilter(taps, height, width), on_frame, out)
 
     for start in range(0, count, FFT_CHUNK):
         stop = min(start + FFT_CHUNK, count)
@@ -394,23 +436,34 @@ def _pose_grey(
     return out
 
 
-def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, filtered: Callable[[np.ndarray], np.ndarray],
+def _into(result: np.ndarray, dst: np.ndarray) -> None:
+    """Make sure an OpenCV call's `result` is in `dst` (a view OpenCV could not write into gets a copy)."""
+    if result.ctypes.data != dst.ctypes.data:
+        dst[...] = result
+
+
+def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, low_pass: "_ReducedFilter | _SpatialFilter",
                       report: Callable[[int], None] | None, out: Tensor) -> Tensor:
-    """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma, mask, `filtered` (the low-pass of one
-    image), clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the filtering)."""
+    """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma, mask (into ``low_pass.input``), the
+    low-pass, clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the
+    filtering). The grey foreground of 0..1 frames and masks is non-negative, so after a filter that keeps it so
+    only the upper bound needs clamping."""
     cv2 = _opencv()
-    count, height, width = frames.shape[:3]
+    count = frames.shape[0]
     frames_np, masks_np, out_np = frames.numpy(), masks.numpy(), out.numpy()
     skip = [False] * count if bad is None else bad.cpu().tolist()
-    luma = np.empty((height, width), np.float32)
+    luma = low_pass.input
     for i in range(count):
         if skip[i]:
             out_np[i] = 0.0
         else:
             # OpenCV's float RGB -> grey uses the BT.601 weights of LUMA_WEIGHTS
-            cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma)
-            cv2.multiply(luma, masks_np[i], dst=luma)
-            clip_unit(filtered(luma), out_np[i])
+            _into(cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma), luma)
+            _into(cv2.multiply(luma, masks_np[i], dst=luma), luma)
+            if low_pass.non_negative:
+                clip_below_one(low_pass(), out_np[i])
+            else:
+                clip_unit(low_pass(), out_np[i])
         if report is not None:
             report(i)
     if any(skip):
