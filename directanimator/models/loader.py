@@ -170,7 +170,8 @@ def download_backbone(repo_id: str, *, cache_dir: str | None = None, local_files
             f"({cache_dir or 'default cache'}) and downloading is "
             f"{'disabled (offline: HF_HUB_OFFLINE=1 or local_files_only=True)' if offline else 'impossible here'}. "
             f"Download it where there is network: `hf download {repo_id} --include 'transformer/*' 'vae/*' "
-            f"'scheduler/*' 'image_encoder/*' 'image_processor/*'{' --cache-dir ' + str(cache_dir) if cache_dir else ''}`, or pass a local diffusers folder."
+            f"'scheduler/*' 'image_encoder/*' 'image_processor/*'"
+            f"{' --cache-dir ' + str(cache_dir) if cache_dir else ''}`, or pass a local diffusers folder."
         ) from exc
     except Exception as exc:  # repository not found, gated, HTTP errors
         raise CheckpointError(
@@ -209,7 +210,6 @@ class _FolderParts:
     vae: Path | None
     scheduler: Path | None
     image_encoder: Path | None
-    image_processor: Path | None
 
 
 def _folder_parts(folder: Path) -> _FolderParts:
@@ -217,9 +217,9 @@ def _folder_parts(folder: Path) -> _FolderParts:
         return folder / name if (folder / name / file).is_file() else None
 
     scheduler = folder / "scheduler" / "scheduler_config.json"
-    return _FolderParts(root=folder, vae=sub("vae", "config.json"), scheduler=scheduler if scheduler.is_file() else None,
-                        image_encoder=sub("image_encoder", "config.json"),
-                        image_processor=sub("image_processor", "preprocessor_config.json"))
+    return _FolderParts(root=folder, vae=sub("vae", "config.json"),
+                        scheduler=scheduler if scheduler.is_file() else None,
+                        image_encoder=sub("image_encoder", "config.json"))
 
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, _FolderParts]:
@@ -363,7 +363,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         ckpt = None
     source = str(backbone)
     path = Path(backbone)
-    parts = _FolderParts(None, None, None, None, None)
+    parts = _FolderParts(None, None, None, None)
     if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
         refuse_pickle(path, what="backbone file")
         if not path.is_file():
@@ -405,8 +405,8 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         example = "a Wan VAE file such as wan_2.1_vae.safetensors" if spec.family == "wan" else \
             "vae='THUDM/CogVideoX-5b-I2V'"
         raise CheckpointError(
-            f"backbone {source}: has no VAE (a bare transformer folder or a single weights file). Pass vae= a diffusers "
-            f"VAE folder, repo id or {example}."
+            f"backbone {source}: has no VAE (a bare transformer folder or a single weights file). Pass vae= a "
+            f"diffusers VAE folder, repo id or {example}."
         )
     vae_model = _load_vae(vae_source, torch_dtype, cache_dir=cache_dir, local_files_only=local_files_only,
                           config=vae_config)

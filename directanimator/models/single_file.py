@@ -120,10 +120,9 @@ def identify(shapes: Shapes) -> FileKind:
     shapes = strip_prefixes(shapes)
     for name, markers in _OTHER_FAMILIES:
         if _has(shapes, *markers):
-            raise CheckpointError(
-                f"looks like {name} (keys such as {_sample({k: v for k, v in shapes.items() if _has({k: v}, *markers)})}"
-                f"); DirectAnimator loads {SUPPORTED}."
-            )
+            marked = {k: v for k, v in shapes.items() if _has({k: v}, *markers)}
+            raise CheckpointError(f"looks like {name} (keys such as {_sample(marked)}); DirectAnimator loads "
+                                  f"{SUPPORTED}.")
     patch = shapes.get("patch_embedding.weight")
     if patch is not None and len(patch) == 5 and ("head.head.weight" in shapes or "proj_out.weight" in shapes):
         native = "head.head.weight" in shapes
@@ -239,7 +238,8 @@ def _wan22_vae_stage(key: str) -> str:
     if rest.startswith(("resample.", "time_conv.")):
         return f"{block}.{way}sampler.{rest}"
     for old, new in ((r"residual\.0\.gamma", "norm1.gamma"), (r"residual\.2\.", "conv1."),
-                     (r"residual\.3\.gamma", "norm2.gamma"), (r"residual\.6\.", "conv2."), (r"shortcut\.", "conv_shortcut.")):
+                     (r"residual\.3\.gamma", "norm2.gamma"), (r"residual\.6\.", "conv2."),
+                     (r"shortcut\.", "conv_shortcut.")):
         if re.match(old, rest):
             return f"{block}.resnets.{index}.{re.sub('^' + old, new, rest)}"
     return key
