@@ -510,3 +510,23 @@ def test_s2x_on_wan_with_the_lora_disabled_student_and_checkpointing():
     assert any("lora_B" in n for n in grads_plain) and "pose_embed.proj.weight" in grads_plain
     for name in grads_plain:
         torch.testing.assert_close(grads_ckpt[name], grads_plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_bf16_wan_from_pretrained_with_its_fp32_time_embedder_runs_with_cues(tmp_path):
+    """diffusers keeps Wan's time embedder in fp32 in a bf16 model; the cue modulation takes e_t in the model's dtype."""
+    from diffusers import WanTransformer3DModel
+
+    tiny_backbone("wan-ti2v", seed=1).save_pretrained(tmp_path / "transformer")
+    backbone = WanTransformer3DModel.from_pretrained(tmp_path / "transformer", torch_dtype=torch.bfloat16)
+    assert backbone.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    model = DirectAnimatorTransformer(backbone).eval()
+    assert model.dtype == torch.bfloat16 and model.pose_embed.proj.weight.dtype == torch.bfloat16
+    inputs = {k: v if k == "timestep" else v.to(torch.bfloat16) for k, v in tiny_wan_inputs("wan-ti2v").items()}
+    with torch.no_grad():
+        assert torch.equal(model(**inputs, cues=_cues("wan-ti2v")), _raw(model.backbone, inputs))  # zero init
+    randomize_cue_modules(model)
+    with torch.no_grad():
+        bare = model(**inputs)
+        cued = model(**inputs, cues=_cues("wan-ti2v"))
+    assert cued.dtype == torch.bfloat16 and bool(torch.isfinite(cued).all())
+    assert (cued.float() - bare.float()).abs().max() > 1e-2

@@ -119,7 +119,8 @@ class CueFusion(nn.Module):
 
     def forward(self, hidden_states: Tensor, cues: CueTokens, temb: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``hidden_states + c_p' + c_f'`` and the text-stream addition ``[B, 1, D]``."""
-        t = F.silu(temb)
+        # Wan keeps its time embedder in fp32 (`_keep_in_fp32_modules`) in a bf16 model; cast e_t as Wan's forward does.
+        t = F.silu(temb.to(self.down.weight.dtype))
         mod = self.up(self.down(t))
         if cues.shared is not None:
             mod = mod + cues.shared(t)

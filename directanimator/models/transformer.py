@@ -137,7 +137,7 @@ class DirectAnimatorTransformer(nn.Module):
         self.inner_dim = inner_dim
         self.cue_channels = self.cue_config.cue_channels or spec.out_channels
         reference = next(backbone.parameters())
-        factory = dict(device=reference.device, dtype=reference.dtype)
+        factory = dict(device=reference.device, dtype=_weights_dtype(backbone))
 
         def embed() -> CuePatchEmbed:
             return CuePatchEmbed(self.cue_channels + 1, inner_dim, patch_size=spec.patch_size,
@@ -170,7 +170,8 @@ class DirectAnimatorTransformer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.backbone.parameters()).dtype
+        """The dtype of the model's weights (the cue modules are built in the dtype most backbone weights have)."""
+        return self.pose_embed.proj.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -396,6 +397,17 @@ class DirectAnimatorTransformer(nn.Module):
                      image_rotary_emb=self.rotary_embeddings(f, h, w, device))
         return self.family.run(self.backbone, hidden_states, encoder_hidden_states, timestep, cue_tokens=tokens,
                                attention_kwargs=attention_kwargs, extra=extra)
+
+
+def _weights_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype holding most of `module`'s weights. A Wan loaded in bf16 keeps a few small modules in fp32
+    (diffusers' ``_keep_in_fp32_modules``: its first parameter, ``scale_shift_table``, among them), which must not
+    decide the dtype of the cue modules and the inputs."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in module.parameters():
+        if param.is_floating_point():
+            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
+    return max(sizes, key=sizes.get) if sizes else torch.float32
 
 
 def reference_in_every_frame(hidden_states: Tensor, latent_channels: int) -> Tensor:
