@@ -316,6 +316,36 @@ def test_wan_single_files_load_through_load_model(tmp_path):
     assert torch.equal(_run(model.transformer.backbone, "wan-i2v"), _run(original, "wan-i2v"))
 
 
+def test_wan22_ti2v_single_files_load_without_clip_and_refuse_the_wan21_vae(tmp_path):
+    original = tiny_backbone("wan-ti2v", seed=9)
+    backbone = save_native_wan(tmp_path / "ti2v.safetensors", original, config=tiny_backbone_config("wan-ti2v"))
+    torch.manual_seed(10)
+    vae22 = save_native_vae(tmp_path / "vae22.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.2"]).eval(), "2.2")
+    model = load_model(backbone, vae=vae22, dtype="fp32", require_image_encoder=True)  # TI2V takes no CLIP
+    assert model.spec.variant == "wan-ti2v" and model.image_encoder is None
+    assert model.vae.config.z_dim == 48 and model.scheduler_config["flow_shift"] == 5.0  # Wan2.2 TI2V's default
+    assert torch.equal(_run(model.transformer.backbone, "wan-ti2v"), _run(original, "wan-ti2v"))
+    vae21 = save_native_vae(tmp_path / "vae21.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]).eval(), "2.1")
+    with pytest.raises(CheckpointError, match="48 latent channels.*makes 16.*Wan2.2 VAE"):
+        load_model(backbone, vae=vae21, dtype="fp32")
+
+
+def test_a_wan21_i2v_without_clip_is_refused_for_sampling_and_loads_for_training(tmp_path, caplog):
+    backbone = save_native_wan(tmp_path / "i2v.safetensors", tiny_backbone("wan-i2v"),
+                               config=tiny_backbone_config("wan-i2v"))
+    vae = save_native_vae(tmp_path / "vae.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]).eval(), "2.1")
+    with pytest.raises(CheckpointError, match="CLIP vision tower and none was found.*clip_vision_h"):
+        load_model(backbone, vae=vae, dtype="fp32", require_image_encoder=True)
+    with caplog.at_level("WARNING", logger="directanimator.models.loader"):
+        model = load_model(backbone, vae=vae, dtype="fp32")
+    assert model.image_encoder is None and "clip_vision_h" in caplog.text
+    from directanimator.errors import InputError
+
+    with pytest.raises(InputError, match="no image encoder"):
+        with model.use("image_encoder"):
+            pass
+
+
 def test_a_vae_of_other_latent_channels_is_refused(tmp_path):
     folder = tmp_path / "ti2v"
     tiny_backbone("wan-ti2v").save_pretrained(folder / "transformer")
