@@ -56,7 +56,8 @@ register_model_folder("sams", "sams", {".pth", ".pt", ".safetensors"})
 def _file_stamp(path: str) -> str:
     """Modification time and size of a file, or of the newest file in a folder (a diffusers model).
 
-    Only ever given paths that `_backbone_source` / `_checkpoint_source` resolved inside the model folders."""
+    Only ever given paths that `_backbone_source` / `_checkpoint_source` / `_single_file` resolved inside the model
+    folders (and a single file's sidecar json beside it)."""
     if os.path.isdir(path):
         stamps = [os.stat(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names]
         if not stamps:
@@ -189,17 +190,21 @@ class DirectAnimatorModelLoader:
         Only files inside the model folders are looked at; a name that does not resolve there stamps as itself
         (validation refuses it, and `load` raises)."""
         stamps = []
-        def file_of(input_name):
-            return lambda value: _single_file(input_name, value)
 
-        for name, none, resolve in ((backbone, NO_FOLDER, _backbone_source),
-                                    (checkpoint, NO_CHECKPOINT, _checkpoint_source),
+        def file_of(input_name):  # a single file and its sidecar config (<file>.json), which the loader reads
+            def paths(value):
+                path = _single_file(input_name, value)
+                return [path, os.path.splitext(path)[0] + ".json"]
+            return paths
+
+        for name, none, resolve in ((backbone, NO_FOLDER, lambda value: [_backbone_source(value)]),
+                                    (checkpoint, NO_CHECKPOINT, lambda value: [_checkpoint_source(value)]),
                                     (diffusion_model, NO_FILE, file_of("diffusion_model")),
                                     (vae, NO_FILE, file_of("vae")), (clip_vision, NO_FILE, file_of("clip_vision"))):
             if name == none:
                 continue
             try:
-                stamps.append(_file_stamp(resolve(name)))
+                stamps.extend(_file_stamp(path) for path in resolve(name))
             except InputError:
                 stamps.append(f"refused:{name}")
         return "|".join(stamps) + f"|{repo_id.strip()}|{precision}|{offload}"

@@ -377,6 +377,10 @@ def test_the_loader_picks_wan_single_files_from_comfyuis_own_folders(tmp_path, m
         (models / "vae" / "tiny_wan_vae.safetensors").write_bytes(
             (models / "vae" / "tiny_wan_vae.safetensors").read_bytes() + b" ")
         assert stamp() != first
+        second = stamp()
+        sidecar = models / "diffusion_models" / "wan" / "tiny_i2v.json"
+        sidecar.write_text(sidecar.read_text() + " ")  # the config the loader reads beside the file
+        assert stamp() != second
 
 
 def test_single_files_outside_comfyuis_folders_are_refused_naming_the_folder(tmp_path):
