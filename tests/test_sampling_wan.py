@@ -2,7 +2,7 @@
 classes: the flow-matching samplers (UniPC with flow sigmas, flow-match Euler) with the Wan pipelines' shift, the
 family's image conditioning in every forward (Wan2.1 I2V: mask + condition latents + CLIP embedding; Wan2.2 TI2V:
 the clean reference latent as frame 0 at timestep 0), context windows, partial denoising, scheduler names per
-family and the working-size rule of each VAE."""
+family and the working-size rule of each VAE; and CogVideoX's loop, unchanged, against its own pipeline."""
 
 from __future__ import annotations
 
@@ -347,3 +347,36 @@ def test_animate_triplet_on_wan_gives_the_driving_frame_count(layout):
     assert result.latents.shape == (1, 4, CHANNELS[layout], 4, 4)
     assert any("padded from 7 to 9" in note for note in result.notes)
     assert any("context windows of 2" in note for note in result.notes)
+
+
+# ----------------------------------------------------------------------------------------------- CogVideoX unchanged
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim"])
+def test_cogvideox_sampling_equals_the_diffusers_image_to_video_pipeline(monkeypatch, scheduler):
+    # the 5B layout (learned positional embeddings, image latent in frame 0): the sampler's own loop, not Wan's,
+    # with the scheduler's noise from the same generator (DPM is stochastic)
+    from diffusers import CogVideoXImageToVideoPipeline
+    from diffusers.pipelines.cogvideo import pipeline_cogvideox_image2video as module
+
+    from tests.tiny import PIXELS, TEXT_LEN
+
+    model = replace(tiny_animator_model("1.0"),
+                    null_text=torch.randn(1, TEXT_LEN, TEXT_DIM, generator=torch.Generator().manual_seed(2)))
+    triplet = synthetic_triplet(9, height=PIXELS, width=PIXELS, seed=1)
+    array = np.random.default_rng(1).integers(0, 256, size=(PIXELS, PIXELS, 3), dtype=np.uint8)
+    cond = encode_conditioning(model, replace(triplet, reference=torch.from_numpy(array).float()[None] / 255.0),
+                               tiling=False)
+    real = module.retrieve_latents  # the project encodes the reference with the posterior mode
+    monkeypatch.setattr(module, "retrieve_latents", lambda out, generator=None: real(out, sample_mode="argmax"))
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=model.vae,
+                                         transformer=model.transformer.backbone, scheduler=make_scheduler(scheduler))
+    assert cond.latent_frames == 4
+    with BackboneCalls(model) as ours:
+        latents = sample_latents(model, cond, steps=2, guidance=1.0, seed=5, scheduler=scheduler)
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.randn(1, 4, LATENT_CHANNELS, *cond.grid, generator=generator)
+    with BackboneCalls(model) as theirs, torch.no_grad():
+        expected = pipe(image=Image.fromarray(array), prompt_embeds=model.null_text, height=PIXELS, width=PIXELS,
+                        num_frames=13, num_inference_steps=2, guidance_scale=1.0, latents=noise, generator=generator,
+                        output_type="latent", return_dict=False)[0]
+    torch.testing.assert_close(ours.calls[0]["hidden_states"], theirs.calls[0]["hidden_states"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(latents, expected, rtol=0, atol=1e-5)
