@@ -178,6 +178,17 @@ def test_a_native_wan_file_loads_to_the_same_model(tmp_path, layout, prefix):
     assert source == "given config" and torch.equal(_run(again, layout), _run(original, layout))
 
 
+def test_an_fp8_e4m3fn_file_as_comfyui_users_keep_them_loads_upcast(tmp_path):
+    original = tiny_backbone("wan-ti2v", seed=11)
+    fp8 = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in original.state_dict().items()}
+    path = tmp_path / "wan_fp8_e4m3fn.safetensors"
+    save_file(_contiguous({native_transformer_key(k): v for k, v in fp8.items()}), str(path))
+    loaded, _, _ = load_transformer_file(path, config=tiny_backbone_config("wan-ti2v"), dtype=torch.float32)
+    assert {v.dtype for v in loaded.state_dict().values()} == {torch.float32}
+    original.load_state_dict({k: v.float() for k, v in fp8.items()})  # the same rounding, in fp32
+    assert torch.equal(_run(loaded, "wan-ti2v"), _run(original, "wan-ti2v"))
+
+
 def test_a_diffusers_layout_wan_file_loads_too(tmp_path):
     original = tiny_backbone("wan-i2v", seed=4)
     path = tmp_path / "wan_diffusers.safetensors"
