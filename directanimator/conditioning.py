@@ -257,9 +257,11 @@ def image_window(model, cond: Conditioning, latent_frames: int) -> Tensor:
     """The image-conditioning channels ``[1, latent_frames, spec.image_channels, h, w]`` of a window of
     `latent_frames` latent frames (the reference frame included), as each family's diffusers pipeline builds them:
 
-    CogVideoX 1.0 I2V: the reference latent in frame 0, zeros after; CogVideoX 1.5 I2V (temporal patches): the
-    pipeline's unpadded latents ``[image, zeros...]`` of ``latent_frames - 1`` frames with their leading
-    ``(latent_frames - 1) % patch_size_t`` frames repeated in front, i.e. the image latent in the first two frames;
+    CogVideoX I2V, 1.0 and 1.5: the reference latent in frame 0, zeros after. (On 1.5,
+    CogVideoXImageToVideoPipeline.prepare_latents would repeat the image latent into a second frame for an odd
+    latent count, but ``__call__`` first pads the count to a multiple of ``patch_size_t`` and drops the padded
+    leading frame after denoising, so that branch never runs: the image latent sits in frame 0 only, which is
+    dropped, exactly like our leading reference frame. tests/test_wan_conditioning.py checks it against ``__call__``.)
     Wan2.1 I2V: the 4-channel first-frame mask, then the normalised latent of the pixel video [reference, frames of
     zeros in the VAE's -1..1 input range] of the window's length, encoded in one VAE call (the causal VAE makes
     every later latent depend on the image), cached in `cond` per window length; Wan2.2 TI2V: no channels (the
@@ -273,16 +275,12 @@ def image_window(model, cond: Conditioning, latent_frames: int) -> Tensor:
         return ref.new_zeros(1, latent_frames, 0, *ref.shape[3:])
     if config.image_conditioning == "latent_channels":
         pt = config.patch_size_t
-        if pt is None:
-            return torch.cat([ref, ref.new_zeros(1, latent_frames - 1, *ref.shape[2:])], dim=1)
-        unpadded = latent_frames - 1
-        if latent_frames % pt or unpadded < 1 or unpadded + unpadded % pt != latent_frames:
+        if pt is not None and latent_frames % pt:
             raise InputError(
                 f"image_window: {latent_frames} latent frames; {config.variant} windows hold a multiple of the "
-                f"temporal patch size {pt} (at least {pt}), one more than the pipeline's unpadded latents."
+                f"temporal patch size {pt}."
             )
-        latents = torch.cat([ref, ref.new_zeros(1, unpadded - 1, *ref.shape[2:])], dim=1)
-        return torch.cat([latents[:, : unpadded % pt], latents], dim=1)
+        return torch.cat([ref, ref.new_zeros(1, latent_frames - 1, *ref.shape[2:])], dim=1)
     if latent_frames not in cond.window_cache:
         cond.window_cache[latent_frames] = _wan_i2v_window(model, cond, latent_frames)
     return cond.window_cache[latent_frames]

@@ -26,7 +26,6 @@ from tests.tiny import (
     WAN_TI2V_CHANNELS,
     synthetic_triplet,
     tiny_animator,
-    tiny_backbone,
     tiny_clip_vision,
     tiny_wan_vae,
 )
@@ -156,34 +155,51 @@ def _cogvideox_model(layout: str, vae) -> AnimatorModel:
     return _model(layout, vae, with_clip=False, text_len=TEXT_LEN)
 
 
-def test_cogvideox_15_window_equals_the_pipelines_image_latents(monkeypatch):
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
+@pytest.mark.parametrize("scheduler", ["dpm", "ddim"])
+def test_cogvideox_15_sampling_equals_the_pipeline_call(monkeypatch, scheduler):
+    """CogVideoX 1.5: our first transformer input and the sampled latents equal CogVideoXImageToVideoPipeline's
+    ``__call__``, which pads the latent count to even and keeps the image latent in the (dropped) frame 0 only."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXImageToVideoPipeline
     from diffusers.pipelines.cogvideo import pipeline_cogvideox_image2video as module
+
+    from directanimator.sampling import make_scheduler, sample_latents
 
     torch.manual_seed(0)
     vae = AutoencoderKLCogVideoX(**TINY_VAE_CONFIG, invert_scale_latents=True).eval()  # as CogVideoX1.5's VAE
-    model = _cogvideox_model("1.5", vae)
-    triplet, image = _triplet_and_image(SMALL)
-    cond = encode_conditioning(model, triplet)
-    latent_frames = cond.latent_frames
-    assert latent_frames % 2 == 0
-    pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=tiny_backbone("1.5"),
-                                         scheduler=CogVideoXDPMScheduler())
-    # the project encodes with the posterior mode (deterministic), the pipeline samples: compare the layout and scale
-    real = module.retrieve_latents
+    model = AnimatorModel(transformer=tiny_animator("1.5"), vae=vae,
+                          null_text=torch.randn(1, TEXT_LEN, TEXT_DIM, generator=torch.Generator().manual_seed(2)),
+                          scheduler_config={}, cue_config={}, name="tiny-1.5")
+    triplet = synthetic_triplet(9, height=SMALL, width=SMALL, seed=1)
+    array = np.random.default_rng(1).integers(0, 256, size=(SMALL, SMALL, 3), dtype=np.uint8)
+    triplet = replace(triplet, reference=torch.from_numpy(array).float()[None] / 255.0)
+    cond = encode_conditioning(model, triplet, tiling=False)
+    frames = cond.latent_frames  # 1 reference + 3 driving latents: even, as 1.5 needs
+    real = module.retrieve_latents  # the project encodes with the posterior mode, the pipeline samples
     monkeypatch.setattr(module, "retrieve_latents", lambda out, generator=None: real(out, sample_mode="argmax"))
-    pixels = pipe.video_processor.preprocess(image, height=SMALL, width=SMALL)
-    frames = 4 * (latent_frames - 2) + 1  # the pipeline's unpadded latents are one fewer; it pads the front by one
-    with torch.no_grad():
-        noise, expected = pipe.prepare_latents(pixels, 1, LATENT_CHANNELS, frames, SMALL, SMALL, torch.float32,
-                                               torch.device("cpu"))
-    window = image_window(model, cond, latent_frames)
-    assert noise.shape[1] == latent_frames and window.shape == expected.shape == (1, latent_frames, 16, 4, 4)
-    torch.testing.assert_close(window, expected, rtol=0, atol=0)
-    assert torch.equal(window[:, 0], window[:, 1]) and window[:, 0].abs().max() > 0
-    assert window[:, 2:].abs().max() == 0
+    pipe = CogVideoXImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=vae,
+                                         transformer=model.transformer.backbone, scheduler=make_scheduler(scheduler))
+    seen = []
+    handle = model.transformer.backbone.register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True)
+    try:
+        ours = sample_latents(model, cond, steps=2, guidance=1.0, seed=5, scheduler=scheduler)
+        generator = torch.Generator().manual_seed(5)
+        noise = torch.randn(1, frames, LATENT_CHANNELS, *cond.grid, generator=generator)
+        with torch.no_grad():
+            # an odd latent count (the video without our reference frame): the pipeline pads one frame in front
+            theirs = pipe(image=Image.fromarray(array), prompt_embeds=model.null_text, height=SMALL, width=SMALL,
+                          num_frames=4 * (frames - 2) + 1, num_inference_steps=2, guidance_scale=1.0, latents=noise,
+                          generator=generator, output_type="latent", return_dict=False)[0]
+    finally:
+        handle.remove()
+    first_ours, first_theirs = seen[0], seen[2]
+    assert first_theirs[0, 0, LATENT_CHANNELS:].abs().max() > 0
+    assert first_theirs[0, 1:, LATENT_CHANNELS:].abs().max() == 0  # the image latent in frame 0 only
+    torch.testing.assert_close(first_ours, first_theirs, rtol=0, atol=1e-6)
+    # with output_type="latent" the pipeline keeps its padded leading frame, as we keep our reference frame
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="temporal patch size 2"):
-        image_window(model, cond, latent_frames - 1)
+        image_window(model, cond, frames - 1)
 
 
 def test_cogvideox_10_window_is_the_reference_then_zeros():
