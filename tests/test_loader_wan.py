@@ -345,8 +345,20 @@ def test_a_wan21_i2v_without_clip_is_refused_for_sampling_and_loads_for_training
     backbone = save_native_wan(tmp_path / "i2v.safetensors", tiny_backbone("wan-i2v"),
                                config=tiny_backbone_config("wan-i2v"))
     vae = save_native_vae(tmp_path / "vae.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]).eval(), "2.1")
-    with pytest.raises(CheckpointError, match="CLIP vision tower and none was found.*clip_vision_h"):
-        load_model(backbone, vae=vae, dtype="fp32", require_image_encoder=True)
+    import directanimator.models.loader as loader
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the transformer was loaded before the missing CLIP tower was noticed")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loader, "load_transformer_file", no_loading)
+        patch.setattr(loader, "_load_folder", no_loading)
+        with pytest.raises(CheckpointError, match="CLIP vision tower and none was found.*clip_vision_h"):
+            load_model(backbone, vae=vae, dtype="fp32", require_image_encoder=True)
+        folder = tmp_path / "folder"
+        tiny_backbone("wan-i2v").save_pretrained(folder / "transformer")
+        with pytest.raises(CheckpointError, match="wan-i2v embeds the reference"):
+            load_model(folder, dtype="fp32", require_image_encoder=True)
     with caplog.at_level("WARNING", logger="directanimator.models.loader"):
         model = load_model(backbone, vae=vae, dtype="fp32")
     assert model.image_encoder is None and "clip_vision_h" in caplog.text

@@ -27,9 +27,10 @@ from .checkpoint import (
     refuse_pickle,
 )
 from .configs import BACKBONE_REPOS, CueFusionConfig, default_scheduler_config
-from .family import BackboneSpec, spec_of, transformer_class_for
+from .family import BackboneSpec, spec_from_config, spec_of, transformer_class_for
 from .single_file import (
     clip_image_processor,
+    identify_file,
     load_clip_vision_file,
     load_transformer_file,
     load_vae_file,
@@ -364,17 +365,24 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     source = str(backbone)
     path = Path(backbone)
     parts = _FolderParts(None, None, None, None)
+    clip_missing = require_image_encoder and image_encoder is None
     if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
         refuse_pickle(path, what="backbone file")
         if not path.is_file():
             raise CheckpointError(f"backbone file {path}: no such file.")
+        if clip_missing:
+            _refuse_missing_clip(path, source)
         model, how = load_backbone_file(path, config=backbone_config, dtype=torch_dtype)
         origin = f"single file ({how})"
     elif path.is_dir():
+        if clip_missing:
+            _refuse_missing_clip(path, source)
         model, parts = _load_folder(path, torch_dtype)
         origin = "diffusers folder"
     elif _REPO_ID.match(source) and not source.startswith((".", "/")):
         folder = download_backbone(source, cache_dir=cache_dir, local_files_only=local_files_only)
+        if clip_missing:
+            _refuse_missing_clip(folder, source)
         model, parts = _load_folder(folder, torch_dtype)
         origin = f"Hugging Face repo ({folder})"
     else:
@@ -386,11 +394,8 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     encoder_source = image_encoder if image_encoder is not None else (
         parts.root if parts.image_encoder is not None else None)
     needs_clip = spec.image_conditioning == "mask_and_latent" and encoder_source is None
-    clip_fix = ("pass image_encoder= (a diffusers Wan2.1 I2V folder or repo id with image_encoder/, or ComfyUI's "
-                "clip_vision_h.safetensors)")
-    if needs_clip and require_image_encoder:
-        raise CheckpointError(f"backbone {source}: {spec.variant} embeds the reference with a CLIP vision tower and "
-                              f"none was found: {clip_fix}.")
+    if needs_clip and require_image_encoder:  # a backbone whose header and config did not tell
+        raise CheckpointError(_missing_clip_message(source, spec.variant))
     if ckpt is not None:
         check_compatible(ckpt, dict(model.config), backbone_name=source)
     transformer = build_transformer(model, ckpt.cue_fusion if ckpt is not None else cue_fusion)
@@ -418,8 +423,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
                                                  local_files_only=local_files_only)
         _check_image_encoder_fits(encoder, spec, source)
     elif needs_clip:
-        log.warning("backbone %s is %s, which embeds the reference with a CLIP vision tower, but none was found: %s "
-                    "before encoding a reference.", source, spec.variant, clip_fix)
+        log.warning("%s (needed before encoding a reference)", _missing_clip_message(source, spec.variant))
 
     if ckpt is not None and ckpt.scheduler_config:
         scheduler_config = dict(ckpt.scheduler_config)
@@ -453,6 +457,27 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
                            name=name, device=device, offload=offload, info=info, image_encoder=encoder,
                            image_processor=processor)
     return result.offload_to_cpu() if offload else result.to(device)
+
+
+def _missing_clip_message(source: str, variant: str) -> str:
+    return (f"backbone {source}: {variant} embeds the reference with a CLIP vision tower and none was found: pass "
+            "image_encoder= (a diffusers Wan2.1 I2V folder or repo id with image_encoder/, or ComfyUI's "
+            "clip_vision_h.safetensors).")
+
+
+def _refuse_missing_clip(path: Path, source: str) -> None:
+    """Before any weights load: CheckpointError when the backbone at `path` (a file, read from its header; or a
+    folder, read from its config) embeds the reference with CLIP and brings no image_encoder/."""
+    if path.is_file():
+        variant = identify_file(path, what="backbone file").variant
+        if variant == "wan-i2v":
+            raise CheckpointError(_missing_clip_message(source, variant))
+        return
+    root = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+    if _folder_parts(path).image_encoder is None and (root / "config.json").is_file():
+        spec = spec_from_config(_folder_config(root, "backbone folder"))
+        if spec.image_conditioning == "mask_and_latent":
+            raise CheckpointError(_missing_clip_message(source, spec.variant))
 
 
 def _check_vae_fits(vae: torch.nn.Module, spec: BackboneSpec, source: str) -> None:
