@@ -366,6 +366,8 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     path = Path(backbone)
     parts = _FolderParts(None, None, None, None)
     clip_missing = require_image_encoder and image_encoder is None
+    if vae is not None:  # a VAE of other latent channels is refused before gigabytes of backbone load
+        _refuse_vae_mismatch(path, Path(vae), source)
     if path.is_file() or path.suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES:
         refuse_pickle(path, what="backbone file")
         if not path.is_file():
@@ -480,15 +482,44 @@ def _refuse_missing_clip(path: Path, source: str) -> None:
             raise CheckpointError(_missing_clip_message(source, spec.variant))
 
 
+def _peek_latent_channels(path: Path, part: Literal["transformer", "vae"]) -> int | None:
+    """Latent channels of a backbone (predicted) or VAE (z) from a file header or a folder config; None when that
+    does not tell (the load itself then names any problem)."""
+    try:
+        if path.is_file():
+            return identify_file(path).latent_channels
+        root = path / part if (path / part / "config.json").is_file() else path
+        if not (root / "config.json").is_file():
+            return None
+        config = _folder_config(root, part)
+        if part == "transformer":
+            return spec_from_config(config).out_channels
+        channels = config.get("z_dim", config.get("latent_channels"))
+        return None if channels is None else int(channels)
+    except CheckpointError:
+        return None
+
+
+def _refuse_vae_mismatch(backbone: Path, vae: Path, source: str) -> None:
+    backbone_channels = _peek_latent_channels(backbone, "transformer")
+    vae_channels = _peek_latent_channels(vae, "vae")
+    if None not in (backbone_channels, vae_channels) and backbone_channels != vae_channels:
+        raise CheckpointError(_vae_mismatch_message(source, "backbone", backbone_channels, f"VAE {vae}",
+                                                    vae_channels))
+
+
+def _vae_mismatch_message(source: str, backbone: str, channels: int, vae: str, vae_channels: int) -> str:
+    return (f"backbone {source}: its {backbone} works on {channels} latent channels but the {vae} makes "
+            f"{vae_channels}. Wan2.1 I2V takes the Wan2.1 VAE (16), Wan2.2 TI2V-5B the Wan2.2 VAE (48), CogVideoX "
+            "its own.")
+
+
 def _check_vae_fits(vae: torch.nn.Module, spec: BackboneSpec, source: str) -> None:
     """The VAE's latent channels must be the backbone's (16 for Wan2.1 and CogVideoX, 48 for Wan2.2 TI2V)."""
     channels = vae.config.get("z_dim", vae.config.get("latent_channels"))
     if channels is not None and int(channels) != spec.out_channels:
-        raise CheckpointError(
-            f"backbone {source}: its {spec.variant} transformer works on {spec.out_channels} latent channels but the "
-            f"VAE ({type(vae).__name__}) makes {channels}. Wan2.1 I2V takes the Wan2.1 VAE (16), Wan2.2 TI2V-5B the "
-            "Wan2.2 VAE (48), CogVideoX its own."
-        )
+        raise CheckpointError(_vae_mismatch_message(source, f"{spec.variant} transformer", spec.out_channels,
+                                                    f"VAE ({type(vae).__name__})", int(channels)))
 
 
 def _check_image_encoder_fits(encoder: torch.nn.Module, spec: BackboneSpec, source: str) -> None:

@@ -78,6 +78,7 @@ class FileKind:
     variant: str | None  # transformer: BackboneSpec variant; VAE: a BUNDLED_VAES name
     layout: Literal["native", "diffusers", "transformers"]
     summary: str
+    latent_channels: int | None = None  # transformer: the latent channels it predicts; VAE: its z channels
 
 
 def strip_prefixes(shapes: Shapes) -> dict[str, tuple[int, ...]]:
@@ -144,7 +145,7 @@ def identify(shapes: Shapes) -> FileKind:
             raise CheckpointError(f"looks like a {summary}, an input layout neither image-to-video (Wan2.1 I2V: "
                                   f"2 x out + 4 channels with an image embedding) nor TI2V; DirectAnimator loads "
                                   f"{SUPPORTED}.")
-        return FileKind("transformer", "wan", variant, "native" if native else "diffusers", summary)
+        return FileKind("transformer", "wan", variant, "native" if native else "diffusers", summary, out_channels)
     if "patch_embed.proj.weight" in shapes and "transformer_blocks.0.attn1.to_q.weight" in shapes \
             and "patch_embed.text_proj.weight" in shapes:
         layers = _blocks(shapes, "transformer_blocks.")
@@ -156,13 +157,13 @@ def identify(shapes: Shapes) -> FileKind:
         residual = _has(shapes, "encoder.downsamples.0.downsamples.")
         variant = "wan2.2-vae" if residual else "wan2.1-vae"
         return FileKind("vae", "wan", variant, "native",
-                        f"Wan{'2.2' if residual else '2.1'} VAE (native layout, {z} latent channels)")
+                        f"Wan{'2.2' if residual else '2.1'} VAE (native layout, {z} latent channels)", z)
     if "decoder.mid_block.resnets.0.norm1.gamma" in shapes and "post_quant_conv.weight" in shapes:
         z = shapes["post_quant_conv.weight"][0]
         residual = _has(shapes, "encoder.down_blocks.0.resnets.")
         variant = "wan2.2-vae" if residual else "wan2.1-vae"
         return FileKind("vae", "wan", variant, "diffusers",
-                        f"Wan{'2.2' if residual else '2.1'} VAE (diffusers layout, {z} latent channels)")
+                        f"Wan{'2.2' if residual else '2.1'} VAE (diffusers layout, {z} latent channels)", z)
     if "encoder.conv_in.conv.weight" in shapes and "decoder.conv_in.conv.weight" in shapes:
         return FileKind("vae", "cogvideox", None, "diffusers", "CogVideoX VAE (diffusers layout)")
     clip = _clip_names(shapes)
