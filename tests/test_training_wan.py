@@ -3,6 +3,8 @@ input, LoRA on Wan's attention names and its diffusers export, and the CLI stage
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -140,16 +142,21 @@ def test_the_transformer_takes_each_wan_training_input():
         assert torch.isfinite(denoising_loss(prediction, noised.target, clean_frames=noised.clean_frames))
 
 
-def test_cogvideox_15_takes_the_reference_latent_in_the_first_two_latent_frames():
+def test_the_image_conditioning_is_the_samplers_image_window():
+    """Training builds the image channels as sampling does (`image_window`, each family's pipeline): CogVideoX 1.0
+    and 1.5 the reference latent in frame 0; Wan2.2 TI2V none (its reference is the clean frame 0)."""
+    from types import SimpleNamespace
+
+    from directanimator.conditioning import image_window
+
     batch = make_batch(drop_reference=(False, True))
     keep = (~batch.drop_reference).float().view(-1, 1, 1, 1, 1)
-    image = image_conditioning(spec("1.5"), batch, keep, 4)
-    assert image.shape == (2, 4, LATENT_CHANNELS, LATENT, LATENT)
-    torch.testing.assert_close(image[0, :2], batch.reference[0].expand(2, -1, -1, -1))
-    assert not image[0, 2:].any() and not image[1].any()
-    one = image_conditioning(spec("1.0"), batch, keep, 4)  # CogVideoX 1.0: frame 0 only, as before
-    torch.testing.assert_close(one[0, :1], batch.reference[0])
-    assert not one[0, 1:].any()
+    for layout in ("1.0", "1.5"):
+        image = image_conditioning(spec(layout), batch, keep, 4)
+        model = SimpleNamespace(transformer=SimpleNamespace(spec=spec(layout)))
+        window = image_window(model, SimpleNamespace(reference=batch.reference[:1]), 4)
+        torch.testing.assert_close(image[:1], window)
+        assert not image[1].any()  # a dropped reference
     assert image_conditioning(ti2v16(), batch, keep, 4) is None
 
 
@@ -205,3 +212,94 @@ def test_lora_lands_on_wans_attention_and_exports_under_its_diffusers_names(tmp_
     setup_trainable(default, config)
     names = [n for n, p in default.named_parameters() if p.requires_grad and "lora_A" in n]
     assert len(names) == layers * 2 * 4 and all(".block.attn" in n for n in names)
+
+
+# ------------------------------------------------------------------------------------------------ CLI on a Wan world
+@pytest.fixture(scope="module")
+def i2v_world(tmp_path_factory):
+    """The training world with a tiny Wan2.1-I2V-layout folder (CLIP image encoder included), prepared."""
+    from tests.training_world import make_wan_world
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 2-core machine is shared: one thread is faster for these small tensors
+    root = tmp_path_factory.mktemp("wan_i2v")
+    data, model = make_wan_world(root, "wan-i2v")
+    yield root, data, model
+    torch.set_num_threads(threads)
+
+
+def cli(*args: str) -> None:
+    from training.cli import main
+
+    assert main(list(args)) == 0, args
+
+
+@pytest.mark.slow
+def test_prepare_stage1_pseudo_stage2_export_and_validate_run_unchanged_on_wan_i2v(i2v_world):
+    import json
+
+    from safetensors import safe_open
+
+    from directanimator.models import load_model
+    from tests.training_world import CONFIG, overrides
+    from training.data import CachedClips
+    from training.config import load_config
+    from training.trainer import read_metrics
+
+    root, data, model = i2v_world
+
+    def sets(*extra: str, metadata=data) -> list[str]:
+        return [f"--set={o}" for o in overrides(root, metadata, model, *extra)]
+
+    cli("prepare", str(CONFIG), *sets())
+    cached = CachedClips(load_config(CONFIG, overrides(root, data, model)))
+    sample = cached.load(0)
+    # the Wan2.1 I2V conditioning is cached per window: mask (4) + condition latent (16) per latent frame, CLIP tokens
+    assert sample["image"].shape == (1 + sample["target"].shape[0], 4 + LATENT_CHANNELS, LATENT, LATENT)
+    assert sample["image"][0, :4].eq(1).all() and sample["image"][1:, :4].eq(0).all()
+    assert sample["image_embeds"].shape[-1] == WAN_IMAGE_DIM
+    assert cached.null_text.shape[-2:] == (WAN_TEXT_LEN, TEXT_DIM)
+
+    cli("stage1", str(CONFIG), *sets("run.name='s1'", "run.steps=4", "run.save_every=4"))
+    records = read_metrics(root / "runs" / "s1")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in records)
+    stage1 = root / "runs" / "s1" / "checkpoints" / "step_000004" / "model.safetensors"
+    trained = load_model(model, stage1, dtype="fp32")
+    assert trained.info["weights"] == "lora" and trained.info["extra"]["timesteps"] == [0, 1000]
+
+    pseudo = root / "pseudo"
+    cli("pseudo", "render", "--backbone", str(model), "--checkpoint", str(stage1), "--metadata", str(data),
+        "--out", str(pseudo), "--steps", "2", "--guidance", "1.0")
+    entries = [json.loads(line) for line in (pseudo / "metadata.jsonl").read_text().splitlines()]
+    assert sum(e.get("pseudo_source") == "directanimator" for e in entries) == 3  # the train split
+    cli("prepare", str(CONFIG), *sets(metadata=pseudo))
+    cli("stage2", str(CONFIG), *sets("run.name='s2'", "run.steps=3", "run.save_every=3", "stage2.lambda_ramp_steps=0",
+                                      f"model.checkpoint={json.dumps(str(stage1))}", metadata=pseudo))
+    records = read_metrics(root / "runs" / "s2")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:  # S2X on Wan: the student's tokens after block D against the frozen stage-1 teacher's
+        assert -1.0 <= r["s2x"] <= 1.0 and r["denoise"] > 0
+        assert r["loss"] == pytest.approx(r["denoise"] + r["lambda"] * r["s2x"], rel=1e-5)
+
+    exported = root / "stage2.safetensors"
+    cli("export", str(root / "runs" / "s2"), "--backbone", str(model), "--out", str(exported),
+        "--lora-format", "diffusers")
+    with safe_open(str(root / "stage2_lora" / "pytorch_lora_weights.safetensors"), framework="pt") as fh:
+        keys = set(fh.keys())
+    assert "transformer.blocks.0.attn1.to_q.lora_A.weight" in keys
+    assert "transformer.blocks.1.attn2.to_out.0.lora_B.weight" in keys
+
+    cli("validate", "--backbone", str(model), "--checkpoint", str(exported), "--metadata", str(data),
+        "--out", str(root / "val"), "--steps", "2", "--max-clips", "1")
+    record = json.loads((root / "val" / "validation.jsonl").read_text().splitlines()[0])
+    assert record["scheduler"] == "unipc" and record["psnr"] is not None and record["frames"] == 5
+
+
+def test_a_reference_mode_of_the_cogvideox_layout_is_refused_on_wan(i2v_world):
+    from tests.training_world import CONFIG, overrides
+    from training.config import load_config
+    from training.trainer import load_student
+
+    root, data, model = i2v_world
+    with pytest.raises(InputError, match="model.residual_reference=true"):
+        load_student(load_config(CONFIG, overrides(root, data, model, "model.residual_reference=true")))

@@ -72,8 +72,22 @@ def load_student(config: TrainConfig, *, checkpoint: str | None = None, verify: 
                           cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank,
                                                      reference_in_every_frame=m.reference_in_every_frame,
                                                      residual_reference=m.residual_reference))
+    check_cue_modes(animator.transformer)
     return LoadedModel(animator.transformer, dict(animator.scheduler_config), animator.null_text,
                        animator.info.get("weights", "none"), animator.info)
+
+
+def check_cue_modes(model: DirectAnimatorTransformer) -> None:
+    """InputError for the CueFusion reference modes (`model.residual_reference`, `model.reference_in_every_frame`)
+    on a backbone whose reference is not a latent on channels (Wan): sampling refuses them there too."""
+    spec = model.spec
+    if spec.image_conditioning == "latent_channels":
+        return
+    for mode in ("residual_reference", "reference_in_every_frame"):
+        if getattr(model.cue_config, mode):
+            raise InputError(f"config model.{mode}=true: a mode of CogVideoX-layout models (the reference latent "
+                             f"on channels); this {spec.variant} backbone takes the reference its own way "
+                             f"({spec.image_conditioning}) and samples without it. Set model.{mode}=false.")
 
 
 def setup_trainable(model: DirectAnimatorTransformer, config: TrainConfig, *, train_cues: bool = True) -> list:
@@ -204,9 +218,10 @@ class NoisedBatch:
 
 def image_conditioning(spec: BackboneSpec | None, batch: Batch, keep: Tensor, frames: int) -> Tensor | None:
     """The image channels ``[B, frames, C_img, h, w]`` concatenated to the noisy latents, as each family's image-to-video
-    pipeline builds them (None for Wan2.2 TI2V, whose image is the clean first latent frame): CogVideoX 1.0 the
-    reference latent in frame 0, CogVideoX 1.5 (temporal patches of 2) in frames 0 and 1, zeros after; Wan2.1 I2V
-    the cached mask + condition latent (`Batch.image`). A dropped reference (`keep` 0) leaves them zero."""
+    pipeline builds them, the same as `directanimator.conditioning.image_window` at sampling (None for Wan2.2 TI2V,
+    whose image is the clean first latent frame): CogVideoX 1.0 and 1.5 the reference latent in frame 0, zeros
+    after; Wan2.1 I2V the cached mask + condition latent (`Batch.image`). A dropped reference (`keep` 0) leaves them
+    zero."""
     conditioning = "latent_channels" if spec is None else spec.image_conditioning
     if conditioning == "first_frame":
         return None
@@ -216,10 +231,8 @@ def image_conditioning(spec: BackboneSpec | None, batch: Batch, keep: Tensor, fr
                              "latents (w*.image), which this cache lacks; run `python -m training prepare` with "
                              "this backbone.")
         return batch.image * keep
-    lead = min(frames, 2 if spec is not None and spec.patch_size_t else 1)
     reference = batch.reference * keep
-    return torch.cat([reference] * lead + [torch.zeros_like(reference).expand(-1, frames - lead, -1, -1, -1)],
-                     dim=1)
+    return torch.cat([reference, torch.zeros_like(reference).expand(-1, frames - 1, -1, -1, -1)], dim=1)
 
 
 def noised_batch(batch: Batch, scheduler, generator: torch.Generator | list[torch.Generator], *,
