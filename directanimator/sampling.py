@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .conditioning import Conditioning, backbone_config, fixed_latent_frames, image_window, using
 from .errors import InputError
+from .models.caching import CacheStats, StepCache, check_cache_options, context_name
 from .vae_io import image_latent_scale, latent_preview, latent_scale, ramp_weights, tile_spans
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def check_sampling_settings(*, steps: int, guidance: float, scheduler: str | Non
 
 def validate_options(model, *, steps: int, guidance: float, scheduler: str | None, window: int | None,
                      overlap: int | None, denoise: float = 1.0, num_video_latents: int | None = None,
-                     samples: int = 1) -> None:
+                     samples: int = 1, cache: str = "off", cache_threshold: float | None = None,
+                     batch_guidance: bool = False) -> None:
     """Raise InputError for sampling options that cannot work with `model`, before any long work.
 
     With `num_video_latents` known, a window covering the video counts as no window (one pass).
@@ -211,6 +213,9 @@ def validate_options(model, *, steps: int, guidance: float, scheduler: str | Non
     config = backbone_config(model)
     check_sampling_settings(steps=steps, guidance=guidance, scheduler=scheduler, samples=samples, denoise=denoise,
                             prediction=config.prediction)
+    check_cache_options(cache, cache_threshold)
+    if not isinstance(batch_guidance, bool):
+        raise InputError(f"batch_guidance={batch_guidance!r}: must be True or False.")
     _check_cue_modes(model)
     if window is not None and (not isinstance(window, int) or window < 1):
         raise InputError(f"window={window!r}: a context window needs at least 1 video latent frame (or None).")
@@ -317,7 +322,9 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
                    scheduler: str | None = None, window: int | None = None, overlap: int | None = None,
                    denoise: float = 1.0, init_latents: Tensor | None = None, text_embeds: Tensor | None = None,
                    eta: float = 0.0, callback: StepCallback | None = None,
-                   preview_factors: Tensor | None = None, samples: int = 1) -> Tensor:
+                   preview_factors: Tensor | None = None, samples: int = 1, cache: str = "off",
+                   cache_threshold: float | None = None, batch_guidance: bool = False,
+                   stats: CacheStats | None = None) -> Tensor:
     """Denoise latents ``[1, 1 + N, C, h, w]`` (float32, on the transformer's device) for `cond`.
 
     `scheduler`: one of `scheduler_names(model)` ("dpm"/"ddim" on CogVideoX, "unipc"/"euler" on Wan); None or
@@ -341,6 +348,18 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     which at the schedule's zero terminal SNR should not depend on the noise at all: the mean keeps the estimate
     and cancels the part of the model's error that follows the noise. Several steps give distinct samples, and
     their mean is a blur of them.
+
+    Speed options. `cache`: a step cache on the backbone, "off" (default), "first_block" (diffusers' first-block
+    cache: the other blocks are skipped while the first block's residual changes by less than `cache_threshold`,
+    default 0.05, relative mean), "mag" (MagCache: skips while the accumulated error of the model's residual
+    magnitude ratios stays below `cache_threshold`, default 0.06; the first run with a scheduler and step count
+    measures the ratios and skips nothing) or "taylorseer" (TaylorSeer, lite: full forwards every `cache_threshold`
+    steps, default 5, after 3 warm-up steps; in between the output projection is extrapolated). Each window and
+    guidance branch has its own cache state (`directanimator.models.caching`), so no step reuses what was computed
+    for other cues. `batch_guidance`: run the guidance branches as one forward of batch 2 (the negative with
+    ``cue_weight`` 0, which is exactly the bare backbone): fewer, larger forwards for the same result within float
+    error, at twice the activation memory of a forward; off by default for that memory. `stats`: a `CacheStats`
+    filled with what the cache did (forwards, those served from the cache, per context).
     """
     config = backbone_config(model)
     fixed = fixed_latent_frames(config)
@@ -348,7 +367,8 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     if window is None and fixed and n > fixed - 1:
         window = fixed - 1
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
-                     denoise=denoise, num_video_latents=n, samples=samples)
+                     denoise=denoise, num_video_latents=n, samples=samples, cache=cache,
+                     cache_threshold=cache_threshold, batch_guidance=batch_guidance)
     scheduler = resolve_scheduler(config, scheduler)
     if denoise < 1.0 and init_latents is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_latents (or init frames); pass them or "
@@ -365,15 +385,24 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     warn_untrained_timesteps(model, sched, steps=steps, denoise=denoise)
     # one window's image conditioning serves every window: each starts with the reference, as a fresh clip would
     image = image_window(model, cond, 1 + plan.window)
-    with using(model, "transformer") as transformer:
+    visited = int(steps * denoise)
+    with using(model, "transformer") as transformer, \
+            StepCache(transformer, cache, cache_threshold, steps=visited, key=(scheduler, steps)) as step_cache:
         mean = None
         for k in range(samples):
             each = None if callback is None else _counting_over(callback, k, samples)
+            step_cache.new_run()
             latents = _denoise(model, transformer, cond, sched, plan, text, image, steps=steps, guidance=guidance,
                                seed=seed + k, denoise=denoise, init_latents=init_latents, eta=eta, callback=each,
-                               preview_factors=preview_factors)
+                               preview_factors=preview_factors, step_cache=step_cache,
+                               batch_guidance=batch_guidance)
             mean = latents if mean is None else mean.add_(latents)
-        return mean.div_(samples)
+    if stats is not None:
+        for name, value in vars(step_cache.stats).items():
+            setattr(stats, name, value)
+    if step_cache.active:
+        log.info(step_cache.stats.note())
+    return mean.div_(samples)
 
 
 def run_timesteps(sched, steps: int, denoise: float = 1.0, *, device=None) -> Tensor:
@@ -423,7 +452,8 @@ def _add_noise(sched, clean: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 
 def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, text: Tensor, image: Tensor, *,
              steps: int, guidance: float, seed: int, denoise: float, init_latents: Tensor | None, eta: float,
-             callback: StepCallback | None, preview_factors: Tensor | None) -> Tensor:
+             callback: StepCallback | None, preview_factors: Tensor | None, step_cache: StepCache,
+             batch_guidance: bool = False) -> Tensor:
     device, dtype = transformer.device, transformer.dtype
     spec = transformer.spec
     flow = spec.prediction == "flow"
@@ -452,6 +482,7 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
     image = image.to(device=device, dtype=dtype)
     embeds = None if cond.image_embeds is None else cond.image_embeds.to(device=device, dtype=dtype)
     weights = [w.to(device) for w in plan.weights]
+    pair_weight = torch.tensor([1.0, 0.0], device=device, dtype=dtype)
 
     def timestep_for(t: Tensor, frames: int) -> Tensor:
         if first is None:
@@ -460,13 +491,24 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
         per_frame[:, 0] = 0
         return per_frame
 
-    def predict(x: Tensor, window_cues, t: Tensor) -> Tensor:
+    def predict(x: Tensor, window_cues, t: Tensor, window: int) -> Tensor:
         inputs = torch.cat([x.to(dtype), image], dim=2)
         tt = timestep_for(t, x.shape[1])
         with torch.no_grad():
-            pred = transformer(inputs, text, tt, cues=window_cues, image_embeds=embeds).float()
+            if guidance != 1.0 and batch_guidance:
+                # one forward of batch 2: the cues at weight 1 and at weight 0 (exactly the bare backbone)
+                with step_cache.context(context_name(window, "both")):
+                    both = transformer(inputs.repeat(2, 1, 1, 1, 1), text.repeat(2, 1, 1),
+                                       tt.repeat(2, *([1] * (tt.ndim - 1))), cues=window_cues.repeat_batch(2),
+                                       cue_weight=pair_weight,
+                                       image_embeds=None if embeds is None else embeds.repeat(2, 1, 1)).float()
+                pred, negative = both[:1], both[1:]
+                return negative + guidance * (pred - negative)
+            with step_cache.context(context_name(window, "cues")):
+                pred = transformer(inputs, text, tt, cues=window_cues, image_embeds=embeds).float()
             if guidance != 1.0:
-                negative = transformer(inputs, text, tt, cues=None, image_embeds=embeds).float()
+                with step_cache.context(context_name(window, "bare")):
+                    negative = transformer(inputs, text, tt, cues=None, image_embeds=embeds).float()
                 pred = negative + guidance * (pred - negative)
         return pred
 
@@ -475,14 +517,14 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
     for i, t in enumerate(timesteps):
         x = latents if flow else sched.scale_model_input(latents, t)
         if len(plan.spans) == 1:
-            pred = predict(x, cues, t)
+            pred = predict(x, cues, t, 0)
         else:
             pred = torch.zeros_like(latents)
             weight_sum = latents.new_zeros(1 + n)
-            for (start, end), w in zip(plan.spans, weights):
+            for k, ((start, end), w) in enumerate(zip(plan.spans, weights)):
                 index = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1 + start, 1 + end)]).to(device)
                 w = torch.cat([w.new_ones(1), w])  # the reference frame: a plain mean over windows
-                out = predict(x.index_select(1, index), cues.frames(index), t)
+                out = predict(x.index_select(1, index), cues.frames(index), t, k)
                 pred.index_add_(1, index, out * w.view(1, -1, 1, 1, 1))
                 weight_sum.index_add_(0, index, w)
                 del out
