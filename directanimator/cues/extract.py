@@ -295,6 +295,7 @@ class _Driving:
     face_tight: Tensor  # [F, 4] face boxes px
     face_crop: Tensor  # [F, 4] the squared, enlarged boxes the face cue crops
     segmenter: str
+    luma: Tensor | None = None  # [F, H, W] each frame's luma, written while converting the frames; the pose buffer
 
 
 def _checked_inputs(reference, driving, config: CueConfig, driving_mask, driving_face_boxes, driving_face_valid,
@@ -380,11 +381,15 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
     seg_end = SEGMENTATION_SHARE if inputs.driving_mask is None else 0.0
     face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
     raw = None
+    luma = None
     if inputs.driving_mask is not None:
         masks, segmenter = _resized_masks(inputs.driving_mask, frame.driving), "given"
     else:
-        # both detectors read the same uint8 frames: converted once for the two
-        images = frames_uint8(drv) if detecting else None
+        # both detectors read the same uint8 frames: converted once for the two, and the pose cue's luma taken
+        # from the same read of each frame (later it reads that instead of the frames)
+        if detecting and device.type == "cpu" and config.filter == "gaussian" and opencv() is not None:
+            luma = empty_buffer(count, *frame.size)
+        images = frames_uint8(drv, luma=luma) if detecting else None
 
         def segment(report: Callable[[int], None]) -> Tensor:
             return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report,
@@ -427,7 +432,7 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
         if filled:
             notes.append(f"driving: face boxes filled across short gaps in {filled} frames")
     return _Driving(drv, masks, person_boxes, person_valid, bad, track, face_valid, face_tight,
-                    square_boxes(face_tight, scale=config.face_scale), segmenter)
+                    square_boxes(face_tight, scale=config.face_scale), segmenter, luma)
 
 
 def _fit_location(driving: _Driving, reference: _Reference, frame: _Frame, config: CueConfig,
@@ -466,7 +471,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     count, device, start = drv.shape[0], drv.device, progress.fraction
     # the frames and masks were checked once; the builders take them as they are
     filtering = _filtering(config)
-    pose = empty_buffer(count, *size, device=device)  # one grey channel; three as a view below
+    # one grey channel (three as a view below), written over the luma when that was taken with the frames
+    pose = empty_buffer(count, *size, device=device) if driving.luma is None else driving.luma
     face = zeroed_buffer(count, *size, 3, device=device)  # its black bars are never written
     body_location = empty_buffer(count, *size, device=device)
     face_location = zeroed_buffer(count, *size, device=device)  # zero but for a window around each face
@@ -474,7 +480,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     def build(first: int, stop: int) -> None:
         part = slice(first, stop)
         report = stop == count  # the calling thread's part (the worker's ends at count // 2): progress from it
-        _pose_grey(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part], **filtering)
+        _pose_grey(drv[part], masks[part], bad=bad[part], on_frame=None, out=pose[part],
+                   luma_in_out=driving.luma is not None, **filtering)
         if config.align_pose:
             pose[part] = warp_masks(pose[part], transform, size)
         if report:

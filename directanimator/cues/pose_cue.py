@@ -408,9 +408,12 @@ def _pose_cue(
 def _pose_grey(
     frames: Tensor, masks: Tensor, *, cutoff: float, filter: FilterType, order: int, bad: Tensor | None,
     on_frame: Callable[[int], None] | None, out: Tensor | None = None, full_resolution: bool = False,
+    luma_in_out: bool = False,
 ) -> Tensor:
     """The pose cue's one grey channel ``[F, H, W]`` (extract_cues replicates it to three channels as a view, see
-    `CueTriplet`); the inputs as for `_pose_cue`, `out` ``[F, H, W]`` contiguous when given."""
+    `CueTriplet`); the inputs as for `_pose_cue`, `out` ``[F, H, W]`` contiguous when given. `luma_in_out`: `out`
+    holds each frame's luma already (`segmentation.frames_uint8` wrote it while converting the frames), which the
+    OpenCV path reads instead of the frames (a third of the bytes) and overwrites with the cue."""
     count, height, width = frames.shape[:3]
     if out is None:
         out = empty_buffer(count, height, width, device=frames.device)
@@ -418,10 +421,12 @@ def _pose_grey(
     if cpu_only and filter == "gaussian":
         plan = None if full_resolution else reduced_plan(height, width, float(cutoff))
         if plan is not None:
-            return _pose_grey_opencv(frames, masks, bad, _ReducedFilter(plan, height, width), on_frame, out)
+            return _pose_grey_opencv(frames, masks, bad, _ReducedFilter(plan, height, width), on_frame, out,
+                                     luma_in_out)
         taps = spatial_taps(height, width, cutoff=cutoff, filter=filter)
         if taps is not None:
-            return _pose_grey_opencv(frames, masks, bad, _SpatialFilter(taps, height, width), on_frame, out)
+            return _pose_grey_opencv(frames, masks, bad, _SpatialFilter(taps, height, width), on_frame, out,
+                                     luma_in_out)
 
     for start in range(0, count, FFT_CHUNK):
         stop = min(start + FFT_CHUNK, count)
@@ -443,9 +448,9 @@ def _into(result: np.ndarray, dst: np.ndarray) -> None:
 
 
 def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, low_pass: "_ReducedFilter | _SpatialFilter",
-                      report: Callable[[int], None] | None, out: Tensor) -> Tensor:
-    """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma, mask (into ``low_pass.input``), the
-    low-pass, clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the
+                      report: Callable[[int], None] | None, out: Tensor, luma_in_out: bool = False) -> Tensor:
+    """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma (read from `out` when `luma_in_out`),
+    mask (into ``low_pass.input``), the low-pass, clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the
     filtering). The grey foreground of 0..1 frames and masks is non-negative, so after a filter that keeps it so
     only the upper bound needs clamping."""
     cv2 = _opencv()
@@ -458,8 +463,11 @@ def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, low_pas
             out_np[i] = 0.0
         else:
             # OpenCV's float RGB -> grey uses the BT.601 weights of LUMA_WEIGHTS
-            _into(cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma), luma)
-            _into(cv2.multiply(luma, masks_np[i], dst=luma), luma)
+            if luma_in_out:
+                _into(cv2.multiply(out_np[i], masks_np[i], dst=luma), luma)
+            else:
+                _into(cv2.cvtColor(frames_np[i], cv2.COLOR_RGB2GRAY, dst=luma), luma)
+                _into(cv2.multiply(luma, masks_np[i], dst=luma), luma)
             if low_pass.non_negative:
                 clip_below_one(low_pass(), out_np[i])
             else:

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..errors import BackendUnavailableError, CueError
 from ..tensors import as_frames, as_masks
 from .buffers import empty_buffer
+from .resample import opencv
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,19 @@ class _CachedSolutions:
 MEDIAPIPE_CACHE = _CachedSolutions()
 
 
-def frames_uint8(frames: Tensor) -> np.ndarray:
+def frames_uint8(frames: Tensor, *, luma: Tensor | None = None) -> np.ndarray:
     """Frames ``[F, H, W, 3]`` float 0..1 -> one uint8 array ``[F, H, W, 3]`` (each by `frame_uint8`), for
-    detectors that read the same frames (extract_cues converts once for segmentation and face detection)."""
+    detectors that read the same frames (extract_cues converts once for segmentation and face detection).
+
+    `luma` ``[F, H, W]`` (contiguous CPU float32) also receives each frame's BT.601 luma as the pose cue computes
+    it (OpenCV's RGB -> grey), from the same read of the frame while it is in cache; with OpenCV only."""
     out = np.empty((*frames.shape[:3], 3), np.uint8)
+    cv2 = opencv()
+    luma_np = None if luma is None or cv2 is None else luma.numpy()
     for i in range(frames.shape[0]):
         frame_uint8(frames[i], out=out[i])
+        if luma_np is not None:
+            cv2.cvtColor(np.ascontiguousarray(frames[i].detach().numpy()), cv2.COLOR_RGB2GRAY, dst=luma_np[i])
     return out
 
 
