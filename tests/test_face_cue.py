@@ -224,3 +224,42 @@ def test_clip_unit_is_numpy_clip_in_place_and_into_views():
     assert (canvas[:5] == 7.0).all() and (canvas[:, :4] == 7.0).all()  # nothing written outside the view
     clip_unit(image, image)
     np.testing.assert_array_equal(image, expected)
+
+
+def test_clip_below_one_is_numpy_clip_for_non_negative_images():
+    # face crops and the pose filter cannot go negative (non-negative weights on 0..1 values): one pass truncates
+    from directanimator.cues.buffers import clip_below_one
+
+    rng = np.random.default_rng(2)
+    image = (rng.random((40, 30, 3)) * 1.2).astype(np.float32)
+    canvas = np.full((50, 40, 3), 7.0, np.float32)
+    view = canvas[5:45, 4:34]
+    assert clip_below_one(image, view) is view
+    np.testing.assert_array_equal(view, np.clip(image, 0.0, 1.0))
+    assert (canvas[:5] == 7.0).all() and (canvas[:, :4] == 7.0).all()
+
+
+def test_face_crops_of_unit_frames_stay_in_range_at_the_extremes():
+    # black-and-white frames (the largest rounding of bilinear samples) still give crops within 0..1
+    frames = (torch.rand(4, 96, 128, 3) > 0.5).float()
+    boxes = torch.tensor([[10.0, 12, 40, 42], [-8, -6, 20, 22], [60.3, 30.7, 127.9, 95.2], [0, 0, 128, 96]])
+    cue = face_cue(frames, boxes, torch.ones(4, dtype=torch.bool))
+    assert float(cue.min()) >= 0.0 and float(cue.max()) <= 1.0 and float(cue.max()) == 1.0
+
+
+def test_mask_boxes_by_opencv_equal_the_row_and_column_maxima():
+    # on CPU float32 masks the boxes come from OpenCV's comparison and bounding rectangle; float64 masks take the
+    # torch reductions: the same boxes, including values exactly at the threshold and empty masks
+    generator = torch.Generator().manual_seed(4)
+    masks = (torch.rand(12, 37, 53, generator=generator) > 0.995).float() * torch.rand(12, 37, 53, generator=generator)
+    masks[3] = 0.0
+    masks[4] = 0.5  # exactly at the threshold: not foreground
+    masks[5] = 0.0
+    masks[5, 36, 52] = 0.75  # one corner pixel
+    masks[6] = 0.0
+    masks[6, :, 10:12] = 1.0  # a full-height bar
+    boxes, valid = mask_boxes(masks)
+    expected_boxes, expected_valid = mask_boxes(masks.double())
+    assert torch.equal(boxes, expected_boxes.float()) and torch.equal(valid, expected_valid)
+    assert valid.tolist()[3:7] == [False, False, True, True]
+    assert boxes[5].tolist() == [52.0, 36.0, 53.0, 37.0] and boxes[6].tolist() == [10.0, 0.0, 12.0, 37.0]

@@ -352,3 +352,41 @@ def test_fast_mask_warp_is_the_exact_warp_within_the_bound_on_real_masks(t):
     boxes, valid = torch.tensor([[200.0, 100, 300, 200]] * 3), torch.ones(3, dtype=torch.bool)
     body, _ = _location_cue(masks, boxes, valid, t, out_size=(896, 512), cell=16, blur=4.0)
     assert torch.allclose(body, grid_soften(exact, cell=16, blur=4.0), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("cell, blur", [(16, 4.0), (8, 2.5), (4, 0.0), (33, 4.0)])
+def test_sparse_softening_equals_the_full_matrix_products(cell, blur):
+    # the face location softens only the cells around each face (`_soften_sparse`): the same numbers as the two
+    # full matrix products, zero elsewhere, also for faces cut by a border and for frames without one
+    from directanimator.cues.location_cue import _soften_pooled, _soften_sparse, pooled_ellipses
+
+    size = (150, 100)
+    boxes = torch.tensor([[30.0, 40, 60, 80], [-12, -9, 14, 20], [80, 120, 120, 170], [40, 50, 70, 90],
+                          [0, 0, 100, 150]])
+    valid = torch.tensor([True, True, True, False, True])
+    pooled = pooled_ellipses(boxes, valid, size, cell)
+    expected = _soften_pooled(pooled, size, cell, blur)
+    sparse = _soften_sparse(pooled, size, cell, blur)
+    assert torch.allclose(sparse, expected, atol=1e-6)
+    assert float(sparse[3].abs().max()) == 0.0 and float(expected[0].max()) > 0.5
+    assert bool((sparse[0][expected[0] == 0] == 0).all())
+    stale = torch.full((5, *size), 7.0)  # an output that is not zero yet: the parts outside the faces are cleared
+    assert torch.allclose(_soften_sparse(pooled, size, cell, blur, out=stale), expected, atol=1e-6)
+
+
+def test_location_cue_into_given_buffers_equals_the_plain_call():
+    # extract_cues writes the face location into zeroed memory and only around the faces (face_zeroed)
+    from directanimator.cues.buffers import empty_buffer, zeroed_buffer
+    from directanimator.cues.location_cue import _location_cue
+
+    masks = torch.stack([figure((96, 80), top=8 + i, centre_x=30.0 + 2 * i, height=80)[0] for i in range(11)])
+    faces = torch.stack([figure((96, 80), top=8 + i, centre_x=30.0 + 2 * i, height=80)[1] for i in range(11)])
+    valid = torch.ones(11, dtype=torch.bool)
+    valid[4] = False
+    t = Similarity(1.1, -5.0, 3.5)
+    body, face = location_cue(masks, faces, valid, t, out_size=(112, 80))
+    for out_face, zeroed in ((zeroed_buffer(11, 112, 80), True), (torch.full((11, 112, 80), 3.0), False)):
+        out = (empty_buffer(11, 112, 80), out_face)
+        got = _location_cue(masks, faces, valid, t, out_size=(112, 80), cell=16, blur=4.0, out=out, face_zeroed=zeroed)
+        assert got[0] is out[0] and got[1] is out[1]
+        assert torch.equal(got[0], body) and torch.allclose(got[1], face, atol=1e-6)

@@ -204,3 +204,36 @@ def test_reduced_grid_only_for_cutoffs_it_holds():
     assert reduced_plan(24, 40, 0.12) is None  # too small to reduce
     plan = reduced_plan(90, 130, 0.12)  # odd multiples: the padding makes the sides divide by 2
     assert plan.levels == 1 and (90 + plan.pad[0] + plan.pad[1]) % 2 == 0 and (130 + plan.pad[2] + plan.pad[3]) % 2 == 0
+
+
+@pytest.mark.parametrize("size", [(96, 160), (90, 131)])
+def test_reduced_filter_fills_the_mirrored_border_in_place_as_copy_make_border_does(size):
+    # the pose builder writes the grey foreground straight into the padded buffer and mirrors the border there
+    import numpy as np
+
+    from directanimator.cues.pose_cue import _ReducedFilter, reduced_low_pass
+
+    plan = reduced_plan(*size, 0.12)
+    image = np.random.default_rng(0).random(size, dtype=np.float32)
+    in_place = _ReducedFilter(plan, *size)
+    in_place.input[...] = image
+    np.testing.assert_array_equal(in_place(), reduced_low_pass(image, plan))
+    assert in_place.non_negative and float(in_place().min()) >= 0.0
+
+
+def test_pose_cue_from_the_luma_taken_with_the_uint8_frames_is_the_same():
+    # extract_cues takes each frame's luma while converting it to uint8 (frames_uint8(luma=...)); the pose
+    # builder then reads that luma instead of the frames and overwrites it with the cue
+    from directanimator.cues.pose_cue import _pose_grey
+    from directanimator.cues.segmentation import frames_uint8
+
+    torch.manual_seed(0)
+    frames, masks = torch.rand(3, 96, 128, 3), torch.rand(3, 96, 128)
+    bad = torch.tensor([False, True, False])
+    options = dict(cutoff=0.12, filter="gaussian", order=2, bad=bad, on_frame=None)
+    expected = _pose_grey(frames, masks, **options)
+    luma = torch.empty(3, 96, 128)
+    frames_uint8(frames, luma=luma)
+    assert torch.allclose(luma, 0.299 * frames[..., 0] + 0.587 * frames[..., 1] + 0.114 * frames[..., 2], atol=1e-5)
+    cue = _pose_grey(frames, masks, out=luma, luma_in_out=True, **options)
+    assert cue is luma and torch.equal(cue, expected)

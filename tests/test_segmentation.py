@@ -321,3 +321,19 @@ def test_mask_clipping_matches_numpy_clip_and_floor():
     _clip_mask(mask, out)
     np.testing.assert_array_equal(out, expected)
     assert out[0, 3] == 2 * MASK_FLOOR and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_zeroed_buffers_are_zero_writable_and_outlive_their_mapping():
+    # large zeroed buffers are mapped for huge pages: zeros, writable, kept alive by the tensor alone
+    import gc
+
+    from directanimator.cues.buffers import HUGE_PAGE_MIN_BYTES, zeroed_buffer
+
+    small, large = zeroed_buffer(2, 8, 8), zeroed_buffer(3, 512, 1024)
+    assert large.numel() * 4 >= HUGE_PAGE_MIN_BYTES and large.dtype == torch.float32
+    assert float(small.abs().max()) == 0.0 and float(large.abs().max()) == 0.0
+    part = large[1, 100:200]
+    del large
+    gc.collect()
+    part += 2.5
+    assert float(part.mean()) == 2.5

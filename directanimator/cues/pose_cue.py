@@ -450,9 +450,9 @@ def _into(result: np.ndarray, dst: np.ndarray) -> None:
 def _pose_grey_opencv(frames: Tensor, masks: Tensor, bad: Tensor | None, low_pass: "_ReducedFilter | _SpatialFilter",
                       report: Callable[[int], None] | None, out: Tensor, luma_in_out: bool = False) -> Tensor:
     """`_pose_grey` frame by frame with OpenCV into `out` ``[F, H, W]``: luma (read from `out` when `luma_in_out`),
-    mask (into ``low_pass.input``), the low-pass, clamp, each in one pass over a frame-sized buffer (torch's temporaries cost more than the
-    filtering). The grey foreground of 0..1 frames and masks is non-negative, so after a filter that keeps it so
-    only the upper bound needs clamping."""
+    mask (into ``low_pass.input``), the low-pass, clamp, each in one pass over a frame-sized buffer (torch's
+    temporaries cost more than the filtering). The grey foreground of 0..1 frames and masks is non-negative, so
+    after a filter that keeps it so only the upper bound needs clamping."""
     cv2 = _opencv()
     count = frames.shape[0]
     frames_np, masks_np, out_np = frames.numpy(), masks.numpy(), out.numpy()
