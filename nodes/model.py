@@ -162,12 +162,13 @@ class DirectAnimatorModelLoader:
     # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None. Backbone and checkpoint are
     # taken so that their list check names the folder to use; nothing outside the model folders is looked at.
     @classmethod
-    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None, diffusion_model=None, vae=None,
-                        clip_vision=None):
+    def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None, diffusion_model=NO_FILE, vae=NO_FILE,
+                        clip_vision=NO_FILE):
+        # An optional input left out arrives as its default (NO_FILE); a linked one as None, i.e. given.
         try:
             for name, value in (("diffusion_model", diffusion_model), ("vae", vae), ("clip_vision", clip_vision)):
                 _single_file(name, value)
-            uses_file = diffusion_model not in (None, NO_FILE)  # then backbone and repo_id are not used
+            uses_file = diffusion_model != NO_FILE  # then backbone and repo_id are not used
             if backbone == NO_FOLDER and repo_id is not None and not uses_file:
                 if not repo_id.strip():
                     return (f"Choose a backbone folder from {folder_hint('diffusers')}, a backbone file from "

@@ -52,6 +52,9 @@ FILE_WIDGETS = {
     ("LoadVideo", "file"),
     ("DirectAnimatorModelLoader", "backbone"),
     ("DirectAnimatorModelLoader", "checkpoint"),
+    ("DirectAnimatorModelLoader", "diffusion_model"),
+    ("DirectAnimatorModelLoader", "vae"),
+    ("DirectAnimatorModelLoader", "clip_vision"),
     ("DirectAnimatorCueTriplet", "sam_checkpoint"),
     ("DirectAnimatorPersonMask", "sam_checkpoint"),
 }
@@ -137,6 +140,7 @@ class Workflow:
 DRIVING = "driving.mp4"  # what the user's own clip and picture are called until they upload theirs
 REFERENCE = "reference.png"
 BUNDLED = "directanimator-demo (bundled)"  # nodes.model.BUNDLED
+NO_FOLDER = "none (use repo_id)"  # nodes.model.NO_FOLDER: the backbone comes from another input
 REPLACE_ME = ("#353", "#232")  # the frontend's "green": the node to replace with the user's own
 
 NOTE_A = ("Animate with the demo model bundled in this pack. Queue: nothing to download or copy.\n\n"
@@ -174,6 +178,19 @@ NOTE_D = ("Bring your own person mask.\n\n"
           "of DirectAnimator Driving Video, and connect its MASK to Grow Mask. Any MASK batch with the driving "
           "frames' count and size works. A mask video works too: Load Video -> Get Video Components -> "
           "DirectAnimator Driving Video (the same start, stride and size) -> Convert Image to Mask.")
+NOTE_E = ("Animate a reference with Wan2.1-I2V-14B and a DirectAnimator checkpoint, from ComfyUI's model folders.\n\n"
+          "1. Put the files where ComfyUI keeps them: the transformer (wan2.1_i2v_480p_14B_bf16.safetensors, or the "
+          "fp16 / fp8_e4m3fn file; not an fp8_scaled one) in models/diffusion_models, wan_2.1_vae.safetensors in "
+          "models/vae, clip_vision_h.safetensors in models/clip_vision, and your DirectAnimator checkpoint trained on "
+          "Wan2.1-I2V-14B in models/directanimator. Press R and pick them in DirectAnimator Model Loader.\n"
+          "2. In Load Video (driving) and Load Image (reference), click 'choose file to upload' and pick your "
+          "driving clip and your character.\n"
+          "3. Queue. Save Video writes output/directanimator/wan*.mp4.\n\n"
+          "The prompt is the checkpoint's null prompt; to add one, load umt5_xxl in models/text_encoders with "
+          "CLIP Loader (type wan), encode it with CLIP Text Encode and connect it to Encode's text. Wan takes any "
+          "length: the sampler runs windows of 20 latent frames (80 video frames, Wan's own 81-frame length with "
+          "the reference) overlapping by 5, with UniPC as the Wan pipelines sample. 480x832 is Wan's 480P size; "
+          "offload keeps the 14B model on the CPU between runs.")
 NOTE_WIDTH = 400
 
 # the Cue Triplet's widget values, the same in every workflow
@@ -240,6 +257,26 @@ def _animate_long() -> list[list[Node]]:
     ]
 
 
+def _animate_wan() -> list[list[Node]]:
+    size = (480, 832)  # Wan2.1 480P, portrait for dancers
+    return [
+        [Node(13, "Note", {"text": NOTE_E}, title="About", width=NOTE_WIDTH),
+         Node(1, "LoadVideo", {"file": DRIVING}, title="Load Video (driving)", media=USER_MEDIA),
+         Node(3, "LoadImage", {"image": REFERENCE}, title="Load Image (reference)", media=USER_MEDIA)],
+        [Node(2, "DirectAnimatorDrivingVideo", _frames(*size), {"video": (1, 0)}),
+         Node(5, "DirectAnimatorModelLoader", {"backbone": NO_FOLDER, "repo_id": "",
+                                               "checkpoint": "directanimator_wan2.1_i2v_14b.safetensors",
+                                               "precision": "bf16", "offload": True,
+                                               "diffusion_model": "wan2.1_i2v_480p_14B_bf16.safetensors",
+                                               "vae": "wan_2.1_vae.safetensors",
+                                               "clip_vision": "clip_vision_h.safetensors"})],
+        [Node(4, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)})],
+        *_animation(size=size, fps=24.0, tiled=True, prefix="directanimator/wan",
+                    sampler={"steps": 30, "guidance": 3.0, "seed": 42, "scheduler": "unipc", "window": 20,
+                             "overlap": 5, "denoise": 1.0, "average_of": 1}),
+    ]
+
+
 def _inspect_cues() -> list[list[Node]]:
     size = (512, 896)
 
@@ -302,6 +339,8 @@ def _own_mask() -> list[list[Node]]:
 WORKFLOWS = {
     "animate_bundled_demo_model": Workflow("Animate the bundled demo model on the CPU", _animate_demo),
     "animate_cogvideox_5b_i2v_long_video": Workflow("Animate a long video with CogVideoX-5B-I2V", _animate_long),
+    "animate_wan21_i2v_14b_comfyui_files": Workflow("Animate with Wan2.1-I2V-14B files",
+                                                    _animate_wan),
     "inspect_cue_triplet_tune_cutoff": Workflow("Inspect the cue triplet and tune the cutoff", _inspect_cues),
     "bring_your_own_person_mask": Workflow("Bring your own person mask", _own_mask),
 }
@@ -583,6 +622,11 @@ def render_thumbnails(only: list[str] | None = None) -> None:
         frames = clip((480, 720))
         return DirectAnimatorCuePreview().run(columns, cues=triplet(frames), frames=frames)[0]
 
+    def wan_cue_sheet() -> torch.Tensor:
+        """The cue triplet at the Wan workflow's portrait 480x832."""
+        frames = clip((832, 480))
+        return DirectAnimatorCuePreview().run(columns, cues=triplet(frames), frames=frames)[0]
+
     def cutoff_sheet() -> torch.Tensor:
         """Driving frames, then the pose cue at the workflow's low (coarse) and high (detailed) cutoff."""
         frames = clip((896, 512))
@@ -614,6 +658,7 @@ def render_thumbnails(only: list[str] | None = None) -> None:
     makers = {
         "animate_bundled_demo_model": demo_sheet,
         "animate_cogvideox_5b_i2v_long_video": cue_sheet,
+        "animate_wan21_i2v_14b_comfyui_files": wan_cue_sheet,
         "inspect_cue_triplet_tune_cutoff": cutoff_sheet,
         "bring_your_own_person_mask": mask_sheet,
     }
