@@ -84,3 +84,27 @@ def make_wan_world(root: Path, layout: str = "wan-ti2v") -> tuple[Path, Path]:
     export_world(data, WorldConfig(height=64, width=64, num_frames=5), clips=4, val_clips=1, fmt="png")
     save_wan_model(model, layout)
     return data, model
+
+
+DEMO_VAE = Path(__file__).resolve().parents[1] / "models" / "demo" / "vae"  # the bundled model's trained VAE
+
+
+def make_wan_animation_world(root: Path) -> tuple[Path, Path]:
+    """3 world clips of 17 frames at 64 px (the last is the val split) and a tiny Wan folder in the TI2V layout on
+    16 channels (a little wider than tests.tiny's) whose vae/ is the bundled demo model's trained VAE: a random VAE
+    does not reconstruct, so only a trained one shows whether a result animates (training a Wan VAE takes seconds
+    per step on this CPU)."""
+    import shutil
+
+    from diffusers import UniPCMultistepScheduler
+
+    from tests.tiny import LATENT_CHANNELS
+
+    data, model = root / "world", root / "model"
+    export_world(data, WorldConfig(height=64, width=64, num_frames=17), clips=3, val_clips=1, fmt="png")
+    tiny_backbone("wan-ti2v", in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, attention_head_dim=16,
+                  ffn_dim=64).save_pretrained(model / "transformer")
+    shutil.copytree(DEMO_VAE, model / "vae")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=WAN_SHIFT,
+                            num_train_timesteps=1000).save_pretrained(model / "scheduler")
+    return data, model
