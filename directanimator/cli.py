@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--model", required=True,
                          help="backbone: a diffusers folder, a .safetensors file, or a Hugging Face repo id")
     animate.add_argument("--checkpoint", default=None, help="DirectAnimator checkpoint (.safetensors)")
-    animate.add_argument("--vae", default=None, help="VAE folder or repo id when the backbone source has none")
+    animate.add_argument("--vae", default=None,
+                         help="VAE folder, repo id or single .safetensors file (e.g. wan_2.1_vae.safetensors) when "
+                              "the backbone source has none")
+    animate.add_argument("--image-encoder", default=None,
+                         help="Wan2.1 I2V: the CLIP vision tower (image_encoder/ folder, repo id or a "
+                              "clip_vision_h.safetensors file) when the backbone source has none")
     animate.add_argument("--out", required=True, help="output video (.mp4, .webm or .gif)")
     animate.add_argument("--steps", type=int, default=25)
     animate.add_argument("--guidance", type=float, default=3.0, help="cue guidance scale; 1 = one pass per step")
@@ -291,7 +296,8 @@ def run_animate(args: argparse.Namespace) -> Path:
         check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
     model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
-                       cache_dir=args.cache_dir, vae=args.vae)
+                       cache_dir=args.cache_dir, vae=args.vae, image_encoder=args.image_encoder,
+                       require_image_encoder=True)
     # the model's cue options with the command line's; animate adds the backbone's size rule (sampling_plan)
     cue_config = cue_config_for(model.cue_config, anchor=args.anchor, options=settings)
     bars: dict[str, tqdm] = {}

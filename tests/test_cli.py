@@ -73,6 +73,41 @@ def test_animate_writes_the_driving_frame_count_at_the_driving_fps(tmp_path):
     assert torch.isfinite(clip.frames).all()
 
 
+def _tiny_wan_without_clip(folder):
+    """A tiny Wan2.1 I2V diffusers folder without image_encoder/, and the CLIP parts in a folder of their own."""
+    import json
+
+    from directanimator.models.configs import default_scheduler_config
+    from tests.tiny import tiny_backbone, tiny_clip_vision, tiny_wan_vae
+
+    tiny_backbone("wan-i2v").save_pretrained(folder / "wan" / "transformer")
+    tiny_wan_vae("2.1").save_pretrained(folder / "wan" / "vae")
+    (folder / "wan" / "scheduler").mkdir()
+    (folder / "wan" / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps(default_scheduler_config("wan2.1-i2v-14b")))
+    encoder, processor = tiny_clip_vision()
+    encoder.save_pretrained(folder / "clip" / "image_encoder")
+    processor.save_pretrained(folder / "clip" / "image_processor")
+    return folder / "wan", folder / "clip"
+
+
+@needs_real
+@pytest.mark.slow
+def test_animate_runs_a_wan_backbone_with_its_clip_tower_given_apart(tmp_path, caplog):
+    model, clip = _tiny_wan_without_clip(tmp_path)
+    args = ["animate", "--reference", str(REAL_DATA / "ref_real_person.jpg"),
+            "--driving", str(REAL_DATA / "dance_1080x1920_24fps.mp4"), "--frames", "5", "--stride", "8",
+            "--size", "64x64", "--model", str(model), "--steps", "2", "--guidance", "2"]
+    # Wan2.1 I2V embeds the reference with CLIP: without the tower the command stops before sampling
+    assert main(args + ["--out", str(tmp_path / "none.mp4")]) == 2
+    assert "--image-encoder" in caplog.text or "image_encoder" in caplog.text
+    assert not (tmp_path / "none.mp4").exists()
+    out = tmp_path / "result.mp4"
+    assert main(args + ["--image-encoder", str(clip), "--scheduler", "euler", "--out", str(out)]) == 0
+    clip_frames = read_video(out).frames
+    assert clip_frames.shape == (5, 64, 64, 3) and torch.isfinite(clip_frames).all()
+
+
 def test_bad_output_name_is_refused_before_any_work(tmp_path, caplog):
     code = main(["animate", "--reference", "missing.png", "--driving", "missing.mp4", "--model", "x/y",
                  "--out", str(tmp_path / "result.txt")])
