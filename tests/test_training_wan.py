@@ -376,3 +376,36 @@ def test_a_tiny_wan_trained_by_the_cli_animates_the_world_better_than_the_static
     errors["static"] = moving_difference(static, clip, moving)
     assert errors["trained"] < 0.85 * errors["static"], errors
     assert errors["untrained"] > 0.85 * errors["static"], errors  # the same bar: training is what meets it
+
+
+def test_stage1_trains_the_wan22_ti2v_layout_on_its_48_channel_16x_vae(tmp_path):
+    """The real TI2V layout: 48 latent channels from a Wan2.2 VAE (4x16x16): prepare caches its latents and cues on
+    the 16x grid, stage 1 feeds the clean reference as frame 0 at timestep 0 and learns."""
+    from tests.training_world import CONFIG, make_wan_world, overrides
+    from training.config import load_config
+    from training.data import CachedClips, make_batch as collate
+    from training.prepare import prepare
+    from training.stage1 import stage1_loss, train_stage1
+    from training.trainer import Trainer, load_student
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data, model = make_wan_world(tmp_path, "wan2.2-ti2v")
+        config = load_config(CONFIG, overrides(tmp_path, data, model, "run.steps=3", "run.save_every=3"))
+        prepare(config)
+        clips = CachedClips(config)
+        sample = clips.load(0)
+        assert sample["reference"].shape == (1, 48, 4, 4) and sample["cues.pose"].shape[1:] == (48, 4, 4)
+        trainer = Trainer(config, load_student(config), clips, stage1_loss, stage=1)
+        assert trainer.flow is not None and trainer.flow.shift == 3.0 and trainer.scheduler is None
+        trainer._generators = [torch.Generator().manual_seed(0)]
+        batch = collate(clips, [0], trainer._generators)
+        batch.drop_reference[:] = False
+        noised = trainer.noised(batch)
+        torch.testing.assert_close(noised.inputs[:, 0], batch.reference[:, 0])
+        assert noised.timesteps.shape == (1, 3) and noised.timesteps[0, 0] == 0 and noised.timesteps[0, 1] > 0
+        records = train_stage1(config)
+        assert len(records) == 3 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
+    finally:
+        torch.set_num_threads(threads)

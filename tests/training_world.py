@@ -44,8 +44,9 @@ def overrides(root: Path, data: Path, model: Path, *extra: str) -> list[str]:
 
 # Wan worlds: "wan-ti2v" a Wan2.2-TI2V-like layout (the clean reference latent as latent frame 0) on 16 latent
 # channels, so that the Wan2.1-like micro VAE (8x spatial) serves it; "wan-i2v" the Wan2.1 I2V layout (mask +
-# condition latent on channels, a tiny CLIP image embedding).
-WAN_WORLD_LAYOUTS = ("wan-ti2v", "wan-i2v")
+# condition latent on channels, a tiny CLIP image embedding); "wan2.2-ti2v" the real TI2V layout (48 channels) with
+# a tiny Wan2.2 VAE (16x spatial, its own patchify).
+WAN_WORLD_LAYOUTS = ("wan-ti2v", "wan-i2v", "wan2.2-ti2v")
 WAN_SHIFT = 3.0  # the flow shift the tiny Wan folders' scheduler samples with (Wan2.1 480p's)
 
 
@@ -64,9 +65,11 @@ def save_wan_model(model: Path, layout: str = "wan-ti2v") -> Path:
 
     if layout not in WAN_WORLD_LAYOUTS:
         raise ValueError(f"layout must be one of {WAN_WORLD_LAYOUTS}, got {layout!r}")
+    from tests.tiny import tiny_wan_vae
+
     channels = {"in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS} if layout == "wan-ti2v" else {}
-    tiny_backbone(layout, **channels).save_pretrained(model / "transformer")
-    micro_wan_vae().save_pretrained(model / "vae")
+    tiny_backbone("wan-ti2v" if layout == "wan2.2-ti2v" else layout, **channels).save_pretrained(model / "transformer")
+    (tiny_wan_vae("2.2") if layout == "wan2.2-ti2v" else micro_wan_vae()).save_pretrained(model / "vae")
     UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=WAN_SHIFT,
                             num_train_timesteps=1000).save_pretrained(model / "scheduler")
     if layout == "wan-i2v":
