@@ -26,6 +26,7 @@ from .errors import InputError
 from .plan import SamplingPlan, frames_from_latents, sampling_plan
 from .sampling import (
     SCHEDULER_CHOICES,
+    CacheStats,
     SCHEDULERS,
     StepCallback,
     WindowPlan,
@@ -33,6 +34,7 @@ from .sampling import (
     plan_windows,
     sample_latents,
     scheduler_names,
+    speed_notes,
     validate_options,
 )
 from .tensors import as_frames
@@ -81,7 +83,8 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
             guidance: float = 3.0, seed: int = 0, scheduler: str | None = None, window: int | None = None,
             overlap: int | None = None, fps: float | None = None, callback: StepCallback | None = None,
             denoise: float = 1.0, init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
-            tiling: bool | None = None, on_cue_frame=None, samples: int = 1) -> AnimationResult:
+            tiling: bool | None = None, on_cue_frame=None, samples: int = 1, cache: str = "off",
+            cache_threshold: float | None = None, batch_guidance: bool = False) -> AnimationResult:
     """Animate `reference` ``[1, H, W, 3]`` with the motion of `driving` ``[F, H', W', 3]`` (or a VideoClip).
 
     Extracts the Driving Cue Triplet with the cue options of `sampling_plan` (`cue_config`, default the
@@ -96,7 +99,7 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
     driving = as_frames(driving, name="driving")
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
                      denoise=denoise, num_video_latents=_video_latents(model, int(driving.shape[0])),
-                     samples=samples)
+                     samples=samples, cache=cache, cache_threshold=cache_threshold, batch_guidance=batch_guidance)
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
     plan = sampling_plan(model, cue_config=cue_config)
@@ -107,7 +110,8 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
     triplet = extract_cues(reference, driving, plan.cue_config_for(driving_size), on_frame=on_cue_frame)
     return animate_triplet(model, triplet, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                            window=window, overlap=overlap, fps=fps, callback=callback, denoise=denoise,
-                           init_frames=init_frames, text_embeds=text_embeds, tiling=tiling, samples=samples)
+                           init_frames=init_frames, text_embeds=text_embeds, tiling=tiling, samples=samples,
+                           cache=cache, cache_threshold=cache_threshold, batch_guidance=batch_guidance)
 
 
 def _init_latents(model, triplet: CueTriplet, init_frames, padded: int, tiling: bool | None) -> Tensor:
@@ -131,7 +135,8 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
                     scheduler: str | None = None, window: int | None = None, overlap: int | None = None,
                     fps: float | None = None, callback: StepCallback | None = None, denoise: float = 1.0,
                     init_frames: Tensor | None = None, text_embeds: Tensor | None = None,
-                    tiling: bool | None = None, samples: int = 1) -> AnimationResult:
+                    tiling: bool | None = None, samples: int = 1, cache: str = "off",
+                    cache_threshold: float | None = None, batch_guidance: bool = False) -> AnimationResult:
     """Animate from an extracted cue triplet: encode, sample, decode, trim to the driving frame count.
 
     steps: denoising steps; guidance: cue guidance scale (1 = one forward per step); seed: reproduces the result
@@ -141,13 +146,16 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
     length); denoise < 1 with `init_frames` ``[F, H, W, 3]`` refines an existing video; callback(step, total,
     preview) after every step (may raise to stop); text_embeds: ``[1, L, D]`` replacing the checkpoint's null-text
     embedding; tiling: spatial VAE tiling (None: when the frame exceeds the VAE's tile size); samples: the mean of
-    that many results of seeds `seed`, `seed + 1`, ... (`sample_latents` says when that helps).
+    that many results of seeds `seed`, `seed + 1`, ... (`sample_latents` says when that helps); cache /
+    cache_threshold: a step cache ("off", "first_block", "mag", "taylorseer") and its setting, batch_guidance: the
+    guidance branches in one forward (`sample_latents` describes both; what they did goes into the notes).
     """
     num = triplet.num_frames if isinstance(triplet, CueTriplet) else 0
     if num < 1:
         raise InputError(f"triplet: expected a CueTriplet with frames, got {type(triplet).__name__}.")
     validate_options(model, steps=steps, guidance=guidance, scheduler=scheduler, window=window, overlap=overlap,
-                     denoise=denoise, num_video_latents=_video_latents(model, num), samples=samples)
+                     denoise=denoise, num_video_latents=_video_latents(model, num), samples=samples, cache=cache,
+                     cache_threshold=cache_threshold, batch_guidance=batch_guidance)
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
     cond = encode_conditioning(model, triplet, fps=fps, tiling=tiling)
@@ -164,8 +172,11 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
             f"{plan.window} (overlap {plan.overlap}), each with the reference frame in front."
         )
         log.info(notes[-1])
+    stats = CacheStats()
     latents = sample_latents(model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                              window=window, overlap=overlap, denoise=denoise, init_latents=init,
-                             text_embeds=text_embeds, callback=callback, samples=samples)
+                             text_embeds=text_embeds, callback=callback, samples=samples, cache=cache,
+                             cache_threshold=cache_threshold, batch_guidance=batch_guidance, stats=stats)
+    notes.extend(speed_notes(stats, batch_guidance=batch_guidance, guidance=guidance))
     frames = frames_from_latents(model, latents, num_frames=cond.num_frames, tiling=tiling)
     return AnimationResult(frames=frames, fps=fps, triplet=triplet, notes=notes, latents=latents.cpu())

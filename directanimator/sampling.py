@@ -405,6 +405,15 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     return mean.div_(samples)
 
 
+def speed_notes(stats: CacheStats, *, batch_guidance: bool, guidance: float) -> list[str]:
+    """The notes a result records for the speed options it sampled with (none when all are off)."""
+    notes = [] if stats.note() is None else [stats.note()]
+    if batch_guidance and guidance != 1.0:
+        notes.append("guidance branches batched: the cued and the bare (cue weight 0) prediction in one forward of "
+                     "batch 2 per window and step.")
+    return notes
+
+
 def run_timesteps(sched, steps: int, denoise: float = 1.0, *, device=None) -> Tensor:
     """The timesteps a run of `steps` visits: the last ``int(steps * denoise)`` of the scheduler's schedule."""
     sched.set_timesteps(steps, device=device)

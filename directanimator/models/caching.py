@@ -125,8 +125,17 @@ _MAG_RATIOS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Tensor]]" = weakr
 
 
 def mag_ratios(transformer: nn.Module, key: tuple) -> Tensor | None:
-    """The magnitude ratios measured for `transformer` at `key`, or None."""
+    """The magnitude ratios measured for `transformer` at `key` (`StepCache.key`), or None."""
     return _MAG_RATIOS.get(transformer, {}).get(key)
+
+
+def remember_mag_ratios(transformer: nn.Module, key: tuple, ratios: Tensor) -> None:
+    """Give MagCache the magnitude ratios of `transformer` at `key` (`StepCache.key`), one per step, e.g. ones
+    measured on another run; later `StepCache`s with that key skip from their first run."""
+    ratios = torch.as_tensor(ratios, dtype=torch.float32).reshape(-1)
+    if not ratios.numel() or not torch.isfinite(ratios).all() or (ratios <= 0).any():
+        raise InputError(f"mag ratios: need one finite positive ratio per step, got {ratios.tolist()}.")
+    _MAG_RATIOS.setdefault(transformer, {})[tuple(key)] = ratios
 
 
 class _MagCalibration:
@@ -247,7 +256,7 @@ class StepCache:
             self._calibration.remove()
             self._calibration = None
             if ratios is not None:
-                _MAG_RATIOS.setdefault(self.transformer, {})[self.key] = ratios
+                remember_mag_ratios(self.transformer, self.key, ratios)
 
     def new_run(self) -> None:
         """Forget every cached state: call before each sample."""
