@@ -99,9 +99,11 @@ def positional_embedding_case(config: Mapping[str, Any]) -> str:
     """One sentence saying which sizes and lengths the backbone's positional embeddings accept (DESIGN.md 10)."""
     spec = spec_from_config(config)
     if spec.family == "wan":
+        # the VAE is not part of the transformer config; the variant tells it: TI2V-5B's 48-channel latents come from
+        # the 16x Wan2.2 VAE, the others' from the 8x Wan2.1 VAE
+        multiple = (16 if spec.variant == "wan-ti2v" else 8) * spec.patch_size
         return (f"rotary positional embeddings only (Wan, {spec.variant}): any length and any size that is a "
-                f"multiple of the VAE factor x {spec.patch_size} px, up to {spec.max_rotary_positions} positions per "
-                "axis")
+                f"multiple of {multiple} px, up to {spec.max_rotary_positions} positions per axis")
     if spec.use_learned_positional_embeddings:
         f = latent_frames_for_sample_frames(config)
         h, w = spec.sample_height * 8, spec.sample_width * 8
