@@ -165,6 +165,12 @@ class CueRotary(tuple):
         carrier.cues = cues
         return carrier
 
+    def to(self, *args, **kwargs) -> "CueRotary":
+        """The rotary tensors moved like ``Tensor.to``, the cues kept. Device-moving hooks (diffusers' group
+        offloading, through accelerate's ``send_to_device``) call this; rebuilding the tuple from its items, as they
+        do for plain tuples, would drop the cues."""
+        return CueRotary(tuple(t.to(*args, **kwargs) for t in self), self.cues)
+
 
 class WanCueFusionBlock(nn.Module):
     """A `WanTransformerBlock` wrapped with its CueFusion module; same call signature as the block.
