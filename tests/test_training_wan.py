@@ -260,7 +260,10 @@ def test_prepare_stage1_pseudo_stage2_export_and_validate_run_unchanged_on_wan_i
     assert sample["image_embeds"].shape[-1] == WAN_IMAGE_DIM
     assert cached.null_text.shape[-2:] == (WAN_TEXT_LEN, TEXT_DIM)
 
-    cli("stage1", str(CONFIG), *sets("run.name='s1'", "run.steps=4", "run.save_every=4"))
+    cli("stage1", str(CONFIG), *sets("run.name='s1'", "run.steps=4", "run.save_every=4", "run.validate_every=4",
+                                      "run.validate_clips=1", "run.validate_steps=2"))
+    validated = json.loads((root / "runs" / "s1" / "samples" / "validation.jsonl").read_text().splitlines()[0])
+    assert validated["step"] == 4 and validated["scheduler"] == "unipc"  # sampled with the CLIP embedding
     records = read_metrics(root / "runs" / "s1")
     assert [r["step"] for r in records] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in records)
     stage1 = root / "runs" / "s1" / "checkpoints" / "step_000004" / "model.safetensors"

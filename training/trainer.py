@@ -329,7 +329,8 @@ class Trainer:
         if optimized != set(self.names) and not self.deepspeed:  # ZeRO's optimizer holds flat partitions instead
             raise RuntimeError("the optimizer does not hold the prepared model's trained parameters "
                                f"({len(optimized)} vs {len(self.names)} tensors)")
-        self._vae = None  # loaded on the first validation
+        self._vae = None  # loaded on the first validation, with the image encoder of a Wan2.1 I2V backbone
+        self._image_encoder: dict = {}
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config))
         self.spec: BackboneSpec = self.unwrapped.spec
         # the backbone's own noising: flow matching with its sampling shift (Wan), else its DDPM schedule (CogVideoX)
@@ -624,14 +625,16 @@ class Trainer:
         in validation.jsonl). The global RNG states are restored afterwards, so a resumed run stays exact."""
         from directanimator.models import AnimatorModel
 
-        from .prepare import load_vae
+        from .prepare import load_image_encoder, load_vae
         from .validate import validate_model
 
         if self._vae is None:
             self._vae = load_vae(self.config)
+            # Wan2.1 I2V samples with the reference's CLIP embedding (None elsewhere)
+            self._image_encoder = load_image_encoder(self.config, dict(self.unwrapped.backbone.config))
         model = AnimatorModel(transformer=self.unwrapped, vae=self._vae, null_text=self.data.null_text,
                               scheduler_config=self.loaded.scheduler_config, cue_config=self.config.cues.to_dict(),
-                              name=self.config.run.name)
+                              name=self.config.run.name, **self._image_encoder)
         saved = rng_state()
         main = self.accelerator.is_main_process
         # under FSDP the other ranks run the same sampling (each forward gathers every rank's shards) and discard it
