@@ -448,3 +448,17 @@ def test_a_repo_snapshot_takes_the_clip_parts_and_nothing_else(tmp_path, monkeyp
     assert {"image_encoder/*.safetensors", "image_encoder/*.json", "image_processor/*.json"} <= set(patterns)
     assert not any(p.startswith(("text_encoder", "tokenizer")) for p in patterns)  # prompts come from elsewhere
     assert load_model(folder, dtype="fp32").image_encoder is not None
+
+
+def test_a_bf16_wan_keeps_the_modules_diffusers_keeps_in_fp32(tmp_path):
+    """load_model(dtype=bf16) leaves Wan's rotary table, time embedder, modulation tables and norms in fp32, as
+    WanTransformer3DModel.from_pretrained(torch_dtype=bf16) does, and the rest (CueFusion included) in bf16."""
+    folder = save_tiny_wan_folder(tmp_path / "wan")
+    model = load_model(folder, dtype="bf16")
+    reference = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=torch.bfloat16)
+    ours = {name.replace(".block.", "."): p.dtype for name, p in model.transformer.backbone.named_parameters()
+            if ".fusion." not in name}
+    assert ours == {name: p.dtype for name, p in reference.named_parameters()}
+    assert model.transformer.backbone.rope.freqs_cos.dtype == torch.float32
+    assert {p.dtype for p in model.transformer.cue_parameters()} == {torch.bfloat16}
+    assert torch.float32 in set(ours.values()) and torch.bfloat16 in set(ours.values())

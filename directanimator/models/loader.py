@@ -316,6 +316,32 @@ def _load_image_encoder(source: str | Path, dtype: torch.dtype, *, cache_dir: st
     return encoder.eval(), processor
 
 
+def cast_transformer(transformer: DirectAnimatorTransformer, dtype: torch.dtype) -> DirectAnimatorTransformer:
+    """Cast to `dtype` as diffusers' ``from_pretrained(torch_dtype=...)`` does: the modules the backbone's class keeps in
+    fp32 (``_keep_in_fp32_modules``: Wan's rotary table, time embedder, modulation tables and norms) stay fp32, the
+    rest (CueFusion included) takes `dtype`. A plain ``.to(dtype)`` would round Wan's rotary table to bf16."""
+    keep = tuple(getattr(transformer.backbone, "_keep_in_fp32_modules", None) or ())
+    if dtype == torch.float32 or not keep:
+        return transformer.to(dtype)
+
+    def kept(name: str) -> bool:  # diffusers matches these names as substrings of the parameter name
+        return any(pattern in name for pattern in keep)
+
+    for module_name, module in transformer.named_modules():
+        for store in (module._parameters, module._buffers):
+            for key, tensor in store.items():
+                if tensor is None or not tensor.is_floating_point():
+                    continue
+                name = f"{module_name}.{key}" if module_name else key
+                target = torch.float32 if kept(name) else dtype
+                if tensor.dtype != target:
+                    if isinstance(tensor, torch.nn.Parameter):
+                        tensor.data = tensor.data.to(target)
+                    else:
+                        store[key] = tensor.to(target)
+    return transformer
+
+
 def build_transformer(backbone: torch.nn.Module,
                       cue_fusion: CueFusionConfig | Mapping[str, Any] | None = None) -> DirectAnimatorTransformer:
     """Wrap a backbone (CogVideoX or Wan) into a DirectAnimatorTransformer (fresh, zero-initialised CueFusion)."""
@@ -403,8 +429,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     transformer = build_transformer(model, ckpt.cue_fusion if ckpt is not None else cue_fusion)
     if ckpt is not None:
         apply_checkpoint(transformer, ckpt)
-    if any(p.dtype != torch_dtype for p in transformer.parameters()):
-        transformer.to(torch_dtype)
+    cast_transformer(transformer, torch_dtype)
     transformer.eval()
 
     vae_source = vae if vae is not None else parts.vae
