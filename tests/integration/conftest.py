@@ -225,11 +225,13 @@ def comfy(tmp_path_factory) -> Server:
     dirs = {name: base / name for name in ("input", "output", "temp", "user", "frontend", "models")}
     for path in dirs.values():
         path.mkdir()
-    for sub in ("diffusers", "directanimator"):
+    # our folders, and ComfyUI's own that the Model Loader picks Wan single files from
+    subfolders = ("diffusers", "directanimator", "diffusion_models", "vae", "clip_vision")
+    for sub in subfolders:
         (dirs["models"] / sub).mkdir()
     paths_yaml = base / "extra_model_paths.yaml"
-    paths_yaml.write_text(f"directanimator_tests:\n    base_path: {dirs['models']}\n    diffusers: diffusers/\n"
-                          "    directanimator: directanimator/\n")
+    paths_yaml.write_text(f"directanimator_tests:\n    base_path: {dirs['models']}\n"
+                          + "".join(f"    {sub}: {sub}/\n" for sub in subfolders))
     vhs_dir = os.environ.get("VHS_DIR")
     if vhs_dir and not (Path(vhs_dir) / "videohelpersuite").is_dir():
         pytest.fail(f"VHS_DIR={vhs_dir} is not a ComfyUI-VideoHelperSuite checkout (no videohelpersuite/ in it)")

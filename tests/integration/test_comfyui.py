@@ -42,6 +42,63 @@ def animate_prompt(*, seed: int = 1, steps: int = 2, offload: bool = True) -> di
     return prompt
 
 
+WAN_FILES = dict(diffusion_model="wan/tiny_wan2.1_i2v_itest.safetensors", vae="tiny_wan_2.1_vae_itest.safetensors",
+                 clip_vision="tiny_clip_vision_itest.safetensors")
+WAN_CHECKPOINT = "tiny-directanimator-wan-itest.safetensors"
+
+
+def save_tiny_wan_files(models_dir, *, seed: int = 0) -> dict:
+    """A tiny Wan2.1 I2V as ComfyUI users keep it, in `models_dir`'s diffusion_models, vae and clip_vision folders:
+    native-layout transformer and VAE, CLIP vision tower in the ``vision_model.*`` layout, each with the sidecar
+    config the loader reads for shapes that match no bundled config. Returns the Model Loader's file inputs."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    from tests.test_loader_wan import TINY_CLIP, TINY_NATIVE_VAES, clip_file_state, save_native_vae, save_native_wan
+    from tests.tiny import tiny_backbone, tiny_backbone_config
+
+    for name, folder in (("diffusion_model", "diffusion_models"), ("vae", "vae"), ("clip_vision", "clip_vision")):
+        (models_dir / folder / WAN_FILES[name]).parent.mkdir(parents=True, exist_ok=True)
+    transformer = models_dir / "diffusion_models" / WAN_FILES["diffusion_model"]
+    save_native_wan(transformer, tiny_backbone("wan-i2v", seed=seed), config=tiny_backbone_config("wan-i2v"))
+    torch.manual_seed(seed)
+    save_native_vae(models_dir / "vae" / WAN_FILES["vae"], AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]).eval(), "2.1")
+    # 224 px like clip_vision_h: single files are embedded with Wan2.1's own processor (224 px crops)
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    clip_config = dict(TINY_CLIP, image_size=224, patch_size=32)
+    torch.manual_seed(seed)
+    clip = models_dir / "clip_vision" / WAN_FILES["clip_vision"]
+    save_file(clip_file_state(CLIPVisionModel(CLIPVisionConfig(**clip_config)).eval()), str(clip))
+    clip.with_suffix(".json").write_text(json.dumps(clip_config))
+    return dict(WAN_FILES)
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(comfy):
+    """Tiny Wan2.1 I2V single files in ComfyUI's own model folders and a DirectAnimator checkpoint for them."""
+    from directanimator.models import save_checkpoint
+    from tests.tiny import TEXT_DIM, WAN_TEXT_LEN, tiny_animator
+
+    files = save_tiny_wan_files(comfy.models_dir)
+    torch.manual_seed(0)
+    save_checkpoint(comfy.models_dir / "directanimator" / WAN_CHECKPOINT,
+                    tiny_animator("wan-i2v", seed=0, randomize_cues=True), weights="none",
+                    null_text=torch.zeros(1, WAN_TEXT_LEN, TEXT_DIM), backbone_name="tiny-wan2.1-i2v")
+    return files, WAN_CHECKPOINT
+
+
+def wan_prompt(files: dict, *, seed: int = 1, steps: int = 2) -> dict:
+    """The Wan2.1 single-files workflow with the tiny files: small frames, few steps, a small window."""
+    prompt = api("animate_wan21_i2v_14b_comfyui_files")
+    prompt["2"]["inputs"].update(height=TINY_SIZE[0], width=TINY_SIZE[1])
+    prompt["5"]["inputs"].update(checkpoint=WAN_CHECKPOINT, precision="fp32", **files)
+    prompt["6"]["inputs"]["tiled"] = False
+    prompt["7"]["inputs"].update(steps=steps, seed=seed, window=3, overlap=1)
+    prompt["8"]["inputs"]["tiled"] = False
+    return prompt
+
+
 def test_object_info_lists_every_node_with_its_declared_types(comfy):
     info = comfy.get("/object_info")
     for name, definition in build.pack_definitions().items():
@@ -106,6 +163,25 @@ def test_animate_workflow_end_to_end_then_reuses_the_loaded_model(comfy, media, 
     assert second.status == "success", second.error
     assert "5" in second.cached and "5" not in second.executed  # the model loader did not run again
     assert "7" in second.executed
+
+
+def test_wan_single_files_workflow_end_to_end_from_comfyuis_own_model_folders(comfy, media, tiny_wan):
+    files, checkpoint = tiny_wan
+    shipped = api("animate_wan21_i2v_14b_comfyui_files")
+    loader, sampler = shipped["5"]["inputs"], shipped["7"]["inputs"]
+    assert loader["backbone"] == "none (use repo_id)" and loader["repo_id"] == ""  # the files replace both
+    assert sampler["scheduler"] == "unipc" and (sampler["window"], sampler["overlap"]) == (20, 5)
+    info = comfy.get("/object_info")["DirectAnimatorModelLoader"]["input"]
+    for name, value in files.items():  # ComfyUI lists the files from its own folders (sidecar configs not)
+        assert value in info["optional"][name][0] and not any(v.endswith(".json") for v in info["optional"][name][0])
+    assert checkpoint in info["required"]["checkpoint"][0]
+
+    result = run(comfy, wan_prompt(files))
+    assert result.status == "success", f"{result.error}\n{comfy.log_tail()}"
+    (video,) = comfy.output_files(result, "10")
+    assert video_facts(video) == (CLIP_FRAMES, pytest.approx(CLIP_FPS), TINY_SIZE)
+    assert result.progress.get("7") and max(result.progress["7"]) == 2  # UniPC, one progress event per step
+    assert comfy.output_files(result, "12")  # the cue preview sheet
 
 
 def test_interrupt_stops_sampling_within_a_step_and_the_next_run_works(comfy, media, tiny_model):

@@ -63,3 +63,28 @@ def test_checkpoint_outside_models_directanimator_is_refused(comfy, tmp_path):
 def test_repo_id_not_of_the_form_owner_name_is_refused(comfy):
     errors = node_errors(comfy, loader_prompt(backbone="none (use repo_id)", repo_id="../../etc"))
     assert "owner/name" in json.dumps(errors.get(LOADER)), errors
+
+
+
+WAN = "animate_wan21_i2v_14b_comfyui_files"  # the workflow whose Model Loader picks files from ComfyUI's folders
+SINGLE_FILES = {"diffusion_model": "diffusion_models", "vae": "vae", "clip_vision": "clip_vision"}
+
+
+@pytest.mark.parametrize("name, folder", sorted(SINGLE_FILES.items()))
+def test_single_files_outside_comfyuis_own_model_folders_are_refused_with_the_folder_to_use(comfy, tmp_path, name,
+                                                                                            folder):
+    from tests.integration.test_comfyui import save_tiny_wan_files
+
+    inside = save_tiny_wan_files(comfy.models_dir)
+    outside = save_tiny_wan_files(tmp_path / "elsewhere")  # the same loadable files, not in the server's folders
+    path = tmp_path / "elsewhere" / folder / outside[name]
+    prompt = json.loads(build.api_path(WAN).read_text())
+    assert prompt[LOADER]["class_type"] == "DirectAnimatorModelLoader" and prompt[LOADER]["inputs"][name] != "none"
+    prompt[LOADER]["inputs"].update(checkpoint="none (bare backbone)", **inside)
+    assert LOADER not in node_errors(comfy, prompt)  # the files in the server's folders pass
+    prompt[LOADER]["inputs"].update({other: "none" for other in SINGLE_FILES if other != name})
+    for value in (str(path), os.path.relpath(path, comfy.models_dir / folder), "/etc/hostname",
+                  "../../../etc/hostname", "not-there.safetensors"):
+        prompt[LOADER]["inputs"][name] = value
+        errors = node_errors(comfy, prompt)
+        assert f"ComfyUI/models/{folder}" in json.dumps(errors.get(LOADER)), (name, value, errors)
