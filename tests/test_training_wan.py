@@ -412,3 +412,23 @@ def test_stage1_trains_the_wan22_ti2v_layout_on_its_48_channel_16x_vae(tmp_path)
         assert len(records) == 3 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_resumed_wan_run_continues_the_uninterrupted_one_exactly(i2v_world):
+    """The flow draws (noise, then sigma) come from each sample's own generator like CogVideoX's, so a run stopped
+    and resumed logs the losses of the run that never stopped."""
+    from tests.training_world import CONFIG, overrides
+    from training.config import load_config
+    from training.prepare import prepare
+    from training.stage1 import train_stage1
+
+    root, data, model = i2v_world
+    common = ("run.save_every=2", "run.log_every=1", "optim.ema_decay=0.5")
+    prepare(load_config(CONFIG, overrides(root, data, model)))
+    whole = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='whole'", "run.steps=4", *common)))
+    train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='split'", "run.steps=2", *common)))
+    resumed = train_stage1(load_config(CONFIG, overrides(root, data, model, "run.name='split'", "run.steps=4",
+                                                         *common)), resume="latest")
+    assert [r["step"] for r in resumed] == [3, 4]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole[2:]]
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in whole[2:]]
