@@ -243,9 +243,13 @@ def test_wan_attention_already_dispatches_and_native_is_set_on_its_processors(la
     with torch.no_grad():
         plain = model(**inputs, cues=cues)
         assert install_dispatch_attention(model.backbone) == 0
+        # another model in the process switched diffusers' process-wide default; this one keeps what it was given
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName._NATIVE_MATH)
         apply_memory_options(model, MemoryOptions(attention="native"), device="cpu")
+        assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName._NATIVE_MATH
         assert dispatching_processors(model.backbone) == 2 * len(model.blocks)
-        assert all(b.block.attn1.processor._attention_backend == AttentionBackendName.NATIVE for b in model.blocks)
+        assert all(b.block.attn1.processor._attention_backend == AttentionBackendName.NATIVE
+                   and b.block.attn2.processor._attention_backend == AttentionBackendName.NATIVE for b in model.blocks)
         assert torch.equal(model(**inputs, cues=cues), plain)
 
 

@@ -2,8 +2,8 @@
 
 Wan's processor (`WanAttnProcessor`) already calls `diffusers.models.attention_dispatch.dispatch_attention_fn`;
 CogVideoX's (`CogVideoXAttnProcessor2_0`) calls ``F.scaled_dot_product_attention`` itself, and diffusers 0.42 ships
-no dispatcher-based processor for it, so `set_attention_backend` cannot change its kernel. `DispatchCogVideoXAttnProcessor`
-is the same computation with the kernel call handed to the dispatcher.
+no dispatcher-based processor for it, so `set_attention_backend` cannot change its kernel.
+`DispatchCogVideoXAttnProcessor` is the same computation with the kernel call handed to the dispatcher.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ the repeated blocks are compiled. `apply_memory_options` puts it into effect on 
   CueFusion module;
 - block offload: diffusers' group offloading (`apply_group_offloading`, block level) over the backbone's block list,
   whose entries are the wrapped blocks, so each block's CueFusion moves with it; streamed on CUDA;
-- attention: diffusers' attention dispatcher (`ModelMixin.set_attention_backend`); CogVideoX's processor is first
-  swapped for one that dispatches (`directanimator.models.attention`);
+- attention: diffusers' attention dispatcher (`dispatch_attention_fn`), the backend set on each processor;
+  CogVideoX's processor is first swapped for one that dispatches (`directanimator.models.attention`);
 - compile: diffusers' regional compilation (`ModelMixin.compile_repeated_blocks`) of the wrapped blocks.
 
 The whole-model offload ("model") is `AnimatorModel`'s own (``offload=True``); this module only records it.
@@ -32,7 +32,7 @@ from diffusers.models.embeddings import TimestepEmbedding
 from torch import nn
 
 from ..errors import InputError
-from .attention import dispatching_processors, install_dispatch_attention
+from .attention import install_dispatch_attention
 from .fusion import CueFusion
 
 log = logging.getLogger(__name__)
@@ -291,12 +291,19 @@ def _set_attention(backbone: nn.Module, name: str) -> str:
     """Route the backbone's attention through diffusers' dispatcher with backend `name`, set on every processor.
 
     For "native" CogVideoX keeps its own SDPA processor; Wan's processors get "native" set explicitly, as a
-    processor without a backend follows diffusers' process-wide active backend, which `set_attention_backend` on
-    another model changes.
+    processor without a backend follows diffusers' process-wide active backend.
     """
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
     swapped = install_dispatch_attention(backbone) if name != "native" else 0
-    if dispatching_processors(backbone):
-        backbone.set_attention_backend(ATTENTION_BACKENDS[name][0])
+    backend = AttentionBackendName(ATTENTION_BACKENDS[name][0])
+    # Set per processor rather than by `ModelMixin.set_attention_backend`, which also makes `backend` diffusers'
+    # process-wide active backend and so switches every other diffusers model in the process (a ComfyUI session
+    # holds several) whose processors have none set; its package check runs in `check_attention_backend`.
+    for module in backbone.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = backend
     package = ATTENTION_BACKENDS[name][1]
     return (f"attention: {name} ({package}) through diffusers' dispatcher"
             + (f"; {swapped} CogVideoX processors switched to the dispatching one" if swapped else ""))
