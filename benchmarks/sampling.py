@@ -1,8 +1,15 @@
 """Sampling benchmark: peak memory of sampling + decoding a video four context windows long against one window,
-and denoising speed.
+and denoising speed; then the speed options side by side (plain, batched guidance, each step cache).
 
-    python -m benchmarks.sampling     # prints the table and writes the "Sampling" section of docs/benchmarks.md
+    python -m benchmarks.sampling     # prints the tables and writes the "Sampling" and "Sampling speed options"
+                                      # sections of docs/benchmarks.md
     python -m benchmarks.sampling --no-write --steps 2
+    python -m benchmarks.sampling --no-write --only options
+
+The speed-options table samples a two-window video (the same model) with `--option-steps` steps in a fresh
+process per option: an untimed first run (for MagCache, the run that measures its magnitude ratios), then
+`--repeats` timed runs (the fastest counts) with the peak-RSS counter reset before each; the sampled latents are
+compared with the plain run's (max |difference| / std of the plain latents).
 
 Each case runs in a fresh child process: it builds the same seeded model (CogVideoX 1.5 layout, small), encodes
 a synthetic cue triplet, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads
@@ -30,6 +37,18 @@ from benchmarks import report
 ROOT = Path(__file__).resolve().parents[1]
 
 SECTION = "## Sampling"
+OPTIONS_SECTION = "## Sampling speed options"
+# name -> sample_latents keywords; the plain run is the baseline of the table
+OPTIONS = {
+    "plain": {},
+    "batched guidance": dict(batch_guidance=True),
+    "first_block 0.05": dict(cache="first_block"),
+    "first_block 0.2": dict(cache="first_block", cache_threshold=0.2),
+    "mag 0.06": dict(cache="mag"),
+    "taylorseer 5": dict(cache="taylorseer"),
+    "taylorseer 3": dict(cache="taylorseer", cache_threshold=3),
+    "first_block 0.2 + batched": dict(cache="first_block", cache_threshold=0.2, batch_guidance=True),
+}
 MIB = 1024 * 1024
 MMAP_THRESHOLD = 64 * 1024
 
@@ -49,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=8, help="VAE tile side in latent cells (8 px each)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--only", choices=["windows", "options"], default=None, help="run one of the two tables")
+    parser.add_argument("--option-steps", type=int, default=20, help="denoising steps of the speed-options table")
+    parser.add_argument("--option-layers", type=int, default=8, help="transformer layers of the speed-options model")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per speed option (the fastest counts)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # video latent frames
+    parser.add_argument("--option", default=None, help=argparse.SUPPRESS)  # a speed option's name (child)
+    parser.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)  # where the child saves latents
     return parser.parse_args(argv)
 
 
@@ -105,16 +130,119 @@ def run_case(args: argparse.Namespace) -> dict:
     }
 
 
-def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
+def option_latents(args: argparse.Namespace) -> int:
+    """Video latent frames of the speed-options video: two windows."""
+    latents = args.window + (args.window - args.overlap)
+    return latents + 1 if (1 + latents) % 2 else latents
+
+
+def run_option(args: argparse.Namespace) -> dict:
+    """Child process: sample the speed-options video with option `args.option`; returns timings, memory and what
+    the cache did, and saves the latents to `args.save`."""
+    import torch
+
+    from benchmarks.synthetic import random_animator, random_triplet
+    from directanimator.conditioning import encode_conditioning
+    from directanimator.models.caching import CacheStats
+    from directanimator.sampling import sample_latents
+
+    torch.set_num_threads(args.threads)
+    model = random_animator(size=args.size, heads=args.heads, head_dim=args.head_dim, layers=args.option_layers)
+    frames = 4 * (option_latents(args) - 1) + 1
+    cond = encode_conditioning(model, random_triplet(frames, height=args.size, width=args.size), tiling=False)
+    options = OPTIONS[args.option]
+
+    def sample(stats=None):
+        return sample_latents(model, cond, steps=args.option_steps, guidance=args.guidance, seed=0,
+                              window=args.window, overlap=args.overlap, stats=stats, **options)
+
+    sample()  # untimed: first-call costs; MagCache measures its ratios here
+    best, work = float("inf"), 0.0
+    for _ in range(args.repeats):
+        stats = CacheStats()
+        _reset_peak()
+        rss_before = _status_kib("VmRSS")
+        start = time.perf_counter()
+        latents = sample(stats)
+        best = min(best, time.perf_counter() - start)
+        work = max(work, (_status_kib("VmHWM") - rss_before) / 1024)
+    torch.save(latents, args.save)
+    return {"option": args.option, "steps_per_s": args.option_steps / best, "sample_s": best, "work_mib": work,
+            "forwards": stats.forwards, "skipped": stats.skipped}
+
+
+def _child_env(threads: int) -> dict:
     # A fixed mmap threshold makes glibc return every large freed block at once, so RSS follows live memory
     # instead of a heap high-water mark left by earlier phases.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
-               MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
-    command = [sys.executable, "-m", "benchmarks.sampling", *argv, "--child", str(num_latents)]
-    out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
+                MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+
+
+def _run_child(extra: list[str], argv: list[str], threads: int, what: str) -> dict:
+    command = [sys.executable, "-m", "benchmarks.sampling", *argv, *extra]
+    out = subprocess.run(command, env=_child_env(threads), cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise SystemExit(f"benchmark case with {num_latents} latents failed:\n{out.stderr[-3000:]}")
+        raise SystemExit(f"benchmark case {what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
+    return _run_child(["--child", str(num_latents)], argv, threads, f"with {num_latents} latents")
+
+
+def spawn_options(argv: list[str], threads: int) -> list[dict]:
+    """Every speed option in its own process; errors against the plain run's latents."""
+    import tempfile
+
+    import torch
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in OPTIONS:
+            path = Path(tmp) / f"{len(rows)}.pt"
+            rows.append(_run_child(["--option", name, "--save", str(path)], argv, threads, repr(name)))
+            rows[-1]["latents"] = torch.load(path)
+    plain = rows[0]["latents"]
+    for row in rows:
+        row["error"] = float((row.pop("latents") - plain).abs().max() / plain.std())
+    return rows
+
+
+def options_table(rows: list[dict]) -> str:
+    base = rows[0]
+    lines = ["| option | steps/s | speed-up | sampling work MiB | forwards served from the cache | error vs plain |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        share = f"{r['skipped']} of {r['forwards']} ({100 * r['skipped'] / r['forwards']:.0f}%)" if r["forwards"] \
+            else "-"
+        lines.append(f"| {r['option']} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / base['steps_per_s']:.2f}x | "
+                     f"{r['work_mib']:.1f} | {share} | {r['error']:.3g} |")
+    return "\n".join(lines)
+
+
+def options_section(args: argparse.Namespace, rows: list[dict]) -> str:
+    latents = option_latents(args)
+    return "\n".join([
+        OPTIONS_SECTION,
+        "",
+        f"`python -m benchmarks.sampling --only options` ({args.size}x{args.size} px, CogVideoX 1.5 layout with "
+        f"{args.option_layers} layers of {args.heads}x{args.head_dim} heads and random cue weights, "
+        f"{4 * (latents - 1) + 1} frames = {latents} video latents in two windows of {args.window} (overlap "
+        f"{args.overlap}), {args.option_steps} DPM steps, guidance {args.guidance}); {os.cpu_count()} cores, "
+        f"{platform.machine()}, {args.threads} torch threads, torch {__import__('torch').__version__}, "
+        f"{datetime.date.today()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "Method: one fresh process per option; an untimed first run (MagCache measures the model's magnitude ratios "
+        f"in it), then the fastest of {args.repeats} timed runs. Sampling work MiB: `VmHWM` at the end of a run "
+        "minus `VmRSS` at its start, the peak-RSS counter reset before it (`/proc/self/clear_refs`; tracemalloc "
+        "does not see torch's CPU tensors). Forwards served from the cache: backbone forwards whose blocks were "
+        "skipped, of all forwards (windows x guidance branches x steps; one cache state per window and branch). "
+        "Error: max |latents - plain latents| / std(plain latents); two seeds differ by about 5 on this scale. "
+        "Thresholds: first_block = relative change of the first block's residual, mag = accumulated ratio error, "
+        "taylorseer = full forward every N steps.",
+        "",
+        options_table(rows),
+    ])
 
 
 def table(cases: list[dict]) -> str:
@@ -133,9 +261,20 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(run_case(args)))
         return
+    if args.option is not None:
+        print(json.dumps(run_option(args)))
+        return
     if args.window % 2 == 0:
         raise SystemExit("--window must be odd: the CogVideoX 1.5 layout pairs latent frames and the reference is one")
     argv = [a for a in sys.argv[1:] if a != "--no-write"]
+    if args.only != "windows":
+        text = options_section(args, spawn_options(argv, args.threads))
+        print(text + "\n")
+        if not args.no_write:
+            report.write_section(args.output, OPTIONS_SECTION, text)
+            print(f"wrote the {OPTIONS_SECTION[3:]} section of {args.output}\n")
+        if args.only == "options":
+            return
     stride = args.window - args.overlap
     long_latents = args.window + 3 * stride  # four windows
     if (1 + long_latents) % 2:
