@@ -432,3 +432,20 @@ def test_a_resumed_wan_run_continues_the_uninterrupted_one_exactly(i2v_world):
     assert [r["step"] for r in resumed] == [3, 4]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in whole[2:]]
     assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in whole[2:]]
+
+
+def test_a_bucket_the_wan_backbone_cannot_take_is_refused_before_any_clip_is_read(tmp_path):
+    from tests.training_world import CONFIG, overrides, save_wan_model
+    from training.config import load_config
+    from training.prepare import prepare
+
+    model = save_wan_model(tmp_path / "model", "wan2.2-ti2v")  # 16x VAE and 2x2 patches: 32 px steps
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.jsonl").write_text('{"clip": "missing.mp4", "fps": 12}\n')
+    config = load_config(CONFIG, overrides(tmp_path, data, model, "data.buckets=[[64, 80]]"))
+    with pytest.raises(InputError, match="64x80 px is not a multiple of 32 px"):
+        prepare(config)
+    long = load_config(CONFIG, overrides(tmp_path, data, model, "data.frames=257"))  # 66 latent frames > 64
+    with pytest.raises(InputError, match="rotary table of 64 positions"):
+        prepare(long)

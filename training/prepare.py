@@ -544,6 +544,8 @@ def check_buckets(config: TrainConfig, bc: dict) -> None:
             check_frames(replace(config, data=replace(config.data, frames=length)), bc)
         except InputError as error:
             raise InputError(str(error).replace("data.frames", "data.lengths")) from None
+    if spec_from_config(bc).family == "wan":
+        check_wan_sizes(config, bc)
     if not learned:
         return
     factor = 8  # the CogVideoX VAE's spatial compression: the config's sample size is in latent cells
@@ -556,6 +558,29 @@ def check_buckets(config: TrainConfig, bc: dict) -> None:
             "('crop' or 'letterbox') fits clips of any aspect into it. Aspect buckets need a rotary-only backbone "
             "(CogVideoX 1.5)."
         )
+
+
+def check_wan_sizes(config: TrainConfig, bc: dict) -> None:
+    """Raise InputError, before any clip is read, when a bucket of `data.buckets` or a window length is not a latent
+    size the Wan backbone takes: sides in multiples of the VAE's factor times the patch (32 px with Wan2.2's 16x VAE),
+    and no axis past its rotary table (`directanimator.models.transformer.check_latent_shape_for`)."""
+    from types import SimpleNamespace as Config
+
+    from directanimator.models.transformer import check_latent_shape_for
+    from directanimator.vae_io import latent_frames_for, spatial_compression, temporal_compression
+
+    vae = Config(config=Config(**json.loads((_vae_root(config) / "config.json").read_text())))
+    factor, step = spatial_compression(vae), temporal_compression(vae)
+    cell = factor * spec_from_config(bc).patch_size
+    for length in sorted(set(config.data.lengths) | {config.data.frames}):
+        for h, w in config.data.buckets:
+            if h % cell or w % cell:
+                raise InputError(f"config data.buckets: {h}x{w} px is not a multiple of {cell} px, the VAE's factor "
+                                 f"{factor} times the backbone's patch size; use sizes in steps of {cell} px.")
+            try:  # the reference latent leads the window's latents
+                check_latent_shape_for(bc, 1 + latent_frames_for(length, compression=step), h // factor, w // factor)
+            except InputError as error:
+                raise InputError(f"config data.buckets={[h, w]} with a window of {length} frames: {error}") from None
 
 
 def _process_group(timeout_minutes: float):
