@@ -449,3 +449,22 @@ def test_a_bucket_the_wan_backbone_cannot_take_is_refused_before_any_clip_is_rea
     long = load_config(CONFIG, overrides(tmp_path, data, model, "data.frames=257"))  # 66 latent frames > 64
     with pytest.raises(InputError, match="rotary table of 64 positions"):
         prepare(long)
+
+
+def test_the_cache_key_follows_the_clip_image_encoder_and_its_processor(tmp_path):
+    import json
+
+    from tests.training_world import CONFIG, overrides, save_wan_model
+    from training.config import load_config
+    from training.data import cache_key
+
+    model = save_wan_model(tmp_path / "model", "wan-i2v")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "metadata.jsonl").write_text('{"clip": "a.mp4", "fps": 12}\n')
+    config = load_config(CONFIG, overrides(tmp_path, data, model))
+    before = cache_key(config)
+    processor = model / "image_processor" / "preprocessor_config.json"
+    settings = json.loads(processor.read_text())
+    processor.write_text(json.dumps({**settings, "image_mean": [0.5, 0.5, 0.5]}))  # other cached embeddings
+    assert cache_key(config) != before

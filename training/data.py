@@ -82,10 +82,10 @@ def backbone_fingerprint(config: TrainConfig) -> dict:
                 if (vae / "config.json").is_file() else m.vae or m.backbone),
         "transformer": _digest([transformer], backbone) if transformer.is_file() else m.backbone,
     }
-    image_encoder = backbone / "image_encoder"
-    if (image_encoder / "config.json").is_file():  # Wan2.1 I2V: the CLIP embedding of the reference is cached
-        found["image_encoder"] = _digest(sorted(p for p in image_encoder.iterdir()
-                                                if p.suffix in (".json", ".safetensors")), image_encoder)
+    if (backbone / "image_encoder" / "config.json").is_file():  # Wan2.1 I2V: the reference's CLIP embedding is cached
+        parts = [backbone / "image_encoder", backbone / "image_processor"]
+        found["image_encoder"] = _digest(sorted(p for part in parts if part.is_dir() for p in part.iterdir()
+                                                if p.suffix in (".json", ".safetensors")), backbone)
     return found
 
 
