@@ -147,3 +147,25 @@ def test_the_cpu_fsdp_recipe_is_the_gpu_recipe_on_gloo():
     assert not cpu.use_cpu  # with use_cpu, `accelerate launch` would start one process, not num_processes
     assert cpu.fsdp_config == gpu.fsdp_config
     assert gpu.fsdp_config["fsdp_version"] == 2 and gpu.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+
+
+@pytest.mark.parametrize("layout, own", [("1.0", "CueFusionBlock"), ("wan-ti2v", "WanCueFusionBlock")])
+def test_an_fsdp_config_naming_either_block_wrapper_wraps_the_models_own(layout, own):
+    """One accelerate FSDP yaml (naming CueFusionBlock) serves both families: the trainer points it at the model's
+    wrapper class before accelerate builds its wrap policy; unrelated class names are kept."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from training.distributed import fit_wrap_class
+
+    model = tiny_animator(layout)
+    for configured in (["CueFusionBlock"], ["WanCueFusionBlock", "Other"]):
+        plugin = SimpleNamespace(transformer_cls_names_to_wrap=list(configured))
+        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+        fit_wrap_class(accelerator, model)
+        assert plugin.transformer_cls_names_to_wrap[0] == own
+        assert plugin.transformer_cls_names_to_wrap[1:] == configured[1:]
+        assert type(model.blocks[0]).__name__ == own
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)
+    fit_wrap_class(ddp, model)  # not FSDP: nothing to do

@@ -166,6 +166,23 @@ def agree(value, what: str):
 
 
 # --------------------------------------------------------------------------- FSDP2
+BLOCK_WRAPPERS = ("CueFusionBlock", "WanCueFusionBlock")  # the wrap unit of each backbone family
+
+
+def fit_wrap_class(accelerator, model: nn.Module) -> None:
+    """Point an FSDP launch config that names one family's block wrapper at `model`'s own (CueFusionBlock on
+    CogVideoX, WanCueFusionBlock on Wan), so one accelerate yaml serves both families; other class names are kept."""
+    if not is_fsdp(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    names = list(plugin.transformer_cls_names_to_wrap or [])
+    own = type(model.blocks[0]).__name__
+    if own in names or not any(name in BLOCK_WRAPPERS for name in names):
+        return
+    plugin.transformer_cls_names_to_wrap = [own if name in BLOCK_WRAPPERS else name for name in names]
+    log.info("FSDP wraps %s (the launch config named %s)", own, ", ".join(names))
+
+
 def shard_frozen(module: nn.Module, accelerator) -> nn.Module:
     """Shard a frozen module (the stage-2 teacher) like accelerate shards the student: one FSDP2 unit per wrap class
     of the launch config, then the root; parameters are all-gathered block by block during its forward."""

@@ -37,8 +37,8 @@ from .checkpointing import (DIGESTS, MODEL, has_ema, is_legacy_run, is_sharded, 
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .flow import FLOW_TIMESTEPS, FlowMatching, flow_shift
-from .distributed import (agree, barrier, check_shared_folder, full_state_dict, gathered_weights, is_fsdp,
-                          make_accelerator, on_all_ranks, reshard)
+from .distributed import (agree, barrier, check_shared_folder, fit_wrap_class, full_state_dict, gathered_weights,
+                          is_fsdp, make_accelerator, on_all_ranks, reshard)
 from .deepspeed_support import (check_deepspeed_launch, deepspeed_requested, full_trainable, gathered, has_engine,
                                 is_deepspeed, load_engine, make_deepspeed_accelerator, save_engine, zero_stage)
 from .precision import warn_without_native_bf16
@@ -359,6 +359,7 @@ class Trainer:
         state."""
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, config, self.device, sharded=self.sharded)
+        fit_wrap_class(self.accelerator, model)
         return self.accelerator.prepare(model, optimizer)
 
     def _name(self, param) -> str:
