@@ -4,6 +4,7 @@ input, LoRA on Wan's attention names and its diffusers export, and the CLI stage
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -468,3 +469,21 @@ def test_the_cache_key_follows_the_clip_image_encoder_and_its_processor(tmp_path
     settings = json.loads(processor.read_text())
     processor.write_text(json.dumps({**settings, "image_mean": [0.5, 0.5, 0.5]}))  # other cached embeddings
     assert cache_key(config) != before
+
+
+def test_the_shipped_wan_config_fits_wan21_i2v_14b(tmp_path):
+    """training/configs/wan2.1_i2v_14b_lora.toml: windows of Wan's own 81 frames (reference + 20 video latents) at
+    its 480P buckets, which the bundled Wan2.1-I2V-14B config accepts."""
+    from directanimator.models.configs import backbone_config
+    from directanimator.models.transformer import check_latent_shape_for
+    from training.config import load_config
+
+    (tmp_path / "metadata.jsonl").write_text("")
+    config = load_config(Path(__file__).resolve().parents[1] / "training" / "configs" / "wan2.1_i2v_14b_lora.toml",
+                         [f"data.metadata='{tmp_path / 'metadata.jsonl'}'"])
+    assert config.model.backbone.startswith("Wan-AI/Wan2.1-I2V-14B")
+    latents = 1 + (config.data.frames - 1) // 4 + 1
+    assert latents == 21
+    for height, width in config.data.buckets:
+        check_latent_shape_for(backbone_config("wan2.1-i2v-14b"), latents, height // 8, width // 8)
+    assert config.stage2.depth < 40 and config.stage2.teacher_mode == "lora_disabled"
