@@ -1,4 +1,5 @@
-"""CueFusion modules, the DirectAnimator transformer, configs, checkpoint I/O, loading and size reports."""
+"""CueFusion modules, the DirectAnimator transformer, configs, checkpoint I/O, loading, memory options and size
+reports."""
 
 from .checkpoint import (
     DirectAnimatorCheckpoint,
@@ -10,6 +11,7 @@ from .configs import CueFusionConfig, backbone_config, bundled_backbone_names, d
 from .cue_latents import CueLatents
 from .family import BackboneSpec, build_backbone, family_of, spec_from_config, spec_of
 from .loader import AnimatorModel, build_transformer, load_model, resolve_dtype
+from .memory import MemoryOptions, applied_options, apply_memory_options
 from .transformer import (
     CueFusion,
     CueFusionBlock,
@@ -30,8 +32,11 @@ __all__ = [
     "CuePatchEmbed",
     "DirectAnimatorCheckpoint",
     "DirectAnimatorTransformer",
+    "MemoryOptions",
     "WanCueFusionBlock",
+    "applied_options",
     "apply_checkpoint",
+    "apply_memory_options",
     "backbone_config",
     "build_backbone",
     "build_transformer",

@@ -1,5 +1,6 @@
 """Loading a backbone (diffusers folder, single safetensors file or Hugging Face repo id) plus an optional
-DirectAnimator checkpoint into an `AnimatorModel`, with dtype, device and CPU offload."""
+DirectAnimator checkpoint into an `AnimatorModel`, with dtype, device, CPU offload and the memory options of
+`directanimator.models.memory` (fp8 storage, block offload, attention backend, regional compile)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
@@ -28,6 +29,7 @@ from .checkpoint import (
 )
 from .configs import BACKBONE_REPOS, CueFusionConfig, default_scheduler_config
 from .family import BackboneSpec, spec_from_config, spec_of, transformer_class_for
+from .memory import MemoryOptions, apply_memory_options, check_device, describe, hooks_place_weights
 from .single_file import (
     clip_image_processor,
     identify_file,
@@ -70,7 +72,8 @@ class AnimatorModel:
 
     Offload (``offload=True``) keeps the networks on the CPU and moves one at a time to ``device`` inside
     ``with model.use("transformer"):`` / ``model.use("vae")`` / ``model.use("image_encoder")``, so only the largest
-    occupies the GPU.
+    occupies the GPU. A transformer under block offload (``MemoryOptions(offload="blocks")``) is never moved here:
+    diffusers' hooks move its blocks to ``device`` one group at a time (`hooks_place_weights`).
     """
 
     transformer: DirectAnimatorTransformer
@@ -99,7 +102,10 @@ class AnimatorModel:
         return self.transformer.spec
 
     def _networks(self) -> list[torch.nn.Module]:
-        return [m for m in (self.transformer, self.vae, self.image_encoder) if m is not None]
+        """The networks this model moves itself: not those whose weights diffusers' offload hooks place (moving
+        one of those would put all its blocks on the GPU at once, or strand its cue modules on the CPU)."""
+        return [m for m in (self.transformer, self.vae, self.image_encoder)
+                if m is not None and not hooks_place_weights(m)]
 
     def to(self, device: torch.device | str) -> "AnimatorModel":
         """Set the execution device; without offload, move the networks there now."""
@@ -133,12 +139,13 @@ class AnimatorModel:
                 f"model {self.name}: has no image encoder; {self.spec.variant} embeds the reference with CLIP. Load "
                 "it with image_encoder= (a diffusers Wan2.1 I2V folder or repo id, or clip_vision_h.safetensors)."
             )
-        if self.offload:
+        moves = self.offload and not hooks_place_weights(module)
+        if moves:
             module.to(self.device)
         try:
             yield module
         finally:
-            if self.offload:
+            if moves:
                 module.to("cpu")
                 _empty_cache(self.device)
 
@@ -295,7 +302,8 @@ def _load_image_encoder(source: str | Path, dtype: torch.dtype, *, cache_dir: st
         refuse_pickle(path, what="CLIP vision model")
         if not path.is_file():
             raise CheckpointError(f"CLIP vision file {path}: no such file.")
-        return load_clip_vision_file(path, dtype=dtype), clip_image_processor()
+        encoder = load_clip_vision_file(path, dtype=dtype)
+        return encoder, clip_image_processor(encoder.config.image_size)
     root = path / "image_encoder" if (path / "image_encoder" / "config.json").is_file() else path
     if not (root / "config.json").is_file():
         raise CheckpointError(
@@ -312,7 +320,7 @@ def _load_image_encoder(source: str | Path, dtype: torch.dtype, *, cache_dir: st
     if (processor_root / "preprocessor_config.json").is_file():
         processor = CLIPImageProcessor.from_pretrained(processor_root, local_files_only=True)
     else:
-        processor = clip_image_processor()
+        processor = clip_image_processor(encoder.config.image_size)
     return encoder.eval(), processor
 
 
@@ -365,7 +373,8 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
                cue_fusion: CueFusionConfig | None = None, image_encoder: str | Path | None = None,
                backbone_config: Mapping[str, Any] | None = None,
                vae_config: Mapping[str, Any] | None = None,
-               require_image_encoder: bool = False) -> AnimatorModel:
+               require_image_encoder: bool = False, memory: MemoryOptions | None = None,
+               place: bool = True) -> AnimatorModel:
     """Load the backbone and, when given, a DirectAnimator checkpoint (CueFusion + LoRA or full weights).
 
     `backbone`: a diffusers folder (``transformer/`` and ``vae/`` subfolders, Wan2.1 I2V also ``image_encoder/``
@@ -380,9 +389,24 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     `require_image_encoder`: a backbone that embeds the reference with CLIP (Wan2.1 I2V) but has no image encoder
     is refused before the VAE loads (for sampling); otherwise it loads with a warning (training from cached
     embeddings needs none).
+    `memory`: weight storage, offload, attention backend and compile of the transformer (`MemoryOptions`, checked
+    before anything loads; applied by `apply_memory_options` once the checkpoint is in and the weights are cast).
+    None applies nothing (`apply_memory_options` can then still be called once, e.g. after adding a LoRA to train).
+    ``memory.offload="model"`` is the same as ``offload=True`` (recorded as "model" either way); with
+    ``offload=True`` and ``memory.offload="blocks"`` the transformer's blocks are offloaded and the VAE and image
+    encoder wait on the CPU between uses. The options in effect are recorded in ``info["memory"]``, the notes of
+    what they did in ``info["memory_notes"]``.
+    `place=False` leaves the networks on the CPU with `device` as the execution device, for a model manager that
+    moves them itself (ComfyUI's); a transformer under block offload is placed by its hooks either way.
     """
     torch_dtype = resolve_dtype(dtype)
+    apply_memory = memory is not None
+    memory = (memory or MemoryOptions()).validate()
+    if offload and memory.offload == "none":
+        memory = replace(memory, offload="model")
+    offload = memory.offload == "model" or bool(offload)
     device = usable_device(device, name="device")  # before anything loads
+    check_device(memory, device)
     if checkpoint is not None:
         refuse_pickle(checkpoint, what="DirectAnimator checkpoint")
         ckpt = read_checkpoint(checkpoint)  # fail fast, before loading gigabytes of backbone
@@ -431,6 +455,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         apply_checkpoint(transformer, ckpt)
     cast_transformer(transformer, torch_dtype)
     transformer.eval()
+    memory_notes = apply_memory_options(transformer, memory, device=device) if apply_memory else []
 
     vae_source = vae if vae is not None else parts.vae
     if vae_source is None:
@@ -477,13 +502,18 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
         "weights": ckpt.weights if ckpt is not None else "none",
         "positional_embeddings": positional_embedding_case(dict(model.config)),
         "extra": ckpt.extra if ckpt is not None else {},
+        "memory": memory.to_dict(),
+        "memory_notes": list(memory_notes),
     }
-    log.info("loaded %s: %s backbone from %s, %s", name, spec.variant, origin, info["positional_embeddings"])
+    log.info("loaded %s: %s backbone from %s, %s; %s", name, spec.variant, origin, info["positional_embeddings"],
+             describe(memory))
     result = AnimatorModel(transformer=transformer, vae=vae_model, null_text=null_text,
                            scheduler_config=scheduler_config, cue_config=dict(ckpt.cue_config) if ckpt else {},
                            name=name, device=device, offload=offload, info=info, image_encoder=encoder,
                            image_processor=processor)
-    return result.offload_to_cpu() if offload else result.to(device)
+    if offload:
+        return result.offload_to_cpu()
+    return result.to(device) if place else result
 
 
 def _missing_clip_message(source: str, variant: str) -> str:

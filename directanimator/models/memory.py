@@ -141,6 +141,18 @@ def check_attention_backend(name: str) -> None:
                          f"Install a usable version ({install}), or use attention='native'.") from None
 
 
+def check_device(options: MemoryOptions, device: str | torch.device) -> None:
+    """InputError when `device` cannot run `options` (a CUDA-only attention backend or streamed offload elsewhere);
+    `load_model` calls it before anything loads."""
+    device = torch.device(device)
+    if options.attention != "native" and device.type != "cuda":
+        raise InputError(f"attention={options.attention!r}: {ATTENTION_BACKENDS[options.attention][1]} runs on CUDA "
+                         f"GPUs only, and the device is {device}. Use attention='native' there.")
+    if options.stream and device.type != "cuda":
+        raise InputError(f"stream=True: streamed offload needs a CUDA device, and the device is {device}. Leave "
+                         "stream unset (auto) or set it to false.")
+
+
 def describe(options: MemoryOptions) -> str:
     """One line for logs, result notes and node tooltips, e.g. ``storage fp8, offload blocks (2 on GPU,
     streamed), attention native, compile on``."""
@@ -187,12 +199,7 @@ def apply_memory_options(transformer: nn.Module, options: MemoryOptions, *, devi
     if _is_layerwise_casting_active(transformer) or _is_group_offload_enabled(transformer):
         raise InputError("memory options: this model already carries diffusers layerwise-casting or offload hooks "
                          "set elsewhere; load it again and set its options here only.")
-    if options.attention != "native" and device.type != "cuda":
-        raise InputError(f"attention={options.attention!r}: {ATTENTION_BACKENDS[options.attention][1]} runs on CUDA "
-                         f"GPUs only, and the device is {device}. Use attention='native' there.")
-    if options.stream and device.type != "cuda":
-        raise InputError(f"stream=True: streamed offload needs a CUDA device, and the device is {device}. Leave "
-                         "stream unset (auto) or set it to false.")
+    check_device(options, device)
     compute = transformer.dtype
     if options.storage == "fp8" and compute not in (torch.bfloat16, torch.float16, torch.float32):
         raise InputError(f"storage='fp8': the model computes in {compute}; load it in bf16, fp16 or fp32.")

@@ -26,6 +26,7 @@ from .fusion import (
     CueTokens,
     WanCueFusionBlock,
 )
+from .memory import execution_device
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,9 @@ class DirectAnimatorTransformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        """The device the model computes on: under block offload the hooks' onload device (its weights wait on the
+        CPU between forwards), else the device of its weights."""
+        return execution_device(self)
 
     @property
     def config(self):
