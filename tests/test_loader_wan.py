@@ -462,3 +462,21 @@ def test_a_bf16_wan_keeps_the_modules_diffusers_keeps_in_fp32(tmp_path):
     assert model.transformer.backbone.rope.freqs_cos.dtype == torch.float32
     assert {p.dtype for p in model.transformer.cue_parameters()} == {torch.bfloat16}
     assert torch.float32 in set(ours.values()) and torch.bfloat16 in set(ours.values())
+
+
+def test_a_clip_vision_file_gets_a_processor_of_its_own_image_size(tmp_path):
+    """The processor of a single CLIP file resizes to the tower's own image size (224 px for clip_vision_h, the
+    bundled processor's), so a tower of another size embeds without a shape error."""
+    from directanimator.models.single_file import clip_image_processor
+
+    assert clip_image_processor().crop_size == {"height": 224, "width": 224}
+    original = tiny_clip(seed=6)
+    path = tmp_path / "clip_vision_tiny.safetensors"
+    save_file(clip_file_state(original), str(path))
+    path.with_suffix(".json").write_text(json.dumps(TINY_CLIP))
+    encoder = load_clip_vision_file(path)
+    processor = clip_image_processor(encoder.config.image_size)
+    pixels = processor(images=torch.rand(3, 48, 40), return_tensors="pt", do_rescale=False).pixel_values
+    assert pixels.shape[-2:] == (encoder.config.image_size, encoder.config.image_size)
+    with torch.no_grad():
+        assert encoder(pixel_values=pixels).last_hidden_state.shape[0] == 1

@@ -487,8 +487,13 @@ def load_clip_vision_file(path: str | Path, *, config: Mapping[str, Any] | None 
     return _finish(model.to(dtype), what=what)
 
 
-def clip_image_processor():
-    """The CLIPImageProcessor of the Wan2.1 I2V image encoder, from the bundled config (nothing is fetched)."""
+def clip_image_processor(image_size: int | None = None):
+    """The CLIPImageProcessor of the Wan2.1 I2V image encoder, from the bundled config (nothing is fetched); with
+    `image_size` (a tower's own ``config.image_size``), resizing and cropping to that size instead."""
     from transformers import CLIPImageProcessor
 
-    return CLIPImageProcessor(**read_bundled_json(CLIP_IMAGE_PROCESSOR_CONFIG))
+    config = read_bundled_json(CLIP_IMAGE_PROCESSOR_CONFIG)
+    if image_size is not None:
+        config = dict(config, size={"shortest_edge": int(image_size)},
+                      crop_size={"height": int(image_size), "width": int(image_size)})
+    return CLIPImageProcessor(**config)
