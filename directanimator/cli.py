@@ -85,7 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                          help="default: bf16 on a GPU, fp32 on the CPU")
     animate.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    animate.add_argument("--offload", action="store_true", help="keep weights on the CPU between uses")
+    # the memory options (directanimator.models.memory.MemoryOptions; its STORAGE, OFFLOAD and ATTENTION_BACKENDS)
+    animate.add_argument("--weights", choices=["bf16", "fp8"], default="bf16",
+                         help="transformer weight storage: bf16 keeps them in --dtype; fp8 stores the backbone's "
+                              "linear layers as float8 e4m3 and computes in --dtype (about half the weight memory, "
+                              "output within fp8 rounding; norms, embeddings and the cue modules stay in --dtype)")
+    animate.add_argument("--offload", nargs="?", choices=["none", "model", "blocks"], const="model", default="none",
+                         help="none: everything on the device; model (also a bare --offload): each network on the CPU "
+                              "between uses, moved whole to the device while it runs; blocks: the transformer's "
+                              "blocks on the CPU, --blocks-on-gpu of them moved in at a time (least GPU memory, "
+                              "slower: the weights cross PCIe every step)")
+    animate.add_argument("--blocks-on-gpu", type=int, default=None,
+                         help="with --offload blocks: blocks per transfer group (default 1; more: fewer, larger "
+                              "transfers and more GPU memory)")
+    animate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                         help="with --offload blocks: overlap block transfers with compute on a CUDA stream (default: "
+                              "on CUDA with one block per group)")
+    animate.add_argument("--attention", choices=["native", "flash", "sage", "xformers"], default="native",
+                         help="attention kernel: native (PyTorch SDPA) or, on CUDA GPUs with the package installed, "
+                              "flash (flash-attn), sage (sageattention), xformers")
+    animate.add_argument("--compile", action="store_true",
+                         help="torch.compile each transformer block (one compile reused by every block): faster steps "
+                              "after a first step that takes minutes")
     animate.add_argument("--cache-dir", default=None, help="Hugging Face cache folder for repo ids")
     _add_cue_options(animate)
 
@@ -156,6 +177,28 @@ def cue_options(args: argparse.Namespace) -> dict:
         raise InputError(f"--sam-checkpoint {args.sam_checkpoint}: no such file. Give a segment-anything checkpoint "
                          "(e.g. models/sams/sam_vit_b_01ec64.pth).")
     return options
+
+
+def memory_options(args: argparse.Namespace):
+    """`MemoryOptions` of animate's --weights, --offload, --blocks-on-gpu, --stream, --attention and --compile,
+    checked (an attention package that is absent included) before anything is read."""
+    from .errors import InputError
+    from .models.memory import MemoryOptions
+
+    if args.blocks_on_gpu is not None and args.offload != "blocks":
+        raise InputError(f"--blocks-on-gpu {args.blocks_on_gpu}: sets the blocks per group of --offload blocks; add "
+                         f"--offload blocks or leave it out (--offload is {args.offload}).")
+    if args.stream is not None and args.offload != "blocks":
+        raise InputError(f"--{'' if args.stream else 'no-'}stream: streams carry the block transfers of --offload "
+                         f"blocks; add --offload blocks or leave it out (--offload is {args.offload}).")
+    options = MemoryOptions(storage=args.weights, offload=args.offload,
+                            blocks_on_gpu=1 if args.blocks_on_gpu is None else args.blocks_on_gpu, stream=args.stream,
+                            attention=args.attention, compile=args.compile)
+    try:
+        return options.validate()
+    except InputError as exc:
+        raise InputError(f"{exc} (command line: --weights, --offload, --blocks-on-gpu, --stream, --attention, "
+                         "--compile)") from None
 
 
 def check_clip_options(args: argparse.Namespace) -> None:
@@ -279,6 +322,7 @@ def run_animate(args: argparse.Namespace) -> Path:
 
     from .atomic import check_output
     from .models import load_model
+    from .models.memory import check_device
     from .pipeline import animate
     from .plan import cue_config_for
     from .tensors import MAX_SIDE_PX
@@ -289,13 +333,15 @@ def run_animate(args: argparse.Namespace) -> Path:
         raise_input(f"--out {out}: give a video file name ending in .mp4, .webm or .gif.")
     check_output(out, name="--out", folder=False)
     device, dtype = _device_and_dtype(args)
+    memory = memory_options(args)
+    check_device(memory, device)  # e.g. flash attention on the CPU: refused before any video is read
     settings = _cue_settings(args)  # every cue option checked before anything is read
     check_clip_options(args)
     reference = read_image(args.reference, max_side=MAX_SIDE_PX)  # letterboxed to the working size anyway
     if args.size is None:  # refused before decoding a clip too large to handle at its own size
         check_video_sides(args.driving, name="--driving", hint="Pass --size HEIGHTxWIDTH to read it smaller")
     clip = read_video(args.driving, max_frames=args.frames, stride=args.stride, size=args.size, resize="pad")
-    model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, offload=args.offload,
+    model = load_model(args.model, args.checkpoint, dtype=dtype, device=device, memory=memory,
                        cache_dir=args.cache_dir, vae=args.vae, image_encoder=args.image_encoder,
                        require_image_encoder=True)
     # the model's cue options with the command line's; animate adds the backbone's size rule (sampling_plan)

@@ -4,6 +4,7 @@ left out, the model's own setting holds (CueConfig's default without a model).""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,3 +78,78 @@ def test_saved_cue_options_this_version_does_not_know_are_named(caplog):
         config = CueConfig.from_saved({"grid_cell": 8, "removed_option": 1}, name="checkpoint a.safetensors")
     assert config.grid_cell == 8
     assert "checkpoint a.safetensors" in caplog.text and "removed_option" in caplog.text
+
+
+# --------------------------------------------------------------------------- animate's memory options
+def test_animate_memory_flags_build_the_memory_options():
+    from directanimator.cli import memory_options
+    from directanimator.models import MemoryOptions
+
+    parse = lambda *flags: memory_options(build_parser().parse_args([*ANIMATE, *flags]))  # noqa: E731
+    assert parse() == MemoryOptions()
+    assert parse("--offload") == MemoryOptions(offload="model")  # the old bare flag still means whole-model offload
+    assert parse("--offload", "--steps", "3") == MemoryOptions(offload="model")
+    assert parse("--offload", "none") == MemoryOptions()
+    assert parse("--weights", "fp8", "--offload", "blocks", "--blocks-on-gpu", "3", "--no-stream", "--compile") == \
+        MemoryOptions(storage="fp8", offload="blocks", blocks_on_gpu=3, stream=False, compile=True)
+    assert parse("--offload", "blocks", "--stream").stream is True
+    assert parse("--attention", "native").attention == "native"
+
+
+def _never_read(monkeypatch):
+    """Any image or video read, or model load, fails the test: a refusal must come first."""
+    import directanimator.models as models
+    import directanimator.video as video
+
+    def read(*args, **kwargs):
+        raise AssertionError("read or loaded before the options were checked")
+
+    for module, name in ((video, "read_image"), (video, "read_video"), (video, "check_video_sides"),
+                         (models, "load_model")):
+        monkeypatch.setattr(module, name, read)
+
+
+def test_bad_memory_options_are_refused_before_anything_is_read(monkeypatch, tmp_path, caplog):
+    import importlib.util
+
+    _never_read(monkeypatch)
+    out = ["--out", str(tmp_path / "o.mp4"), "--device", "cpu"]
+    cases = [(["--blocks-on-gpu", "2"], "--blocks-on-gpu 2.*--offload blocks"),
+             (["--offload", "blocks", "--blocks-on-gpu", "0"], "blocks_on_gpu=0"),
+             (["--stream"], "--stream.*--offload blocks"),
+             (["--offload", "model", "--no-stream"], "--no-stream.*--offload blocks"),
+             (["--offload", "blocks", "--stream"], "stream=True.*CUDA"),  # the device is the CPU
+             (["--offload", "blocks", "--blocks-on-gpu", "2", "--stream"], "stream=True with blocks_on_gpu=2")]
+    if importlib.util.find_spec("flash_attn") is None:
+        cases.append((["--attention", "flash"], "needs the flash-attn package"))
+    for flags, message in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main([*ANIMATE[:-2], *out, *flags]) == 2, flags
+        assert any(re.search(message, r.getMessage()) for r in caplog.records), (flags, caplog.text)
+
+
+def test_animate_loads_the_model_with_the_memory_options(monkeypatch, tmp_path):
+    import directanimator.models as models
+    import directanimator.video as video
+    from directanimator.errors import InputError
+    from directanimator.models import MemoryOptions
+
+    seen = {}
+
+    def fake_load(*args, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(video, "read_image", lambda *a, **k: torch.zeros(1, 64, 64, 3))
+    monkeypatch.setattr(video, "read_video", lambda *a, **k: SimpleNamespace(frames=torch.zeros(5, 64, 64, 3),
+                                                                             fps=24.0))
+    monkeypatch.setattr(models, "load_model", fake_load)
+    flags = ["--weights", "fp8", "--offload", "blocks", "--blocks-on-gpu", "2", "--device", "cpu", "--size", "64x64"]
+    assert main([*ANIMATE[:-2], "--out", str(tmp_path / "o.mp4"), *flags]) == 2
+    assert seen["memory"] == MemoryOptions(storage="fp8", offload="blocks", blocks_on_gpu=2)
+    assert "offload" not in seen  # carried by the options
+    seen.clear()
+    assert main([*ANIMATE[:-2], "--out", str(tmp_path / "o.mp4"), "--device", "cpu", "--size", "64x64",
+                 "--offload"]) == 2
+    assert seen["memory"] == MemoryOptions(offload="model")
