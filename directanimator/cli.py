@@ -111,13 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cue_options(animate)
 
     info = sub.add_parser("info", help="size report and LoRA memory plan of the real CogVideoX and Wan backbones "
-                                       "with CueFusion (meta device)")
+                                       "with CueFusion (meta device); --plan: the sampling memory plan per card")
     info.add_argument("--config", action="append", default=None,
                       help="a bundled config name (cogvideox-5b-i2v, cogvideox1.5-5b-i2v, wan2.1-i2v-14b[-480p|-720p], "
                            "wan2.2-ti2v-5b) or a config.json path (repeatable; default: every bundled backbone)")
     info.add_argument("--frames", type=int, default=None, help="latent frames per window, reference included")
     info.add_argument("--size", type=_size, default=None, help="window size HEIGHTxWIDTH in pixels")
     info.add_argument("--markdown", action="store_true", help="markdown tables")
+    info.add_argument("--plan", action="store_true",
+                      help="the sampling memory plan instead of the size report: peak GPU memory of one window for "
+                           "each storage (bf16, fp8), offload (none, model, blocks) and guidance (batched, two passes) "
+                           "on 12/16/24/48/80 GB cards, then the LoRA training plan (computed, not measured)")
+    info.add_argument("--blocks-on-gpu", type=int, action="append", default=None,
+                      help="with --plan: blocks per offload group to tabulate (repeatable; default 1 and 4)")
+    info.add_argument("--activation-factor", type=float, default=None,
+                      help="with --plan: scale on info's activation model, e.g. a measured peak over the computed "
+                           "one (default 1.0: none measured yet)")
 
     demo = sub.add_parser("demo", help="the main job: the bundled model on its bundled inputs (or yours)")
     demo.add_argument("--model", default=None,
@@ -394,13 +403,27 @@ def _cue_config(args: argparse.Namespace, model=None):
 
 
 def run_info(args: argparse.Namespace) -> str:
-    """Print the size report and LoRA memory plan of each configuration."""
-    from .models.info import default_report_names, format_size_report, size_report
+    """Print the size report and LoRA memory plan of each configuration, or with --plan its sampling memory plan
+    (and the LoRA training rows)."""
+    from .errors import InputError
+    from .models.info import (ACTIVATION_FACTOR, PLAN_BLOCKS_ON_GPU, default_report_names, format_sampling_plan,
+                              format_size_report, sampling_plan, size_report)
 
+    plan_only = {"--blocks-on-gpu": args.blocks_on_gpu, "--activation-factor": args.activation_factor}
+    given = [flag for flag, value in plan_only.items() if value is not None]
+    if given and not args.plan:
+        raise InputError(f"info: {', '.join(given)}: {'options' if len(given) > 1 else 'an option'} of the sampling "
+                         "plan; add --plan.")
     names = args.config or default_report_names()
     height, width = args.size if args.size else (None, None)
-    texts = [format_size_report(size_report(name, window_latent_frames=args.frames, height=height, width=width),
-                                markdown=args.markdown) for name in names]
+    reports = [size_report(name, window_latent_frames=args.frames, height=height, width=width) for name in names]
+    if args.plan:
+        factor = ACTIVATION_FACTOR if args.activation_factor is None else args.activation_factor
+        blocks = tuple(args.blocks_on_gpu or PLAN_BLOCKS_ON_GPU)
+        texts = [format_sampling_plan(report, sampling_plan(report, blocks_on_gpu=blocks, activation_factor=factor),
+                                      markdown=args.markdown, activation_factor=factor) for report in reports]
+    else:
+        texts = [format_size_report(report, markdown=args.markdown) for report in reports]
     text = "\n\n".join(texts)
     print(text)  # the report is the command's output
     return text

@@ -32,8 +32,36 @@ def test_info_on_a_wan_config_prints_tokens_encoders_and_the_lora_memory_plan(ca
     assert any(line.startswith("tokens (vision; cross-attention context)") and line.endswith(tokens) for line in lines)
     assert all(any(line.startswith("not counted: encoders") and e in line for line in lines) for e in encoders)
     plan = [line.strip() for line in lines if line.strip().startswith("LoRA stage")]
-    assert len(plan) == 6 and all("24 GB" in line and "48 GB" in line and "80 GB" in line for line in plan)
+    assert len(plan) == 18 and all("24 GB" in line and "48 GB" in line and "80 GB" in line for line in plan)
     assert {line.split(",")[0] for line in plan} == {"LoRA stage 1", "LoRA stage 2"}
+
+
+def test_info_plan_prints_the_sampling_plan_of_every_bundled_backbone(capsys):
+    assert main(["info", "--plan"]) == 0
+    text = capsys.readouterr().out
+    names = ["cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "wan2.1-i2v-14b", "wan2.1-i2v-14b-720p", "wan2.2-ti2v-5b"]
+    heads = [line for line in text.splitlines() if line.startswith("Sampling plan: ")]
+    assert [line.split(",")[0].removeprefix("Sampling plan: ") for line in heads] == names
+    assert "Sampling plan: wan2.1-i2v-14b, one window of 21 latent frames (reference included) at 480x832 px" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith(("bf16 ", "fp8 "))]
+    assert len(rows) == 16 * len(names) and all(row[-5:] and set(row[-5:]) <= {"yes", "no"} for row in rows)
+    assert text.count("computed, not measured") == len(names)
+
+
+def test_info_plan_markdown_narrowed_to_one_config_prints_its_tables(capsys):
+    assert main(["info", "--plan", "--markdown", "--config", "wan2.2-ti2v-5b", "--blocks-on-gpu", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("**Sampling plan: wan2.2-ti2v-5b, one window of 31 latent frames")
+    assert "| storage | offload | guidance | transformer weights GB | VAE + encoders GB | activations GB | peak GB | " \
+           "12 GB | 16 GB | 24 GB | 48 GB | 80 GB |" in lines
+    rows = [line for line in lines if line.startswith(("| bf16 |", "| fp8 |"))]
+    assert len(rows) == 12 and sum("| blocks, 2 on GPU |" in row for row in rows) == 4  # none, model, blocks of 2
+    assert "| training | total, fits |" in lines and sum(line.startswith("| LoRA stage") for line in lines) == 18
+
+
+def test_info_refuses_plan_options_without_plan(caplog):
+    assert main(["info", "--config", "wan2.2-ti2v-5b", "--activation-factor", "1.3"]) == 2
+    assert "--activation-factor: an option of the sampling plan; add --plan" in caplog.text
 
 
 def test_info_says_when_a_window_does_not_fit(capsys):

@@ -8,7 +8,16 @@ from diffusers import CogVideoXTransformer3DModel
 
 from directanimator.errors import InputError
 from directanimator.models import backbone_config, positional_embedding_case
-from directanimator.models.info import default_report_names, format_size_report, memory_plan, size_report
+from directanimator.models.info import (
+    CUDA_OVERHEAD_GB,
+    SAMPLING_GPUS_GB,
+    default_report_names,
+    format_sampling_plan,
+    format_size_report,
+    memory_plan,
+    sampling_plan,
+    size_report,
+)
 
 MAX_CUE_FRACTION = 0.03
 BF16 = 2
@@ -155,7 +164,9 @@ def test_memory_plan_has_lora_stage_rows_for_24_48_80_gb(name):
         assert set(r["fits"]) == {24, 48, 80}
         assert all(fits == (r["total"] + 1.5e9 <= gb * 1e9) for gb, fits in r["fits"].items())
     text = format_size_report(report)
-    assert sum("LoRA stage" in line and "24 GB" in line and "80 GB" in line for line in text.splitlines()) == 6
+    plan_lines = [line for line in text.splitlines() if "LoRA stage" in line and "24 GB" in line and "80 GB" in line]
+    assert len(plan_lines) == 18  # 3 teachers x 2 AdamW x frozen bf16 / fp8 / fp8 with offloaded blocks
+    assert sum("frozen fp8, blocks offloaded " in line for line in plan_lines) == 6
 
 
 def test_cogvideox_memory_plan_by_hand_and_in_the_training_benchmark():
@@ -175,3 +186,141 @@ def test_cogvideox_memory_plan_by_hand_and_in_the_training_benchmark():
     assert total[("full", "fp32", 1, "-")] == full * (2 + 2 + 4 + 8) + act["training_checkpointed_bytes"]
     rows, _ = benchmark_plan()  # docs/benchmarks.md's table comes from the same rows
     assert rows == memory_plan(report)
+
+
+# ------------------------------------------------------------------------------------------------ sampling plan
+GB = 1e9
+OFFLOADS = {("none", None), ("model", None), ("blocks", 1), ("blocks", 4)}
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict:
+    return {name: size_report(name) for name in default_report_names()}
+
+
+def test_sampling_plan_has_every_option_on_every_card_for_every_bundled_backbone(reports):
+    assert {"cogvideox-5b-i2v", "cogvideox1.5-5b-i2v", "wan2.1-i2v-14b", "wan2.2-ti2v-5b"} <= set(reports)
+    for name, report in reports.items():
+        rows = sampling_plan(report)
+        keys = {(r["storage"], r["offload"], r["blocks_on_gpu"], r["guidance"]) for r in rows}
+        assert keys == {(s, o, k, g) for s in ("bf16", "fp8") for o, k in OFFLOADS for g in ("batched", "two passes")}
+        for r in rows:
+            assert tuple(r["fits"]) == SAMPLING_GPUS_GB == (12, 16, 24, 48, 80)
+            assert all(ok == (r["peak"] + CUDA_OVERHEAD_GB * GB <= gb * GB) for gb, ok in r["fits"].items())
+            assert r["peak"] == r["transformer_weights"] + r["other_weights"] + r["activations"]
+            assert r["streamed"] == (r["offload"] == "blocks" and r["blocks_on_gpu"] == 1)
+        by = {(r["storage"], r["offload"], r["blocks_on_gpu"], r["guidance"]): r for r in rows}
+        # batched guidance is one forward of batch 2: twice the activations of a pass
+        passes = by[("bf16", "model", None, "two passes")]["activations"]
+        assert by[("bf16", "model", None, "batched")]["activations"] == 2 * passes
+
+
+def test_workflow_windows_are_the_plan_windows(reports):
+    window = {name: (r["window"]["latent_frames"], r["window"]["height"], r["window"]["width"])
+              for name, r in reports.items()}
+    assert window["cogvideox-5b-i2v"] == (13, 480, 720)
+    assert window["wan2.1-i2v-14b"] == (21, 480, 832)  # workflows/build.py: window 20 + the reference
+    assert window["wan2.2-ti2v-5b"] == (31, 704, 1280)
+    assert window["cogvideox1.5-5b-i2v"] == (22, 768, 1360)
+
+
+def fp8_per_block_by_hand(name: str) -> int:
+    """Parameters of the Linear layers memory.py stores as fp8 in one block: attention projections and the MLP,
+    not the norms (CogVideoX's norm1/norm2 modulation linears included) nor Wan's scale_shift_table."""
+    if name == "cogvideox-5b-i2v":
+        d = 3072
+        return 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)  # to_q/k/v/out; ff up, ff down
+    d, ffn = 5120, 13824  # Wan2.1-I2V-14B: self-attention 4, cross-attention 4 + add_k/add_v for the image tokens
+    return 10 * (d * d + d) + (d * ffn + ffn) + (ffn * d + d)
+
+
+@pytest.mark.parametrize("name, blocks", [("cogvideox-5b-i2v", 42), ("wan2.1-i2v-14b", 40)])
+def test_fp8_shrinks_the_weights_by_the_share_computed_from_the_config(reports, name, blocks):
+    report = reports[name]
+    layout = report["weights_layout"]
+    assert layout["fp8_parameters"] == blocks * fp8_per_block_by_hand(name)  # nothing outside the blocks is fp8
+    assert layout["fp8_share"] == layout["fp8_parameters"] / (report["backbone_parameters"] + report["cue_parameters"])
+    bf16, fp8 = layout["bytes"]["bf16"], layout["bytes"]["fp8"]
+    assert bf16["transformer"] - fp8["transformer"] == layout["fp8_parameters"]  # 2 bytes -> 1 each
+    rows = {(r["storage"], r["offload"], r["guidance"]): r for r in sampling_plan(report) if r["offload"] == "model"}
+    saved = rows[("bf16", "model", "two passes")]["peak"] - rows[("fp8", "model", "two passes")]["peak"]
+    assert saved == layout["fp8_parameters"] - 2 * layout["largest_fp8_layer_parameters"]  # less the bf16 upcast
+
+
+def test_fp8_shares_match_what_memory_options_report(reports):
+    # memory.py's note on the real configs: 96.9% of Wan2.1-14B's and 96.0% of Wan2.2-5B's weights become fp8
+    assert f"{100 * reports['wan2.1-i2v-14b']['weights_layout']['fp8_share']:.1f}" == "96.9"
+    assert f"{100 * reports['wan2.2-ti2v-5b']['weights_layout']['fp8_share']:.1f}" == "96.0"
+
+
+def test_block_offload_of_one_block_is_below_model_offload_everywhere(reports):
+    for report in reports.values():
+        rows = sampling_plan(report)
+        for storage in ("bf16", "fp8"):
+            for guidance in ("batched", "two passes"):
+                pick = {(r["offload"], r["blocks_on_gpu"]): r["peak"] for r in rows
+                        if r["storage"] == storage and r["guidance"] == guidance}
+                assert pick[("blocks", 1)] < pick[("blocks", 4)] < pick[("model", None)] < pick[("none", None)]
+
+
+def test_one_sampling_row_by_hand(reports):
+    """CogVideoX-5B-I2V, bf16, whole-model offload, two guidance passes: every weight in bf16 (no module kept in
+    fp32 on CogVideoX), the learned positional table's buffer, one block's inference peak at batch 1."""
+    report = reports["cogvideox-5b-i2v"]
+    rows = {(r["storage"], r["offload"], r["blocks_on_gpu"], r["guidance"]): r for r in sampling_plan(report)}
+    tokens = 226 + 17550
+    weights = (report["backbone_parameters"] + report["cue_parameters"]) * BF16 + tokens * 3072 * BF16
+    peak = weights + report["activations"]["bf16"]["inference_peak_bytes"]
+    assert rows[("bf16", "model", None, "two passes")]["peak"] == peak
+    assert rows[("bf16", "none", None, "two passes")]["peak"] == peak + report["vae_parameters"] * BF16
+    # streamed block offload: everything but 40 of the 42 blocks (one computes, one is prefetched)
+    layout = report["weights_layout"]["bytes"]["bf16"]
+    block = layout["block"]
+    assert layout["blocks"] == 42 * block  # identical blocks, each with its CueFusion
+    assert rows[("bf16", "blocks", 1, "two passes")]["peak"] == peak - 40 * block
+    with pytest.raises(InputError, match="activation_factor"):
+        sampling_plan(report, activation_factor=0)
+    doubled = {(r["storage"], r["offload"], r["blocks_on_gpu"], r["guidance"]): r
+               for r in sampling_plan(report, activation_factor=2.0)}
+    assert doubled[("bf16", "model", None, "two passes")]["peak"] == peak + report["activations"]["bf16"][
+        "inference_peak_bytes"]
+
+
+def test_sampling_plan_formats_with_what_is_computed(reports):
+    report = reports["wan2.2-ti2v-5b"]
+    text = format_sampling_plan(report, sampling_plan(report))
+    assert "computed, not measured" in text and "no measured factor yet" in text
+    assert "VAE decode of a window: not modelled" in text and "after the transformer is offloaded" in text
+    md = format_sampling_plan(report, sampling_plan(report), markdown=True).splitlines()
+    header = next(i for i, line in enumerate(md) if line.startswith("| storage | offload |"))
+    assert md[header].endswith("| 12 GB | 16 GB | 24 GB | 48 GB | 80 GB |") and md[header + 1].startswith("|---|")
+    assert sum(line.startswith(("| bf16 |", "| fp8 |")) for line in md) == 16
+    assert sum(line.startswith("| LoRA stage") for line in md) == 18
+
+
+# ------------------------------------------------------------------------------------------------ training with fp8
+def test_training_fp8_and_offload_rows_by_hand_and_within_24_gb_for_cogvideox(reports):
+    report = reports["cogvideox-5b-i2v"]
+    layout = report["weights_layout"]
+    rows = memory_plan(report)
+    # today's rows unchanged: the default modes add rows, never change the bf16 ones
+    assert [r for r in rows if r["mode"] in ("lora", "full")] == memory_plan(report, modes=("lora", "full"))
+    total = {(r["mode"], r["adam"], r["stage"], r["teacher"]): r["total"] for r in rows}
+    assert f"{total[('lora', 'fp32', 1, '-')] / GB:.1f}" == "25.0"
+    assert f"{total[('lora', 'fp32', 2, 'lora_disabled')] / GB:.1f}" == "26.9"
+    backbone, fp8 = report["backbone_parameters"], layout["fp8_parameters"]
+    block_fp8 = fp8_per_block_by_hand("cogvideox-5b-i2v")
+    # fp8 frozen backbone: 1 byte per fp8 parameter, 2 for the rest, plus the bf16 copy of one block's fp8 layers
+    # that autograd holds while that block's backward runs
+    saved = backbone * BF16 - (fp8 + (backbone - fp8) * BF16 + block_fp8 * BF16)
+    for key in [("fp32", 1, "-"), ("fp32", 2, "lora_disabled"), ("8-bit", 1, "-"), ("8-bit", 2, "lora_disabled")]:
+        assert total[("lora",) + key] - total[("lora_fp8",) + key] == saved
+        assert total[("lora_fp8_offload",) + key] < total[("lora_fp8",) + key]
+    fits = {(r["mode"], r["adam"], r["stage"], r["teacher"]): r["fits"][24] for r in rows}
+    for mode in ("lora_fp8", "lora_fp8_offload"):  # the goal: both stages on one 24 GB card
+        assert fits[(mode, "fp32", 1, "-")] and fits[(mode, "fp32", 2, "lora_disabled")]
+    assert fits[("lora_fp8_offload", "fp32", 2, "copy")] and not fits[("lora_fp8", "fp32", 2, "copy")]
+    assert not fits[("lora", "fp32", 1, "-")]
+    with pytest.raises(InputError, match="lora_fp8_offload"):
+        memory_plan(report, modes=("qlora",))
+
