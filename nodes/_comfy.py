@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from directanimator.errors import InputError
+from directanimator.models.memory import hooks_place_weights
 
 log = logging.getLogger("directanimator.nodes")
 
@@ -82,6 +83,10 @@ def prepare_parts(model, *parts: str) -> None:
     free the memory it needs first. No-op outside ComfyUI.
     """
     if _mm is None:
+        return
+    # a transformer under block offload: diffusers' hooks move its blocks, ComfyUI must not move it whole
+    parts = tuple(part for part in parts if not hooks_place_weights(getattr(model, part)))
+    if not parts:
         return
     modules = [getattr(model, part) for part in parts]
     if model.offload:

@@ -12,8 +12,9 @@ from directanimator.conditioning import encode_conditioning
 from directanimator.demo import CHECKPOINT as BUNDLED_CHECKPOINT
 from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
-from directanimator.models import AnimatorModel, load_model
+from directanimator.models import AnimatorModel, MemoryOptions, load_model
 from directanimator.models.loader import download_backbone
+from directanimator.models.memory import ATTENTION_BACKENDS, OFFLOAD, STORAGE, check_attention_backend
 from directanimator.plan import frames_from_latents
 from directanimator.sampling import AUTO, SCHEDULER_CHOICES, sample_latents
 from directanimator.text import fit_text_embeddings
@@ -94,6 +95,18 @@ def _checkpoint_source(checkpoint: str) -> str | None:
     return find_model("directanimator", checkpoint, what="checkpoint")
 
 
+def _offload_mode(offload) -> str:
+    """The loader's `offload` as a MemoryOptions offload mode. Workflows saved before it was a choice hold a
+    boolean there (the frontend sets saved widget values by position; the API format sends them as saved): True
+    is the whole-model offload it meant, False none."""
+    if isinstance(offload, bool):
+        return "model" if offload else "none"
+    if offload in OFFLOAD:
+        return offload
+    raise InputError(f"offload is {offload!r}; use one of {list(OFFLOAD)} (true and false from older workflows "
+                     "mean model and none).")
+
+
 def _single_file(input_name: str, value: str | None) -> str | None:
     """The path of a file picked from ComfyUI's own folder for `input_name` (None for 'none')."""
     if value is None or value == NO_FILE:
@@ -137,8 +150,12 @@ class DirectAnimatorModelLoader:
                                                                      "bundled demo's goes with its backbone."}),
                 "precision": (["bf16", "fp16", "fp32"], {"default": "bf16",
                                                          "tooltip": "Weights dtype. bf16 for recent GPUs, fp32 on CPU."}),
-                "offload": ("BOOLEAN", {"default": False, "tooltip": "Keep the model on the CPU between uses and move "
-                                                                     "each part to the GPU only while it runs."}),
+                "offload": (list(OFFLOAD), {"default": "none", "tooltip": (
+                    "none: every network stays on the GPU (fastest; needs room for the whole model). model: each "
+                    "network waits on the CPU and moves to the GPU whole while it runs (the transformer's full size "
+                    "on the GPU during sampling, a transfer per node). blocks: the transformer's blocks wait on the "
+                    "CPU and blocks_on_gpu of them move in at a time (the least GPU memory, for 14B models on "
+                    "16-24 GB cards; slower steps, as the weights cross PCIe every step; needs RAM for the model).")}),
             },
             "optional": {
                 "diffusion_model": ([NO_FILE] + model_files("diffusion_models"),
@@ -155,17 +172,39 @@ class DirectAnimatorModelLoader:
                                                                 "reference with (clip_vision_h.safetensors from "
                                                                 "models/clip_vision); replaces the folder's "
                                                                 "image_encoder/."}),
+                # after the inputs older workflows saved: the frontend restores widget values by position
+                "weights": (list(STORAGE), {"default": "bf16", "tooltip": (
+                    "Transformer weight storage. bf16: the weights stay in precision. fp8: the backbone's linear "
+                    "layers are stored as float8 e4m3 and computed in precision (about half the transformer's "
+                    "weight memory; the video changes within fp8 rounding; norms, embeddings and the cue modules "
+                    "stay in precision). Changing it reloads the model.")}),
+                "blocks_on_gpu": ("INT", {"default": 1, "min": 1, "max": 64, "step": 1, "tooltip": (
+                    "offload blocks only: transformer blocks moved to the GPU at a time. 1 streams one block while "
+                    "the next is fetched (least memory); more: fewer, larger transfers and more GPU memory.")}),
+                "attention": (list(ATTENTION_BACKENDS), {"default": "native", "tooltip": (
+                    "Attention kernel. native: PyTorch SDPA (always there). flash (flash-attn), sage "
+                    "(sageattention), xformers: CUDA GPUs with that package installed; faster attention, the "
+                    "video the same within float error (sage quantizes, so a little more).")}),
+                "compile": ("BOOLEAN", {"default": False, "tooltip": (
+                    "torch.compile each transformer block (one compile reused by every block): faster steps after "
+                    "a first run that spends minutes compiling, and again when the size changes.")}),
             },
         }
 
     # Named arguments only: ComfyUI skips its own checks (ranges, combo lists) for every input a VALIDATE_INPUTS
     # takes, and for all of them when it takes **kwargs. Linked inputs arrive as None. Backbone and checkpoint are
     # taken so that their list check names the folder to use; nothing outside the model folders is looked at.
+    # offload is taken to let older workflows' booleans through (ComfyUI's combo check would refuse them), and
+    # attention to name a missing package before anything loads; both are checked here instead.
     @classmethod
     def VALIDATE_INPUTS(cls, backbone=None, repo_id=None, checkpoint=None, diffusion_model=NO_FILE, vae=NO_FILE,
-                        clip_vision=NO_FILE):
+                        clip_vision=NO_FILE, offload=None, attention="native"):
         # An optional input left out arrives as its default (NO_FILE); a linked one as None, i.e. given.
         try:
+            if offload is not None:
+                _offload_mode(offload)
+            if attention is not None:
+                check_attention_backend(attention)
             for name, value in (("diffusion_model", diffusion_model), ("vae", vae), ("clip_vision", clip_vision)):
                 _single_file(name, value)
             uses_file = diffusion_model != NO_FILE  # then backbone and repo_id are not used
@@ -185,7 +224,7 @@ class DirectAnimatorModelLoader:
 
     @classmethod
     def IS_CHANGED(cls, backbone, repo_id, checkpoint, precision, offload, diffusion_model=NO_FILE, vae=NO_FILE,
-                   clip_vision=NO_FILE):
+                   clip_vision=NO_FILE, weights="bf16", blocks_on_gpu=1, attention="native", compile=False):
         """Same inputs and the same files on disk: ComfyUI reuses the loaded model; a replaced file reloads it.
 
         Only files inside the model folders are looked at; a name that does not resolve there stamps as itself
@@ -208,10 +247,17 @@ class DirectAnimatorModelLoader:
                 stamps.extend(_file_stamp(path) for path in resolve(name))
             except InputError:
                 stamps.append(f"refused:{name}")
-        return "|".join(stamps) + f"|{repo_id.strip()}|{precision}|{offload}"
+        try:
+            offload = _offload_mode(offload)  # an older workflow's True reuses the model loaded with "model"
+        except InputError:
+            pass
+        return "|".join(stamps) + (f"|{repo_id.strip()}|{precision}|{offload}|{weights}|{blocks_on_gpu}|{attention}"
+                                   f"|{compile}")
 
     def load(self, backbone, repo_id, checkpoint, precision, offload, diffusion_model=NO_FILE, vae=NO_FILE,
-             clip_vision=NO_FILE):
+             clip_vision=NO_FILE, weights="bf16", blocks_on_gpu=1, attention="native", compile=False):
+        memory = MemoryOptions(storage=weights, offload=_offload_mode(offload), blocks_on_gpu=blocks_on_gpu,
+                               attention=attention, compile=compile).validate()  # before anything loads
         ckpt = _checkpoint_source(checkpoint)
         vae_file, clip_file = _single_file("vae", vae), _single_file("clip_vision", clip_vision)
         source = _single_file("diffusion_model", diffusion_model)
@@ -219,14 +265,13 @@ class DirectAnimatorModelLoader:
             source = _backbone_source(backbone)
         elif source is None:  # fetched (or found in the HF cache) by repo id, never read relative to ComfyUI's folder
             source = download_backbone(check_repo_id(repo_id))
-        parts = dict(vae=vae_file, image_encoder=clip_file, require_image_encoder=True)
+        parts = dict(vae=vae_file, image_encoder=clip_file, require_image_encoder=True, memory=memory)
         device = default_device()
-        if offload or not manages_models():
-            return (load_model(source, ckpt, dtype=precision, device=device, offload=offload, **parts),)
-        # inside ComfyUI its model manager moves each network to the device when a node first needs it
-        model = load_model(source, ckpt, dtype=precision, device="cpu", **parts)
-        model.device = torch.device(device)
-        return (model,)
+        # Inside ComfyUI its model manager moves each network to the device when a node first needs it (except a
+        # transformer under block offload, whose blocks diffusers' hooks move); with offload="model" the model
+        # moves each network itself.
+        place = memory.offload == "model" or not manages_models()
+        return (load_model(source, ckpt, dtype=precision, device=device, place=place, **parts),)
 
 
 class DirectAnimatorEncode:

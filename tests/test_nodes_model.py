@@ -415,3 +415,92 @@ def test_a_wan_folder_runs_through_the_node_graph_with_its_own_samplers(tmp_path
         assert frames.shape == (FRAMES, SMALL, SMALL, 3) and fps == 12.0
     with pytest.raises(InputError, match="dpm"):
         DirectAnimatorSampler().sample(model, cond, 1, 1.0, 0, "dpm", 0, 0, 1.0)
+
+
+# --------------------------------------------------------------------------- memory options of the loader
+def test_the_memory_inputs_come_after_those_older_workflows_saved_with_safe_defaults():
+    """The frontend restores a saved node's widget values by position: the new inputs follow every older one, so
+    a workflow saved before them loads each value into the widget it belonged to and the new ones at default."""
+    spec = DirectAnimatorModelLoader.INPUT_TYPES()
+    assert list(spec["required"]) == ["backbone", "repo_id", "checkpoint", "precision", "offload"]
+    assert list(spec["optional"]) == ["diffusion_model", "vae", "clip_vision", "weights", "blocks_on_gpu",
+                                      "attention", "compile"]
+    inputs = {**spec["required"], **spec["optional"]}
+    assert inputs["offload"][0] == ["none", "model", "blocks"] and inputs["offload"][1]["default"] == "none"
+    assert inputs["weights"][0] == ["bf16", "fp8"] and inputs["weights"][1]["default"] == "bf16"
+    assert inputs["blocks_on_gpu"][0] == "INT" and inputs["blocks_on_gpu"][1]["min"] == 1
+    assert inputs["attention"][0] == ["native", "flash", "sage", "xformers"]
+    assert inputs["attention"][1]["default"] == "native"
+    assert inputs["compile"] == ("BOOLEAN", inputs["compile"][1]) and inputs["compile"][1]["default"] is False
+    assert all(inputs[name][1]["tooltip"] for name in ("offload", "weights", "blocks_on_gpu", "attention", "compile"))
+
+
+def test_an_older_workflows_boolean_offload_means_model_and_none(models_dir):
+    for saved, mode in ((True, "model"), (False, "none")):
+        assert DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", offload=saved) is True
+        stamp = DirectAnimatorModelLoader.IS_CHANGED(TINY, "", NO_CHECKPOINT, "fp32", saved)
+        assert stamp == DirectAnimatorModelLoader.IS_CHANGED(TINY, "", NO_CHECKPOINT, "fp32", mode)
+    (model,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", True)
+    assert model.offload and model.info["memory"]["offload"] == "model"
+    message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", offload="disk")
+    assert "offload is 'disk'" in message and "['none', 'model', 'blocks']" in message
+    with pytest.raises(InputError, match="offload is 'disk'"):
+        DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", "disk")
+
+
+def test_an_attention_backend_is_checked_by_the_loaders_validation():
+    import importlib.util
+
+    message = DirectAnimatorModelLoader.VALIDATE_INPUTS(backbone=TINY, repo_id="", attention="sdpa")
+    assert "attention='sdpa'" in message and "native" in message
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(attention=None) is True  # linked: checked at load
+    if importlib.util.find_spec("sageattention") is None:
+        assert "needs the sageattention package" in DirectAnimatorModelLoader.VALIDATE_INPUTS(attention="sage")
+
+
+def test_is_changed_changes_with_each_memory_option(models_dir):
+    base = dict(backbone=TINY, repo_id="", checkpoint=NO_CHECKPOINT, precision="bf16", offload="none")
+    stamp = DirectAnimatorModelLoader.IS_CHANGED(**base)
+    assert DirectAnimatorModelLoader.IS_CHANGED(**base, weights="bf16", blocks_on_gpu=1, attention="native",
+                                                compile=False) == stamp  # the defaults
+    changed = [dict(offload="model"), dict(offload="blocks"), dict(weights="fp8"), dict(blocks_on_gpu=2),
+               dict(attention="flash"), dict(compile=True)]
+    stamps = {DirectAnimatorModelLoader.IS_CHANGED(**{**base, **change}) for change in changed}
+    assert len(stamps) == len(changed) and stamp not in stamps
+
+
+def test_the_memory_inputs_reach_the_model_and_the_graph_runs(models_dir):
+    from directanimator.models import MemoryOptions
+    from directanimator.models.memory import FP8_STORAGE_DTYPE, hooks_place_weights
+
+    (model,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "bf16", "blocks", weights="fp8",
+                                                blocks_on_gpu=2, attention="native", compile=False)
+    assert model.info["memory"] == MemoryOptions(storage="fp8", offload="blocks", blocks_on_gpu=2).to_dict()
+    assert hooks_place_weights(model.transformer) and not model.offload
+    assert model.transformer.blocks[0].block.attn1.to_q.weight.dtype == FP8_STORAGE_DTYPE
+    assert any("fp8 e4m3" in note for note in model.info["memory_notes"])
+    (cond,) = DirectAnimatorEncode().encode(model, synthetic_triplet(FRAMES, height=SMALL, width=SMALL), 12.0, False)
+    (latent,) = DirectAnimatorSampler().sample(model, cond, 1, 1.0, 0, "ddim", 0, 0, 1.0)
+    frames, _ = DirectAnimatorDecode().decode(model, latent, False)
+    assert frames.shape == (FRAMES, SMALL, SMALL, 3) and torch.isfinite(frames).all()
+    with pytest.raises(InputError, match="blocks_on_gpu=0"):
+        DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "bf16", "blocks", blocks_on_gpu=0)
+
+
+def test_comfyuis_model_manager_never_moves_a_block_offloaded_transformer(models_dir, monkeypatch):
+    """Inside ComfyUI the loader leaves the networks on the CPU for its model manager, which must then load the
+    VAE as before but leave the block-offloaded transformer to diffusers' hooks."""
+    loaded = []
+    fake_mm = type("model_management", (), {
+        "load_models_gpu": staticmethod(lambda patchers, force_full_load: loaded.extend(patchers)),
+        "get_torch_device": staticmethod(lambda: torch.device("cpu")),
+    })
+    monkeypatch.setattr(comfy_shim, "_mm", fake_mm)
+    monkeypatch.setattr(comfy_shim, "_patcher", lambda module, part, device: part)
+    (model,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", "blocks")
+    comfy_shim.prepare_parts(model, "transformer")
+    comfy_shim.prepare_parts(model, "vae")
+    assert loaded == ["vae"]
+    (plain,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", "none")
+    comfy_shim.prepare_parts(plain, "transformer")
+    assert loaded == ["vae", "transformer"]
