@@ -6,10 +6,10 @@ and denoising speed; then the speed options side by side (plain, batched guidanc
     python -m benchmarks.sampling --no-write --steps 2
     python -m benchmarks.sampling --no-write --only options
 
-The speed-options table samples a two-window video (the same model) with `--option-steps` steps in a fresh
-process per option: an untimed first run (for MagCache, the run that measures its magnitude ratios), then
-`--repeats` timed runs (the fastest counts) with the peak-RSS counter reset before each; the sampled latents are
-compared with the plain run's (max |difference| / std of the plain latents).
+The speed-options table samples a two-window video with `--option-steps` steps in one process: an untimed plain
+run, an untimed MagCache run (which measures its magnitude ratios), then `--repeats` rounds of every option in
+turn (the fastest run counts), the peak-RSS counter reset before each; the sampled latents are compared with the
+plain run's (max |difference| / std of the plain latents).
 
 Each case runs in a fresh child process: it builds the same seeded model (CogVideoX 1.5 layout, small), encodes
 a synthetic cue triplet, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads
@@ -71,9 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["windows", "options"], default=None, help="run one of the two tables")
     parser.add_argument("--option-steps", type=int, default=20, help="denoising steps of the speed-options table")
     parser.add_argument("--option-layers", type=int, default=8, help="transformer layers of the speed-options model")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per speed option (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of timed runs of the speed options")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # video latent frames
-    parser.add_argument("--option", default=None, help=argparse.SUPPRESS)  # a speed option's name (child)
+    parser.add_argument("--options-child", action="store_true", help=argparse.SUPPRESS)  # run the speed options
     parser.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)  # where the child saves latents
     return parser.parse_args(argv)
 
@@ -136,9 +136,10 @@ def option_latents(args: argparse.Namespace) -> int:
     return latents + 1 if (1 + latents) % 2 else latents
 
 
-def run_option(args: argparse.Namespace) -> dict:
-    """Child process: sample the speed-options video with option `args.option`; returns timings, memory and what
-    the cache did, and saves the latents to `args.save`."""
+def run_options(args: argparse.Namespace) -> list[dict]:
+    """Child process: sample the speed-options video with every option, in rounds (each round runs every option
+    once, so a change of the machine's load hits all of them alike); returns per option the fastest run, the
+    largest working memory and what the cache did, and saves each option's latents under `args.save`."""
     import torch
 
     from benchmarks.synthetic import random_animator, random_triplet
@@ -150,25 +151,30 @@ def run_option(args: argparse.Namespace) -> dict:
     model = random_animator(size=args.size, heads=args.heads, head_dim=args.head_dim, layers=args.option_layers)
     frames = 4 * (option_latents(args) - 1) + 1
     cond = encode_conditioning(model, random_triplet(frames, height=args.size, width=args.size), tiling=False)
-    options = OPTIONS[args.option]
 
-    def sample(stats=None):
+    def sample(options: dict, stats=None):
         return sample_latents(model, cond, steps=args.option_steps, guidance=args.guidance, seed=0,
                               window=args.window, overlap=args.overlap, stats=stats, **options)
 
-    sample()  # untimed: first-call costs; MagCache measures its ratios here
-    best, work = float("inf"), 0.0
+    sample({})  # untimed: first-call costs
+    sample(dict(cache="mag"))  # untimed: MagCache measures this model's magnitude ratios
+    rows = {name: {"option": name, "sample_s": float("inf"), "work_mib": 0.0} for name in OPTIONS}
     for _ in range(args.repeats):
-        stats = CacheStats()
-        _reset_peak()
-        rss_before = _status_kib("VmRSS")
-        start = time.perf_counter()
-        latents = sample(stats)
-        best = min(best, time.perf_counter() - start)
-        work = max(work, (_status_kib("VmHWM") - rss_before) / 1024)
-    torch.save(latents, args.save)
-    return {"option": args.option, "steps_per_s": args.option_steps / best, "sample_s": best, "work_mib": work,
-            "forwards": stats.forwards, "skipped": stats.skipped}
+        for index, (name, options) in enumerate(OPTIONS.items()):
+            stats = CacheStats()
+            _reset_peak()
+            rss_before = _status_kib("VmRSS")
+            start = time.perf_counter()
+            latents = sample(options, stats)
+            row = rows[name]
+            row["sample_s"] = min(row["sample_s"], time.perf_counter() - start)
+            row["work_mib"] = max(row["work_mib"], (_status_kib("VmHWM") - rss_before) / 1024)
+            row.update(forwards=stats.forwards, skipped=stats.skipped)
+            torch.save(latents, args.save / f"{index}.pt")
+            del latents
+    for row in rows.values():
+        row["steps_per_s"] = args.option_steps / row["sample_s"]
+    return list(rows.values())
 
 
 def _child_env(threads: int) -> dict:
@@ -191,20 +197,17 @@ def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
 
 
 def spawn_options(argv: list[str], threads: int) -> list[dict]:
-    """Every speed option in its own process; errors against the plain run's latents."""
+    """The speed options in one child process; errors against the plain run's latents."""
     import tempfile
 
     import torch
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in OPTIONS:
-            path = Path(tmp) / f"{len(rows)}.pt"
-            rows.append(_run_child(["--option", name, "--save", str(path)], argv, threads, repr(name)))
-            rows[-1]["latents"] = torch.load(path)
-    plain = rows[0]["latents"]
-    for row in rows:
-        row["error"] = float((row.pop("latents") - plain).abs().max() / plain.std())
+        rows = _run_child(["--options-child", "--save", tmp], argv, threads, "speed options")
+        latents = [torch.load(Path(tmp) / f"{i}.pt") for i in range(len(rows))]
+    plain = latents[0]
+    for row, out in zip(rows, latents):
+        row["error"] = float((out - plain).abs().max() / plain.std())
     return rows
 
 
@@ -232,8 +235,9 @@ def options_section(args: argparse.Namespace, rows: list[dict]) -> str:
         f"{platform.machine()}, {args.threads} torch threads, torch {__import__('torch').__version__}, "
         f"{datetime.date.today()}; load average {os.getloadavg()[0]:.1f} at the end.",
         "",
-        "Method: one fresh process per option; an untimed first run (MagCache measures the model's magnitude ratios "
-        f"in it), then the fastest of {args.repeats} timed runs. Sampling work MiB: `VmHWM` at the end of a run "
+        "Method: one process runs an untimed plain run and an untimed MagCache run (which measures the model's "
+        f"magnitude ratios), then {args.repeats} rounds of every option in turn (so changes of the machine's load "
+        "hit all options alike); the fastest run of each counts. Sampling work MiB: `VmHWM` at the end of a run "
         "minus `VmRSS` at its start, the peak-RSS counter reset before it (`/proc/self/clear_refs`; tracemalloc "
         "does not see torch's CPU tensors). Forwards served from the cache: backbone forwards whose blocks were "
         "skipped, of all forwards (windows x guidance branches x steps; one cache state per window and branch). "
@@ -261,8 +265,8 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(run_case(args)))
         return
-    if args.option is not None:
-        print(json.dumps(run_option(args)))
+    if args.options_child:
+        print(json.dumps(run_options(args)))
         return
     if args.window % 2 == 0:
         raise SystemExit("--window must be odd: the CogVideoX 1.5 layout pairs latent frames and the reference is one")

@@ -12,12 +12,21 @@ The cached residuals differ with the cues, so a step may only reuse what an earl
 cues: every forward runs inside `StepCache.context(name)` (diffusers' ``cache_context``, which keys the hooks'
 state by name), and the sampler names one context per window and guidance branch (`context_name`). The states are
 cleared between samples (`StepCache.new_run`).
+
+Memory: each context keeps its own state for the whole run, so the cache memory grows with windows x branches.
+Per context, in hidden-state-sized tensors ``[B, tokens, inner_dim]`` of the model dtype: first_block about 3
+(first-block output and residual, tail residual) plus 2 text-sized ones on CogVideoX; mag 2 (last residual, last
+input); taylorseer (lite) only the output projection's value and slope in fp32, ``[B, tokens, C * p * p]``.
+
+Not offered: diffusers' FasterCache, which approximates the guidance's unconditional branch from the conditional
+one; here the two branches differ by the cues, and that reuse is exactly what must not happen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -48,8 +57,8 @@ def check_cache_options(cache: str, threshold: float | None) -> None:
         return
     if cache == "off":
         raise InputError(f"cache_threshold={threshold}: given with cache='off'; pick a cache or leave it None.")
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold > 0 \
-            or threshold != threshold or threshold == float("inf"):
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold) \
+            or threshold <= 0:
         raise InputError(f"cache_threshold={threshold!r}: must be a finite number > 0 "
                          f"({DEFAULT_THRESHOLDS[cache]} is the default for {cache!r}).")
     if cache == "taylorseer" and float(threshold) != int(threshold):
