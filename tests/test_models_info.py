@@ -280,6 +280,11 @@ def test_one_sampling_row_by_hand(reports):
     assert rows[("bf16", "blocks", 1, "two passes")]["peak"] == peak - 40 * block
     with pytest.raises(InputError, match="activation_factor"):
         sampling_plan(report, activation_factor=0)
+    with pytest.raises(InputError, match="blocks_on_gpu"):
+        sampling_plan(report, blocks_on_gpu=(0,))
+    everything = {r["guidance"]: r["peak"] for r in sampling_plan(report, blocks_on_gpu=(42,))
+                  if r["storage"] == "bf16" and r["offload"] == "blocks"}
+    assert everything["two passes"] == peak  # all 42 blocks in one group: the whole transformer, as model offload
     doubled = {(r["storage"], r["offload"], r["blocks_on_gpu"], r["guidance"]): r
                for r in sampling_plan(report, activation_factor=2.0)}
     assert doubled[("bf16", "model", None, "two passes")]["peak"] == peak + report["activations"]["bf16"][
@@ -296,6 +301,8 @@ def test_sampling_plan_formats_with_what_is_computed(reports):
     assert md[header].endswith("| 12 GB | 16 GB | 24 GB | 48 GB | 80 GB |") and md[header + 1].startswith("|---|")
     assert sum(line.startswith(("| bf16 |", "| fp8 |")) for line in md) == 16
     assert sum(line.startswith("| LoRA stage") for line in md) == 18
+    longer = size_report("cogvideox-5b-i2v", window_latent_frames=14)
+    assert "this window does not fit" in format_sampling_plan(longer, sampling_plan(longer)).splitlines()[0]
 
 
 # ------------------------------------------------------------------------------------------------ training with fp8

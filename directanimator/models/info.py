@@ -610,7 +610,8 @@ def format_sampling_plan(report: Mapping[str, Any], rows: list[dict], *, markdow
                                          for k, v in report["encoders"].items() if "image encoder" in k]
     head = [
         f"Sampling plan: {report['name']}, one window of {win['latent_frames']} latent frames (reference included) at "
-        f"{win['height']}x{win['width']} px, {report['tokens']['vision']:,} vision tokens",
+        f"{win['height']}x{win['width']} px, {report['tokens']['vision']:,} vision tokens"
+        + ("" if report["fits_positional_embeddings"] else f" (this window does not fit: {report['fit_note']})"),
         f"computed, not measured: weights from the real config on the meta device ({100 * layout['fp8_share']:.1f}% "
         f"of the parameters fp8 under storage fp8, memory.py's skip rules; {layout['num_blocks']} blocks of "
         f"{layout['bytes']['bf16']['block'] / GB:.2f} GB bf16 / {layout['bytes']['fp8']['block'] / GB:.2f} GB fp8); "
