@@ -9,15 +9,17 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from directanimator.cli import _cue_config, build_parser, main
 from directanimator.cues import CueConfig
 from directanimator.demo import DemoResult, DemoSettings, demo_cue_config
 from directanimator.tensors import MAX_SIDE_PX, as_frames
-from directanimator.video import read_image
+from directanimator.video import read_image, read_video
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo"
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 ANIMATE = ["animate", "--reference", "r.png", "--driving", "d.mp4", "--model", "m", "--out", "o.mp4"]
 
 
@@ -153,3 +155,21 @@ def test_animate_loads_the_model_with_the_memory_options(monkeypatch, tmp_path):
     assert main([*ANIMATE[:-2], "--out", str(tmp_path / "o.mp4"), "--device", "cpu", "--size", "64x64",
                  "--offload"]) == 2
     assert seen["memory"] == MemoryOptions(offload="model")
+
+
+@pytest.mark.skipif(not (REAL_DATA / "dance_1080x1920_24fps.mp4").is_file(), reason="needs the real footage")
+def test_animate_runs_a_tiny_model_with_fp8_weights_and_block_offload(tmp_path, caplog):
+    """The whole command with the memory options on (about 10 s on 2 CPU cores: the cues of six real
+    frames, two steps)."""
+    from tests.tiny import save_tiny_diffusers
+
+    model = save_tiny_diffusers(tmp_path / "tiny", "1.5")
+    out = tmp_path / "result.mp4"
+    with caplog.at_level(logging.INFO):
+        code = main(["animate", "--reference", str(REAL_DATA / "ref_real_person.jpg"),
+                     "--driving", str(REAL_DATA / "dance_1080x1920_24fps.mp4"), "--frames", "6", "--stride", "8",
+                     "--size", "128x64", "--model", str(model), "--steps", "2", "--guidance", "2", "--dtype", "bf16",
+                     "--weights", "fp8", "--offload", "blocks", "--blocks-on-gpu", "2", "--out", str(out)])
+    assert code == 0
+    assert read_video(out).frames.shape == (6, 128, 64, 3)
+    assert "fp8 e4m3" in caplog.text and "blocks in 1 groups of 2" in caplog.text
