@@ -154,8 +154,9 @@ class DirectAnimatorModelLoader:
                     "none: every network stays on the GPU (fastest; needs room for the whole model). model: each "
                     "network waits on the CPU and moves to the GPU whole while it runs (the transformer's full size "
                     "on the GPU during sampling, a transfer per node). blocks: the transformer's blocks wait on the "
-                    "CPU and blocks_on_gpu of them move in at a time (the least GPU memory, for 14B models on "
-                    "16-24 GB cards; slower steps, as the weights cross PCIe every step; needs RAM for the model).")}),
+                    "CPU and blocks_on_gpu of them move in at a time (the least GPU memory: a few blocks instead of the "
+                    "whole transformer; slower steps, as the weights cross PCIe every step; needs CPU RAM for the "
+                    "model). python -m directanimator info --plan tabulates each mode per card.")}),
             },
             "optional": {
                 "diffusion_model": ([NO_FILE] + model_files("diffusion_models"),
@@ -183,8 +184,8 @@ class DirectAnimatorModelLoader:
                     "the next is fetched (least memory); more: fewer, larger transfers and more GPU memory.")}),
                 "attention": (list(ATTENTION_BACKENDS), {"default": "native", "tooltip": (
                     "Attention kernel. native: PyTorch SDPA (always there). flash (flash-attn), sage "
-                    "(sageattention), xformers: CUDA GPUs with that package installed; faster attention, the "
-                    "video the same within float error (sage quantizes, so a little more).")}),
+                    "(sageattention), xformers: CUDA GPUs with that package installed, usually faster kernels with "
+                    "results that match native within their rounding (sage quantizes, so it rounds more).")}),
                 "compile": ("BOOLEAN", {"default": False, "tooltip": (
                     "torch.compile each transformer block (one compile reused by every block): faster steps after "
                     "a first run that spends minutes compiling, and again when the size changes.")}),
