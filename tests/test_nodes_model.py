@@ -504,3 +504,22 @@ def test_comfyuis_model_manager_never_moves_a_block_offloaded_transformer(models
     (plain,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", "none")
     comfy_shim.prepare_parts(plain, "transformer")
     assert loaded == ["vae", "transformer"]
+
+
+def test_a_workflow_saved_before_the_memory_inputs_restores_each_value_into_its_own_widget():
+    """The Model Loader's widget values as the Wan workflow shipped them before the memory inputs; the frontend
+    (LGraphNode.configure) sets saved values on the node's widgets by position and leaves the rest at default."""
+    from nodes.model import _offload_mode
+
+    saved = ["none (use repo_id)", "", "directanimator_wan2.1_i2v_14b.safetensors", "bf16", True,
+             "wan2.1_i2v_480p_14B_bf16.safetensors", "wan_2.1_vae.safetensors", "clip_vision_h.safetensors"]
+    spec = DirectAnimatorModelLoader.INPUT_TYPES()
+    widgets = {**spec["required"], **spec["optional"]}  # every input of the loader is a widget, in this order
+    restored = {name: entry[1].get("default") for name, entry in widgets.items()}
+    restored.update(zip(widgets, saved))
+    assert restored["precision"] == "bf16" and restored["clip_vision"] == "clip_vision_h.safetensors"
+    assert _offload_mode(restored["offload"]) == "model"
+    assert (restored["weights"], restored["blocks_on_gpu"], restored["attention"], restored["compile"]) == \
+        ("bf16", 1, "native", False)
+    assert DirectAnimatorModelLoader.VALIDATE_INPUTS(offload=restored["offload"],
+                                                     attention=restored["attention"]) is True
