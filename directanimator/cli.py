@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "between uses, moved whole to the device while it runs; blocks: the transformer's "
                               "blocks on the CPU, --blocks-on-gpu of them moved in at a time (least GPU memory, "
                               "slower: the weights cross PCIe every step)")
-    animate.add_argument("--blocks-on-gpu", type=int, default=None,
+    animate.add_argument("--blocks-on-gpu", type=int, default=None, metavar="N",
                          help="with --offload blocks: blocks per transfer group (default 1; more: fewer, larger "
                               "transfers and more GPU memory)")
     animate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
