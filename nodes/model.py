@@ -14,7 +14,7 @@ from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, MemoryOptions, load_model
 from directanimator.models.loader import download_backbone
-from directanimator.models.memory import ATTENTION_BACKENDS, OFFLOAD, STORAGE, check_attention_backend
+from directanimator.models.memory import ATTENTION_BACKENDS, OFFLOAD, STORAGE, check_attention_backend, check_device
 from directanimator.plan import frames_from_latents
 from directanimator.sampling import AUTO, SCHEDULER_CHOICES, sample_latents
 from directanimator.text import fit_text_embeddings
@@ -259,6 +259,8 @@ class DirectAnimatorModelLoader:
              clip_vision=NO_FILE, weights="bf16", blocks_on_gpu=1, attention="native", compile=False):
         memory = MemoryOptions(storage=weights, offload=_offload_mode(offload), blocks_on_gpu=blocks_on_gpu,
                                attention=attention, compile=compile).validate()  # before anything loads
+        device = default_device()
+        check_device(memory, device)  # e.g. flash attention under ComfyUI's --cpu, before any download
         ckpt = _checkpoint_source(checkpoint)
         vae_file, clip_file = _single_file("vae", vae), _single_file("clip_vision", clip_vision)
         source = _single_file("diffusion_model", diffusion_model)
@@ -267,7 +269,6 @@ class DirectAnimatorModelLoader:
         elif source is None:  # fetched (or found in the HF cache) by repo id, never read relative to ComfyUI's folder
             source = download_backbone(check_repo_id(repo_id))
         parts = dict(vae=vae_file, image_encoder=clip_file, require_image_encoder=True, memory=memory)
-        device = default_device()
         # Inside ComfyUI its model manager moves each network to the device when a node first needs it (except a
         # transformer under block offload, whose blocks diffusers' hooks move); with offload="model" the model
         # moves each network itself.

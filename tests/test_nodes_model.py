@@ -523,3 +523,14 @@ def test_a_workflow_saved_before_the_memory_inputs_restores_each_value_into_its_
         ("bf16", 1, "native", False)
     assert DirectAnimatorModelLoader.VALIDATE_INPUTS(offload=restored["offload"],
                                                      attention=restored["attention"]) is True
+
+
+def test_an_attention_backend_the_device_cannot_run_is_refused_before_any_download(monkeypatch):
+    import directanimator.models.memory as memory
+    import nodes.model as model_nodes
+
+    monkeypatch.setattr(memory, "check_attention_backend", lambda name: None)  # as if flash-attn were installed
+    monkeypatch.setattr(model_nodes, "default_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(model_nodes, "download_backbone", lambda *a, **k: pytest.fail("downloaded first"))
+    with pytest.raises(InputError, match="attention='flash'.*CUDA GPUs only"):
+        DirectAnimatorModelLoader().load(NO_FOLDER, "owner/name", NO_CHECKPOINT, "bf16", "none", attention="flash")
