@@ -323,7 +323,8 @@ def test_wan_single_files_load_through_load_model(tmp_path):
     assert model.null_text.shape == (1, WAN_TEXT_LEN, TEXT_DIM) and not model.null_text.any()
     assert model.scheduler_config["_class_name"] == "UniPCMultistepScheduler"  # Wan's default, not CogVideoX's
     assert isinstance(model.vae, AutoencoderKLWan) and model.image_encoder is not None
-    assert model.image_processor.crop_size == {"height": 224, "width": 224}  # the bundled Wan2.1 processor
+    # the bundled Wan2.1 processor, resized to the tiny tower's own 32 px (clip_vision_h's is 224)
+    assert model.image_processor.crop_size == {"height": 32, "width": 32}
     assert torch.equal(_run(model.transformer.backbone, "wan-i2v"), _run(original, "wan-i2v"))
 
 

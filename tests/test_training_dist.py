@@ -155,17 +155,16 @@ def test_an_fsdp_config_naming_either_block_wrapper_wraps_the_models_own(layout,
     wrapper class before accelerate builds its wrap policy; unrelated class names are kept."""
     from types import SimpleNamespace
 
-    from accelerate.utils import DistributedType
-
     from training.distributed import fit_wrap_class
 
     model = tiny_animator(layout)
     for configured in (["CueFusionBlock"], ["WanCueFusionBlock", "Other"]):
         plugin = SimpleNamespace(transformer_cls_names_to_wrap=list(configured))
-        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+        accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
         fit_wrap_class(accelerator, model)
         assert plugin.transformer_cls_names_to_wrap[0] == own
         assert plugin.transformer_cls_names_to_wrap[1:] == configured[1:]
         assert type(model.blocks[0]).__name__ == own
-    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)
-    fit_wrap_class(ddp, model)  # not FSDP: nothing to do
+    plain = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(transformer_cls_names_to_wrap=["X"])))
+    fit_wrap_class(plain, model)  # a config naming neither wrapper is left alone
+    assert plain.state.fsdp_plugin.transformer_cls_names_to_wrap == ["X"]

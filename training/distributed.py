@@ -171,12 +171,14 @@ BLOCK_WRAPPERS = ("CueFusionBlock", "WanCueFusionBlock")  # the wrap unit of eac
 
 def fit_wrap_class(accelerator, model: nn.Module) -> None:
     """Point an FSDP launch config that names one family's block wrapper at `model`'s own (CueFusionBlock on
-    CogVideoX, WanCueFusionBlock on Wan), so one accelerate yaml serves both families; other class names are kept."""
-    if not is_fsdp(accelerator):
+    CogVideoX, WanCueFusionBlock on Wan), so one accelerate yaml serves both families; other class names are kept.
+    For an FSDP launch (the caller checks); a model without CueFusion blocks is left to the config."""
+    blocks = getattr(model, "blocks", None)
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    if not blocks or plugin is None:
         return
-    plugin = accelerator.state.fsdp_plugin
     names = list(plugin.transformer_cls_names_to_wrap or [])
-    own = type(model.blocks[0]).__name__
+    own = type(blocks[0]).__name__
     if own in names or not any(name in BLOCK_WRAPPERS for name in names):
         return
     plugin.transformer_cls_names_to_wrap = [own if name in BLOCK_WRAPPERS else name for name in names]

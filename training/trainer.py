@@ -359,7 +359,8 @@ class Trainer:
         state."""
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, config, self.device, sharded=self.sharded)
-        fit_wrap_class(self.accelerator, model)
+        if self.sharded:
+            fit_wrap_class(self.accelerator, model)
         return self.accelerator.prepare(model, optimizer)
 
     def _name(self, param) -> str:
