@@ -87,8 +87,6 @@ def register_cue_blocks() -> None:
     from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
     for wrapper, inner in ((CueFusionBlock, CogVideoXBlock), (WanCueFusionBlock, WanTransformerBlock)):
-        if wrapper in TransformerBlockRegistry._registry:
-            continue
         layout = TransformerBlockRegistry.get(inner)
         TransformerBlockRegistry.register(wrapper, TransformerBlockMetadata(
             return_hidden_states_index=layout.return_hidden_states_index,
