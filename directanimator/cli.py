@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "unipc/euler for Wan (directanimator.sampling.SCHEDULER_CHOICES)")
     animate.add_argument("--samples", type=int, default=1,
                          help="the mean of this many results, seeds seed, seed + 1, ... (helps one-step estimates)")
+    animate.add_argument("--cache", choices=["off", "first_block", "mag", "taylorseer"], default="off",
+                         help="step cache (diffusers' hooks, one state per window and guidance branch)")
+    animate.add_argument("--cache-threshold", type=float, default=None,
+                         help="the cache's setting: first_block relative change (0.05), mag accumulated error "
+                              "(0.06), taylorseer refresh interval in steps (5)")
+    animate.add_argument("--batch-guidance", action="store_true",
+                         help="run the guidance branches as one batch of 2 (faster, twice the activations)")
     animate.add_argument("--window", type=int, default=None, help="context window in latent frames")
     animate.add_argument("--overlap", type=int, default=None, help="latent frames shared by neighbouring windows")
     animate.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
@@ -365,7 +372,8 @@ def run_animate(args: argparse.Namespace) -> Path:
     try:
         result = animate(model, reference, clip, cue_config=cue_config, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, scheduler=args.scheduler, window=args.window, overlap=args.overlap,
-                         samples=args.samples, on_cue_frame=lambda i: advance("cues", len(clip.frames)),
+                         samples=args.samples, cache=args.cache, cache_threshold=args.cache_threshold,
+                         batch_guidance=args.batch_guidance, on_cue_frame=lambda i: advance("cues", len(clip.frames)),
                          callback=lambda step, total, preview: advance("sampling", total))
     finally:
         for bar in bars.values():

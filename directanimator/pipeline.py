@@ -162,6 +162,7 @@ def animate_triplet(model, triplet: CueTriplet, *, steps: int = 25, guidance: fl
     init = None if init_frames is None or denoise >= 1.0 else _init_latents(
         model, triplet, init_frames, cond.padded_frames, tiling)
     notes = list(getattr(triplet.record, "notes", []) or []) + list(cond.notes)
+    notes[:0] = (getattr(model, "info", None) or {}).get("memory_notes", [])  # fp8, offload, attention, compile
     config = backbone_config(model)
     fixed = fixed_latent_frames(config)
     effective_window = window if window is not None else (fixed - 1 if fixed else None)

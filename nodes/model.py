@@ -13,6 +13,7 @@ from directanimator.demo import CHECKPOINT as BUNDLED_CHECKPOINT
 from directanimator.demo import is_model_folder
 from directanimator.errors import InputError
 from directanimator.models import AnimatorModel, MemoryOptions, load_model
+from directanimator.models.caching import CACHE_MODES
 from directanimator.models.loader import download_backbone
 from directanimator.models.memory import ATTENTION_BACKENDS, OFFLOAD, STORAGE, check_attention_backend, check_device
 from directanimator.plan import frames_from_latents
@@ -355,6 +356,16 @@ class DirectAnimatorSampler:
                                        "tooltip": "The mean of this many results (seeds seed, seed + 1, ...). Helps "
                                                   "one-step estimates of a small model (the bundled demo model); "
                                                   "blurs multi-step samples."}),
+                "cache": (list(CACHE_MODES), {"default": "off", "tooltip": (
+                    "Step cache (diffusers' hooks): reuse the blocks' work on steps where it changes little. "
+                    "first_block and mag skip about half the steps, taylorseer extrapolates; each window and "
+                    "guidance branch keeps its own state, so cues are never mixed. Faster, slightly different.")}),
+                "cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.01, "tooltip": (
+                    "0: the cache's default. first_block: relative change (0.05), mag: accumulated error (0.06), "
+                    "taylorseer: refresh interval in whole steps (5). Higher skips more.")}),
+                "batch_guidance": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Run the cued and the bare branch of guidance as one batch of 2: faster, twice the activation "
+                    "memory.")}),
             },
         }
 
@@ -371,7 +382,7 @@ class DirectAnimatorSampler:
         return True
 
     def sample(self, model, conditioning, steps, guidance, seed, scheduler, window, overlap, denoise, latent=None,
-               average_of=1):
+               average_of=1, cache="off", cache_threshold=0.0, batch_guidance=False):
         cond = conditioning["conditioning"]
         init = None
         if denoise < 1.0:
@@ -383,7 +394,8 @@ class DirectAnimatorSampler:
             samples = sample_latents(
                 model, cond, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                 window=window or None, overlap=overlap if window else None, denoise=denoise, init_latents=init,
-                text_embeds=conditioning.get("text"), samples=average_of,
+                text_embeds=conditioning.get("text"), samples=average_of, cache=cache,
+                cache_threshold=cache_threshold or None, batch_guidance=batch_guidance,
                 callback=lambda step, total, preview: progress(step, preview, total))
         return ({"samples": to_comfy_layout(samples.cpu()), "num_frames": cond.num_frames, "fps": cond.fps},)
 

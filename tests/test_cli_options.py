@@ -169,7 +169,9 @@ def test_animate_runs_a_tiny_model_with_fp8_weights_and_block_offload(tmp_path, 
         code = main(["animate", "--reference", str(REAL_DATA / "ref_real_person.jpg"),
                      "--driving", str(REAL_DATA / "dance_1080x1920_24fps.mp4"), "--frames", "6", "--stride", "8",
                      "--size", "128x64", "--model", str(model), "--steps", "2", "--guidance", "2", "--dtype", "bf16",
-                     "--weights", "fp8", "--offload", "blocks", "--blocks-on-gpu", "2", "--out", str(out)])
+                     "--weights", "fp8", "--offload", "blocks", "--blocks-on-gpu", "2", "--cache", "first_block",
+                     "--cache-threshold", "0.2", "--batch-guidance", "--out", str(out)])
     assert code == 0
     assert read_video(out).frames.shape == (6, 128, 64, 3)
     assert "fp8 e4m3" in caplog.text and "blocks in 1 groups of 2" in caplog.text
+    assert "first-block cache (threshold 0.2)" in caplog.text and "guidance branches batched" in caplog.text

@@ -1,7 +1,7 @@
 """The model nodes chain loader -> encode -> sampler -> decode on a tiny saved model, as a ComfyUI graph would."""
 
 import os
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -534,3 +534,32 @@ def test_an_attention_backend_the_device_cannot_run_is_refused_before_any_downlo
     monkeypatch.setattr(model_nodes, "download_backbone", lambda *a, **k: pytest.fail("downloaded first"))
     with pytest.raises(InputError, match="attention='flash'.*CUDA GPUs only"):
         DirectAnimatorModelLoader().load(NO_FOLDER, "owner/name", NO_CHECKPOINT, "bf16", "none", attention="flash")
+
+
+def test_sampler_passes_the_step_cache_and_batched_guidance_to_the_library(monkeypatch):
+    """The Sampler's optional cache, cache_threshold (0: the cache's default) and batch_guidance reach
+    sample_latents; old prompts without them sample as before (cache off, two passes)."""
+    import nodes.model as node_module
+    from nodes.model import DirectAnimatorSampler
+
+    optional = DirectAnimatorSampler.INPUT_TYPES()["optional"]
+    assert optional["cache"][0] == ["off", "first_block", "mag", "taylorseer"]
+    assert optional["cache"][1]["default"] == "off"
+    assert optional["batch_guidance"][1]["default"] is False
+    seen = []
+
+    def fake_sample(model, cond, **kwargs):
+        seen.append(kwargs)
+        return torch.zeros(1, 2, 16, 4, 4)
+
+    monkeypatch.setattr(node_module, "sample_latents", fake_sample)
+    monkeypatch.setattr(node_module, "prepare_parts", lambda *a, **k: None)
+    cond = SimpleNamespace(num_frames=5, fps=12.0)
+    sampler = DirectAnimatorSampler()
+    sampler.sample(object(), {"conditioning": cond}, 2, 3.0, 0, "auto", 0, 0, 1.0, cache="mag",
+                   cache_threshold=0.0, batch_guidance=True)
+    sampler.sample(object(), {"conditioning": cond}, 2, 3.0, 0, "auto", 0, 0, 1.0, cache="first_block",
+                   cache_threshold=0.2)
+    sampler.sample(object(), {"conditioning": cond}, 2, 3.0, 0, "auto", 0, 0, 1.0)
+    assert [(s["cache"], s["cache_threshold"], s["batch_guidance"]) for s in seen] == \
+        [("mag", None, True), ("first_block", 0.2, False), ("off", None, False)]

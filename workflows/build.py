@@ -189,8 +189,9 @@ NOTE_E = ("Animate a reference with Wan2.1-I2V-14B and a DirectAnimator checkpoi
           "The prompt is the checkpoint's null prompt; to add one, load umt5_xxl in models/text_encoders with "
           "CLIP Loader (type wan), encode it with CLIP Text Encode and connect it to Encode's text. Wan takes any "
           "length: the sampler runs windows of 20 latent frames (80 video frames, Wan's own 81-frame length with "
-          "the reference) overlapping by 5, with UniPC as the Wan pipelines sample. 480x832 is Wan's 480P size; "
-          "offload keeps the 14B model on the CPU between runs.")
+          "the reference) overlapping by 5, with UniPC as the Wan pipelines sample. 480x832 is Wan's 480P size. "
+          "For 16-24 GB cards the loader stores the 14B weights in fp8 and keeps one block at a time on the GPU "
+          "(about 8 GB planned, `python -m directanimator info --plan`); with more memory set offload to none.")
 NOTE_WIDTH = 400
 
 # the Cue Triplet's widget values, the same in every workflow
@@ -266,10 +267,11 @@ def _animate_wan() -> list[list[Node]]:
         [Node(2, "DirectAnimatorDrivingVideo", _frames(*size), {"video": (1, 0)}),
          Node(5, "DirectAnimatorModelLoader", {"backbone": NO_FOLDER, "repo_id": "",
                                                "checkpoint": "directanimator_wan2.1_i2v_14b.safetensors",
-                                               "precision": "bf16", "offload": "model",
+                                               "precision": "bf16", "offload": "blocks",
                                                "diffusion_model": "wan2.1_i2v_480p_14B_bf16.safetensors",
                                                "vae": "wan_2.1_vae.safetensors",
-                                               "clip_vision": "clip_vision_h.safetensors"})],
+                                               "clip_vision": "clip_vision_h.safetensors", "weights": "fp8",
+                                               "blocks_on_gpu": 1})],
         [Node(4, "DirectAnimatorCueTriplet", dict(TRIPLET), {"reference": (3, 0), "frames": (2, 0)})],
         *_animation(size=size, fps=24.0, tiled=True, prefix="directanimator/wan",
                     sampler={"steps": 30, "guidance": 3.0, "seed": 42, "scheduler": "unipc", "window": 20,
