@@ -15,6 +15,7 @@ from torch import Tensor
 from .conditioning import (
     Conditioning,
     backbone_config,
+    check_image_encoder,
     encode_conditioning,
     fixed_latent_frames,
     pad_frames,
@@ -103,6 +104,8 @@ def animate(model, reference, driving, *, cue_config: CueConfig | None = None, s
     if denoise < 1.0 and init_frames is None:
         raise InputError(f"denoise={denoise}: partial denoising needs init_frames; pass them or use denoise=1.")
     plan = sampling_plan(model, cue_config=cue_config)
+    if backbone_config(model).image_embed_dim is not None:  # Wan2.1 I2V: its CLIP tower, before the cue extraction
+        check_image_encoder(model, backbone_config(model))
     from .cues import extract_cues
 
     driving_size = tuple(driving.shape[1:3])

@@ -216,7 +216,6 @@ def validate_options(model, *, steps: int, guidance: float, scheduler: str | Non
     check_cache_options(cache, cache_threshold)
     if not isinstance(batch_guidance, bool):
         raise InputError(f"batch_guidance={batch_guidance!r}: must be True or False.")
-    _check_cue_modes(model)
     if window is not None and (not isinstance(window, int) or window < 1):
         raise InputError(f"window={window!r}: a context window needs at least 1 video latent frame (or None).")
     if window is not None and (num_video_latents is None or window < num_video_latents):
@@ -273,21 +272,6 @@ def _check_conditioning(model, cond: Conditioning, text: Tensor) -> None:
             f"conditioning.image_embeds: this backbone ({config.variant}) also takes the reference's CLIP image "
             "embedding; encode the conditioning with a model that has its image encoder (encode_conditioning)."
         )
-
-
-def _check_cue_modes(model) -> None:
-    """Refuse, on backbones other than CogVideoX's layout (reference latent on channels), the CueFusion modes
-    that assume it (made for models trained from scratch in that layout)."""
-    spec, cue_config = model.transformer.spec, model.transformer.cue_config
-    if spec.image_conditioning == "latent_channels":
-        return
-    for mode in ("residual_reference", "reference_in_every_frame"):
-        if getattr(cue_config, mode):
-            raise InputError(
-                f"cue_config.{mode}: a mode for CogVideoX-layout models trained from scratch (the reference latent "
-                f"concatenated on channels); this {spec.variant} backbone conditions on the reference its own way "
-                f"({spec.image_conditioning}). Train and sample it with {mode} off."
-            )
 
 
 def reference_latent(model, cond: Conditioning) -> Tensor:

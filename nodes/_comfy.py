@@ -75,7 +75,8 @@ def manages_models() -> bool:
 
 
 def prepare_parts(model, *parts: str) -> None:
-    """Before a node runs `parts` ("transformer", "vae") of an `AnimatorModel`, let ComfyUI's model manager act.
+    """Before a node runs `parts` ("transformer", "vae", "image_encoder") of an `AnimatorModel`, let ComfyUI's model
+    manager act.
 
     Without offload each part is a model ComfyUI manages like its own: `load_models_gpu` frees VRAM held by other
     models, moves the part to the GPU and keeps it there between runs until another model needs the room or the
@@ -85,7 +86,9 @@ def prepare_parts(model, *parts: str) -> None:
     if _mm is None:
         return
     # a transformer under block offload: diffusers' hooks move its blocks, ComfyUI must not move it whole
-    parts = tuple(part for part in parts if not hooks_place_weights(getattr(model, part)))
+    # (and a part the model does not have, e.g. the CLIP tower of a backbone without image embeddings)
+    parts = tuple(part for part in parts
+                  if getattr(model, part, None) is not None and not hooks_place_weights(getattr(model, part)))
     if not parts:
         return
     modules = [getattr(model, part) for part in parts]
@@ -108,8 +111,8 @@ def _patcher(module, part: str, device):
         return patcher
     import comfy.model_patcher  # type: ignore[import-not-found]
 
-    offload = _mm.vae_offload_device() if part == "vae" else _mm.unet_offload_device()
-    holder = DirectAnimatorVAE if part == "vae" else DirectAnimatorCFDiT
+    offload = _mm.unet_offload_device() if part == "transformer" else _mm.vae_offload_device()
+    holder = {"vae": DirectAnimatorVAE, "image_encoder": DirectAnimatorCLIPVision}.get(part, DirectAnimatorCFDiT)
     patcher = comfy.model_patcher.ModelPatcher(holder(module, offload), load_device=device,
                                                offload_device=offload)
     module.__dict__[_PATCHER] = patcher  # a plain attribute: not a submodule, not in the state dict
@@ -132,6 +135,10 @@ class DirectAnimatorCFDiT(_Holder):
 
 class DirectAnimatorVAE(_Holder):
     """The video VAE, as ComfyUI's model manager sees it."""
+
+
+class DirectAnimatorCLIPVision(_Holder):
+    """Wan2.1 I2V's CLIP vision tower, as ComfyUI's model manager sees it."""
 
 
 # ComfyUI folder name -> its default sub-folder of models/, for messages that say where a model goes

@@ -304,7 +304,7 @@ class DirectAnimatorEncode:
         }
 
     def encode(self, model: AnimatorModel, cues, fps, tiled, text=None):
-        prepare_parts(model, "vae")
+        prepare_parts(model, "vae", "image_encoder")  # the CLIP tower embeds the reference (Wan2.1 I2V)
         with comfy_progress(1) as progress:
             cond = encode_conditioning(model, cues, fps=fps, tiling=tiled or None)
             progress(0)

@@ -481,3 +481,17 @@ def test_a_clip_vision_file_gets_a_processor_of_its_own_image_size(tmp_path):
     assert pixels.shape[-2:] == (encoder.config.image_size, encoder.config.image_size)
     with torch.no_grad():
         assert encoder(pixel_values=pixels).last_hidden_state.shape[0] == 1
+
+
+def test_a_bf16_single_wan_file_keeps_the_rotary_table_at_full_precision(tmp_path):
+    """from_single_file(torch_dtype=bf16) rounds Wan's rotary table; the loader rebuilds it, so a single file and
+    from_pretrained give the same table (the table carries no weights)."""
+    original = tiny_backbone("wan-i2v", seed=3)
+    path = tmp_path / "wan.safetensors"
+    save_native_wan(path, original, config=tiny_backbone_config("wan-i2v"))
+    loaded, _, _ = load_transformer_file(path, dtype=torch.bfloat16)
+    original.save_pretrained(tmp_path / "folder")
+    reference = WanTransformer3DModel.from_pretrained(tmp_path / "folder", torch_dtype=torch.bfloat16)
+    assert loaded.rope.freqs_cos.dtype == reference.rope.freqs_cos.dtype == torch.float32
+    assert torch.equal(loaded.rope.freqs_cos, reference.rope.freqs_cos)
+    assert torch.equal(loaded.rope.freqs_sin, reference.rope.freqs_sin)

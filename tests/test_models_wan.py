@@ -31,6 +31,7 @@ from tests.tiny import (
     randomize_cue_modules,
     tiny_animator,
     tiny_backbone,
+    tiny_backbone_config,
     tiny_cue_latents,
     tiny_inputs,
     tiny_wan_inputs,
@@ -530,3 +531,17 @@ def test_a_bf16_wan_from_pretrained_with_its_fp32_time_embedder_runs_with_cues(t
         cued = model(**inputs, cues=_cues("wan-ti2v"))
     assert cued.dtype == torch.bfloat16 and bool(torch.isfinite(cued).all())
     assert (cued.float() - bare.float()).abs().max() > 1e-2
+
+
+def test_other_wan_classes_and_cogvideox_only_modes_are_refused():
+    """A Wan class with weights a plain WanTransformer3DModel would drop (VACE, Animate) is refused by name, and the
+    CogVideoX-only reference modes are refused on Wan when the model is built, before any training or sampling."""
+    from directanimator.models import CueFusionConfig, DirectAnimatorTransformer
+    from directanimator.models.family import spec_from_config
+
+    config = dict(tiny_backbone_config("wan-i2v"), _class_name="WanVACETransformer3DModel")
+    with pytest.raises(CheckpointError, match="WanVACETransformer3DModel.*not supported"):
+        spec_from_config(config)
+    for name in ("reference_in_every_frame", "residual_reference"):
+        with pytest.raises(InputError, match=f"CueFusionConfig.{name} .*model.{name}=true"):
+            DirectAnimatorTransformer(tiny_backbone("wan-i2v"), config=CueFusionConfig(**{name: True}))

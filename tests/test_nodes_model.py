@@ -504,6 +504,11 @@ def test_comfyuis_model_manager_never_moves_a_block_offloaded_transformer(models
     (plain,) = DirectAnimatorModelLoader().load(TINY, "", NO_CHECKPOINT, "fp32", "none")
     comfy_shim.prepare_parts(plain, "transformer")
     assert loaded == ["vae", "transformer"]
+    comfy_shim.prepare_parts(plain, "vae", "image_encoder")  # a CogVideoX model has no CLIP tower: skipped
+    assert loaded == ["vae", "transformer", "vae"]
+    plain.image_encoder = torch.nn.Linear(2, 2)  # a Wan2.1 I2V model's tower is loaded with the VAE for Encode
+    comfy_shim.prepare_parts(plain, "vae", "image_encoder")
+    assert loaded == ["vae", "transformer", "vae", "vae", "image_encoder"]
 
 
 def test_a_workflow_saved_before_the_memory_inputs_restores_each_value_into_its_own_widget():

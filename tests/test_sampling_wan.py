@@ -292,11 +292,13 @@ def test_the_bundled_scheduler_configs_carry_each_backbones_flow_shift():
 
 
 def test_residual_reference_is_refused_on_wan(wan):
-    layout, model, cond, _ = wan
-    transformer = tiny_animator(layout)
-    transformer.cue_config = replace(transformer.cue_config, residual_reference=True)
+    """A Wan model cannot be built in the CogVideoX-only residual mode, so no sampler ever sees one."""
+    from directanimator.models import CueFusionConfig, DirectAnimatorTransformer
+    from tests.tiny import tiny_backbone
+
+    layout, _, _, _ = wan
     with pytest.raises(InputError, match="residual_reference"):
-        sample_latents(replace(model, transformer=transformer), cond, steps=1)
+        DirectAnimatorTransformer(tiny_backbone(layout), config=CueFusionConfig(residual_reference=True))
 
 
 def test_untrained_flow_timesteps_are_warned_about(caplog):
@@ -380,3 +382,16 @@ def test_cogvideox_sampling_equals_the_diffusers_image_to_video_pipeline(monkeyp
                         output_type="latent", return_dict=False)[0]
     torch.testing.assert_close(ours.calls[0]["hidden_states"], theirs.calls[0]["hidden_states"], rtol=0, atol=1e-6)
     torch.testing.assert_close(latents, expected, rtol=0, atol=1e-5)
+
+
+def test_animate_refuses_a_wan21_i2v_without_its_clip_tower_before_extracting_cues(monkeypatch):
+    import directanimator.cues as cues
+    from directanimator.pipeline import animate
+
+    def extracted(*args, **kwargs):
+        raise AssertionError("the cues were extracted before the check")
+
+    monkeypatch.setattr(cues, "extract_cues", extracted)
+    model = replace(_model("wan-i2v"), image_encoder=None, image_processor=None)
+    with pytest.raises(InputError, match="no image_encoder and image_processor"):
+        animate(model, torch.rand(1, 64, 64, 3), torch.rand(5, 64, 64, 3), steps=1)

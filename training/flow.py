@@ -11,7 +11,6 @@ and squeeze it into ``[min, max] / 1000``.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -19,8 +18,6 @@ import torch
 from torch import Tensor
 
 from directanimator.errors import InputError
-
-log = logging.getLogger(__name__)
 
 FLOW_TIMESTEPS = 1000  # timestep = sigma * 1000, as diffusers' flow-matching schedulers number them
 SHIFT_KEYS = ("flow_shift", "shift")  # UniPCMultistepScheduler (Wan's own) and FlowMatchEulerDiscreteScheduler

@@ -479,7 +479,7 @@ def encode_autocast(vae, precision: str):
 def encode_clip(model, windows: list[dict], *, text: Tensor | None = None) -> dict[str, Tensor]:
     """VAE-encode the extracted windows of a clip into the tensors of its cache file. On Wan2.1 I2V each window also
     keeps its image conditioning as the pipeline builds it (`directanimator.conditioning.image_window`: the 4-channel
-    first-frame mask and the latent of [reference, black frames...] encoded in one VAE call, ``w{k}.image``, which
+    first-frame mask and the latent of [reference, grey frames...] encoded in one VAE call, ``w{k}.image``, which
     depends on the reference and the window length) and the reference's CLIP embedding (``w{k}.image_embeds``)."""
     tensors: dict[str, Tensor] = {}
     wan_i2v = model.transformer.spec.image_conditioning == "mask_and_latent"

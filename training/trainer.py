@@ -72,22 +72,8 @@ def load_student(config: TrainConfig, *, checkpoint: str | None = None, verify: 
                           cue_fusion=CueFusionConfig(modulation_rank=m.modulation_rank, text_rank=m.text_rank,
                                                      reference_in_every_frame=m.reference_in_every_frame,
                                                      residual_reference=m.residual_reference))
-    check_cue_modes(animator.transformer)
     return LoadedModel(animator.transformer, dict(animator.scheduler_config), animator.null_text,
                        animator.info.get("weights", "none"), animator.info)
-
-
-def check_cue_modes(model: DirectAnimatorTransformer) -> None:
-    """InputError for the CueFusion reference modes (`model.residual_reference`, `model.reference_in_every_frame`)
-    on a backbone whose reference is not a latent on channels (Wan): sampling refuses them there too."""
-    spec = model.spec
-    if spec.image_conditioning == "latent_channels":
-        return
-    for mode in ("residual_reference", "reference_in_every_frame"):
-        if getattr(model.cue_config, mode):
-            raise InputError(f"config model.{mode}=true: a mode of CogVideoX-layout models (the reference latent "
-                             f"on channels); this {spec.variant} backbone takes the reference its own way "
-                             f"({spec.image_conditioning}) and samples without it. Set model.{mode}=false.")
 
 
 def setup_trainable(model: DirectAnimatorTransformer, config: TrainConfig, *, train_cues: bool = True) -> list:

@@ -69,6 +69,9 @@ class BackboneSpec:
         return asdict(self)
 
 
+SUPPORTED_CLASSES = ("CogVideoXTransformer3DModel", "WanTransformer3DModel")
+
+
 def is_wan_config(config: Mapping[str, Any]) -> bool:
     """True for a diffusers `WanTransformer3DModel` config."""
     name = str(config.get("_class_name", ""))
@@ -84,6 +87,14 @@ def is_cogvideox_config(config: Mapping[str, Any]) -> bool:
 def spec_from_config(config: Mapping[str, Any]) -> BackboneSpec:
     """The `BackboneSpec` of a diffusers transformer config (dict or FrozenDict); CheckpointError for other models."""
     config = dict(config)
+    name = config.get("_class_name")
+    if name and name not in SUPPORTED_CLASSES:
+        # e.g. WanVACETransformer3DModel or WanAnimateTransformer3DModel: a Wan class whose extra weights a plain
+        # WanTransformer3DModel would silently drop
+        raise CheckpointError(
+            f"backbone config of class {name}: not supported; DirectAnimator runs on diffusers' "
+            f"{' and '.join(SUPPORTED_CLASSES)}."
+        )
     if is_wan_config(config):
         return _wan_spec(config)
     if is_cogvideox_config(config):

@@ -389,6 +389,10 @@ def load_transformer_file(path: str | Path, *, config: Mapping[str, Any] | None 
             model = WanTransformer3DModel.from_single_file(
                 str(path), config=_config_folder(tmp, WanTransformer3DModel, config), local_files_only=True,
                 torch_dtype=dtype)
+        # from_single_file casts everything to torch_dtype, the rotary table too (from_pretrained keeps it fp32):
+        # it holds no weights, so build it again at full precision
+        rope = model.rope
+        model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
     else:  # diffusers has no from_single_file for CogVideoX: the file is already in diffusers names
         model = _empty(model_class, config)
         state, _ = read_safetensors(path, what="backbone file")

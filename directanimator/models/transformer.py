@@ -134,6 +134,14 @@ class DirectAnimatorTransformer(nn.Module):
         self.family = family_of(backbone)
         self.spec = spec_of(backbone)
         self.cue_config = (config or CueFusionConfig()).validate()
+        if self.spec.family != "cogvideox":
+            for name in ("reference_in_every_frame", "residual_reference"):
+                if getattr(self.cue_config, name):
+                    raise InputError(
+                        f"CueFusionConfig.{name} (training config: model.{name}=true): a mode of CogVideoX-layout "
+                        f"models trained from scratch (the reference latent on channels); this {self.spec.variant} "
+                        f"backbone conditions on the reference its own way ({self.spec.image_conditioning}). "
+                        f"Set it to false.")
         self.backbone = backbone
         spec = self.spec
         inner_dim = spec.inner_dim
