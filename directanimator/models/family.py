@@ -12,6 +12,7 @@ backbone is run on ``[B, F', C, h, w]`` latents, and which time embedding modula
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping
 
@@ -30,6 +31,7 @@ FamilyName = Literal["cogvideox", "wan"]
 # "first_frame": Wan2.2 TI2V, the clean image latent replaces the first latent frame, whose timestep is 0.
 ImageConditioning = Literal["latent_channels", "mask_and_latent", "first_frame"]
 WAN_MASK_CHANNELS = 4  # Wan2.1 I2V: the first-frame mask, one channel per frame of the VAE's temporal group
+WAN_TEXT_LENGTH = 512  # UMT5 tokens the Wan pipelines pad every prompt to
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,8 @@ def _wan_spec(c: dict) -> BackboneSpec:
     )
 
 
-WAN_TEXT_LENGTH = 512  # UMT5 tokens the Wan pipelines pad every prompt to
-
-
 # --------------------------------------------------------------------------- running the backbones
-class BackboneFamily:
+class BackboneFamily(ABC):
     """The family-specific calls (see the module docstring). Stateless; one instance per family."""
 
     name: FamilyName
@@ -175,17 +174,22 @@ class BackboneFamily:
     def blocks(self, backbone: nn.Module) -> nn.ModuleList:
         return getattr(backbone, self.blocks_attr)
 
+    @abstractmethod
     def block_tokens(self, output: Any) -> Tensor:
         """The vision tokens ``[B, N, D]`` from one block's output."""
-        raise NotImplementedError
 
+    @abstractmethod
     def wrap_block(self, block: nn.Module, fusion: nn.Module) -> nn.Module:
-        raise NotImplementedError
+        """`block` wrapped with its CueFusion module, keeping the block's call signature."""
 
+    @abstractmethod
+    def time_embedding(self, backbone: nn.Module, timestep: Tensor) -> Tensor | None:
+        """The time embedding ``e_t`` ``[B, D_t]`` the cue modulation takes, when the blocks are not handed it."""
+
+    @abstractmethod
     def run(self, backbone: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor, timestep: Tensor,
             *, cue_tokens: Any, attention_kwargs: dict | None, extra: dict) -> Tensor:
         """Run the backbone on ``[B, F', C, h, w]`` and return its prediction ``[B, F', C_out, h, w]``."""
-        raise NotImplementedError
 
 
 _FAMILIES: dict[str, BackboneFamily] = {}
