@@ -285,9 +285,10 @@ def test_compile_compiles_each_wrapped_block_with_its_cue_fusion(layout):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["1.0", "wan-i2v"])
+@pytest.mark.parametrize("layout", ["wan-i2v"])
 def test_compiled_blocks_match_the_eager_run(layout):
-    """Inductor compile on the CPU: about 1 to 2 minutes per layout on 2 cores."""
+    """Inductor compile on the CPU: about a minute on 2 cores, so one layout, Wan's (its cues ride on the rotary
+    tuple through the compiled blocks); that CogVideoX's wrapped blocks are compiled is checked without running."""
     model = tiny_animator(layout, randomize_cues=True)
     inputs, cues = _inputs(layout)
     with torch.no_grad():
@@ -298,14 +299,15 @@ def test_compiled_blocks_match_the_eager_run(layout):
 
 
 @pytest.mark.slow
-def test_every_option_together_stays_within_fp8_rounding():
-    """fp8 storage, block offload, the dispatcher (CogVideoX's swapped processor, native kernel) and compile."""
+def test_storage_offload_and_dispatcher_together_stay_within_fp8_rounding():
+    """fp8 storage, block offload and the dispatcher (CogVideoX's swapped processor, native kernel) together;
+    compile is checked on its own above (a second inductor build would add a minute to the suite)."""
     model = tiny_animator("1.5", randomize_cues=True).to(torch.bfloat16)
     inputs, cues = _inputs("1.5", torch.bfloat16)
     with torch.no_grad():
         bf16 = model(**inputs, cues=cues)
         install_dispatch_attention(model.backbone)
-        apply_memory_options(model, MemoryOptions(storage="fp8", offload="blocks", compile=True), device="cpu")
+        apply_memory_options(model, MemoryOptions(storage="fp8", offload="blocks"), device="cpu")
         out = model(**inputs, cues=cues)
     assert 0 < _relative_l2(out, bf16) < FP8_RELATIVE_L2
 
