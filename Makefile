@@ -23,7 +23,7 @@ $(VENV)/.setup-done: requirements.txt requirements-train.txt requirements-dev.tx
 test: setup
 	$(PY) -m pytest -q
 
-# the tests not marked slow (pyproject.toml's `slow` marker): under two minutes on 2 CPU cores
+# the tests not marked slow (pyproject.toml's `slow` marker): a few minutes on 2 CPU cores
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
