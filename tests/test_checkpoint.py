@@ -16,6 +16,7 @@ from directanimator.models.loader import match_bundled_config
 from tests.tiny import (
     TEXT_DIM,
     TEXT_LEN,
+    add_random_lora,
     save_tiny_diffusers,
     tiny_animator,
     tiny_backbone,
@@ -35,15 +36,6 @@ def _predict(model, layout="1.0"):
         return model(**tiny_inputs(layout), cues=tiny_cue_latents())
 
 
-def _add_random_lora(model, seed=5):
-    from peft import LoraConfig
-
-    model.backbone.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.backbone.named_parameters():
-            if "lora_B" in name:  # peft starts B at zero; make the adapter do something
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 def test_cue_only_round_trip_through_load_model(tiny_folder, tmp_path):
@@ -75,7 +67,7 @@ def test_header_carries_format_version_config_and_backbone_fingerprint(tmp_path)
 def test_lora_round_trip(tiny_folder, tmp_path):
     model = tiny_animator("1.0", seed=0, randomize_cues=True)
     before = _predict(model)
-    _add_random_lora(model)
+    add_random_lora(model)
     with_lora = _predict(model)
     assert (with_lora - before).abs().max() > 1e-3
     path = save_checkpoint(tmp_path / "lora.safetensors", model)

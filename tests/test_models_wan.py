@@ -28,6 +28,7 @@ from tests.tiny import (
     TINY_WAN_CONFIGS,
     WAN_LAYOUTS,
     WAN_TEXT_LEN,
+    add_random_lora,
     randomize_cue_modules,
     tiny_animator,
     tiny_backbone,
@@ -345,15 +346,6 @@ def test_cue_parameters_of_the_real_wan_configs_stay_under_3_percent(name, layer
 
 
 # ------------------------------------------------------------------ checkpoints
-def _add_random_lora(model, seed: int = 5) -> None:
-    from peft import LoraConfig
-
-    model.backbone.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.backbone.named_parameters():
-            if "lora_B" in name:  # peft starts B at zero; make the adapter do something
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 def _predict(model, layout: str) -> torch.Tensor:
@@ -366,7 +358,7 @@ def _predict(model, layout: str) -> torch.Tensor:
 def test_wan_checkpoint_round_trip(layout, weights, tmp_path):
     model = tiny_animator(layout, seed=0, randomize_cues=True)
     if weights == "lora":
-        _add_random_lora(model)
+        add_random_lora(model)
     elif weights == "full":
         with torch.no_grad():
             model.backbone.proj_out.weight.mul_(1.5)  # a fine-tuned backbone differs from the base

@@ -253,3 +253,16 @@ def tiny_clip_vision(*, seed: int = 0):
                               num_attention_heads=2, image_size=32, patch_size=8)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return CLIPVisionModel(config).eval(), processor
+
+
+def add_random_lora(model, seed: int = 5) -> None:
+    """A LoRA on the attention projections of `model`'s backbone whose B matrices are random (peft starts them at
+    zero), so the adapter changes the output."""
+    from peft import LoraConfig
+
+    model.backbone.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)

@@ -152,18 +152,16 @@ def identify(shapes: Shapes) -> FileKind:
         inner = shapes["patch_embed.proj.weight"][0]
         return FileKind("transformer", "cogvideox", None, "diffusers",
                         f"CogVideoX transformer (diffusers layout, {layers} blocks, inner dim {inner})")
-    if "decoder.middle.0.residual.0.gamma" in shapes and "conv2.weight" in shapes:
-        z = shapes["conv2.weight"][0]
-        residual = _has(shapes, "encoder.downsamples.0.downsamples.")
-        variant = "wan2.2-vae" if residual else "wan2.1-vae"
-        return FileKind("vae", "wan", variant, "native",
-                        f"Wan{'2.2' if residual else '2.1'} VAE (native layout, {z} latent channels)", z)
-    if "decoder.mid_block.resnets.0.norm1.gamma" in shapes and "post_quant_conv.weight" in shapes:
-        z = shapes["post_quant_conv.weight"][0]
-        residual = _has(shapes, "encoder.down_blocks.0.resnets.")
-        variant = "wan2.2-vae" if residual else "wan2.1-vae"
-        return FileKind("vae", "wan", variant, "diffusers",
-                        f"Wan{'2.2' if residual else '2.1'} VAE (diffusers layout, {z} latent channels)", z)
+    # Wan VAEs: (layout, a key only that layout has, the tensor whose first side is z, Wan2.2's residual stages)
+    for layout, marker, latent, residual_prefix in (
+            ("native", "decoder.middle.0.residual.0.gamma", "conv2.weight", "encoder.downsamples.0.downsamples."),
+            ("diffusers", "decoder.mid_block.resnets.0.norm1.gamma", "post_quant_conv.weight",
+             "encoder.down_blocks.0.resnets.")):
+        if marker in shapes and latent in shapes:
+            z = shapes[latent][0]
+            version = "2.2" if _has(shapes, residual_prefix) else "2.1"
+            return FileKind("vae", "wan", f"wan{version}-vae", layout,
+                            f"Wan{version} VAE ({layout} layout, {z} latent channels)", z)
     if "encoder.conv_in.conv.weight" in shapes and "decoder.conv_in.conv.weight" in shapes:
         return FileKind("vae", "cogvideox", None, "diffusers", "CogVideoX VAE (diffusers layout)")
     clip = _clip_names(shapes)
