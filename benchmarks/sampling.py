@@ -1,5 +1,6 @@
 """Sampling benchmark: peak memory of sampling + decoding a video four context windows long against one window,
-and denoising speed; then the speed options side by side (plain, batched guidance, each step cache).
+plain and with every memory and speed option on, and denoising speed; then the speed options side by side (plain,
+batched guidance, each step cache).
 
     python -m benchmarks.sampling     # prints the tables and writes the "Sampling" and "Sampling speed options"
                                       # sections of docs/benchmarks.md
@@ -15,7 +16,10 @@ Each case runs in a fresh child process: it builds the same seeded model (CogVid
 a synthetic cue triplet, then resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and reads
 ``VmHWM`` after sampling and after decoding. Peak minus the RSS just before sampling is the working memory of
 the phase. Torch CPU tensors live in malloc'd memory that tracemalloc does not see, and RSS counts it all.
-The output frames grow with the video by design (DESIGN.md 6), so they are reported apart.
+The output frames grow with the video by design (DESIGN.md 6), so they are reported apart. The "every option"
+cases put `ALL_OPTIONS_MEMORY` into effect (fp8 storage; block offload, CPU to CPU here, which still runs every
+onload/offload hook) and sample with `ALL_OPTIONS_SAMPLING` (a step cache, batched guidance); compile is left out
+(inductor's CPU compile takes minutes and changes no state that grows with windows).
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ OPTIONS = {
     "first_block 0.2 + batched": dict(cache="first_block", cache_threshold=0.2, batch_guidance=True),
     "plain, another seed (scale of the error)": dict(seed=1),
 }
+# the windows table's "every option" cases: memory options (apply_memory_options) and sampling options
+ALL_OPTIONS_MEMORY = dict(storage="fp8", offload="blocks")
+ALL_OPTIONS_SAMPLING = dict(cache="first_block", cache_threshold=0.2, batch_guidance=True)
 MIB = 1024 * 1024
 MMAP_THRESHOLD = 64 * 1024
 
@@ -74,6 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--option-layers", type=int, default=8, help="transformer layers of the speed-options model")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of timed runs of the speed options")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # video latent frames
+    parser.add_argument("--all-on", action="store_true", help=argparse.SUPPRESS)  # child: every option on
     parser.add_argument("--options-child", action="store_true", help=argparse.SUPPRESS)  # run the speed options
     parser.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)  # where the child saves latents
     return parser.parse_args(argv)
@@ -89,17 +97,49 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def cache_state_bytes(module) -> int:
+    """Bytes of the tensors the diffusers cache hooks under `module` hold in their states, every context counted
+    (each tensor once)."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(value) -> None:
+        if isinstance(value, torch.Tensor):
+            seen[value.data_ptr()] = value.numel() * value.element_size()
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                add(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                add(item)
+
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        for hook in getattr(registry, "hooks", {}).values():
+            manager = getattr(hook, "state_manager", None)
+            for state in getattr(manager, "_state_cache", {}).values():
+                add(vars(state))
+    return sum(seen.values())
+
+
 def run_case(args: argparse.Namespace) -> dict:
     """Child process: one video of ``args.child`` video latent frames; returns memory and timings."""
     import torch
 
     from benchmarks.synthetic import random_animator, random_triplet
     from directanimator.conditioning import encode_conditioning
+    from directanimator.models.caching import CacheStats
+    from directanimator.models.memory import MemoryOptions, apply_memory_options
     from directanimator.plan import frames_from_latents
     from directanimator.sampling import plan_windows, sample_latents
 
     torch.set_num_threads(args.threads)
     model = random_animator(size=args.size, heads=args.heads, head_dim=args.head_dim, layers=args.layers)
+    options = {}
+    if args.all_on:
+        apply_memory_options(model.transformer, MemoryOptions(**ALL_OPTIONS_MEMORY), device="cpu")
+        options = dict(ALL_OPTIONS_SAMPLING)
     num_latents = args.child
     frames = 4 * (num_latents - 1) + 1
     tiling = {"auto": None, "on": True, "off": False}[args.tiling]
@@ -110,8 +150,16 @@ def run_case(args: argparse.Namespace) -> dict:
     _reset_peak()
     rss_before = _status_kib("VmRSS")
     start = time.perf_counter()
+    stats = CacheStats()
+    held = {"bytes": 0}
+
+    def measure_cache(estimate) -> None:  # the cache states at the last step, when every context has one
+        if estimate.step == estimate.steps - 1 and estimate.window == windows - 1:
+            held["bytes"] = cache_state_bytes(model.transformer)
+
     latents = sample_latents(model, cond, steps=args.steps, guidance=args.guidance, seed=0,
-                             window=args.window, overlap=args.overlap)
+                             window=args.window, overlap=args.overlap, stats=stats, on_window=measure_cache,
+                             **options)
     sample_s = time.perf_counter() - start
     sample_peak = _status_kib("VmHWM")
     _reset_peak()
@@ -121,6 +169,8 @@ def run_case(args: argparse.Namespace) -> dict:
     decode_s = time.perf_counter() - start
     decode_peak = _status_kib("VmHWM")
     return {
+        "options": "every option" if args.all_on else "plain", "cache_states": len(stats.contexts),
+        "cache_mib": held["bytes"] / MIB,
         "video_latents": num_latents, "frames": int(video.shape[0]), "windows": windows,
         "sample_work_mib": (sample_peak - rss_before) / 1024, "decode_work_mib": (decode_peak - rss_mid) / 1024,
         "peak_mib": max(sample_peak, decode_peak) / 1024, "baseline_mib": rss_before / 1024,
@@ -193,8 +243,9 @@ def _run_child(extra: list[str], argv: list[str], threads: int, what: str) -> di
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def spawn(argv: list[str], num_latents: int, threads: int) -> dict:
-    return _run_child(["--child", str(num_latents)], argv, threads, f"with {num_latents} latents")
+def spawn(argv: list[str], num_latents: int, threads: int, *, all_on: bool = False) -> dict:
+    return _run_child(["--child", str(num_latents)] + (["--all-on"] if all_on else []), argv, threads,
+                      f"with {num_latents} latents{' and every option' if all_on else ''}")
 
 
 def spawn_options(argv: list[str], threads: int) -> list[dict]:
@@ -252,14 +303,29 @@ def options_section(args: argparse.Namespace, rows: list[dict]) -> str:
 
 
 def table(cases: list[dict]) -> str:
-    rows = ["| video | windows | sampling work MiB | decoding work MiB (output excluded) | output frames MiB | "
-            "process peak MiB | steps/s | decode fps |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| options | video | windows | cache states (MiB) | sampling work MiB | decoding work MiB (output excluded) | "
+            "output frames MiB | process peak MiB | steps/s | decode fps |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cases:
-        rows.append(f"| {c['frames']} frames ({c['video_latents']} latents) | {c['windows']} | "
+        rows.append(f"| {c['options']} | {c['frames']} frames ({c['video_latents']} latents) | {c['windows']} | "
+                    f"{c['cache_states']} ({c['cache_mib']:.1f}) | "
                     f"{c['sample_work_mib']:.1f} | {c['decode_work_mib'] - c['output_mib']:.1f} | "
                     f"{c['output_mib']:.1f} | {c['peak_mib']:.0f} | {c['steps_per_s']:.2f} | {c['decode_fps']:.1f} |")
     return "\n".join(rows)
+
+
+def windows_ratios(one: dict, four: dict) -> str:
+    """One sentence: the four-window case against the one-window case of the same options."""
+    ratio_sample = four["sample_work_mib"] / max(one["sample_work_mib"], 1e-6)
+    ratio_decode = ((four["decode_work_mib"] - four["output_mib"])
+                    / max(one["decode_work_mib"] - one["output_mib"], 1e-6))
+    ratio_peak = four["peak_mib"] / one["peak_mib"]
+    grown = (four["output_mib"] - one["output_mib"]) + (four["latents_mib"] - one["latents_mib"])
+    excl = (four["peak_mib"] - grown) / one["peak_mib"]
+    return (f"- {four['options']}, four windows against one: sampling working memory {ratio_sample:.2f}x "
+            f"({four['sample_work_mib'] - one['sample_work_mib']:+.1f} MiB), decoding working memory "
+            f"{ratio_decode:.2f}x (output frames excluded), whole-process peak {ratio_peak:.2f}x ({excl:.2f}x "
+            f"without the {grown:.1f} MiB of extra output frames and latents).")
 
 
 def main() -> None:
@@ -285,14 +351,8 @@ def main() -> None:
     long_latents = args.window + 3 * stride  # four windows
     if (1 + long_latents) % 2:
         long_latents += 1
-    cases = [spawn(argv, args.window, args.threads), spawn(argv, long_latents, args.threads)]
-    one, four = cases
-    ratio_sample = four["sample_work_mib"] / max(one["sample_work_mib"], 1e-6)
-    ratio_decode = ((four["decode_work_mib"] - four["output_mib"])
-                    / max(one["decode_work_mib"] - one["output_mib"], 1e-6))
-    ratio_peak = four["peak_mib"] / one["peak_mib"]
-    grown = (four["output_mib"] - one["output_mib"]) + (four["latents_mib"] - one["latents_mib"])
-    excl = (four["peak_mib"] - grown) / one["peak_mib"]
+    cases = [spawn(argv, latents, args.threads, all_on=all_on) for all_on in (False, True)
+             for latents in (args.window, long_latents)]
     load = os.getloadavg()[0]
     text = "\n".join([
         SECTION,
@@ -312,11 +372,16 @@ def main() -> None:
         "",
         table(cases),
         "",
-        f"Four windows against one: sampling working memory {ratio_sample:.2f}x, decoding working memory "
-        f"{ratio_decode:.2f}x (output frames excluded), whole-process peak {ratio_peak:.2f}x "
-        f"({excl:.2f}x without the {grown:.1f} MiB of extra output frames and latents). Goal: at most 1.15x. "
-        f"Steps per second fall with the number of windows, as each window is a forward "
-        f"(x2 with guidance).",
+        f"Every option: {', '.join(f'{k} {v}' for k, v in ALL_OPTIONS_MEMORY.items())} "
+        f"(`MemoryOptions`, CPU to CPU), {', '.join(f'{k} {v}' for k, v in ALL_OPTIONS_SAMPLING.items())}; "
+        "compile left out (minutes of inductor on the CPU, no state that grows with windows). Cache states: the "
+        "step cache's contexts (one per window and guidance branch; batched guidance: one per window) and the "
+        "bytes of the tensors they hold at the last step (`cache_state_bytes`).",
+        "",
+        *[windows_ratios(one, four) for one, four in (cases[:2], cases[2:])],
+        "",
+        "Goal: at most 1.15x. Steps per second fall with the number of windows, as each window is a forward "
+        "(x2 with guidance, or one forward of batch 2 batched).",
     ])
     print(text)
     if not args.no_write:

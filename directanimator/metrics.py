@@ -12,8 +12,8 @@ from torch import Tensor
 from .errors import InputError
 from .tensors import as_frames
 
-__all__ = ["frame_psnr", "frame_ssim", "moving_difference", "moving_pixels", "psnr", "ssim", "static_frames",
-           "summary"]
+__all__ = ["colour_difference", "frame_colours", "frame_psnr", "frame_ssim", "moving_difference", "moving_pixels",
+           "pixel_difference", "psnr", "ssim", "static_frames", "summary"]
 
 SSIM_WINDOW = 11  # Gaussian window side in px (Wang et al.)
 SSIM_SIGMA = 1.5  # its standard deviation in px
@@ -123,3 +123,25 @@ def moving_difference(a: Tensor, b: Tensor, moving: Tensor) -> float:
     if not bool(moving.any()):
         return 0.0
     return float((a - b).abs()[moving.to(a.device)].mean())
+
+
+def frame_colours(frames: Tensor) -> Tensor:
+    """``[F, 3]``: the mean colour (R, G, B, 0..1) of each frame of `frames` ``[F, H, W, 3]``."""
+    return as_frames(frames, name="frames", check_sizes=False).float().mean(dim=(1, 2))
+
+
+def colour_difference(a: Tensor, b: Tensor) -> float:
+    """Mean colour difference of two renderings of the same frames ``[F, H, W, 3]``: ``mean over frames f and
+    channels c of |mean_px a[f, :, :, c] - mean_px b[f, :, :, c]|``, on the 0..1 scale (x255 for 8-bit levels).
+
+    A colour cast or a brightness shift of one rendering shows in full; motion that keeps the frame's colours
+    (a figure moving over a plain background) shows little, which `pixel_difference` shows instead.
+    """
+    a, b = _pair(a, b)
+    return float((frame_colours(a) - frame_colours(b)).abs().mean())
+
+
+def pixel_difference(a: Tensor, b: Tensor) -> float:
+    """Mean absolute difference per pixel and channel of two renderings of the same frames ``[F, H, W, 3]`` (0..1)."""
+    a, b = _pair(a, b)
+    return float((a - b).abs().mean())

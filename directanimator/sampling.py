@@ -42,6 +42,21 @@ SCHEDULER_CHOICES = (AUTO, "dpm", "ddim", "unipc", "euler")
 # CogVideoX's samplers, the names every caller knew before Wan; `scheduler_names(model)` gives a model's own.
 SCHEDULERS = SAMPLERS["v_prediction"]
 StepCallback = Callable[[int, int, "Tensor | None"], None]
+
+
+@dataclass(frozen=True)
+class WindowEstimate:
+    """One context window's own estimate of the clean latents at one step, before the windows are blended."""
+
+    sample: int  # which of the `samples` runs (0-based)
+    step: int  # 0-based step of that run
+    steps: int  # steps a run visits
+    window: int  # index of the window in the plan's spans
+    span: tuple[int, int]  # its [start, end) in video latent frames
+    clean: Tensor  # [1, 1 + end - start, C, h, w] float32: reference frame first, diffusion scale (base included)
+
+
+WindowCallback = Callable[[WindowEstimate], None]
 _FLOW_CLASSES = {cls.__name__ for cls in SAMPLERS["flow"].values()}
 
 
@@ -308,7 +323,7 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
                    eta: float = 0.0, callback: StepCallback | None = None,
                    preview_factors: Tensor | None = None, samples: int = 1, cache: str = "off",
                    cache_threshold: float | None = None, batch_guidance: bool = False,
-                   stats: CacheStats | None = None) -> Tensor:
+                   stats: CacheStats | None = None, on_window: WindowCallback | None = None) -> Tensor:
     """Denoise latents ``[1, 1 + N, C, h, w]`` (float32, on the transformer's device) for `cond`.
 
     `scheduler`: one of `scheduler_names(model)` ("dpm"/"ddim" on CogVideoX, "unipc"/"euler" on Wan); None or
@@ -344,6 +359,9 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     ``cue_weight`` 0, which is exactly the bare backbone): fewer, larger forwards for the same result within float
     error, at twice the activation memory of a forward; off by default for that memory. `stats`: a `CacheStats`
     filled with what the cache did (forwards, those served from the cache, per context).
+
+    `on_window(estimate)`: called with each window's own clean-latent estimate (`WindowEstimate`) at every step,
+    before the blend; `directanimator.handoff` measures how far consecutive windows disagree on their shared frames.
     """
     config = backbone_config(model)
     fixed = fixed_latent_frames(config)
@@ -376,10 +394,11 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
         for k in range(samples):
             each = None if callback is None else _counting_over(callback, k, samples)
             step_cache.new_run()
+            seen = None if on_window is None else _window_reporter(on_window, k)
             latents = _denoise(model, transformer, cond, sched, plan, text, image, steps=steps, guidance=guidance,
                                seed=seed + k, denoise=denoise, init_latents=init_latents, eta=eta, callback=each,
                                preview_factors=preview_factors, step_cache=step_cache,
-                               batch_guidance=batch_guidance)
+                               batch_guidance=batch_guidance, on_window=seen)
             mean = latents if mean is None else mean.add_(latents)
     if stats is not None:
         for name, value in vars(step_cache.stats).items():
@@ -436,6 +455,24 @@ def _counting_over(callback: StepCallback, index: int, samples: int) -> StepCall
     return report
 
 
+def _window_reporter(on_window: WindowCallback, sample: int):
+    """`_denoise`'s per-window report for run `sample` as `WindowEstimate`s."""
+    def report(step: int, steps: int, window: int, span: tuple[int, int], clean: Tensor) -> None:
+        on_window(WindowEstimate(sample=sample, step=step, steps=steps, window=window, span=span, clean=clean))
+    return report
+
+
+def _clean_estimate(sched, latents: Tensor, pred: Tensor, t: Tensor, sigma: Tensor | None) -> Tensor:
+    """The clean latents implied by the model output `pred` at `latents` (timestep `t`): flow (`sigma` given):
+    x - sigma * v; CogVideoX's schedulers: by their prediction type from alphas_cumprod."""
+    if sigma is not None:
+        return latents - sigma.to(latents.device) * pred
+    alpha = sched.alphas_cumprod[int(t)].to(latents.device, torch.float32)
+    if sched.config.prediction_type == "v_prediction":
+        return alpha.sqrt() * latents - (1 - alpha).sqrt() * pred
+    return (latents - (1 - alpha).sqrt() * pred) / alpha.sqrt()  # epsilon
+
+
 def _add_noise(sched, clean: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """`clean` noised to timestep `t` by the scheduler's own forward process (flow-match Euler: `scale_noise`)."""
     if hasattr(sched, "scale_noise"):
@@ -446,7 +483,7 @@ def _add_noise(sched, clean: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, text: Tensor, image: Tensor, *,
              steps: int, guidance: float, seed: int, denoise: float, init_latents: Tensor | None, eta: float,
              callback: StepCallback | None, preview_factors: Tensor | None, step_cache: StepCache,
-             batch_guidance: bool = False) -> Tensor:
+             batch_guidance: bool = False, on_window: Callable[..., None] | None = None) -> Tensor:
     device, dtype = transformer.device, transformer.dtype
     spec = transformer.spec
     flow = spec.prediction == "flow"
@@ -505,12 +542,20 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
                 pred = negative + guidance * (pred - negative)
         return pred
 
+    def report(i: int, t: Tensor, window: int, index: Tensor, out: Tensor) -> None:
+        clean = _clean_estimate(sched, latents.index_select(1, index), out, t, sigmas[i] if flow else None)
+        span = plan.spans[window]
+        on_window(i, total, window, span, clean if base is None else clean + base)
+
     old_x0 = None
     total = len(timesteps)
+    whole = torch.arange(1 + n, device=device)
     for i, t in enumerate(timesteps):
         x = latents if flow else sched.scale_model_input(latents, t)
         if len(plan.spans) == 1:
             pred = predict(x, cues, t, 0)
+            if on_window is not None:
+                report(i, t, 0, whole, pred)
         else:
             pred = torch.zeros_like(latents)
             weight_sum = latents.new_zeros(1 + n)
@@ -518,6 +563,8 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
                 index = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1 + start, 1 + end)]).to(device)
                 w = torch.cat([w.new_ones(1), w])  # the reference frame: a plain mean over windows
                 out = predict(x.index_select(1, index), cues.frames(index), t, k)
+                if on_window is not None:
+                    report(i, t, k, index, out)
                 pred.index_add_(1, index, out * w.view(1, -1, 1, 1, 1))
                 weight_sum.index_add_(0, index, w)
                 del out
