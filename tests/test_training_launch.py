@@ -106,13 +106,16 @@ def test_stage1_full_finetuning_on_two_launched_processes_equals_one_process_wit
 
 @GLOO
 @pytest.mark.slow
-def test_lora_stage2_with_the_teacher_outside_ddp_on_two_launched_processes_equals_one_process(world):
+def test_lora_stage2_with_fp8_offloaded_frozen_weights_and_the_teacher_outside_ddp_on_two_processes(world):
     root, args = world
     # stage 1 with the config's LoRA, in this process only: stage 2 needs its checkpoint (a full stage-1
     # checkpoint could not be continued with a LoRA); the 2-process data path is the same as in stage 1
     train_stage1(load_config(CONFIG, [*args, "run.name='lora'"]))
     checkpoint = root / "runs" / "lora" / "checkpoints" / f"step_{STEPS:06d}" / "model.safetensors"
-    stage2 = [*args, f"model.checkpoint='{checkpoint}'", "stage2.teacher_mode='copy'", "stage2.lambda_ramp_steps=1"]
+    # the frozen weights (student's backbone and the copy teacher) stored in fp8 and offloaded block by block: DDP
+    # must leave them alone (they are neither synced nor on one device)
+    stage2 = [*args, f"model.checkpoint='{checkpoint}'", "stage2.teacher_mode='copy'", "stage2.lambda_ramp_steps=1",
+              "model.frozen_storage='fp8'", "model.frozen_offload='blocks'", "model.gradient_checkpointing=true"]
     one, two = one_and_two(root, "stage2", stage2, "s2")
     assert_same_trajectory(one, two, ("loss", "denoise", "s2x", "grad_norm"))
     assert [r["lambda"] for r in two] == [r["lambda"] for r in one] == [0.0, 0.5, 0.5]

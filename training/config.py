@@ -22,6 +22,8 @@ from directanimator.cues.types import CueConfig
 from directanimator.errors import CueError, InputError
 
 TRAIN_MODES = ("lora", "full", "cue")
+FROZEN_STORAGE = ("dtype", "fp8")  # model.frozen_storage (training.frozen)
+FROZEN_OFFLOAD = ("none", "blocks")  # model.frozen_offload
 SCHEDULES = ("constant", "cosine", "wsd")
 LAMBDA_SCHEDULES = ("constant", "linear")
 TEACHER_MODES = ("copy", "lora_disabled")
@@ -51,6 +53,11 @@ class ModelConfig:
     reference_in_every_frame: bool = False  # CueFusionConfig.reference_in_every_frame of a fresh model
     residual_reference: bool = False  # CueFusionConfig.residual_reference of a fresh model
     gradient_checkpointing: bool = True
+    # frozen weights (the backbone under lora/cue training, the stage-2 teacher): "dtype" stores them in model.dtype,
+    # "fp8" as float8 e4m3 computed in model.dtype (training.frozen); one process or DDP
+    frozen_storage: str = "dtype"
+    # "blocks": each block's frozen weights on the CPU, moved to the GPU for its forward (needs gradient checkpointing)
+    frozen_offload: str = "none"
     null_text: str = ""  # safetensors file with the null-prompt embedding; "" -> the text encoder's "", else zeros
     # T5 encoder of captions and of the null prompt at prepare: a folder with text_encoder/ and tokenizer/ (a CogVideoX
     # repo), a T5 folder holding its tokenizer, or a repo id in the local Hugging Face cache; "" -> the backbone's own
@@ -324,6 +331,17 @@ def validate(config: TrainConfig, *, check_paths: bool = True) -> TrainConfig:
 
     need(m.train in TRAIN_MODES, f"model.train={m.train!r}: use one of {', '.join(TRAIN_MODES)}.")
     need(m.dtype in ("fp32", "bf16", "fp16"), f"model.dtype={m.dtype!r}: use 'fp32', 'bf16' or 'fp16'.")
+    need(m.frozen_storage in FROZEN_STORAGE,
+         f"model.frozen_storage={m.frozen_storage!r}: use one of {', '.join(FROZEN_STORAGE)} ('dtype' keeps "
+         "model.dtype; 'fp8' stores the frozen layers as float8 e4m3, computing in model.dtype).")
+    need(m.frozen_offload in FROZEN_OFFLOAD,
+         f"model.frozen_offload={m.frozen_offload!r}: use one of {', '.join(FROZEN_OFFLOAD)}.")
+    need(m.train != "full" or (m.frozen_storage == "dtype" and m.frozen_offload == "none"),
+         "model.frozen_storage / frozen_offload: model.train='full' trains the whole backbone, so nothing of it is "
+         "frozen; use them with model.train='lora' or 'cue', or leave them at 'dtype' / 'none'.")
+    need(m.frozen_offload != "blocks" or m.gradient_checkpointing,
+         "model.frozen_offload='blocks' needs model.gradient_checkpointing=true: without it autograd keeps every "
+         "block's weights on the GPU until the backward, so offloading saves nothing.")
     need(m.lora_rank >= 1 and m.modulation_rank >= 1 and m.text_rank >= 1,
          "model.lora_rank, modulation_rank and text_rank must be >= 1.")
     need(d.frames >= 1 and (d.frames - 1) % 4 == 0,

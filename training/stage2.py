@@ -18,6 +18,7 @@ from directanimator.errors import InputError
 from .config import TrainConfig, check_model_sources
 from .data import Batch, CachedClips
 from .distributed import shard_frozen
+from .frozen import place_teacher
 from .s2x import S2XTeacher, capture_block_output, s2x_loss
 from .trainer import (Trainer, add_training_arguments, check_run_folder, denoising_loss, load_student,
                       run_training)
@@ -75,9 +76,12 @@ def train_stage2(config: TrainConfig, *, resume: str | None = None) -> list[dict
     else:
         trainer = Trainer(config, student, data, lambda *a: None, stage=2)
         same = Path(teacher_path).resolve() == Path(config.model.checkpoint).resolve()  # verified by the student's load
-        frozen = load_student(config, checkpoint=teacher_path, verify=not same).transformer.to(trainer.device)
+        frozen = load_student(config, checkpoint=teacher_path, verify=not same).transformer
         if trainer.sharded:  # FSDP: sharded like the student, so no GPU holds a whole second model
-            frozen = shard_frozen(frozen, trainer.accelerator)
+            frozen = shard_frozen(frozen.to(trainer.device), trainer.accelerator)
+        else:  # model.frozen_storage / frozen_offload, as the student's frozen weights
+            place_teacher(frozen, trainer.device, storage=config.model.frozen_storage,
+                          offload=config.model.frozen_offload)
         teacher = S2XTeacher(frozen, depth=s.depth)  # kept outside accelerator.prepare: never trained
     trainer.loss_fn = make_stage2_loss(teacher, config)
     return trainer.fit(resume=resume)

@@ -37,6 +37,7 @@ from .checkpointing import (DIGESTS, MODEL, has_ema, is_legacy_run, is_sharded, 
 from .config import TrainConfig, add_config_arguments, load_config, save_config
 from .data import PREPARE_INFO, Batch, BucketBatchSampler, CachedClips, make_batch, per_sample, sample_generators
 from .flow import FLOW_TIMESTEPS, FlowMatching, flow_shift
+from .frozen import check_frozen_launch, place_frozen
 from .distributed import (agree, barrier, check_shared_folder, fit_wrap_class, full_state_dict, gathered_weights,
                           is_fsdp, make_accelerator, on_all_ranks, reshard)
 from .deepspeed_support import (check_deepspeed_launch, deepspeed_requested, full_trainable, gathered, has_engine,
@@ -304,8 +305,16 @@ class Trainer:
         log.info("process %d of %d: accelerate %s, backend %s, device %s", self.accelerator.process_index,
                  self.accelerator.num_processes, self.accelerator.distributed_type.value,
                  self.accelerator.state.backend or "none", self.device)
-        model = loaded.transformer.to(self.device)
+        m = config.model
+        check_frozen_launch(m.frozen_storage, m.frozen_offload, sharded=self.sharded, deepspeed=self.deepspeed)
+        model = loaded.transformer
         setup_trainable(model, config, train_cues=train_cues)
+        if m.frozen_storage == "fp8" and loaded.checkpoint_weights == "full":
+            raise InputError(f"config model.frozen_storage='fp8': model.checkpoint {m.checkpoint!r} holds full "
+                             "backbone weights, which this run exports again and fp8 would round; set "
+                             "model.frozen_storage='dtype'.")
+        self.frozen_notes = place_frozen(model, self.device, storage=m.frozen_storage, offload=m.frozen_offload,
+                                         compute=m.dtype)
         self.model, self.optimizer = self.prepare(model, config)
         self.unwrapped: DirectAnimatorTransformer = self.accelerator.unwrap_model(self.model)
         # FSDP2 replaces the parameter objects inside prepare: the trained set is collected from the prepared model

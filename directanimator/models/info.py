@@ -18,7 +18,7 @@ from ..errors import InputError
 from .configs import BUNDLED_BACKBONES, CueFusionConfig, backbone_config, bundled_backbone_names, fingerprint
 from .family import BackboneSpec, build_backbone, spec_from_config
 from .loader import cast_transformer
-from .memory import FP8_STORAGE_DTYPE, STORAGE, _store_fp8
+from .memory import FP8_STORAGE_DTYPE, STORAGE, store_fp8
 from .transformer import (
     DirectAnimatorTransformer,
     check_latent_shape_for,
@@ -47,13 +47,14 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 GPUS_GB = (24, 48, 80)
 CUDA_OVERHEAD_GB = 1.5  # CUDA context, allocator fragmentation and kernels workspace, roughly
 # Training modes of `memory_plan`: "lora" and "full" keep the frozen weights in bf16; "lora_fp8" stores the frozen
-# backbone (and a stage-2 copy teacher) in fp8 e4m3 with bf16 compute, skipping what `memory._store_fp8` skips;
-# "lora_fp8_offload" also keeps the frozen blocks on the CPU, onloaded one at a time (streamed, one prefetched).
+# backbone (and a stage-2 copy teacher) in fp8 e4m3 with bf16 compute, skipping what `memory.store_fp8` skips;
+# "lora_fp8_offload" also keeps the frozen blocks on the CPU, onloaded one at a time (`training.frozen`).
 PLAN_MODES = ("lora", "lora_fp8", "lora_fp8_offload", "full")
 LORA_MODES = ("lora", "lora_fp8", "lora_fp8_offload")
-# Frozen blocks on the GPU while a block-offloaded student trains: the one computing, the next one prefetched, and
-# the one just recomputed under gradient checkpointing, whose weights autograd holds until its backward is done.
-TRAINING_OFFLOAD_BLOCKS = 3
+# Frozen block weights on the GPU while a block-offloaded student trains (`training.frozen.FrozenBlockOffload`): the
+# block computing or being recomputed, and one more for the handover to the next block (the copies are not streamed
+# and the previous block goes back first, so this is an upper bound).
+TRAINING_OFFLOAD_BLOCKS = 2
 
 # Sampling plan: cards (GB = 1e9 bytes, as the training plan) and block-offload group sizes tabulated.
 SAMPLING_GPUS_GB = (12, 16, 24, 48, 80)
@@ -179,7 +180,7 @@ def _weights_layout(model: DirectAnimatorTransformer, backbone_params: int, cue_
     ("outside": patch embeddings, shared modulation); with the parameter counts the training plan needs.
 
     bf16 is the loader's cast (`cast_transformer`: modules the backbone class keeps in fp32 stay fp32); fp8 is then
-    `memory._store_fp8` itself, applied to the meta model, so the fp8 share follows memory.py's skip rules exactly.
+    `memory.store_fp8` itself, applied to the meta model, so the fp8 share follows memory.py's skip rules exactly.
     """
     blocks = list(model.blocks)
     in_blocks = {id(t) for b in blocks for t in _tensors(b)}
@@ -197,7 +198,7 @@ def _weights_layout(model: DirectAnimatorTransformer, backbone_params: int, cue_
 
     cast_transformer(model, torch.bfloat16)
     layout: dict[str, Any] = {"bytes": {"bf16": measure()}}
-    _store_fp8(model, torch.bfloat16)
+    store_fp8(model, torch.bfloat16)
     layout["bytes"]["fp8"] = measure()
     for storage in STORAGE:
         part = layout["bytes"][storage]
@@ -378,14 +379,15 @@ def memory_plan(report: Mapping[str, Any], *, lora_rank: int = PLAN_LORA_RANK, m
     weights (the backbone under LoRA, a copy teacher) by mode (`PLAN_MODES`):
 
     - "lora", "full": bf16.
-    - "lora_fp8": the layers `memory._store_fp8` stores as fp8 take 1 byte, the rest (norms and their modulation
+    - "lora_fp8": the layers `memory.store_fp8` stores as fp8 take 1 byte, the rest (norms and their modulation
       linears, embeddings, proj_out) bf16; a copy teacher likewise, its CueFusion bf16. Layerwise casting computes
       a layer in bf16: under gradient checkpointing autograd keeps the bf16 weights of the block being recomputed
       until its backward ends (one block, counted in the weights), and a teacher's forward upcasts one layer at a
       time (its largest layer, counted in the teacher).
-    - "lora_fp8_offload": as "lora_fp8" with the frozen blocks on the CPU, `TRAINING_OFFLOAD_BLOCKS` of them on the
-      GPU (fp8, one of them as the bf16 copy autograd holds); a copy teacher offloaded as `sampling_plan`'s
-      blocks offload with one block streamed. The LoRA and CueFusion tensors stay on the GPU.
+    - "lora_fp8_offload": as "lora_fp8" with the frozen block weights on the CPU (`training.frozen`),
+      `TRAINING_OFFLOAD_BLOCKS` blocks on the GPU (fp8, one of them also as the bf16 copy autograd holds); a copy
+      teacher block-offloaded without streams, counted as `sampling_plan`'s streamed one-block offload (one block
+      more than it holds). The LoRA and CueFusion tensors stay on the GPU.
 
     Latents, cues, text and image embeddings cached by `prepare`: no VAE and no encoder is loaded.
     """

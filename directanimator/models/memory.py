@@ -53,7 +53,7 @@ FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 # Kept out of fp8 besides the backbone's own skips. The time embedding (`TimestepEmbedding`) makes e_t, which drives
 # the backbone's modulation (CogVideoX's norm1/norm2 linears, kept by the "norm" pattern) and the CueFusion
 # modulation: Wan's `condition_embedder` is in its `_skip_layerwise_casting_patterns`, CogVideoX's `time_embedding`
-# and `ofs_embedding` are not. CueFusion: see `_store_fp8`.
+# and `ofs_embedding` are not. CueFusion: see `store_fp8`.
 _KEEP_CLASSES = (TimestepEmbedding, CueFusion)
 _ONLOAD_HOOK = "directanimator_onload_backbone_root"
 _APPLIED_ATTR = "_directanimator_memory_options"
@@ -207,7 +207,7 @@ def apply_memory_options(transformer: nn.Module, options: MemoryOptions, *, devi
     backbone = transformer.backbone
     notes = []
     if options.storage == "fp8":
-        notes.append(_store_fp8(transformer, compute))
+        notes.append(store_fp8(transformer, compute))
     if options.offload == "blocks":
         notes.append(_offload_blocks(transformer, options, device))
     elif options.offload == "model":
@@ -232,8 +232,9 @@ def applied_options(transformer: nn.Module) -> MemoryOptions | None:
 
 
 # --------------------------------------------------------------------------- the pieces
-def _store_fp8(transformer: nn.Module, compute: torch.dtype) -> str:
-    """Layerwise casting of the backbone with diffusers' skip rules plus ours; returns the note.
+def store_fp8(transformer: nn.Module, compute: torch.dtype) -> str:
+    """Store the backbone's layers as fp8 e4m3, computing in `compute`: diffusers' layerwise casting with its skip
+    rules plus ours (also training's frozen weights, `training.frozen`); returns the note.
 
     Kept in the compute dtype besides the backbone's own skips: every CueFusion module (the per-block modulation
     ``down``/``up`` and the text projections: about 1 % of a CogVideoX-5B block, 3 % of a Wan-14B one, so fp8 would
