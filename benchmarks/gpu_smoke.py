@@ -1,6 +1,7 @@
 """GPU smoke benchmark: CogVideoX-5B-I2V from its real config (random weights, nothing downloaded) plus CueFusion,
-trained for a few stage-1 and stage-2 steps and sampled for a few steps at 480x720 with 13 latent frames, under the
-memory plan's settings; step times and peak memory printed next to the plan's figures.
+trained for a few stage-1 and stage-2 steps with each frozen-weight mode (bf16; fp8 storage; fp8 with block offload)
+and sampled for a few steps at 480x720 with 13 latent frames, under the memory plan's settings; step times and peak
+memory printed next to the plan's figures, and each mode's losses against the bf16 run's.
 
     python -m benchmarks.gpu_smoke             # on a CUDA GPU; rewrites the "GPU smoke" section of docs/benchmarks.md
     python -m benchmarks.gpu_smoke --no-write  # print only
@@ -9,17 +10,17 @@ memory plan's settings; step times and peak memory printed next to the plan's fi
 Training goes through the project's own code: the recipe training/configs/cogvideox_5b_i2v_lora.toml (LoRA rank
 128, bf16 frozen weights, gradient checkpointing, bf16 autocast, 8-bit AdamW when bitsandbytes is importable, the
 EMA), `training.trainer.Trainer.train_step` with `stage1_loss` and `make_stage2_loss` (a frozen copy teacher, S2X
-at the recipe's depth) over a prepare cache of random latents read by `training.data.CachedClips`. Only the cache
+at the recipe's depth, placed by `training.frozen.place_teacher`) over a prepare cache of random latents read by
+`training.data.CachedClips`; every stage starts from the same seeded random student. Only the cache
 is synthetic (the real one comes from the VAE and the cue extractors, which are not the subject here), and
 run.grad_accum is 1 so that a step is one forward and backward. Sampling runs `directanimator.sampling.sample_latents`
-(DPM, guidance 3, two transformer passes per step) on the trained model in bf16, as an export loads; the VAE is
+(DPM, guidance 3, two transformer passes per step) on the seeded student in bf16, as an export loads; the VAE is
 not run. Without a CUDA GPU (and without --tiny) it says so and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import platform
@@ -47,6 +48,10 @@ TINY_BACKBONE = dict(num_attention_heads=2, attention_head_dim=16, in_channels=3
                      text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8, sample_frames=13, patch_size=2,
                      max_text_seq_length=8, use_rotary_positional_embeddings=True,
                      use_learned_positional_embeddings=True)
+# --frozen: how training keeps the frozen weights (model.frozen_storage, model.frozen_offload; training/frozen.py)
+# and the memory plan's mode for them
+FROZEN_MODES = {"bf16": ("dtype", "none"), "fp8": ("fp8", "none"), "fp8_offload": ("fp8", "blocks")}
+PLAN_MODES = {"bf16": "lora", "fp8": "lora_fp8", "fp8_offload": "lora_fp8_offload"}
 TINY_OVERRIDES = ["run.mixed_precision='bf16'", "model.lora_rank=4", "model.lora_alpha=4.0", "model.modulation_rank=4",
                   "model.text_rank=4", "data.frames=9", "data.buckets=[[64, 64]]", "stage2.depth=0"]
 
@@ -61,20 +66,24 @@ class Phase:
     peak_reserved: int | None = None
     plan_bytes: float | None = None
     note: str = ""
+    losses: list[float] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ setup
 
 
-def smoke_config(workdir: Path, *, tiny: bool, steps: int):
-    """The recipe's TrainConfig with the data and run folders under `workdir` (and the tiny settings with --tiny)."""
+def smoke_config(workdir: Path, *, tiny: bool, steps: int, frozen: str = "bf16"):
+    """The recipe's TrainConfig with the data and run folders under `workdir` (and the tiny settings with --tiny),
+    its frozen weights as `frozen` (a `FROZEN_MODES` name)."""
     from training.config import load_config
 
     metadata = workdir / "data" / "metadata.jsonl"
     metadata.parent.mkdir(parents=True, exist_ok=True)
     metadata.touch()
+    storage, offload = FROZEN_MODES[frozen]
     overrides = [f"data.metadata={json.dumps(str(metadata))}", f"run.out_dir={json.dumps(str(workdir / 'runs'))}",
-                 f"run.steps={max(steps, 1)}", *SMOKE_OVERRIDES, *(TINY_OVERRIDES if tiny else [])]
+                 f"run.steps={max(steps, 1)}", *SMOKE_OVERRIDES, *(TINY_OVERRIDES if tiny else []),
+                 f"model.frozen_storage='{storage}'", f"model.frozen_offload='{offload}'"]
     return load_config(RECIPE, overrides)
 
 
@@ -179,12 +188,15 @@ def _timed_steps(phase: Phase, step, steps: int, device: torch.device, deadline:
         values = step()
         _sync(device)
         phase.times.append(time.perf_counter() - start)
-        loss = f", loss {values['loss']:.4f}" if isinstance(values, dict) and "loss" in values else ""
+        loss = ""
+        if isinstance(values, dict) and "loss" in values:
+            phase.losses.append(float(values["loss"]))
+            loss = f", loss {values['loss']:.4f}"
         print(f"  {phase.name}: step {k + 1}/{steps} {phase.times[-1]:.2f} s{loss}", flush=True)
 
 
 def run_stage(config, loaded, data, loss_fn, *, stage: int, steps: int, device: torch.device, deadline: float,
-              plan_bytes: float | None) -> tuple[Phase, object]:
+              plan_bytes: float | None, frozen: str = "bf16") -> tuple[Phase, object]:
     """`steps` optimizer steps of `Trainer.train_step`; returns the phase and the Trainer."""
     from training.trainer import Trainer
 
@@ -192,7 +204,7 @@ def run_stage(config, loaded, data, loss_fn, *, stage: int, steps: int, device: 
     trainer = Trainer(config, loaded, data, loss_fn, stage=stage)
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate's wrapper
     trained = sum(p.numel() for p in trainer.params)
-    phase = Phase(f"stage {stage}", plan_bytes=plan_bytes,
+    phase = Phase(f"stage {stage}" + ("" if frozen == "bf16" else f", frozen {frozen}"), plan_bytes=plan_bytes,
                   note=f"{type(optimizer).__module__.split('.')[0]}.{type(optimizer).__name__}, "
                        f"{trained / 1e6:.2f} M trained, autocast {trainer.accelerator.mixed_precision}")
     _timed_steps(phase, trainer.train_step, steps, device, deadline)
@@ -239,14 +251,29 @@ def run_sampling(model, *, steps: int, guidance: float, device: torch.device, de
     return _end_phase(phase, device)
 
 
-def plan_figures(eight_bit: bool) -> dict[str, float]:
-    """The memory plan's totals (bytes) for LoRA training of CogVideoX-5B-I2V (benchmarks.training)."""
+def plan_figures(eight_bit: bool, frozen: str = "bf16") -> dict[str, float]:
+    """The memory plan's totals (bytes) for LoRA training of CogVideoX-5B-I2V (benchmarks.training) with the frozen
+    weights as `frozen`."""
     from benchmarks.training import memory_plan
 
     rows, _ = memory_plan()
-    adam = "8-bit" if eight_bit else "fp32"
-    pick = {(r["stage"], r["teacher"]): r["total"] for r in rows if r["mode"] == "lora" and r["adam"] == adam}
+    adam, mode = "8-bit" if eight_bit else "fp32", PLAN_MODES[frozen]
+    pick = {(r["stage"], r["teacher"]): r["total"] for r in rows if r["mode"] == mode and r["adam"] == adam}
     return {"stage 1": pick[(1, "-")], "stage 2": pick[(2, "copy")]}
+
+
+def loss_agreement(phases: list[Phase]) -> list[str]:
+    """One line per stage and frozen mode: the largest per-step relative loss difference against the bf16 run of
+    that stage (the same start, batches and noise)."""
+    base = {p.name: p.losses for p in phases if "frozen" not in p.name and p.losses}
+    lines = []
+    for p in phases:
+        name = p.name.split(", frozen ")[0]
+        if "frozen" in p.name and p.losses and base.get(name):
+            pairs = list(zip(p.losses, base[name]))
+            worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
+            lines.append(f"{p.name}: loss within {worst:.2%} of the bf16 run's over {len(pairs)} steps")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -266,7 +293,9 @@ def render(phases: list[Phase], *, device_name: str, tiny: bool, config, total_s
         f"{config.data.buckets[0][1]}x{config.data.buckets[0][0]} px, 1 + {(config.data.frames - 1) // 4 + 1} latent "
         f"frames, batch 1; LoRA rank {config.model.lora_rank}, frozen weights {config.model.dtype}, gradient "
         f"checkpointing {'on' if config.model.gradient_checkpointing else 'off'}, EMA {config.optim.ema_decay}, "
-        f"stage 2 with a frozen copy teacher to block {config.stage2.depth}. GB = 1e9 bytes; peak = "
+        f"stage 2 with a frozen copy teacher to block {config.stage2.depth}; each frozen-weight mode (model.frozen_storage / "
+        "frozen_offload: bf16, fp8, fp8 with block offload) trains both stages from the same seeded start. GB = 1e9 "
+        "bytes; peak = "
         "torch.cuda.max_memory_allocated over the phase (weights included; the CUDA context is not); the plan has no "
         "EMA, the recipe keeps one (a fp32 copy of the trained tensors).", "",
         "| phase | steps | first step s | median after the first s | peak allocated GB | peak reserved GB | "
@@ -278,6 +307,10 @@ def render(phases: list[Phase], *, device_name: str, tiny: bool, config, total_s
         rest = f"{statistics.median(p.times[1:]):.2f}" if len(p.times) > 1 else "-"
         lines.append(f"| {p.name} | {len(p.times)} | {first} | {rest} | {_gb(p.peak_allocated)} | "
                      f"{_gb(p.peak_reserved)} | {_gb(p.plan_bytes)} | {p.note} |")
+    agreement = loss_agreement(phases)
+    if agreement:
+        lines += ["", "Frozen-weight modes against the bf16 run of the same stage (same start, batches and noise): "
+                  + "; ".join(agreement) + "."]
     lines += ["", f"Whole run {total_s:.0f} s (model building included)."]
     return "\n".join(lines) + "\n"
 
@@ -291,8 +324,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="no new step starts once the run would pass this many seconds (default 7 minutes)")
+    parser.add_argument("--frozen", default="bf16,fp8",
+                        help="comma-separated frozen-weight modes to train both stages with, each from the same "
+                             f"start: {', '.join(FROZEN_MODES)} (default bf16,fp8)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.frozen = [m.strip() for m in args.frozen.split(",") if m.strip()]
+    unknown = [m for m in args.frozen if m not in FROZEN_MODES]
+    if unknown or not args.frozen:
+        parser.error(f"--frozen {unknown or args.frozen}: use comma-separated names from {', '.join(FROZEN_MODES)}")
+    return args
 
 
 def run_smoke(args: argparse.Namespace) -> tuple[list[Phase], object, str]:
@@ -303,42 +344,55 @@ def run_smoke(args: argparse.Namespace) -> tuple[list[Phase], object, str]:
     device_name = "CPU" if args.tiny else torch.cuda.get_device_name(device)
 
     from directanimator.models import AnimatorModel
-    from directanimator.models.configs import backbone_config
+    from directanimator.models.configs import backbone_config, default_scheduler_config
     from directanimator.models.loader import resolve_dtype
     from training.data import CachedClips
+    from training.frozen import place_teacher
     from training.s2x import S2XTeacher
     from training.stage1 import stage1_loss
     from training.stage2 import make_stage2_loss
 
     backbone = dict(TINY_BACKBONE) if args.tiny else backbone_config(REAL_BACKBONE)
     phases: list[Phase] = []
+    steps = args.stage1_steps + args.stage2_steps
     with tempfile.TemporaryDirectory(prefix="gpu_smoke_") as tmp:
-        config = smoke_config(Path(tmp), tiny=args.tiny, steps=args.stage1_steps + args.stage2_steps)
+        config = smoke_config(Path(tmp), tiny=args.tiny, steps=steps)
         write_synthetic_cache(config, backbone)
-        loaded = build_student(config, backbone, device)
-        print(f"gpu_smoke: built in {time.perf_counter() - start:.0f} s on {device_name}", flush=True)
-        plan = {} if args.tiny else plan_figures(_has_bitsandbytes())
+        for frozen in args.frozen:
+            # each mode from the same start (the seeded random student), so its losses compare with bf16's
+            config = smoke_config(Path(tmp), tiny=args.tiny, steps=steps, frozen=frozen)
+            plan = {} if args.tiny else plan_figures(_has_bitsandbytes(), frozen)
+            loaded = build_student(config, backbone, device)
+            print(f"gpu_smoke: built in {time.perf_counter() - start:.0f} s on {device_name}", flush=True)
+            phase, trainer = run_stage(config, loaded, CachedClips(config, stage=1), stage1_loss, stage=1,
+                                       steps=args.stage1_steps, device=device, deadline=deadline,
+                                       plan_bytes=plan.get("stage 1"), frozen=frozen)
+            phases.append(phase)
+            del trainer, loaded
 
-        phase, trainer = run_stage(config, loaded, CachedClips(config, stage=1), stage1_loss, stage=1,
-                                   steps=args.stage1_steps, device=device, deadline=deadline,
-                                   plan_bytes=plan.get("stage 1"))
-        phases.append(phase)
-        del trainer
+            # stage 2 as `training stage2` runs it with the default teacher_mode "copy": a frozen copy of the
+            # stage-1 model (here the same seeded start: the stage-1 student carries its trainer's hooks), placed
+            # as the config's frozen weights
+            _start_phase(device)
+            loaded = build_student(config, backbone, device)
+            frozen_copy = build_student(config, backbone, device).transformer
+            place_teacher(frozen_copy, device, storage=config.model.frozen_storage,
+                          offload=config.model.frozen_offload)
+            teacher = S2XTeacher(frozen_copy, depth=config.stage2.depth)
+            phase, trainer = run_stage(config, loaded, CachedClips(config, stage=2),
+                                       make_stage2_loss(teacher, config), stage=2, steps=args.stage2_steps,
+                                       device=device, deadline=deadline, plan_bytes=plan.get("stage 2"),
+                                       frozen=frozen)
+            phases.append(phase)
+            del trainer, teacher, frozen_copy, loaded
 
-        # stage 2 as `training stage2` runs it with the default teacher_mode "copy": the stage-1 model, frozen
-        frozen = copy.deepcopy(loaded.transformer).to(resolve_dtype(config.model.dtype))
-        teacher = S2XTeacher(frozen, depth=config.stage2.depth)
-        phase, trainer = run_stage(config, loaded, CachedClips(config, stage=2), make_stage2_loss(teacher, config),
-                                   stage=2, steps=args.stage2_steps, device=device, deadline=deadline,
-                                   plan_bytes=plan.get("stage 2"))
-        phases.append(phase)
-        del trainer, teacher, frozen
-
-        # sampling with the trained model as an export loads it (every tensor in model.dtype)
-        student = loaded.transformer.to(resolve_dtype(config.model.dtype)).eval()
+        # sampling as an export loads a trained model (every tensor in model.dtype), from the same seeded start
+        student = build_student(config, backbone, device).transformer.to(resolve_dtype(config.model.dtype)).eval()
         model = AnimatorModel(transformer=student, vae=carrier_vae(int(backbone["out_channels"])),
-                              null_text=loaded.null_text, scheduler_config=loaded.scheduler_config, cue_config={},
-                              name="gpu-smoke", device=device)
+                              null_text=torch.zeros(1, int(backbone["max_text_seq_length"]),
+                                                    int(backbone["text_embed_dim"])),
+                              scheduler_config=default_scheduler_config(), cue_config={}, name="gpu-smoke",
+                              device=device)
         phases.append(run_sampling(model, steps=args.sample_steps, guidance=args.guidance, device=device,
                                    deadline=deadline))
     print(f"gpu_smoke: whole run {time.perf_counter() - start:.0f} s", flush=True)

@@ -16,17 +16,32 @@ from training.data import CachedClips, make_batch
 
 @pytest.mark.slow
 def test_tiny_mode_trains_both_stages_and_samples_through_the_project_code(capsys, fresh_precision):
-    args = gpu_smoke.parse_args(["--tiny", "--stage1-steps", "2", "--stage2-steps", "2", "--sample-steps", "2"])
+    args = gpu_smoke.parse_args(["--tiny", "--stage1-steps", "2", "--stage2-steps", "2", "--sample-steps", "2",
+                                 "--frozen", "bf16,fp8_offload"])
     phases, config, device = gpu_smoke.run_smoke(args)
     assert device == "CPU"
-    assert [(p.name, len(p.times)) for p in phases] == [("stage 1", 2), ("stage 2", 2), ("sampling", 2)]
+    assert [(p.name, len(p.times)) for p in phases] == [
+        ("stage 1", 2), ("stage 2", 2), ("stage 1, frozen fp8_offload", 2), ("stage 2, frozen fp8_offload", 2),
+        ("sampling", 2)]
     assert all(t > 0 for p in phases for t in p.times)
     out = capsys.readouterr().out
     losses = [float(line.rsplit("loss", 1)[1]) for line in out.splitlines() if "loss" in line]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
     assert "trained" in phases[0].note and "autocast bf16" in phases[0].note  # what Trainer set up, read back
+    # the same start, batches and noise: the fp8 run's losses are the bf16 run's up to fp8 rounding, not equal
+    assert phases[2].losses != phases[0].losses
+    assert phases[2].losses == pytest.approx(phases[0].losses, rel=0.05)
+    agreement = gpu_smoke.loss_agreement(phases)
+    assert [line.split(":")[0] for line in agreement] == ["stage 1, frozen fp8_offload", "stage 2, frozen fp8_offload"]
     table = gpu_smoke.render(phases, device_name=device, tiny=True, config=config, total_s=1.0)
-    assert table.startswith(gpu_smoke.SECTION) and table.count("\n| ") == 4  # header + 3 phases
+    assert table.startswith(gpu_smoke.SECTION) and table.count("\n| ") == 6  # header + 5 phases
+    assert "stage 1, frozen fp8_offload: loss within" in table
+
+
+def test_an_unknown_frozen_mode_is_refused_before_anything_is_built(capsys):
+    with pytest.raises(SystemExit):
+        gpu_smoke.parse_args(["--frozen", "bf16,int4"])
+    assert "int4" in capsys.readouterr().err
 
 
 def test_without_a_gpu_it_says_so_and_exits_0(monkeypatch, capsys):
