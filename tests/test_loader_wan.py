@@ -328,6 +328,18 @@ def test_wan_single_files_load_through_load_model(tmp_path):
     assert torch.equal(_run(model.transformer.backbone, "wan-i2v"), _run(original, "wan-i2v"))
 
 
+def test_a_wan21_file_named_for_720p_samples_with_the_720p_flow_shift(tmp_path):
+    """The 480P and 720P files hold the same tensors: the published names tell them apart (480P: shift 3.0)."""
+    shifts = {}
+    vae = save_native_vae(tmp_path / "vae.safetensors", AutoencoderKLWan(**TINY_NATIVE_VAES["2.1"]).eval(), "2.1")
+    for name in ("wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors", "wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors"):
+        backbone = save_native_wan(tmp_path / name, tiny_backbone("wan-i2v", seed=7),
+                                   config=tiny_backbone_config("wan-i2v"))
+        model = load_model(backbone, vae=vae, dtype="fp32")
+        shifts[name[:15]] = model.scheduler_config["flow_shift"]
+    assert shifts == {"wan2.1_i2v_480p": 3.0, "wan2.1_i2v_720p": 5.0}
+
+
 def test_wan22_ti2v_single_files_load_without_clip_and_refuse_the_wan21_vae(tmp_path):
     original = tiny_backbone("wan-ti2v", seed=9)
     backbone = save_native_wan(tmp_path / "ti2v.safetensors", original, config=tiny_backbone_config("wan-ti2v"))

@@ -358,12 +358,21 @@ def build_transformer(backbone: torch.nn.Module,
     return DirectAnimatorTransformer(backbone, config=cue_fusion)
 
 
-def _scheduler_config(spec: BackboneSpec, scheduler_file: Path | None) -> dict:
+_WAN_720P_FILE = re.compile(r"720p", re.IGNORECASE)
+
+
+def _scheduler_config(spec: BackboneSpec, scheduler_file: Path | None, single_file: Path | None = None) -> dict:
     """The folder's scheduler config (with its ``_class_name``, which picks the sampler), else the default of the
-    backbone's variant (`default_scheduler_config`)."""
+    backbone's variant (`default_scheduler_config`). A Wan2.1 I2V single file named for 720P (as the published
+    ``wan2.1_i2v_720p_14B_*.safetensors`` are) takes the 720P pipeline's flow shift: its tensors are those of the
+    480P model, so its name is all that tells them apart."""
     if scheduler_file is not None:
         config = json.loads(scheduler_file.read_text())
         return {k: v for k, v in config.items() if not k.startswith("_") or k == "_class_name"}
+    if single_file is not None and spec.variant == "wan-i2v" and _WAN_720P_FILE.search(single_file.name):
+        log.info("%s: a Wan2.1 I2V 720P file by its name; sampling with the 720P pipeline's flow shift",
+                 single_file.name)
+        return default_scheduler_config("wan2.1-i2v-14b-720p")
     return default_scheduler_config(spec)
 
 
@@ -480,7 +489,7 @@ def load_model(backbone: str | Path, checkpoint: str | Path | None = None, *, dt
     if ckpt is not None and ckpt.scheduler_config:
         scheduler_config = dict(ckpt.scheduler_config)
     else:
-        scheduler_config = _scheduler_config(spec, parts.scheduler)
+        scheduler_config = _scheduler_config(spec, parts.scheduler, path if path.is_file() else None)
     if ckpt is not None and ckpt.null_text is not None:
         null_text = ckpt.null_text.float()
         if null_text.ndim == 2:
