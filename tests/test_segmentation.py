@@ -81,6 +81,35 @@ def test_frames_converted_once_give_the_same_masks_and_faces():
     assert torch.equal(shared.boxes, alone.boxes) and torch.equal(shared.valid, alone.valid) and bool(alone.valid[0])
 
 
+def test_frames_converted_with_their_luma_strip_by_strip_are_the_whole_frame_conversions():
+    # with `luma`, frames_uint8 converts each frame in strips of STRIP_ROWS rows (both conversions of a strip while
+    # it is in cache): the same bytes and luma as converting whole frames; 150 rows end in a partial strip
+    import cv2
+
+    from directanimator.cues.segmentation import STRIP_ROWS, frame_uint8, frames_uint8
+
+    frames = torch.rand(2, 150, 70, 3)
+    assert 150 % STRIP_ROWS != 0 and 150 > STRIP_ROWS
+    luma = torch.full((2, 150, 70), float("nan"))
+    images = frames_uint8(frames, luma=luma)
+    for i in range(2):
+        np.testing.assert_array_equal(images[i], frame_uint8(frames[i]))
+        np.testing.assert_array_equal(luma[i].numpy(), cv2.cvtColor(frames[i].numpy(), cv2.COLOR_RGB2GRAY))
+
+
+def test_person_boxes_taken_by_the_segmentation_are_mask_boxes():
+    # extract_cues has the segmentation take each mask's person box while the mask is in cache: mask_boxes' boxes,
+    # zeros for an empty mask (the black frame)
+    from directanimator.cues import mask_boxes
+    from directanimator.cues.segmentation import _segment_person
+
+    frames = torch.cat([reference("ref_real_person.jpg"), torch.zeros(1, *DANCE_SIZE, 3)])
+    boxes = np.full((2, 4), np.nan, np.float32)
+    masks = _segment_person(frames, boxes=boxes)
+    expected, valid = mask_boxes(masks)
+    assert torch.equal(torch.from_numpy(boxes), expected) and valid.tolist() == [True, False]
+
+
 def test_black_frames_give_empty_masks_of_the_frame_size():
     masks = segment_person(torch.zeros(2, 96, 128, 3))
     assert masks.shape == (2, 96, 128) and masks.dtype == torch.float32
@@ -321,6 +350,13 @@ def test_mask_clipping_matches_numpy_clip_and_floor():
     _clip_mask(mask, out)
     np.testing.assert_array_equal(out, expected)
     assert out[0, 3] == 2 * MASK_FLOOR and out.min() == 0.0 and out.max() == 1.0
+    # in strips of STRIP_ROWS rows, with the person box taken on the way (the box of the pixels above 0.5)
+    tall = np.concatenate([mask] * 3)  # 111 rows: a partial strip at the end
+    out = np.full_like(tall, np.nan)
+    box = _clip_mask(tall, out, np.empty(tall.shape, np.uint8))
+    np.testing.assert_array_equal(out, np.concatenate([expected] * 3))
+    rows, columns = np.nonzero(out > 0.5)
+    assert box == (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1)
 
 
 def test_zeroed_buffers_are_zero_writable_and_outlive_their_mapping():

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -382,6 +383,7 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
     face_end = seg_end + (FACE_DETECTION_SHARE if detecting else 0.0)
     raw = None
     luma = None
+    boxes = None  # the person boxes, when the segmentation takes them
     if inputs.driving_mask is not None:
         masks, segmenter = _resized_masks(inputs.driving_mask, frame.driving), "given"
     else:
@@ -390,10 +392,12 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
         if detecting and device.type == "cpu" and config.filter == "gaussian" and opencv() is not None:
             luma = empty_buffer(count, *frame.size)
         images = frames_uint8(drv, luma=luma) if detecting else None
+        if device.type == "cpu" and opencv() is not None:
+            boxes = np.zeros((count, 4), np.float32)
 
         def segment(report: Callable[[int], None]) -> Tensor:
             return _segment_person(drv, backend=seg_backend, sam_checkpoint=config.sam_checkpoint, on_frame=report,
-                                   images=images)
+                                   images=images, boxes=boxes)
 
         if detecting:  # both detectors at once; the segmentation's progress stands for both
             masks, raw = _detections_alongside(drv, config.face_detector, segment, progress.stage(0.0, face_end),
@@ -402,7 +406,11 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
             masks = segment(progress.stage(0.0, seg_end))
         masks, segmenter = masks.to(device), seg_backend
     progress.advance_to(seg_end)
-    person_boxes, person_valid = mask_boxes(masks)
+    if boxes is not None:  # as mask_boxes(masks) gives them, taken by the segmentation (one read of the masks fewer)
+        person_boxes = torch.from_numpy(boxes)
+        person_valid = person_boxes[:, 2] > person_boxes[:, 0]
+    else:
+        person_boxes, person_valid = mask_boxes(masks)
     if not bool(person_valid.any()):
         raise CueError(f"driving: no person found in any of the {count} frames. Pass a driving mask, or use a "
                        "video in which a person is visible (try the other segmenter).")

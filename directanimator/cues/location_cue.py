@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import CueError
 from .boxes import median_box
-from .buffers import empty_buffer, zeroed_buffer
+from .buffers import clip_below_one, empty_buffer, zeroed_buffer
 from .resample import opencv, resize_box
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
@@ -355,6 +355,17 @@ def _soften_pooled(pooled: Tensor, size: tuple[int, int], cell: int, blur: float
     device = str(pooled.device)
     rows = _soften_matrix(height, cell, float(blur), device)
     columns = _soften_matrix(width, cell, float(blur), device)
+    if pooled.device.type == "cpu" and not pooled.requires_grad and opencv() is not None:
+        # frame by frame, each clamped while it is in cache (the products of a whole clip then a clamp pass over
+        # it were two trips through memory); the matrices and cell maxima are non-negative, so only the upper
+        # bound needs clamping
+        if out is None:
+            out = empty_buffer(pooled.shape[0], height, width)
+        out_np = out.numpy()
+        for i in range(pooled.shape[0]):
+            torch.matmul(torch.matmul(rows, pooled[i]), columns.T, out=out[i])
+            clip_below_one(out_np[i], out_np[i])
+        return out
     # rows first: (H x Hc) @ (Hc x Wc), then @ (Wc x W), about 60% of the multiplications of the other order
     if out is None:
         out = torch.matmul(torch.matmul(rows, pooled), columns.T)
