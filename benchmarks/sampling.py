@@ -304,8 +304,8 @@ def options_section(args: argparse.Namespace, rows: list[dict]) -> str:
 
 
 def table(cases: list[dict]) -> str:
-    rows = ["| options | video | windows | cache states (MiB) | sampling work MiB | decoding work MiB (output excluded) | "
-            "output frames MiB | process peak MiB | steps/s | decode fps |",
+    rows = ["| options | video | windows | cache states (MiB) | sampling work MiB | "
+            "decoding work MiB (output excluded) | output frames MiB | process peak MiB | steps/s | decode fps |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cases:
         rows.append(f"| {c['options']} | {c['frames']} frames ({c['video_latents']} latents) | {c['windows']} | "
@@ -386,8 +386,8 @@ def main() -> None:
         "",
         *[windows_ratios(one, four) for one, four in (cases[:2], cases[2:])],
         "",
-        f"Goal: at most {WINDOWS_GOAL:g}x. Steps per second fall with the number of windows, as each window is a forward "
-        "(x2 with guidance, or one forward of batch 2 batched). A step cache keeps one state per window and "
+        f"Goal: at most {WINDOWS_GOAL:g}x. Steps per second fall with the number of windows, as each window is a "
+        "forward (x2 with guidance, or one forward of batch 2 batched). A step cache keeps one state per window and "
         "guidance branch for the whole run: every window is denoised at every step (the windows' predictions are "
         "blended per step), so no window is done before the last step and no state can be freed at a handoff. "
         "The growth is linear in the windows, not a spike at a handoff; on CogVideoX-5B at 480x720 a first-block "

@@ -549,7 +549,7 @@ def _denoise(model, transformer, cond: Conditioning, sched, plan: WindowPlan, te
 
     old_x0 = None
     total = len(timesteps)
-    whole = torch.arange(1 + n, device=device)
+    whole = None if on_window is None else torch.arange(1 + n, device=device)  # one window's frame index
     for i, t in enumerate(timesteps):
         x = latents if flow else sched.scale_model_input(latents, t)
         if len(plan.spans) == 1:
