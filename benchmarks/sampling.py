@@ -391,7 +391,10 @@ def main() -> None:
         "guidance branch for the whole run: every window is denoised at every step (the windows' predictions are "
         "blended per step), so no window is done before the last step and no state can be freed at a handoff. "
         "The growth is linear in the windows, not a spike at a handoff; on CogVideoX-5B at 480x720 a first-block "
-        "state is about 0.3 GB (Sampling speed options), so 10 windows with unbatched guidance hold about 6 GB.",
+        "state is about 0.3 GB (Sampling speed options), so 10 windows with unbatched guidance hold about 6 GB. On "
+        "a GPU the sampler parks the idle contexts' states on the CPU (`StepCache(park=...)`, on by default there "
+        "with more than one context), so the GPU holds one state at a time; on this CPU-only machine they stay in "
+        "this process's memory and the table counts them.",
     ])
     print(text)
     if not args.no_write:

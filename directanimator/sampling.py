@@ -388,8 +388,10 @@ def sample_latents(model, cond: Conditioning, *, steps: int = 25, guidance: floa
     # one window's image conditioning serves every window: each starts with the reference, as a fresh clip would
     image = image_window(model, cond, 1 + plan.window)
     visited = int(steps * denoise)
+    branches = 1 if guidance == 1.0 or batch_guidance else 2  # cache contexts per window (see `_denoise`)
     with using(model, "transformer") as transformer, \
-            StepCache(transformer, cache, cache_threshold, steps=visited, key=(scheduler, steps)) as step_cache:
+            StepCache(transformer, cache, cache_threshold, steps=visited, key=(scheduler, steps),
+                      contexts=len(plan.spans) * branches) as step_cache:
         mean = None
         for k in range(samples):
             each = None if callback is None else _counting_over(callback, k, samples)

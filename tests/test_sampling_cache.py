@@ -261,3 +261,47 @@ def test_animate_triplet_records_the_speed_options_in_the_notes():
     cache_note = [n for n in fast.notes if n.startswith("step cache: first-block cache (threshold 0.2)")]
     assert len(cache_note) == 1 and "of 4 backbone forwards served from the cache" in cache_note[0]
     assert any("guidance branches batched" in n for n in fast.notes)
+
+
+@pytest.mark.parametrize("mode, threshold", [("first_block", 0.5), ("mag", 0.5), ("taylorseer", 2)])
+def test_parked_states_give_the_same_outputs_and_every_state_tensor_is_moved(mode, threshold, monkeypatch):
+    """Parking (on a GPU: the idle contexts' states on the CPU) moves each context's whole state out after its
+    forward and back before the next one, and changes no output. Here both devices are the CPU, so the moved
+    tensors are recorded instead of seen elsewhere."""
+    from directanimator.models import caching
+
+    transformer = tiny_animator("1.0", randomize_cues=True)
+    remember_mag_ratios(transformer, ("test", 8), torch.full((8,), 1.01))
+    windows = {0: _stream("1.0", 1), 1: _stream("1.0", 2)}
+    names = {w: context_name(w, "cues") for w in windows}
+    assert not StepCache(transformer, mode, threshold, steps=8, contexts=2).park  # not on a CPU by default
+    expected = _run(transformer, StepCache(transformer, mode, threshold, steps=8, key=("test",)), windows, names)
+    moved: set[int] = set()
+    real_moved = caching._moved
+
+    def recording(value, device):
+        out = real_moved(value, device)
+        if isinstance(value, torch.Tensor):
+            moved.add(id(out))
+        return out
+
+    monkeypatch.setattr(caching, "_moved", recording)
+    parking = StepCache(transformer, mode, threshold, steps=8, key=("test",), park=True)
+    real_move_states = parking._move_states
+    calls = []
+
+    def checked(name, device):
+        moved.clear()
+        real_move_states(name, device)
+        state = [t for manager in caching._state_managers(parking.backbone)
+                 if name in manager._state_cache for t in caching._tensors(vars(manager._state_cache[name]))]
+        assert {id(t) for t in state} <= moved, name  # every tensor of the context's state was moved
+        calls.append(len(state))
+
+
+    parking._move_states = checked
+    parked = _run(transformer, parking, windows, names)
+    for key, value in expected.items():
+        assert torch.equal(parked[key], value), key
+    parks = calls[1::2]  # in before each forward, out after it
+    assert len(parks) == 2 * 8 and min(parks) > 0  # every one of the 16 forwards parked a non-empty state

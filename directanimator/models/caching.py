@@ -13,8 +13,10 @@ cues: every forward runs inside `StepCache.context(name)` (diffusers' ``cache_co
 state by name), and the sampler names one context per window and guidance branch (`context_name`). The states are
 cleared between samples (`StepCache.new_run`).
 
-Memory: each context keeps its own state for the whole run, so the cache memory grows with windows x branches.
-Per context, in hidden-state-sized tensors ``[B, tokens, inner_dim]`` of the model dtype: first_block about 3
+Memory: each context keeps its own state for the whole run (the windows are blended at every step, so none is
+done before the last), so the cache memory grows with windows x branches. On a GPU the idle contexts' states are
+parked on the CPU (`StepCache(park=...)`): only the running context's state is on the GPU, at the cost of moving
+it in and out around each of its forwards. Per context, in hidden-state-sized tensors ``[B, tokens, inner_dim]`` of the model dtype: first_block about 3
 (first-block output and residual, tail residual) plus 2 text-sized ones on CogVideoX; mag 2 (last residual, last
 input); taylorseer (lite) only the output projection's value and slope in fp32, ``[B, tokens, C * p * p]``.
 
@@ -195,9 +197,12 @@ class StepCache:
     are valid for (scheduler, steps, visited steps). Mode "off" registers nothing."""
 
     def __init__(self, transformer: nn.Module, mode: str = "off", threshold: float | None = None, *,
-                 steps: int, key: tuple = ()) -> None:
+                 steps: int, key: tuple = (), park: bool | None = None, contexts: int = 1) -> None:
         self.transformer = transformer
         self.backbone = transformer.backbone
+        # park the idle contexts' states on the CPU: by default when the model computes on a GPU and the run has
+        # more than one context (`contexts`: windows x guidance branches)
+        self.park = park if park is not None else (contexts > 1 and transformer.device.type == "cuda")
         threshold = resolve_threshold(mode, threshold)
         self.stats = CacheStats(mode=mode, threshold=threshold)
         self.steps = int(steps)
@@ -265,6 +270,27 @@ class StepCache:
             if ratios is not None:
                 remember_mag_ratios(self.transformer, self.key, ratios)
 
+    def _move_states(self, name: str, device: torch.device) -> None:
+        """Move context `name`'s state in every cache hook of the backbone to `device` (a state not created yet, at
+        a context's first forward, is skipped)."""
+        for manager in _state_managers(self.backbone):
+            state = manager._state_cache.get(name)
+            if state is not None:
+                for key, value in vars(state).items():
+                    setattr(state, key, _moved(value, device))
+
+    def state_bytes(self, device: torch.device | str | None = None) -> int:
+        """Bytes of the tensors the cache hooks hold in their states (every context; each tensor once), only those
+        on `device` when given."""
+        seen: dict[int, int] = {}
+        device = None if device is None else torch.device(device)
+        for manager in _state_managers(self.backbone):
+            for state in manager._state_cache.values():
+                for tensor in _tensors(vars(state)):
+                    if device is None or tensor.device == device:
+                        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+        return sum(seen.values())
+
     def new_run(self) -> None:
         """Forget every cached state: call before each sample."""
         if self._enabled:
@@ -284,8 +310,47 @@ class StepCache:
             yield
         else:
             with self.backbone.cache_context(name):
+                if self.park:
+                    self._move_states(name, self.transformer.device)
                 yield
+                if self.park:
+                    self._move_states(name, torch.device("cpu"))
         self.stats.forwards += 1
         self.stats.contexts[name] = self.stats.contexts.get(name, 0) + 1
         if self._computed == before:
             self.stats.skipped += 1
+
+
+def _state_managers(backbone: nn.Module) -> list:
+    """The distinct state managers of the diffusers hooks under `backbone` (first-block's head and tail hooks share
+    one)."""
+    managers = {}
+    for module in backbone.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook in getattr(registry, "hooks", {}).values():
+            manager = getattr(hook, "state_manager", None)
+            if manager is not None and hasattr(manager, "_state_cache"):
+                managers[id(manager)] = manager
+    return list(managers.values())
+
+
+def _moved(value, device: torch.device):
+    """`value` with every tensor in it (nested lists, tuples and dicts too) on `device`."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(item, device) for item in value)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    return value
+
+
+def _tensors(value) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
