@@ -331,3 +331,29 @@ def test_training_fp8_and_offload_rows_by_hand_and_within_24_gb_for_cogvideox(re
     with pytest.raises(InputError, match="lora_fp8_offload"):
         memory_plan(report, modes=("qlora",))
 
+
+
+@pytest.mark.parametrize("layout", ["1.0", "wan-i2v"])
+def test_the_cache_state_model_equals_the_bytes_a_tiny_model_holds(layout):
+    """info's per-context cache state (sampling plan) against what diffusers' hooks keep on a tiny model."""
+    from directanimator.models.caching import StepCache, remember_mag_ratios
+    from directanimator.models.info import CACHE_STATE_TENSORS, cache_state_bytes, size_report
+    from tests.tiny import tiny_animator, tiny_backbone_config, tiny_cue_latents, tiny_inputs, tiny_wan_inputs
+
+    model = tiny_animator(layout, randomize_cues=True)
+    remember_mag_ratios(model, ("plan", 4), torch.full((4,), 1.01))
+    frames = 4 if layout == "1.0" else 3
+    inputs = tiny_inputs(layout, frames=frames) if layout == "1.0" else tiny_wan_inputs(layout, frames=frames)
+    latent = inputs["hidden_states"].shape[-1]
+    report = size_report(dict(tiny_backbone_config(layout)), window_latent_frames=frames, height=8 * latent,
+                         width=8 * latent)
+    for mode, threshold in (("first_block", 0.5), ("mag", 0.5), ("taylorseer", 2)):
+        cache = StepCache(model, mode, threshold, steps=4, key=("plan",))
+        with cache, torch.no_grad():
+            cache.new_run()
+            for _ in range(4):
+                with cache.context("one window"):
+                    model(inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["timestep"],
+                          cues=tiny_cue_latents(frames=frames), image_embeds=inputs.get("image_embeds"))
+            held = cache.state_bytes()
+        assert held == cache_state_bytes(report, mode, dtype="fp32") > 0, (mode, CACHE_STATE_TENSORS[mode])

@@ -16,9 +16,10 @@ cleared between samples (`StepCache.new_run`).
 Memory: each context keeps its own state for the whole run (the windows are blended at every step, so none is
 done before the last), so the cache memory grows with windows x branches. On a GPU the idle contexts' states are
 parked on the CPU (`StepCache(park=...)`): only the running context's state is on the GPU, at the cost of moving
-it in and out around each of its forwards. Per context, in hidden-state-sized tensors ``[B, tokens, inner_dim]`` of the model dtype: first_block about 3
-(first-block output and residual, tail residual) plus 2 text-sized ones on CogVideoX; mag 2 (last residual, last
-input); taylorseer (lite) only the output projection's value and slope in fp32, ``[B, tokens, C * p * p]``.
+it in and out around each of its forwards. Per context, in hidden-state-sized tensors ``[B, tokens, inner_dim]``
+of the model dtype: first_block 3 (first-block output and residual, tail residual) plus 2 text-sized ones on
+CogVideoX; mag 1 (the last residual); taylorseer (lite) only the output projection's value and slope in fp32,
+``[B, tokens, C * p * p]`` (measured: `directanimator.models.info.CACHE_STATE_TENSORS`).
 
 Not offered: diffusers' FasterCache, which approximates the guidance's unconditional branch from the conditional
 one; here the two branches differ by the cues, and that reuse is exactly what must not happen.

@@ -464,6 +464,28 @@ def _resident_transformer_bytes(layout: Mapping[str, Any], storage: str, offload
     return part["root"] + part["outside"] + on_gpu * part["block"]
 
 
+# Tensors one step-cache context keeps (`directanimator.models.caching`), measured on tiny models of both families
+# (tests/test_models_info.py): "hidden" [B, vision tokens, inner_dim] and "text" [B, text tokens, inner_dim] (the
+# text stream CogVideoX blocks also return) in the model dtype; "output" the output projection's [B, vision tokens,
+# out_channels x patch volume] in fp32 (TaylorSeer's lite mode keeps its value and slope).
+CACHE_STATE_TENSORS = {"first_block": {"hidden": 3, "text": 2}, "mag": {"hidden": 1}, "taylorseer": {"output": 2}}
+
+
+def cache_state_bytes(report: Mapping[str, Any], mode: str, *, batch: int = 1, dtype: str = "bf16") -> int:
+    """Bytes one step-cache context (`mode`: first_block | mag | taylorseer) holds at the report's window, for a
+    forward of `batch` (2 with batched guidance) in `dtype`. On a GPU the sampler keeps one context's state there
+    and parks the others on the CPU."""
+    if mode not in CACHE_STATE_TENSORS:
+        raise InputError(f"cache_state_bytes: mode {mode!r}; use one of {sorted(CACHE_STATE_TENSORS)}.")
+    config, tokens = report["config"], report["tokens"]
+    d = int(config["inner_dim"])
+    patch = int(config["patch_size"]) ** 2 * int(config.get("patch_size_t") or 1)
+    text = tokens["text"] if config.get("family", "cogvideox") == "cogvideox" else 0
+    sizes = {"hidden": tokens["vision"] * d * BYTES[dtype], "text": text * d * BYTES[dtype],
+             "output": tokens["vision"] * int(config["out_channels"]) * patch * BYTES["fp32"]}
+    return batch * sum(count * sizes[kind] for kind, count in CACHE_STATE_TENSORS[mode].items())
+
+
 def sampling_plan(report: Mapping[str, Any], *, gpus_gb: Iterable[int] = SAMPLING_GPUS_GB,
                   blocks_on_gpu: Iterable[int] = PLAN_BLOCKS_ON_GPU, activation_factor: float = ACTIVATION_FACTOR,
                   overhead_gb: float = CUDA_OVERHEAD_GB) -> list[dict]:
@@ -621,6 +643,9 @@ def format_sampling_plan(report: Mapping[str, Any], rows: list[dict], *, markdow
         f"peak = transformer weights on the GPU (+ the bf16 copy of the largest fp8 layer while it computes) + under "
         f"offload none the {' and '.join(others)} bf16 + activations; fit: peak + {CUDA_OVERHEAD_GB} GB CUDA overhead "
         "<= card; GB = 1e9 bytes; the text encoder is not on the GPU while sampling",
+        "step cache: + one context's state on the GPU (the idle windows' and branches' are parked on the CPU): "
+        + ", ".join(f"{mode} {cache_state_bytes(report, mode) / GB:.2f} GB" for mode in CACHE_STATE_TENSORS)
+        + " at batch 1, twice that batched",
         "VAE decode of a window: not modelled here (info has no VAE activation model); under offload model or "
         "blocks the VAE decodes after the transformer is offloaded, so its peak does not add to these rows; under "
         "offload none it decodes beside the resident transformer",
