@@ -390,3 +390,25 @@ def test_location_cue_into_given_buffers_equals_the_plain_call():
         got = _location_cue(masks, faces, valid, t, out_size=(112, 80), cell=16, blur=4.0, out=out, face_zeroed=zeroed)
         assert got[0] is out[0] and got[1] is out[1]
         assert torch.equal(got[0], body) and torch.allclose(got[1], face, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [Similarity(1.0846, -46.758, 10.818), Similarity(0.73, 40.2, 60.9),
+                               Similarity(1.37, -150.5, -90.25)], ids=["dance-video-fit", "shrink", "grow"])
+def test_mask_warp_resized_straight_into_a_padded_buffer_is_the_same(t):
+    # location_cue has OpenCV resize each window straight into a buffer with room around the frame (`padded`):
+    # the same values as resizing into scratch and copying the interior, a view into that buffer, whose cell
+    # maxima (rows apart) are max pooling's
+    import numpy as np
+
+    from directanimator.cues.location_cue import _cell_maxima, _warp_masks_fast
+
+    generator = torch.Generator().manual_seed(5)
+    masks = F.avg_pool2d(torch.rand(3, 1, 448, 256, generator=generator), 5, 1, 2)[:, 0]  # smooth, 0..1
+    padded: list = []
+    into_padded = _warp_masks_fast(masks, t, (448, 256), padded=padded)
+    assert len(padded) == 1 and np.shares_memory(into_padded.numpy(), padded[0])
+    assert torch.equal(into_padded, _warp_masks_fast(masks, t, (448, 256)))
+    pooled = F.max_pool2d(into_padded[:, None], kernel_size=16, stride=16, ceil_mode=True)[:, 0]
+    assert torch.equal(_cell_maxima(into_padded, 16), pooled)
+    again = _warp_masks_fast(masks[:2], t, (448, 256), padded=padded)  # a shorter batch reuses the buffer
+    assert np.shares_memory(again.numpy(), padded[0]) and torch.equal(again, into_padded[:2])

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from .boxes import median_box
 from .buffers import clip_below_one, empty_buffer, zeroed_buffer
-from .resample import opencv, resize_box
+from .resample import opencv, resize_box, resize_into, resize_window
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -234,12 +234,15 @@ def _interior(offset: float, step: float, source: int, count: int) -> tuple[int,
     return lo, max(lo, hi)
 
 
-def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *, out: Tensor | None = None) -> Tensor:
+def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *, out: Tensor | None = None,
+                     padded: list[np.ndarray] | None = None) -> Tensor:
     """`warp_masks` of CPU masks ``[F, H, W]`` in 0..1 with OpenCV: the interior by `resample.resize_box` (sample
     positions within 1/64 px of the exact ones, so each value within `resample.VALUE_ERROR` of `warp_masks`), the
     border strips, where the warp reads the zero padding, by `warp_masks`' own sampling (exact). `out`
-    ``[F, *out_size]`` (contiguous CPU float32) receives the result on the OpenCV path (`location_cue` reuses one
-    buffer for its batches)."""
+    ``[F, *out_size]`` (contiguous CPU float32) receives the result on the OpenCV path. `padded` (a list holding
+    one reusable buffer, as `location_cue` passes for its batches) instead lets OpenCV resize each frame's
+    window straight into a buffer with room around the frame, of which the result is a view (rows not
+    contiguous): the same values without copying each interior out of a scratch buffer."""
     out_h, out_w = out_size
     inverse = t.inverse()
     top, bottom = _interior(inverse.ty, inverse.scale, masks.shape[1], out_h)
@@ -250,15 +253,36 @@ def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *,
     source = masks.to(torch.float32).contiguous()
     box = (inverse.tx + left * inverse.scale, inverse.ty + top * inverse.scale,
            inverse.tx + right * inverse.scale, inverse.ty + bottom * inverse.scale)
-    if out is None:
-        out = masks.new_empty(masks.shape[0], out_h, out_w, dtype=torch.float32)
-    source_np, out_np = source.numpy(), out.numpy()
-    scratch: list[np.ndarray] = []
-    for i in range(masks.shape[0]):
-        crop = resize_box(source_np[i], box, bottom - top, right - left, scratch, margin=WARP_RESIZE_MARGIN)
-        if crop is None:  # no aligned window: the exact warp throughout
-            return warp_masks(masks, t, out_size)
-        out_np[i, top:bottom, left:right] = crop
+    source_np = source.numpy()
+    window = None if padded is None else resize_window(box, bottom - top, right - left, source_np.shape[1:],
+                                                       margin=WARP_RESIZE_MARGIN)
+    if window is not None:
+        # the resized window lies at (top - offset_y, left - offset_x) in output pixels: the buffer extends the
+        # frame wherever the window reaches beyond it; what the window writes outside the interior is the
+        # strips' (written below) or the margin's (never read)
+        (size_h, size_w), (offset_y, offset_x) = window.size, window.offset
+        y0, x0 = top - offset_y, left - offset_x
+        pad_top, pad_left = max(0, -y0), max(0, -x0)
+        shape = (pad_top + max(out_h, y0 + size_h), pad_left + max(out_w, x0 + size_w))
+        if not padded or padded[0].shape[1:] != shape or padded[0].shape[0] < masks.shape[0]:
+            padded[:] = [np.empty((masks.shape[0], *shape), np.float32)]
+        buffer = padded[0][:masks.shape[0]]
+        out_np = buffer[:, pad_top:pad_top + out_h, pad_left:pad_left + out_w]
+        rows, columns = slice(pad_top + y0, pad_top + y0 + size_h), slice(pad_left + x0, pad_left + x0 + size_w)
+        for i in range(masks.shape[0]):
+            if not resize_into(source_np[i], window, buffer[i, rows, columns]):  # not the samples meant
+                return warp_masks(masks, t, out_size)
+        out = torch.from_numpy(out_np)
+    else:
+        if out is None:
+            out = masks.new_empty(masks.shape[0], out_h, out_w, dtype=torch.float32)
+        out_np = out.numpy()
+        scratch: list[np.ndarray] = []
+        for i in range(masks.shape[0]):
+            crop = resize_box(source_np[i], box, bottom - top, right - left, scratch, margin=WARP_RESIZE_MARGIN)
+            if crop is None:  # no aligned window: the exact warp throughout
+                return warp_masks(masks, t, out_size)
+            out_np[i, top:bottom, left:right] = crop
     strips = [(slice(0, top), slice(0, out_w)), (slice(bottom, out_h), slice(0, out_w)),
               (slice(top, bottom), slice(0, left)), (slice(top, bottom), slice(right, out_w))]
     for rows, columns in strips:
@@ -427,7 +451,7 @@ def _cell_maxima(masks: Tensor, cell: int) -> Tensor:
     image, as two reductions of a view, rows of cells first (the same values, in a fifth of max_pool2d's time on
     the CPU for 16 px cells at 512x896)."""
     count, height, width = masks.shape
-    if height % cell or width % cell or not masks.is_contiguous():
+    if height % cell or width % cell or masks.stride(2) != 1:  # whole rows apart (a view into a wider buffer) is fine
         return F.max_pool2d(masks[:, None], kernel_size=cell, stride=cell, ceil_mode=True)[:, 0]
     rows = masks.view(count, height // cell, cell, width).amax(dim=2)  # [F, Hc, W]
     return rows.view(count, height // cell, width // cell, cell).amax(dim=3)
@@ -555,11 +579,9 @@ def _location_cue(
     if cell > 1:
         # warped and pooled a few frames at a time into one reused buffer: the full-size warped masks are never
         # all held, and fresh memory for each batch would have to be paged in (that costs more here than the warp)
-        batch = empty_buffer(min(WARP_CHUNK, count), *size) if body_masks.device.type == "cpu" else None
+        padded: list[np.ndarray] = []  # OpenCV resizes into it (`_warp_masks_fast`); a short last batch gets its own
         pooled = torch.cat([
-            _cell_maxima(_warp_masks_fast(body_masks[start:start + WARP_CHUNK], transform, size,
-                                          out=None if batch is None else batch[:min(WARP_CHUNK, count - start)]),
-                         cell)
+            _cell_maxima(_warp_masks_fast(body_masks[start:start + WARP_CHUNK], transform, size, padded=padded), cell)
             for start in range(0, count, WARP_CHUNK)])
     else:
         pooled = warp_masks(body_masks, transform, size)

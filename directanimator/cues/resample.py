@@ -19,6 +19,7 @@ same `VALUE_ERROR` bounds both.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,28 +80,63 @@ def _resize_axis(start: float, end: float, count: int, size: int,
     return None
 
 
+@dataclass(frozen=True)
+class ResizeWindow:
+    """How `resize_box` samples a box: ``cv2.resize`` of the source `rows` x `columns` by `scale` ``(fx, fy)``
+    gives an image of `size` ``(h, w)`` in which the box's samples start at `offset` ``(y, x)``."""
+
+    rows: slice
+    columns: slice
+    size: tuple[int, int]
+    scale: tuple[float, float]
+    offset: tuple[int, int]
+
+
+def resize_window(box: tuple[float, float, float, float], height: int, width: int, image_size: tuple[int, ...], *,
+                  margin: int = RESIZE_MARGIN) -> ResizeWindow | None:
+    """The window by which `resize_box` samples `box` onto ``height x width`` of an image of `image_size`
+    ``(H, W, ...)``, or None where it cannot (see `resize_box`)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    along_x = _resize_axis(x0, x1, width, image_size[1], margin)
+    along_y = _resize_axis(y0, y1, height, image_size[0], margin)
+    if along_x is None or along_y is None:
+        return None
+    left, right, offset_x, resized_w, scale_x = along_x
+    top, bottom, offset_y, resized_h, scale_y = along_y
+    return ResizeWindow(slice(top, bottom), slice(left, right), (resized_h, resized_w), (scale_x, scale_y),
+                        (offset_y, offset_x))
+
+
+def resize_into(image: np.ndarray, window: ResizeWindow, dst: np.ndarray) -> bool:
+    """``cv2.resize`` of `window` of `image` into `dst` (of ``window.size``, rows may be apart, as a view into a
+    wider buffer); False, with `dst` not written, where OpenCV would size the result otherwise (those are not
+    the samples meant)."""
+    cv2 = opencv()
+    fx, fy = window.scale
+    out = cv2.resize(image[window.rows, window.columns], (0, 0), dst=dst, fx=fx, fy=fy,
+                     interpolation=cv2.INTER_LINEAR)
+    if out.shape != dst.shape:
+        return False
+    if out.ctypes.data != dst.ctypes.data:  # OpenCV could not write into the view
+        dst[...] = out
+    return True
+
+
 def resize_box(image: np.ndarray, box: tuple[float, float, float, float], height: int, width: int,
                scratch: list[np.ndarray], *, margin: int = RESIZE_MARGIN) -> np.ndarray | None:
     """`sample_box` of `image` ``[H, W]`` or ``[H, W, C]`` float32 over `box` onto ``[height, width(, C)]`` by
     ``cv2.resize`` (see the module): a view into `scratch` (a list holding one reusable flat float32 buffer, grown
     as needed), or None where the box is not far enough inside the image or no window within `margin` px of it
     aligns (use `sample_box` there)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    along_x = _resize_axis(x0, x1, width, image.shape[1], margin)
-    along_y = _resize_axis(y0, y1, height, image.shape[0], margin)
-    if along_x is None or along_y is None:
+    window = resize_window(box, height, width, image.shape, margin=margin)
+    if window is None:
         return None
-    left, right, offset_x, resized_w, scale_x = along_x
-    top, bottom, offset_y, resized_h, scale_y = along_y
-    shape = (resized_h, resized_w, *image.shape[2:])
+    shape = (*window.size, *image.shape[2:])
     needed = int(np.prod(shape))
     if not scratch or scratch[0].size < needed:
         scratch[:] = [np.empty(needed, np.float32)]
     resized = scratch[0][:needed].reshape(shape)
-    out = opencv().resize(image[top:bottom, left:right], (0, 0), dst=resized, fx=scale_x, fy=scale_y,
-                          interpolation=opencv().INTER_LINEAR)
-    if out.shape != resized.shape:  # OpenCV sized it otherwise than round(width * fx): not the samples meant
+    if not resize_into(image, window, resized):
         return None
-    if out.ctypes.data != resized.ctypes.data:
-        resized[...] = out
+    offset_y, offset_x = window.offset
     return resized[offset_y:offset_y + height, offset_x:offset_x + width]
