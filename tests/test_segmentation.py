@@ -373,3 +373,29 @@ def test_zeroed_buffers_are_zero_writable_and_outlive_their_mapping():
     gc.collect()
     part += 2.5
     assert float(part.mean()) == 2.5
+
+
+def _huge_page_advice(array: np.ndarray) -> bool:
+    """Whether the mapping holding `array` was advised for huge pages (the "hg" flag of /proc/self/smaps)."""
+    address, advised, inside = array.ctypes.data, None, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, stop = (int(v, 16) for v in head.split("-"))
+                inside = start <= address < stop
+            elif inside and head == "VmFlags:":
+                advised = "hg" in line.split()[1:]
+    return bool(advised)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads the mapping flags from /proc (Linux)")
+def test_sparse_zeroed_buffers_are_not_advised_for_huge_pages():
+    # a buffer of which only small windows are written (the face location) keeps 4 KiB pages: a huge page is
+    # zeroed whole at its first write; the face canvas (mostly written) asks for huge pages
+    from directanimator.cues.buffers import zeroed_buffer
+
+    canvas, sparse = zeroed_buffer(3, 512, 1024), zeroed_buffer(3, 512, 1024, sparse=True)
+    assert _huge_page_advice(canvas.numpy()) and not _huge_page_advice(sparse.numpy())
+    sparse[1, 10:20, 30:40] = 0.5
+    assert float(sparse.sum()) == 50.0 and float(sparse[0].abs().max()) == 0.0

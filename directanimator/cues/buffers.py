@@ -29,19 +29,23 @@ def empty_buffer(*shape: int, device: torch.device | str = "cpu") -> Tensor:
     return torch.from_numpy(np.empty(shape, np.float32))
 
 
-def zeroed_buffer(*shape: int, device: torch.device | str = "cpu") -> Tensor:
+def zeroed_buffer(*shape: int, device: torch.device | str = "cpu", sparse: bool = False) -> Tensor:
     """A float32 tensor of zeros; on the CPU fresh anonymous memory, which the kernel zeroes when a page is first
     touched instead of writing every byte (torch.zeros does), so parts never written (the black bars beside the
     face square) cost little. Large buffers are mapped with MADV_HUGEPAGE where the platform has it: numpy's
     calloc does not ask for huge pages, and paging in a face cue canvas took about 40% less CPU with them (2 MiB
-    faults instead of 4 KiB ones; 0.95 against 1.36 ms per 512x896 frame on the 2-core test VM)."""
+    faults instead of 4 KiB ones; 0.95 against 1.36 ms per 512x896 frame on the 2-core test VM). `sparse`: only
+    small windows of each frame will be written (the face location), so 4 KiB pages, of which only those written
+    are zeroed: a huge page is zeroed whole at its first write, which made the face location's windows cost as
+    much as writing whole frames (0.58 against 0.18-0.29 ms per 512x896 frame on the test VM)."""
     if torch.device(device).type != "cpu":
         return torch.zeros(*shape, device=device)
     size = int(np.prod(shape)) * 4
-    if size < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MAP_PRIVATE") or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if size < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MAP_PRIVATE"):
         return torch.from_numpy(np.zeros(shape, np.float32))
     area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    area.madvise(mmap.MADV_HUGEPAGE)
+    if not sparse and hasattr(mmap, "MADV_HUGEPAGE"):
+        area.madvise(mmap.MADV_HUGEPAGE)
     # the array keeps the mapping alive (it holds the buffer), and the tensor keeps the array
     return torch.from_numpy(np.frombuffer(area, np.float32).reshape(shape))
 

@@ -483,7 +483,8 @@ def _driving_cues(driving: _Driving, transform: Similarity, size: tuple[int, int
     pose = empty_buffer(count, *size, device=device) if driving.luma is None else driving.luma
     face = zeroed_buffer(count, *size, 3, device=device)  # its black bars are never written
     body_location = empty_buffer(count, *size, device=device)
-    face_location = zeroed_buffer(count, *size, device=device)  # zero but for a window around each face
+    # zero but for a window around each face
+    face_location = zeroed_buffer(count, *size, device=device, sparse=True)
 
     def build(first: int, stop: int) -> None:
         part = slice(first, stop)

@@ -418,7 +418,7 @@ def _soften_sparse(pooled: Tensor, size: tuple[int, int], cell: int, blur: float
     height, width = size
     count = pooled.shape[0]
     if out is None:
-        out, out_zeroed = zeroed_buffer(count, height, width, device=pooled.device), True
+        out, out_zeroed = zeroed_buffer(count, height, width, device=pooled.device, sparse=True), True
     elif not out_zeroed:
         out.zero_()
     device = str(pooled.device)
@@ -573,7 +573,7 @@ def _location_cue(
     size = (int(out_size[0]), int(out_size[1]))
     if out is None:
         out = (empty_buffer(count, *size, device=body_masks.device),
-               zeroed_buffer(count, *size, device=body_masks.device))
+               zeroed_buffer(count, *size, device=body_masks.device, sparse=cell >= MATRIX_MIN_CELL))
         face_zeroed = True
     body_out, face_out = out
     if cell > 1:
