@@ -299,7 +299,12 @@ def test_grid_soften_equals_pooling_upsampling_and_blurring(cell, blur):
 @pytest.mark.parametrize("cell", [2, 8])
 def test_location_cue_equals_softening_the_warped_and_rendered_masks(cell):
     # the location cue pools warped masks in batches and the face ellipse straight from its box: the same
-    # numbers as softening full-size renders; 11 frames span more than one warp batch
+    # numbers as softening full-size renders (the body's of OpenCV's warp, which is within VALUE_ERROR of the exact
+    # one, and so is its softening: cell maxima and weights summing to 1 move no value further); 11 frames span
+    # more than one warp batch
+    from directanimator.cues.location_cue import _warp_masks_fast
+    from directanimator.cues.resample import VALUE_ERROR
+
     torch.manual_seed(0)
     size, out_size = (96, 80), (112, 72)
     masks = torch.stack([figure(size, top=8 + i, centre_x=30.0 + 2 * i, height=80)[0] for i in range(11)])
@@ -309,9 +314,11 @@ def test_location_cue_equals_softening_the_warped_and_rendered_masks(cell):
     valid[5] = False
     t = Similarity(0.85, 12.5, 20.25)
     body, face = location_cue(masks, faces, valid, t, out_size=out_size, cell=cell, blur=2.0)
-    expected_body = soften_by_definition(warp_masks(masks, t, out_size), cell, 2.0)
+    expected_body = soften_by_definition(_warp_masks_fast(masks, t, out_size), cell, 2.0)
     expected_face = soften_by_definition(render_ellipses(t.apply_boxes(faces), valid, out_size), cell, 2.0)
     assert torch.allclose(body, expected_body, atol=1e-6)
+    exact_body = soften_by_definition(warp_masks(masks, t, out_size), cell, 2.0)
+    assert float((body - exact_body).abs().max()) <= VALUE_ERROR + 1e-6
     assert torch.allclose(face, expected_face, atol=1e-6)
     assert float(face[5].max()) == 0.0 and float(face[3].max()) > 0.5
 
@@ -412,3 +419,20 @@ def test_mask_warp_resized_straight_into_a_padded_buffer_is_the_same(t):
     assert torch.equal(_cell_maxima(into_padded, 16), pooled)
     again = _warp_masks_fast(masks[:2], t, (448, 256), padded=padded)  # a shorter batch reuses the buffer
     assert np.shares_memory(again.numpy(), padded[0]) and torch.equal(again, into_padded[:2])
+
+
+def test_the_resized_interior_reaches_as_close_to_the_border_as_an_aligned_window_allows():
+    # the mask warp's exact border strips are several times slower per pixel than OpenCV's resize: the interior
+    # starts at the first output pixel whose box finds an aligned window inside the image, not a whole
+    # WARP_RESIZE_MARGIN in (the dance video's fit: 15 rows instead of 83 at the top, no column at the left)
+    from directanimator.cues.location_cue import _aligned_interior, _interior
+    from directanimator.cues.resample import resize_window
+
+    inverse = Similarity(1.084636154578321, -46.75832362819318, 10.818344116210938).inverse()
+    rows, columns = (_aligned_interior(inverse.ty, inverse.scale, 896, 896),
+                     _aligned_interior(inverse.tx, inverse.scale, 512, 512))
+    assert _interior(inverse.ty, inverse.scale, 896, 896) == (83, 896) and rows == (15, 896)
+    assert _interior(inverse.tx, inverse.scale, 512, 512) == (25, 506) and columns == (0, 506)
+    box = (inverse.tx + columns[0] * inverse.scale, inverse.ty + rows[0] * inverse.scale,
+           inverse.tx + columns[1] * inverse.scale, inverse.ty + rows[1] * inverse.scale)
+    assert resize_window(box, rows[1] - rows[0], columns[1] - columns[0], (896, 512), margin=64) is not None

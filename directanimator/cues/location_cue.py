@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from .boxes import median_box
 from .buffers import clip_below_one, empty_buffer, zeroed_buffer
-from .resample import opencv, resize_box, resize_into, resize_window
+from .resample import _resize_axis, opencv, resize_box, resize_into, resize_window
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,22 @@ def _interior(offset: float, step: float, source: int, count: int) -> tuple[int,
     return lo, max(lo, hi)
 
 
+@functools.lru_cache(maxsize=64)
+def _aligned_interior(offset: float, step: float, source: int, count: int) -> tuple[int, int]:
+    """`_interior`, its leading end moved out to the first output pixel from which `resample.resize_box` finds an
+    aligned window inside the image (the window needs some pixels before the box's first sample, but rarely the
+    whole WARP_RESIZE_MARGIN that `_interior` leaves for it): fewer pixels in the border strips, which the exact
+    warp samples several times slower. Along the dance video's fit, the top strip shrinks from 83 rows to 15 and
+    the left one from 25 columns to none."""
+    lo, hi = _interior(offset, step, source, count)
+    first = max(0, int(math.ceil((1.0 - offset) / step)))  # the box's first sample at least 1 px inside
+    for candidate in range(first, lo):
+        if _resize_axis(offset + candidate * step, offset + hi * step, hi - candidate, source,
+                        WARP_RESIZE_MARGIN) is not None:
+            return candidate, hi
+    return lo, hi
+
+
 def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *, out: Tensor | None = None,
                      padded: list[np.ndarray] | None = None) -> Tensor:
     """`warp_masks` of CPU masks ``[F, H, W]`` in 0..1 with OpenCV: the interior by `resample.resize_box` (sample
@@ -245,8 +261,8 @@ def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *,
     contiguous): the same values without copying each interior out of a scratch buffer."""
     out_h, out_w = out_size
     inverse = t.inverse()
-    top, bottom = _interior(inverse.ty, inverse.scale, masks.shape[1], out_h)
-    left, right = _interior(inverse.tx, inverse.scale, masks.shape[2], out_w)
+    top, bottom = _aligned_interior(inverse.ty, inverse.scale, masks.shape[1], out_h)
+    left, right = _aligned_interior(inverse.tx, inverse.scale, masks.shape[2], out_w)
     if (1.0 / t.scale >= 2.0 or masks.device.type != "cpu" or masks.requires_grad or opencv() is None
             or bottom - top < 1 or right - left < 1):
         return warp_masks(masks, t, out_size)
@@ -544,7 +560,8 @@ def location_cue(
     ``grid_soften(warp_masks(...))`` and ``grid_soften(render_ellipses(...))``, computed from the cell maxima
     without holding full-size intermediates. On the CPU with cells > 1 the body masks are warped by OpenCV where
     it can (`_warp_masks_fast`): each value within `resample.VALUE_ERROR` (0.031) of ``warp_masks``, in practice
-    a few 1e-6 after softening.
+    within 0.004 after softening (96 frames of the dance video: at most 0.0032 from softening ``warp_masks``, mean
+    4e-5).
     """
     if body_masks.ndim != 3:
         raise CueError(f"body masks: expected [F, H, W], got shape {tuple(body_masks.shape)}.")
