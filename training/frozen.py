@@ -134,8 +134,7 @@ class FrozenBlockOffload:
             self.offload(self.onloaded)
         _, params, stored = self.blocks[index]
         for p, cpu in zip(params, stored):
-            # copy=True: a distinct tensor even on a CPU device, so what the block computes with is never the stored
-            # copy (layerwise casting replaces the tensor it finds, never writes into it)
+            # copy=True: a distinct tensor on a CPU device too, so the CPU path makes the same moves as a GPU one
             p.data = cpu.to(self.device, non_blocking=self.pin, copy=True)
         self.onloaded = index
 
