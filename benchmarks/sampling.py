@@ -98,39 +98,13 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def cache_state_bytes(module) -> int:
-    """Bytes of the tensors the diffusers cache hooks under `module` hold in their states, every context counted
-    (each tensor once)."""
-    import torch
-
-    seen: dict[int, int] = {}
-
-    def add(value) -> None:
-        if isinstance(value, torch.Tensor):
-            seen[value.data_ptr()] = value.numel() * value.element_size()
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                add(item)
-        elif isinstance(value, dict):
-            for item in value.values():
-                add(item)
-
-    for sub in module.modules():
-        registry = getattr(sub, "_diffusers_hook", None)
-        for hook in getattr(registry, "hooks", {}).values():
-            manager = getattr(hook, "state_manager", None)
-            for state in getattr(manager, "_state_cache", {}).values():
-                add(vars(state))
-    return sum(seen.values())
-
-
 def run_case(args: argparse.Namespace) -> dict:
     """Child process: one video of ``args.child`` video latent frames; returns memory and timings."""
     import torch
 
     from benchmarks.synthetic import random_animator, random_triplet
     from directanimator.conditioning import encode_conditioning
-    from directanimator.models.caching import CacheStats
+    from directanimator.models.caching import CacheStats, held_state_bytes
     from directanimator.models.memory import MemoryOptions, apply_memory_options
     from directanimator.plan import frames_from_latents
     from directanimator.sampling import plan_windows, sample_latents
@@ -156,7 +130,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
     def measure_cache(estimate) -> None:  # the cache states at the last step, when every context has one
         if estimate.step == estimate.steps - 1 and estimate.window == windows - 1:
-            held["bytes"] = cache_state_bytes(model.transformer)
+            held["bytes"] = held_state_bytes(model.transformer)
 
     latents = sample_latents(model, cond, steps=args.steps, guidance=args.guidance, seed=0,
                              window=args.window, overlap=args.overlap, stats=stats,
@@ -382,7 +356,7 @@ def main() -> None:
         f"(`MemoryOptions`, CPU to CPU), {', '.join(f'{k} {v}' for k, v in ALL_OPTIONS_SAMPLING.items())}; "
         "compile left out (minutes of inductor on the CPU, no state that grows with windows). Cache states: the "
         "step cache's contexts (one per window and guidance branch; batched guidance: one per window) and the "
-        "bytes of the tensors they hold at the last step (`cache_state_bytes`).",
+        "bytes of the tensors they hold at the last step (`caching.held_state_bytes`).",
         "",
         *[windows_ratios(one, four) for one, four in (cases[:2], cases[2:])],
         "",

@@ -305,3 +305,9 @@ def test_parked_states_give_the_same_outputs_and_every_state_tensor_is_moved(mod
         assert torch.equal(parked[key], value), key
     parks = calls[1::2]  # in before each forward, out after it
     assert len(parks) == 2 * 8 and min(parks) > 0  # every one of the 16 forwards parked a non-empty state
+
+
+def test_a_step_cache_on_a_one_block_model_is_refused_clearly():
+    with pytest.raises(InputError, match="1 transformer block; a step cache needs at least 2"):
+        with StepCache(tiny_animator("1.0", num_layers=1), "first_block", steps=4):
+            pass

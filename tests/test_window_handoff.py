@@ -145,7 +145,7 @@ def test_window_handoff_of_one_window_has_no_handoffs(cog):
 def test_cache_states_are_held_per_window_for_the_whole_run(cog):
     """What the sampling benchmark's windows table counts: one first-block state per window (batched guidance),
     all alive at the last step, as every window is denoised at every step: the bytes grow with the windows."""
-    from benchmarks.sampling import cache_state_bytes
+    from directanimator.models.caching import held_state_bytes
 
     model, cond = cog
     shorter = encode_conditioning(model, synthetic_triplet(17, height=SMALL, width=SMALL, seed=2), tiling=False)
@@ -153,7 +153,7 @@ def test_cache_states_are_held_per_window_for_the_whole_run(cog):
     def held_at_the_end(conditioning) -> int:
         held = []
         sample_latents(model, conditioning, steps=3, guidance=2.0, seed=0, window=3, overlap=1, cache="first_block",
-                       batch_guidance=True, on_window=lambda e: held.append(cache_state_bytes(model.transformer)))
+                       batch_guidance=True, on_window=lambda e: held.append(held_state_bytes(model.transformer)))
         return held[-1]
 
     three, two = held_at_the_end(cond), held_at_the_end(shorter)  # 7 latents: 3 windows of 3; 5 latents: 2

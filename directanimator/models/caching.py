@@ -242,6 +242,9 @@ class StepCache:
                              f"({type(self.backbone._cache_config).__name__}); call backbone.disable_cache() first.")
         register_cue_blocks()
         blocks = self.transformer.blocks
+        if len(blocks) < 2:  # diffusers' hooks split the blocks into a first one and the rest
+            raise InputError(f"cache={self.stats.mode!r}: the model has {len(blocks)} transformer block; a step cache "
+                             "needs at least 2. Use cache='off'.")
         config = self._config()
         if config is None:
             self._calibration = _MagCalibration(blocks)
@@ -281,16 +284,8 @@ class StepCache:
                     setattr(state, key, _moved(value, device))
 
     def state_bytes(self, device: torch.device | str | None = None) -> int:
-        """Bytes of the tensors the cache hooks hold in their states (every context; each tensor once), only those
-        on `device` when given."""
-        seen: dict[int, int] = {}
-        device = None if device is None else torch.device(device)
-        for manager in _state_managers(self.backbone):
-            for state in manager._state_cache.values():
-                for tensor in _tensors(vars(state)):
-                    if device is None or tensor.device == device:
-                        seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
-        return sum(seen.values())
+        """`held_state_bytes` of this cache's backbone."""
+        return held_state_bytes(self.backbone, device)
 
     def new_run(self) -> None:
         """Forget every cached state: call before each sample."""
@@ -320,6 +315,19 @@ class StepCache:
         self.stats.contexts[name] = self.stats.contexts.get(name, 0) + 1
         if self._computed == before:
             self.stats.skipped += 1
+
+
+def held_state_bytes(module: nn.Module, device: torch.device | str | None = None) -> int:
+    """Bytes of the tensors the diffusers cache hooks under `module` hold in their states (every context; each
+    tensor once), only those on `device` when given."""
+    seen: dict[int, int] = {}
+    device = None if device is None else torch.device(device)
+    for manager in _state_managers(module):
+        for state in manager._state_cache.values():
+            for tensor in _tensors(vars(state)):
+                if device is None or tensor.device == device:
+                    seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    return sum(seen.values())
 
 
 def _state_managers(backbone: nn.Module) -> list:
