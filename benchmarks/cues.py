@@ -6,8 +6,8 @@ Decodes the first `--frames` frames of ../shared/data/real/dance_1080x1920_24fps
 height), then times each stage on them with 2 torch and 2 OpenCV threads: segmentation, face detection, the three
 cue builders (each fed the outputs of the stages before it), the whole triplet (`extract_cues`, reference included)
 and, in the same run, mediapipe Pose landmarks (model_complexity=1, tracking mode), the skeleton that pose-driven
-animators extract; the last two alternate round by round (`--repeats` rounds), so that both meet the same load. Prints the table and writes it to docs/benchmarks.md, section "Cue extraction" (not with
---no-write).
+animators extract; the last two alternate round by round (`--repeats` rounds), so that both meet the same load.
+Prints the table and writes it to docs/benchmarks.md, section "Cue extraction" (not with --no-write).
 """
 
 from __future__ import annotations

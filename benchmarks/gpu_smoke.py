@@ -293,9 +293,9 @@ def render(phases: list[Phase], *, device_name: str, tiny: bool, config, total_s
         f"{config.data.buckets[0][1]}x{config.data.buckets[0][0]} px, 1 + {(config.data.frames - 1) // 4 + 1} latent "
         f"frames, batch 1; LoRA rank {config.model.lora_rank}, frozen weights {config.model.dtype}, gradient "
         f"checkpointing {'on' if config.model.gradient_checkpointing else 'off'}, EMA {config.optim.ema_decay}, "
-        f"stage 2 with a frozen copy teacher to block {config.stage2.depth}; each frozen-weight mode (model.frozen_storage / "
-        "frozen_offload: bf16, fp8, fp8 with block offload) trains both stages from the same seeded start. GB = 1e9 "
-        "bytes; peak = "
+        f"stage 2 with a frozen copy teacher to block {config.stage2.depth}; each frozen-weight mode "
+        "(model.frozen_storage / frozen_offload: bf16, fp8, fp8 with block offload) trains both stages from the same "
+        "seeded start. GB = 1e9 bytes; peak = "
         "torch.cuda.max_memory_allocated over the phase (weights included; the CUDA context is not); the plan has no "
         "EMA, the recipe keeps one (a fp32 copy of the trained tensors).", "",
         "| phase | steps | first step s | median after the first s | peak allocated GB | peak reserved GB | "
