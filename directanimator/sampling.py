@@ -149,10 +149,23 @@ def make_scheduler(name: str | None, config: Mapping[str, Any] | None = None, *,
     return _flow_scheduler(name, {k: v for k, v in config.items() if not k.startswith("_")})
 
 
+FLOW_SHIFT_KEYS = ("flow_shift", "shift")  # UniPCMultistepScheduler's (Wan's own) and FlowMatchEulerDiscreteScheduler's
+
+
+def scheduler_flow_shift(config: Mapping[str, Any]) -> float | None:
+    """The flow shift a flow-matching scheduler config samples with (Wan2.1 480P 3.0, 720P and Wan2.2 TI2V 5.0), or
+    None when it names none (a DDPM config, for one)."""
+    for key in FLOW_SHIFT_KEYS:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
+            return float(value)
+    return None
+
+
 def _flow_scheduler(name: str, config: dict):
-    """UniPC or flow-match Euler from a config written for either, with its flow shift."""
+    """UniPC or flow-match Euler from a config written for either, with its flow shift (1.0 when it names none)."""
     is_euler_config = "shift" in config and "use_flow_sigmas" not in config
-    shift = float(config.get("shift" if is_euler_config else "flow_shift", 1.0))
+    shift = scheduler_flow_shift(config) or 1.0
     train_steps = int(config.get("num_train_timesteps", 1000))
     if name == "euler":
         if is_euler_config:

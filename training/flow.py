@@ -11,25 +11,23 @@ and squeeze it into ``[min, max] / 1000``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from directanimator.errors import InputError
+from directanimator.sampling import scheduler_flow_shift
 
 FLOW_TIMESTEPS = 1000  # timestep = sigma * 1000, as diffusers' flow-matching schedulers number them
-SHIFT_KEYS = ("flow_shift", "shift")  # UniPCMultistepScheduler (Wan's own) and FlowMatchEulerDiscreteScheduler
 
 
 def flow_shift(scheduler_config: dict) -> float:
     """The sampling shift of a flow-matching scheduler config (Wan2.1 480p 3.0, 720p and Wan2.2 TI2V 5.0); InputError
-    when the config is not a flow-matching one."""
-    for key in SHIFT_KEYS:
-        value = scheduler_config.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
-            return float(value)
+    when the config is not a flow-matching one (sampling reads it with the same rule, `scheduler_flow_shift`)."""
+    shift = scheduler_flow_shift(scheduler_config)
+    if shift is not None:
+        return shift
     raise InputError(
         f"scheduler config {sorted(k for k in scheduler_config if not k.startswith('_'))[:6]}...: a flow-matching "
         "backbone (Wan) needs its scheduler's shift (flow_shift of UniPCMultistepScheduler or shift of "
