@@ -414,7 +414,19 @@ def test_mask_warp_resized_straight_into_a_padded_buffer_is_the_same(t):
     padded: list = []
     into_padded = _warp_masks_fast(masks, t, (448, 256), padded=padded)
     assert len(padded) == 1 and np.shares_memory(into_padded.numpy(), padded[0])
-    assert torch.equal(into_padded, _warp_masks_fast(masks, t, (448, 256)))
+    assert torch.equal(into_padded, _warp_masks_fast(masks, t, (448, 256)))  # a fresh buffer: the same
+    # the interior as resize_box gives it (resizing into scratch, the interior copied out)
+    from directanimator.cues.location_cue import WARP_RESIZE_MARGIN, _aligned_interior
+    from directanimator.cues.resample import resize_box
+
+    inverse = t.inverse()
+    top, bottom = _aligned_interior(inverse.ty, inverse.scale, 448, 448)
+    left, right = _aligned_interior(inverse.tx, inverse.scale, 256, 256)
+    box = (inverse.tx + left * inverse.scale, inverse.ty + top * inverse.scale,
+           inverse.tx + right * inverse.scale, inverse.ty + bottom * inverse.scale)
+    for i in range(3):
+        crop = resize_box(masks[i].numpy(), box, bottom - top, right - left, [], margin=WARP_RESIZE_MARGIN)
+        assert np.array_equal(into_padded[i, top:bottom, left:right].numpy(), crop), i
     pooled = F.max_pool2d(into_padded[:, None], kernel_size=16, stride=16, ceil_mode=True)[:, 0]
     assert torch.equal(_cell_maxima(into_padded, 16), pooled)
     again = _warp_masks_fast(masks[:2], t, (448, 256), padded=padded)  # a shorter batch reuses the buffer

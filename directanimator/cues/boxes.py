@@ -19,6 +19,9 @@ from .types import FaceTrack
 # Temporal smoothing averages a neighbour's face box only when its centre lies within this fraction of the
 # box side from the frame's own: detector jitter is a few percent, real motion between kept frames can be more.
 MAX_SMOOTH_SHIFT = 0.25
+# A mask pixel belongs to the person box when its value is above this (`mask_boxes`, and the segmentation's boxes
+# taken on the way, `segmentation._clip_mask`).
+BOX_THRESHOLD = 0.5
 
 
 def cue_masks(mask, frames: Tensor, *, name: str = "mask") -> Tensor:
@@ -31,7 +34,7 @@ def cue_masks(mask, frames: Tensor, *, name: str = "mask") -> Tensor:
         raise CueError(str(error)) from error
 
 
-def mask_boxes(masks: Tensor, *, threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+def mask_boxes(masks: Tensor, *, threshold: float = BOX_THRESHOLD) -> tuple[Tensor, Tensor]:
     """Tight box of the pixels above `threshold` in each mask ``[F, H, W]``.
 
     Returns ``boxes [F, 4]`` (pixel edges, see the module docstring) and ``valid [F]`` bool; empty masks give
@@ -67,9 +70,19 @@ def _mask_boxes_opencv(masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]
     boxes = np.zeros((count, 4), np.float32)
     for i in range(count):
         cv2.compare(source[i], float(threshold), cv2.CMP_GT, dst=above)
-        x, y, w, h = cv2.boundingRect(above)
-        if w > 0 and h > 0:
-            boxes[i] = (x, y, x + w, y + h)
+        boxes[i] = above_box(above)
+    return boxes_with_validity(boxes)
+
+
+def above_box(above: np.ndarray) -> tuple[int, int, int, int]:
+    """The box ``(x0, y0, x1, y1)`` of the non-zero pixels of a uint8 image (OpenCV's bounding rectangle), zeros
+    when there are none."""
+    x, y, w, h = opencv().boundingRect(above)
+    return (x, y, x + w, y + h) if w > 0 and h > 0 else (0, 0, 0, 0)
+
+
+def boxes_with_validity(boxes: np.ndarray) -> tuple[Tensor, Tensor]:
+    """`mask_boxes`' result from its boxes ``[F, 4]`` float32 (zeros for an empty mask)."""
     boxes = torch.from_numpy(boxes)
     return boxes, boxes[:, 2] > boxes[:, 0]
 

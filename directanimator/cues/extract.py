@@ -17,7 +17,8 @@ from torch import Tensor
 from ..errors import CueError, InputError
 from ..tensors import as_frames
 from ..video import MAX_LONG_SIDE, SIZE_MULTIPLE, ResizePlan, resize_frames, resize_plan, snap_size
-from .boxes import cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track, square_boxes
+from .boxes import (boxes_with_validity, cue_masks, mask_boxes, mask_centre_columns, median_box, smooth_track,
+                    square_boxes)
 from .buffers import empty_buffer, zeroed_buffer
 from .face_cue import _face_cue, crop_resize
 from .face_detection import _detect_faces
@@ -407,8 +408,7 @@ def _analyse_driving(inputs: _Inputs, frame: _Frame, config: CueConfig, progress
         masks, segmenter = masks.to(device), seg_backend
     progress.advance_to(seg_end)
     if boxes is not None:  # as mask_boxes(masks) gives them, taken by the segmentation (one read of the masks fewer)
-        person_boxes = torch.from_numpy(boxes)
-        person_valid = person_boxes[:, 2] > person_boxes[:, 0]
+        person_boxes, person_valid = boxes_with_validity(boxes)
     else:
         person_boxes, person_valid = mask_boxes(masks)
     if not bool(person_valid.any()):

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import CueError
 from .boxes import median_box
 from .buffers import clip_below_one, empty_buffer, zeroed_buffer
-from .resample import _resize_axis, opencv, resize_box, resize_into, resize_window
+from .resample import _resize_axis, opencv, resize_into, resize_window
 from .types import ANCHORS, CueTriplet, PersonGeometry, Similarity
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ MATRIX_MIN_CELL = 4
 ALIGNED_POSE_NOTE = "pose cue: moved onto the reference by the location transform (align_pose)"
 # Driving masks warped per batch in `location_cue`.
 WARP_CHUNK = 8
-# How far (px) `resample.resize_box` may widen its window to align the mask warp's samples: a wider window costs
+# How far (px) `resample.resize_window` may widen its window to align the mask warp's samples: a wider window costs
 # little next to the whole frame, and the mask warp's scale is often near 1, where alignments are sparse.
 WARP_RESIZE_MARGIN = 64
 
@@ -227,7 +227,7 @@ def _warp_window(masks: Tensor, t: Similarity, factor: int, out_size: tuple[int,
 
 def _interior(offset: float, step: float, source: int, count: int) -> tuple[int, int]:
     """Output pixels ``[lo, hi)`` along one axis whose samples lie at least ``WARP_RESIZE_MARGIN + 2`` px inside the
-    `source` pixels (where `resample.resize_box` can take them); output pixel o covers source edges
+    `source` pixels (where `resample.resize_window` can take them); output pixel o covers source edges
     ``offset + o * step`` .. ``offset + (o + 1) * step``."""
     lo = max(0, int(math.ceil((WARP_RESIZE_MARGIN + 2 - offset) / step)))
     hi = min(count, int(math.floor((source - 2 - offset) / step)))
@@ -236,7 +236,7 @@ def _interior(offset: float, step: float, source: int, count: int) -> tuple[int,
 
 @functools.lru_cache(maxsize=64)
 def _aligned_interior(offset: float, step: float, source: int, count: int) -> tuple[int, int]:
-    """`_interior`, its leading end moved out to the first output pixel from which `resample.resize_box` finds an
+    """`_interior`, its leading end moved out to the first output pixel from which `resample.resize_window` finds an
     aligned window inside the image (the window needs some pixels before the box's first sample, but rarely the
     whole WARP_RESIZE_MARGIN that `_interior` leaves for it): fewer pixels in the border strips, which the exact
     warp samples several times slower. Along the dance video's fit, the top strip shrinks from 83 rows to 15 and
@@ -250,15 +250,13 @@ def _aligned_interior(offset: float, step: float, source: int, count: int) -> tu
     return lo, hi
 
 
-def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *, out: Tensor | None = None,
+def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *,
                      padded: list[np.ndarray] | None = None) -> Tensor:
-    """`warp_masks` of CPU masks ``[F, H, W]`` in 0..1 with OpenCV: the interior by `resample.resize_box` (sample
+    """`warp_masks` of CPU masks ``[F, H, W]`` in 0..1 with OpenCV: the interior by `resample.resize_window` (sample
     positions within 1/64 px of the exact ones, so each value within `resample.VALUE_ERROR` of `warp_masks`), the
-    border strips, where the warp reads the zero padding, by `warp_masks`' own sampling (exact). `out`
-    ``[F, *out_size]`` (contiguous CPU float32) receives the result on the OpenCV path. `padded` (a list holding
-    one reusable buffer, as `location_cue` passes for its batches) instead lets OpenCV resize each frame's
-    window straight into a buffer with room around the frame, of which the result is a view (rows not
-    contiguous): the same values without copying each interior out of a scratch buffer."""
+    border strips, where the warp reads the zero padding, by `warp_masks`' own sampling (exact). OpenCV resizes
+    each frame's window straight into a buffer with room around the frame, of which the result is a view (rows not
+    contiguous); `padded`, a list holding that buffer, lets `location_cue` reuse it across its batches."""
     out_h, out_w = out_size
     inverse = t.inverse()
     top, bottom = _aligned_interior(inverse.ty, inverse.scale, masks.shape[1], out_h)
@@ -267,38 +265,29 @@ def _warp_masks_fast(masks: Tensor, t: Similarity, out_size: tuple[int, int], *,
             or bottom - top < 1 or right - left < 1):
         return warp_masks(masks, t, out_size)
     source = masks.to(torch.float32).contiguous()
+    source_np = source.numpy()
     box = (inverse.tx + left * inverse.scale, inverse.ty + top * inverse.scale,
            inverse.tx + right * inverse.scale, inverse.ty + bottom * inverse.scale)
-    source_np = source.numpy()
-    window = None if padded is None else resize_window(box, bottom - top, right - left, source_np.shape[1:],
-                                                       margin=WARP_RESIZE_MARGIN)
-    if window is not None:
-        # the resized window lies at (top - offset_y, left - offset_x) in output pixels: the buffer extends the
-        # frame wherever the window reaches beyond it; what the window writes outside the interior is the
-        # strips' (written below) or the margin's (never read)
-        (size_h, size_w), (offset_y, offset_x) = window.size, window.offset
-        y0, x0 = top - offset_y, left - offset_x
-        pad_top, pad_left = max(0, -y0), max(0, -x0)
-        shape = (pad_top + max(out_h, y0 + size_h), pad_left + max(out_w, x0 + size_w))
-        if not padded or padded[0].shape[1:] != shape or padded[0].shape[0] < masks.shape[0]:
-            padded[:] = [np.empty((masks.shape[0], *shape), np.float32)]
-        buffer = padded[0][:masks.shape[0]]
-        out_np = buffer[:, pad_top:pad_top + out_h, pad_left:pad_left + out_w]
-        rows, columns = slice(pad_top + y0, pad_top + y0 + size_h), slice(pad_left + x0, pad_left + x0 + size_w)
-        for i in range(masks.shape[0]):
-            if not resize_into(source_np[i], window, buffer[i, rows, columns]):  # not the samples meant
-                return warp_masks(masks, t, out_size)
-        out = torch.from_numpy(out_np)
-    else:
-        if out is None:
-            out = masks.new_empty(masks.shape[0], out_h, out_w, dtype=torch.float32)
-        out_np = out.numpy()
-        scratch: list[np.ndarray] = []
-        for i in range(masks.shape[0]):
-            crop = resize_box(source_np[i], box, bottom - top, right - left, scratch, margin=WARP_RESIZE_MARGIN)
-            if crop is None:  # no aligned window: the exact warp throughout
-                return warp_masks(masks, t, out_size)
-            out_np[i, top:bottom, left:right] = crop
+    window = resize_window(box, bottom - top, right - left, source_np.shape[1:], margin=WARP_RESIZE_MARGIN)
+    if window is None:  # no aligned window: the exact warp throughout
+        return warp_masks(masks, t, out_size)
+    # the resized window lies at (top - offset_y, left - offset_x) in output pixels: the buffer extends the frame
+    # wherever the window reaches beyond it; what the window writes outside the interior is the strips' (written
+    # below) or the margin's (never read)
+    (size_h, size_w), (offset_y, offset_x) = window.size, window.offset
+    y0, x0 = top - offset_y, left - offset_x
+    pad_top, pad_left = max(0, -y0), max(0, -x0)
+    shape = (pad_top + max(out_h, y0 + size_h), pad_left + max(out_w, x0 + size_w))
+    padded = [] if padded is None else padded
+    if not padded or padded[0].shape[1:] != shape or padded[0].shape[0] < masks.shape[0]:
+        padded[:] = [np.empty((masks.shape[0], *shape), np.float32)]
+    buffer = padded[0][:masks.shape[0]]
+    out_np = buffer[:, pad_top:pad_top + out_h, pad_left:pad_left + out_w]
+    rows, columns = slice(pad_top + y0, pad_top + y0 + size_h), slice(pad_left + x0, pad_left + x0 + size_w)
+    for i in range(masks.shape[0]):
+        if not resize_into(source_np[i], window, buffer[i, rows, columns]):  # not the samples meant
+            return warp_masks(masks, t, out_size)
+    out = torch.from_numpy(out_np)
     strips = [(slice(0, top), slice(0, out_w)), (slice(bottom, out_h), slice(0, out_w)),
               (slice(top, bottom), slice(0, left)), (slice(top, bottom), slice(right, out_w))]
     for rows, columns in strips:

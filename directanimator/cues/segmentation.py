@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import BackendUnavailableError, CueError
 from ..tensors import as_frames, as_masks
+from .boxes import BOX_THRESHOLD, above_box
 from .buffers import empty_buffer
 from .resample import opencv
 
@@ -44,8 +45,6 @@ MASK_FLOOR = 2.0**-24
 # Rows per strip where one frame goes through several per-pixel passes (`frames_uint8`, `_clip_mask`): a strip
 # of a 512 px wide frame stays in the core's cache between the passes, a whole frame does not.
 STRIP_ROWS = 64
-# `_segment_person(boxes=...)`: the person box threshold of `boxes.mask_boxes`.
-BOX_THRESHOLD = 0.5
 
 
 def mediapipe_solution(name: str):
@@ -249,10 +248,7 @@ def _clip_mask(mask: np.ndarray, out: np.ndarray, above: np.ndarray | None = Non
         cv2.threshold(out[rows], MASK_FLOOR, 0.0, cv2.THRESH_TOZERO, dst=out[rows])
         if above is not None:
             cv2.compare(out[rows], BOX_THRESHOLD, cv2.CMP_GT, dst=above[rows])
-    if above is None:
-        return None
-    x, y, w, h = cv2.boundingRect(above)
-    return (x, y, x + w, y + h) if w > 0 and h > 0 else (0, 0, 0, 0)
+    return None if above is None else above_box(above)
 
 
 def mask_areas(masks: Tensor) -> Tensor:
