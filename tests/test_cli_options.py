@@ -175,3 +175,21 @@ def test_animate_runs_a_tiny_model_with_fp8_weights_and_block_offload(tmp_path, 
     assert read_video(out).frames.shape == (6, 128, 64, 3)
     assert "fp8 e4m3" in caplog.text and "blocks in 1 groups of 2" in caplog.text
     assert "first-block cache (threshold 0.2)" in caplog.text and "guidance branches batched" in caplog.text
+
+
+def test_the_animate_choices_are_the_librarys_own():
+    """The parser spells its choices out (it imports no torch); they must stay the library's."""
+    from directanimator.cues.types import ANCHORS
+    from directanimator.models.caching import CACHE_MODES
+    from directanimator.models.memory import ATTENTION_BACKENDS, OFFLOAD, STORAGE
+    from directanimator.sampling import SCHEDULER_CHOICES
+
+    animate = next(action for action in build_parser()._subparsers._group_actions[0].choices.values()
+                   if any(a.dest == "cache" for a in action._actions))
+    choices = {a.dest: list(a.choices) for a in animate._actions if a.choices is not None}
+    assert choices["cache"] == list(CACHE_MODES)
+    assert choices["scheduler"] == list(SCHEDULER_CHOICES)
+    assert choices["weights"] == list(STORAGE)
+    assert choices["offload"] == list(OFFLOAD)
+    assert choices["attention"] == list(ATTENTION_BACKENDS)
+    assert choices["anchor"] == list(ANCHORS)

@@ -131,6 +131,18 @@ def test_window_handoff_compares_each_pair_of_consecutive_windows_on_their_share
     assert all(0 < h.colour <= h.pixel < 1 for h in report.handoffs)  # random windows disagree, a little
     assert report.max_colour >= report.mean_colour > 0
     assert torch.equal(report.latents, sample_latents(model, cond, **options))  # the result itself, unchanged
+    # the same numbers from the sampler's own reports: each window's last-step estimate (mean of the samples),
+    # rendered alone, compared on the frames it shares with the next window
+    last: dict[int, list] = {}
+    sample_latents(model, cond, on_window=lambda e: last.setdefault(e.window, []).append(e.clean)
+                   if e.step == e.steps - 1 else None, **options)
+    images = {k: latent_frame_images(model, sum(v) / len(v), tiling=False) for k, v in last.items()}
+    for handoff in report.handoffs:
+        (a0, _), (b0, b1) = report.spans[handoff.left], report.spans[handoff.right]
+        start, end = handoff.shared
+        left, right = images[handoff.left][start - a0:end - a0], images[handoff.right][start - b0:end - b0]
+        assert handoff.colour == pytest.approx(colour_difference(left, right), rel=1e-6)
+        assert handoff.pixel == pytest.approx(pixel_difference(left, right), rel=1e-6)
 
 
 def test_window_handoff_of_one_window_has_no_handoffs(cog):
