@@ -212,6 +212,7 @@ class StepCache:
         self._counter = None
         self._computed = 0
         self._enabled = False
+        self._managers: list = []
 
     @property
     def active(self) -> bool:
@@ -253,6 +254,7 @@ class StepCache:
         else:
             self.backbone.enable_cache(config)
             self._enabled = True
+            self._managers = _state_managers(self.backbone)  # found once: parking runs around every forward
         # A skipped forward never runs the innermost last block (the hooks return before calling it).
         self._counter = blocks[-1].block.register_forward_hook(self._count)
         return self
@@ -267,6 +269,7 @@ class StepCache:
         if self._enabled:
             self.backbone.disable_cache()
             self._enabled = False
+            self._managers = []
         if self._calibration is not None:
             ratios = self._calibration.result(self.steps) if exc_type is None else None
             self._calibration.remove()
@@ -277,7 +280,7 @@ class StepCache:
     def _move_states(self, name: str, device: torch.device) -> None:
         """Move context `name`'s state in every cache hook of the backbone to `device` (a state not created yet, at
         a context's first forward, is skipped)."""
-        for manager in _state_managers(self.backbone):
+        for manager in self._managers:
             state = manager._state_cache.get(name)
             if state is not None:
                 for key, value in vars(state).items():
